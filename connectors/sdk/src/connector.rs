@@ -1,0 +1,142 @@
+//! The connector contract: a typed [`Connector`] trait for authors, the object-safe
+//! [`Source`] the runtime holds, joined by a blanket impl, and [`SourceFactory`], the one
+//! thing a vendor crate exports for registration.
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::page::PageStream;
+use crate::schema::StreamSchema;
+
+/// What the runtime tells a connector about where it runs.
+#[derive(Debug, Clone, Default)]
+pub struct SourceContext {
+    /// The source's name in the config (`[sources.<name>]`).
+    pub source: String,
+}
+
+/// One stream read asked of a connector.
+#[derive(Debug, Clone)]
+pub struct ReadRequest {
+    /// The stream.
+    pub stream: String,
+    /// The cursor committed by the last run, `None` on the first sync or a full refresh.
+    pub cursor: Option<serde_json::Value>,
+    /// Ignore the cursor and read everything again; the first page must set
+    /// [`crate::Page::reset`].
+    pub full_refresh: bool,
+}
+
+/// A vendor connector, typed. Implement this; the runtime uses it through [`Source`].
+///
+/// Guarantees a connector gives: pages come in order; each page's cursor is a valid
+/// resume point covering exactly the records of that page and all before it; reading again
+/// from a committed cursor never skips a change made after it.
+#[async_trait]
+pub trait Connector: Send + Sync + Sized + 'static {
+    /// The source's options (`[sources.<name>]` less the runtime's own keys). Use
+    /// `#[serde(deny_unknown_fields)]` so a misspelt key is an error naming it.
+    type Config: DeserializeOwned + Send;
+
+    /// The `type` that selects this connector in the config, e.g. `"stripe"`.
+    const KIND: &'static str;
+
+    /// Builds a source from its options. Validates them; makes no network call.
+    fn new(config: Self::Config, ctx: SourceContext) -> Result<Self>;
+
+    /// Verifies the credentials and reachability with one cheap call.
+    async fn check(&self) -> Result<()>;
+
+    /// The streams this source offers, with their schemas.
+    async fn discover(&self) -> Result<Vec<StreamSchema>>;
+
+    /// Reads one stream from a committed cursor as pages.
+    async fn read(&self, request: ReadRequest) -> Result<PageStream>;
+}
+
+/// The object-safe twin of [`Connector`], held by the runtime as `Arc<dyn Source>`.
+#[async_trait]
+pub trait Source: Send + Sync {
+    /// The connector's `type`.
+    fn kind(&self) -> &'static str;
+    /// See [`Connector::check`].
+    async fn check(&self) -> Result<()>;
+    /// See [`Connector::discover`].
+    async fn discover(&self) -> Result<Vec<StreamSchema>>;
+    /// See [`Connector::read`].
+    async fn read(&self, request: ReadRequest) -> Result<PageStream>;
+}
+
+#[async_trait]
+impl<C: Connector> Source for C {
+    fn kind(&self) -> &'static str {
+        C::KIND
+    }
+    async fn check(&self) -> Result<()> {
+        Connector::check(self).await
+    }
+    async fn discover(&self) -> Result<Vec<StreamSchema>> {
+        Connector::discover(self).await
+    }
+    async fn read(&self, request: ReadRequest) -> Result<PageStream> {
+        Connector::read(self, request).await
+    }
+}
+
+/// Builds sources of one connector type from their options.
+#[derive(Clone)]
+pub struct SourceFactory {
+    /// The connector's `type`.
+    pub kind: &'static str,
+    build: Arc<dyn Fn(serde_json::Value, SourceContext) -> Result<Arc<dyn Source>> + Send + Sync>,
+}
+
+impl std::fmt::Debug for SourceFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceFactory").field("kind", &self.kind).finish()
+    }
+}
+
+impl SourceFactory {
+    /// Builds a source from its options (already freed of the runtime's own keys, with
+    /// `${ENV}` references resolved). A deserialization error names the offending key.
+    pub fn build(&self, options: serde_json::Value, ctx: SourceContext) -> Result<Arc<dyn Source>> {
+        (self.build)(options, ctx)
+    }
+}
+
+/// The factory of connector `C`: what a vendor crate's `factory()` returns.
+pub fn factory<C: Connector>() -> SourceFactory {
+    SourceFactory {
+        kind: C::KIND,
+        build: Arc::new(|options, ctx| {
+            let config: C::Config = serde_json::from_value(options).map_err(|e| {
+                let message = e.to_string();
+                let key = message
+                    .split('`')
+                    .nth(1)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| "options".to_owned());
+                Error::Config { key, message }
+            })?;
+            Ok(Arc::new(C::new(config, ctx)?) as Arc<dyn Source>)
+        }),
+    }
+}
+
+/// Picks the stream named `name` out of `streams`, or says which exist.
+pub fn find_stream<'a>(streams: &'a [StreamSchema], name: &str) -> Result<&'a StreamSchema> {
+    streams
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| Error::UnknownStream {
+            stream: name.to_owned(),
+            available: streams
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}

@@ -1,0 +1,1033 @@
+//! Records to Arrow: vendor JSON straight into typed column builders.
+//!
+//! The converter never builds a `serde_json::Value` tree for a record (that costs ~80% of
+//! the time at these volumes, see the guide's performance notes). A serde visitor walks the
+//! response body once: a field whose flattened path is a known column is captured as a
+//! borrowed raw slice and parsed by the column's type; any other object is flattened
+//! recursively; a field nobody declared becomes a new nullable column typed by its first
+//! value. Columns are filled lazily: a column only gets a builder when it first sees a
+//! value, so the many always-null columns of a vendor object cost nothing until
+//! [`BatchBuilder::finish`].
+//!
+//! A value that does not fit its column's type is not lost: the column stays null in that
+//! row and the value is kept, as JSON, in the row's `_rescued_data` object
+//! (`{"amount": "\"12.5 EUR\""}` → `{"amount":"12.5 EUR"}`), and counted.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
+    TimestampMicrosecondBuilder, new_null_array,
+};
+use arrow::datatypes::{Field, Schema};
+use arrow::record_batch::RecordBatch;
+use chrono::{DateTime, NaiveDate, Utc};
+use rustc_hash::FxHashMap;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::error::{Error, Result};
+use crate::page::{Page, Records};
+use crate::schema::{
+    ColumnType, IS_DELETED, RECEIVED_AT, RESCUED, StreamSchema, UUID_TS, is_column_name,
+    to_column_name,
+};
+
+/// Builds Arrow record batches of one stream's table from pages of vendor JSON.
+pub struct BatchBuilder {
+    inner: Inner,
+}
+
+struct Inner {
+    stream: String,
+    cols: Vec<Col>,
+    index: FxHashMap<Box<str>, usize>,
+    /// (top-level field, the minified JSON text that means deleted)
+    deletion: Option<(String, String)>,
+    rows: usize,
+    path: String,
+    row_deleted: bool,
+    row_rescued: Vec<(usize, String)>,
+    rescued_total: u64,
+    discovered: Vec<String>,
+    received_at: i64,
+    sys: SysCols,
+}
+
+#[derive(Clone, Copy)]
+struct SysCols {
+    received_at: usize,
+    uuid_ts: usize,
+    is_deleted: usize,
+    rescued: usize,
+}
+
+struct Col {
+    name: String,
+    ty: ColumnType,
+    data: Option<ColData>,
+    /// Rows appended to `data` (values or nulls); lags `rows` while the column is absent.
+    len: usize,
+}
+
+enum ColData {
+    Str(StringBuilder),
+    Int(Int64Builder),
+    Num(Float64Builder),
+    Bool(BooleanBuilder),
+    Ts(TimestampMicrosecondBuilder),
+}
+
+impl ColData {
+    fn new(ty: ColumnType) -> Self {
+        match ty {
+            ColumnType::String | ColumnType::Json => ColData::Str(StringBuilder::new()),
+            ColumnType::Integer => ColData::Int(Int64Builder::new()),
+            ColumnType::Number => ColData::Num(Float64Builder::new()),
+            ColumnType::Boolean => ColData::Bool(BooleanBuilder::new()),
+            ColumnType::Timestamp => ColData::Ts(TimestampMicrosecondBuilder::new()),
+        }
+    }
+
+    fn append_nulls(&mut self, n: usize) {
+        match self {
+            ColData::Str(b) => b.append_nulls(n),
+            ColData::Int(b) => b.append_nulls(n),
+            ColData::Num(b) => b.append_nulls(n),
+            ColData::Bool(b) => b.append_nulls(n),
+            ColData::Ts(b) => b.append_nulls(n),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            ColData::Str(b) => Arc::new(b.finish()),
+            ColData::Int(b) => Arc::new(b.finish()),
+            ColData::Num(b) => Arc::new(b.finish()),
+            ColData::Bool(b) => Arc::new(b.finish()),
+            ColData::Ts(b) => Arc::new(b.finish().with_timezone("UTC")),
+        }
+    }
+}
+
+/// A value parsed for a column, ready to append.
+enum Cell<'a> {
+    Str(&'a str),
+    Owned(String),
+    Int(i64),
+    Num(f64),
+    Bool(bool),
+    Ts(i64),
+}
+
+impl Col {
+    fn new(name: String, ty: ColumnType) -> Self {
+        Col {
+            name,
+            ty,
+            data: None,
+            len: 0,
+        }
+    }
+
+    /// Appends `cell` as row `row`, padding the rows this column missed with nulls.
+    fn put(&mut self, row: usize, cell: Cell<'_>) {
+        let ty = self.ty;
+        let data = self.data.get_or_insert_with(|| ColData::new(ty));
+        if self.len < row {
+            data.append_nulls(row - self.len);
+        }
+        match (data, cell) {
+            (ColData::Str(b), Cell::Str(s)) => b.append_value(s),
+            (ColData::Str(b), Cell::Owned(s)) => b.append_value(s),
+            (ColData::Int(b), Cell::Int(v)) => b.append_value(v),
+            (ColData::Num(b), Cell::Num(v)) => b.append_value(v),
+            (ColData::Bool(b), Cell::Bool(v)) => b.append_value(v),
+            (ColData::Ts(b), Cell::Ts(v)) => b.append_value(v),
+            // `parse_cell` only produces cells of the column's own type.
+            (data, _) => data.append_nulls(1),
+        }
+        self.len = row + 1;
+    }
+
+    fn finish(&mut self, rows: usize) -> ArrayRef {
+        match &mut self.data {
+            Some(data) => {
+                if self.len < rows {
+                    data.append_nulls(rows - self.len);
+                }
+                self.len = 0;
+                data.finish()
+            }
+            None => new_null_array(&self.ty.arrow_type(), rows),
+        }
+    }
+}
+
+/// What a batch's conversion reported, for logs and the run summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConvertReport {
+    /// Columns met for the first time (new vendor fields), in order.
+    pub new_columns: Vec<String>,
+    /// Values kept in `_rescued_data` because they did not fit their column.
+    pub rescued_values: u64,
+}
+
+impl BatchBuilder {
+    /// A builder for `schema`'s table. `existing` is the schema of the table as it is in
+    /// the warehouse (it may hold columns discovered by earlier runs, in its own order);
+    /// the builder keeps that order and appends what is new.
+    pub fn new(schema: &StreamSchema, existing: Option<&Schema>) -> Self {
+        let mut cols: Vec<Col> = Vec::new();
+        if let Some(existing) = existing {
+            for f in existing.fields() {
+                let ty = match schema.column(f.name()) {
+                    Some(c) => c.ty,
+                    None => ColumnType::from_arrow(f.data_type()).unwrap_or(ColumnType::String),
+                };
+                cols.push(Col::new(f.name().clone(), ty));
+            }
+        }
+        for c in &schema.columns {
+            if !cols.iter().any(|x| x.name == c.name) {
+                cols.push(Col::new(c.name.clone(), c.ty));
+            }
+        }
+        for (name, ty) in [
+            (RECEIVED_AT, ColumnType::Timestamp),
+            (UUID_TS, ColumnType::Timestamp),
+            (IS_DELETED, ColumnType::Boolean),
+            (RESCUED, ColumnType::Json),
+        ] {
+            if !cols.iter().any(|x| x.name == name) {
+                cols.push(Col::new(name.to_owned(), ty));
+            }
+        }
+        let index: FxHashMap<Box<str>, usize> = cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.clone().into_boxed_str(), i))
+            .collect();
+        let sys = SysCols {
+            received_at: index[RECEIVED_AT],
+            uuid_ts: index[UUID_TS],
+            is_deleted: index[IS_DELETED],
+            rescued: index[RESCUED],
+        };
+        let deletion = schema.deletion.as_ref().map(|rule| {
+            (
+                rule.field.clone(),
+                serde_json::to_string(&rule.equals).unwrap_or_default(),
+            )
+        });
+        BatchBuilder {
+            inner: Inner {
+                stream: schema.name.clone(),
+                cols,
+                index,
+                deletion,
+                rows: 0,
+                path: String::with_capacity(128),
+                row_deleted: false,
+                row_rescued: Vec::new(),
+                rescued_total: 0,
+                discovered: Vec::new(),
+                received_at: 0,
+                sys,
+            },
+        }
+    }
+
+    /// Rows appended since the last [`finish`](Self::finish).
+    pub fn rows(&self) -> usize {
+        self.inner.rows
+    }
+
+    /// The table schema as it stands: every known column, nullable, in table order.
+    pub fn schema(&self) -> Arc<Schema> {
+        Arc::new(Schema::new(
+            self.inner
+                .cols
+                .iter()
+                .map(|c| Field::new(&c.name, c.ty.arrow_type(), true))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    /// Appends every record of `page`. Returns how many records it held.
+    ///
+    /// On error the builder must be dropped: the rows of a failed page are not rolled back
+    /// (the runtime never commits a batch from a builder that failed).
+    pub fn append_page(&mut self, page: &Page) -> Result<usize> {
+        self.inner.received_at = page.received_at.timestamp_micros();
+        let before = self.inner.rows;
+        match &page.records {
+            Records::Json { body, path } => {
+                let mut de = serde_json::Deserializer::from_slice(body);
+                PathSeed {
+                    inner: &mut self.inner,
+                    path,
+                }
+                .deserialize(&mut de)
+                .and_then(|()| de.end())
+                .map_err(|e| self.decode_error(e))?;
+            }
+            Records::Values(records) => {
+                let mut buf = Vec::new();
+                for record in records {
+                    buf.clear();
+                    serde_json::to_writer(&mut buf, &record.value)
+                        .map_err(|e| self.decode_error(e))?;
+                    let mut de = serde_json::Deserializer::from_slice(&buf);
+                    RecordSeed {
+                        inner: &mut self.inner,
+                        force_deleted: record.is_deleted,
+                    }
+                    .deserialize(&mut de)
+                    .map_err(|e| self.decode_error(e))?;
+                }
+            }
+        }
+        Ok(self.inner.rows - before)
+    }
+
+    fn decode_error(&self, e: impl fmt::Display) -> Error {
+        Error::decode(format!("a page of stream `{}`", self.inner.stream), e)
+    }
+
+    /// Finishes the rows appended so far into a batch (stamping `uuid_ts` now) and the
+    /// report of what was new or rescued in it. The builder is empty afterwards and keeps
+    /// every column it has learnt.
+    pub fn finish(&mut self) -> Result<(RecordBatch, ConvertReport)> {
+        let inner = &mut self.inner;
+        let rows = inner.rows;
+        let now = Utc::now().timestamp_micros();
+        let uuid_ts = &mut inner.cols[inner.sys.uuid_ts];
+        uuid_ts.data = Some(ColData::new(ColumnType::Timestamp));
+        if let Some(ColData::Ts(b)) = &mut uuid_ts.data {
+            b.append_slice(&vec![now; rows]);
+        }
+        uuid_ts.len = rows;
+        let arrays: Vec<ArrayRef> = inner.cols.iter_mut().map(|c| c.finish(rows)).collect();
+        let schema = self.schema();
+        let inner = &mut self.inner;
+        inner.rows = 0;
+        let report = ConvertReport {
+            new_columns: std::mem::take(&mut inner.discovered),
+            rescued_values: std::mem::take(&mut inner.rescued_total),
+        };
+        let batch = RecordBatch::try_new(schema, arrays)?;
+        Ok((batch, report))
+    }
+}
+
+impl Inner {
+    fn begin_row(&mut self) {
+        self.path.clear();
+        self.row_deleted = false;
+        self.row_rescued.clear();
+    }
+
+    fn end_row(&mut self, force_deleted: bool) {
+        let row = self.rows;
+        let sys = self.sys;
+        self.cols[sys.received_at].put(row, Cell::Ts(self.received_at));
+        self.cols[sys.is_deleted].put(row, Cell::Bool(force_deleted || self.row_deleted));
+        if !self.row_rescued.is_empty() {
+            let mut obj = String::from("{");
+            for (i, (col, raw)) in self.row_rescued.iter().enumerate() {
+                if i > 0 {
+                    obj.push(',');
+                }
+                obj.push_str(&serde_json::to_string(&self.cols[*col].name).unwrap_or_default());
+                obj.push(':');
+                obj.push_str(raw);
+            }
+            obj.push('}');
+            self.cols[sys.rescued].put(row, Cell::Owned(obj));
+        }
+        self.rows += 1;
+    }
+
+    /// Appends `key` to the current path; returns the length to truncate back to.
+    fn push_key(&mut self, key: &str) -> usize {
+        let mark = self.path.len();
+        if mark > 0 {
+            self.path.push('_');
+        }
+        if is_column_name(key) {
+            self.path.push_str(key);
+        } else {
+            self.path.push_str(&to_column_name(key));
+        }
+        mark
+    }
+
+    /// Adds a column for the current path, typed by the value first seen there.
+    fn discover(&mut self, ty: ColumnType) -> usize {
+        let mut name = self.path.clone();
+        if crate::schema::SYSTEM_COLUMNS.contains(&name.as_str()) {
+            // A vendor field that clashes with a system column keeps its value under a
+            // prefixed name rather than overwriting ours.
+            name = format!("vendor_{name}");
+            if let Some(&i) = self.index.get(name.as_str()) {
+                return i;
+            }
+        }
+        let i = self.cols.len();
+        self.cols.push(Col::new(name.clone(), ty));
+        self.index.insert(name.clone().into_boxed_str(), i);
+        tracing::info!(stream = %self.stream, column = %name, r#type = ?ty, "Found a new field; adding a nullable column.");
+        self.discovered.push(name);
+        i
+    }
+
+    fn put(&mut self, col: usize, cell: Cell<'_>) {
+        let row = self.rows;
+        let c = &mut self.cols[col];
+        if c.len > row {
+            // Two fields flattened to the same name in one record: keep the second one
+            // rather than lose it.
+            self.rescue(col, cell_json(&cell));
+            return;
+        }
+        c.put(row, cell);
+    }
+
+    fn rescue(&mut self, col: usize, raw: String) {
+        self.rescued_total += 1;
+        if self.rescued_total <= 5 {
+            tracing::warn!(stream = %self.stream, column = %self.cols[col].name, value = %truncate(&raw, 80), "A value does not fit its column's type; kept in _rescued_data.");
+        }
+        self.row_rescued.push((col, raw));
+    }
+
+    /// Stores the raw JSON text `raw` in column `col`, by the column's type.
+    fn put_raw(&mut self, col: usize, raw: &str) {
+        if raw == "null" {
+            return;
+        }
+        let ty = self.cols[col].ty;
+        match parse_cell(ty, raw) {
+            Some(cell) => self.put(col, cell),
+            None => self.rescue(col, minify(raw)),
+        }
+    }
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn cell_json(cell: &Cell<'_>) -> String {
+    match cell {
+        Cell::Str(s) => serde_json::to_string(s).unwrap_or_default(),
+        Cell::Owned(s) => serde_json::to_string(s).unwrap_or_default(),
+        Cell::Int(v) | Cell::Ts(v) => v.to_string(),
+        Cell::Num(v) => serde_json::to_string(v).unwrap_or_default(),
+        Cell::Bool(v) => v.to_string(),
+    }
+}
+
+/// Parses raw JSON text for a column of type `ty`; `None` when it does not fit.
+fn parse_cell(ty: ColumnType, raw: &str) -> Option<Cell<'_>> {
+    let first = *raw.as_bytes().first()?;
+    let unquoted = || -> Option<std::borrow::Cow<'_, str>> {
+        if first != b'"' {
+            return None;
+        }
+        let inner = &raw[1..raw.len().saturating_sub(1).max(1)];
+        if memchr::memchr(b'\\', inner.as_bytes()).is_none() {
+            Some(std::borrow::Cow::Borrowed(inner))
+        } else {
+            serde_json::from_str::<String>(raw)
+                .ok()
+                .map(std::borrow::Cow::Owned)
+        }
+    };
+    match ty {
+        ColumnType::String => Some(match first {
+            b'"' => match unquoted()? {
+                std::borrow::Cow::Borrowed(s) => Cell::Str(s),
+                std::borrow::Cow::Owned(s) => Cell::Owned(s),
+            },
+            // An expanded reference keeps its id, as Segment's tables do.
+            b'{' => match serde_json::from_str::<IdOnly>(raw) {
+                Ok(IdOnly { id: Some(id) }) => Cell::Owned(id),
+                _ => Cell::Owned(minify(raw)),
+            },
+            _ => Cell::Owned(minify(raw)),
+        }),
+        ColumnType::Json => Some(if raw.bytes().any(|b| b.is_ascii_whitespace()) {
+            Cell::Owned(minify(raw))
+        } else {
+            Cell::Str(raw)
+        }),
+        ColumnType::Integer => {
+            if let Ok(v) = raw.parse::<i64>() {
+                return Some(Cell::Int(v));
+            }
+            let text = unquoted();
+            let s = text.as_deref().unwrap_or(raw);
+            if let Ok(v) = s.trim().parse::<i64>() {
+                return Some(Cell::Int(v));
+            }
+            let f = s.trim().parse::<f64>().ok()?;
+            (f.fract() == 0.0 && f.abs() < 9.0e15).then_some(Cell::Int(f as i64))
+        }
+        ColumnType::Number => {
+            let text = unquoted();
+            let s = text.as_deref().unwrap_or(raw);
+            s.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .map(Cell::Num)
+        }
+        ColumnType::Boolean => match raw {
+            "true" | "\"true\"" | "\"True\"" | "\"TRUE\"" => Some(Cell::Bool(true)),
+            "false" | "\"false\"" | "\"False\"" | "\"FALSE\"" => Some(Cell::Bool(false)),
+            _ => None,
+        },
+        ColumnType::Timestamp => {
+            if first == b'"' {
+                let text = unquoted()?;
+                parse_timestamp(&text).map(Cell::Ts)
+            } else if let Ok(secs) = raw.parse::<i64>() {
+                secs.checked_mul(1_000_000).map(Cell::Ts)
+            } else {
+                let secs = raw.parse::<f64>().ok()?;
+                let micros = secs * 1e6;
+                (micros.is_finite() && micros.abs() < 9.2e18).then_some(Cell::Ts(micros as i64))
+            }
+        }
+    }
+}
+
+/// Parses the timestamp texts vendors send: RFC 3339 (`2024-05-01T12:00:00Z`),
+/// Salesforce's `2024-05-01T12:00:00.000+0000`, and plain dates (midnight UTC).
+pub fn parse_timestamp(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc).timestamp_micros());
+    }
+    if let Ok(t) = DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z") {
+        return Some(t.with_timezone(&Utc).timestamp_micros());
+    }
+    if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f") {
+        return Some(t.and_utc().timestamp_micros());
+    }
+    if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f") {
+        return Some(t.and_utc().timestamp_micros());
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc().timestamp_micros())
+}
+
+#[derive(serde::Deserialize)]
+struct IdOnly {
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// Removes the insignificant whitespace of JSON text (vendors pretty-print).
+pub fn minify(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+            out.push(b);
+        } else if !b.is_ascii_whitespace() {
+            out.push(b);
+        }
+    }
+    // Only ASCII whitespace outside strings was removed, so the bytes stay UTF-8.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Follows `path` (object keys) from the top of the body to the records array.
+struct PathSeed<'a> {
+    inner: &'a mut Inner,
+    path: &'a [&'a str],
+}
+
+impl<'de> DeserializeSeed<'de> for PathSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        match self.path.split_first() {
+            None => d.deserialize_seq(RecordsVisitor { inner: self.inner }),
+            Some((first, rest)) => d.deserialize_map(PathVisitor {
+                inner: self.inner,
+                key: first,
+                rest,
+            }),
+        }
+    }
+}
+
+struct PathVisitor<'a> {
+    inner: &'a mut Inner,
+    key: &'a str,
+    rest: &'a [&'a str],
+}
+
+impl<'de> Visitor<'de> for PathVisitor<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "an object with a `{}` field", self.key)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut found = false;
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            if key.as_str() == self.key && !found {
+                found = true;
+                map.next_value_seed(PathSeed {
+                    inner: &mut *self.inner,
+                    path: self.rest,
+                })?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        if !found {
+            return Err(de::Error::custom(format_args!(
+                "the response has no `{}` field",
+                self.key
+            )));
+        }
+        Ok(())
+    }
+}
+
+struct RecordsVisitor<'a> {
+    inner: &'a mut Inner,
+}
+
+impl<'de> Visitor<'de> for RecordsVisitor<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of records")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq
+            .next_element_seed(RecordSeed {
+                inner: &mut *self.inner,
+                force_deleted: false,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+}
+
+struct RecordSeed<'a> {
+    inner: &'a mut Inner,
+    force_deleted: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        self.inner.begin_row();
+        d.deserialize_map(ObjectVisitor {
+            inner: &mut *self.inner,
+            top: true,
+        })?;
+        self.inner.end_row(self.force_deleted);
+        Ok(())
+    }
+}
+
+/// A key, borrowed from the body when it has no escapes.
+enum Key<'de> {
+    Borrowed(&'de str),
+    Owned(String),
+}
+
+impl Key<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Key::Borrowed(s) => s,
+            Key::Owned(s) => s,
+        }
+    }
+}
+
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Key<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Key<'de>, D::Error> {
+        d.deserialize_str(KeySeed)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed {
+    type Value = Key<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+        Ok(Key::Borrowed(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+        Ok(Key::Owned(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+        Ok(Key::Owned(v))
+    }
+}
+
+/// Visits an object at the current path: each field goes to its column, or is flattened.
+struct ObjectVisitor<'a> {
+    inner: &'a mut Inner,
+    top: bool,
+}
+
+impl<'de> Visitor<'de> for ObjectVisitor<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.inner;
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            let key = key.as_str();
+            let is_deletion_field = self.top
+                && inner
+                    .deletion
+                    .as_ref()
+                    .is_some_and(|(field, _)| field == key);
+            let mark = inner.push_key(key);
+            if is_deletion_field {
+                let raw: &'de RawValue = map.next_value()?;
+                let text = minify(raw.get());
+                if inner.deletion.as_ref().is_some_and(|(_, v)| *v == text) {
+                    inner.row_deleted = true;
+                }
+                inner.put_raw_at_path(raw.get());
+            } else {
+                map.next_value_seed(FieldSeed {
+                    inner: &mut *inner,
+                })?;
+            }
+            inner.path.truncate(mark);
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// Stores a raw value at the current path, discovering a column if needed (rare path:
+    /// parses the raw text once more).
+    fn put_raw_at_path(&mut self, raw: &str) {
+        if let Some(&col) = self.index.get(self.path.as_str()) {
+            self.put_raw(col, raw);
+            return;
+        }
+        let mut de = serde_json::Deserializer::from_str(raw);
+        // The text was already valid JSON; an error here cannot happen.
+        let _ = FieldSeed { inner: self }.deserialize(&mut de);
+    }
+}
+
+/// One field's value at the current path.
+struct FieldSeed<'a> {
+    inner: &'a mut Inner,
+}
+
+impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        if let Some(&col) = self.inner.index.get(self.inner.path.as_str()) {
+            let raw: &'de RawValue = serde::Deserialize::deserialize(d)?;
+            self.inner.put_raw(col, raw.get());
+            Ok(())
+        } else {
+            d.deserialize_any(UnknownVisitor { inner: self.inner })
+        }
+    }
+}
+
+/// A value at a path that is not a column yet: objects flatten, anything else becomes a
+/// new column typed by this first value.
+struct UnknownVisitor<'a> {
+    inner: &'a mut Inner,
+}
+
+impl<'de> Visitor<'de> for UnknownVisitor<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        let col = self.inner.discover(ColumnType::Boolean);
+        self.inner.put(col, Cell::Bool(v));
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        let col = self.inner.discover(ColumnType::Integer);
+        self.inner.put(col, Cell::Int(v));
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        match i64::try_from(v) {
+            Ok(v) => self.visit_i64(v),
+            Err(_) => self.visit_f64(v as f64),
+        }
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        let col = self.inner.discover(ColumnType::Number);
+        self.inner.put(col, Cell::Num(v));
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        let col = self.inner.discover(ColumnType::String);
+        self.inner.put(col, Cell::Str(v));
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut items = Vec::new();
+        while let Some(v) = seq.next_element::<serde_json::Value>()? {
+            items.push(v);
+        }
+        let text = serde_json::to_string(&items).map_err(de::Error::custom)?;
+        let col = self.inner.discover(ColumnType::Json);
+        self.inner.put(col, Cell::Owned(text));
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        ObjectVisitor {
+            inner: self.inner,
+            top: false,
+        }
+        .visit_map(map)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page::Record;
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+    use bytes::Bytes;
+
+    fn schema() -> StreamSchema {
+        StreamSchema::from_json(
+            r#"{"name":"charges","primary_key":"id","cursor_field":"created",
+            "deletion":{"field":"deleted","equals":true},
+            "columns":[
+              {"name":"id","type":"string"},
+              {"name":"amount","type":"integer"},
+              {"name":"created","type":"timestamp"},
+              {"name":"paid","type":"boolean"},
+              {"name":"customer","type":"string"},
+              {"name":"metadata","type":"json"},
+              {"name":"billing_details_address_city","type":"string"},
+              {"name":"fee","type":"number"}
+            ]}"#,
+        )
+        .unwrap()
+    }
+
+    fn json_page(body: &str) -> Page {
+        Page::new(
+            Records::Json {
+                body: Bytes::from(body.to_owned()),
+                path: &["data"],
+            },
+            serde_json::Value::Null,
+        )
+    }
+
+    fn col<'a>(batch: &'a RecordBatch, name: &str) -> &'a ArrayRef {
+        batch
+            .column_by_name(name)
+            .unwrap_or_else(|| panic!("no column {name}"))
+    }
+
+    #[test]
+    fn flattens_types_and_keeps_unknown_fields() {
+        let mut b = BatchBuilder::new(&schema(), None);
+        let body = r#"{
+          "object": "list",
+          "data": [
+            {"id": "ch_1", "amount": 2000, "created": 1700000000, "paid": true,
+             "customer": {"id": "cus_9", "object": "customer"},
+             "metadata": {"order": "6735", "nested": {"a": [1, 2]}},
+             "billing_details": {"address": {"city": "Berlin", "zip": "10115"}, "name": null},
+             "refunds": {"object": "list", "data": []},
+             "new_flag": false, "fee": 1},
+            {"id": "ch_2", "amount": "12.5 EUR", "created": "2024-01-02T03:04:05Z",
+             "customer": "cus_8", "tags": ["a", "b"], "esc\u0061ped": "x\"y"}
+          ],
+          "has_more": false
+        }"#;
+        assert_eq!(b.append_page(&json_page(body)).unwrap(), 2);
+        let (batch, report) = b.finish().unwrap();
+        assert_eq!(batch.num_rows(), 2);
+        let ids = col(&batch, "id").as_string::<i32>();
+        assert_eq!((ids.value(0), ids.value(1)), ("ch_1", "ch_2"));
+        let amount = col(&batch, "amount").as_primitive::<Int64Type>();
+        assert_eq!(amount.value(0), 2000);
+        assert!(amount.is_null(1), "a value that does not fit stays null");
+        let created = col(&batch, "created").as_primitive::<TimestampMicrosecondType>();
+        assert_eq!(created.value(0), 1_700_000_000_000_000);
+        assert_eq!(created.value(1), 1_704_164_645_000_000);
+        let customer = col(&batch, "customer").as_string::<i32>();
+        assert_eq!(customer.value(0), "cus_9", "an expanded reference keeps its id");
+        assert_eq!(customer.value(1), "cus_8");
+        let metadata = col(&batch, "metadata").as_string::<i32>();
+        assert_eq!(metadata.value(0), r#"{"order":"6735","nested":{"a":[1,2]}}"#);
+        let city = col(&batch, "billing_details_address_city").as_string::<i32>();
+        assert_eq!(city.value(0), "Berlin");
+        assert_eq!(
+            col(&batch, "billing_details_address_zip")
+                .as_string::<i32>()
+                .value(0),
+            "10115"
+        );
+        assert_eq!(
+            col(&batch, "refunds_object").as_string::<i32>().value(0),
+            "list"
+        );
+        assert_eq!(
+            col(&batch, "refunds_data").as_string::<i32>().value(0),
+            "[]"
+        );
+        assert_eq!(
+            col(&batch, "tags").as_string::<i32>().value(1),
+            r#"["a","b"]"#
+        );
+        assert_eq!(
+            col(&batch, "escaped").as_string::<i32>().value(1),
+            "x\"y"
+        );
+        assert!(!col(&batch, "new_flag").as_boolean().value(0));
+        let fee = col(&batch, "fee").as_primitive::<arrow::datatypes::Float64Type>();
+        assert_eq!(fee.value(0), 1.0);
+        let rescued = col(&batch, RESCUED).as_string::<i32>();
+        assert!(rescued.is_null(0));
+        assert_eq!(rescued.value(1), r#"{"amount":"12.5 EUR"}"#);
+        assert_eq!(report.rescued_values, 1);
+        assert_eq!(
+            report.new_columns,
+            vec![
+                "billing_details_address_zip",
+                "refunds_object",
+                "refunds_data",
+                "new_flag",
+                "tags",
+                "escaped"
+            ]
+        );
+        let deleted = col(&batch, IS_DELETED).as_boolean();
+        assert!(!deleted.value(0) && !deleted.value(1));
+        assert_eq!(col(&batch, UUID_TS).null_count(), 0);
+        assert_eq!(col(&batch, RECEIVED_AT).null_count(), 0);
+        // Declared but never seen: an all-null column of the declared type.
+        assert_eq!(batch.num_columns(), 8 + 4 + 6);
+    }
+
+    #[test]
+    fn deletion_rule_and_forced_deletes() {
+        let mut b = BatchBuilder::new(&schema(), None);
+        let page = Page::new(
+            Records::Values(vec![
+                Record {
+                    value: serde_json::json!({"id": "cus_1", "deleted": true}),
+                    is_deleted: false,
+                },
+                Record {
+                    value: serde_json::json!({"id": "cus_2"}),
+                    is_deleted: true,
+                },
+                Record {
+                    value: serde_json::json!({"id": "cus_3", "deleted": false}),
+                    is_deleted: false,
+                },
+            ]),
+            serde_json::Value::Null,
+        );
+        b.append_page(&page).unwrap();
+        let (batch, _) = b.finish().unwrap();
+        let deleted = col(&batch, IS_DELETED).as_boolean();
+        assert_eq!(
+            (deleted.value(0), deleted.value(1), deleted.value(2)),
+            (true, true, false)
+        );
+    }
+
+    #[test]
+    fn columns_learnt_persist_across_batches_and_existing_order_is_kept() {
+        let mut b = BatchBuilder::new(&schema(), None);
+        b.append_page(&json_page(r#"{"data":[{"id":"a","extra":1}]}"#))
+            .unwrap();
+        let (first, _) = b.finish().unwrap();
+        b.append_page(&json_page(r#"{"data":[{"id":"b"}]}"#)).unwrap();
+        let (second, report) = b.finish().unwrap();
+        assert!(report.new_columns.is_empty());
+        assert_eq!(first.schema(), second.schema());
+        assert!(col(&second, "extra").is_null(0));
+
+        // A builder reopened on the table's schema keeps its order and types.
+        let reopened = BatchBuilder::new(&schema(), Some(&first.schema()));
+        assert_eq!(reopened.schema(), first.schema());
+    }
+
+    #[test]
+    fn malformed_pages_are_errors() {
+        let mut b = BatchBuilder::new(&schema(), None);
+        let e = b
+            .append_page(&json_page(r#"{"data":[{"id":"a"},{"id":"#))
+            .unwrap_err();
+        assert!(e.to_string().contains("stream `charges`"), "{e}");
+        let mut b = BatchBuilder::new(&schema(), None);
+        let e = b.append_page(&json_page(r#"{"items":[]}"#)).unwrap_err();
+        assert!(e.to_string().contains("no `data` field"), "{e}");
+    }
+
+    #[test]
+    fn timestamps_from_vendor_formats() {
+        assert_eq!(parse_timestamp("2024-01-01T00:00:00Z"), Some(1_704_067_200_000_000));
+        assert_eq!(
+            parse_timestamp("2024-01-01T00:00:00.000+0000"),
+            Some(1_704_067_200_000_000)
+        );
+        assert_eq!(parse_timestamp("2024-01-01"), Some(1_704_067_200_000_000));
+        assert_eq!(parse_timestamp("yesterday"), None);
+    }
+
+    #[test]
+    fn minify_keeps_strings() {
+        assert_eq!(minify("{ \"a b\" : [ 1, \"x \\\" y\" ] }"), r#"{"a b":[1,"x \" y"]}"#);
+    }
+}

@@ -1,0 +1,132 @@
+//! The SDK's error type: one `#[non_exhaustive]` enum whose variants carry the context a
+//! user needs to fix the cause (the config key, the stream, the HTTP status and the
+//! vendor's own message).
+
+use std::time::Duration;
+
+/// A `Result` whose error defaults to the SDK's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in a connector.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A source option is missing or invalid.
+    #[error("invalid option `{key}`: {message}")]
+    Config {
+        /// The option, as written in the config file (e.g. `api_key`).
+        key: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+
+    /// The vendor rejected the credentials (HTTP 401/403).
+    #[error("{vendor} rejected the credentials (HTTP {status}): {message}")]
+    Auth {
+        /// The vendor, e.g. `Stripe`.
+        vendor: String,
+        /// The HTTP status.
+        status: u16,
+        /// The vendor's own message.
+        message: String,
+    },
+
+    /// The vendor answered with an error status that retries did not cure.
+    #[error("{method} {url} failed with HTTP {status}: {message}")]
+    Http {
+        /// The HTTP method.
+        method: String,
+        /// The request URL, without credentials.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// The vendor's own message (or the start of the body).
+        message: String,
+    },
+
+    /// The request did not get an answer (connection refused or reset, timeout, truncated
+    /// body) even after retries.
+    #[error("{method} {url} failed after {attempts} attempts: {message}")]
+    Transport {
+        /// The HTTP method.
+        method: String,
+        /// The request URL.
+        url: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last error.
+        message: String,
+    },
+
+    /// Rate limited for longer than the client is willing to wait.
+    #[error("{url} is rate limited; the vendor asked to wait {retry_after:?}")]
+    RateLimited {
+        /// The request URL.
+        url: String,
+        /// How long the vendor asked to wait.
+        retry_after: Duration,
+    },
+
+    /// A vendor response could not be understood.
+    #[error("could not decode {context}: {message}")]
+    Decode {
+        /// What was being decoded (e.g. `GET /v1/charges response`).
+        context: String,
+        /// The parser's message.
+        message: String,
+    },
+
+    /// The configuration names a stream the connector does not have.
+    #[error("unknown stream `{stream}`; available streams: {available}")]
+    UnknownStream {
+        /// The stream asked for.
+        stream: String,
+        /// The streams that exist, comma-separated.
+        available: String,
+    },
+
+    /// A committed cursor could not be used (corrupt, or written by an incompatible
+    /// version).
+    #[error("stream `{stream}`: the committed cursor is not usable: {message}")]
+    Cursor {
+        /// The stream.
+        stream: String,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// A schema file or a record did not fit the schema machinery.
+    #[error("schema of `{stream}`: {message}")]
+    Schema {
+        /// The stream.
+        stream: String,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// An Arrow error while building a batch.
+    #[error("building Arrow batch: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+
+    /// The run was cancelled (SIGTERM/SIGINT).
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl Error {
+    /// Shorthand for [`Error::Config`].
+    pub fn config(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Config {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Decode`].
+    pub fn decode(context: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Error::Decode {
+            context: context.into(),
+            message: message.to_string(),
+        }
+    }
+}

@@ -1,0 +1,1178 @@
+//! The HTTP client every connector uses: one rate limiter per vendor account, the vendor's
+//! own rate signals (429 + `Retry-After`, remaining-quota headers), retries with capped
+//! exponential backoff and full jitter, and errors that carry the vendor's own message.
+//!
+//! A connector builds its requests with a closure ([`HttpClient::send`]); the client calls it
+//! once per attempt, waits for the account's limiter, sends, and reads the whole body before
+//! deciding, so a body cut short by the network is retried like any other transport failure.
+//! URLs in errors and logs are reduced to scheme, host and path ([`redact_url`]), because
+//! vendors put tokens in query strings.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use governor::{DefaultDirectRateLimiter, Quota};
+use reqwest::header::{DATE, HeaderMap, RETRY_AFTER};
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+
+/// How many characters of a body [`vendor_message`] keeps when the body is not a known
+/// JSON error shape.
+const MESSAGE_PREFIX_CHARS: usize = 300;
+
+/// Values above this in a reset header are Unix timestamps (as some vendors send), not
+/// seconds to wait: no vendor asks to wait 30 years.
+const EPOCH_THRESHOLD_SECS: f64 = 1_000_000_000.0;
+
+/// The vendor's remaining-quota headers, so the client slows down before the quota hits
+/// zero instead of waiting for a 429.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QuotaHeaders {
+    /// Names of headers that carry the requests left in the current window, tried in
+    /// order (e.g. `["x-rate-limit-remaining", "ratelimit-remaining"]`).
+    pub remaining: Vec<String>,
+    /// Names of headers that carry the seconds until the window resets, tried in order
+    /// (e.g. `["ratelimit-reset"]`). A value above 10^9 is read as a Unix timestamp.
+    pub reset: Vec<String>,
+    /// When the remaining quota is at or below this, the account's next request waits until
+    /// the reset (or 1 s when the vendor does not say when that is).
+    pub low_water: u64,
+}
+
+/// How an [`HttpClient`] talks to one vendor.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// The vendor's name, for error messages and logs (e.g. `Stripe`).
+    pub vendor: String,
+    /// The sustained rate of the account's limiter, in requests per second. Rates below one
+    /// per second are fine: `10.0 / 60.0` is ten requests a minute.
+    pub requests_per_second: f64,
+    /// How many requests may go out back to back before the rate applies. The default of 1
+    /// means the vendor never sees more than `requests_per_second × window` requests in any
+    /// window, plus one at its edge; a larger burst adds `burst - 1` to that bound.
+    pub burst: u32,
+    /// The time limit of one attempt, from sending until the last byte of the body.
+    pub timeout: Duration,
+    /// The time limit for opening a connection.
+    pub connect_timeout: Duration,
+    /// How many times a failed request is retried (so at most `max_retries + 1` attempts).
+    pub max_retries: u32,
+    /// The backoff before the first retry; it doubles with each retry, before jitter.
+    pub base_backoff: Duration,
+    /// The cap on one backoff.
+    pub max_backoff: Duration,
+    /// The longest `Retry-After` the client waits out; a longer one fails the request with
+    /// [`Error::RateLimited`] so the run can end and be rescheduled instead of hanging.
+    pub max_retry_after: Duration,
+    /// The vendor's remaining-quota headers, if it sends them.
+    pub quota: Option<QuotaHeaders>,
+}
+
+impl HttpConfig {
+    /// A config with the given vendor name and rate and the defaults for everything else:
+    /// burst 1, 60 s timeout, 10 s connect timeout, 8 retries, backoff from 500 ms capped at
+    /// 60 s, `Retry-After` honoured up to 15 minutes, no quota headers.
+    pub fn new(vendor: impl Into<String>, requests_per_second: f64) -> Self {
+        HttpConfig {
+            vendor: vendor.into(),
+            requests_per_second,
+            burst: 1,
+            timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+            max_retries: 8,
+            base_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(60),
+            max_retry_after: Duration::from_secs(15 * 60),
+            quota: None,
+        }
+    }
+
+    /// Like [`HttpConfig::new`], with the rate given per minute.
+    pub fn per_minute(vendor: impl Into<String>, requests_per_minute: f64) -> Self {
+        Self::new(vendor, requests_per_minute / 60.0)
+    }
+
+    /// The limiter quota, or the reason the rate or burst cannot make one.
+    fn limiter_quota(&self) -> Result<Quota> {
+        let rate = self.requests_per_second;
+        if !rate.is_finite() || rate <= 0.0 {
+            return Err(Error::config(
+                "requests_per_second",
+                format!("must be a positive number, got {rate}"),
+            ));
+        }
+        let period = Duration::try_from_secs_f64(1.0 / rate)
+            .ok()
+            .filter(|period| !period.is_zero())
+            .ok_or_else(|| {
+                Error::config(
+                    "requests_per_second",
+                    format!("{rate} is outside the supported range"),
+                )
+            })?;
+        let burst = NonZeroU32::new(self.burst)
+            .ok_or_else(|| Error::config("burst", "must be at least 1"))?;
+        let quota = Quota::with_period(period).ok_or_else(|| {
+            Error::config(
+                "requests_per_second",
+                format!("{rate} is outside the supported range"),
+            )
+        })?;
+        Ok(quota.allow_burst(burst))
+    }
+}
+
+/// A successful (2xx) response, with its body read in full.
+#[derive(Clone, Debug)]
+pub struct Response {
+    /// The HTTP status.
+    pub status: u16,
+    /// The response headers.
+    pub headers: HeaderMap,
+    /// The whole body, decompressed.
+    pub body: Bytes,
+    /// The final URL (after redirects) as scheme, host and path only; see [`redact_url`].
+    pub url: String,
+    /// The vendor's clock, from the `Date` header: the safe "fetched at" for incremental
+    /// cursors, since it does not depend on the local clock.
+    pub date: Option<DateTime<Utc>>,
+}
+
+impl Response {
+    /// The value of a header, if present and valid text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+
+    /// The body parsed as JSON; a body that does not parse is an [`Error::Decode`] naming
+    /// the URL.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(&self.body)
+            .map_err(|err| Error::decode(format!("response from {}", self.url), err))
+    }
+}
+
+/// The limiter and quota pause of one vendor account, shared by all its clients.
+struct Account {
+    limiter: DefaultDirectRateLimiter,
+    /// Set by a low remaining quota or a 429; every request of the account waits for it.
+    paused_until: Mutex<Option<Instant>>,
+    /// The rate and burst the limiter was built with, to flag a second, different config.
+    requests_per_second: f64,
+    burst: u32,
+}
+
+impl Account {
+    fn new(config: &HttpConfig) -> Result<Self> {
+        Ok(Account {
+            limiter: DefaultDirectRateLimiter::direct(config.limiter_quota()?),
+            paused_until: Mutex::new(None),
+            requests_per_second: config.requests_per_second,
+            burst: config.burst,
+        })
+    }
+
+    /// Waits out any pause, then for the limiter.
+    async fn ready(&self) {
+        // A loop, because another stream of the account may extend the pause while we sleep.
+        loop {
+            let until = *self
+                .paused_until
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match until {
+                Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
+                _ => break,
+            }
+        }
+        self.limiter.until_ready().await;
+    }
+
+    /// Holds every request of the account until `until` (never shortens a pause).
+    fn pause_until(&self, until: Instant) {
+        let mut paused = self
+            .paused_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if paused.is_none_or(|current| current < until) {
+            *paused = Some(until);
+        }
+    }
+}
+
+/// The process-wide accounts of [`HttpClient::shared`]. Entries are never removed: an
+/// account's limiter must outlive any one sync so back-to-back runs in one process do not
+/// each start with a fresh allowance, and there are only as many entries as configured
+/// accounts.
+fn accounts() -> &'static Mutex<HashMap<String, Arc<Account>>> {
+    static ACCOUNTS: OnceLock<Mutex<HashMap<String, Arc<Account>>>> = OnceLock::new();
+    ACCOUNTS.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+struct Inner {
+    config: HttpConfig,
+    client: reqwest::Client,
+    account: Arc<Account>,
+}
+
+/// A rate-limited, retrying HTTP client for one vendor account. Cloning is cheap and clones
+/// share the limiter.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the account key: callers derive it from the credentials.
+        f.debug_struct("HttpClient")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why one attempt did not succeed, when it may be retried.
+enum Failure {
+    /// A retryable status (429, 500, 502, 503, 504).
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+        message: String,
+    },
+    /// No complete answer: connect error, timeout, reset, truncated or malformed body.
+    Transport(String),
+}
+
+impl HttpClient {
+    /// A client with its own limiter, not shared with any other client (clones excepted).
+    pub fn new(config: HttpConfig) -> Result<Self> {
+        let account = Arc::new(Account::new(&config)?);
+        Self::with_account(config, account)
+    }
+
+    /// A client that shares one limiter and quota pause with every other client built with
+    /// the same `account_key` in this process, so all streams of one vendor account stay
+    /// within the account's rate together. The first config for a key sets the rate and
+    /// burst; later ones keep their own timeouts and retries.
+    ///
+    /// The key is only compared, never logged: derive it from the credentials (e.g.
+    /// `"stripe:" + a hash of the API key`), never pass the credential itself.
+    pub fn shared(account_key: &str, config: HttpConfig) -> Result<Self> {
+        // Validate before touching the registry, so a bad config does not poison the key.
+        config.limiter_quota()?;
+        let account = {
+            let mut accounts = accounts().lock().unwrap_or_else(PoisonError::into_inner);
+            match accounts.get(account_key) {
+                Some(account) => Arc::clone(account),
+                None => {
+                    let account = Arc::new(Account::new(&config)?);
+                    accounts.insert(account_key.to_owned(), Arc::clone(&account));
+                    account
+                }
+            }
+        };
+        if account.requests_per_second != config.requests_per_second
+            || account.burst != config.burst
+        {
+            tracing::warn!(
+                vendor = %config.vendor,
+                requests_per_second = account.requests_per_second,
+                burst = account.burst,
+                "Account already has a limiter with another rate; keeping the first."
+            );
+        }
+        Self::with_account(config, account)
+    }
+
+    fn with_account(config: HttpConfig, account: Arc<Account>) -> Result<Self> {
+        let client = reqwest::Client::builder()
+            .user_agent(crate::USER_AGENT)
+            .gzip(true)
+            .timeout(config.timeout)
+            .connect_timeout(config.connect_timeout)
+            .build()
+            .map_err(|err| {
+                Error::config(
+                    "http",
+                    format!("could not build the HTTP client: {}", describe(err)),
+                )
+            })?;
+        Ok(HttpClient {
+            inner: Arc::new(Inner {
+                config,
+                client,
+                account,
+            }),
+        })
+    }
+
+    /// The config this client was built with.
+    pub fn config(&self) -> &HttpConfig {
+        &self.inner.config
+    }
+
+    /// Sends a request built by `build`, retrying as configured, and returns the first 2xx
+    /// response with its whole body. `what` names the request in logs (e.g. `list charges`).
+    ///
+    /// `build` is called once per attempt, so it must build the same request every time.
+    /// 401/403 fail at once with [`Error::Auth`], other 4xx with [`Error::Http`]; 429, 500,
+    /// 502, 503, 504 and transport failures are retried, and when retries run out they fail
+    /// with [`Error::RateLimited`], [`Error::Http`] and [`Error::Transport`].
+    pub async fn send<F>(&self, what: &str, build: F) -> Result<Response>
+    where
+        F: Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    {
+        self.send_checked(what, build, |_| Ok(())).await
+    }
+
+    /// Like [`HttpClient::send`], and `check` validates each 2xx response (e.g. that the JSON
+    /// is complete). A failed check is retried like a truncated body: vendors do send cut
+    /// or garbled bodies with a 200.
+    pub async fn send_checked<F, C>(&self, what: &str, build: F, check: C) -> Result<Response>
+    where
+        F: Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+        C: Fn(&Response) -> Result<(), String>,
+    {
+        let config = &self.inner.config;
+        let mut retries = 0u32;
+        loop {
+            let (client, request) = build(&self.inner.client).build_split();
+            let request = request.map_err(|err| Error::Transport {
+                method: String::new(),
+                url: err.url().map(redact_url).unwrap_or_default(),
+                attempts: retries,
+                message: describe(err),
+            })?;
+            let method = request.method().to_string();
+            let mut url = redact_url(request.url());
+
+            self.inner.account.ready().await;
+            let started = Instant::now();
+            let failure = match client.execute(request).await {
+                Err(err) if err.is_builder() || err.is_redirect() => {
+                    // Retrying cannot help a request that cannot be built or that loops.
+                    return Err(Error::Transport {
+                        method,
+                        url,
+                        attempts: retries + 1,
+                        message: describe(err),
+                    });
+                }
+                Err(err) => Failure::Transport(describe(err)),
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let headers = response.headers().clone();
+                    url = redact_url(response.url());
+                    match response.bytes().await {
+                        Err(err) => Failure::Transport(describe(err)),
+                        Ok(body) => {
+                            let date = header_date(&headers);
+                            self.observe_quota(&headers, date);
+                            tracing::debug!(
+                                vendor = %config.vendor,
+                                what,
+                                status,
+                                elapsed_ms = started.elapsed().as_millis() as u64,
+                                "Request answered."
+                            );
+                            let response = Response {
+                                status,
+                                headers,
+                                body,
+                                url: url.clone(),
+                                date,
+                            };
+                            match self.classify(&method, response, &check)? {
+                                Ok(response) => return Ok(response),
+                                Err(failure) => failure,
+                            }
+                        }
+                    }
+                }
+            };
+
+            if retries >= config.max_retries {
+                return Err(match failure {
+                    Failure::Status {
+                        status: 429,
+                        retry_after,
+                        ..
+                    } => Error::RateLimited {
+                        url,
+                        retry_after: retry_after.unwrap_or_else(|| self.backoff_cap(retries)),
+                    },
+                    Failure::Status {
+                        status, message, ..
+                    } => Error::Http {
+                        method,
+                        url,
+                        status,
+                        message,
+                    },
+                    Failure::Transport(message) => Error::Transport {
+                        method,
+                        url,
+                        attempts: retries + 1,
+                        message,
+                    },
+                });
+            }
+
+            let (status, retry_after, error) = match &failure {
+                Failure::Status {
+                    status,
+                    retry_after,
+                    ..
+                } => (Some(*status), *retry_after, None),
+                Failure::Transport(message) => (None, None, Some(message.as_str())),
+            };
+            let delay = match retry_after {
+                Some(retry_after) => {
+                    if status == Some(429) {
+                        // The whole account is over its limit, not just this stream.
+                        self.inner
+                            .account
+                            .pause_until(Instant::now() + retry_after);
+                    }
+                    retry_after
+                }
+                None => self.backoff(retries),
+            };
+            tracing::warn!(
+                vendor = %config.vendor,
+                what,
+                method = %method,
+                url = %url,
+                status,
+                error,
+                attempt = retries + 1,
+                delay_ms = delay.as_millis() as u64,
+                "Retrying request."
+            );
+            tokio::time::sleep(delay).await;
+            retries += 1;
+        }
+    }
+
+    /// Sorts a response with its body: `Ok(Ok)` is done, `Ok(Err)` is retryable, `Err` is
+    /// final.
+    fn classify<C>(
+        &self,
+        method: &str,
+        response: Response,
+        check: &C,
+    ) -> Result<Result<Response, Failure>>
+    where
+        C: Fn(&Response) -> Result<(), String>,
+    {
+        let config = &self.inner.config;
+        let status = response.status;
+        match status {
+            200..=299 => Ok(match check(&response) {
+                Ok(()) => Ok(response),
+                Err(message) => Err(Failure::Transport(format!("malformed body: {message}"))),
+            }),
+            401 | 403 => Err(Error::Auth {
+                vendor: config.vendor.clone(),
+                status,
+                message: vendor_message(&response.body),
+            }),
+            429 => {
+                let retry_after = retry_after(&response.headers, response.date);
+                if let Some(wait) = retry_after
+                    && wait > config.max_retry_after
+                {
+                    return Err(Error::RateLimited {
+                        url: response.url,
+                        retry_after: wait,
+                    });
+                }
+                Ok(Err(Failure::Status {
+                    status,
+                    retry_after,
+                    message: vendor_message(&response.body),
+                }))
+            }
+            500 | 502 | 503 | 504 => Ok(Err(Failure::Status {
+                status,
+                // A 503 may say when to come back; a too-long wait falls back to backoff,
+                // since the outage may end sooner.
+                retry_after: retry_after(&response.headers, response.date)
+                    .filter(|wait| *wait <= config.max_retry_after),
+                message: vendor_message(&response.body),
+            })),
+            _ => Err(Error::Http {
+                method: method.to_owned(),
+                url: response.url,
+                status,
+                message: vendor_message(&response.body),
+            }),
+        }
+    }
+
+    /// Pauses the account when the vendor says its quota is (nearly) used up.
+    fn observe_quota(&self, headers: &HeaderMap, date: Option<DateTime<Utc>>) {
+        let config = &self.inner.config;
+        let Some(quota) = &config.quota else {
+            return;
+        };
+        let Some(remaining) = first_number(headers, &quota.remaining) else {
+            return;
+        };
+        if remaining > quota.low_water as f64 {
+            return;
+        }
+        let wait = first_number(headers, &quota.reset)
+            .map(|reset| reset_delay(reset, date))
+            .unwrap_or(Duration::from_secs(1))
+            .min(config.max_retry_after);
+        tracing::debug!(
+            vendor = %config.vendor,
+            remaining,
+            wait_ms = wait.as_millis() as u64,
+            "Quota nearly used up; pausing the account."
+        );
+        self.inner.account.pause_until(Instant::now() + wait);
+    }
+
+    /// The largest backoff before retry number `retries + 1`: `base × 2^retries`, capped.
+    fn backoff_cap(&self, retries: u32) -> Duration {
+        let config = &self.inner.config;
+        config
+            .base_backoff
+            .saturating_mul(2u32.saturating_pow(retries))
+            .min(config.max_backoff)
+    }
+
+    /// The backoff with full jitter: uniform in `[0, cap)`, so clients that failed together
+    /// do not retry together.
+    fn backoff(&self, retries: u32) -> Duration {
+        let cap = self.backoff_cap(retries);
+        Duration::try_from_secs_f64(cap.as_secs_f64() * rand::random::<f64>()).unwrap_or(cap)
+    }
+}
+
+/// A URL as scheme, host, port and path: no user info, query or fragment, since vendors
+/// put tokens there. Use it for anything that ends up in an error or a log.
+pub fn redact_url(url: &reqwest::Url) -> String {
+    let mut out = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
+    if let Some(port) = url.port() {
+        out.push(':');
+        out.push_str(&port.to_string());
+    }
+    out.push_str(url.path());
+    out
+}
+
+/// The vendor's own message from an error body: JSON `error.message` (Stripe), `error` as a
+/// string (with `description`/`error_description` when present: Zendesk, OAuth),
+/// `error.title`/`error.description` (Zendesk), `[0].message` (Salesforce, with its
+/// `errorCode`), or a top-level `message`; otherwise the first 300 characters of the body.
+pub fn vendor_message(body: &[u8]) -> String {
+    if let Ok(json) = serde_json::from_slice::<serde_json::Value>(body)
+        && let Some(message) = json_message(&json)
+    {
+        return message;
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        return "(empty body)".to_owned();
+    }
+    match text.char_indices().nth(MESSAGE_PREFIX_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+fn json_message(json: &serde_json::Value) -> Option<String> {
+    let text = |value: Option<&serde_json::Value>| {
+        value
+            .and_then(serde_json::Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    match json.get("error") {
+        Some(serde_json::Value::Object(error)) => {
+            if let Some(message) = text(error.get("message")) {
+                return Some(message);
+            }
+            match (text(error.get("title")), text(error.get("description"))) {
+                (Some(title), Some(description)) => return Some(format!("{title}: {description}")),
+                (Some(one), None) | (None, Some(one)) => return Some(one),
+                (None, None) => {}
+            }
+        }
+        Some(serde_json::Value::String(_)) => {
+            if let Some(error) = text(json.get("error")) {
+                let description =
+                    text(json.get("description")).or_else(|| text(json.get("error_description")));
+                return Some(match description {
+                    Some(description) => format!("{error}: {description}"),
+                    None => error,
+                });
+            }
+        }
+        _ => {}
+    }
+    if let Some(first) = json.get(0) {
+        if let Some(message) = text(first.get("message")) {
+            return Some(match text(first.get("errorCode")) {
+                Some(code) => format!("{message} ({code})"),
+                None => message,
+            });
+        }
+    }
+    text(json.get("message"))
+}
+
+/// Describes a reqwest error with its causes (hyper's "connection reset" is only in the
+/// chain) and without its URL, which may hold a token.
+fn describe(err: reqwest::Error) -> String {
+    let err = err.without_url();
+    let mut message = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !message.ends_with(&cause_text) {
+            message.push_str(": ");
+            message.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+/// The `Date` header, if present and valid.
+fn header_date(headers: &HeaderMap) -> Option<DateTime<Utc>> {
+    let value = headers.get(DATE)?.to_str().ok()?;
+    DateTime::parse_from_rfc2822(value.trim())
+        .ok()
+        .map(|date| date.with_timezone(&Utc))
+}
+
+/// The wait a `Retry-After` header asks for, as seconds or as an HTTP-date. A date is
+/// measured from the response's own `Date` when present, so a skewed local clock does not
+/// shorten the wait.
+fn retry_after(headers: &HeaderMap, date: Option<DateTime<Utc>>) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<f64>() {
+        return (seconds.is_finite() && seconds >= 0.0)
+            .then(|| Duration::try_from_secs_f64(seconds).ok())
+            .flatten();
+    }
+    let at = DateTime::parse_from_rfc2822(value).ok()?.with_timezone(&Utc);
+    let now = date.unwrap_or_else(Utc::now);
+    Some((at - now).to_std().unwrap_or(Duration::ZERO))
+}
+
+/// The first of `names` present as a number.
+fn first_number(headers: &HeaderMap, names: &[String]) -> Option<f64> {
+    names.iter().find_map(|name| {
+        headers
+            .get(name.to_ascii_lowercase().as_str())?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite())
+    })
+}
+
+/// The wait until a quota reset given as seconds, or as a Unix timestamp when large.
+fn reset_delay(reset: f64, date: Option<DateTime<Utc>>) -> Duration {
+    let seconds = if reset > EPOCH_THRESHOLD_SECS {
+        let now = date.unwrap_or_else(Utc::now).timestamp_millis() as f64 / 1000.0;
+        reset - now
+    } else {
+        reset
+    };
+    Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::ZERO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::http::{HeaderMap as AxumHeaders, HeaderValue, StatusCode, header};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Fast retries, a generous rate: tests measure behaviour, not the defaults.
+    fn config() -> HttpConfig {
+        HttpConfig {
+            max_retries: 3,
+            base_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(20),
+            timeout: Duration::from_secs(5),
+            ..HttpConfig::new("Testvendor", 1000.0)
+        }
+    }
+
+    async fn serve(router: Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        format!("http://{addr}")
+    }
+
+    /// A server that answers with `respond(n)` to its n-th request (from 0) and counts them.
+    async fn counting<R>(respond: fn(u32) -> R) -> (String, Arc<AtomicU32>)
+    where
+        R: IntoResponse + Send + 'static,
+    {
+        let count = Arc::new(AtomicU32::new(0));
+        let counter = Arc::clone(&count);
+        let router = Router::new().route(
+            "/",
+            get(move || {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                async move { respond(n) }
+            }),
+        );
+        (serve(router).await, count)
+    }
+
+    #[tokio::test]
+    async fn retries_503_then_succeeds() {
+        let (url, count) = counting(|n| {
+            if n < 2 {
+                (StatusCode::SERVICE_UNAVAILABLE, "busy")
+            } else {
+                (StatusCode::OK, "done")
+            }
+        })
+        .await;
+        let client = HttpClient::new(config()).unwrap();
+        let response = client.send("test", |c| c.get(&url)).await.unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(&response.body[..], b"done");
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn honours_retry_after_seconds() {
+        let (url, count) = counting(|n| {
+            if n == 0 {
+                (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "1")], "slow down")
+            } else {
+                (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")], "ok")
+            }
+        })
+        .await;
+        let client = HttpClient::new(config()).unwrap();
+        let started = Instant::now();
+        let response = client.send("test", |c| c.get(&url)).await.unwrap();
+        assert!(started.elapsed() >= Duration::from_secs(1), "{:?}", started.elapsed());
+        assert_eq!(response.status, 200);
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn retry_after_http_date_is_measured_from_the_response_date() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:03 GMT"),
+        );
+        headers.insert(DATE, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        let date = header_date(&headers);
+        assert_eq!(retry_after(&headers, date), Some(Duration::from_secs(3)));
+        // A date in the past means "now".
+        headers.insert(DATE, HeaderValue::from_static("Wed, 21 Oct 2015 08:00:00 GMT"));
+        assert_eq!(
+            retry_after(&headers, header_date(&headers)),
+            Some(Duration::ZERO)
+        );
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("garbage"));
+        assert_eq!(retry_after(&headers, None), None);
+    }
+
+    #[tokio::test]
+    async fn too_long_retry_after_fails_at_once() {
+        let (url, count) = counting(|_| {
+            (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "3600")], "")
+        })
+        .await;
+        let client = HttpClient::new(config()).unwrap();
+        let err = client.send("test", |c| c.get(&url)).await.unwrap_err();
+        match err {
+            Error::RateLimited { retry_after, .. } => {
+                assert_eq!(retry_after, Duration::from_secs(3600))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn gives_up_after_max_retries() {
+        let (url, count) = counting(|_| {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"error":{"message":"Down for maintenance"}}"#,
+            )
+        })
+        .await;
+        let client = HttpClient::new(config()).unwrap();
+        let err = client.send("test", |c| c.get(&url)).await.unwrap_err();
+        match err {
+            Error::Http {
+                method,
+                status,
+                message,
+                ..
+            } => {
+                assert_eq!(method, "GET");
+                assert_eq!(status, 503);
+                assert_eq!(message, "Down for maintenance");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 4);
+
+        let (url, count) = counting(|_| (StatusCode::TOO_MANY_REQUESTS, "no")).await;
+        let err = client.send("test", |c| c.get(&url)).await.unwrap_err();
+        assert!(matches!(err, Error::RateLimited { .. }), "{err:?}");
+        assert_eq!(count.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn connection_refused_is_a_transport_error_after_retries() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let client = HttpClient::new(config()).unwrap();
+        let url = format!("http://{addr}/v1/things?api_key=sk_secret");
+        let err = client.send("test", |c| c.get(&url)).await.unwrap_err();
+        match &err {
+            Error::Transport { attempts, url, .. } => {
+                assert_eq!(*attempts, 4);
+                assert_eq!(url, &format!("http://{addr}/v1/things"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(!err.to_string().contains("sk_secret"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unauthorized_is_an_auth_error_with_the_vendor_message() {
+        let (url, count) = counting(|_| {
+            (
+                StatusCode::UNAUTHORIZED,
+                r#"{"error":{"message":"Invalid API Key provided: sk_test_***"}}"#,
+            )
+        })
+        .await;
+        let client = HttpClient::new(config()).unwrap();
+        let err = client.send("test", |c| c.get(&url)).await.unwrap_err();
+        match err {
+            Error::Auth {
+                vendor,
+                status,
+                message,
+            } => {
+                assert_eq!(vendor, "Testvendor");
+                assert_eq!(status, 401);
+                assert_eq!(message, "Invalid API Key provided: sk_test_***");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn bad_request_is_an_http_error_without_the_query() {
+        let (url, count) = counting(|_| {
+            (
+                StatusCode::BAD_REQUEST,
+                r#"{"error":{"message":"No such parameter: limitt"}}"#,
+            )
+        })
+        .await;
+        let client = HttpClient::new(config()).unwrap();
+        let err = client
+            .send("test", |c| c.get(format!("{url}/v1/charges?token=secret")))
+            .await
+            .unwrap_err();
+        match &err {
+            Error::Http {
+                status,
+                message,
+                url: error_url,
+                ..
+            } => {
+                assert_eq!(*status, 400);
+                assert_eq!(message, "No such parameter: limitt");
+                assert_eq!(error_url, &format!("{url}/v1/charges"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(!err.to_string().contains("secret"));
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    /// Reads one request's head, so the client sees its request accepted.
+    async fn read_head(socket: &mut tokio::net::TcpStream) {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = socket.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn truncated_body_is_retried() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = Arc::new(AtomicU32::new(0));
+        let counter = Arc::clone(&count);
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                read_head(&mut socket).await;
+                let reply: &[u8] = if n == 0 {
+                    // Promises 100 bytes, sends 7, hangs up.
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"data\""
+                } else {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\n{\"data\":[]}"
+                };
+                socket.write_all(reply).await.unwrap();
+                socket.shutdown().await.ok();
+            }
+        });
+        let client = HttpClient::new(config()).unwrap();
+        let url = format!("http://{addr}/");
+        let response = client.send("test", |c| c.get(&url)).await.unwrap();
+        assert_eq!(&response.body[..], b"{\"data\":[]}");
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn failed_check_is_retried() {
+        let (url, count) = counting(|n| if n == 0 { "{\"data\": [" } else { "{\"data\": []}" })
+            .await;
+        let client = HttpClient::new(config()).unwrap();
+        let response = client
+            .send_checked(
+                "test",
+                |c| c.get(&url),
+                |r| {
+                    serde_json::from_slice::<serde_json::Value>(&r.body)
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                },
+            )
+            .await
+            .unwrap();
+        let json: serde_json::Value = response.json().unwrap();
+        assert_eq!(json["data"], serde_json::json!([]));
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn shared_clients_stay_within_the_account_rate() {
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&arrivals);
+        let router = Router::new().route(
+            "/",
+            get(move || {
+                seen.lock().unwrap().push(std::time::Instant::now());
+                async { "ok" }
+            }),
+        );
+        let url = serve(router).await;
+        let config = HttpConfig {
+            requests_per_second: 20.0,
+            burst: 1,
+            ..config()
+        };
+        let key = "test:shared-limiter";
+        let a = HttpClient::shared(key, config.clone()).unwrap();
+        let b = HttpClient::shared(key, config).unwrap();
+        assert!(Arc::ptr_eq(&a.inner.account, &b.inner.account));
+
+        let started = Instant::now();
+        let requests = (0..40).map(|i| {
+            let client = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let url = url.clone();
+            async move { client.send("test", |c| c.get(&url)).await }
+        });
+        for result in futures::future::join_all(requests).await {
+            result.unwrap();
+        }
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(1900), "{elapsed:?}");
+
+        let mut arrivals = arrivals.lock().unwrap().clone();
+        arrivals.sort();
+        assert_eq!(arrivals.len(), 40);
+        for (i, start) in arrivals.iter().enumerate() {
+            let in_window = arrivals[i..]
+                .iter()
+                .take_while(|t| t.duration_since(*start) < Duration::from_secs(1))
+                .count();
+            assert!(in_window <= 21, "{in_window} requests within 1 s");
+        }
+    }
+
+    #[tokio::test]
+    async fn low_quota_pauses_the_next_request() {
+        let (url, _) = counting(|n| {
+            let mut headers = AxumHeaders::new();
+            if n == 0 {
+                headers.insert("x-rate-limit-remaining", HeaderValue::from_static("0"));
+                headers.insert("ratelimit-reset", HeaderValue::from_static("1"));
+            } else {
+                headers.insert("x-rate-limit-remaining", HeaderValue::from_static("99"));
+            }
+            (headers, "ok")
+        })
+        .await;
+        let client = HttpClient::new(HttpConfig {
+            quota: Some(QuotaHeaders {
+                remaining: vec!["X-Rate-Limit-Remaining".into(), "ratelimit-remaining".into()],
+                reset: vec!["ratelimit-reset".into()],
+                low_water: 0,
+            }),
+            ..config()
+        })
+        .unwrap();
+        client.send("test", |c| c.get(&url)).await.unwrap();
+        let started = Instant::now();
+        client.send("test", |c| c.get(&url)).await.unwrap();
+        assert!(started.elapsed() >= Duration::from_secs(1), "{:?}", started.elapsed());
+        // Plenty left: no pause.
+        let started = Instant::now();
+        client.send("test", |c| c.get(&url)).await.unwrap();
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+
+    #[tokio::test]
+    async fn sends_the_user_agent_and_decodes_gzip() {
+        let router = Router::new().route(
+            "/",
+            get(|headers: AxumHeaders| async move {
+                let agent = headers
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let accepts_gzip = headers
+                    .get(header::ACCEPT_ENCODING)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("gzip"));
+                let body = format!("{{\"agent\":\"{agent}\",\"gzip\":{accepts_gzip}}}");
+                (
+                    [
+                        (header::CONTENT_ENCODING, "gzip"),
+                        (header::DATE, "Wed, 21 Oct 2015 07:28:00 GMT"),
+                    ],
+                    gzip_stored(body.as_bytes()),
+                )
+            }),
+        );
+        let url = serve(router).await;
+        let client = HttpClient::new(config()).unwrap();
+        let response = client.send("test", |c| c.get(&url)).await.unwrap();
+        let json: serde_json::Value = response.json().unwrap();
+        assert!(
+            json["agent"].as_str().unwrap().starts_with("tributary/"),
+            "{json}"
+        );
+        assert_eq!(json["gzip"], true);
+        assert_eq!(
+            response.date.map(|d| d.to_rfc3339()),
+            Some("2015-10-21T07:28:00+00:00".to_owned())
+        );
+    }
+
+    /// A gzip member holding `data` in one stored (uncompressed) deflate block: valid gzip
+    /// without a compressor in the dev-dependencies.
+    fn gzip_stored(data: &[u8]) -> Vec<u8> {
+        let len = u16::try_from(data.len()).unwrap();
+        let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+        out.push(1); // final block, stored
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(data);
+        out.extend_from_slice(&crc32(data).to_le_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &byte in data {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn vendor_message_knows_the_vendor_shapes() {
+        let cases: &[(&str, &str)] = &[
+            (r#"{"error":{"message":"No such charge","type":"invalid_request_error"}}"#, "No such charge"),
+            (r#"{"error":"invalid_grant","error_description":"expired"}"#, "invalid_grant: expired"),
+            (r#"{"error":"RecordNotFound","description":"Not found"}"#, "RecordNotFound: Not found"),
+            (r#"{"error":"Couldn't authenticate you"}"#, "Couldn't authenticate you"),
+            (r#"{"error":{"title":"Forbidden","description":"No access"}}"#, "Forbidden: No access"),
+            (r#"[{"message":"Session expired or invalid","errorCode":"INVALID_SESSION_ID"}]"#, "Session expired or invalid (INVALID_SESSION_ID)"),
+            (r#"{"message":"Bad credentials"}"#, "Bad credentials"),
+            ("<html>Bad Gateway</html>", "<html>Bad Gateway</html>"),
+            ("", "(empty body)"),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(vendor_message(body.as_bytes()), *expected, "{body}");
+        }
+        let long = "é".repeat(1000);
+        let message = vendor_message(long.as_bytes());
+        assert_eq!(message.chars().count(), 301);
+    }
+
+    #[test]
+    fn config_rejects_unusable_rates() {
+        assert!(HttpClient::new(HttpConfig::new("V", 0.0)).is_err());
+        assert!(HttpClient::new(HttpConfig::new("V", f64::NAN)).is_err());
+        assert!(HttpClient::new(HttpConfig { burst: 0, ..HttpConfig::new("V", 1.0) }).is_err());
+        assert!(HttpClient::new(HttpConfig::per_minute("V", 10.0)).is_ok());
+    }
+
+    #[test]
+    fn reset_may_be_seconds_or_a_timestamp() {
+        let date = DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(reset_delay(2.0, Some(date)), Duration::from_secs(2));
+        let at = date.timestamp() as f64 + 30.0;
+        assert_eq!(reset_delay(at, Some(date)), Duration::from_secs(30));
+        assert_eq!(reset_delay(-5.0, None), Duration::ZERO);
+    }
+
+    #[test]
+    fn redacted_urls_keep_only_scheme_host_port_and_path() {
+        let url = reqwest::Url::parse("https://user:pw@api.example.com:8443/v1/x?key=s#frag").unwrap();
+        assert_eq!(redact_url(&url), "https://api.example.com:8443/v1/x");
+    }
+}

@@ -1,0 +1,28 @@
+//! The Tributary connector SDK.
+//!
+//! Everything a connector author needs, and nothing of the runtime: the [`Connector`] trait
+//! (and its object-safe twin [`Source`]), stream schemas, pages of records, the conversion
+//! of JSON records into Arrow batches, the rate-limited HTTP client, reusable pagination
+//! pieces and the conformance kit that every connector runs in its tests.
+//!
+//! Vendor crates depend on this crate only; the `tributary` binary depends on this crate
+//! and on every vendor crate and registers them in one explicit function.
+
+pub mod conformance;
+pub mod connector;
+pub mod convert;
+pub mod error;
+pub mod http;
+pub mod page;
+pub mod pagination;
+pub mod schema;
+pub mod secret;
+
+pub use connector::{Connector, ReadRequest, Source, SourceContext, SourceFactory, factory};
+pub use error::{Error, Result};
+pub use page::{Page, PageStream, Record, Records};
+pub use schema::{Column, ColumnType, StreamKind, StreamSchema};
+pub use secret::Secret;
+
+/// The `User-Agent` every connector sends: `tributary/<version>`.
+pub const USER_AGENT: &str = concat!("tributary/", env!("CARGO_PKG_VERSION"));

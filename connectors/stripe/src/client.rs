@@ -1,0 +1,190 @@
+//! Stripe's HTTP API as the streams use it: authenticated, versioned GETs of list
+//! endpoints through the SDK's rate-limited, retrying client, with every list body checked
+//! for completeness before it is used.
+//!
+//! All sources configured with one API key share one limiter (the client is built with
+//! [`HttpClient::shared`] under a hash of the key), so their streams together stay within
+//! the account's rate.
+
+use std::sync::{Mutex, PoisonError};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tributary_sdk::http::{HttpClient, HttpConfig, Response};
+use tributary_sdk::pagination::{Envelope, scan_envelope};
+use tributary_sdk::{Error, Result, Secret};
+
+use crate::config::Settings;
+
+/// The vendor name in errors and logs.
+pub const VENDOR: &str = "Stripe";
+
+/// One page of a Stripe list endpoint, checked complete.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    /// The response body, untouched.
+    pub body: Bytes,
+    /// What a scan of the body found: record count, first and last ids, `has_more`.
+    pub envelope: Envelope,
+    /// Stripe's clock when it answered (`Date` header).
+    pub date: Option<DateTime<Utc>>,
+}
+
+impl Listing {
+    /// Whether Stripe has more objects past this page (never, for an empty page, so a
+    /// misbehaving server cannot make us loop).
+    pub fn has_more(&self) -> bool {
+        self.envelope.count > 0 && self.envelope.flag("has_more")
+    }
+}
+
+/// An authenticated Stripe API client.
+#[derive(Debug)]
+pub struct StripeClient {
+    http: HttpClient,
+    api_base: String,
+    api_key: Secret,
+    stripe_version: String,
+    /// The `Date` of the latest response: Stripe's clock, for retention decisions that
+    /// must not depend on the local clock.
+    server_date: Mutex<Option<DateTime<Utc>>>,
+}
+
+impl StripeClient {
+    /// A client for the validated settings. Makes no request.
+    pub fn new(settings: &Settings) -> Result<Self> {
+        let config = HttpConfig::new(VENDOR, settings.requests_per_second);
+        let http = HttpClient::shared(&account_key(&settings.api_key), config)?;
+        Ok(StripeClient {
+            http,
+            api_base: settings.api_base.clone(),
+            api_key: settings.api_key.clone(),
+            stripe_version: settings.stripe_version.clone(),
+            server_date: Mutex::new(None),
+        })
+    }
+
+    /// GETs one page of the list endpoint `path` (e.g. `/v1/charges`) with `query`. The
+    /// body must be one complete JSON object with a `data` array, or the request is retried
+    /// like a transport failure. A 401/403 is [`Error::Auth`] with Stripe's message.
+    pub async fn list(&self, path: &str, query: &[(&str, String)]) -> Result<Listing> {
+        let url = format!("{}{path}", self.api_base);
+        let what = format!("GET {path}");
+        // The check already scans the body; keep what it found instead of scanning twice.
+        let scanned: Mutex<Option<Envelope>> = Mutex::new(None);
+        let response = self
+            .http
+            .send_checked(
+                &what,
+                |c| {
+                    c.get(&url)
+                        .bearer_auth(self.api_key.expose())
+                        .header("Stripe-Version", &self.stripe_version)
+                        .query(query)
+                },
+                |r: &Response| {
+                    let envelope = scan_envelope(&r.body, "data", "id")?;
+                    if envelope.field("data").is_some() || !has_data_array(&envelope, &r.body) {
+                        return Err("the body has no `data` array".to_owned());
+                    }
+                    *scanned.lock().unwrap_or_else(PoisonError::into_inner) = Some(envelope);
+                    Ok(())
+                },
+            )
+            .await?;
+        self.observe_date(response.date);
+        let envelope = scanned
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ok_or_else(|| Error::decode(format!("{what} response"), "the body was not scanned"))?;
+        Ok(Listing {
+            body: response.body,
+            envelope,
+            date: response.date,
+        })
+    }
+
+    /// Stripe's clock as of the latest response, or the local clock before any.
+    pub fn server_now(&self) -> DateTime<Utc> {
+        self.server_date
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or_else(Utc::now)
+    }
+
+    fn observe_date(&self, date: Option<DateTime<Utc>>) {
+        if let Some(date) = date {
+            let mut latest = self
+                .server_date
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if latest.is_none_or(|latest| latest < date) {
+                *latest = Some(date);
+            }
+        }
+    }
+}
+
+/// Whether the body has a top-level `data` array. The envelope scan counts the array's
+/// records and records only scalars, so a non-empty list is recognised by its count and an
+/// empty one (a small body) by naming `data` while `data` is not a scalar.
+fn has_data_array(envelope: &Envelope, body: &[u8]) -> bool {
+    envelope.count > 0 || body.windows(6).any(|w| w == b"\"data\"")
+}
+
+/// Whether `err` is Stripe saying that the object `id` (a pagination anchor) no longer
+/// exists: HTTP 400/404 with code `resource_missing`, whose message reads
+/// `No such <object>: '<id>'`.
+///
+/// The SDK's [`Error::Http`] carries Stripe's message but not its error code, so the
+/// message is what we can match.
+pub fn is_missing(err: &Error, id: &str) -> bool {
+    matches!(
+        err,
+        Error::Http { status: 400 | 404, message, .. }
+            if message.contains(id) || message.contains("resource_missing")
+    )
+}
+
+/// The key under which all sources of one Stripe account share a limiter: a short,
+/// non-reversible digest of the API key (FNV-1a), never the key itself.
+pub fn account_key(api_key: &Secret) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in api_key.expose().bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("stripe:{:012x}", hash >> 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_keys_are_stable_distinct_and_secret_free() {
+        let a = account_key(&Secret::new("sk_test_aaaa"));
+        assert_eq!(a, account_key(&Secret::new("sk_test_aaaa")));
+        assert_ne!(a, account_key(&Secret::new("sk_test_aaab")));
+        assert!(a.starts_with("stripe:") && !a.contains("aaaa"), "{a}");
+    }
+
+    #[test]
+    fn missing_anchor_is_recognised() {
+        let err = Error::Http {
+            method: "GET".into(),
+            url: "https://api.stripe.com/v1/events".into(),
+            status: 400,
+            message: "No such event: 'evt_123'".into(),
+        };
+        assert!(is_missing(&err, "evt_123"));
+        assert!(!is_missing(&err, "evt_999"));
+        let other = Error::Http {
+            method: "GET".into(),
+            url: "https://api.stripe.com/v1/events".into(),
+            status: 400,
+            message: "Received unknown parameter: limitt".into(),
+        };
+        assert!(!is_missing(&other, "evt_123"));
+    }
+}

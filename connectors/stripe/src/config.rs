@@ -1,0 +1,271 @@
+//! The options of a Stripe source (`[sources.<name>]` with `type = "stripe"`) and their
+//! validation.
+//!
+//! [`StripeConfig`] is what the user writes; [`StripeConfig::validate`] turns it into the
+//! [`Settings`] the client runs with, or an [`Error::Config`] naming the key to fix.
+
+use serde::Deserialize;
+use tributary_sdk::{Error, Result, Secret};
+
+/// The API version sent as `Stripe-Version` unless `stripe_version` says otherwise. Pinned
+/// so that an account's default version changing on Stripe's side does not change the
+/// shape of the objects we land.
+pub const DEFAULT_STRIPE_VERSION: &str = "2024-06-20";
+
+/// Where Stripe's API lives.
+pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
+
+/// Requests per second with a test-mode key (Stripe allows 25 per second in test mode).
+pub const TEST_MODE_REQUESTS_PER_SECOND: f64 = 25.0;
+
+/// Requests per second with a live-mode key (Stripe allows 100 per second in live mode).
+pub const LIVE_MODE_REQUESTS_PER_SECOND: f64 = 100.0;
+
+/// The largest `limit` Stripe's list endpoints accept.
+pub const MAX_PAGE_SIZE: u32 = 100;
+
+const KEY_PREFIXES: [&str; 4] = ["sk_test_", "sk_live_", "rk_test_", "rk_live_"];
+
+/// The options of a Stripe source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StripeConfig {
+    /// Stripe secret key (`sk_live_…`, `sk_test_…`) or restricted key (`rk_live_…`,
+    /// `rk_test_…`) with read access to the synced objects. Write it as `${ENV_VAR}` to
+    /// keep it out of the config file.
+    pub api_key: Secret,
+
+    /// Base URL of the Stripe API. Change it only to point at a proxy or the sandbox.
+    #[serde(default = "default_api_base")]
+    pub api_base: String,
+
+    /// Stripe API version sent as the `Stripe-Version` header on every request; it fixes
+    /// the shape of the objects landed in the tables.
+    #[serde(default = "default_stripe_version")]
+    pub stripe_version: String,
+
+    /// Most requests per second this source sends, shared by all its streams. Defaults to
+    /// Stripe's own limit: 25 with a test-mode key, 100 with a live-mode key. Lower it when
+    /// other integrations use the same account.
+    #[serde(default)]
+    pub requests_per_second: Option<f64>,
+
+    /// Objects fetched per list request, from 1 to 100.
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+}
+
+fn default_api_base() -> String {
+    DEFAULT_API_BASE.to_owned()
+}
+
+fn default_stripe_version() -> String {
+    DEFAULT_STRIPE_VERSION.to_owned()
+}
+
+fn default_page_size() -> u32 {
+    MAX_PAGE_SIZE
+}
+
+/// A validated configuration, with its defaults resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The API key.
+    pub api_key: Secret,
+    /// The API base URL, without a trailing slash.
+    pub api_base: String,
+    /// The `Stripe-Version` header.
+    pub stripe_version: String,
+    /// The request rate, shared by all streams of the account.
+    pub requests_per_second: f64,
+    /// `limit` of list requests.
+    pub page_size: u32,
+    /// Whether the key is a live-mode key.
+    pub live_mode: bool,
+}
+
+impl StripeConfig {
+    /// A configuration with `api_key` and every other option at its default.
+    pub fn new(api_key: Secret) -> Self {
+        StripeConfig {
+            api_key,
+            api_base: default_api_base(),
+            stripe_version: default_stripe_version(),
+            requests_per_second: None,
+            page_size: default_page_size(),
+        }
+    }
+
+    /// Checks every option; an error names the option to fix.
+    pub fn validate(&self) -> Result<Settings> {
+        let key = self.api_key.expose().trim();
+        let Some(prefix) = KEY_PREFIXES.iter().find(|p| key.starts_with(*p)) else {
+            return Err(Error::config(
+                "api_key",
+                "not a Stripe API key: it must start with `sk_live_`, `sk_test_`, `rk_live_` \
+                 or `rk_test_` (a publishable `pk_` key cannot read objects)",
+            ));
+        };
+        if key.len() == prefix.len() {
+            return Err(Error::config(
+                "api_key",
+                format!("the key is only its prefix `{prefix}`"),
+            ));
+        }
+        let live_mode = prefix.ends_with("_live_");
+
+        let api_base = validate_api_base(&self.api_base)?;
+
+        let stripe_version = self.stripe_version.trim();
+        if stripe_version.is_empty() {
+            return Err(Error::config(
+                "stripe_version",
+                format!("must be an API version such as `{DEFAULT_STRIPE_VERSION}`"),
+            ));
+        }
+
+        let requests_per_second = match self.requests_per_second {
+            None if live_mode => LIVE_MODE_REQUESTS_PER_SECOND,
+            None => TEST_MODE_REQUESTS_PER_SECOND,
+            Some(r) if r.is_finite() && r > 0.0 => r,
+            Some(r) => {
+                return Err(Error::config(
+                    "requests_per_second",
+                    format!("must be a number greater than 0, not {r}"),
+                ));
+            }
+        };
+
+        if !(1..=MAX_PAGE_SIZE).contains(&self.page_size) {
+            return Err(Error::config(
+                "page_size",
+                format!(
+                    "must be between 1 and {MAX_PAGE_SIZE}, not {}",
+                    self.page_size
+                ),
+            ));
+        }
+
+        Ok(Settings {
+            api_key: Secret::new(key),
+            api_base,
+            stripe_version: stripe_version.to_owned(),
+            requests_per_second,
+            page_size: self.page_size,
+            live_mode,
+        })
+    }
+}
+
+/// Checks that `raw` is an absolute http(s) URL with a host and neither query nor fragment;
+/// returns it without its trailing slashes.
+fn validate_api_base(raw: &str) -> Result<String> {
+    let bad = |why: String| Error::config("api_base", why);
+    let url = url::Url::parse(raw.trim()).map_err(|e| bad(format!("`{raw}` is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad(format!(
+            "`{raw}` must be an http:// or https:// URL, not {}://",
+            url.scheme()
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad(format!("`{raw}` has no host")));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad(format!("`{raw}` must not have a query or a fragment")));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad(format!(
+            "`{raw}` must not carry credentials; set `api_key` instead"
+        )));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(key: &str) -> StripeConfig {
+        StripeConfig::new(Secret::new(key))
+    }
+
+    fn key_of(err: Error) -> String {
+        match err {
+            Error::Config { key, .. } => key,
+            other => panic!("expected a config error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_key_mode() {
+        let test = config("sk_test_abc").validate().unwrap();
+        assert_eq!(test.requests_per_second, TEST_MODE_REQUESTS_PER_SECOND);
+        assert!(!test.live_mode);
+        assert_eq!(test.api_base, DEFAULT_API_BASE);
+        assert_eq!(test.stripe_version, DEFAULT_STRIPE_VERSION);
+        assert_eq!(test.page_size, 100);
+        let live = config("rk_live_abc").validate().unwrap();
+        assert_eq!(live.requests_per_second, LIVE_MODE_REQUESTS_PER_SECOND);
+        assert!(live.live_mode);
+    }
+
+    #[test]
+    fn bad_key_prefix_names_api_key() {
+        for key in ["pk_test_abc", "abc", "", "sk_test_", "sk_tes_abc"] {
+            let err = config(key).validate().unwrap_err();
+            assert!(!err.to_string().contains("abc"), "the key leaked: {err}");
+            assert_eq!(key_of(err), "api_key", "{key}");
+        }
+    }
+
+    #[test]
+    fn bad_api_base_names_api_base() {
+        for base in ["not a url", "ftp://api.stripe.com", "/v1", "http://x/?a=b"] {
+            let mut c = config("sk_test_abc");
+            c.api_base = base.into();
+            assert_eq!(key_of(c.validate().unwrap_err()), "api_base", "{base}");
+        }
+        let mut c = config("sk_test_abc");
+        c.api_base = "http://127.0.0.1:8080/".into();
+        assert_eq!(c.validate().unwrap().api_base, "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn zero_or_negative_rate_names_requests_per_second() {
+        for rate in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let mut c = config("sk_live_abc");
+            c.requests_per_second = Some(rate);
+            assert_eq!(
+                key_of(c.validate().unwrap_err()),
+                "requests_per_second",
+                "{rate}"
+            );
+        }
+        let mut c = config("sk_live_abc");
+        c.requests_per_second = Some(2.5);
+        assert_eq!(c.validate().unwrap().requests_per_second, 2.5);
+    }
+
+    #[test]
+    fn page_size_is_bounded() {
+        for size in [0, 101] {
+            let mut c = config("sk_test_abc");
+            c.page_size = size;
+            assert_eq!(key_of(c.validate().unwrap_err()), "page_size");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_and_the_key_is_never_printed() {
+        let err = serde_json::from_value::<StripeConfig>(
+            serde_json::json!({"api_key": "sk_test_secret", "windows_days": 3}),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("windows_days"), "{err}");
+        let c: StripeConfig =
+            serde_json::from_value(serde_json::json!({"api_key": "sk_test_secret"})).unwrap();
+        assert!(!format!("{c:?}").contains("secret"));
+        assert!(!format!("{:?}", c.validate().unwrap()).contains("secret"));
+    }
+}

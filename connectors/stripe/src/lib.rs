@@ -1,0 +1,101 @@
+//! The Stripe source of Tributary.
+//!
+//! Sixteen streams (customers, charges, invoices, subscriptions, … and the events feed
+//! itself), each read once in full from its list endpoint and then incrementally from
+//! Stripe's events: see [`streams`] for the cursor design and the 30-day retention
+//! fallback, [`config`] for the options, [`client`] for the HTTP side.
+//!
+//! With the `sandbox` feature the crate also holds the Stripe simulator used by
+//! `tributary sandbox stripe`, `tributary demo` and the tests.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tributary_sdk::connector::find_stream;
+use tributary_sdk::{
+    Connector, Error, PageStream, ReadRequest, Result, SourceContext, SourceFactory, StreamSchema,
+};
+
+pub mod client;
+pub mod config;
+pub mod streams;
+
+#[cfg(feature = "sandbox")]
+pub mod sandbox;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::StripeConfig;
+
+use client::StripeClient;
+use streams::Cursor;
+
+/// A Stripe account as a source.
+#[derive(Debug)]
+pub struct Stripe {
+    client: Arc<StripeClient>,
+    page_size: u32,
+    schemas: Vec<StreamSchema>,
+    ctx: SourceContext,
+}
+
+impl Stripe {
+    /// The source's name in the config.
+    pub fn source_name(&self) -> &str {
+        &self.ctx.source
+    }
+}
+
+#[async_trait]
+impl Connector for Stripe {
+    type Config = StripeConfig;
+
+    const KIND: &'static str = "stripe";
+
+    fn new(config: StripeConfig, ctx: SourceContext) -> Result<Self> {
+        let settings = config.validate()?;
+        Ok(Stripe {
+            client: Arc::new(StripeClient::new(&settings)?),
+            page_size: settings.page_size,
+            schemas: streams::schemas()?,
+            ctx,
+        })
+    }
+
+    /// Lists one event: proves the key is valid and may read events.
+    async fn check(&self) -> Result<()> {
+        self.client
+            .list("/v1/events", &[("limit", "1".to_owned())])
+            .await
+            .map(drop)
+    }
+
+    async fn discover(&self) -> Result<Vec<StreamSchema>> {
+        Ok(self.schemas.clone())
+    }
+
+    async fn read(&self, request: ReadRequest) -> Result<PageStream> {
+        let schema = find_stream(&self.schemas, &request.stream)?;
+        let def = streams::stream(&schema.name).ok_or_else(|| Error::UnknownStream {
+            stream: request.stream.clone(),
+            available: String::new(),
+        })?;
+        let cursor = match request.cursor {
+            Some(cursor) if !request.full_refresh => Cursor::from_json(def.name, cursor)?,
+            _ => None,
+        };
+        Ok(streams::read(
+            Arc::clone(&self.client),
+            def,
+            self.page_size,
+            cursor,
+            request.full_refresh,
+        ))
+    }
+}
+
+/// The factory that registers the Stripe connector with the runtime.
+pub fn factory() -> SourceFactory {
+    tributary_sdk::factory::<Stripe>()
+}

@@ -1,0 +1,439 @@
+//! A Stripe simulator for `tributary demo`, `tributary sandbox stripe` and the tests.
+//!
+//! It serves a seeded test-mode account over HTTP on 127.0.0.1 and behaves like Stripe where
+//! a connector can tell the difference:
+//!
+//! - `GET /v1/<resource>` lists newest first with `limit`, `starting_after`,
+//!   `ending_before` (the objects just newer than the cursor, still newest first),
+//!   `created[gt|gte|lt|lte]`, Stripe's per-resource filters and, on `/v1/events`, `type`
+//!   (with `*`) and `types[]`. `GET /v1/<resource>/<id>` fetches one object.
+//! - `POST /v1/<resource>` creates, `POST /v1/<resource>/<id>` updates (form encoded,
+//!   `metadata[k]=v`), `DELETE /v1/<resource>/<id>` deletes (or cancels a subscription);
+//!   each mutation appends to `/v1/events`, which keeps 30 days of simulator time.
+//! - Stripe's error JSON, 401 for a missing or non-test key, 429 + `Retry-After` above the
+//!   configured rate, a `Date` header from the simulator clock and a `Request-Id`.
+//! - Faults on demand: 500/503, slow responses, bodies cut short, malformed JSON.
+//!
+//! Objects are Stripe's own fixture objects (`fixtures/fixtures3.json`) with ids, times,
+//! amounts, names and references varied. The seeded account emits no events: it existed
+//! before the simulator started watching.
+//!
+//! # How many objects
+//!
+//! `records` charges and as many balance transactions (one per charge); payment intents
+//! `records/4`; customers, invoices and invoice items `records/10`; subscriptions (one
+//! subscription item each) and refunds `records/20`; prices and payouts `records/50`;
+//! products, plans and disputes `records/100`; coupons `records/200`. Every type gets at
+//! least `min(records, 5)`. Events start empty.
+//!
+//! # Control endpoints (no API key needed)
+//!
+//! `GET /_sandbox/stats`, `POST /_sandbox/stats/reset`, `GET|POST /_sandbox/faults` (a
+//! [`Faults`] JSON, missing fields default to off), `POST /_sandbox/clock`
+//! `{"advance_seconds": N}`, `POST /_sandbox/rate_limit` `{"requests_per_second": x|null}`.
+
+mod control;
+mod error;
+mod generate;
+mod http;
+mod kinds;
+mod render;
+mod store;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use control::{After, Before, FaultState, Limiter};
+use error::ApiError;
+use kinds::Kind;
+use store::{Origin, Store};
+
+/// How the simulated account is seeded and served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxConfig {
+    /// Charges to seed; the other types scale from it (see the module docs).
+    pub records: usize,
+    /// Requests per second admitted in any 1-second sliding window; `None` = unlimited.
+    pub rate_limit: Option<f64>,
+    /// Seed of the generated data and of fault injection, for repeatable runs.
+    pub seed: u64,
+    /// Compress responses when the client sends `Accept-Encoding: gzip`. Off by default so
+    /// benchmarks measure the client, not the sandbox's compressor.
+    pub gzip: bool,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            records: 200,
+            rate_limit: None,
+            seed: 42,
+            gzip: false,
+        }
+    }
+}
+
+/// Faults to inject into `/v1` responses. Each "next" counter applies to that many upcoming
+/// requests before its probability (0..1) takes over.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Faults {
+    /// Probability of answering 500 or 503 with Stripe's `api_error` JSON.
+    pub error_rate: f64,
+    /// Answer the next N requests with 500 or 503.
+    pub error_next: u32,
+    /// Delay of a slow response, in milliseconds.
+    pub slow_ms: u64,
+    /// Probability that a response is delayed by `slow_ms` (which alone does nothing).
+    pub slow_rate: f64,
+    /// Probability that a successful body is cut in half after a full `Content-Length`.
+    pub truncate_rate: f64,
+    /// Truncate the next N successful bodies.
+    pub truncate_next: u32,
+    /// Probability that a successful response is 200 with a malformed JSON body.
+    pub malformed_rate: f64,
+    /// Malform the next N successful bodies.
+    pub malformed_next: u32,
+}
+
+/// What the sandbox saw, for tests to assert the client's manners.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// `/v1` requests received (control endpoints are not counted).
+    pub requests: u64,
+    /// Requests refused with 429.
+    pub rate_limited: u64,
+    /// The most requests admitted (not 429) in any 1-second sliding window.
+    pub max_admitted_per_second: u64,
+    /// Faults injected (errors, delays, truncations, malformed bodies).
+    pub faults_injected: u64,
+}
+
+/// State shared by the HTTP handler and the Rust API.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    store: RwLock<Store>,
+    /// Simulator time minus real time, in milliseconds.
+    clock_offset_ms: AtomicI64,
+    limiter: Mutex<Limiter>,
+    faults: Mutex<FaultState>,
+    requests: AtomicU64,
+    rate_limited: AtomicU64,
+    faults_injected: AtomicU64,
+    request_counter: AtomicU64,
+    seed: u64,
+    gzip: bool,
+}
+
+/// A poisoned lock only means another request panicked mid-way; the data is still usable
+/// for a simulator, and refusing every later request would hide the original failure.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn now_ms(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis() + self.clock_offset_ms.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn now(&self) -> i64 {
+        self.now_ms().div_euclid(1000)
+    }
+
+    /// The simulator clock in RFC 7231 format, for the `Date` header.
+    pub(crate) fn http_date(&self) -> String {
+        chrono::DateTime::from_timestamp(self.now(), 0)
+            .unwrap_or_default()
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string()
+    }
+
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Store> {
+        self.store.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Store> {
+        self.store.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn next_request_id(&self) -> String {
+        let n = self.request_counter.fetch_add(1, Ordering::Relaxed);
+        let mut h = self.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut id = String::from("req_");
+        for _ in 0..14 {
+            h = h.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            id.push(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"[((h >> 33) % 62) as usize] as char);
+        }
+        id
+    }
+
+    pub(crate) fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn admit(&self, now: Instant) -> bool {
+        let admitted = lock(&self.limiter).admit(now);
+        if !admitted {
+            self.rate_limited.fetch_add(1, Ordering::Relaxed);
+        }
+        admitted
+    }
+
+    pub(crate) fn faults_before(&self) -> Before {
+        let before = lock(&self.faults).before();
+        let n = u64::from(before.error.is_some()) + u64::from(before.delay.is_some());
+        self.faults_injected.fetch_add(n, Ordering::Relaxed);
+        before
+    }
+
+    pub(crate) fn faults_after(&self) -> After {
+        let after = lock(&self.faults).after();
+        let n = u64::from(after.truncate) + u64::from(after.malformed);
+        self.faults_injected.fetch_add(n, Ordering::Relaxed);
+        after
+    }
+
+    pub(crate) fn faults(&self) -> Faults {
+        lock(&self.faults).get()
+    }
+
+    pub(crate) fn set_faults(&self, faults: Faults) {
+        lock(&self.faults).set(faults);
+    }
+
+    pub(crate) fn set_rate_limit(&self, rps: Option<f64>) {
+        lock(&self.limiter).set_rate(rps);
+    }
+
+    pub(crate) fn advance_clock(&self, by: Duration) {
+        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX / 4);
+        self.clock_offset_ms.fetch_add(ms, Ordering::Relaxed);
+        let now = self.now();
+        self.write().prune_events(now);
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        Stats {
+            requests: self.requests.load(Ordering::Relaxed),
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
+            max_admitted_per_second: lock(&self.limiter).max_per_second(),
+            faults_injected: self.faults_injected.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn reset_stats(&self) {
+        self.requests.store(0, Ordering::Relaxed);
+        self.rate_limited.store(0, Ordering::Relaxed);
+        self.faults_injected.store(0, Ordering::Relaxed);
+        lock(&self.limiter).reset_stats();
+    }
+}
+
+/// A running simulator. Dropping it stops the server; [`StripeSandbox::shutdown`] also
+/// waits for it.
+#[derive(Debug)]
+pub struct StripeSandbox {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl StripeSandbox {
+    /// Seeds the account and serves it on `127.0.0.1:port` (0 = an ephemeral port) from a
+    /// tokio task. Seeding runs on a blocking thread: 100k charges take a moment.
+    pub async fn start(config: SandboxConfig, port: u16) -> std::io::Result<StripeSandbox> {
+        let offset_ms = 0;
+        let start = chrono::Utc::now().timestamp_millis().div_euclid(1000);
+        let (seed, records) = (config.seed, config.records);
+        let store = tokio::task::spawn_blocking(move || Store::generate(seed, start, records))
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(|e: ApiError| std::io::Error::other(e.message))?;
+        let shared = Arc::new(Shared {
+            store: RwLock::new(store),
+            clock_offset_ms: AtomicI64::new(offset_ms),
+            limiter: Mutex::new(Limiter::new(config.rate_limit)),
+            faults: Mutex::new(FaultState::new(config.seed)),
+            requests: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
+            faults_injected: AtomicU64::new(0),
+            request_counter: AtomicU64::new(0),
+            seed: config.seed,
+            gzip: config.gzip,
+        });
+
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let addr = listener.local_addr()?;
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            // Small error responses must not wait for Nagle.
+            let _ = tcp.set_nodelay(true);
+        });
+        let router = axum::Router::new()
+            .fallback(http::handle)
+            .with_state(Arc::clone(&shared));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(error) = served {
+                tracing::warn!(%error, "Stripe sandbox server stopped with an error.");
+            }
+        });
+        Ok(StripeSandbox {
+            shared,
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// The base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A key the sandbox accepts (any `sk_test_...` or `rk_test_...` key is accepted).
+    pub fn api_key() -> &'static str {
+        "sk_test_tributary_sandbox"
+    }
+
+    /// Creates an object of `resource` (`"customers"`): a generated one with the top-level
+    /// `fields` merged over it (`created` may be set to place it in the past; `id` only for
+    /// coupons, products and plans). Emits its created event and returns the object, or
+    /// Stripe's error JSON (`{"error": {...}}`) when the resource or a field is invalid.
+    pub fn create(&self, resource: &str, fields: Value) -> Value {
+        let result = (|| {
+            let kind = kind_of(resource)?;
+            let fields = match fields {
+                Value::Object(map) => map,
+                Value::Null => Map::new(),
+                _ => return Err(ApiError::invalid("parameter_invalid", "fields must be a JSON object", None)),
+            };
+            let now = self.now();
+            self.shared.write().create(kind, fields, now, &Origin::default())
+        })();
+        result.unwrap_or_else(|e| serde_json::from_slice(&e.body()).unwrap_or(Value::Null))
+    }
+
+    /// Replaces the given top-level fields (any JSON; fields the fixture lacks are added)
+    /// and emits the update event with `previous_attributes`. `None` when the object does
+    /// not exist or is deleted. Nothing is emitted when no field changes.
+    pub fn update(&self, resource: &str, id: &str, fields: Value) -> Option<Value> {
+        let kind = kind_of(resource).ok()?;
+        let Value::Object(fields) = fields else {
+            return None;
+        };
+        let now = self.now();
+        self.shared
+            .write()
+            .update(kind, id, |_| Ok(fields), now, &Origin::default())
+            .ok()
+    }
+
+    /// Deletes an object (cancels a subscription) and emits the event. False when the type
+    /// cannot be deleted or the object does not exist (or is already gone).
+    pub fn delete(&self, resource: &str, id: &str) -> bool {
+        let Ok(kind) = kind_of(resource) else {
+            return false;
+        };
+        let now = self.now();
+        self.shared.write().delete(kind, id, now, &Origin::default()).is_ok()
+    }
+
+    /// Live ids of a resource, newest first (empty for an unknown resource).
+    pub fn ids(&self, resource: &str) -> Vec<String> {
+        kind_of(resource).map(|k| self.shared.read().ids(k)).unwrap_or_default()
+    }
+
+    /// The object as `GET /v1/<resource>/<id>` returns it (a deleted object as its
+    /// `{"id", "object", "deleted": true}` stub).
+    pub fn get(&self, resource: &str, id: &str) -> Option<Value> {
+        let kind = kind_of(resource).ok()?;
+        self.shared.read().get_value(kind, id, self.now())
+    }
+
+    /// Replaces the injected faults.
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.set_faults(faults);
+    }
+
+    /// Changes the admitted requests per second (`None` = unlimited).
+    pub fn set_rate_limit(&self, rps: Option<f64>) {
+        self.shared.set_rate_limit(rps);
+    }
+
+    /// Moves the simulator clock forward; events older than 30 days of it are forgotten.
+    pub fn advance_clock(&self, by: Duration) {
+        self.shared.advance_clock(by);
+    }
+
+    /// Simulator time, unix seconds.
+    pub fn now(&self) -> i64 {
+        self.shared.now()
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    pub fn reset_stats(&self) {
+        self.shared.reset_stats();
+    }
+
+    /// Stops accepting connections and waits (up to 5 s) for in-flight requests.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(Duration::from_secs(5), &mut task).await.is_err() {
+                // A client holding a keep-alive connection open must not hang the caller.
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Drop for StripeSandbox {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn kind_of(resource: &str) -> Result<Kind, ApiError> {
+    Kind::from_resource(resource.trim_matches('/')).ok_or_else(|| {
+        ApiError::invalid(
+            "resource_missing",
+            format!("Unknown Stripe resource: {resource}"),
+            None,
+        )
+    })
+}
+
+/// Runs a sandbox on `port` until ctrl-c, for `tributary sandbox stripe`.
+pub async fn serve_forever(config: SandboxConfig, port: u16) -> std::io::Result<()> {
+    let sandbox = StripeSandbox::start(config, port).await?;
+    tracing::info!(
+        "Stripe sandbox listening on {} (api key {})",
+        sandbox.url(),
+        StripeSandbox::api_key()
+    );
+    let stopped = tokio::signal::ctrl_c().await;
+    sandbox.shutdown().await;
+    stopped
+}

@@ -1,0 +1,812 @@
+//! The HTTP face of the simulator: authentication, rate limiting, fault injection, routing
+//! of `/v1/...` to the store, Stripe's parameter parsing (query strings and form bodies
+//! with `a[b]` nesting), and the `/_sandbox/...` control endpoints.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+use futures::StreamExt as _;
+use serde_json::{Map, Value, json};
+
+use super::error::ApiError;
+use super::kinds::{DeleteMode, Kind};
+use super::render::render_top;
+use super::store::{Cursor, ListQuery, Origin, Page};
+use super::{Faults, Shared};
+
+/// Request bodies are small forms; anything bigger is refused before parsing.
+const MAX_BODY: usize = 1 << 20;
+
+/// The single handler behind every path.
+pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let request_id = shared.next_request_id();
+    let body = axum::body::to_bytes(body, MAX_BODY).await.unwrap_or_default();
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().unwrap_or_default().to_owned();
+    let gzip = shared.gzip && accepts_gzip(&parts.headers);
+
+    if let Some(control) = path.strip_prefix("/_sandbox/") {
+        let (status, body) = match sandbox_control(&shared, &parts.method, control, &body) {
+            Ok(value) => (200, render_json(&value)),
+            Err(e) => (e.status, e.body()),
+        };
+        return respond(&shared, status, body, &request_id, gzip, &[]);
+    }
+
+    shared.count_request();
+    if let Err(e) = authorize(&parts.headers) {
+        return respond(
+            &shared,
+            e.status,
+            e.body(),
+            &request_id,
+            gzip,
+            &[(header::WWW_AUTHENTICATE, "Basic realm=\"Stripe\"")],
+        );
+    }
+    if !shared.admit(Instant::now()) {
+        let e = ApiError {
+            status: 429,
+            kind: "invalid_request_error",
+            code: Some("rate_limit"),
+            message: "Request rate limit exceeded. Learn more about rate limits here \
+                      https://stripe.com/docs/rate-limits."
+                .to_owned(),
+            param: None,
+        };
+        return respond(
+            &shared,
+            429,
+            e.body(),
+            &request_id,
+            gzip,
+            &[(header::RETRY_AFTER, "1")],
+        );
+    }
+
+    let before = shared.faults_before();
+    if let Some(delay) = before.delay {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(status) = before.error {
+        let e = ApiError {
+            status,
+            kind: "api_error",
+            code: None,
+            message: if status == 503 {
+                "The server is temporarily unavailable. Please try again later.".to_owned()
+            } else {
+                "An unknown error occurred".to_owned()
+            },
+            param: None,
+        };
+        return respond(&shared, status, e.body(), &request_id, gzip, &[]);
+    }
+
+    let origin = Origin {
+        request_id: Some(request_id.clone()),
+        idempotency_key: parts
+            .headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    };
+    let result = route(&shared, &parts.method, &path, &query, &body, &origin);
+    let (status, mut payload) = match result {
+        Ok(body) => (200, body),
+        Err(e) => (e.status, e.body()),
+    };
+    let after = if status == 200 {
+        shared.faults_after()
+    } else {
+        Default::default()
+    };
+    if after.malformed {
+        // Valid-looking start, broken end: the client must reject it, not land half a page.
+        payload.truncate(payload.len() / 2);
+        payload.extend_from_slice(b"\n<!-- upstream connect error -->");
+    }
+    let payload = if gzip { gzip_bytes(&payload) } else { payload };
+    if after.truncate {
+        return truncated(&shared, payload, &request_id, gzip);
+    }
+    respond(&shared, status, payload, &request_id, gzip, &[])
+}
+
+fn route(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+    query: &str,
+    body: &[u8],
+    origin: &Origin,
+) -> Result<Vec<u8>, ApiError> {
+    let unrecognized = || ApiError::unrecognized_url(method.as_str(), path);
+    let rest = path.strip_prefix("/v1/").ok_or_else(unrecognized)?;
+    let mut segments = rest.split('/');
+    let kind = segments
+        .next()
+        .and_then(Kind::from_resource)
+        .ok_or_else(unrecognized)?;
+    let id = segments.next().map(percent_decode);
+    if segments.next().is_some() || id.as_deref() == Some("") {
+        return Err(unrecognized());
+    }
+    let now = shared.now();
+    match (method, id) {
+        (&Method::GET, None) => {
+            let q = list_query(kind, &parse_pairs(query))?;
+            let page = shared.read().list(kind, &q, now)?;
+            Ok(list_body(kind, &page))
+        }
+        (&Method::GET, Some(id)) => shared.read().get_body(kind, &id, now),
+        (&Method::POST, None) if kind.http_writable() => {
+            let params = parse_pairs(&String::from_utf8_lossy(body));
+            let mut store = shared.write();
+            let fields = form_changes(kind, &params, store.fixture(kind), true)?;
+            let object = store.create(kind, fields, now, origin)?;
+            Ok(with_newline(render_top(&object)))
+        }
+        (&Method::POST, Some(id)) if kind.http_writable() => {
+            let params = parse_pairs(&String::from_utf8_lossy(body));
+            let object = shared.write().update(
+                kind,
+                &id,
+                |current| form_changes(kind, &params, current, false),
+                now,
+                origin,
+            )?;
+            Ok(with_newline(render_top(&object)))
+        }
+        (&Method::DELETE, Some(id)) if kind.delete_mode() != DeleteMode::Unsupported => {
+            let object = shared.write().delete(kind, &id, now, origin)?;
+            Ok(with_newline(render_top(&object)))
+        }
+        _ => Err(unrecognized()),
+    }
+}
+
+/// Assembles a list page from cached object bytes, laid out as Stripe prints it.
+fn list_body(kind: Kind, page: &Page) -> Vec<u8> {
+    let size: usize = page.items.iter().map(|b| b.len() + 8).sum();
+    let mut out = Vec::with_capacity(size + 128);
+    out.extend_from_slice(b"{\n  \"object\": \"list\",\n  \"data\": [");
+    for (i, item) in page.items.iter().enumerate() {
+        out.extend_from_slice(if i == 0 { b"\n    " } else { b",\n    " });
+        out.extend_from_slice(item);
+    }
+    if page.items.is_empty() {
+        out.extend_from_slice(b"],\n");
+    } else {
+        out.extend_from_slice(b"\n  ],\n");
+    }
+    out.extend_from_slice(if page.has_more {
+        b"  \"has_more\": true,\n"
+    } else {
+        b"  \"has_more\": false,\n"
+    });
+    out.extend_from_slice(b"  \"url\": \"/v1/");
+    out.extend_from_slice(kind.resource().as_bytes());
+    out.extend_from_slice(b"\"\n}\n");
+    out
+}
+
+fn with_newline(mut body: Vec<u8>) -> Vec<u8> {
+    body.push(b'\n');
+    body
+}
+
+fn render_json(value: &Value) -> Vec<u8> {
+    with_newline(render_top(value))
+}
+
+/// Parses the list parameters Stripe accepts for `kind`; anything else is refused the way
+/// Stripe refuses it, so a connector sending a typo finds out here.
+pub(crate) fn list_query(kind: Kind, params: &[(String, String)]) -> Result<ListQuery, ApiError> {
+    let mut q = ListQuery::default();
+    let integer = |name: &str, value: &str| -> Result<i64, ApiError> {
+        value.trim().parse::<i64>().map_err(|_| {
+            ApiError::invalid(
+                "parameter_invalid_integer",
+                format!("Invalid integer: {value}"),
+                name.to_owned(),
+            )
+        })
+    };
+    let mut starting_after = None;
+    let mut ending_before = None;
+    for (name, value) in params {
+        match name.as_str() {
+            "limit" => {
+                let limit = integer(name, value)?;
+                if !(1..=100).contains(&limit) {
+                    let bound = if limit < 1 {
+                        "greater than or equal to 1"
+                    } else {
+                        "less than or equal to 100"
+                    };
+                    return Err(ApiError::invalid(
+                        "parameter_invalid_integer",
+                        format!("This value must be {bound}."),
+                        "limit".to_owned(),
+                    ));
+                }
+                q.limit = limit as usize;
+            }
+            "starting_after" if !value.is_empty() => starting_after = Some(value.clone()),
+            "ending_before" if !value.is_empty() => ending_before = Some(value.clone()),
+            "starting_after" | "ending_before" => {}
+            "created" => {
+                let t = integer(name, value)?;
+                q.created_min = q.created_min.max(t);
+                q.created_max = q.created_max.min(t);
+            }
+            "created[gt]" => q.created_min = q.created_min.max(integer(name, value)?.saturating_add(1)),
+            "created[gte]" => q.created_min = q.created_min.max(integer(name, value)?),
+            "created[lt]" => q.created_max = q.created_max.min(integer(name, value)?.saturating_sub(1)),
+            "created[lte]" => q.created_max = q.created_max.min(integer(name, value)?),
+            "expand" => {}
+            n if n.starts_with("expand[") => {}
+            "type" if kind == Kind::Event => q.types.push(value.clone()),
+            n if kind == Kind::Event && n.starts_with("types[") && n.ends_with(']') => {
+                q.types.push(value.clone());
+                if q.types.len() > 20 {
+                    return Err(ApiError::invalid(
+                        "parameter_invalid_array",
+                        "types may contain at most 20 elements.",
+                        "types".to_owned(),
+                    ));
+                }
+            }
+            "subscription" if kind == Kind::SubscriptionItem => q.parent = Some(value.clone()),
+            "status" if kind == Kind::Subscription && value == "all" => {}
+            n if kind.list_filters().contains(&n) => q.fields.push((name.clone(), value.clone())),
+            _ => return Err(ApiError::unknown_parameter(name)),
+        }
+    }
+    q.cursor = match (starting_after, ending_before) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "parameters_exclusive",
+                "You may only specify one of these parameters: ending_before, starting_after.",
+                None,
+            ));
+        }
+        (Some(id), None) => Cursor::StartingAfter(id),
+        (None, Some(id)) => Cursor::EndingBefore(id),
+        (None, None) => Cursor::None,
+    };
+    if kind == Kind::SubscriptionItem && q.parent.is_none() {
+        return Err(ApiError::invalid(
+            "parameter_missing",
+            "Missing required param: subscription.",
+            "subscription".to_owned(),
+        ));
+    }
+    Ok(q)
+}
+
+/// Fields that clients may not set.
+const READ_ONLY: &[&str] = &["object", "created", "livemode", "deleted"];
+
+/// Turns form parameters into new top-level values, typed like the fields of `reference`
+/// (the current object on update, the fixture on create). `metadata[k]=v` merges into the
+/// existing hash and `metadata[k]=` removes `k`, as in Stripe.
+pub(crate) fn form_changes(
+    kind: Kind,
+    params: &[(String, String)],
+    reference: &Value,
+    creating: bool,
+) -> Result<Map<String, Value>, ApiError> {
+    let mut changes = Map::new();
+    for (name, raw) in params {
+        let path = split_param(name);
+        let Some((top, rest)) = path.split_first() else {
+            continue;
+        };
+        let top = top.as_str();
+        if top == "expand" {
+            continue;
+        }
+        let custom_id = top == "id" && creating && kind.custom_id();
+        // Subscriptions take their items as `items[0][price]` on create, not as the list.
+        let item_params = top == "items" && creating && kind == Kind::Subscription;
+        if READ_ONLY.contains(&top)
+            || (top == "id" && !custom_id)
+            || (reference.get(top).is_none() && !item_params)
+        {
+            return Err(ApiError::unknown_parameter(name));
+        }
+        if rest.is_empty() {
+            // Prices and plans are given by id; the store expands them.
+            let value = if custom_id || matches!(top, "price" | "plan") {
+                Value::String(raw.clone())
+            } else {
+                convert(name, raw, reference.get(top))?
+            };
+            changes.insert(top.to_owned(), value);
+            continue;
+        }
+        let base = match changes.get(top) {
+            Some(v) => v.clone(),
+            None if item_params => Value::Object(Map::new()),
+            None => reference.get(top).cloned().unwrap_or(Value::Null),
+        };
+        let updated = set_nested(name, base, rest, raw, top == "metadata" || item_params)?;
+        changes.insert(top.to_owned(), updated);
+    }
+    Ok(changes)
+}
+
+/// Sets `raw` at `path` inside `node`. `free_form` hashes (metadata) take any key as a
+/// string and drop a key given an empty value.
+fn set_nested(
+    name: &str,
+    node: Value,
+    path: &[String],
+    raw: &str,
+    free_form: bool,
+) -> Result<Value, ApiError> {
+    let Some((key, rest)) = path.split_first() else {
+        return convert(name, raw, Some(&node));
+    };
+    if key.is_empty() {
+        // `a[]=x` appends.
+        let mut list = match node {
+            Value::Array(list) => list,
+            _ => Vec::new(),
+        };
+        list.push(set_nested(name, Value::Null, rest, raw, free_form)?);
+        return Ok(Value::Array(list));
+    }
+    let mut map = match node {
+        Value::Object(map) => map,
+        Value::Null => Map::new(),
+        _ => return Err(invalid_object(name)),
+    };
+    if rest.is_empty() && free_form {
+        if raw.is_empty() {
+            map.remove(key);
+        } else {
+            map.insert(key.clone(), Value::String(raw.to_owned()));
+        }
+        return Ok(Value::Object(map));
+    }
+    if !free_form && !map.contains_key(key) {
+        return Err(ApiError::unknown_parameter(name));
+    }
+    let child = map.remove(key).unwrap_or(Value::Null);
+    map.insert(key.clone(), set_nested(name, child, rest, raw, free_form)?);
+    Ok(Value::Object(map))
+}
+
+fn invalid_object(name: &str) -> ApiError {
+    ApiError {
+        status: 400,
+        kind: "invalid_request_error",
+        code: None,
+        message: "Invalid object".to_owned(),
+        param: Some(name.to_owned()),
+    }
+}
+
+/// A form string typed like the field it replaces: an empty string unsets (null), numbers
+/// and booleans are parsed, anything else stays a string.
+fn convert(name: &str, raw: &str, existing: Option<&Value>) -> Result<Value, ApiError> {
+    if raw.is_empty() {
+        return Ok(Value::Null);
+    }
+    let invalid = |code: &'static str, what: &str| {
+        ApiError::invalid(code, format!("Invalid {what}: {raw}"), name.to_owned())
+    };
+    match existing {
+        Some(Value::Number(n)) if n.is_f64() => raw
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(Value::Number)
+            .ok_or_else(|| invalid("parameter_invalid_decimal", "decimal")),
+        Some(Value::Number(_)) => raw
+            .parse::<i64>()
+            .map(Value::from)
+            .map_err(|_| invalid("parameter_invalid_integer", "integer")),
+        Some(Value::Bool(_)) => match raw {
+            "true" => Ok(Value::Bool(true)),
+            "false" => Ok(Value::Bool(false)),
+            _ => Err(invalid("parameter_invalid_boolean", "boolean")),
+        },
+        Some(Value::Object(_)) | Some(Value::Array(_)) => Err(invalid_object(name)),
+        _ => Ok(Value::String(raw.to_owned())),
+    }
+}
+
+/// `metadata[order][id]` → `["metadata", "order", "id"]`; `types[]` → `["types", ""]`.
+fn split_param(name: &str) -> Vec<String> {
+    let (head, mut rest) = match name.find('[') {
+        Some(at) => (&name[..at], &name[at..]),
+        None => return vec![name.to_owned()],
+    };
+    let mut path = vec![head.to_owned()];
+    while let Some(inner) = rest.strip_prefix('[') {
+        let Some(end) = inner.find(']') else {
+            break;
+        };
+        path.push(inner[..end].to_owned());
+        rest = &inner[end + 1..];
+    }
+    path
+}
+
+/// `a=1&b=x+y` → pairs, percent-decoded, in order (repeated keys kept).
+pub(crate) fn parse_pairs(input: &str) -> Vec<(String, String)> {
+    input
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let digits = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+            if let Some(byte) = digits
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b == b'+' { b' ' } else { b });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Accepts `Bearer <key>` or Basic with the key as user name, for test-mode keys only.
+fn authorize(headers: &HeaderMap) -> Result<(), ApiError> {
+    let unauthorized = |message: String| ApiError {
+        status: 401,
+        kind: "invalid_request_error",
+        code: None,
+        message,
+        param: None,
+    };
+    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return Err(unauthorized(
+            "You did not provide an API key. You need to provide your API key in the \
+             Authorization header, using Bearer auth (e.g. 'Authorization: Bearer \
+             YOUR_SECRET_KEY'). See https://stripe.com/docs/api#authentication for details, or \
+             we can help at https://support.stripe.com/."
+                .to_owned(),
+        ));
+    };
+    let (scheme, credential) = value.trim().split_once(' ').unwrap_or((value, ""));
+    let key = if scheme.eq_ignore_ascii_case("bearer") {
+        credential.trim().to_owned()
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64_decode(credential.trim()).unwrap_or_default();
+        let decoded = String::from_utf8_lossy(&decoded).into_owned();
+        decoded.split(':').next().unwrap_or_default().to_owned()
+    } else {
+        value.to_owned()
+    };
+    let valid = ["sk_test_", "rk_test_"]
+        .iter()
+        .any(|p| key.len() > p.len() && key.starts_with(p));
+    if valid {
+        Ok(())
+    } else {
+        Err(unauthorized(format!(
+            "Invalid API Key provided: {}",
+            mask_key(&key)
+        )))
+    }
+}
+
+/// Stripe's masking: the `xx_mode_` prefix, stars, and the last four characters when the
+/// key is long enough to keep them secret.
+pub(crate) fn mask_key(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    let prefix_len = key
+        .match_indices('_')
+        .nth(1)
+        .map_or(0, |(at, _)| key[..=at].chars().count());
+    let rest = chars.len() - prefix_len;
+    let prefix: String = chars[..prefix_len].iter().collect();
+    if rest > 8 {
+        let tail: String = chars[chars.len() - 4..].iter().collect();
+        format!("{prefix}{}{tail}", "*".repeat(rest - 4))
+    } else {
+        format!("{prefix}{}", "*".repeat(rest.max(3)))
+    }
+}
+
+fn base64_decode(input: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(input.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in input.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            b'=' => break,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.trim().split(';');
+            let name = parts.next().unwrap_or_default().trim();
+            let refused = parts.any(|p| matches!(p.trim(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+        })
+}
+
+fn gzip_bytes(body: &[u8]) -> Vec<u8> {
+    // Fast compression: the sandbox must not become the bottleneck it is measuring.
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::fast(),
+    );
+    if encoder.write_all(body).is_err() {
+        return Vec::new();
+    }
+    encoder.finish().unwrap_or_default()
+}
+
+fn base_headers(shared: &Shared, request_id: &str, gzip: bool) -> Vec<(header::HeaderName, HeaderValue)> {
+    let mut headers = vec![
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store")),
+        (
+            header::DATE,
+            HeaderValue::from_str(&shared.http_date()).unwrap_or(HeaderValue::from_static("")),
+        ),
+        (
+            header::HeaderName::from_static("request-id"),
+            HeaderValue::from_str(request_id).unwrap_or(HeaderValue::from_static("")),
+        ),
+        (
+            header::HeaderName::from_static("stripe-version"),
+            HeaderValue::from_static(super::store::API_VERSION),
+        ),
+    ];
+    if gzip {
+        headers.push((header::CONTENT_ENCODING, HeaderValue::from_static("gzip")));
+        headers.push((header::VARY, HeaderValue::from_static("Accept-Encoding")));
+    }
+    headers
+}
+
+fn respond(
+    shared: &Shared,
+    status: u16,
+    body: Vec<u8>,
+    request_id: &str,
+    gzip: bool,
+    extra: &[(header::HeaderName, &'static str)],
+) -> Response {
+    // Control responses and errors are compressed too when the client asked for it.
+    let body = if gzip && !is_gzip(&body) { gzip_bytes(&body) } else { body };
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    for (name, value) in base_headers(shared, request_id, gzip) {
+        headers.insert(name, value);
+    }
+    for (name, value) in extra {
+        headers.insert(name.clone(), HeaderValue::from_static(value));
+    }
+    if status >= 500 || status == 429 {
+        headers.insert(
+            header::HeaderName::from_static("stripe-should-retry"),
+            HeaderValue::from_static("true"),
+        );
+    }
+    response
+}
+
+fn is_gzip(body: &[u8]) -> bool {
+    body.starts_with(&[0x1f, 0x8b])
+}
+
+/// A response that announces the full length and delivers half before the connection
+/// drops, the way a reset mid-transfer looks to the client.
+fn truncated(shared: &Shared, body: Vec<u8>, request_id: &str, gzip: bool) -> Response {
+    let full = body.len();
+    let half = Bytes::from(body).slice(..full / 2);
+    let stream = futures::stream::iter([Ok::<Bytes, std::io::Error>(half)]).chain(
+        futures::stream::once(async {
+            // Give hyper time to flush the half before the error aborts the connection.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Err(std::io::Error::other("sandbox fault: truncated body"))
+        }),
+    );
+    let mut response = Response::new(Body::from_stream(stream));
+    let headers = response.headers_mut();
+    for (name, value) in base_headers(shared, request_id, gzip) {
+        headers.insert(name, value);
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(full));
+    response
+}
+
+/// `/_sandbox/...`: stats, faults, clock and rate limit, for tests driving the binary.
+fn sandbox_control(shared: &Shared, method: &Method, path: &str, body: &[u8]) -> Result<Value, ApiError> {
+    let parse = |body: &[u8]| -> Result<Value, ApiError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(json!({}));
+        }
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::invalid("parameter_invalid", format!("Invalid JSON body: {e}"), None)
+        })
+    };
+    match (method, path) {
+        (&Method::GET, "stats") => Ok(to_json(&shared.stats())),
+        (&Method::POST, "stats/reset") => {
+            shared.reset_stats();
+            Ok(to_json(&shared.stats()))
+        }
+        (&Method::GET, "faults") => Ok(to_json(&shared.faults())),
+        (&Method::POST, "faults") => {
+            let faults: Faults = serde_json::from_value(parse(body)?).map_err(|e| {
+                ApiError::invalid("parameter_invalid", format!("Invalid faults: {e}"), None)
+            })?;
+            shared.set_faults(faults);
+            Ok(to_json(&shared.faults()))
+        }
+        (&Method::POST, "clock") => {
+            let request = parse(body)?;
+            let seconds = request.get("advance_seconds").and_then(Value::as_u64).ok_or_else(|| {
+                ApiError::invalid(
+                    "parameter_invalid_integer",
+                    "advance_seconds must be a non-negative integer.",
+                    "advance_seconds".to_owned(),
+                )
+            })?;
+            shared.advance_clock(Duration::from_secs(seconds));
+            Ok(json!({"now": shared.now()}))
+        }
+        (&Method::POST, "rate_limit") => {
+            let request = parse(body)?;
+            let rps = request.get("requests_per_second").and_then(Value::as_f64);
+            shared.set_rate_limit(rps);
+            Ok(json!({"requests_per_second": rps}))
+        }
+        _ => Err(ApiError::unrecognized_url(method.as_str(), &format!("/_sandbox/{path}"))),
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(s: &str) -> Vec<(String, String)> {
+        parse_pairs(s)
+    }
+
+    #[test]
+    fn decodes_forms() {
+        assert_eq!(
+            pairs("a=1&metadata%5Bk%5D=x+y%21&types[]=charge.*&empty"),
+            vec![
+                ("a".to_owned(), "1".to_owned()),
+                ("metadata[k]".to_owned(), "x y!".to_owned()),
+                ("types[]".to_owned(), "charge.*".to_owned()),
+                ("empty".to_owned(), String::new()),
+            ]
+        );
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(split_param("a[b][c]"), vec!["a", "b", "c"]);
+        assert_eq!(split_param("types[]"), vec!["types", ""]);
+    }
+
+    #[test]
+    fn list_parameters_like_stripe() {
+        let q = list_query(Kind::Event, &pairs("limit=3&types[]=a&types[]=b&created[gt]=5&created[lte]=9"))
+            .expect("valid");
+        assert_eq!((q.limit, q.created_min, q.created_max), (3, 6, 9));
+        assert_eq!(q.types, vec!["a", "b"]);
+        let e = list_query(Kind::Charge, &pairs("limit=101")).expect_err("too big");
+        assert_eq!(e.code, Some("parameter_invalid_integer"));
+        let e = list_query(Kind::Charge, &pairs("limit=x")).expect_err("not a number");
+        assert_eq!(e.code, Some("parameter_invalid_integer"));
+        let e = list_query(Kind::Charge, &pairs("colour=red")).expect_err("unknown");
+        assert_eq!(e.code, Some("parameter_unknown"));
+        let e = list_query(Kind::SubscriptionItem, &[]).expect_err("missing");
+        assert_eq!(e.code, Some("parameter_missing"));
+        assert_eq!(e.param.as_deref(), Some("subscription"));
+        let e = list_query(Kind::Charge, &pairs("starting_after=a&ending_before=b")).expect_err("both");
+        assert_eq!(e.code, Some("parameters_exclusive"));
+        let many: String = (0..21).map(|i| format!("types[]=t{i}&")).collect();
+        assert!(list_query(Kind::Event, &pairs(&many)).is_err());
+    }
+
+    #[test]
+    fn form_values_take_the_field_type() {
+        let current = json!({"id": "cus_1", "balance": 0, "delinquent": false, "name": "A",
+                             "metadata": {"keep": "1", "drop": "2"}, "address": {"city": null}});
+        let changes = form_changes(
+            Kind::Customer,
+            &pairs("balance=-5&delinquent=true&name=&metadata[new]=3&metadata[drop]=&address[city]=Paris"),
+            &current,
+            false,
+        )
+        .expect("valid");
+        assert_eq!(changes["balance"], -5);
+        assert_eq!(changes["delinquent"], true);
+        assert_eq!(changes["name"], Value::Null);
+        assert_eq!(changes["metadata"], json!({"keep": "1", "new": "3"}));
+        assert_eq!(changes["address"], json!({"city": "Paris"}));
+        for bad in ["balance=x", "nope=1", "id=cus_2", "address=x", "address[zip]=1"] {
+            assert!(form_changes(Kind::Customer, &pairs(bad), &current, false).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_are_checked_and_masked() {
+        let mut headers = HeaderMap::new();
+        assert!(authorize(&headers).is_err());
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer sk_test_abc"));
+        assert!(authorize(&headers).is_ok());
+        // "rk_test_abc:" in base64.
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic cmtfdGVzdF9hYmM6"));
+        assert!(authorize(&headers).is_ok());
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer sk_live_abc"));
+        let e = authorize(&headers).expect_err("live keys are refused");
+        assert_eq!(e.message, "Invalid API Key provided: sk_live_***");
+        assert_eq!(mask_key("sk_live_0123456789abcdef"), "sk_live_************cdef");
+    }
+
+    #[test]
+    fn gzip_negotiation() {
+        let mut headers = HeaderMap::new();
+        assert!(!accepts_gzip(&headers));
+        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("br, gzip;q=0.8"));
+        assert!(accepts_gzip(&headers));
+        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip;q=0"));
+        assert!(!accepts_gzip(&headers));
+    }
+}

@@ -1,0 +1,398 @@
+//! The commands: check, discover, sync, run, state, sandbox, demo.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Result, anyhow, bail};
+use futures::{FutureExt, StreamExt};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::config::{self, Loaded};
+use crate::engine::{self, Cancel, Status, StreamJob, StreamOutcome};
+use crate::registry::{self, BuiltSource};
+use crate::runs;
+use crate::warehouse::{Warehouse, read_position};
+
+/// Exit code: something failed (a stream, a check, the config).
+pub const EXIT_ERROR: u8 = 1;
+
+/// The vendors `sandbox` can simulate.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SandboxVendor {
+    /// Stripe's API.
+    Stripe,
+}
+
+/// Sets up logging on stderr: sentences with fields for people, JSON lines for machines.
+/// `RUST_LOG` overrides the default level (`info`).
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,deltalake=warn,deltalake_core=warn,object_store=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .compact()
+            .init();
+    }
+}
+
+/// `check`: builds every source and asks each for one cheap authenticated call.
+pub async fn check(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
+    let config = config::load(config_path)?;
+    Warehouse::new(&config.warehouse)?;
+    let sources = registry::build_all(&config, only).await?;
+    let mut failed = 0;
+    for s in &sources {
+        match s.source.check().await {
+            Ok(()) => println!("{:<20} ok ({} streams)", s.config.name, s.streams.len()),
+            Err(e) => {
+                failed += 1;
+                println!("{:<20} FAILED: {e}", s.config.name);
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_ERROR)
+    })
+}
+
+/// `discover`: every stream with its primary key, cursor and columns.
+pub async fn discover(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
+    let config = config::load(config_path)?;
+    for s in registry::build_all(&config, only).await? {
+        for stream in &s.streams {
+            println!(
+                "{}.{} ({:?}; primary key {}; cursor {})",
+                s.config.name,
+                stream.name,
+                stream.kind,
+                stream.primary_key,
+                stream.cursor_field.as_deref().unwrap_or("-")
+            );
+            for field in stream.arrow_schema().fields() {
+                println!("    {:<48} {}", field.name(), field.data_type());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sync`: one run of the selected streams; prints a summary; fails if any stream did.
+pub async fn sync(
+    config_path: &Path,
+    source: Option<&str>,
+    stream: Option<&str>,
+    full_refresh: bool,
+) -> Result<ExitCode> {
+    let config = config::load(config_path)?;
+    let (handle, cancel) = Cancel::new();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::warn!("Signal received; finishing the current commits, then stopping.");
+        handle.cancel();
+    });
+    let outcomes = sync_sources(&config, source, stream, full_refresh, cancel).await?;
+    print_summary(&outcomes);
+    let failed = outcomes
+        .iter()
+        .any(|o| !matches!(o.status, Status::Succeeded));
+    Ok(if failed {
+        ExitCode::from(EXIT_ERROR)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Syncs the selected streams of the selected sources and records the run.
+pub async fn sync_sources(
+    config: &Loaded,
+    source: Option<&str>,
+    stream: Option<&str>,
+    full_refresh: bool,
+    cancel: Cancel,
+) -> Result<Vec<StreamOutcome>> {
+    let warehouse = Warehouse::new(&config.warehouse)?;
+    if stream.is_some() && source.is_none() && config.sources.len() > 1 {
+        bail!("--stream needs --source when several sources are configured");
+    }
+    let mut sources = registry::build_all(config, source).await?;
+    if let Some(name) = stream {
+        for s in &mut sources {
+            let all = s.source.discover().await?;
+            let schema = tributary_sdk::connector::find_stream(&all, name)
+                .map_err(|e| anyhow!("source `{}`: {e}", s.config.name))?
+                .clone();
+            s.streams = vec![schema];
+        }
+    }
+    let run_id = uuid::Uuid::new_v4().to_string();
+    let progress = std::io::stderr()
+        .is_terminal()
+        .then(MultiProgress::new);
+    let mut outcomes = Vec::new();
+    for s in &sources {
+        outcomes.extend(
+            sync_source(config, &warehouse, s, full_refresh, &run_id, &cancel, progress.as_ref())
+                .await,
+        );
+    }
+    if let Err(e) = runs::record(&warehouse, &run_id, &outcomes).await {
+        tracing::warn!(error = %format!("{e:#}"), "Could not append to the run log table.");
+    }
+    Ok(outcomes)
+}
+
+async fn sync_source(
+    config: &Loaded,
+    warehouse: &Warehouse,
+    s: &BuiltSource,
+    full_refresh: bool,
+    run_id: &str,
+    cancel: &Cancel,
+    progress: Option<&MultiProgress>,
+) -> Vec<StreamOutcome> {
+    let jobs: Vec<futures::future::BoxFuture<'_, StreamOutcome>> = s.streams.iter().map(|schema| {
+        let pb = progress.map(|mp| {
+            let pb = mp.add(ProgressBar::no_length());
+            pb.set_style(
+                ProgressStyle::with_template("{prefix:>28} {spinner} {human_pos} records ({per_sec}) {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            pb.set_prefix(format!("{}.{}", s.config.name, schema.name));
+            pb.enable_steady_tick(std::time::Duration::from_millis(200));
+            pb
+        });
+        engine::sync_stream(StreamJob {
+            warehouse,
+            source_name: &s.config.name,
+            source: Arc::clone(&s.source),
+            schema: schema.clone(),
+            tuning: &config.sync,
+            full_refresh,
+            run_id,
+            cancel: cancel.clone(),
+            progress: pb,
+        })
+        .boxed()
+    }).collect();
+    futures::stream::iter(jobs)
+        .buffered(config.sync.concurrency)
+        .collect()
+        .await
+}
+
+fn print_summary(outcomes: &[StreamOutcome]) {
+    println!(
+        "{:<32} {:>10} {:>6} {:>12} {:>9}  status",
+        "stream", "records", "files", "bytes", "seconds"
+    );
+    for o in outcomes {
+        println!(
+            "{:<32} {:>10} {:>6} {:>12} {:>9.2}  {}",
+            format!("{}.{}", o.source, o.stream),
+            o.records,
+            o.files,
+            o.bytes,
+            o.seconds(),
+            o.status.word()
+        );
+        if !o.new_columns.is_empty() {
+            println!("    new columns: {}", o.new_columns.join(", "));
+        }
+        if o.rescued_values > 0 {
+            println!(
+                "    {} values did not fit their column and were kept in _rescued_data",
+                o.rescued_values
+            );
+        }
+        if let Status::Failed(e) = &o.status {
+            println!("    error: {e}");
+        }
+    }
+    let total: u64 = outcomes.iter().map(|o| o.records).sum();
+    let failed = outcomes
+        .iter()
+        .filter(|o| matches!(o.status, Status::Failed(_)))
+        .count();
+    println!(
+        "{} streams, {total} records, {failed} failed",
+        outcomes.len()
+    );
+}
+
+/// `run`: the scheduler daemon.
+pub async fn run(config_path: &Path) -> Result<ExitCode> {
+    let config = config::load(config_path)?;
+    // Fail fast on anything wrong with the sources before waiting for the first slot.
+    registry::build_all(&config, None).await?;
+    Warehouse::new(&config.warehouse)?;
+    let (handle, cancel) = Cancel::new();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::warn!("Signal received; finishing the current commits, then stopping.");
+        handle.cancel();
+    });
+    crate::scheduler::run(Arc::new(config), cancel).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `state`: each stream's committed cursor and last commit.
+pub async fn state(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
+    let config = config::load(config_path)?;
+    let warehouse = Warehouse::new(&config.warehouse)?;
+    println!(
+        "{:<32} {:>8} {:>5} {:<26} cursor",
+        "stream", "version", "seq", "last commit"
+    );
+    for s in registry::build_all(&config, only).await? {
+        for stream in &s.streams {
+            let name = format!("{}.{}", s.config.name, stream.name);
+            match warehouse.open(&[&s.config.name, &stream.name]).await? {
+                None => println!("{name:<32} {:>8} {:>5} {:<26} -", "-", "-", "never synced"),
+                Some(table) => {
+                    let app_id = format!("tributary/{}/{}", s.config.name, stream.name);
+                    let (seq, meta) = read_position(&table, &app_id).await?;
+                    let version = table.version().map(|v| v.to_string()).unwrap_or_default();
+                    match meta {
+                        Some(m) => println!(
+                            "{name:<32} {version:>8} {seq:>5} {:<26} {}",
+                            m.committed_at, m.cursor
+                        ),
+                        None => println!("{name:<32} {version:>8} {:>5} {:<26} -", "-", "no commit yet"),
+                    }
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sandbox`: serve a simulator until interrupted.
+pub async fn sandbox(
+    vendor: SandboxVendor,
+    port: u16,
+    records: usize,
+    rate_limit: Option<f64>,
+) -> Result<ExitCode> {
+    match vendor {
+        SandboxVendor::Stripe => {
+            let config = tributary_stripe::sandbox::SandboxConfig {
+                records,
+                rate_limit,
+                ..Default::default()
+            };
+            tributary_stripe::sandbox::serve_forever(config, port).await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `demo`: simulators → local warehouse, then a look at what landed.
+pub async fn demo(warehouse_dir: &str, records: usize) -> Result<ExitCode> {
+    use tributary_stripe::sandbox::{SandboxConfig, StripeSandbox};
+    let stripe = StripeSandbox::start(
+        SandboxConfig {
+            records,
+            ..Default::default()
+        },
+        0,
+    )
+    .await?;
+    println!(
+        "Stripe simulator on {} ({} objects per stream); syncing into {warehouse_dir}",
+        stripe.url(),
+        records
+    );
+    let text = format!(
+        r#"
+[warehouse]
+url = {warehouse_dir:?}
+
+[sources.stripe]
+type = "stripe"
+api_key = "{key}"
+api_base = "{url}"
+requests_per_second = 200
+"#,
+        key = StripeSandbox::api_key(),
+        url = stripe.url()
+    );
+    let config = config::parse(&text, Path::new("(demo)"))?;
+    let mut outcomes = sync_sources(&config, None, None, false, Cancel::never()).await?;
+    print_summary(&outcomes);
+
+    // Show an incremental run: a few changes in the simulator, then only they are synced.
+    let created = stripe.create(
+        "customers",
+        serde_json::json!({"email": "new.customer@example.com", "name": "New Customer"}),
+    );
+    let mut changed = vec![created["id"].as_str().unwrap_or_default().to_owned()];
+    if let Some(id) = stripe.ids("customers").get(1) {
+        stripe.update("customers", id, serde_json::json!({"name": "Renamed Customer"}));
+        changed.push(id.clone());
+    }
+    if let Some(id) = stripe.ids("customers").last() {
+        stripe.delete("customers", id);
+        changed.push(format!("{id} (deleted)"));
+    }
+    println!();
+    println!(
+        "Changed customers {} in the simulator; syncing again, incrementally:",
+        changed.join(", ")
+    );
+    let second = sync_sources(&config, Some("stripe"), Some("customers"), false, Cancel::never()).await?;
+    print_summary(&second);
+    outcomes.extend(second);
+
+    let warehouse = Warehouse::new(&config.warehouse)?;
+    let root = warehouse.root().path().to_owned();
+    println!();
+    println!("The tables are Delta Lake tables, one per stream, under {root}stripe/.");
+    println!("Query them with DuckDB, for example:");
+    println!("    duckdb -c \"INSTALL delta; LOAD delta; SELECT status, count(*), sum(amount)/100.0 AS total FROM delta_scan('{root}stripe/charges') GROUP BY status\"");
+    println!("or with Python (pip install deltalake):");
+    println!("    python3 -c \"import deltalake; print(deltalake.DeltaTable('{root}stripe/customers').to_pyarrow_table().num_rows)\"");
+    println!("Every run is logged in the table {root}_tributary/sync_runs; `tributary state` shows the cursors.");
+    stripe.shutdown().await;
+    let failed = outcomes
+        .iter()
+        .any(|o| !matches!(o.status, Status::Succeeded));
+    Ok(if failed {
+        ExitCode::from(EXIT_ERROR)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,399 @@
+//! The TOML configuration: the warehouse, the sync tuning and the sources.
+//!
+//! Every error a user can make here names the file and the key to fix: unknown keys,
+//! a bad cron expression, a `${VAR}` that is not set, a source type nobody registered.
+//! Secrets are written as `${ENV_VAR}` or `${file:/path}` references and resolved here;
+//! the resolved values only ever reach the connector's `Secret` fields.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+
+/// The default schedule: every three hours, on the hour.
+pub const DEFAULT_SCHEDULE: &str = "0 */3 * * *";
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the tables land.
+    #[serde(default)]
+    pub warehouse: WarehouseConfig,
+    /// Tuning of the sync engine.
+    #[serde(default)]
+    pub sync: SyncConfig,
+    /// The sources, by name.
+    #[serde(default)]
+    pub sources: BTreeMap<String, toml::Table>,
+}
+
+/// `[warehouse]`: where the tables land.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarehouseConfig {
+    /// A local path or a `file://`, `s3://`, `gs://` or `az://` URL. Tables land at
+    /// `<url>/<source>/<stream>/`. Default `./warehouse`.
+    #[serde(default = "default_warehouse_url")]
+    pub url: String,
+    /// object_store options, with object_store's own keys (`aws_endpoint`, `aws_region`,
+    /// `aws_access_key_id`, `aws_allow_http`, `google_service_account`, …). Values may be
+    /// `${ENV_VAR}` references.
+    #[serde(default)]
+    pub options: HashMap<String, String>,
+}
+
+impl Default for WarehouseConfig {
+    fn default() -> Self {
+        WarehouseConfig {
+            url: default_warehouse_url(),
+            options: HashMap::new(),
+        }
+    }
+}
+
+fn default_warehouse_url() -> String {
+    "./warehouse".to_owned()
+}
+
+/// `[sync]`: how the engine batches and commits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Rows per Arrow batch handed to the Parquet writer. Bounds the memory of conversion.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Rows per Parquet row group (64k–128k keeps the writer's buffer bounded).
+    #[serde(default = "default_row_group_size")]
+    pub row_group_size: usize,
+    /// Rows per table commit. Each commit carries the stream's cursor, so a run that dies
+    /// resumes from the last commit; smaller means less to redo, more small files.
+    #[serde(default = "default_commit_every")]
+    pub commit_every: u64,
+    /// Streams of one source synced at the same time.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            batch_size: default_batch_size(),
+            row_group_size: default_row_group_size(),
+            commit_every: default_commit_every(),
+            concurrency: default_concurrency(),
+        }
+    }
+}
+
+fn default_batch_size() -> usize {
+    8192
+}
+fn default_row_group_size() -> usize {
+    65_536
+}
+fn default_commit_every() -> u64 {
+    250_000
+}
+fn default_concurrency() -> usize {
+    4
+}
+
+/// The keys of `[sources.<name>]` the runtime reads itself; every other key belongs to
+/// the connector.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// The source's name (`[sources.<name>]`), also the first level of its tables' path.
+    pub name: String,
+    /// The connector type (`stripe`).
+    pub kind: String,
+    /// When `run` syncs it.
+    pub schedule: Schedule,
+    /// The streams to sync; `None` means all.
+    pub streams: Option<Vec<String>>,
+    /// The connector's own options, `${…}` resolved.
+    pub options: serde_json::Value,
+}
+
+/// A parsed cron schedule with the text the user wrote.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// As written (5-field or 6-field cron).
+    pub text: String,
+    /// Parsed.
+    pub cron: cron::Schedule,
+}
+
+impl Schedule {
+    /// Parses a cron expression: standard 5 fields (`min hour dom mon dow`) or 6 with
+    /// seconds first.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let fields = text.split_whitespace().count();
+        let full = match fields {
+            5 => format!("0 {text}"),
+            6 | 7 => text.to_owned(),
+            _ => {
+                return Err(format!(
+                    "`{text}` has {fields} fields; write 5 (minute hour day-of-month month day-of-week), e.g. \"{DEFAULT_SCHEDULE}\""
+                ));
+            }
+        };
+        let cron = cron::Schedule::from_str(&full).map_err(|e| format!("`{text}`: {e}"))?;
+        Ok(Schedule {
+            text: text.to_owned(),
+            cron,
+        })
+    }
+}
+
+/// A loaded configuration: the file's path (for error messages) and its parts.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// `[warehouse]`, resolved.
+    pub warehouse: WarehouseConfig,
+    /// `[sync]`.
+    pub sync: SyncConfig,
+    /// The sources, in name order.
+    pub sources: Vec<SourceConfig>,
+}
+
+impl Loaded {
+    /// The source called `name`, or an error listing the ones that exist.
+    pub fn source(&self, name: &str) -> Result<&SourceConfig> {
+        self.sources.iter().find(|s| s.name == name).ok_or_else(|| {
+            anyhow!(
+                "{}: there is no source `{name}`; configured sources: {}",
+                self.path.display(),
+                self.sources
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+}
+
+/// Reads and validates a configuration file.
+pub fn load(path: &Path) -> Result<Loaded> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read the config file {} (pass --config FILE, or copy config.example.toml to ./tributary.toml)",
+            path.display()
+        )
+    })?;
+    parse(&text, path)
+}
+
+/// Parses configuration text; `path` is only used in messages.
+pub fn parse(text: &str, path: &Path) -> Result<Loaded> {
+    let file = path.display();
+    let config: Config = toml::from_str(text).map_err(|e| anyhow!("{file}: {e}"))?;
+    let mut warehouse = config.warehouse;
+    if warehouse.url.trim().is_empty() {
+        bail!("{file}: `warehouse.url` is empty; give a path or an s3://, gs://, az:// URL");
+    }
+    warehouse.url = resolve_str(&warehouse.url, "warehouse.url", &file.to_string())?;
+    for (k, v) in warehouse.options.iter_mut() {
+        *v = resolve_str(v, &format!("warehouse.options.{k}"), &file.to_string())?;
+    }
+    let sync = config.sync;
+    if sync.batch_size == 0 || sync.row_group_size == 0 || sync.commit_every == 0 {
+        bail!("{file}: `sync.batch_size`, `sync.row_group_size` and `sync.commit_every` must be greater than zero");
+    }
+    if sync.concurrency == 0 {
+        bail!("{file}: `sync.concurrency` must be at least 1");
+    }
+    let mut sources = Vec::new();
+    for (name, mut table) in config.sources {
+        let at = format!("sources.{name}");
+        if !crate::warehouse::is_path_segment(&name) {
+            bail!(
+                "{file}: `[{at}]`: a source name must be lowercase letters, digits, `_` or `-` (it becomes a folder of the warehouse)"
+            );
+        }
+        let kind = match table.remove("type") {
+            Some(toml::Value::String(s)) => s,
+            Some(_) => bail!("{file}: `{at}.type` must be a string such as \"stripe\""),
+            None => bail!("{file}: `[{at}]` has no `type`; add e.g. type = \"stripe\""),
+        };
+        let schedule = match table.remove("schedule") {
+            Some(toml::Value::String(s)) => {
+                Schedule::parse(&s).map_err(|e| anyhow!("{file}: `{at}.schedule`: {e}"))?
+            }
+            Some(_) => bail!("{file}: `{at}.schedule` must be a cron expression in a string"),
+            None => Schedule::parse(DEFAULT_SCHEDULE).map_err(|e| anyhow!(e))?,
+        };
+        let streams = match table.remove("streams") {
+            Some(toml::Value::Array(items)) => {
+                let mut out = Vec::new();
+                for item in items {
+                    match item {
+                        toml::Value::String(s) => out.push(s),
+                        _ => bail!("{file}: `{at}.streams` must be a list of stream names"),
+                    }
+                }
+                if out.is_empty() {
+                    bail!("{file}: `{at}.streams` is empty; remove it to sync every stream");
+                }
+                Some(out)
+            }
+            Some(_) => bail!("{file}: `{at}.streams` must be a list of stream names"),
+            None => None,
+        };
+        let options = resolve_value(toml::Value::Table(table), &at, &file.to_string())?;
+        sources.push(SourceConfig {
+            name,
+            kind,
+            schedule,
+            streams,
+            options,
+        });
+    }
+    Ok(Loaded {
+        path: path.to_owned(),
+        warehouse,
+        sync,
+        sources,
+    })
+}
+
+/// Converts TOML to JSON, resolving `${…}` references in every string.
+fn resolve_value(value: toml::Value, at: &str, file: &str) -> Result<serde_json::Value> {
+    Ok(match value {
+        toml::Value::String(s) => serde_json::Value::String(resolve_str(&s, at, file)?),
+        toml::Value::Integer(i) => serde_json::Value::from(i),
+        toml::Value::Float(f) => serde_json::Value::from(f),
+        toml::Value::Boolean(b) => serde_json::Value::Bool(b),
+        toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+        toml::Value::Array(items) => serde_json::Value::Array(
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| resolve_value(v, &format!("{at}[{i}]"), file))
+                .collect::<Result<_>>()?,
+        ),
+        toml::Value::Table(t) => serde_json::Value::Object(
+            t.into_iter()
+                .map(|(k, v)| {
+                    let inner = format!("{at}.{k}");
+                    Ok((k, resolve_value(v, &inner, file)?))
+                })
+                .collect::<Result<_>>()?,
+        ),
+    })
+}
+
+/// Resolves `${VAR}`, `${VAR:-default}` and `${file:/path}` references in `s`.
+pub fn resolve_str(s: &str, at: &str, file: &str) -> Result<String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| anyhow!("{file}: `{at}`: `${{` without a closing `}}`"))?;
+        let reference = &after[..end];
+        if let Some(p) = reference.strip_prefix("file:") {
+            let content = std::fs::read_to_string(p).map_err(|e| {
+                anyhow!("{file}: `{at}` refers to the file {p}, which cannot be read: {e}")
+            })?;
+            out.push_str(content.trim_end_matches(['\n', '\r']));
+        } else {
+            let (name, default) = match reference.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (reference, None),
+            };
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                bail!("{file}: `{at}`: `${{{reference}}}` is not an environment variable name");
+            }
+            match (std::env::var(name), default) {
+                (Ok(v), _) if !v.is_empty() => out.push_str(&v),
+                _ if default.is_some() => out.push_str(default.unwrap_or_default()),
+                _ => bail!(
+                    "{file}: `{at}` refers to the environment variable {name}, which is not set; export it or write the value"
+                ),
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        parse(text, Path::new("t.toml")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_a_full_config() {
+        // SAFETY: tests in this module are the only users of this variable.
+        unsafe { std::env::set_var("TRIBUTARY_TEST_KEY", "sk_test_1") };
+        let c = parse(
+            r#"
+            [warehouse]
+            url = "s3://bucket/prefix"
+            options = { aws_region = "us-east-1" }
+            [sync]
+            batch_size = 100
+            [sources.stripe]
+            type = "stripe"
+            schedule = "*/15 * * * *"
+            streams = ["charges"]
+            api_key = "${TRIBUTARY_TEST_KEY}"
+            api_base = "${TRIBUTARY_UNSET_BASE:-http://127.0.0.1:1}"
+            "#,
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.warehouse.url, "s3://bucket/prefix");
+        assert_eq!(c.sync.batch_size, 100);
+        let s = &c.sources[0];
+        assert_eq!((s.name.as_str(), s.kind.as_str()), ("stripe", "stripe"));
+        assert_eq!(s.streams.as_deref(), Some(&["charges".to_owned()][..]));
+        assert_eq!(s.options["api_key"], "sk_test_1");
+        assert_eq!(s.options["api_base"], "http://127.0.0.1:1");
+        assert!(s.options.get("type").is_none());
+    }
+
+    #[test]
+    fn errors_name_the_key_and_file() {
+        let e = err("[warehouse]\nurl = \"x\"\nbucket = \"y\"\n");
+        assert!(e.contains("t.toml") && e.contains("unknown field `bucket`"), "{e}");
+        let e = err("[sources.s]\ntype = \"stripe\"\nschedule = \"every hour\"\n");
+        assert!(e.contains("`sources.s.schedule`"), "{e}");
+        let e = err("[sources.s]\ntype = \"stripe\"\nschedule = \"61 * * * *\"\n");
+        assert!(e.contains("`sources.s.schedule`"), "{e}");
+        let e = err("[sources.s]\napi_key = \"x\"\n");
+        assert!(e.contains("has no `type`"), "{e}");
+        let e = err("[sources.s]\ntype = \"stripe\"\napi_key = \"${TRIBUTARY_SURELY_UNSET}\"\n");
+        assert!(
+            e.contains("`sources.s.api_key`") && e.contains("TRIBUTARY_SURELY_UNSET"),
+            "{e}"
+        );
+        let e = err("[sources.S]\ntype = \"stripe\"\n");
+        assert!(e.contains("source name"), "{e}");
+        let e = err("[sync]\ncommit_every = 0\n");
+        assert!(e.contains("commit_every"), "{e}");
+    }
+
+    #[test]
+    fn default_schedule_is_every_three_hours() {
+        let c = parse("[sources.s]\ntype = \"stripe\"\n", Path::new("t.toml")).unwrap();
+        assert_eq!(c.sources[0].schedule.text, DEFAULT_SCHEDULE);
+        assert_eq!(c.warehouse.url, "./warehouse");
+    }
+}

@@ -1,0 +1,372 @@
+//! The sync engine: one stream from its committed cursor into its table.
+//!
+//! A bounded pipeline. The connector fetches pages ahead on its own task (a few pages at
+//! most); this task converts each page into Arrow builders, hands full batches to the
+//! Parquet writer (which uploads as it goes), and commits every `commit_every` rows with
+//! the cursor of the last page those rows came from. Nothing holds a whole stream.
+//!
+//! Stopping (SIGTERM/SIGINT, or a failing page) commits what is complete and stops:
+//! nothing already fetched and converted is lost, and nothing is landed twice.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use arrow::record_batch::RecordBatch;
+use deltalake::kernel::Add;
+use futures::StreamExt;
+use indicatif::ProgressBar;
+use tokio::sync::watch;
+use tributary_sdk::convert::BatchBuilder;
+use tributary_sdk::{ReadRequest, Source, StreamSchema};
+
+use crate::config::SyncConfig;
+use crate::warehouse::{DataFile, StreamTable, Warehouse};
+
+/// A cancellation signal shared by every task of a run.
+#[derive(Clone)]
+pub struct Cancel(watch::Receiver<bool>);
+
+/// The trigger of a [`Cancel`].
+pub struct CancelHandle(watch::Sender<bool>);
+
+impl Cancel {
+    /// A signal and its trigger.
+    pub fn new() -> (CancelHandle, Cancel) {
+        let (tx, rx) = watch::channel(false);
+        (CancelHandle(tx), Cancel(rx))
+    }
+
+    /// A signal that never fires.
+    pub fn never() -> Cancel {
+        let (tx, rx) = watch::channel(false);
+        std::mem::forget(tx);
+        Cancel(rx)
+    }
+
+    /// Whether the run has been asked to stop.
+    pub fn is_cancelled(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the run is asked to stop.
+    pub async fn cancelled(&self) {
+        let mut rx = self.0.clone();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                // The trigger is gone without firing: never resolve.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+impl CancelHandle {
+    /// Asks every holder of the signal to stop.
+    pub fn cancel(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// How a stream's run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Every page was landed.
+    Succeeded,
+    /// Stopped on request after committing what was complete.
+    Cancelled,
+    /// Failed; what was committed before the failure stays.
+    Failed(String),
+}
+
+impl Status {
+    /// The word shown in summaries and stored in the run log.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Status::Succeeded => "ok",
+            Status::Cancelled => "cancelled",
+            Status::Failed(_) => "failed",
+        }
+    }
+}
+
+/// What one stream's run did.
+#[derive(Debug, Clone)]
+pub struct StreamOutcome {
+    /// The source's name.
+    pub source: String,
+    /// The stream.
+    pub stream: String,
+    /// Rows landed.
+    pub records: u64,
+    /// Data files landed.
+    pub files: u64,
+    /// Bytes of data files landed.
+    pub bytes: u64,
+    /// Commits made.
+    pub commits: u64,
+    /// When the run of this stream started.
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// When it ended.
+    pub ended_at: chrono::DateTime<chrono::Utc>,
+    /// Columns added to the table.
+    pub new_columns: Vec<String>,
+    /// Values kept in `_rescued_data`.
+    pub rescued_values: u64,
+    /// How it ended.
+    pub status: Status,
+}
+
+impl StreamOutcome {
+    /// Seconds the stream took.
+    pub fn seconds(&self) -> f64 {
+        (self.ended_at - self.started_at).num_milliseconds() as f64 / 1000.0
+    }
+}
+
+/// What to do in one stream run.
+pub struct StreamJob<'a> {
+    /// Where the table lives.
+    pub warehouse: &'a Warehouse,
+    /// The source's name.
+    pub source_name: &'a str,
+    /// The connector.
+    pub source: Arc<dyn Source>,
+    /// The stream's schema.
+    pub schema: StreamSchema,
+    /// Batching and commit sizes.
+    pub tuning: &'a SyncConfig,
+    /// Ignore the committed cursor and replace the table.
+    pub full_refresh: bool,
+    /// The run's id, stored in each commit.
+    pub run_id: &'a str,
+    /// Stop signal.
+    pub cancel: Cancel,
+    /// A progress bar, on a terminal.
+    pub progress: Option<ProgressBar>,
+}
+
+/// Rows converted but not committed yet.
+struct Pending {
+    files: Vec<Add>,
+    file: Option<DataFile>,
+    /// Rows in `files` and `file`, and the cursor they reach.
+    flushed_records: u64,
+    flushed_cursor: Option<serde_json::Value>,
+    /// Rows in the builder, and the cursor of the last page appended to it.
+    open_records: u64,
+    open_cursor: Option<serde_json::Value>,
+    reset: bool,
+}
+
+/// Runs one stream and reports what it did; never panics on vendor or storage errors.
+pub async fn sync_stream(job: StreamJob<'_>) -> StreamOutcome {
+    let started_at = chrono::Utc::now();
+    let mut outcome = StreamOutcome {
+        source: job.source_name.to_owned(),
+        stream: job.schema.name.clone(),
+        records: 0,
+        files: 0,
+        bytes: 0,
+        commits: 0,
+        started_at,
+        ended_at: started_at,
+        new_columns: Vec::new(),
+        rescued_values: 0,
+        status: Status::Succeeded,
+    };
+    let result = run(&job, &mut outcome).await;
+    outcome.ended_at = chrono::Utc::now();
+    match result {
+        Ok(true) => {}
+        Ok(false) => outcome.status = Status::Cancelled,
+        Err(e) => outcome.status = Status::Failed(format!("{e:#}")),
+    }
+    if let Some(pb) = &job.progress {
+        pb.finish_with_message(outcome.status.word());
+    }
+    match &outcome.status {
+        Status::Failed(e) => tracing::error!(source = %outcome.source, stream = %outcome.stream, records = outcome.records, error = %e, "Stream failed; what was committed before stays."),
+        s => tracing::info!(source = %outcome.source, stream = %outcome.stream, records = outcome.records, files = outcome.files, bytes = outcome.bytes, seconds = outcome.seconds(), status = s.word(), "Stream synced."),
+    }
+    outcome
+}
+
+/// Returns `Ok(true)` when the stream ran to its end, `Ok(false)` when cancelled.
+async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
+    let stream = job.schema.name.as_str();
+    let mut table = StreamTable::open(
+        job.warehouse,
+        job.source_name,
+        stream,
+        &job.schema.arrow_schema(),
+        job.tuning.row_group_size,
+    )
+    .await?;
+    let cursor = if job.full_refresh {
+        None
+    } else {
+        table.cursor()
+    };
+    tracing::info!(source = %job.source_name, stream, cursor = %cursor.as_ref().map(|c| c.to_string()).unwrap_or_else(|| "none".into()), full_refresh = job.full_refresh, "Starting stream.");
+    let existing = table.arrow_schema()?;
+    let mut builder = BatchBuilder::new(&job.schema, Some(existing.as_ref()));
+    let mut pages = job
+        .source
+        .read(ReadRequest {
+            stream: stream.to_owned(),
+            cursor,
+            full_refresh: job.full_refresh,
+        })
+        .await
+        .with_context(|| format!("starting to read `{stream}`"))?;
+    let mut p = Pending {
+        files: Vec::new(),
+        file: None,
+        flushed_records: 0,
+        flushed_cursor: None,
+        open_records: 0,
+        open_cursor: None,
+        reset: false,
+    };
+    let batch_size = job.tuning.batch_size;
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = job.cancel.cancelled() => {
+                tracing::info!(stream, "Stop requested; committing what is complete.");
+                commit(job, &mut table, &mut builder, &mut p, out).await?;
+                return Ok(false);
+            }
+            next = pages.next() => next,
+        };
+        let page = match next {
+            None => break,
+            Some(Ok(page)) => page,
+            Some(Err(e)) => {
+                // Land what was fetched before the failure, then report it.
+                commit(job, &mut table, &mut builder, &mut p, out)
+                    .await
+                    .context("committing before reporting a read error")?;
+                return Err(anyhow::Error::new(e).context(format!("reading `{stream}`")));
+            }
+        };
+        let appended = tokio::task::block_in_place(|| builder.append_page(&page));
+        let n = match appended {
+            Ok(n) => n as u64,
+            Err(e) => {
+                // The builder holds part of a broken page: land only what was flushed.
+                land_flushed(job, &mut table, &mut builder, &mut p, out).await?;
+                return Err(anyhow::Error::new(e));
+            }
+        };
+        p.open_records += n;
+        p.open_cursor = Some(page.cursor);
+        p.reset |= page.reset;
+        if let Some(pb) = &job.progress {
+            pb.inc(n);
+        }
+        if builder.rows() >= batch_size {
+            flush(&table, &mut builder, &mut p, out).await?;
+        }
+        if p.flushed_records + p.open_records >= job.tuning.commit_every {
+            commit(job, &mut table, &mut builder, &mut p, out).await?;
+        }
+    }
+    commit(job, &mut table, &mut builder, &mut p, out).await?;
+    Ok(true)
+}
+
+/// Moves the builder's rows into the current data file (a new file when the schema grew).
+async fn flush(
+    table: &StreamTable,
+    builder: &mut BatchBuilder,
+    p: &mut Pending,
+    out: &mut StreamOutcome,
+) -> Result<()> {
+    if builder.rows() > 0 {
+        let (batch, report) = tokio::task::block_in_place(|| builder.finish())?;
+        out.new_columns.extend(report.new_columns);
+        out.rescued_values += report.rescued_values;
+        write_batch(table, p, out, &batch).await?;
+    }
+    p.flushed_records += p.open_records;
+    p.open_records = 0;
+    if let Some(c) = p.open_cursor.take() {
+        p.flushed_cursor = Some(c);
+    }
+    Ok(())
+}
+
+async fn write_batch(
+    table: &StreamTable,
+    p: &mut Pending,
+    out: &mut StreamOutcome,
+    batch: &RecordBatch,
+) -> Result<()> {
+    if p.file.as_ref().is_some_and(|f| f.schema() != &batch.schema()) {
+        close_file(p, out).await?;
+    }
+    if p.file.is_none() {
+        p.file = Some(table.new_file(batch.schema())?);
+    }
+    if let Some(f) = p.file.as_mut() {
+        f.write(batch).await?;
+    }
+    Ok(())
+}
+
+async fn close_file(p: &mut Pending, out: &mut StreamOutcome) -> Result<()> {
+    if let Some(f) = p.file.take() {
+        if f.rows() > 0 {
+            let add = f.finish().await?;
+            out.files += 1;
+            out.bytes += add.size as u64;
+            p.files.push(add);
+        }
+    }
+    Ok(())
+}
+
+/// Flushes everything converted and commits it with the last page's cursor.
+async fn commit(
+    job: &StreamJob<'_>,
+    table: &mut StreamTable,
+    builder: &mut BatchBuilder,
+    p: &mut Pending,
+    out: &mut StreamOutcome,
+) -> Result<()> {
+    flush(table, builder, p, out).await?;
+    land_flushed(job, table, builder, p, out).await
+}
+
+/// Commits the closed files with the cursor they reach, if anything moved.
+async fn land_flushed(
+    job: &StreamJob<'_>,
+    table: &mut StreamTable,
+    builder: &BatchBuilder,
+    p: &mut Pending,
+    out: &mut StreamOutcome,
+) -> Result<()> {
+    close_file(p, out).await?;
+    let Some(cursor) = p.flushed_cursor.take() else {
+        return Ok(());
+    };
+    let unchanged = table.cursor().as_ref() == Some(&cursor);
+    if p.files.is_empty() && !p.reset && unchanged {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let files = std::mem::take(&mut p.files);
+    let nfiles = files.len();
+    let records = p.flushed_records;
+    let version = table
+        .commit(files, &builder.schema(), p.reset, cursor, records, job.run_id)
+        .await?;
+    tracing::info!(source = %job.source_name, stream = %job.schema.name, version, records, files = nfiles, reset = p.reset, ms = started.elapsed().as_millis() as u64, "Committed batch.");
+    out.records += records;
+    out.commits += 1;
+    p.flushed_records = 0;
+    p.reset = false;
+    Ok(())
+}

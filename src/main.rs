@@ -1,0 +1,139 @@
+//! The `tributary` binary: parses the command line, sets up logging, and hands over to
+//! the command. Errors reach the user here, as one readable message and an exit code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use tributary::cli;
+
+/// Sync SaaS objects (Stripe, …) into Delta Lake tables, incrementally and exactly once.
+#[derive(Parser, Debug)]
+#[command(name = "tributary", version, about, propagate_version = true)]
+struct Args {
+    /// The configuration file.
+    #[arg(long, global = true, default_value = "./tributary.toml", env = "TRIBUTARY_CONFIG")]
+    config: PathBuf,
+    /// Log format: `text` for people, `json` for machines.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Verify every source's credentials and reachability.
+    Check {
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// List each source's streams and their columns.
+    Discover {
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Sync once: every configured stream (or the ones selected) from its cursor.
+    Sync {
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only this stream (needs --source when several sources are configured).
+        #[arg(long)]
+        stream: Option<String>,
+        /// Ignore the committed cursors; read everything again and replace the tables.
+        #[arg(long)]
+        full_refresh: bool,
+    },
+    /// Run as a daemon: sync every source on its cron schedule until SIGTERM/SIGINT.
+    Run,
+    /// Show each stream's cursor and last commit.
+    State {
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Serve a vendor simulator on 127.0.0.1, standalone.
+    Sandbox {
+        /// The vendor to simulate.
+        #[arg(value_enum)]
+        vendor: cli::SandboxVendor,
+        /// The port (0 picks a free one).
+        #[arg(long, default_value_t = 12111)]
+        port: u16,
+        /// Objects per stream (charges get this many; other streams scale from it).
+        #[arg(long, default_value_t = 200)]
+        records: usize,
+        /// Requests per second above which it answers 429 with Retry-After.
+        #[arg(long)]
+        rate_limit: Option<f64>,
+    },
+    /// Start the simulators, sync them into ./warehouse, and show what landed.
+    Demo {
+        /// Where the tables land.
+        #[arg(long, default_value = "./warehouse")]
+        warehouse: String,
+        /// Objects per stream in the simulators.
+        #[arg(long, default_value_t = 200)]
+        records: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    cli::init_logging(args.log_format == LogFormat::Json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match args.command {
+            Command::Check { source } => cli::check(&args.config, source.as_deref()).await,
+            Command::Discover { source } => cli::discover(&args.config, source.as_deref()).await,
+            Command::Sync {
+                source,
+                stream,
+                full_refresh,
+            } => {
+                cli::sync(
+                    &args.config,
+                    source.as_deref(),
+                    stream.as_deref(),
+                    full_refresh,
+                )
+                .await
+            }
+            Command::Run => cli::run(&args.config).await,
+            Command::State { source } => cli::state(&args.config, source.as_deref()).await,
+            Command::Sandbox {
+                vendor,
+                port,
+                records,
+                rate_limit,
+            } => cli::sandbox(vendor, port, records, rate_limit).await,
+            Command::Demo { warehouse, records } => cli::demo(&warehouse, records).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(cli::EXIT_ERROR)
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The `run` daemon: every source on its cron schedule, never two overlapping runs of
+//! one source, and a clean stop on SIGTERM/SIGINT (running streams commit what they have
+//! and the daemon exits once they have).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Result;
+use chrono::Utc;
+use tokio::task::JoinHandle;
+
+use crate::cli::sync_sources;
+use crate::config::Loaded;
+use crate::engine::{Cancel, Status};
+
+/// Runs until `cancel` fires.
+pub async fn run(config: Arc<Loaded>, cancel: Cancel) -> Result<()> {
+    let mut running: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let mut next: HashMap<String, chrono::DateTime<Utc>> = HashMap::new();
+    for s in &config.sources {
+        if let Some(t) = s.schedule.cron.upcoming(Utc).next() {
+            tracing::info!(source = %s.name, schedule = %s.schedule.text, next = %t, "Scheduled source.");
+            next.insert(s.name.clone(), t);
+        }
+    }
+    loop {
+        let Some((name, at)) = next
+            .iter()
+            .min_by_key(|(_, t)| **t)
+            .map(|(n, t)| (n.clone(), *t))
+        else {
+            tracing::warn!("No source has an upcoming run; stopping.");
+            break;
+        };
+        let wait = (at - Utc::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        running.retain(|_, h| !h.is_finished());
+        if running.contains_key(&name) {
+            tracing::warn!(source = %name, "The previous run of this source is still going; skipping this slot.");
+        } else {
+            let config = Arc::clone(&config);
+            let cancel = cancel.clone();
+            let source = name.clone();
+            running.insert(
+                name.clone(),
+                tokio::spawn(async move {
+                    match sync_sources(&config, Some(&source), None, false, cancel).await {
+                        Ok(outcomes) => {
+                            let failed = outcomes
+                                .iter()
+                                .filter(|o| matches!(o.status, Status::Failed(_)))
+                                .count();
+                            let records: u64 = outcomes.iter().map(|o| o.records).sum();
+                            tracing::info!(source = %source, streams = outcomes.len(), records, failed, "Scheduled run finished.");
+                        }
+                        Err(e) => tracing::error!(source = %source, error = %format!("{e:#}"), "Scheduled run failed."),
+                    }
+                }),
+            );
+        }
+        let schedule = config
+            .sources
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.schedule.cron.clone());
+        match schedule.and_then(|c| c.after(&Utc::now()).next()) {
+            Some(t) => {
+                next.insert(name, t);
+            }
+            None => {
+                next.remove(&name);
+            }
+        }
+    }
+    tracing::info!(running = running.len(), "Stopping; waiting for running syncs to commit.");
+    for (_, h) in running {
+        let _ = h.await;
+    }
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! Shared helpers: a sandbox + warehouse + config in a temp dir, running the binary, and
+//! reading a table back.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use tributary_stripe::sandbox::{SandboxConfig, StripeSandbox};
+
+/// A simulator, a temp warehouse and a config file pointing at both.
+pub struct Env {
+    pub sandbox: StripeSandbox,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Env {
+    /// Starts a Stripe sandbox with `records` objects and writes a config whose source
+    /// section is `[sources.stripe]` plus `extra` lines.
+    pub async fn stripe(records: usize, extra: &str) -> Env {
+        Self::stripe_with(
+            SandboxConfig {
+                records,
+                ..Default::default()
+            },
+            extra,
+        )
+        .await
+    }
+
+    pub async fn stripe_with(config: SandboxConfig, extra: &str) -> Env {
+        let sandbox = StripeSandbox::start(config, 0).await.expect("sandbox starts");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("tributary.toml");
+        let env = Env {
+            sandbox,
+            dir,
+            config,
+        };
+        env.write_config(extra);
+        env
+    }
+
+    pub fn write_config(&self, extra: &str) {
+        let text = format!(
+            "[warehouse]\nurl = {:?}\n\n[sync]\nbatch_size = 500\n\n[sources.stripe]\ntype = \"stripe\"\napi_key = \"{}\"\napi_base = \"{}\"\nrequests_per_second = 500\n{extra}\n",
+            self.warehouse().display().to_string(),
+            StripeSandbox::api_key(),
+            self.sandbox.url()
+        );
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
+    pub fn warehouse(&self) -> PathBuf {
+        self.dir.path().join("warehouse")
+    }
+
+    pub fn table(&self, stream: &str) -> PathBuf {
+        self.warehouse().join("stripe").join(stream)
+    }
+
+    /// Runs `tributary <args> --config <config>` to completion.
+    pub async fn run(&self, args: &[&str]) -> Output {
+        run_binary(&self.config, args).await
+    }
+
+    /// Runs a sync that must succeed; returns its stdout.
+    pub async fn sync_ok(&self, args: &[&str]) -> String {
+        let mut all = vec!["sync"];
+        all.extend_from_slice(args);
+        let out = self.run(&all).await;
+        assert_success(&out);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+pub async fn run_binary(config: &Path, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("the binary runs")
+}
+
+pub fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every live row of a Delta table, read through deltalake's file list.
+pub async fn read_table(path: &Path) -> Vec<RecordBatch> {
+    let url = url::Url::from_directory_path(path).expect("absolute path");
+    let table = deltalake::open_table(url).await.expect("table opens");
+    let mut batches = Vec::new();
+    for uri in table.get_file_uris().expect("file list") {
+        let file_path = uri.strip_prefix("file://").unwrap_or(&uri).to_owned();
+        let file = std::fs::File::open(&file_path).expect("data file exists");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(file, 8192)
+            .expect("parquet reads");
+        for b in reader {
+            batches.push(b.expect("batch"));
+        }
+    }
+    batches
+}
+
+/// The values of a string column across batches (null → "").
+pub fn strings(batches: &[RecordBatch], column: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in batches {
+        match b.column_by_name(column) {
+            Some(c) => {
+                let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).expect("cast");
+                let s = c.as_string::<i32>();
+                for i in 0..s.len() {
+                    out.push(if s.is_null(i) { String::new() } else { s.value(i).to_owned() });
+                }
+            }
+            None => out.extend(std::iter::repeat_n(String::new(), b.num_rows())),
+        }
+    }
+    out
+}
+
+/// Row count per id.
+pub fn id_counts(batches: &[RecordBatch]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for id in strings(batches, "id") {
+        *m.entry(id).or_insert(0) += 1;
+    }
+    m
+}
+
+/// The latest row of each id (the row with the greatest `received_at`, then file order).
+pub fn latest_by_id(batches: &[RecordBatch], column: &str) -> HashMap<String, String> {
+    let ids = strings(batches, "id");
+    let values = strings(batches, column);
+    let received = strings(batches, "received_at");
+    let mut best: HashMap<String, (String, String)> = HashMap::new();
+    for ((id, v), r) in ids.into_iter().zip(values).zip(received) {
+        match best.get(&id) {
+            Some((br, _)) if *br > r => {}
+            _ => {
+                best.insert(id, (r, v));
+            }
+        }
+    }
+    best.into_iter().map(|(k, (_, v))| (k, v)).collect()
+}

@@ -1,0 +1,88 @@
+//! A user's config mistakes: each is an error that names the file and the key, exits
+//! non-zero, and writes nothing.
+
+use crate::common::run_binary;
+
+async fn fails_with(config: &str, args: &[&str], expected: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let config = config.replace("WAREHOUSE", &dir.path().join("wh").display().to_string());
+    std::fs::write(&path, config).unwrap();
+    let out = run_binary(&path, args).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    for e in expected {
+        assert!(stderr.contains(e), "expected {e:?} in: {stderr}");
+    }
+    assert!(
+        !dir.path().join("wh").join("stripe").exists(),
+        "nothing may be written: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_errors_name_the_key_and_the_file() {
+    let base = "[warehouse]\nurl = \"WAREHOUSE\"\n";
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            format!("{base}[sources.stripe]\ntype = \"stripe\"\napi_key = \"sk_test_x\"\napi_kye = \"oops\"\n"),
+            vec!["bad.toml", "api_kye"],
+        ),
+        (
+            format!("{base}[sources.stripe]\ntype = \"stripe\"\napi_key = \"sk_test_x\"\nschedule = \"every day\"\n"),
+            vec!["bad.toml", "sources.stripe.schedule"],
+        ),
+        (
+            format!("{base}[sources.stripe]\ntype = \"stripe\"\napi_key = \"${{TRIBUTARY_TEST_UNSET_KEY}}\"\n"),
+            vec!["bad.toml", "sources.stripe.api_key", "TRIBUTARY_TEST_UNSET_KEY"],
+        ),
+        (
+            format!("{base}[sources.stripe]\ntype = \"stripe\"\napi_key = \"sk_test_x\"\nstreams = [\"charges\", \"chargez\"]\n"),
+            vec!["bad.toml", "sources.stripe.streams", "chargez", "available"],
+        ),
+        (
+            format!("{base}[sources.stripe]\ntype = \"strype\"\napi_key = \"sk_test_x\"\n"),
+            vec!["bad.toml", "sources.stripe.type", "strype", "stripe"],
+        ),
+        (
+            format!("{base}[sources.stripe]\ntype = \"stripe\"\napi_key = \"pk_test_x\"\n"),
+            vec!["bad.toml", "sources.stripe.api_key"],
+        ),
+        (
+            format!("{base}colour = \"blue\"\n[sources.stripe]\ntype = \"stripe\"\napi_key = \"sk_test_x\"\n"),
+            vec!["bad.toml", "colour"],
+        ),
+    ];
+    for (config, expected) in cases {
+        fails_with(&config, &["sync"], &expected).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_config_file_says_how_to_make_one() {
+    let out = run_binary(std::path::Path::new("/nonexistent/tributary.toml"), &["sync"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/tributary.toml"), "{stderr}");
+    assert!(stderr.contains("config.example.toml"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_credentials_fail_check_and_sync_without_writing() {
+    let env = crate::common::Env::stripe(10, "").await;
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace(tributary_stripe::sandbox::StripeSandbox::api_key(), "sk_live_wrong")
+        .replace("requests_per_second = 500\n", "");
+    std::fs::write(&env.config, text).unwrap();
+    let out = env.run(&["check"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("401") && stdout.contains("Invalid API Key"), "{stdout}");
+    let out = env.run(&["sync", "--stream", "charges"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("failed") && stdout.contains("401"), "{stdout}");
+    // The table may exist (created empty) but holds no rows and no cursor.
+    assert!(crate::common::read_table(&env.table("charges")).await.is_empty());
+}

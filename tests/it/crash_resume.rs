@@ -1,0 +1,79 @@
+//! Exactly-once under crashes: SIGKILL the sync at pseudo-random moments many times,
+//! resume each time, and find every object in the table exactly once at the end.
+
+use std::time::Duration;
+
+use crate::common::{Env, id_counts, read_table};
+use tributary_stripe::sandbox::{Faults, SandboxConfig};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_random_moments_then_resume_lands_everything_exactly_once() {
+    let env = Env::stripe_with(
+        SandboxConfig {
+            records: 3000,
+            ..Default::default()
+        },
+        "streams = [\"charges\"]\npage_size = 25",
+    )
+    .await;
+    // Small batches and commits, so kills land between, during and after commits.
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("batch_size = 500", "batch_size = 40\ncommit_every = 100");
+    std::fs::write(&env.config, text).unwrap();
+    // Slow the simulator down so a full sync takes several seconds.
+    env.sandbox.set_faults(Faults {
+        slow_ms: 40,
+        slow_rate: 1.0,
+        ..Default::default()
+    });
+
+    let mut seed: u64 = 0x5eed_1234_abcd_9876;
+    let mut killed_mid_run = 0;
+    for round in 0..12 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_millis(150 + seed % 900);
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .args(["sync", "--config"])
+            .arg(&env.config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn");
+        tokio::select! {
+            status = child.wait() => {
+                let status = status.expect("wait");
+                assert!(status.success(), "round {round}: the sync failed on its own");
+                break;
+            }
+            _ = tokio::time::sleep(delay) => {
+                child.start_kill().expect("SIGKILL");
+                let _ = child.wait().await;
+                killed_mid_run += 1;
+            }
+        }
+        // After every kill the table is readable and has no duplicate.
+        if env.table("charges").join("_delta_log").exists() {
+            let counts = id_counts(&read_table(&env.table("charges")).await);
+            assert!(
+                counts.values().all(|&n| n == 1),
+                "round {round}: a record landed twice after a kill"
+            );
+        }
+    }
+    assert!(killed_mid_run >= 3, "the kills must interrupt running syncs ({killed_mid_run})");
+
+    env.sandbox.set_faults(Faults::default());
+    env.sync_ok(&[]).await;
+    let counts = id_counts(&read_table(&env.table("charges")).await);
+    let mut want = env.sandbox.ids("charges");
+    want.sort();
+    let mut got: Vec<String> = counts.keys().cloned().collect();
+    got.sort();
+    assert_eq!(got.len(), want.len(), "no record lost");
+    assert_eq!(got, want, "no record lost");
+    assert!(counts.values().all(|&n| n == 1), "no record appended twice");
+}

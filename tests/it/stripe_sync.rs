@@ -1,0 +1,128 @@
+//! Stripe, end to end: full sync, incremental sync after creates, updates and deletes, a
+//! new field, the 30-day fallback, and `state`.
+
+use std::time::Duration;
+
+use crate::common::{Env, id_counts, latest_by_id, read_table, strings};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_then_incremental_sync_lands_every_change_once() {
+    let env = Env::stripe(300, "streams = [\"customers\", \"charges\", \"events\"]").await;
+    let summary = env.sync_ok(&[]).await;
+    assert!(summary.contains("stripe.charges"), "{summary}");
+
+    for stream in ["customers", "charges"] {
+        let batches = read_table(&env.table(stream)).await;
+        let counts = id_counts(&batches);
+        let mut want = env.sandbox.ids(stream);
+        want.sort();
+        let mut got: Vec<String> = counts.keys().cloned().collect();
+        got.sort();
+        assert_eq!(got, want, "{stream}: every object lands");
+        assert!(counts.values().all(|&n| n == 1), "{stream}: exactly once");
+    }
+    let charges = read_table(&env.table("charges")).await;
+    let schema = charges[0].schema();
+    use arrow::datatypes::{DataType, TimeUnit};
+    assert_eq!(schema.field_with_name("amount").unwrap().data_type(), &DataType::Int64);
+    assert_eq!(
+        schema.field_with_name("created").unwrap().data_type(),
+        &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+    );
+    assert!(schema.field_with_name("billing_details_address_city").is_ok());
+    assert!(strings(&charges, "uuid_ts").iter().all(|s| !s.is_empty()));
+
+    // Changes: one new customer, one renamed, one deleted.
+    let ids = env.sandbox.ids("customers");
+    let created = env.sandbox.create("customers", serde_json::json!({"email": "new@example.com", "name": "New"}));
+    let created_id = created["id"].as_str().unwrap().to_owned();
+    env.sandbox.update("customers", &ids[0], serde_json::json!({"name": "Renamed"})).unwrap();
+    assert!(env.sandbox.delete("customers", &ids[1]));
+    // Event times have second resolution; make sure they are in the past.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let summary = env.sync_ok(&["--stream", "customers", "--source", "stripe"]).await;
+    assert!(summary.contains("stripe.customers"), "{summary}");
+    let batches = read_table(&env.table("customers")).await;
+    let counts = id_counts(&batches);
+    assert_eq!(counts.len(), ids.len() + 1, "the new customer landed");
+    assert_eq!(counts[&created_id], 1);
+    assert_eq!(counts[&ids[0]], 2, "the update is a new version");
+    assert_eq!(counts[&ids[1]], 2, "the delete is a new version");
+    let names = latest_by_id(&batches, "name");
+    assert_eq!(names[&ids[0]], "Renamed");
+    let deleted = latest_by_id(&batches, "is_deleted");
+    assert_eq!(deleted[&ids[1]], "true");
+    assert_eq!(deleted[&ids[0]], "false");
+    assert_eq!(deleted[&created_id], "false");
+
+    // Nothing changed: nothing lands.
+    env.sync_ok(&["--stream", "customers", "--source", "stripe"]).await;
+    assert_eq!(id_counts(&read_table(&env.table("customers")).await).values().sum::<usize>(), ids.len() + 3);
+
+    // The events stream has the three events.
+    env.sync_ok(&["--stream", "events", "--source", "stripe"]).await;
+    let events = read_table(&env.table("events")).await;
+    let types = strings(&events, "type");
+    for t in ["customer.created", "customer.updated", "customer.deleted"] {
+        assert!(types.iter().any(|x| x == t), "{t} in {types:?}");
+    }
+
+    // `state` shows the cursors.
+    let out = env.run(&["state"]).await;
+    crate::common::assert_success(&out);
+    let state = String::from_utf8_lossy(&out.stdout);
+    assert!(state.contains("stripe.customers") && state.contains("\"phase\":\"changes\""), "{state}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_vendor_field_becomes_a_column() {
+    let env = Env::stripe(20, "streams = [\"customers\"]").await;
+    env.sync_ok(&[]).await;
+    let id = env.sandbox.ids("customers")[0].clone();
+    env.sandbox
+        .update("customers", &id, serde_json::json!({"loyalty_tier": "gold", "loyalty": {"points": 1200}}))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let summary = env.sync_ok(&[]).await;
+    assert!(
+        summary.contains("new columns:") && summary.contains("loyalty_tier") && summary.contains("loyalty_points"),
+        "{summary}"
+    );
+    let batches = read_table(&env.table("customers")).await;
+    let tiers = latest_by_id(&batches, "loyalty_tier");
+    assert_eq!(tiers[&id], "gold");
+    let points = latest_by_id(&batches, "loyalty_points");
+    assert_eq!(points[&id], "1200");
+    // Older rows read the new column as null.
+    let other = env.sandbox.ids("customers")[1].clone();
+    assert_eq!(tiers[&other], "");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cursor_older_than_thirty_days_resyncs_the_stream() {
+    let env = Env::stripe(30, "streams = [\"customers\"]").await;
+    env.sync_ok(&[]).await;
+    let before = read_table(&env.table("customers")).await;
+    assert_eq!(id_counts(&before).len(), env.sandbox.ids("customers").len());
+
+    env.sandbox.advance_clock(Duration::from_secs(31 * 24 * 3600));
+    let out = env.run(&["sync"]).await;
+    crate::common::assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("30-day"), "the fallback is logged: {stderr}");
+    let after = read_table(&env.table("customers")).await;
+    let counts = id_counts(&after);
+    assert_eq!(counts.len(), env.sandbox.ids("customers").len());
+    assert!(counts.values().all(|&n| n == 1), "the resync replaced the table: {counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_refresh_replaces_the_table() {
+    let env = Env::stripe(30, "streams = [\"products\"]").await;
+    env.sync_ok(&[]).await;
+    env.sync_ok(&["--full-refresh"]).await;
+    let counts = id_counts(&read_table(&env.table("products")).await);
+    assert_eq!(counts.len(), env.sandbox.ids("products").len());
+    assert!(counts.values().all(|&n| n == 1));
+}
