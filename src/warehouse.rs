@@ -354,13 +354,17 @@ pub async fn read_position(table: &DeltaTable, app_id: &str) -> Result<(i64, Opt
     else {
         return Ok((0, None));
     };
-    let mut history = table.history(None);
-    while let Some(info) = history.try_next().await? {
-        if let Some(value) = info.info.get(COMMIT_INFO_KEY) {
-            let meta: CommitMeta = serde_json::from_value(value.clone())
-                .with_context(|| format!("the table of `{app_id}` has a commit whose tributary metadata cannot be read"))?;
-            if meta.seq == seq {
-                return Ok((seq, Some(meta)));
+    // The commit is almost always among the newest; look further back only if not.
+    for limit in [Some(8), Some(256), None] {
+        let mut history = table.history(limit);
+        while let Some(info) = history.try_next().await? {
+            if let Some(value) = info.info.get(COMMIT_INFO_KEY) {
+                let meta: CommitMeta = serde_json::from_value(value.clone()).with_context(|| {
+                    format!("the table of `{app_id}` has a commit whose tributary metadata cannot be read")
+                })?;
+                if meta.seq == seq {
+                    return Ok((seq, Some(meta)));
+                }
             }
         }
     }

@@ -77,3 +77,56 @@ async fn sigkill_at_random_moments_then_resume_lands_everything_exactly_once() {
     assert_eq!(got, want, "no record lost");
     assert!(counts.values().all(|&n| n == 1), "no record appended twice");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_commits_what_is_complete_and_stops() {
+    let env = Env::stripe_with(
+        SandboxConfig {
+            records: 2000,
+            ..Default::default()
+        },
+        "streams = [\"charges\"]\npage_size = 20",
+    )
+    .await;
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("batch_size = 500", "batch_size = 40\ncommit_every = 100000");
+    std::fs::write(&env.config, text).unwrap();
+    env.sandbox.set_faults(Faults {
+        slow_ms: 30,
+        slow_rate: 1.0,
+        ..Default::default()
+    });
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["sync", "--config"])
+        .arg(&env.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid = child.id().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("the sync stops soon after SIGTERM")
+        .expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("cancelled"), "{stdout}");
+    // One commit of everything fetched so far (commit_every is far away).
+    let counts = id_counts(&read_table(&env.table("charges")).await);
+    assert!(!counts.is_empty(), "what was fetched before SIGTERM was committed");
+    assert!(counts.len() < env.sandbox.ids("charges").len(), "it stopped early");
+    assert!(counts.values().all(|&n| n == 1));
+
+    env.sandbox.set_faults(Faults::default());
+    env.sync_ok(&[]).await;
+    let counts = id_counts(&read_table(&env.table("charges")).await);
+    assert_eq!(counts.len(), env.sandbox.ids("charges").len());
+    assert!(counts.values().all(|&n| n == 1));
+}

@@ -9,7 +9,16 @@
 //!   (with `*`) and `types[]`. `GET /v1/<resource>/<id>` fetches one object.
 //! - `POST /v1/<resource>` creates, `POST /v1/<resource>/<id>` updates (form encoded,
 //!   `metadata[k]=v`), `DELETE /v1/<resource>/<id>` deletes (or cancels a subscription);
-//!   each mutation appends to `/v1/events`, which keeps 30 days of simulator time.
+//!   each mutation appends to `/v1/events`, which keeps 30 days of simulator time. One
+//!   mutation emits one event: the specific one when a state field moves (`charge.refunded`,
+//!   `invoice.paid`, `payout.failed`, ...), else `<type>.updated`; payment intents emit
+//!   nothing for other updates, as in Stripe. Deleted objects leave lists but their ids stay
+//!   valid cursors.
+//!
+//! Simplifications: canceled subscriptions stay in the default subscription list (Stripe
+//! needs `status=all`); each subscription has one item; parameters are checked against the
+//! object's own fields, so create-only Stripe parameters such as `source=tok_visa` are
+//! refused; `expand[]` is accepted and ignored.
 //! - Stripe's error JSON, 401 for a missing or non-test key, 429 + `Retry-After` above the
 //!   configured rate, a `Date` header from the simulator clock and a `Request-Id`.
 //! - Faults on demand: 500/503, slow responses, bodies cut short, malformed JSON.
@@ -170,8 +179,13 @@ impl Shared {
         let mut h = self.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let mut id = String::from("req_");
         for _ in 0..14 {
-            h = h.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-            id.push(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"[((h >> 33) % 62) as usize] as char);
+            h = h
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            id.push(
+                b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                    [((h >> 33) % 62) as usize] as char,
+            );
         }
         id
     }
@@ -320,10 +334,18 @@ impl StripeSandbox {
             let fields = match fields {
                 Value::Object(map) => map,
                 Value::Null => Map::new(),
-                _ => return Err(ApiError::invalid("parameter_invalid", "fields must be a JSON object", None)),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "parameter_invalid",
+                        "fields must be a JSON object",
+                        None,
+                    ));
+                }
             };
             let now = self.now();
-            self.shared.write().create(kind, fields, now, &Origin::default())
+            self.shared
+                .write()
+                .create(kind, fields, now, &Origin::default())
         })();
         result.unwrap_or_else(|e| serde_json::from_slice(&e.body()).unwrap_or(Value::Null))
     }
@@ -350,12 +372,17 @@ impl StripeSandbox {
             return false;
         };
         let now = self.now();
-        self.shared.write().delete(kind, id, now, &Origin::default()).is_ok()
+        self.shared
+            .write()
+            .delete(kind, id, now, &Origin::default())
+            .is_ok()
     }
 
     /// Live ids of a resource, newest first (empty for an unknown resource).
     pub fn ids(&self, resource: &str) -> Vec<String> {
-        kind_of(resource).map(|k| self.shared.read().ids(k)).unwrap_or_default()
+        kind_of(resource)
+            .map(|k| self.shared.read().ids(k))
+            .unwrap_or_default()
     }
 
     /// The object as `GET /v1/<resource>/<id>` returns it (a deleted object as its
@@ -398,11 +425,13 @@ impl StripeSandbox {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(mut task) = self.task.take() {
-            if tokio::time::timeout(Duration::from_secs(5), &mut task).await.is_err() {
-                // A client holding a keep-alive connection open must not hang the caller.
-                task.abort();
-            }
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
+        {
+            // A client holding a keep-alive connection open must not hang the caller.
+            task.abort();
         }
     }
 }

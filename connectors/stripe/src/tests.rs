@@ -450,3 +450,56 @@ async fn cut_and_garbled_bodies_are_fetched_again() {
     assert_exactly_once("charges", &ids(&pages), &sandbox.ids("charges"));
     assert!(sandbox.stats().faults_injected >= 2);
 }
+
+/// The SDK's conformance kit, run on the streams the simulator can change.
+struct Harness {
+    sandbox: StripeSandbox,
+    source: std::sync::Arc<dyn tributary_sdk::Source>,
+}
+
+fn resource(stream: &str) -> &str {
+    match stream {
+        "invoice_items" => "invoiceitems",
+        other => other,
+    }
+}
+
+#[async_trait::async_trait]
+impl tributary_sdk::conformance::Harness for Harness {
+    fn source(&self) -> std::sync::Arc<dyn tributary_sdk::Source> {
+        self.source.clone()
+    }
+    async fn ids(&self, stream: &str) -> Vec<String> {
+        self.sandbox.ids(resource(stream))
+    }
+    async fn create(&self, stream: &str) -> String {
+        let created = self
+            .sandbox
+            .create(resource(stream), json!({"metadata": {"made_by": "conformance"}}));
+        created["id"].as_str().unwrap_or_default().to_owned()
+    }
+    async fn update(&self, stream: &str, id: &str) {
+        self.sandbox
+            .update(resource(stream), id, json!({"metadata": {"touched": "yes"}}))
+            .unwrap();
+    }
+    async fn delete(&self, stream: &str, id: &str) {
+        assert!(self.sandbox.delete(resource(stream), id));
+    }
+    async fn settle(&self) {
+        // Event times have second resolution.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conformance_kit_passes() {
+    for stream in ["customers", "products", "coupons", "invoice_items"] {
+        let sandbox = sandbox(40).await;
+        let source = std::sync::Arc::new(stripe(&sandbox, 7)) as std::sync::Arc<dyn tributary_sdk::Source>;
+        let harness = Harness { sandbox, source };
+        if let Err(e) = tributary_sdk::conformance::run(&harness, stream).await {
+            panic!("conformance of `{stream}`: {e}");
+        }
+    }
+}

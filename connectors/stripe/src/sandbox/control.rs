@@ -58,10 +58,10 @@ impl Limiter {
                 self.admitted.pop_front();
             }
         }
-        if let Some((window, capacity)) = limit {
-            if self.count_since(now, window, None) >= capacity {
-                return false;
-            }
+        if let Some((window, capacity)) = limit
+            && self.count_since(now, window, None) >= capacity
+        {
+            return false;
         }
         self.admitted.push_back(now);
         let in_last_second = self.count_since(now, SECOND, Some(self.stats_since));
@@ -137,9 +137,8 @@ impl FaultState {
 
     pub(crate) fn before(&mut self) -> Before {
         let f = &mut self.faults;
-        let error = Self::hit(&mut self.rng, &mut f.error_next, f.error_rate).then(|| {
-            if self.rng.random::<bool>() { 500 } else { 503 }
-        });
+        let error = Self::hit(&mut self.rng, &mut f.error_next, f.error_rate)
+            .then(|| if self.rng.random::<bool>() { 500 } else { 503 });
         let delay = (f.slow_ms > 0 && Self::hit(&mut self.rng, &mut 0, f.slow_rate))
             .then(|| Duration::from_millis(f.slow_ms));
         Before { error, delay }

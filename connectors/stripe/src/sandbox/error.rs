@@ -80,7 +80,11 @@ impl ApiError {
             error.insert("code".into(), code.into());
             error.insert(
                 "doc_url".into(),
-                format!("https://stripe.com/docs/error-codes/{}", code.replace('_', "-")).into(),
+                format!(
+                    "https://stripe.com/docs/error-codes/{}",
+                    code.replace('_', "-")
+                )
+                .into(),
             );
         }
         error.insert("message".into(), self.message.clone().into());

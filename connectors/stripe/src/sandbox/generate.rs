@@ -27,15 +27,68 @@ const DISPUTE_OFFSET: u64 = 7;
 pub(crate) const DIRECT_ITEM_BASE: u64 = 1 << 36;
 
 const FIRST: &[&str] = &[
-    "Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Margaret", "Dennis",
-    "Radia", "John", "Katherine", "Linus", "Hedy", "Tim", "Sophie", "Guido", "Annie", "Bjarne",
-    "Jean", "Niklaus", "Mary", "Leslie", "Shafi", "Tony", "Adele", "Robin", "Joan", "Butler",
+    "Ada",
+    "Grace",
+    "Alan",
+    "Edsger",
+    "Barbara",
+    "Donald",
+    "Frances",
+    "Ken",
+    "Margaret",
+    "Dennis",
+    "Radia",
+    "John",
+    "Katherine",
+    "Linus",
+    "Hedy",
+    "Tim",
+    "Sophie",
+    "Guido",
+    "Annie",
+    "Bjarne",
+    "Jean",
+    "Niklaus",
+    "Mary",
+    "Leslie",
+    "Shafi",
+    "Tony",
+    "Adele",
+    "Robin",
+    "Joan",
+    "Butler",
 ];
 const LAST: &[&str] = &[
-    "Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson",
-    "Hamilton", "Ritchie", "Perlman", "McCarthy", "Johnson", "Torvalds", "Lamarr", "Berners-Lee",
-    "Wilson", "van Rossum", "Easley", "Stroustrup", "Bartik", "Wirth", "Keller", "Lamport",
-    "Goldwasser", "Hoare", "Goldberg", "Milner", "Clarke", "Lampson",
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Dijkstra",
+    "Liskov",
+    "Knuth",
+    "Allen",
+    "Thompson",
+    "Hamilton",
+    "Ritchie",
+    "Perlman",
+    "McCarthy",
+    "Johnson",
+    "Torvalds",
+    "Lamarr",
+    "Berners-Lee",
+    "Wilson",
+    "van Rossum",
+    "Easley",
+    "Stroustrup",
+    "Bartik",
+    "Wirth",
+    "Keller",
+    "Lamport",
+    "Goldwasser",
+    "Hoare",
+    "Goldberg",
+    "Milner",
+    "Clarke",
+    "Lampson",
 ];
 const CITIES: &[(&str, &str, &str)] = &[
     ("San Francisco", "CA", "US"),
@@ -250,7 +303,12 @@ impl Gen {
     fn customer_email(&self, k: u64) -> String {
         let (first, last) = self.customer_name(k);
         let last: String = last.chars().filter(char::is_ascii_alphabetic).collect();
-        format!("{}.{}{}@example.com", first.to_lowercase(), last.to_lowercase(), k)
+        format!(
+            "{}.{}{}@example.com",
+            first.to_lowercase(),
+            last.to_lowercase(),
+            k
+        )
     }
 
     fn invoice_prefix(&self, k: u64) -> String {
@@ -270,9 +328,15 @@ impl Gen {
     }
 
     fn charge_amount(&self, c: u64) -> i64 {
-        let dollars = [5, 9, 10, 12, 19, 25, 29, 49, 50, 75, 99, 120, 149, 199, 250, 499];
+        let dollars = [
+            5, 9, 10, 12, 19, 25, 29, 49, 50, 75, 99, 120, 149, 199, 250, 499,
+        ];
         let d = dollars[self.r(Kind::Charge, c, 11, dollars.len() as u64) as usize];
-        let cents = if self.r(Kind::Charge, c, 12, 3) == 0 { 0 } else { -1 };
+        let cents = if self.r(Kind::Charge, c, 12, 3) == 0 {
+            0
+        } else {
+            -1
+        };
         d * 100 + cents
     }
 
@@ -363,14 +427,21 @@ impl Gen {
 
     fn customer(&self, k: u64, created: i64, out: &mut Fields) {
         let (first, last) = self.customer_name(k);
-        let (city, state, country) = CITIES[self.r(Kind::Customer, k, 5, CITIES.len() as u64) as usize];
+        let (city, state, country) =
+            CITIES[self.r(Kind::Customer, k, 5, CITIES.len() as u64) as usize];
         let id = self.id(Kind::Customer, k);
         out.set("id", id.clone());
         out.set("created", created);
         out.set("address.city", city);
         out.set("address.country", country);
-        out.set("address.line1", format!("{} Market Street", 1 + self.r(Kind::Customer, k, 6, 2000)));
-        out.set("address.postal_code", format!("{:05}", self.r(Kind::Customer, k, 7, 100_000)));
+        out.set(
+            "address.line1",
+            format!("{} Market Street", 1 + self.r(Kind::Customer, k, 6, 2000)),
+        );
+        out.set(
+            "address.postal_code",
+            format!("{:05}", self.r(Kind::Customer, k, 7, 100_000)),
+        );
         out.set("address.state", (!state.is_empty()).then_some(state));
         let balance = match self.r(Kind::Customer, k, 8, 10) {
             0 => -500 * (1 + self.r(Kind::Customer, k, 9, 10) as i64),
@@ -392,8 +463,14 @@ impl Gen {
         out.set("email", self.customer_email(k));
         out.set("invoice_prefix", self.invoice_prefix(k));
         out.set("name", format!("{first} {last}"));
-        out.set("next_invoice_sequence", 1 + self.r(Kind::Customer, k, 18, 12) as i64);
-        out.set("phone", format!("+1555{:07}", self.r(Kind::Customer, k, 19, 10_000_000)));
+        out.set(
+            "next_invoice_sequence",
+            1 + self.r(Kind::Customer, k, 18, 12) as i64,
+        );
+        out.set(
+            "phone",
+            format!("+1555{:07}", self.r(Kind::Customer, k, 19, 10_000_000)),
+        );
     }
 
     fn charge(&self, c: u64, created: i64, out: &mut Fields) {
@@ -409,7 +486,10 @@ impl Gen {
         out.set("amount_captured", if failed { 0 } else { amount });
         out.set("amount_refunded", if refunded { amount } else { 0 });
         out.set("balance_transaction", self.id(Kind::BalanceTransaction, c));
-        out.set("billing_details.email", customer.map(|k| self.customer_email(k)));
+        out.set(
+            "billing_details.email",
+            customer.map(|k| self.customer_email(k)),
+        );
         out.set(
             "billing_details.name",
             customer.map(|k| {
@@ -424,23 +504,45 @@ impl Gen {
         out.set("description", format!("Order #{}", 10_000 + c));
         out.set("disputed", self.charge_dispute(c).is_some());
         out.set("failure_code", failed.then_some("card_declined"));
-        out.set("failure_message", failed.then_some("Your card was declined."));
+        out.set(
+            "failure_message",
+            failed.then_some("Your card was declined."),
+        );
         out.set(
             "outcome.network_status",
-            if failed { "declined_by_network" } else { "approved_by_network" },
+            if failed {
+                "declined_by_network"
+            } else {
+                "approved_by_network"
+            },
         );
         out.set("outcome.reason", failed.then_some("generic_decline"));
         out.set(
             "outcome.seller_message",
-            if failed { "The bank did not return any further details with this decline." } else { "Payment complete." },
+            if failed {
+                "The bank did not return any further details with this decline."
+            } else {
+                "Payment complete."
+            },
         );
-        out.set("outcome.type", if failed { "issuer_declined" } else { "authorized" });
+        out.set(
+            "outcome.type",
+            if failed {
+                "issuer_declined"
+            } else {
+                "authorized"
+            },
+        );
         out.set("paid", !failed);
         out.set(
             "payment_intent",
-            self.charge_intent(c).map(|j| self.id(Kind::PaymentIntent, j)),
+            self.charge_intent(c)
+                .map(|j| self.id(Kind::PaymentIntent, j)),
         );
-        out.set("payment_method", format!("pm_{}", self.hash_str(Kind::Charge, c, 34, 24)));
+        out.set(
+            "payment_method",
+            format!("pm_{}", self.hash_str(Kind::Charge, c, 34, 24)),
+        );
         out.set("payment_method_details.card.brand", brand);
         out.set("payment_method_details.card.exp_month", month);
         out.set("payment_method_details.card.exp_year", year);
@@ -453,7 +555,10 @@ impl Gen {
         out.set("receipt_email", customer.map(|k| self.customer_email(k)));
         out.set(
             "receipt_url",
-            format!("https://pay.stripe.com/receipts/payment/{}", self.hash_str(Kind::Charge, c, 36, 48)),
+            format!(
+                "https://pay.stripe.com/receipts/payment/{}",
+                self.hash_str(Kind::Charge, c, 36, 48)
+            ),
         );
         out.set("refunded", refunded);
         out.set("refunds.url", format!("/v1/charges/{id}/refunds"));
@@ -479,7 +584,11 @@ impl Gen {
         out.set("source", self.id(Kind::Charge, c));
         out.set(
             "status",
-            if created + 2 * DAY > self.start { "pending" } else { "available" },
+            if created + 2 * DAY > self.start {
+                "pending"
+            } else {
+                "available"
+            },
         );
     }
 
@@ -493,9 +602,18 @@ impl Gen {
         out.set("amount", amount);
         out.set("amount_received", if failed { 0 } else { amount });
         out.set("canceled_at", Scalar::Null);
-        out.set("client_secret", format!("{id}_secret_{}", self.hash_str(Kind::PaymentIntent, j, 40, 25)));
+        out.set(
+            "client_secret",
+            format!(
+                "{id}_secret_{}",
+                self.hash_str(Kind::PaymentIntent, j, 40, 25)
+            ),
+        );
         out.set("currency", self.charge_currency(c));
-        out.set("customer", self.charge_customer(c).map(|k| self.id(Kind::Customer, k)));
+        out.set(
+            "customer",
+            self.charge_customer(c).map(|k| self.id(Kind::Customer, k)),
+        );
         out.set("description", format!("Order #{}", 10_000 + c));
         let error = failed.then(|| {
             json!({"code": "card_declined", "decline_code": "generic_decline",
@@ -504,9 +622,19 @@ impl Gen {
         out.set("last_payment_error", error.unwrap_or(Value::Null));
         out.set("latest_charge", self.id(Kind::Charge, c));
         out.set("next_action", Scalar::Null);
-        out.set("payment_method", format!("pm_{}", self.hash_str(Kind::Charge, c, 34, 24)));
+        out.set(
+            "payment_method",
+            format!("pm_{}", self.hash_str(Kind::Charge, c, 34, 24)),
+        );
         out.set("processing", Scalar::Null);
-        out.set("status", if failed { "requires_payment_method" } else { "succeeded" });
+        out.set(
+            "status",
+            if failed {
+                "requires_payment_method"
+            } else {
+                "succeeded"
+            },
+        );
     }
 
     fn invoice(&self, k: u64, created: i64, out: &mut Fields) {
@@ -519,7 +647,7 @@ impl Gen {
             93..97 => "void",
             _ => "uncollectible",
         };
-        let subscription = if k % 3 == 0 {
+        let subscription = if k.is_multiple_of(3) {
             None
         } else {
             self.pick(Kind::Invoice, k, 52, Kind::Subscription)
@@ -535,13 +663,20 @@ impl Gen {
         out.set("amount_due", amount);
         out.set("amount_overpaid", 0);
         out.set("amount_paid", if paid { amount } else { 0 });
-        out.set("amount_remaining", if paid || status == "void" { 0 } else { amount });
+        out.set(
+            "amount_remaining",
+            if paid || status == "void" { 0 } else { amount },
+        );
         out.set("attempt_count", i64::from(finalized && status != "void"));
         out.set("attempted", finalized && status != "void");
         out.set("auto_advance", status == "open" || status == "draft");
         out.set(
             "billing_reason",
-            if subscription.is_some() { "subscription_cycle" } else { "manual" },
+            if subscription.is_some() {
+                "subscription_cycle"
+            } else {
+                "manual"
+            },
         );
         out.set("customer", customer.map(|c| self.id(Kind::Customer, c)));
         out.set("customer_email", customer.map(|c| self.customer_email(c)));
@@ -558,38 +693,69 @@ impl Gen {
         out.set("from_invoice", Scalar::Null);
         out.set(
             "hosted_invoice_url",
-            finalized.then(|| format!("https://invoice.stripe.com/i/acct_tributary/{}", self.hash_str(Kind::Invoice, k, 55, 32))),
+            finalized.then(|| {
+                format!(
+                    "https://invoice.stripe.com/i/acct_tributary/{}",
+                    self.hash_str(Kind::Invoice, k, 55, 32)
+                )
+            }),
         );
         out.set(
             "invoice_pdf",
-            finalized.then(|| format!("https://pay.stripe.com/invoice/acct_tributary/{}/pdf", self.hash_str(Kind::Invoice, k, 55, 32))),
+            finalized.then(|| {
+                format!(
+                    "https://pay.stripe.com/invoice/acct_tributary/{}/pdf",
+                    self.hash_str(Kind::Invoice, k, 55, 32)
+                )
+            }),
         );
         out.set("last_finalization_error", Scalar::Null);
         out.set("lines.data.0.amount", amount);
-        out.set("lines.data.0.description", format!("Services for invoice {}", k + 1));
-        out.set("lines.data.0.id", format!("il_{}", self.hash_str(Kind::Invoice, k, 56, 24)));
+        out.set(
+            "lines.data.0.description",
+            format!("Services for invoice {}", k + 1),
+        );
+        out.set(
+            "lines.data.0.id",
+            format!("il_{}", self.hash_str(Kind::Invoice, k, 56, 24)),
+        );
         out.set("lines.data.0.invoice", id.clone());
         out.set("lines.data.0.period.end", created);
         out.set("lines.data.0.period.start", period_start);
         out.set("lines.data.0.subscription", sub_id.clone());
         out.set("lines.data.0.subtotal", amount);
         out.set("lines.url", format!("/v1/invoices/{id}/lines"));
-        out.set("next_payment_attempt", (status == "open").then_some(created + 3 * DAY));
+        out.set(
+            "next_payment_attempt",
+            (status == "open").then_some(created + 3 * DAY),
+        );
         out.set(
             "number",
             finalized.then(|| {
                 let prefix = customer.map_or_else(|| "0000".to_owned(), |c| self.invoice_prefix(c));
-                format!("{prefix}-{:04}", 1 + k / self.count(Kind::Customer).max(1) as u64)
+                format!(
+                    "{prefix}-{:04}",
+                    1 + k / self.count(Kind::Customer).max(1) as u64
+                )
             }),
         );
         out.set("period_end", created);
         out.set("period_start", period_start);
         out.set("starting_balance", 0);
         out.set("status", status);
-        out.set("status_transitions.finalized_at", finalized.then_some(created + 3600));
-        out.set("status_transitions.marked_uncollectible_at", (status == "uncollectible").then_some(created + 20 * DAY));
+        out.set(
+            "status_transitions.finalized_at",
+            finalized.then_some(created + 3600),
+        );
+        out.set(
+            "status_transitions.marked_uncollectible_at",
+            (status == "uncollectible").then_some(created + 20 * DAY),
+        );
         out.set("status_transitions.paid_at", paid.then_some(created + 3700));
-        out.set("status_transitions.voided_at", (status == "void").then_some(created + DAY));
+        out.set(
+            "status_transitions.voided_at",
+            (status == "void").then_some(created + DAY),
+        );
         out.set("subscription", sub_id);
         out.set("subtotal", amount);
         out.set("subtotal_excluding_tax", amount);
@@ -612,7 +778,14 @@ impl Gen {
         out.set("date", created);
         out.set("amount", unit * quantity);
         out.set("customer", customer.map(|c| self.id(Kind::Customer, c)));
-        out.set("description", format!("{} x {}", quantity, PRODUCTS[(k % PRODUCTS.len() as u64) as usize]));
+        out.set(
+            "description",
+            format!(
+                "{} x {}",
+                quantity,
+                PRODUCTS[(k % PRODUCTS.len() as u64) as usize]
+            ),
+        );
         out.set("invoice", invoice.map(|i| self.id(Kind::Invoice, i)));
         out.set("net_amount", unit * quantity);
         out.set("period.end", created);
@@ -640,13 +813,21 @@ impl Gen {
         out.set("cancel_at", Scalar::Null);
         out.set("cancel_at_period_end", false);
         out.set("canceled_at", ended);
-        out.set("customer", self.pick(Kind::Subscription, k, 71, Kind::Customer).map(|c| self.id(Kind::Customer, c)));
+        out.set(
+            "customer",
+            self.pick(Kind::Subscription, k, 71, Kind::Customer)
+                .map(|c| self.id(Kind::Customer, c)),
+        );
         out.set("ended_at", ended);
         self.subscription_item(k, created, &id, "items.data.0.", out);
-        out.set("items.url", format!("/v1/subscription_items?subscription={id}"));
+        out.set(
+            "items.url",
+            format!("/v1/subscription_items?subscription={id}"),
+        );
         out.set(
             "latest_invoice",
-            self.pick(Kind::Subscription, k, 72, Kind::Invoice).map(|i| self.id(Kind::Invoice, i)),
+            self.pick(Kind::Subscription, k, 72, Kind::Invoice)
+                .map(|i| self.id(Kind::Invoice, i)),
         );
         out.set("next_pending_invoice_item_invoice", Scalar::Null);
         out.set("pause_collection", Scalar::Null);
@@ -685,7 +866,10 @@ impl Gen {
         out.set(p("plan.amount"), amount);
         out.set(p("plan.amount_decimal"), amount.map(|a| a.to_string()));
         out.set(p("plan.billing_scheme"), "per_unit");
-        out.set(p("plan.created"), price.map(|p| self.created(Kind::Price, p)));
+        out.set(
+            p("plan.created"),
+            price.map(|p| self.created(Kind::Price, p)),
+        );
         out.set(p("plan.currency"), "usd");
         out.set(p("plan.id"), price_id.clone());
         out.set(p("plan.interval"), interval);
@@ -694,14 +878,23 @@ impl Gen {
         out.set(p("plan.metadata"), json!({}));
         out.set(p("plan.product"), product_id.clone());
         out.set(p("plan.transform_usage"), Scalar::Null);
-        out.set(p("price.created"), price.map(|p| self.created(Kind::Price, p)));
+        out.set(
+            p("price.created"),
+            price.map(|p| self.created(Kind::Price, p)),
+        );
         out.set(p("price.id"), price_id);
         out.set(p("price.product"), product_id);
         out.set(p("price.recurring.interval"), interval);
         out.set(p("price.transform_quantity"), Scalar::Null);
         out.set(p("price.unit_amount"), amount);
-        out.set(p("price.unit_amount_decimal"), amount.map(|a| a.to_string()));
-        out.set(p("quantity"), 1 + self.r(Kind::SubscriptionItem, k, 82, 3) as i64);
+        out.set(
+            p("price.unit_amount_decimal"),
+            amount.map(|a| a.to_string()),
+        );
+        out.set(
+            p("quantity"),
+            1 + self.r(Kind::SubscriptionItem, k, 82, 3) as i64,
+        );
         out.set(p("subscription"), sub.to_owned());
     }
 
@@ -713,11 +906,17 @@ impl Gen {
             "default_price",
             (k < self.count(Kind::Price) as u64).then(|| self.id(Kind::Price, k)),
         );
-        out.set("description", format!("{} by Tributary Demo Co.", self.product_name(k)));
+        out.set(
+            "description",
+            format!("{} by Tributary Demo Co.", self.product_name(k)),
+        );
         out.set("name", self.product_name(k));
         out.set("package_dimensions", Scalar::Null);
         out.set("type", "service");
-        out.set("updated", created + self.r(Kind::Product, k, 91, 5 * DAY as u64) as i64);
+        out.set(
+            "updated",
+            created + self.r(Kind::Product, k, 91, 5 * DAY as u64) as i64,
+        );
     }
 
     fn price(&self, p: u64, created: i64, out: &mut Fields) {
@@ -731,9 +930,22 @@ impl Gen {
         out.set("created", created);
         out.set("active", self.r(Kind::Price, p, 23, 10) != 0);
         out.set("lookup_key", Scalar::Null);
-        out.set("nickname", format!("{} {}", self.price_interval(p), amount / 100));
-        out.set("product", self.price_product(p).map(|k| self.id(Kind::Product, k)));
-        out.set("type", if recurring.is_some() { "recurring" } else { "one_time" });
+        out.set(
+            "nickname",
+            format!("{} {}", self.price_interval(p), amount / 100),
+        );
+        out.set(
+            "product",
+            self.price_product(p).map(|k| self.id(Kind::Product, k)),
+        );
+        out.set(
+            "type",
+            if recurring.is_some() {
+                "recurring"
+            } else {
+                "one_time"
+            },
+        );
         out.set("recurring", recurring.unwrap_or(Value::Null));
         out.set("transform_quantity", Scalar::Null);
         out.set("unit_amount", amount);
@@ -742,7 +954,11 @@ impl Gen {
 
     fn plan(&self, k: u64, created: i64, out: &mut Fields) {
         let amount = [900, 1900, 4900, 9900][self.r(Kind::Plan, k, 100, 4) as usize];
-        let interval = if self.r(Kind::Plan, k, 101, 3) == 0 { "year" } else { "month" };
+        let interval = if self.r(Kind::Plan, k, 101, 3) == 0 {
+            "year"
+        } else {
+            "month"
+        };
         out.set("id", self.id(Kind::Plan, k));
         out.set("created", created);
         out.set("active", self.r(Kind::Plan, k, 102, 8) != 0);
@@ -752,7 +968,8 @@ impl Gen {
         out.set("nickname", format!("{interval}ly {}", amount / 100));
         out.set(
             "product",
-            self.pick(Kind::Plan, k, 103, Kind::Product).map(|p| self.id(Kind::Product, p)),
+            self.pick(Kind::Plan, k, 103, Kind::Product)
+                .map(|p| self.id(Kind::Product, p)),
         );
         out.set("transform_usage", Scalar::Null);
     }
@@ -772,9 +989,20 @@ impl Gen {
         out.set("max_redemptions", max);
         out.set(
             "name",
-            if percent { format!("{percent_off}% off") } else { format!("${} off", amount_off / 100) },
+            if percent {
+                format!("{percent_off}% off")
+            } else {
+                format!("${} off", amount_off / 100)
+            },
         );
-        out.set("percent_off", if percent { Scalar::Float(percent_off) } else { Scalar::Null });
+        out.set(
+            "percent_off",
+            if percent {
+                Scalar::Float(percent_off)
+            } else {
+                Scalar::Null
+            },
+        );
         out.set("redeem_by", Scalar::Null);
         out.set("times_redeemed", self.r(Kind::Coupon, k, 115, 40) as i64);
         out.set("valid", true);
@@ -787,13 +1015,21 @@ impl Gen {
         out.set("id", self.id(Kind::Refund, j));
         out.set("created", created);
         out.set("amount", c.map_or(0, |c| self.charge_amount(c)));
-        out.set("balance_transaction", format!("txn_{}", self.hash_str(Kind::Refund, j, 121, 24)));
+        out.set(
+            "balance_transaction",
+            format!("txn_{}", self.hash_str(Kind::Refund, j, 121, 24)),
+        );
         out.set("charge", c.map(|c| self.id(Kind::Charge, c)));
         out.set("currency", c.map_or("usd", |c| self.charge_currency(c)));
-        out.set("customer", c.and_then(|c| self.charge_customer(c)).map(|k| self.id(Kind::Customer, k)));
+        out.set(
+            "customer",
+            c.and_then(|c| self.charge_customer(c))
+                .map(|k| self.id(Kind::Customer, k)),
+        );
         out.set(
             "payment_intent",
-            c.and_then(|c| self.charge_intent(c)).map(|p| self.id(Kind::PaymentIntent, p)),
+            c.and_then(|c| self.charge_intent(c))
+                .map(|p| self.id(Kind::PaymentIntent, p)),
         );
         out.set("reason", reason);
         out.set("status", "succeeded");
@@ -801,24 +1037,44 @@ impl Gen {
 
     fn dispute(&self, j: u64, created: i64, out: &mut Fields) {
         let c = self.charge_of(Kind::Dispute, j, DISPUTE_OFFSET);
-        let status = ["needs_response", "under_review", "won", "lost", "warning_needs_response"]
-            [self.r(Kind::Dispute, j, 130, 5) as usize];
-        let reason = ["fraudulent", "product_not_received", "duplicate", "general", "subscription_canceled"]
-            [self.r(Kind::Dispute, j, 131, 5) as usize];
+        let status = [
+            "needs_response",
+            "under_review",
+            "won",
+            "lost",
+            "warning_needs_response",
+        ][self.r(Kind::Dispute, j, 130, 5) as usize];
+        let reason = [
+            "fraudulent",
+            "product_not_received",
+            "duplicate",
+            "general",
+            "subscription_canceled",
+        ][self.r(Kind::Dispute, j, 131, 5) as usize];
         out.set("id", self.id(Kind::Dispute, j));
         out.set("created", created);
         out.set("amount", c.map_or(0, |c| self.charge_amount(c)));
         out.set("charge", c.map(|c| self.id(Kind::Charge, c)));
         out.set("currency", c.map_or("usd", |c| self.charge_currency(c)));
         out.set("evidence_details.due_by", created + 14 * DAY);
-        out.set("evidence_details.has_evidence", matches!(status, "under_review" | "won" | "lost"));
+        out.set(
+            "evidence_details.has_evidence",
+            matches!(status, "under_review" | "won" | "lost"),
+        );
         out.set("is_charge_refundable", status.contains("warning"));
         out.set(
             "payment_intent",
-            c.and_then(|c| self.charge_intent(c)).map(|p| self.id(Kind::PaymentIntent, p)),
+            c.and_then(|c| self.charge_intent(c))
+                .map(|p| self.id(Kind::PaymentIntent, p)),
         );
-        out.set("payment_method_details.card.brand", c.map_or("visa", |c| self.card(Kind::Charge, c).0));
-        out.set("payment_method_details.card.network", c.map_or("visa", |c| self.card(Kind::Charge, c).0));
+        out.set(
+            "payment_method_details.card.brand",
+            c.map_or("visa", |c| self.card(Kind::Charge, c).0),
+        );
+        out.set(
+            "payment_method_details.card.network",
+            c.map_or("visa", |c| self.card(Kind::Charge, c).0),
+        );
         out.set("reason", reason);
         out.set("status", status);
     }
@@ -835,13 +1091,32 @@ impl Gen {
         let failed = status == "failed";
         out.set("id", self.id(Kind::Payout, j));
         out.set("created", created);
-        out.set("amount", 10_000 + self.r(Kind::Payout, j, 141, 500_000) as i64);
+        out.set(
+            "amount",
+            10_000 + self.r(Kind::Payout, j, 141, 500_000) as i64,
+        );
         out.set("arrival_date", arrival);
-        out.set("balance_transaction", format!("txn_{}", self.hash_str(Kind::Payout, j, 142, 24)));
-        out.set("destination", format!("ba_{}", self.hash_str(Kind::Payout, 0, 143, 24)));
+        out.set(
+            "balance_transaction",
+            format!("txn_{}", self.hash_str(Kind::Payout, j, 142, 24)),
+        );
+        out.set(
+            "destination",
+            format!("ba_{}", self.hash_str(Kind::Payout, 0, 143, 24)),
+        );
         out.set("failure_code", failed.then_some("account_closed"));
-        out.set("failure_message", failed.then_some("The bank account has been closed."));
-        out.set("reconciliation_status", if status == "paid" { "completed" } else { "not_applicable" });
+        out.set(
+            "failure_message",
+            failed.then_some("The bank account has been closed."),
+        );
+        out.set(
+            "reconciliation_status",
+            if status == "paid" {
+                "completed"
+            } else {
+                "not_applicable"
+            },
+        );
         out.set("status", status);
         out.set("trace_id", Scalar::Null);
     }
@@ -884,7 +1159,9 @@ mod tests {
     fn references_agree() {
         let g = Gen::new(1, 1_700_000_000, 400);
         for j in 0..g.count(Kind::Refund) as u64 {
-            let c = g.charge_of(Kind::Refund, j, REFUND_OFFSET).unwrap_or(u64::MAX);
+            let c = g
+                .charge_of(Kind::Refund, j, REFUND_OFFSET)
+                .unwrap_or(u64::MAX);
             assert_eq!(g.charge_refund(c), Some(j));
         }
         for j in 0..g.count(Kind::PaymentIntent) as u64 {

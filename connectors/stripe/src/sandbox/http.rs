@@ -26,7 +26,9 @@ const MAX_BODY: usize = 1 << 20;
 pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let request_id = shared.next_request_id();
-    let body = axum::body::to_bytes(body, MAX_BODY).await.unwrap_or_default();
+    let body = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .unwrap_or_default();
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().unwrap_or_default().to_owned();
     let gzip = shared.gzip && accepts_gzip(&parts.headers);
@@ -247,9 +249,13 @@ pub(crate) fn list_query(kind: Kind, params: &[(String, String)]) -> Result<List
                 q.created_min = q.created_min.max(t);
                 q.created_max = q.created_max.min(t);
             }
-            "created[gt]" => q.created_min = q.created_min.max(integer(name, value)?.saturating_add(1)),
+            "created[gt]" => {
+                q.created_min = q.created_min.max(integer(name, value)?.saturating_add(1))
+            }
             "created[gte]" => q.created_min = q.created_min.max(integer(name, value)?),
-            "created[lt]" => q.created_max = q.created_max.min(integer(name, value)?.saturating_sub(1)),
+            "created[lt]" => {
+                q.created_max = q.created_max.min(integer(name, value)?.saturating_sub(1))
+            }
             "created[lte]" => q.created_max = q.created_max.min(integer(name, value)?),
             "expand" => {}
             n if n.starts_with("expand[") => {}
@@ -462,7 +468,9 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         let b = bytes[i];
         if b == b'%' {
-            let digits = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+            let digits = bytes
+                .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
             if let Some(byte) = digits
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
@@ -487,7 +495,10 @@ fn authorize(headers: &HeaderMap) -> Result<(), ApiError> {
         message,
         param: None,
     };
-    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
         return Err(unauthorized(
             "You did not provide an API key. You need to provide your API key in the \
              Authorization header, using Bearer auth (e.g. 'Authorization: Bearer \
@@ -588,13 +599,20 @@ fn gzip_bytes(body: &[u8]) -> Vec<u8> {
     encoder.finish().unwrap_or_default()
 }
 
-fn base_headers(shared: &Shared, request_id: &str, gzip: bool) -> Vec<(header::HeaderName, HeaderValue)> {
+fn base_headers(
+    shared: &Shared,
+    request_id: &str,
+    gzip: bool,
+) -> Vec<(header::HeaderName, HeaderValue)> {
     let mut headers = vec![
         (
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         ),
-        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store")),
+        (
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, no-store"),
+        ),
         (
             header::DATE,
             HeaderValue::from_str(&shared.http_date()).unwrap_or(HeaderValue::from_static("")),
@@ -624,9 +642,14 @@ fn respond(
     extra: &[(header::HeaderName, &'static str)],
 ) -> Response {
     // Control responses and errors are compressed too when the client asked for it.
-    let body = if gzip && !is_gzip(&body) { gzip_bytes(&body) } else { body };
+    let body = if gzip && !is_gzip(&body) {
+        gzip_bytes(&body)
+    } else {
+        body
+    };
     let mut response = Response::new(Body::from(body));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = response.headers_mut();
     for (name, value) in base_headers(shared, request_id, gzip) {
         headers.insert(name, value);
@@ -669,7 +692,12 @@ fn truncated(shared: &Shared, body: Vec<u8>, request_id: &str, gzip: bool) -> Re
 }
 
 /// `/_sandbox/...`: stats, faults, clock and rate limit, for tests driving the binary.
-fn sandbox_control(shared: &Shared, method: &Method, path: &str, body: &[u8]) -> Result<Value, ApiError> {
+fn sandbox_control(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+) -> Result<Value, ApiError> {
     let parse = |body: &[u8]| -> Result<Value, ApiError> {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(json!({}));
@@ -694,13 +722,16 @@ fn sandbox_control(shared: &Shared, method: &Method, path: &str, body: &[u8]) ->
         }
         (&Method::POST, "clock") => {
             let request = parse(body)?;
-            let seconds = request.get("advance_seconds").and_then(Value::as_u64).ok_or_else(|| {
-                ApiError::invalid(
-                    "parameter_invalid_integer",
-                    "advance_seconds must be a non-negative integer.",
-                    "advance_seconds".to_owned(),
-                )
-            })?;
+            let seconds = request
+                .get("advance_seconds")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "parameter_invalid_integer",
+                        "advance_seconds must be a non-negative integer.",
+                        "advance_seconds".to_owned(),
+                    )
+                })?;
             shared.advance_clock(Duration::from_secs(seconds));
             Ok(json!({"now": shared.now()}))
         }
@@ -710,7 +741,10 @@ fn sandbox_control(shared: &Shared, method: &Method, path: &str, body: &[u8]) ->
             shared.set_rate_limit(rps);
             Ok(json!({"requests_per_second": rps}))
         }
-        _ => Err(ApiError::unrecognized_url(method.as_str(), &format!("/_sandbox/{path}"))),
+        _ => Err(ApiError::unrecognized_url(
+            method.as_str(),
+            &format!("/_sandbox/{path}"),
+        )),
     }
 }
 
@@ -745,8 +779,11 @@ mod tests {
 
     #[test]
     fn list_parameters_like_stripe() {
-        let q = list_query(Kind::Event, &pairs("limit=3&types[]=a&types[]=b&created[gt]=5&created[lte]=9"))
-            .expect("valid");
+        let q = list_query(
+            Kind::Event,
+            &pairs("limit=3&types[]=a&types[]=b&created[gt]=5&created[lte]=9"),
+        )
+        .expect("valid");
         assert_eq!((q.limit, q.created_min, q.created_max), (3, 6, 9));
         assert_eq!(q.types, vec!["a", "b"]);
         let e = list_query(Kind::Charge, &pairs("limit=101")).expect_err("too big");
@@ -758,7 +795,8 @@ mod tests {
         let e = list_query(Kind::SubscriptionItem, &[]).expect_err("missing");
         assert_eq!(e.code, Some("parameter_missing"));
         assert_eq!(e.param.as_deref(), Some("subscription"));
-        let e = list_query(Kind::Charge, &pairs("starting_after=a&ending_before=b")).expect_err("both");
+        let e =
+            list_query(Kind::Charge, &pairs("starting_after=a&ending_before=b")).expect_err("both");
         assert_eq!(e.code, Some("parameters_exclusive"));
         let many: String = (0..21).map(|i| format!("types[]=t{i}&")).collect();
         assert!(list_query(Kind::Event, &pairs(&many)).is_err());
@@ -780,8 +818,17 @@ mod tests {
         assert_eq!(changes["name"], Value::Null);
         assert_eq!(changes["metadata"], json!({"keep": "1", "new": "3"}));
         assert_eq!(changes["address"], json!({"city": "Paris"}));
-        for bad in ["balance=x", "nope=1", "id=cus_2", "address=x", "address[zip]=1"] {
-            assert!(form_changes(Kind::Customer, &pairs(bad), &current, false).is_err(), "{bad}");
+        for bad in [
+            "balance=x",
+            "nope=1",
+            "id=cus_2",
+            "address=x",
+            "address[zip]=1",
+        ] {
+            assert!(
+                form_changes(Kind::Customer, &pairs(bad), &current, false).is_err(),
+                "{bad}"
+            );
         }
     }
 
@@ -789,24 +836,42 @@ mod tests {
     fn keys_are_checked_and_masked() {
         let mut headers = HeaderMap::new();
         assert!(authorize(&headers).is_err());
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer sk_test_abc"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer sk_test_abc"),
+        );
         assert!(authorize(&headers).is_ok());
         // "rk_test_abc:" in base64.
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic cmtfdGVzdF9hYmM6"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic cmtfdGVzdF9hYmM6"),
+        );
         assert!(authorize(&headers).is_ok());
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer sk_live_abc"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer sk_live_abc"),
+        );
         let e = authorize(&headers).expect_err("live keys are refused");
         assert_eq!(e.message, "Invalid API Key provided: sk_live_***");
-        assert_eq!(mask_key("sk_live_0123456789abcdef"), "sk_live_************cdef");
+        assert_eq!(
+            mask_key("sk_live_0123456789abcdef"),
+            "sk_live_************cdef"
+        );
     }
 
     #[test]
     fn gzip_negotiation() {
         let mut headers = HeaderMap::new();
         assert!(!accepts_gzip(&headers));
-        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("br, gzip;q=0.8"));
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("br, gzip;q=0.8"),
+        );
         assert!(accepts_gzip(&headers));
-        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip;q=0"));
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip;q=0"),
+        );
         assert!(!accepts_gzip(&headers));
     }
 }

@@ -210,7 +210,9 @@ impl Kind {
                 Some("payment_intent.payment_failed")
             }
             Kind::PaymentIntent => return None,
-            Kind::Dispute if status_to("won") || status_to("lost") || status_to("warning_closed") => {
+            Kind::Dispute
+                if status_to("won") || status_to("lost") || status_to("warning_closed") =>
+            {
                 Some("charge.dispute.closed")
             }
             Kind::Payout if status_to("paid") => Some("payout.paid"),

@@ -278,7 +278,9 @@ impl Template {
         let mut gaps = Vec::new();
         let mut out = Vec::new();
         render_with(&marked, LIST_DEPTH, &mut out, &mut |s, depth, out| {
-            let Some(hole) = s.strip_prefix(HOLE_MARK).and_then(|n| n.parse::<usize>().ok())
+            let Some(hole) = s
+                .strip_prefix(HOLE_MARK)
+                .and_then(|n| n.parse::<usize>().ok())
             else {
                 return false;
             };
@@ -314,21 +316,38 @@ impl Template {
 
     /// Fills the holes. `None` when `fields` were not set in the template's path order
     /// (a generator that set a field conditionally), so the caller can fall back.
+    #[cfg(test)]
     pub(crate) fn fill(&self, fields: &[(Cow<'static, str>, Scalar)]) -> Option<Vec<u8>> {
-        if fields.len() != self.paths.len()
-            || fields.iter().zip(&self.paths).any(|((p, _), q)| p.as_ref() != q.as_str())
-        {
-            return None;
-        }
         let mut out = Vec::with_capacity(self.fixed_len + 64 * fields.len());
+        self.fill_into(fields, &mut out).then_some(out)
+    }
+
+    /// Fills the holes into `out` (cleared first). False when `fields` were not set in the
+    /// template's path order (a generator that set a field conditionally), so the caller
+    /// can fall back. Reusing `out` lets the caller allocate each object exactly once.
+    pub(crate) fn fill_into(
+        &self,
+        fields: &[(Cow<'static, str>, Scalar)],
+        out: &mut Vec<u8>,
+    ) -> bool {
+        out.clear();
+        if fields.len() != self.paths.len()
+            || fields
+                .iter()
+                .zip(&self.paths)
+                .any(|((p, _), q)| p.as_ref() != q.as_str())
+        {
+            return false;
+        }
+        out.reserve(self.fixed_len + 32 * fields.len());
         for (segment, &(hole, depth)) in self.segments.iter().zip(&self.gaps) {
             out.extend_from_slice(segment);
-            fields[hole].1.write(depth, &mut out);
+            fields[hole].1.write(depth, out);
         }
         if let Some(last) = self.segments.last() {
             out.extend_from_slice(last);
         }
-        Some(out)
+        true
     }
 }
 
@@ -380,7 +399,10 @@ mod tests {
         }
         let mut expected = Vec::new();
         render(&direct, LIST_DEPTH, &mut expected);
-        assert_eq!(String::from_utf8_lossy(&filled), String::from_utf8_lossy(&expected));
+        assert_eq!(
+            String::from_utf8_lossy(&filled),
+            String::from_utf8_lossy(&expected)
+        );
         assert!(template.fill(&[]).is_none());
     }
 }
