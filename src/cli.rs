@@ -29,7 +29,9 @@ pub enum SandboxVendor {
 /// `RUST_LOG` overrides the default level (`info`).
 pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,deltalake=warn,deltalake_core=warn,object_store=warn")
+        tracing_subscriber::EnvFilter::new(
+            "info,deltalake=warn,deltalake_core=warn,object_store=warn",
+        )
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -136,14 +138,20 @@ pub async fn sync_sources(
         }
     }
     let run_id = uuid::Uuid::new_v4().to_string();
-    let progress = std::io::stderr()
-        .is_terminal()
-        .then(MultiProgress::new);
+    let progress = std::io::stderr().is_terminal().then(MultiProgress::new);
     let mut outcomes = Vec::new();
     for s in &sources {
         outcomes.extend(
-            sync_source(config, &warehouse, s, full_refresh, &run_id, &cancel, progress.as_ref())
-                .await,
+            sync_source(
+                config,
+                &warehouse,
+                s,
+                full_refresh,
+                &run_id,
+                &cancel,
+                progress.as_ref(),
+            )
+            .await,
         );
     }
     if let Err(e) = runs::record(&warehouse, &run_id, &outcomes).await {
@@ -161,30 +169,36 @@ async fn sync_source(
     cancel: &Cancel,
     progress: Option<&MultiProgress>,
 ) -> Vec<StreamOutcome> {
-    let jobs: Vec<futures::future::BoxFuture<'_, StreamOutcome>> = s.streams.iter().map(|schema| {
-        let pb = progress.map(|mp| {
-            let pb = mp.add(ProgressBar::no_length());
-            pb.set_style(
-                ProgressStyle::with_template("{prefix:>28} {spinner} {human_pos} records ({per_sec}) {msg}")
+    let jobs: Vec<futures::future::BoxFuture<'_, StreamOutcome>> = s
+        .streams
+        .iter()
+        .map(|schema| {
+            let pb = progress.map(|mp| {
+                let pb = mp.add(ProgressBar::no_length());
+                pb.set_style(
+                    ProgressStyle::with_template(
+                        "{prefix:>28} {spinner} {human_pos} records ({per_sec}) {msg}",
+                    )
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            );
-            pb.set_prefix(format!("{}.{}", s.config.name, schema.name));
-            pb.enable_steady_tick(std::time::Duration::from_millis(200));
-            pb
-        });
-        engine::sync_stream(StreamJob {
-            warehouse,
-            source_name: &s.config.name,
-            source: Arc::clone(&s.source),
-            schema: schema.clone(),
-            tuning: &config.sync,
-            full_refresh,
-            run_id,
-            cancel: cancel.clone(),
-            progress: pb,
+                );
+                pb.set_prefix(format!("{}.{}", s.config.name, schema.name));
+                pb.enable_steady_tick(std::time::Duration::from_millis(200));
+                pb
+            });
+            engine::sync_stream(StreamJob {
+                warehouse,
+                source_name: &s.config.name,
+                source: Arc::clone(&s.source),
+                schema: schema.clone(),
+                tuning: &config.sync,
+                full_refresh,
+                run_id,
+                cancel: cancel.clone(),
+                progress: pb,
+            })
+            .boxed()
         })
-        .boxed()
-    }).collect();
+        .collect();
     futures::stream::iter(jobs)
         .buffered(config.sync.concurrency)
         .collect()
@@ -268,7 +282,10 @@ pub async fn state(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
                             "{name:<32} {version:>8} {seq:>5} {:<26} {}",
                             m.committed_at, m.cursor
                         ),
-                        None => println!("{name:<32} {version:>8} {:>5} {:<26} -", "-", "no commit yet"),
+                        None => println!(
+                            "{name:<32} {version:>8} {:>5} {:<26} -",
+                            "-", "no commit yet"
+                        ),
                     }
                 }
             }
@@ -338,7 +355,11 @@ requests_per_second = 200
     );
     let mut changed = vec![created["id"].as_str().unwrap_or_default().to_owned()];
     if let Some(id) = stripe.ids("customers").get(1) {
-        stripe.update("customers", id, serde_json::json!({"name": "Renamed Customer"}));
+        stripe.update(
+            "customers",
+            id,
+            serde_json::json!({"name": "Renamed Customer"}),
+        );
         changed.push(id.clone());
     }
     if let Some(id) = stripe.ids("customers").last() {
@@ -350,7 +371,14 @@ requests_per_second = 200
         "Changed customers {} in the simulator; syncing again, incrementally:",
         changed.join(", ")
     );
-    let second = sync_sources(&config, Some("stripe"), Some("customers"), false, Cancel::never()).await?;
+    let second = sync_sources(
+        &config,
+        Some("stripe"),
+        Some("customers"),
+        false,
+        Cancel::never(),
+    )
+    .await?;
     print_summary(&second);
     outcomes.extend(second);
 
@@ -359,10 +387,16 @@ requests_per_second = 200
     println!();
     println!("The tables are Delta Lake tables, one per stream, under {root}stripe/.");
     println!("Query them with DuckDB, for example:");
-    println!("    duckdb -c \"INSTALL delta; LOAD delta; SELECT status, count(*), sum(amount)/100.0 AS total FROM delta_scan('{root}stripe/charges') GROUP BY status\"");
+    println!(
+        "    duckdb -c \"INSTALL delta; LOAD delta; SELECT status, count(*), sum(amount)/100.0 AS total FROM delta_scan('{root}stripe/charges') GROUP BY status\""
+    );
     println!("or with Python (pip install deltalake):");
-    println!("    python3 -c \"import deltalake; print(deltalake.DeltaTable('{root}stripe/customers').to_pyarrow_table().num_rows)\"");
-    println!("Every run is logged in the table {root}_tributary/sync_runs; `tributary state` shows the cursors.");
+    println!(
+        "    python3 -c \"import deltalake; print(deltalake.DeltaTable('{root}stripe/customers').to_pyarrow_table().num_rows)\""
+    );
+    println!(
+        "Every run is logged in the table {root}_tributary/sync_runs; `tributary state` shows the cursors."
+    );
     stripe.shutdown().await;
     let failed = outcomes
         .iter()

@@ -203,7 +203,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded> {
     }
     let sync = config.sync;
     if sync.batch_size == 0 || sync.row_group_size == 0 || sync.commit_every == 0 {
-        bail!("{file}: `sync.batch_size`, `sync.row_group_size` and `sync.commit_every` must be greater than zero");
+        bail!(
+            "{file}: `sync.batch_size`, `sync.row_group_size` and `sync.commit_every` must be greater than zero"
+        );
     }
     if sync.concurrency == 0 {
         bail!("{file}: `sync.concurrency` must be at least 1");
@@ -309,11 +311,7 @@ pub fn resolve_str(s: &str, at: &str, file: &str) -> Result<String> {
                 Some((n, d)) => (n, Some(d)),
                 None => (reference, None),
             };
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 bail!("{file}: `{at}`: `${{{reference}}}` is not an environment variable name");
             }
             match (std::env::var(name), default) {
@@ -372,7 +370,10 @@ mod tests {
     #[test]
     fn errors_name_the_key_and_file() {
         let e = err("[warehouse]\nurl = \"x\"\nbucket = \"y\"\n");
-        assert!(e.contains("t.toml") && e.contains("unknown field `bucket`"), "{e}");
+        assert!(
+            e.contains("t.toml") && e.contains("unknown field `bucket`"),
+            "{e}"
+        );
         let e = err("[sources.s]\ntype = \"stripe\"\nschedule = \"every hour\"\n");
         assert!(e.contains("`sources.s.schedule`"), "{e}");
         let e = err("[sources.s]\ntype = \"stripe\"\nschedule = \"61 * * * *\"\n");

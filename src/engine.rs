@@ -186,8 +186,12 @@ pub async fn sync_stream(job: StreamJob<'_>) -> StreamOutcome {
         pb.finish_with_message(outcome.status.word());
     }
     match &outcome.status {
-        Status::Failed(e) => tracing::error!(source = %outcome.source, stream = %outcome.stream, records = outcome.records, error = %e, "Stream failed; what was committed before stays."),
-        s => tracing::info!(source = %outcome.source, stream = %outcome.stream, records = outcome.records, files = outcome.files, bytes = outcome.bytes, seconds = outcome.seconds(), status = s.word(), "Stream synced."),
+        Status::Failed(e) => {
+            tracing::error!(source = %outcome.source, stream = %outcome.stream, records = outcome.records, error = %e, "Stream failed; what was committed before stays.")
+        }
+        s => {
+            tracing::info!(source = %outcome.source, stream = %outcome.stream, records = outcome.records, files = outcome.files, bytes = outcome.bytes, seconds = outcome.seconds(), status = s.word(), "Stream synced.")
+        }
     }
     outcome
 }
@@ -256,7 +260,7 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
             Ok(n) => n as u64,
             Err(e) => {
                 // The builder holds part of a broken page: land only what was flushed.
-                land_flushed(job, &mut table, &mut builder, &mut p, out).await?;
+                land_flushed(job, &mut table, &builder, &mut p, out).await?;
                 return Err(anyhow::Error::new(e));
             }
         };
@@ -304,7 +308,10 @@ async fn write_batch(
     out: &mut StreamOutcome,
     batch: &RecordBatch,
 ) -> Result<()> {
-    if p.file.as_ref().is_some_and(|f| f.schema() != &batch.schema()) {
+    if p.file
+        .as_ref()
+        .is_some_and(|f| f.schema() != &batch.schema())
+    {
         close_file(p, out).await?;
     }
     if p.file.is_none() {
@@ -317,13 +324,13 @@ async fn write_batch(
 }
 
 async fn close_file(p: &mut Pending, out: &mut StreamOutcome) -> Result<()> {
-    if let Some(f) = p.file.take() {
-        if f.rows() > 0 {
-            let add = f.finish().await?;
-            out.files += 1;
-            out.bytes += add.size as u64;
-            p.files.push(add);
-        }
+    if let Some(f) = p.file.take()
+        && f.rows() > 0
+    {
+        let add = f.finish().await?;
+        out.files += 1;
+        out.bytes += add.size as u64;
+        p.files.push(add);
     }
     Ok(())
 }
@@ -361,7 +368,14 @@ async fn land_flushed(
     let nfiles = files.len();
     let records = p.flushed_records;
     let version = table
-        .commit(files, &builder.schema(), p.reset, cursor, records, job.run_id)
+        .commit(
+            files,
+            &builder.schema(),
+            p.reset,
+            cursor,
+            records,
+            job.run_id,
+        )
         .await?;
     tracing::info!(source = %job.source_name, stream = %job.schema.name, version, records, files = nfiles, reset = p.reset, ms = started.elapsed().as_millis() as u64, "Committed batch.");
     out.records += records;

@@ -13,7 +13,12 @@ use tributary::cli;
 #[command(name = "tributary", version, about, propagate_version = true)]
 struct Args {
     /// The configuration file.
-    #[arg(long, global = true, default_value = "./tributary.toml", env = "TRIBUTARY_CONFIG")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "./tributary.toml",
+        env = "TRIBUTARY_CONFIG"
+    )]
     config: PathBuf,
     /// Log format: `text` for people, `json` for machines.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]

@@ -66,7 +66,10 @@ pub async fn build(config: &Loaded, source: &SourceConfig) -> Result<BuiltSource
                             "{file}: `sources.{}.streams` names `{name}`, which {} does not have; available: {}",
                             source.name,
                             source.kind,
-                            all.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                            all.iter()
+                                .map(|s| s.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ));
                     }
                 }

@@ -51,15 +51,29 @@ pub async fn record(warehouse: &Warehouse, run_id: &str, outcomes: &[StreamOutco
         schema.clone(),
         vec![
             Arc::new(StringArray::from(vec![run_id; outcomes.len()])),
-            Arc::new(StringArray::from_iter_values(outcomes.iter().map(|o| o.source.as_str()))),
-            Arc::new(StringArray::from_iter_values(outcomes.iter().map(|o| o.stream.as_str()))),
+            Arc::new(StringArray::from_iter_values(
+                outcomes.iter().map(|o| o.source.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                outcomes.iter().map(|o| o.stream.as_str()),
+            )),
             ts(|o| o.started_at.timestamp_micros()),
             ts(|o| o.ended_at.timestamp_micros()),
-            Arc::new(Float64Array::from_iter_values(outcomes.iter().map(|o| o.seconds()))),
-            Arc::new(Int64Array::from_iter_values(outcomes.iter().map(|o| o.records as i64))),
-            Arc::new(Int64Array::from_iter_values(outcomes.iter().map(|o| o.files as i64))),
-            Arc::new(Int64Array::from_iter_values(outcomes.iter().map(|o| o.bytes as i64))),
-            Arc::new(StringArray::from_iter_values(outcomes.iter().map(|o| o.status.word()))),
+            Arc::new(Float64Array::from_iter_values(
+                outcomes.iter().map(|o| o.seconds()),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                outcomes.iter().map(|o| o.records as i64),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                outcomes.iter().map(|o| o.files as i64),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                outcomes.iter().map(|o| o.bytes as i64),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                outcomes.iter().map(|o| o.status.word()),
+            )),
             Arc::new(StringArray::from(
                 outcomes
                     .iter()

@@ -75,7 +75,10 @@ pub async fn run(config: Arc<Loaded>, cancel: Cancel) -> Result<()> {
             }
         }
     }
-    tracing::info!(running = running.len(), "Stopping; waiting for running syncs to commit.");
+    tracing::info!(
+        running = running.len(),
+        "Stopping; waiting for running syncs to commit."
+    );
     for (_, h) in running {
         let _ = h.await;
     }

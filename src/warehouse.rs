@@ -26,8 +26,8 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use futures::TryStreamExt;
 use object_store::buffered::BufWriter;
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -84,8 +84,9 @@ impl Warehouse {
             })?;
             let abs = std::fs::canonicalize(path)
                 .with_context(|| format!("cannot resolve {}", path.display()))?;
-            Url::from_directory_path(&abs)
-                .map_err(|()| anyhow!("`warehouse.url` {} is not an absolute path", abs.display()))?
+            Url::from_directory_path(&abs).map_err(|()| {
+                anyhow!("`warehouse.url` {} is not an absolute path", abs.display())
+            })?
         };
         Ok(Warehouse {
             root,
@@ -168,7 +169,10 @@ pub fn delta_fields(schema: &ArrowSchema) -> Result<Vec<StructField>> {
                 ArrowType::Float64 | ArrowType::Float32 => D::DOUBLE,
                 ArrowType::Boolean => D::BOOLEAN,
                 ArrowType::Timestamp(TimeUnit::Microsecond, Some(_)) => D::TIMESTAMP,
-                other => bail!("column `{}` has a type Delta tables here do not use: {other}", f.name()),
+                other => bail!(
+                    "column `{}` has a type Delta tables here do not use: {other}",
+                    f.name()
+                ),
             };
             Ok(StructField::new(f.name(), t, true))
         })
@@ -385,7 +389,11 @@ pub struct DataFile {
 
 impl DataFile {
     /// Starts a new data file with a unique name in `table`'s directory.
-    pub fn create(table: &DeltaTable, schema: Arc<ArrowSchema>, props: WriterProperties) -> Result<Self> {
+    pub fn create(
+        table: &DeltaTable,
+        schema: Arc<ArrowSchema>,
+        props: WriterProperties,
+    ) -> Result<Self> {
         let name = format!("part-{}-c000.zstd.parquet", uuid::Uuid::new_v4());
         let store = table.object_store();
         let writer = AsyncArrowWriter::try_new(

@@ -30,7 +30,9 @@ impl Env {
     }
 
     pub async fn stripe_with(config: SandboxConfig, extra: &str) -> Env {
-        let sandbox = StripeSandbox::start(config, 0).await.expect("sandbox starts");
+        let sandbox = StripeSandbox::start(config, 0)
+            .await
+            .expect("sandbox starts");
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("tributary.toml");
         let env = Env {
@@ -123,7 +125,11 @@ pub fn strings(batches: &[RecordBatch], column: &str) -> Vec<String> {
                 let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).expect("cast");
                 let s = c.as_string::<i32>();
                 for i in 0..s.len() {
-                    out.push(if s.is_null(i) { String::new() } else { s.value(i).to_owned() });
+                    out.push(if s.is_null(i) {
+                        String::new()
+                    } else {
+                        s.value(i).to_owned()
+                    });
                 }
             }
             None => out.extend(std::iter::repeat_n(String::new(), b.num_rows())),

@@ -25,19 +25,31 @@ async fn config_errors_name_the_key_and_the_file() {
     let base = "[warehouse]\nurl = \"WAREHOUSE\"\n";
     let cases: Vec<(String, Vec<&str>)> = vec![
         (
-            format!("{base}[sources.stripe]\ntype = \"stripe\"\napi_key = \"sk_test_x\"\napi_kye = \"oops\"\n"),
+            format!(
+                "{base}[sources.stripe]\ntype = \"stripe\"\napi_key = \"sk_test_x\"\napi_kye = \"oops\"\n"
+            ),
             vec!["bad.toml", "api_kye"],
         ),
         (
-            format!("{base}[sources.stripe]\ntype = \"stripe\"\napi_key = \"sk_test_x\"\nschedule = \"every day\"\n"),
+            format!(
+                "{base}[sources.stripe]\ntype = \"stripe\"\napi_key = \"sk_test_x\"\nschedule = \"every day\"\n"
+            ),
             vec!["bad.toml", "sources.stripe.schedule"],
         ),
         (
-            format!("{base}[sources.stripe]\ntype = \"stripe\"\napi_key = \"${{TRIBUTARY_TEST_UNSET_KEY}}\"\n"),
-            vec!["bad.toml", "sources.stripe.api_key", "TRIBUTARY_TEST_UNSET_KEY"],
+            format!(
+                "{base}[sources.stripe]\ntype = \"stripe\"\napi_key = \"${{TRIBUTARY_TEST_UNSET_KEY}}\"\n"
+            ),
+            vec![
+                "bad.toml",
+                "sources.stripe.api_key",
+                "TRIBUTARY_TEST_UNSET_KEY",
+            ],
         ),
         (
-            format!("{base}[sources.stripe]\ntype = \"stripe\"\napi_key = \"sk_test_x\"\nstreams = [\"charges\", \"chargez\"]\n"),
+            format!(
+                "{base}[sources.stripe]\ntype = \"stripe\"\napi_key = \"sk_test_x\"\nstreams = [\"charges\", \"chargez\"]\n"
+            ),
             vec!["bad.toml", "sources.stripe.streams", "chargez", "available"],
         ),
         (
@@ -49,7 +61,9 @@ async fn config_errors_name_the_key_and_the_file() {
             vec!["bad.toml", "sources.stripe.api_key"],
         ),
         (
-            format!("{base}colour = \"blue\"\n[sources.stripe]\ntype = \"stripe\"\napi_key = \"sk_test_x\"\n"),
+            format!(
+                "{base}colour = \"blue\"\n[sources.stripe]\ntype = \"stripe\"\napi_key = \"sk_test_x\"\n"
+            ),
             vec!["bad.toml", "colour"],
         ),
     ];
@@ -60,7 +74,11 @@ async fn config_errors_name_the_key_and_the_file() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_config_file_says_how_to_make_one() {
-    let out = run_binary(std::path::Path::new("/nonexistent/tributary.toml"), &["sync"]).await;
+    let out = run_binary(
+        std::path::Path::new("/nonexistent/tributary.toml"),
+        &["sync"],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("/nonexistent/tributary.toml"), "{stderr}");
@@ -72,17 +90,30 @@ async fn bad_credentials_fail_check_and_sync_without_writing() {
     let env = crate::common::Env::stripe(10, "").await;
     let text = std::fs::read_to_string(&env.config)
         .unwrap()
-        .replace(tributary_stripe::sandbox::StripeSandbox::api_key(), "sk_live_wrong")
+        .replace(
+            tributary_stripe::sandbox::StripeSandbox::api_key(),
+            "sk_live_wrong",
+        )
         .replace("requests_per_second = 500\n", "");
     std::fs::write(&env.config, text).unwrap();
     let out = env.run(&["check"]).await;
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("401") && stdout.contains("Invalid API Key"), "{stdout}");
+    assert!(
+        stdout.contains("401") && stdout.contains("Invalid API Key"),
+        "{stdout}"
+    );
     let out = env.run(&["sync", "--stream", "charges"]).await;
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("failed") && stdout.contains("401"), "{stdout}");
+    assert!(
+        stdout.contains("failed") && stdout.contains("401"),
+        "{stdout}"
+    );
     // The table may exist (created empty) but holds no rows and no cursor.
-    assert!(crate::common::read_table(&env.table("charges")).await.is_empty());
+    assert!(
+        crate::common::read_table(&env.table("charges"))
+            .await
+            .is_empty()
+    );
 }

@@ -64,7 +64,10 @@ async fn sigkill_at_random_moments_then_resume_lands_everything_exactly_once() {
             );
         }
     }
-    assert!(killed_mid_run >= 3, "the kills must interrupt running syncs ({killed_mid_run})");
+    assert!(
+        killed_mid_run >= 3,
+        "the kills must interrupt running syncs ({killed_mid_run})"
+    );
 
     env.sandbox.set_faults(Faults::default());
     env.sync_ok(&[]).await;
@@ -120,8 +123,14 @@ async fn sigterm_commits_what_is_complete_and_stops() {
     assert!(stdout.contains("cancelled"), "{stdout}");
     // One commit of everything fetched so far (commit_every is far away).
     let counts = id_counts(&read_table(&env.table("charges")).await);
-    assert!(!counts.is_empty(), "what was fetched before SIGTERM was committed");
-    assert!(counts.len() < env.sandbox.ids("charges").len(), "it stopped early");
+    assert!(
+        !counts.is_empty(),
+        "what was fetched before SIGTERM was committed"
+    );
+    assert!(
+        counts.len() < env.sandbox.ids("charges").len(),
+        "it stopped early"
+    );
     assert!(counts.values().all(|&n| n == 1));
 
     env.sandbox.set_faults(Faults::default());

@@ -24,7 +24,10 @@ async fn the_simulator_never_sees_more_than_the_configured_rate() {
     env.sync_ok(&[]).await;
     let stats = env.sandbox.stats();
     assert!(stats.requests >= 6, "{stats:?}");
-    assert_eq!(stats.rate_limited, 0, "no request was over the rate: {stats:?}");
+    assert_eq!(
+        stats.rate_limited, 0,
+        "no request was over the rate: {stats:?}"
+    );
     assert!(stats.max_admitted_per_second <= 10, "{stats:?}");
 }
 
@@ -41,7 +44,10 @@ async fn throttled_requests_are_retried_after_retry_after() {
     .await;
     env.sync_ok(&[]).await;
     let stats = env.sandbox.stats();
-    assert!(stats.rate_limited > 0, "the client was throttled: {stats:?}");
+    assert!(
+        stats.rate_limited > 0,
+        "the client was throttled: {stats:?}"
+    );
     let counts = id_counts(&read_table(&env.table("charges")).await);
     assert_eq!(counts.len(), env.sandbox.ids("charges").len());
     assert!(counts.values().all(|&n| n == 1));

@@ -42,12 +42,20 @@ print(json.dumps(out))
         .output()
         .await
         .expect("python runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let customers = &v["customers"];
     let ids: Vec<String> = serde_json::from_value(customers["ids"].clone()).unwrap();
     assert_eq!(ids, want_customers);
-    assert_eq!(customers["rows"], want_customers.len() + 1, "the delete is one more version");
+    assert_eq!(
+        customers["rows"],
+        want_customers.len() + 1,
+        "the delete is one more version"
+    );
     assert_eq!(customers["deleted"], serde_json::json!([victim]));
     let charges = &v["charges"];
     assert_eq!(charges["rows"], env.sandbox.ids("charges").len());

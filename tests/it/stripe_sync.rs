@@ -24,24 +24,38 @@ async fn full_then_incremental_sync_lands_every_change_once() {
     let charges = read_table(&env.table("charges")).await;
     let schema = charges[0].schema();
     use arrow::datatypes::{DataType, TimeUnit};
-    assert_eq!(schema.field_with_name("amount").unwrap().data_type(), &DataType::Int64);
+    assert_eq!(
+        schema.field_with_name("amount").unwrap().data_type(),
+        &DataType::Int64
+    );
     assert_eq!(
         schema.field_with_name("created").unwrap().data_type(),
         &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
     );
-    assert!(schema.field_with_name("billing_details_address_city").is_ok());
+    assert!(
+        schema
+            .field_with_name("billing_details_address_city")
+            .is_ok()
+    );
     assert!(strings(&charges, "uuid_ts").iter().all(|s| !s.is_empty()));
 
     // Changes: one new customer, one renamed, one deleted.
     let ids = env.sandbox.ids("customers");
-    let created = env.sandbox.create("customers", serde_json::json!({"email": "new@example.com", "name": "New"}));
+    let created = env.sandbox.create(
+        "customers",
+        serde_json::json!({"email": "new@example.com", "name": "New"}),
+    );
     let created_id = created["id"].as_str().unwrap().to_owned();
-    env.sandbox.update("customers", &ids[0], serde_json::json!({"name": "Renamed"})).unwrap();
+    env.sandbox
+        .update("customers", &ids[0], serde_json::json!({"name": "Renamed"}))
+        .unwrap();
     assert!(env.sandbox.delete("customers", &ids[1]));
     // Event times have second resolution; make sure they are in the past.
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
-    let summary = env.sync_ok(&["--stream", "customers", "--source", "stripe"]).await;
+    let summary = env
+        .sync_ok(&["--stream", "customers", "--source", "stripe"])
+        .await;
     assert!(summary.contains("stripe.customers"), "{summary}");
     let batches = read_table(&env.table("customers")).await;
     let counts = id_counts(&batches);
@@ -57,11 +71,18 @@ async fn full_then_incremental_sync_lands_every_change_once() {
     assert_eq!(deleted[&created_id], "false");
 
     // Nothing changed: nothing lands.
-    env.sync_ok(&["--stream", "customers", "--source", "stripe"]).await;
-    assert_eq!(id_counts(&read_table(&env.table("customers")).await).values().sum::<usize>(), ids.len() + 3);
+    env.sync_ok(&["--stream", "customers", "--source", "stripe"])
+        .await;
+    assert_eq!(
+        id_counts(&read_table(&env.table("customers")).await)
+            .values()
+            .sum::<usize>(),
+        ids.len() + 3
+    );
 
     // The events stream has the three events.
-    env.sync_ok(&["--stream", "events", "--source", "stripe"]).await;
+    env.sync_ok(&["--stream", "events", "--source", "stripe"])
+        .await;
     let events = read_table(&env.table("events")).await;
     let types = strings(&events, "type");
     for t in ["customer.created", "customer.updated", "customer.deleted"] {
@@ -72,7 +93,10 @@ async fn full_then_incremental_sync_lands_every_change_once() {
     let out = env.run(&["state"]).await;
     crate::common::assert_success(&out);
     let state = String::from_utf8_lossy(&out.stdout);
-    assert!(state.contains("stripe.customers") && state.contains("\"phase\":\"changes\""), "{state}");
+    assert!(
+        state.contains("stripe.customers") && state.contains("\"phase\":\"changes\""),
+        "{state}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -81,12 +105,18 @@ async fn a_new_vendor_field_becomes_a_column() {
     env.sync_ok(&[]).await;
     let id = env.sandbox.ids("customers")[0].clone();
     env.sandbox
-        .update("customers", &id, serde_json::json!({"loyalty_tier": "gold", "loyalty": {"points": 1200}}))
+        .update(
+            "customers",
+            &id,
+            serde_json::json!({"loyalty_tier": "gold", "loyalty": {"points": 1200}}),
+        )
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let summary = env.sync_ok(&[]).await;
     assert!(
-        summary.contains("new columns:") && summary.contains("loyalty_tier") && summary.contains("loyalty_points"),
+        summary.contains("new columns:")
+            && summary.contains("loyalty_tier")
+            && summary.contains("loyalty_points"),
         "{summary}"
     );
     let batches = read_table(&env.table("customers")).await;
@@ -106,15 +136,22 @@ async fn a_cursor_older_than_thirty_days_resyncs_the_stream() {
     let before = read_table(&env.table("customers")).await;
     assert_eq!(id_counts(&before).len(), env.sandbox.ids("customers").len());
 
-    env.sandbox.advance_clock(Duration::from_secs(31 * 24 * 3600));
+    env.sandbox
+        .advance_clock(Duration::from_secs(31 * 24 * 3600));
     let out = env.run(&["sync"]).await;
     crate::common::assert_success(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("30-day"), "the fallback is logged: {stderr}");
+    assert!(
+        stderr.contains("30-day"),
+        "the fallback is logged: {stderr}"
+    );
     let after = read_table(&env.table("customers")).await;
     let counts = id_counts(&after);
     assert_eq!(counts.len(), env.sandbox.ids("customers").len());
-    assert!(counts.values().all(|&n| n == 1), "the resync replaced the table: {counts:?}");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "the resync replaced the table: {counts:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

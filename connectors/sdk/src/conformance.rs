@@ -133,7 +133,10 @@ pub async fn read_all(
 pub async fn run(harness: &dyn Harness, stream: &str) -> Result<(), String> {
     let source = harness.source();
     source.check().await.map_err(|e| format!("check: {e}"))?;
-    let schemas = source.discover().await.map_err(|e| format!("discover: {e}"))?;
+    let schemas = source
+        .discover()
+        .await
+        .map_err(|e| format!("discover: {e}"))?;
     let mut names = BTreeSet::new();
     for s in &schemas {
         s.validate().map_err(|e| format!("discover: {e}"))?;
@@ -173,10 +176,15 @@ pub async fn run(harness: &dyn Harness, stream: &str) -> Result<(), String> {
         .cloned()
     {
         let rest = read_all(source.as_ref(), schema, Some(cursor), false).await?;
-        let before: BTreeSet<String> = full.records[..done].iter().map(|(id, _)| id.clone()).collect();
+        let before: BTreeSet<String> = full.records[..done]
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect();
         let overlap: Vec<_> = before.intersection(&rest.ids()).take(5).cloned().collect();
         if !overlap.is_empty() {
-            return Err(format!("resume: re-read records before the cursor: {overlap:?}"));
+            return Err(format!(
+                "resume: re-read records before the cursor: {overlap:?}"
+            ));
         }
         let union: BTreeSet<String> = before.union(&rest.ids()).cloned().collect();
         if union != want {

@@ -85,17 +85,22 @@ impl<C: Connector> Source for C {
     }
 }
 
+/// The constructor a [`SourceFactory`] holds.
+type BuildFn = dyn Fn(serde_json::Value, SourceContext) -> Result<Arc<dyn Source>> + Send + Sync;
+
 /// Builds sources of one connector type from their options.
 #[derive(Clone)]
 pub struct SourceFactory {
     /// The connector's `type`.
     pub kind: &'static str,
-    build: Arc<dyn Fn(serde_json::Value, SourceContext) -> Result<Arc<dyn Source>> + Send + Sync>,
+    build: Arc<BuildFn>,
 }
 
 impl std::fmt::Debug for SourceFactory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SourceFactory").field("kind", &self.kind).finish()
+        f.debug_struct("SourceFactory")
+            .field("kind", &self.kind)
+            .finish()
     }
 }
 

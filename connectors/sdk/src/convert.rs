@@ -725,9 +725,7 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
                 }
                 inner.put_raw_at_path(raw.get());
             } else {
-                map.next_value_seed(FieldSeed {
-                    inner: &mut *inner,
-                })?;
+                map.next_value_seed(FieldSeed { inner: &mut *inner })?;
             }
             inner.path.truncate(mark);
         }
@@ -903,10 +901,17 @@ mod tests {
         assert_eq!(created.value(0), 1_700_000_000_000_000);
         assert_eq!(created.value(1), 1_704_164_645_000_000);
         let customer = col(&batch, "customer").as_string::<i32>();
-        assert_eq!(customer.value(0), "cus_9", "an expanded reference keeps its id");
+        assert_eq!(
+            customer.value(0),
+            "cus_9",
+            "an expanded reference keeps its id"
+        );
         assert_eq!(customer.value(1), "cus_8");
         let metadata = col(&batch, "metadata").as_string::<i32>();
-        assert_eq!(metadata.value(0), r#"{"order":"6735","nested":{"a":[1,2]}}"#);
+        assert_eq!(
+            metadata.value(0),
+            r#"{"order":"6735","nested":{"a":[1,2]}}"#
+        );
         let city = col(&batch, "billing_details_address_city").as_string::<i32>();
         assert_eq!(city.value(0), "Berlin");
         assert_eq!(
@@ -927,10 +932,7 @@ mod tests {
             col(&batch, "tags").as_string::<i32>().value(1),
             r#"["a","b"]"#
         );
-        assert_eq!(
-            col(&batch, "escaped").as_string::<i32>().value(1),
-            "x\"y"
-        );
+        assert_eq!(col(&batch, "escaped").as_string::<i32>().value(1), "x\"y");
         assert!(!col(&batch, "new_flag").as_boolean().value(0));
         let fee = col(&batch, "fee").as_primitive::<arrow::datatypes::Float64Type>();
         assert_eq!(fee.value(0), 1.0);
@@ -992,7 +994,8 @@ mod tests {
         b.append_page(&json_page(r#"{"data":[{"id":"a","extra":1}]}"#))
             .unwrap();
         let (first, _) = b.finish().unwrap();
-        b.append_page(&json_page(r#"{"data":[{"id":"b"}]}"#)).unwrap();
+        b.append_page(&json_page(r#"{"data":[{"id":"b"}]}"#))
+            .unwrap();
         let (second, report) = b.finish().unwrap();
         assert!(report.new_columns.is_empty());
         assert_eq!(first.schema(), second.schema());
@@ -1017,7 +1020,10 @@ mod tests {
 
     #[test]
     fn timestamps_from_vendor_formats() {
-        assert_eq!(parse_timestamp("2024-01-01T00:00:00Z"), Some(1_704_067_200_000_000));
+        assert_eq!(
+            parse_timestamp("2024-01-01T00:00:00Z"),
+            Some(1_704_067_200_000_000)
+        );
         assert_eq!(
             parse_timestamp("2024-01-01T00:00:00.000+0000"),
             Some(1_704_067_200_000_000)
@@ -1028,6 +1034,9 @@ mod tests {
 
     #[test]
     fn minify_keeps_strings() {
-        assert_eq!(minify("{ \"a b\" : [ 1, \"x \\\" y\" ] }"), r#"{"a b":[1,"x \" y"]}"#);
+        assert_eq!(
+            minify("{ \"a b\" : [ 1, \"x \\\" y\" ] }"),
+            r#"{"a b":[1,"x \" y"]}"#
+        );
     }
 }

@@ -435,9 +435,7 @@ impl HttpClient {
                 Some(retry_after) => {
                     if status == Some(429) {
                         // The whole account is over its limit, not just this stream.
-                        self.inner
-                            .account
-                            .pause_until(Instant::now() + retry_after);
+                        self.inner.account.pause_until(Instant::now() + retry_after);
                     }
                     retry_after
                 }
@@ -621,13 +619,13 @@ fn json_message(json: &serde_json::Value) -> Option<String> {
         }
         _ => {}
     }
-    if let Some(first) = json.get(0) {
-        if let Some(message) = text(first.get("message")) {
-            return Some(match text(first.get("errorCode")) {
-                Some(code) => format!("{message} ({code})"),
-                None => message,
-            });
-        }
+    if let Some(first) = json.get(0)
+        && let Some(message) = text(first.get("message"))
+    {
+        return Some(match text(first.get("errorCode")) {
+            Some(code) => format!("{message} ({code})"),
+            None => message,
+        });
     }
     text(json.get("message"))
 }
@@ -667,7 +665,9 @@ fn retry_after(headers: &HeaderMap, date: Option<DateTime<Utc>>) -> Option<Durat
             .then(|| Duration::try_from_secs_f64(seconds).ok())
             .flatten();
     }
-    let at = DateTime::parse_from_rfc2822(value).ok()?.with_timezone(&Utc);
+    let at = DateTime::parse_from_rfc2822(value)
+        .ok()?
+        .with_timezone(&Utc);
     let now = date.unwrap_or_else(Utc::now);
     Some((at - now).to_std().unwrap_or(Duration::ZERO))
 }
@@ -732,13 +732,11 @@ mod tests {
     {
         let count = Arc::new(AtomicU32::new(0));
         let counter = Arc::clone(&count);
-        let router = Router::new().route(
-            "/",
-            get(move || {
-                let n = counter.fetch_add(1, Ordering::SeqCst);
-                async move { respond(n) }
-            }),
-        );
+        // Every path, so tests can send realistic URLs.
+        let router = Router::new().fallback(get(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            async move { respond(n) }
+        }));
         (serve(router).await, count)
     }
 
@@ -763,7 +761,11 @@ mod tests {
     async fn honours_retry_after_seconds() {
         let (url, count) = counting(|n| {
             if n == 0 {
-                (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "1")], "slow down")
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::RETRY_AFTER, "1")],
+                    "slow down",
+                )
             } else {
                 (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")], "ok")
             }
@@ -772,7 +774,11 @@ mod tests {
         let client = HttpClient::new(config()).unwrap();
         let started = Instant::now();
         let response = client.send("test", |c| c.get(&url)).await.unwrap();
-        assert!(started.elapsed() >= Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
         assert_eq!(response.status, 200);
         assert_eq!(count.load(Ordering::SeqCst), 2);
     }
@@ -784,11 +790,17 @@ mod tests {
             RETRY_AFTER,
             HeaderValue::from_static("Wed, 21 Oct 2015 07:28:03 GMT"),
         );
-        headers.insert(DATE, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        headers.insert(
+            DATE,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
         let date = header_date(&headers);
         assert_eq!(retry_after(&headers, date), Some(Duration::from_secs(3)));
         // A date in the past means "now".
-        headers.insert(DATE, HeaderValue::from_static("Wed, 21 Oct 2015 08:00:00 GMT"));
+        headers.insert(
+            DATE,
+            HeaderValue::from_static("Wed, 21 Oct 2015 08:00:00 GMT"),
+        );
         assert_eq!(
             retry_after(&headers, header_date(&headers)),
             Some(Duration::ZERO)
@@ -800,7 +812,11 @@ mod tests {
     #[tokio::test]
     async fn too_long_retry_after_fails_at_once() {
         let (url, count) = counting(|_| {
-            (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "3600")], "")
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, "3600")],
+                "",
+            )
         })
         .await;
         let client = HttpClient::new(config()).unwrap();
@@ -964,8 +980,14 @@ mod tests {
 
     #[tokio::test]
     async fn failed_check_is_retried() {
-        let (url, count) = counting(|n| if n == 0 { "{\"data\": [" } else { "{\"data\": []}" })
-            .await;
+        let (url, count) = counting(|n| {
+            if n == 0 {
+                "{\"data\": ["
+            } else {
+                "{\"data\": []}"
+            }
+        })
+        .await;
         let client = HttpClient::new(config()).unwrap();
         let response = client
             .send_checked(
@@ -1045,7 +1067,10 @@ mod tests {
         .await;
         let client = HttpClient::new(HttpConfig {
             quota: Some(QuotaHeaders {
-                remaining: vec!["X-Rate-Limit-Remaining".into(), "ratelimit-remaining".into()],
+                remaining: vec![
+                    "X-Rate-Limit-Remaining".into(),
+                    "ratelimit-remaining".into(),
+                ],
                 reset: vec!["ratelimit-reset".into()],
                 low_water: 0,
             }),
@@ -1055,7 +1080,11 @@ mod tests {
         client.send("test", |c| c.get(&url)).await.unwrap();
         let started = Instant::now();
         client.send("test", |c| c.get(&url)).await.unwrap();
-        assert!(started.elapsed() >= Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
         // Plenty left: no pause.
         let started = Instant::now();
         client.send("test", |c| c.get(&url)).await.unwrap();
@@ -1133,12 +1162,30 @@ mod tests {
     #[test]
     fn vendor_message_knows_the_vendor_shapes() {
         let cases: &[(&str, &str)] = &[
-            (r#"{"error":{"message":"No such charge","type":"invalid_request_error"}}"#, "No such charge"),
-            (r#"{"error":"invalid_grant","error_description":"expired"}"#, "invalid_grant: expired"),
-            (r#"{"error":"RecordNotFound","description":"Not found"}"#, "RecordNotFound: Not found"),
-            (r#"{"error":"Couldn't authenticate you"}"#, "Couldn't authenticate you"),
-            (r#"{"error":{"title":"Forbidden","description":"No access"}}"#, "Forbidden: No access"),
-            (r#"[{"message":"Session expired or invalid","errorCode":"INVALID_SESSION_ID"}]"#, "Session expired or invalid (INVALID_SESSION_ID)"),
+            (
+                r#"{"error":{"message":"No such charge","type":"invalid_request_error"}}"#,
+                "No such charge",
+            ),
+            (
+                r#"{"error":"invalid_grant","error_description":"expired"}"#,
+                "invalid_grant: expired",
+            ),
+            (
+                r#"{"error":"RecordNotFound","description":"Not found"}"#,
+                "RecordNotFound: Not found",
+            ),
+            (
+                r#"{"error":"Couldn't authenticate you"}"#,
+                "Couldn't authenticate you",
+            ),
+            (
+                r#"{"error":{"title":"Forbidden","description":"No access"}}"#,
+                "Forbidden: No access",
+            ),
+            (
+                r#"[{"message":"Session expired or invalid","errorCode":"INVALID_SESSION_ID"}]"#,
+                "Session expired or invalid (INVALID_SESSION_ID)",
+            ),
             (r#"{"message":"Bad credentials"}"#, "Bad credentials"),
             ("<html>Bad Gateway</html>", "<html>Bad Gateway</html>"),
             ("", "(empty body)"),
@@ -1155,7 +1202,13 @@ mod tests {
     fn config_rejects_unusable_rates() {
         assert!(HttpClient::new(HttpConfig::new("V", 0.0)).is_err());
         assert!(HttpClient::new(HttpConfig::new("V", f64::NAN)).is_err());
-        assert!(HttpClient::new(HttpConfig { burst: 0, ..HttpConfig::new("V", 1.0) }).is_err());
+        assert!(
+            HttpClient::new(HttpConfig {
+                burst: 0,
+                ..HttpConfig::new("V", 1.0)
+            })
+            .is_err()
+        );
         assert!(HttpClient::new(HttpConfig::per_minute("V", 10.0)).is_ok());
     }
 
@@ -1172,7 +1225,8 @@ mod tests {
 
     #[test]
     fn redacted_urls_keep_only_scheme_host_port_and_path() {
-        let url = reqwest::Url::parse("https://user:pw@api.example.com:8443/v1/x?key=s#frag").unwrap();
+        let url =
+            reqwest::Url::parse("https://user:pw@api.example.com:8443/v1/x?key=s#frag").unwrap();
         assert_eq!(redact_url(&url), "https://api.example.com:8443/v1/x");
     }
 }

@@ -113,12 +113,11 @@ pub fn scan_envelope(body: &[u8], records_key: &str, id_field: &str) -> Result<E
     while i < n {
         let b = body[i];
         if b.is_ascii_whitespace() || b == b',' || b == b':' {
-            if b == b',' {
-                if let Some(top) = stack.last_mut() {
-                    if top.is_object {
-                        top.expecting_key = true;
-                    }
-                }
+            if b == b','
+                && let Some(top) = stack.last_mut()
+                && top.is_object
+            {
+                top.expecting_key = true;
             }
             i += 1;
             continue;
@@ -148,7 +147,9 @@ pub fn scan_envelope(body: &[u8], records_key: &str, id_field: &str) -> Result<E
                 i += 1;
             }
             b'}' | b']' => {
-                let frame = stack.pop().ok_or_else(|| format!("unbalanced `{}` at byte {i}", b as char))?;
+                let frame = stack
+                    .pop()
+                    .ok_or_else(|| format!("unbalanced `{}` at byte {i}", b as char))?;
                 if frame.is_object != (b == b'}') {
                     return Err(format!("mismatched `{}` at byte {i}", b as char));
                 }
@@ -190,11 +191,18 @@ pub fn scan_envelope(body: &[u8], records_key: &str, id_field: &str) -> Result<E
                 {
                     current_id = Some((start, end));
                 }
-                record_scalar(&mut env, body, &stack, records_array_depth, (start - 1, end + 1));
+                record_scalar(
+                    &mut env,
+                    body,
+                    &stack,
+                    records_array_depth,
+                    (start - 1, end + 1),
+                );
             }
             _ => {
                 let start = i;
-                while i < n && !matches!(body[i], b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t') {
+                while i < n && !matches!(body[i], b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')
+                {
                     i += 1;
                 }
                 if stack.is_empty() {
@@ -228,9 +236,9 @@ fn record_scalar(
     let name = |f: &Frame| String::from_utf8_lossy(&body[f.key.0..f.key.1]).into_owned();
     match stack {
         [top] if top.is_object => env.fields.push((name(top), text())),
-        [parent, top] if parent.is_object && top.is_object => {
-            env.fields.push((format!("{}.{}", name(parent), name(top)), text()))
-        }
+        [parent, top] if parent.is_object && top.is_object => env
+            .fields
+            .push((format!("{}.{}", name(parent), name(top)), text())),
         _ => {}
     }
 }
@@ -251,7 +259,12 @@ fn string_end(body: &[u8], mut start: usize) -> Option<usize> {
 }
 
 /// Scans `body` like [`scan_envelope`], mapping a failure to a decode error about `what`.
-pub fn scan_or_decode_error(body: &[u8], records_key: &str, id_field: &str, what: &str) -> Result<Envelope> {
+pub fn scan_or_decode_error(
+    body: &[u8],
+    records_key: &str,
+    id_field: &str,
+    what: &str,
+) -> Result<Envelope> {
     scan_envelope(body, records_key, id_field).map_err(|e| Error::decode(what, e))
 }
 
@@ -285,10 +298,16 @@ mod tests {
     #[test]
     fn empty_lists_and_truncation() {
         let env = scan_envelope(br#"{"data":[],"has_more":false}"#, "data", "id").unwrap();
-        assert_eq!((env.count, env.last_id.as_deref(), env.flag("has_more")), (0, None, false));
+        assert_eq!(
+            (env.count, env.last_id.as_deref(), env.flag("has_more")),
+            (0, None, false)
+        );
         let full = br#"{"data":[{"id":"a"},{"id":"b"}],"has_more":false}"#;
         for cut in 1..full.len() {
-            assert!(scan_envelope(&full[..cut], "data", "id").is_err(), "cut at {cut}");
+            assert!(
+                scan_envelope(&full[..cut], "data", "id").is_err(),
+                "cut at {cut}"
+            );
         }
         assert!(scan_envelope(b"[1,2]", "data", "id").is_err());
     }
@@ -306,7 +325,10 @@ mod tests {
             Err(Error::decode("x", "boom"))
         });
         for i in 0..3 {
-            assert_eq!(s.next().await.unwrap().unwrap().cursor, serde_json::json!(i));
+            assert_eq!(
+                s.next().await.unwrap().unwrap().cursor,
+                serde_json::json!(i)
+            );
         }
         assert!(s.next().await.unwrap().is_err());
         assert!(s.next().await.is_none());

@@ -261,10 +261,8 @@ mod tests {
         let e = StreamSchema::from_json(r#"{"name":"x","columns":[{"name":"a","type":"string"}]}"#)
             .unwrap_err();
         assert!(e.to_string().contains("primary key `id`"), "{e}");
-        let e = StreamSchema::from_json(
-            r#"{"name":"x","columns":[{"name":"id","type":"uuid"}]}"#,
-        )
-        .unwrap_err();
+        let e = StreamSchema::from_json(r#"{"name":"x","columns":[{"name":"id","type":"uuid"}]}"#)
+            .unwrap_err();
         assert!(e.to_string().contains("unknown variant"), "{e}");
     }
 }

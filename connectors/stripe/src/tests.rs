@@ -473,14 +473,19 @@ impl tributary_sdk::conformance::Harness for Harness {
         self.sandbox.ids(resource(stream))
     }
     async fn create(&self, stream: &str) -> String {
-        let created = self
-            .sandbox
-            .create(resource(stream), json!({"metadata": {"made_by": "conformance"}}));
+        let created = self.sandbox.create(
+            resource(stream),
+            json!({"metadata": {"made_by": "conformance"}}),
+        );
         created["id"].as_str().unwrap_or_default().to_owned()
     }
     async fn update(&self, stream: &str, id: &str) {
         self.sandbox
-            .update(resource(stream), id, json!({"metadata": {"touched": "yes"}}))
+            .update(
+                resource(stream),
+                id,
+                json!({"metadata": {"touched": "yes"}}),
+            )
             .unwrap();
     }
     async fn delete(&self, stream: &str, id: &str) {
@@ -496,7 +501,8 @@ impl tributary_sdk::conformance::Harness for Harness {
 async fn conformance_kit_passes() {
     for stream in ["customers", "products", "coupons", "invoice_items"] {
         let sandbox = sandbox(40).await;
-        let source = std::sync::Arc::new(stripe(&sandbox, 7)) as std::sync::Arc<dyn tributary_sdk::Source>;
+        let source =
+            std::sync::Arc::new(stripe(&sandbox, 7)) as std::sync::Arc<dyn tributary_sdk::Source>;
         let harness = Harness { sandbox, source };
         if let Err(e) = tributary_sdk::conformance::run(&harness, stream).await {
             panic!("conformance of `{stream}`: {e}");
