@@ -30,7 +30,7 @@ pub enum SandboxVendor {
 pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
-            "info,deltalake=warn,deltalake_core=warn,object_store=warn",
+            "info,deltalake=warn,deltalake_core=warn,buoyant_kernel=warn,buoyant_kernel_engine=warn,object_store=warn",
         )
     });
     let builder = tracing_subscriber::fmt()

@@ -163,3 +163,90 @@ async fn full_refresh_replaces_the_table() {
     assert_eq!(counts.len(), env.sandbox.ids("products").len());
     assert!(counts.values().all(|&n| n == 1));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vendor_faults_are_retried_and_nothing_is_lost() {
+    use tributary_stripe::sandbox::Faults;
+    let env = Env::stripe(600, "streams = [\"charges\"]\npage_size = 20").await;
+    env.sandbox.set_faults(Faults {
+        error_rate: 0.15,
+        truncate_rate: 0.1,
+        malformed_rate: 0.05,
+        slow_ms: 20,
+        slow_rate: 0.1,
+        ..Default::default()
+    });
+    let out = env.run(&["sync", "--log-format", "json"]).await;
+    crate::common::assert_success(&out);
+    assert!(
+        env.sandbox.stats().faults_injected > 0,
+        "{:?}",
+        env.sandbox.stats()
+    );
+    let counts = id_counts(&read_table(&env.table("charges")).await);
+    assert_eq!(counts.len(), env.sandbox.ids("charges").len());
+    assert!(counts.values().all(|&n| n == 1));
+    // Machine logs: one JSON object per line, retries among them.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut retries = 0;
+    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        if v["message"] == "Retrying request." {
+            retries += 1;
+        }
+    }
+    assert!(retries > 0, "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_syncs_on_schedule_and_stops_on_sigterm() {
+    let env = Env::stripe(40, "streams = [\"customers\"]\nschedule = \"* * * * * *\"").await;
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["run", "--config"])
+        .arg(&env.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    // Every second: the first run lands the table, later ones find nothing new.
+    let table = env.table("customers").join("_delta_log");
+    for _ in 0..100 {
+        if table.exists() && !read_table(&env.table("customers")).await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let created = env
+        .sandbox
+        .create("customers", serde_json::json!({"name": "Scheduled"}));
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let pid = child.id().expect("running").to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("the daemon stops after SIGTERM")
+        .expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Scheduled run finished."), "{stderr}");
+    let counts = id_counts(&read_table(&env.table("customers")).await);
+    assert_eq!(counts.len(), env.sandbox.ids("customers").len());
+    assert_eq!(
+        counts[created["id"].as_str().unwrap()],
+        1,
+        "the change landed once"
+    );
+    assert!(counts.values().all(|&n| n == 1));
+    // Every scheduled run is in the run log.
+    let runs = read_table(&env.warehouse().join("_tributary").join("sync_runs")).await;
+    let streams = strings(&runs, "stream");
+    assert!(
+        streams.iter().filter(|s| *s == "customers").count() >= 2,
+        "{streams:?}"
+    );
+}

@@ -723,27 +723,17 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
                 if inner.deletion.as_ref().is_some_and(|(_, v)| *v == text) {
                     inner.row_deleted = true;
                 }
-                inner.put_raw_at_path(raw.get());
+                // The flag itself lands in `is_deleted`; it only gets a column of its
+                // own when the schema declares one.
+                if let Some(&col) = inner.index.get(inner.path.as_str()) {
+                    inner.put_raw(col, raw.get());
+                }
             } else {
                 map.next_value_seed(FieldSeed { inner: &mut *inner })?;
             }
             inner.path.truncate(mark);
         }
         Ok(())
-    }
-}
-
-impl Inner {
-    /// Stores a raw value at the current path, discovering a column if needed (rare path:
-    /// parses the raw text once more).
-    fn put_raw_at_path(&mut self, raw: &str) {
-        if let Some(&col) = self.index.get(self.path.as_str()) {
-            self.put_raw(col, raw);
-            return;
-        }
-        let mut de = serde_json::Deserializer::from_str(raw);
-        // The text was already valid JSON; an error here cannot happen.
-        let _ = FieldSeed { inner: self }.deserialize(&mut de);
     }
 }
 
@@ -985,6 +975,10 @@ mod tests {
         assert_eq!(
             (deleted.value(0), deleted.value(1), deleted.value(2)),
             (true, true, false)
+        );
+        assert!(
+            batch.column_by_name("deleted").is_none(),
+            "the deletion flag lands in is_deleted only"
         );
     }
 
