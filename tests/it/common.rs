@@ -163,3 +163,29 @@ pub fn latest_by_id(batches: &[RecordBatch], column: &str) -> HashMap<String, St
     }
     best.into_iter().map(|(k, (_, v))| (k, v)).collect()
 }
+
+/// Starts `tributary <command> --config <config>` in the background, output captured.
+pub fn spawn(env: &Env, command: &str) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args([command, "--config"])
+        .arg(&env.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts")
+}
+
+/// Sends SIGTERM to `child` and waits (at most 20 s) for it to exit.
+pub async fn terminate(child: tokio::process::Child) -> Output {
+    let pid = child.id().expect("still running").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -TERM {pid}");
+    tokio::time::timeout(std::time::Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("it stops within 20 s of SIGTERM")
+        .expect("output")
+}

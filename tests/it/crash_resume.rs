@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::common::{Env, id_counts, read_table};
+use crate::common::{Env, id_counts, read_table, spawn, terminate};
 use tributary_stripe::sandbox::{Faults, SandboxConfig};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -100,25 +100,9 @@ async fn sigterm_commits_what_is_complete_and_stops() {
         slow_rate: 1.0,
         ..Default::default()
     });
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
-        .args(["sync", "--config"])
-        .arg(&env.config)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
+    let child = spawn(&env, "sync");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let pid = child.id().expect("running").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
-        .await
-        .expect("the sync stops soon after SIGTERM")
-        .expect("output");
+    let out = terminate(child).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("cancelled"), "{stdout}");
     // One commit of everything fetched so far (commit_every is far away).

@@ -202,14 +202,7 @@ async fn vendor_faults_are_retried_and_nothing_is_lost() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_daemon_syncs_on_schedule_and_stops_on_sigterm() {
     let env = Env::stripe(40, "streams = [\"customers\"]\nschedule = \"* * * * * *\"").await;
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
-        .args(["run", "--config"])
-        .arg(&env.config)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
+    let child = crate::common::spawn(&env, "run");
     // Every second: the first run lands the table, later ones find nothing new.
     let table = env.table("customers").join("_delta_log");
     for _ in 0..100 {
@@ -222,15 +215,7 @@ async fn the_daemon_syncs_on_schedule_and_stops_on_sigterm() {
         .sandbox
         .create("customers", serde_json::json!({"name": "Scheduled"}));
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    let pid = child.id().expect("running").to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill runs");
-    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
-        .await
-        .expect("the daemon stops after SIGTERM")
-        .expect("output");
+    let out = crate::common::terminate(child).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("Scheduled run finished."), "{stderr}");
