@@ -182,9 +182,13 @@ impl BatchBuilder {
         let mut cols: Vec<Col> = Vec::new();
         if let Some(existing) = existing {
             for f in existing.fields() {
+                // The table is the truth: if its type differs from the declared one (an
+                // older schema file, a hand-made table), keep writing the table's type and
+                // rescue what does not fit, rather than land a file the table cannot read.
+                let stored = ColumnType::from_arrow(f.data_type()).unwrap_or(ColumnType::String);
                 let ty = match schema.column(f.name()) {
-                    Some(c) => c.ty,
-                    None => ColumnType::from_arrow(f.data_type()).unwrap_or(ColumnType::String),
+                    Some(c) if c.ty.arrow_type() == stored.arrow_type() => c.ty,
+                    _ => stored,
                 };
                 cols.push(Col::new(f.name().clone(), ty));
             }
@@ -998,6 +1002,22 @@ mod tests {
         // A builder reopened on the table's schema keeps its order and types.
         let reopened = BatchBuilder::new(&schema(), Some(&first.schema()));
         assert_eq!(reopened.schema(), first.schema());
+
+        // A table whose `amount` is text keeps getting text, whatever the schema file says.
+        let fields: Vec<Field> = first
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| match f.name().as_str() {
+                "amount" => Field::new("amount", arrow::datatypes::DataType::Utf8, true),
+                _ => f.as_ref().clone(),
+            })
+            .collect();
+        let mut b = BatchBuilder::new(&schema(), Some(&Schema::new(fields)));
+        b.append_page(&json_page(r#"{"data":[{"id":"c","amount":5}]}"#))
+            .unwrap();
+        let (batch, _) = b.finish().unwrap();
+        assert_eq!(col(&batch, "amount").as_string::<i32>().value(0), "5");
     }
 
     #[test]
