@@ -9,10 +9,11 @@ cd "$(dirname "$0")/.."
 
 # An independent Delta reader for the interop tests, in a private virtualenv.
 venv="${TRIBUTARY_TEST_VENV:-target/test-venv}"
-if ! "$venv/bin/python" -c 'import deltalake, pyarrow' 2>/dev/null; then
-  echo "Installing the Python deltalake reader into $venv ..."
+# And a real S3-compatible server (moto) for the object-store tests.
+if ! "$venv/bin/python" -c 'import deltalake, pyarrow, moto, boto3' 2>/dev/null; then
+  echo "Installing the Python deltalake reader and moto into $venv ..."
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check 'deltalake>=1.0' 'pyarrow>=15'
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'deltalake>=1.0' 'pyarrow>=15' 'moto[server]>=5'
 fi
 export TRIBUTARY_PYTHON="$PWD/$venv/bin/python"
 

@@ -123,7 +123,18 @@ impl Warehouse {
     /// Opens the table at `parts` if it exists.
     pub async fn open(&self, parts: &[&str]) -> Result<Option<DeltaTable>> {
         let url = self.table_url(parts)?;
-        match self.builder(&url)?.load().await {
+        let builder = self.builder(&url)?;
+        // Ask first, so a table that does not exist yet is not an error in the logs.
+        let exists = builder
+            .build_storage()
+            .map_err(|e| anyhow!("cannot reach the table location {url}: {e}"))?
+            .is_delta_table_location()
+            .await
+            .map_err(|e| anyhow!("cannot list the table location {url}: {e}"))?;
+        if !exists {
+            return Ok(None);
+        }
+        match builder.load().await {
             Ok(t) => Ok(Some(t)),
             Err(DeltaTableError::NotATable(_)) => Ok(None),
             Err(e) => Err(anyhow!("cannot open the table at {url}: {e}")),

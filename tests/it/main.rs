@@ -7,4 +7,5 @@ mod config_errors;
 mod crash_resume;
 mod rate_limit;
 mod readback;
+mod s3;
 mod stripe_sync;
