@@ -35,7 +35,7 @@ pub fn init_logging(json: bool) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| LogWriter);
     if json {
         builder.json().flatten_event(true).init();
     } else {
@@ -43,6 +43,25 @@ pub fn init_logging(json: bool) {
             .with_ansi(std::io::stderr().is_terminal())
             .compact()
             .init();
+    }
+}
+
+/// The progress bars of this process (drawn only when stderr is a terminal).
+fn progress_bars() -> &'static MultiProgress {
+    static BARS: std::sync::OnceLock<MultiProgress> = std::sync::OnceLock::new();
+    BARS.get_or_init(MultiProgress::new)
+}
+
+/// Writes log lines to stderr above the progress bars instead of through them.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        progress_bars().suspend(|| std::io::stderr().write_all(buf))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 
@@ -138,7 +157,7 @@ pub async fn sync_sources(
         }
     }
     let run_id = uuid::Uuid::new_v4().to_string();
-    let progress = std::io::stderr().is_terminal().then(MultiProgress::new);
+    let progress = std::io::stderr().is_terminal().then(progress_bars);
     let mut outcomes = Vec::new();
     for s in &sources {
         outcomes.extend(
@@ -149,10 +168,14 @@ pub async fn sync_sources(
                 full_refresh,
                 &run_id,
                 &cancel,
-                progress.as_ref(),
+                progress,
             )
             .await,
         );
+    }
+    if let Some(bars) = progress {
+        // The summary table says the same; leave the terminal clean for it.
+        let _ = bars.clear();
     }
     if let Err(e) = runs::record(&warehouse, &run_id, &outcomes).await {
         tracing::warn!(error = %format!("{e:#}"), "Could not append to the run log table.");
@@ -177,8 +200,16 @@ async fn sync_source(
                 let pb = mp.add(ProgressBar::no_length());
                 pb.set_style(
                     ProgressStyle::with_template(
-                        "{prefix:>28} {spinner} {human_pos} records ({per_sec}) {msg}",
+                        "{prefix:>28} {spinner} {human_pos} records ({rate}) {msg}",
                     )
+                    .map(|style| {
+                        style.with_key(
+                            "rate",
+                            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                                let _ = write!(w, "{:.0}/s", state.per_sec());
+                            },
+                        )
+                    })
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                 );
                 pb.set_prefix(format!("{}.{}", s.config.name, schema.name));
