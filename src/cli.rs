@@ -116,12 +116,7 @@ pub async fn sync(
     full_refresh: bool,
 ) -> Result<ExitCode> {
     let config = config::load(config_path)?;
-    let (handle, cancel) = Cancel::new();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::warn!("Signal received; finishing the current commits, then stopping.");
-        handle.cancel();
-    });
+    let cancel = cancel_on_signal();
     let outcomes = sync_sources(&config, source, stream, full_refresh, cancel).await?;
     print_summary(&outcomes);
     let failed = outcomes
@@ -281,12 +276,7 @@ pub async fn run(config_path: &Path) -> Result<ExitCode> {
     // Fail fast on anything wrong with the sources before waiting for the first slot.
     registry::build_all(&config, None).await?;
     Warehouse::new(&config.warehouse)?;
-    let (handle, cancel) = Cancel::new();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::warn!("Signal received; finishing the current commits, then stopping.");
-        handle.cancel();
-    });
+    let cancel = cancel_on_signal();
     crate::scheduler::run(Arc::new(config), cancel).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -437,6 +427,17 @@ requests_per_second = 200
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// A cancellation that fires on SIGTERM or SIGINT.
+fn cancel_on_signal() -> Cancel {
+    let (handle, cancel) = Cancel::new();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::warn!("Signal received; finishing the current commits, then stopping.");
+        handle.cancel();
+    });
+    cancel
 }
 
 /// Resolves on SIGTERM or SIGINT.
