@@ -8,3 +8,4 @@ mod crash_resume;
 mod rate_limit;
 mod readback;
 mod stripe_sync;
+mod tracking;
