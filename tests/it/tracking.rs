@@ -3,7 +3,7 @@
 //! messages.
 
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +23,12 @@ struct Collector {
     accepted: Mutex<Vec<Value>>,
     /// Every way a request broke the Tracking API's rules.
     violations: Mutex<Vec<String>>,
+    /// Requests received so far.
+    requests: AtomicUsize,
+    /// Never answer the request with this index (0-based): hold it until the client dies.
+    hold: Mutex<Option<usize>>,
+    /// Set once the held request has arrived.
+    holding: AtomicBool,
 }
 
 impl Collector {
@@ -105,6 +111,12 @@ async fn start(collector: Arc<Collector>) -> String {
         axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
             let c = Arc::clone(&collector);
             async move {
+                let n = c.requests.fetch_add(1, Ordering::SeqCst);
+                if *c.hold.lock().unwrap() == Some(n) {
+                    c.holding.store(true, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    return StatusCode::SERVICE_UNAVAILABLE;
+                }
                 if c.down.load(Ordering::SeqCst) {
                     return StatusCode::SERVICE_UNAVAILABLE;
                 }
@@ -267,5 +279,53 @@ async fn oversize_messages_are_truncated_and_marked() {
         m["context"]["tributary"]["truncated_fields"],
         json!(["name"])
     );
+    assert!(collector.violations.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_mid_delivery_resends_only_unacknowledged_messages() {
+    let collector = Arc::new(Collector::default());
+    // The second batch is never answered: the binary is killed while waiting for it.
+    *collector.hold.lock().unwrap() = Some(1);
+    let env = env_with(&collector).await;
+    // ~15 KB identifies: about 32 to a 500 KB batch, so 100 of them take four batches.
+    let name = "k".repeat(15_000);
+    for i in 0..100 {
+        env.sandbox.create(
+            "customers",
+            json!({"email": format!("k{i}@example.com"), "name": format!("{name}{i}")}),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .arg("sync")
+        .arg("--config")
+        .arg(&env.config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !collector.holding.load(Ordering::SeqCst) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "delivery never reached batch 2"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SIGKILL: no chance to clean up.
+    child.kill().await.expect("kill");
+    let first = collector.ids();
+    assert!(!first.is_empty() && first.len() < 100, "{}", first.len());
+
+    env.sync_ok(&[]).await;
+    let ids = collector.ids();
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 100, "every messageId delivered");
+    assert_eq!(ids.len(), 100, "none acknowledged twice");
     assert!(collector.violations.lock().unwrap().is_empty());
 }
