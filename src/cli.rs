@@ -284,16 +284,17 @@ fn print_summary(outcomes: &[StreamOutcome]) {
         }
     }
     // One line per source with tracking: what reached the collector and what waits.
-    let mut tracked: Vec<(&str, TrackingOutcome)> = Vec::new();
+    let mut tracked: Vec<(&str, TrackingOutcome, u64)> = Vec::new();
     for o in outcomes {
         let Some(t) = &o.tracking else { continue };
-        let i = match tracked.iter().position(|(s, _)| *s == o.source) {
+        let i = match tracked.iter().position(|(s, _, _)| *s == o.source) {
             Some(i) => i,
             None => {
-                tracked.push((&o.source, TrackingOutcome::default()));
+                tracked.push((&o.source, TrackingOutcome::default(), 0));
                 tracked.len() - 1
             }
         };
+        tracked[i].2 += o.messages_queued;
         let sum = &mut tracked[i].1;
         sum.sent += t.sent;
         sum.pending += t.pending;
@@ -302,9 +303,9 @@ fn print_summary(outcomes: &[StreamOutcome]) {
             sum.error.clone_from(&t.error);
         }
     }
-    for (source, t) in &tracked {
+    for (source, t, queued) in &tracked {
         println!(
-            "tracking {source}: {} messages sent, {} pending, {} rejected",
+            "tracking {source}: {} messages sent, {} pending, {} rejected ({queued} queued by this run)",
             t.sent, t.pending, t.rejected
         );
         if let Some(e) = &t.error {

@@ -174,7 +174,9 @@ async fn an_outage_is_delivered_later_exactly_once() {
 
     let summary = env.sync_ok(&[]).await;
     assert!(
-        summary.contains("tracking stripe: 0 messages sent, 30 pending"),
+        summary.contains(
+            "tracking stripe: 0 messages sent, 30 pending, 0 rejected (30 queued by this run)"
+        ),
         "{summary}"
     );
     let state = env.run(&["state"]).await;
