@@ -239,3 +239,31 @@ impl Outbox {
         Ok(delivery)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn files_above_the_committed_seq_are_leftovers() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let outbox = Outbox::new(store, &Path::from("wh"), "stripe", "events");
+        outbox.write(1, &[json!({"messageId": "a"})]).await.unwrap();
+        outbox
+            .write(2, &[json!({"messageId": "b"}), json!({"messageId": "c"})])
+            .await
+            .unwrap();
+        // A commit that failed after writing its outbox file.
+        outbox.write(3, &[json!({"messageId": "d"})]).await.unwrap();
+        assert_eq!(outbox.pending_files(2).await.unwrap(), vec![1, 2]);
+        assert_eq!(outbox.backlog(2).await.unwrap(), 3);
+        assert_eq!(outbox.backlog(0).await.unwrap(), 0);
+        // The retry of seq 3 replaces the leftover.
+        outbox.write(3, &[]).await.unwrap();
+        assert_eq!(outbox.backlog(3).await.unwrap(), 3);
+        // An acknowledged prefix no longer counts.
+        outbox.write_ack(Ack { seq: 2, line: 1 }).await.unwrap();
+        assert_eq!(outbox.backlog(3).await.unwrap(), 2);
+    }
+}
