@@ -10,9 +10,10 @@ use futures::{FutureExt, StreamExt};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::config::{self, Loaded};
-use crate::engine::{self, Cancel, Status, StreamJob, StreamOutcome};
+use crate::engine::{self, Cancel, Status, StreamJob, StreamOutcome, TrackingOutcome};
 use crate::registry::{self, BuiltSource};
 use crate::runs;
+use crate::tracking::outbox::Outbox;
 use crate::warehouse::{Warehouse, read_position};
 
 /// Exit code: something failed (a stream, a check, the config).
@@ -165,7 +166,7 @@ pub async fn sync_sources(
                 &cancel,
                 progress,
             )
-            .await,
+            .await?,
         );
     }
     if let Some(bars) = progress {
@@ -186,7 +187,16 @@ async fn sync_source(
     run_id: &str,
     cancel: &Cancel,
     progress: Option<&MultiProgress>,
-) -> Vec<StreamOutcome> {
+) -> Result<Vec<StreamOutcome>> {
+    let name = &s.config.name;
+    let tracking = match s.config.tracking.as_ref().filter(|t| t.enabled) {
+        Some(t) => {
+            let client = crate::tracking::client_for(t)
+                .map_err(|e| anyhow!("source `{name}`: tracking: {e:#}"))?;
+            Some((Arc::new(client), warehouse.store()?))
+        }
+        None => None,
+    };
     let jobs: Vec<futures::future::BoxFuture<'_, StreamOutcome>> = s
         .streams
         .iter()
@@ -211,9 +221,16 @@ async fn sync_source(
                 pb.enable_steady_tick(std::time::Duration::from_millis(200));
                 pb
             });
-            engine::sync_stream(StreamJob {
+            let tracked = tracking
+                .as_ref()
+                .filter(|_| schema.kind == tributary_sdk::StreamKind::Events)
+                .map(|(client, (store, root))| {
+                    let outbox = Outbox::new(Arc::clone(store), root, name, &schema.name);
+                    (Arc::clone(client), outbox)
+                });
+            let job = StreamJob {
                 warehouse,
-                source_name: &s.config.name,
+                source_name: name,
                 source: Arc::clone(&s.source),
                 schema: schema.clone(),
                 tuning: &config.sync,
@@ -221,14 +238,47 @@ async fn sync_source(
                 run_id,
                 cancel: cancel.clone(),
                 progress: pb,
-            })
+                outbox: tracked.as_ref().map(|(_, outbox)| outbox.clone()),
+            };
+            async move {
+                let mut outcome = engine::sync_stream(job).await;
+                // After the stream's commits, and for any backlog of earlier runs.
+                if let Some((client, outbox)) = tracked
+                    && !cancel.is_cancelled()
+                {
+                    let delivered = crate::tracking::deliver_stream(
+                        warehouse,
+                        name,
+                        &outcome.stream,
+                        &outbox,
+                        &client,
+                    )
+                    .await;
+                    outcome.tracking = Some(match delivered {
+                        Ok(d) => TrackingOutcome {
+                            sent: d.sent,
+                            pending: d.pending,
+                            rejected: d.rejected.len() as u64,
+                            error: d.error,
+                        },
+                        Err(e) => {
+                            tracing::warn!(source = %name, stream = %outcome.stream, error = %format!("{e:#}"), "Could not read the tracking outbox; it stays for the next run.");
+                            TrackingOutcome {
+                                error: Some(format!("{e:#}")),
+                                ..TrackingOutcome::default()
+                            }
+                        }
+                    });
+                }
+                outcome
+            }
             .boxed()
         })
         .collect();
-    futures::stream::iter(jobs)
+    Ok(futures::stream::iter(jobs)
         .buffered(config.sync.concurrency)
         .collect()
-        .await
+        .await)
 }
 
 fn print_summary(outcomes: &[StreamOutcome]) {
@@ -257,6 +307,35 @@ fn print_summary(outcomes: &[StreamOutcome]) {
         }
         if let Status::Failed(e) = &o.status {
             println!("    error: {e}");
+        }
+    }
+    // One line per source with tracking: what reached the collector and what waits.
+    let mut tracked: Vec<(&str, TrackingOutcome, u64)> = Vec::new();
+    for o in outcomes {
+        let Some(t) = &o.tracking else { continue };
+        let i = match tracked.iter().position(|(s, _, _)| *s == o.source) {
+            Some(i) => i,
+            None => {
+                tracked.push((&o.source, TrackingOutcome::default(), 0));
+                tracked.len() - 1
+            }
+        };
+        tracked[i].2 += o.messages_queued;
+        let sum = &mut tracked[i].1;
+        sum.sent += t.sent;
+        sum.pending += t.pending;
+        sum.rejected += t.rejected;
+        if sum.error.is_none() {
+            sum.error.clone_from(&t.error);
+        }
+    }
+    for (source, t, queued) in &tracked {
+        println!(
+            "tracking {source}: {} messages sent, {} pending, {} rejected ({queued} queued by this run)",
+            t.sent, t.pending, t.rejected
+        );
+        if let Some(e) = &t.error {
+            println!("    delivery error (retried next run): {e}");
         }
     }
     let total: u64 = outcomes.iter().map(|o| o.records).sum();
@@ -307,6 +386,16 @@ pub async fn state(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
                             "{name:<32} {version:>8} {:>5} {:<26} -",
                             "-", "no commit yet"
                         ),
+                    }
+                    if s.config.tracking.is_some()
+                        && stream.kind == tributary_sdk::StreamKind::Events
+                    {
+                        let (store, root) = warehouse.store()?;
+                        let outbox = Outbox::new(store, &root, &s.config.name, &stream.name);
+                        println!(
+                            "    tracking outbox: {} messages pending",
+                            outbox.backlog(seq).await?
+                        );
                     }
                 }
             }

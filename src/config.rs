@@ -115,6 +115,65 @@ pub struct SourceConfig {
     pub streams: Option<Vec<String>>,
     /// The connector's own options, `${…}` resolved.
     pub options: serde_json::Value,
+    /// `[sources.<name>.tracking]`: where its event streams' messages go; `None` when the
+    /// source only lands tables.
+    pub tracking: Option<TrackingConfig>,
+}
+
+/// `[sources.<name>.tracking]`: deliver the source's event streams as Tracking-API
+/// messages to a Segment-compatible collector.
+#[derive(Debug, Clone)]
+pub struct TrackingConfig {
+    /// The collector's base URL; messages go to `{endpoint}/v1/batch`. Default
+    /// `https://api.segment.io`.
+    pub endpoint: String,
+    /// The collector's write key (a secret; write it as `${ENV_VAR}`).
+    pub write_key: tributary_sdk::Secret,
+    /// Set to `false` to stop sending (and queueing) without removing the section. Default
+    /// `true`.
+    pub enabled: bool,
+}
+
+/// Reads `[sources.<name>.tracking]` (`at` is `sources.<name>.tracking`).
+fn parse_tracking(value: toml::Value, at: &str, file: &str) -> Result<TrackingConfig> {
+    let toml::Value::Table(table) = value else {
+        bail!(
+            "{file}: `{at}` must be a table with `write_key` (and optionally `endpoint`, `enabled`)"
+        );
+    };
+    let mut endpoint = crate::tracking::client::DEFAULT_ENDPOINT.to_owned();
+    let mut write_key = None;
+    let mut enabled = true;
+    for (key, value) in table {
+        let here = format!("{at}.{key}");
+        match (key.as_str(), value) {
+            ("endpoint", toml::Value::String(s)) => endpoint = resolve_str(&s, &here, file)?,
+            ("write_key", toml::Value::String(s)) => {
+                write_key = Some(tributary_sdk::Secret::new(resolve_str(&s, &here, file)?))
+            }
+            ("enabled", toml::Value::Boolean(b)) => enabled = b,
+            ("endpoint" | "write_key", _) => bail!("{file}: `{here}` must be a string"),
+            ("enabled", _) => bail!("{file}: `{here}` must be true or false"),
+            _ => bail!(
+                "{file}: unknown key `{here}`; `{at}` takes `endpoint`, `write_key` and `enabled`"
+            ),
+        }
+    }
+    let Some(write_key) = write_key.filter(|k| !k.expose().is_empty()) else {
+        bail!(
+            "{file}: `{at}.write_key` is missing or empty; write e.g. write_key = \"${{SEGMENT_WRITE_KEY}}\""
+        );
+    };
+    if url::Url::parse(&endpoint).is_err() {
+        bail!(
+            "{file}: `{at}.endpoint` = {endpoint:?} is not a URL; write e.g. \"https://api.segment.io\""
+        );
+    }
+    Ok(TrackingConfig {
+        endpoint,
+        write_key,
+        enabled,
+    })
 }
 
 /// A parsed cron schedule with the text the user wrote.
@@ -247,6 +306,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded> {
             Some(_) => bail!("{file}: `{at}.streams` must be a list of stream names"),
             None => None,
         };
+        let tracking = match table.remove("tracking") {
+            Some(value) => Some(parse_tracking(
+                value,
+                &format!("{at}.tracking"),
+                &file.to_string(),
+            )?),
+            None => None,
+        };
         let options = resolve_value(toml::Value::Table(table), &at, &file.to_string())?;
         sources.push(SourceConfig {
             name,
@@ -254,6 +321,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded> {
             schedule,
             streams,
             options,
+            tracking,
         });
     }
     Ok(Loaded {

@@ -5,6 +5,10 @@
 //! Parquet writer (which uploads as it goes), and commits every `commit_every` rows with
 //! the cursor of the last page those rows came from. Nothing holds a whole stream.
 //!
+//! Event streams of a source with tracking enabled also map each page's records to
+//! Tracking-API messages; the messages of a commit's rows are written to the stream's
+//! outbox just before that commit (see [`crate::tracking::outbox`]).
+//!
 //! Stopping (SIGTERM/SIGINT, or a failing page) commits what is complete and stops:
 //! nothing already fetched and converted is lost, and nothing is landed twice.
 
@@ -18,9 +22,10 @@ use futures::StreamExt;
 use indicatif::ProgressBar;
 use tokio::sync::watch;
 use tributary_sdk::convert::BatchBuilder;
-use tributary_sdk::{ReadRequest, Source, StreamSchema};
+use tributary_sdk::{Page, ReadRequest, Records, Source, StreamSchema};
 
 use crate::config::SyncConfig;
+use crate::tracking::outbox::Outbox;
 use crate::warehouse::{DataFile, StreamTable, Warehouse};
 
 /// A cancellation signal shared by every task of a run.
@@ -113,6 +118,10 @@ pub struct StreamOutcome {
     pub new_columns: Vec<String>,
     /// Values kept in `_rescued_data`.
     pub rescued_values: u64,
+    /// Tracking-API messages queued in the stream's outbox with its commits.
+    pub messages_queued: u64,
+    /// What delivering the stream's outbox did, for tracked event streams.
+    pub tracking: Option<TrackingOutcome>,
     /// How it ended.
     pub status: Status,
 }
@@ -122,6 +131,19 @@ impl StreamOutcome {
     pub fn seconds(&self) -> f64 {
         (self.ended_at - self.started_at).num_milliseconds() as f64 / 1000.0
     }
+}
+
+/// What delivering one stream's Tracking-API outbox did.
+#[derive(Debug, Clone, Default)]
+pub struct TrackingOutcome {
+    /// Messages the collector accepted.
+    pub sent: u64,
+    /// Messages still in the outbox (the collector failed; the next run retries them).
+    pub pending: u64,
+    /// Messages reported and skipped (too big, or refused by the collector).
+    pub rejected: u64,
+    /// Why delivery stopped early, if it did.
+    pub error: Option<String>,
 }
 
 /// What to do in one stream run.
@@ -144,6 +166,8 @@ pub struct StreamJob<'a> {
     pub cancel: Cancel,
     /// A progress bar, on a terminal.
     pub progress: Option<ProgressBar>,
+    /// The stream's Tracking-API outbox, when its source has tracking enabled.
+    pub outbox: Option<Outbox>,
 }
 
 /// Rows converted but not committed yet.
@@ -156,6 +180,9 @@ struct Pending {
     /// Rows in the builder, and the cursor of the last page appended to it.
     open_records: u64,
     open_cursor: Option<serde_json::Value>,
+    /// Tracking-API messages of the rows in `files`/`file`, and of the rows in the builder.
+    flushed_messages: Vec<serde_json::Value>,
+    open_messages: Vec<serde_json::Value>,
     reset: bool,
 }
 
@@ -173,6 +200,8 @@ pub async fn sync_stream(job: StreamJob<'_>) -> StreamOutcome {
         ended_at: started_at,
         new_columns: Vec::new(),
         rescued_values: 0,
+        messages_queued: 0,
+        tracking: None,
         status: Status::Succeeded,
     };
     let result = run(&job, &mut outcome).await;
@@ -231,6 +260,8 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
         flushed_cursor: None,
         open_records: 0,
         open_cursor: None,
+        flushed_messages: Vec::new(),
+        open_messages: Vec::new(),
         reset: false,
     };
     let batch_size = job.tuning.batch_size;
@@ -264,6 +295,10 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
                 return Err(anyhow::Error::new(e));
             }
         };
+        if job.outbox.is_some() {
+            let messages = page_messages(job, &page)?;
+            p.open_messages.extend(messages);
+        }
         p.open_records += n;
         p.open_cursor = Some(page.cursor);
         p.reset |= page.reset;
@@ -296,6 +331,7 @@ async fn flush(
     }
     p.flushed_records += p.open_records;
     p.open_records = 0;
+    p.flushed_messages.append(&mut p.open_messages);
     if let Some(c) = p.open_cursor.take() {
         p.flushed_cursor = Some(c);
     }
@@ -367,6 +403,13 @@ async fn land_flushed(
     let files = std::mem::take(&mut p.files);
     let nfiles = files.len();
     let records = p.flushed_records;
+    if let Some(outbox) = &job.outbox {
+        // Written even when empty, so it replaces any leftover of a failed attempt at this
+        // seq; it counts only once the commit below lands.
+        let messages = std::mem::take(&mut p.flushed_messages);
+        outbox.write(table.seq() + 1, &messages).await?;
+        out.messages_queued += messages.len() as u64;
+    }
     let version = table
         .commit(
             files,
@@ -383,4 +426,31 @@ async fn land_flushed(
     p.flushed_records = 0;
     p.reset = false;
     Ok(())
+}
+
+/// The Tracking-API messages (wire format) of a page's records.
+fn page_messages(job: &StreamJob<'_>, page: &Page) -> Result<Vec<serde_json::Value>> {
+    let stream = job.schema.name.as_str();
+    let map = |record: &serde_json::Value| {
+        job.source
+            .messages(job.source_name, stream, record)
+            .into_iter()
+            .map(|m| m.to_json())
+    };
+    Ok(match &page.records {
+        Records::Values(records) => records.iter().flat_map(|r| map(&r.value)).collect(),
+        Records::Json { body, path } => {
+            // Only tracked event streams pay for this tree.
+            let root: serde_json::Value = serde_json::from_slice(body)
+                .with_context(|| format!("reading a page of `{stream}` for tracking"))?;
+            let mut records = &root;
+            for key in path.iter() {
+                records = &records[*key];
+            }
+            records
+                .as_array()
+                .map(|records| records.iter().flat_map(map).collect())
+                .unwrap_or_default()
+        }
+    })
 }

@@ -8,4 +8,5 @@ pub mod engine;
 pub mod registry;
 pub mod runs;
 pub mod scheduler;
+pub mod tracking;
 pub mod warehouse;

@@ -99,6 +99,14 @@ impl Warehouse {
         &self.root
     }
 
+    /// The object store of the whole warehouse and the path of its root in it: for files
+    /// the runtime keeps beside the tables (the Tracking-API outbox).
+    pub fn store(&self) -> Result<(Arc<dyn ObjectStore>, Path)> {
+        let (store, root) = object_store::parse_url_opts(&self.root, self.options.iter())
+            .map_err(|e| anyhow!("cannot open the warehouse at {}: {e}", self.root))?;
+        Ok((Arc::from(store), root))
+    }
+
     /// The URL of the table at `parts` below the root.
     pub fn table_url(&self, parts: &[&str]) -> Result<Url> {
         let mut url = self.root.clone();
@@ -261,6 +269,12 @@ impl StreamTable {
     /// The table's current Arrow schema.
     pub fn arrow_schema(&self) -> Result<Arc<ArrowSchema>> {
         Ok(self.table.snapshot()?.snapshot().arrow_schema())
+    }
+
+    /// The stream's committed sequence number (0 before the first commit); the next commit
+    /// is `seq() + 1`.
+    pub fn seq(&self) -> i64 {
+        self.seq
     }
 
     /// The table's version.

@@ -66,6 +66,22 @@ async fn config_errors_name_the_key_and_the_file() {
             ),
             vec!["bad.toml", "colour"],
         ),
+        (
+            format!(
+                "{base}[sources.stripe]\ntype = \"stripe\"\napi_key = \"sk_test_x\"\n[sources.stripe.tracking]\nwrite_key = \"wk\"\nendpiont = \"http://x\"\n"
+            ),
+            vec!["bad.toml", "sources.stripe.tracking.endpiont"],
+        ),
+        (
+            format!(
+                "{base}[sources.stripe]\ntype = \"stripe\"\napi_key = \"sk_test_x\"\n[sources.stripe.tracking]\nwrite_key = \"${{TRIBUTARY_TEST_UNSET_KEY}}\"\n"
+            ),
+            vec![
+                "bad.toml",
+                "sources.stripe.tracking.write_key",
+                "TRIBUTARY_TEST_UNSET_KEY",
+            ],
+        ),
     ];
     for (config, expected) in cases {
         fails_with(&config, &["sync"], &expected).await;

@@ -9,3 +9,4 @@ mod rate_limit;
 mod readback;
 mod s3;
 mod stripe_sync;
+mod tracking;

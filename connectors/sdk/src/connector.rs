@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::page::PageStream;
 use crate::schema::StreamSchema;
+use crate::tracking::Message;
 
 /// What the runtime tells a connector about where it runs.
 #[derive(Debug, Clone, Default)]
@@ -54,6 +55,15 @@ pub trait Connector: Send + Sync + Sized + 'static {
 
     /// Reads one stream from a committed cursor as pages.
     async fn read(&self, request: ReadRequest) -> Result<PageStream>;
+
+    /// The Tracking-API messages that `record` of `stream` stands for, for sources with
+    /// tracking enabled. `source` is the source's name, the seed of every derived id. Only
+    /// event streams return any; the default returns none. Must be a pure function of its
+    /// arguments: a record mapped again after a retry must give the same messages.
+    fn messages(&self, source: &str, stream: &str, record: &serde_json::Value) -> Vec<Message> {
+        let _ = (source, stream, record);
+        Vec::new()
+    }
 }
 
 /// The object-safe twin of [`Connector`], held by the runtime as `Arc<dyn Source>`.
@@ -67,6 +77,8 @@ pub trait Source: Send + Sync {
     async fn discover(&self) -> Result<Vec<StreamSchema>>;
     /// See [`Connector::read`].
     async fn read(&self, request: ReadRequest) -> Result<PageStream>;
+    /// See [`Connector::messages`].
+    fn messages(&self, source: &str, stream: &str, record: &serde_json::Value) -> Vec<Message>;
 }
 
 #[async_trait]
@@ -82,6 +94,9 @@ impl<C: Connector> Source for C {
     }
     async fn read(&self, request: ReadRequest) -> Result<PageStream> {
         Connector::read(self, request).await
+    }
+    fn messages(&self, source: &str, stream: &str, record: &serde_json::Value) -> Vec<Message> {
+        Connector::messages(self, source, stream, record)
     }
 }
 

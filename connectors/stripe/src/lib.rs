@@ -3,7 +3,8 @@
 //! Sixteen streams (customers, charges, invoices, subscriptions, … and the events feed
 //! itself), each read once in full from its list endpoint and then incrementally from
 //! Stripe's events: see [`streams`] for the cursor design and the 30-day retention
-//! fallback, [`config`] for the options, [`client`] for the HTTP side.
+//! fallback, [`config`] for the options, [`client`] for the HTTP side, [`tracking`] for
+//! the Tracking-API messages its events map to.
 //!
 //! With the `sandbox` feature the crate also holds the Stripe simulator used by
 //! `tributary sandbox stripe`, `tributary demo` and the tests.
@@ -13,12 +14,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tributary_sdk::connector::find_stream;
 use tributary_sdk::{
-    Connector, Error, PageStream, ReadRequest, Result, SourceContext, SourceFactory, StreamSchema,
+    Connector, Error, Message, PageStream, ReadRequest, Result, SourceContext, SourceFactory,
+    StreamSchema,
 };
 
 pub mod client;
 pub mod config;
 pub mod streams;
+pub mod tracking;
 
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
@@ -92,6 +95,11 @@ impl Connector for Stripe {
             cursor,
             request.full_refresh,
         ))
+    }
+
+    /// Events map to `identify`/`track` messages: see [`tracking`].
+    fn messages(&self, source: &str, stream: &str, record: &serde_json::Value) -> Vec<Message> {
+        tracking::messages(source, stream, record)
     }
 }
 
