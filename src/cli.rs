@@ -502,7 +502,7 @@ requests_per_second = 200
     );
     println!("or with Python (pip install deltalake):");
     println!(
-        "    python3 -c \"import deltalake; print(deltalake.DeltaTable('{root}stripe/customers').to_pyarrow_table().num_rows)\""
+        "    python3 -c \"import deltalake; print(deltalake.QueryBuilder().register('c', deltalake.DeltaTable('{root}stripe/customers')).execute('select count(*) from c').read_all())\""
     );
     println!(
         "Every run is logged in the table {root}_tributary/sync_runs; `tributary state` shows the cursors."

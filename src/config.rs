@@ -43,6 +43,12 @@ pub struct WarehouseConfig {
     /// `${ENV_VAR}` references.
     #[serde(default)]
     pub options: HashMap<String, String>,
+    /// How a sync replaces older versions of objects in their tables:
+    /// `"deletion-vectors"` (default; a few bytes per sync, read by Spark, Databricks,
+    /// DuckDB, Trino) or `"copy-on-write"` (rewrites the touched files; readable by every
+    /// Delta reader, e.g. Snowflake and BigQuery).
+    #[serde(default)]
+    pub merge: crate::warehouse::MergeMode,
 }
 
 impl Default for WarehouseConfig {
@@ -50,6 +56,7 @@ impl Default for WarehouseConfig {
         WarehouseConfig {
             url: default_warehouse_url(),
             options: HashMap::new(),
+            merge: Default::default(),
         }
     }
 }

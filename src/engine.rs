@@ -17,16 +17,15 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use arrow::record_batch::RecordBatch;
-use deltalake::kernel::Add;
 use futures::StreamExt;
 use indicatif::ProgressBar;
 use tokio::sync::watch;
 use tributary_sdk::convert::BatchBuilder;
-use tributary_sdk::{Page, ReadRequest, Records, Source, StreamSchema};
+use tributary_sdk::{Page, ReadRequest, Records, Source, StreamKind, StreamSchema};
 
 use crate::config::SyncConfig;
 use crate::tracking::outbox::Outbox;
-use crate::warehouse::{DataFile, StreamTable, Warehouse};
+use crate::warehouse::{DataFile, NewFile, StreamTable, Warehouse};
 
 /// A cancellation signal shared by every task of a run.
 #[derive(Clone)]
@@ -118,6 +117,8 @@ pub struct StreamOutcome {
     pub new_columns: Vec<String>,
     /// Values kept in `_rescued_data`.
     pub rescued_values: u64,
+    /// Older rows of objects replaced by their newer versions.
+    pub replaced: u64,
     /// Tracking-API messages queued in the stream's outbox with its commits.
     pub messages_queued: u64,
     /// What delivering the stream's outbox did, for tracked event streams.
@@ -172,7 +173,7 @@ pub struct StreamJob<'a> {
 
 /// Rows converted but not committed yet.
 struct Pending {
-    files: Vec<Add>,
+    files: Vec<NewFile>,
     file: Option<DataFile>,
     /// Rows in `files` and `file`, and the cursor they reach.
     flushed_records: u64,
@@ -200,6 +201,7 @@ pub async fn sync_stream(job: StreamJob<'_>) -> StreamOutcome {
         ended_at: started_at,
         new_columns: Vec::new(),
         rescued_values: 0,
+        replaced: 0,
         messages_queued: 0,
         tracking: None,
         status: Status::Succeeded,
@@ -228,12 +230,15 @@ pub async fn sync_stream(job: StreamJob<'_>) -> StreamOutcome {
 /// Returns `Ok(true)` when the stream ran to its end, `Ok(false)` when cancelled.
 async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
     let stream = job.schema.name.as_str();
+    // Object streams keep the latest row per key; event streams append.
+    let key = (job.schema.kind == StreamKind::Objects).then_some(job.schema.primary_key.as_str());
     let mut table = StreamTable::open(
         job.warehouse,
-        job.source_name,
-        stream,
+        &[job.source_name, stream],
+        format!("tributary/{}/{stream}", job.source_name),
         &job.schema.arrow_schema(),
         job.tuning.row_group_size,
+        key,
     )
     .await?;
     let cursor = if job.full_refresh {
@@ -363,10 +368,10 @@ async fn close_file(p: &mut Pending, out: &mut StreamOutcome) -> Result<()> {
     if let Some(f) = p.file.take()
         && f.rows() > 0
     {
-        let add = f.finish().await?;
+        let file = f.finish().await?;
         out.files += 1;
-        out.bytes += add.size as u64;
-        p.files.push(add);
+        out.bytes += file.add.size as u64;
+        p.files.push(file);
     }
     Ok(())
 }
@@ -410,7 +415,7 @@ async fn land_flushed(
         outbox.write(table.seq() + 1, &messages).await?;
         out.messages_queued += messages.len() as u64;
     }
-    let version = table
+    let landed = table
         .commit(
             files,
             &builder.schema(),
@@ -420,8 +425,10 @@ async fn land_flushed(
             job.run_id,
         )
         .await?;
-    tracing::info!(source = %job.source_name, stream = %job.schema.name, version, records, files = nfiles, reset = p.reset, ms = started.elapsed().as_millis() as u64, "Committed batch.");
+    tracing::info!(source = %job.source_name, stream = %job.schema.name, version = landed.version, records, files = nfiles, replaced = landed.replaced, rewritten_bytes = landed.rewritten_bytes, reset = p.reset, ms = started.elapsed().as_millis() as u64, "Committed batch.");
     out.records += records;
+    out.replaced += landed.replaced;
+    out.bytes += landed.rewritten_bytes + landed.dv_bytes;
     out.commits += 1;
     p.flushed_records = 0;
     p.reset = false;

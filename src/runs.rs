@@ -86,9 +86,9 @@ pub async fn record(warehouse: &Warehouse, run_id: &str, outcomes: &[StreamOutco
         ],
     )?;
     let table = warehouse.open_or_create(&RUNS_TABLE, &schema).await?;
-    let mut file = DataFile::create(&table, schema, writer_properties(65_536)?)?;
+    let mut file = DataFile::create(&table, schema, writer_properties(65_536)?, None)?;
     file.write(&batch).await?;
-    let add = file.finish().await?;
+    let add = file.finish().await?.add;
     CommitBuilder::from(CommitProperties::default())
         .with_actions(vec![Action::Add(add)])
         .build(

@@ -54,6 +54,13 @@ impl Env {
         std::fs::write(&self.config, text).expect("write config");
     }
 
+    /// Adds `line` to the config's `[warehouse]` section.
+    pub fn add_warehouse_option(&self, line: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("read config");
+        let text = text.replacen("\n\n[sync]", &format!("\n{line}\n\n[sync]"), 1);
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
     pub fn warehouse(&self) -> PathBuf {
         self.dir.path().join("warehouse")
     }
@@ -99,18 +106,38 @@ pub fn assert_success(out: &Output) {
     );
 }
 
-/// Every live row of a Delta table, read through deltalake's file list.
+/// Every live row of a Delta table: the snapshot's data files, less the rows their deletion
+/// vectors mark. (The independent readers' view is checked in `readback`.)
 pub async fn read_table(path: &Path) -> Vec<RecordBatch> {
     let url = url::Url::from_directory_path(path).expect("absolute path");
     let table = deltalake::open_table(url).await.expect("table opens");
+    let store = table.object_store();
     let mut batches = Vec::new();
-    for uri in table.get_file_uris().expect("file list") {
-        let file_path = uri.strip_prefix("file://").unwrap_or(&uri).to_owned();
-        let file = std::fs::File::open(&file_path).expect("data file exists");
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(file, 8192)
+    let files: Vec<_> = table
+        .snapshot()
+        .expect("snapshot")
+        .log_data()
+        .iter()
+        .map(|f| (f.path().to_string(), f.deletion_vector_descriptor()))
+        .collect();
+    for (file, dv) in files {
+        let deleted = match dv {
+            Some(dv) => tributary::warehouse::dv::read(store.as_ref(), &dv)
+                .await
+                .expect("deletion vector reads"),
+            None => Default::default(),
+        };
+        let f = std::fs::File::open(path.join(&file)).expect("data file exists");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(f, 8192)
             .expect("parquet reads");
+        let mut offset = 0u64;
         for b in reader {
-            batches.push(b.expect("batch"));
+            let b = b.expect("batch");
+            let keep: arrow::array::BooleanArray = (offset..offset + b.num_rows() as u64)
+                .map(|i| Some(!deleted.contains(i)))
+                .collect();
+            offset += b.num_rows() as u64;
+            batches.push(arrow::compute::filter_record_batch(&b, &keep).expect("filter"));
         }
     }
     batches
@@ -188,4 +215,28 @@ pub async fn terminate(child: tokio::process::Child) -> Output {
         .await
         .expect("it stops within 20 s of SIGTERM")
         .expect("output")
+}
+
+/// The Python with the independent readers and moto, installed by scripts/test.sh.
+pub fn python() -> String {
+    std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| {
+        panic!("TRIBUTARY_PYTHON is not set: run the suite with scripts/test.sh, which installs DuckDB, deltalake and moto")
+    })
+}
+
+/// Runs a Python script with `args`; its standard output. Fails the test if it fails.
+pub async fn py(script: &str, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .await
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

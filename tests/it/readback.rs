@@ -1,72 +1,105 @@
-//! Interop: Python's `deltalake` (installed by scripts/test.sh) reads the tables and
-//! checks row counts, ids, column types and `is_deleted`.
+//! Interop: independent engines (installed by scripts/test.sh) read the tables and check
+//! row counts, ids, column types and `is_deleted`. DuckDB's delta extension reads the
+//! default tables (latest state kept with deletion vectors); pyarrow, which does not apply
+//! deletion vectors, reads tables written with `merge = "copy-on-write"`.
 
 use std::time::Duration;
 
-use crate::common::Env;
+use crate::common::{Env, py};
 
-#[tokio::test(flavor = "multi_thread")]
-async fn python_deltalake_reads_the_tables() {
-    let python = std::env::var("TRIBUTARY_PYTHON").unwrap_or_else(|_| {
-        panic!("TRIBUTARY_PYTHON is not set: run the suite with scripts/test.sh, which installs the Python deltalake reader")
-    });
+/// Syncs customers and charges, then deletes one customer and renames another and syncs
+/// again. Returns the env, every customer id (the deleted one included, sorted), the
+/// deleted id and the renamed id.
+async fn synced_with_changes(warehouse: &str) -> (Env, Vec<String>, String, String) {
     let env = Env::stripe(50, "streams = [\"customers\", \"charges\"]").await;
+    env.add_warehouse_option(warehouse);
     env.sync_ok(&[]).await;
-    let victim = env.sandbox.ids("customers")[0].clone();
+    let ids = env.sandbox.ids("customers");
+    let victim = ids[0].clone();
+    let renamed = ids[1].clone();
     env.sandbox.delete("customers", &victim);
+    env.sandbox
+        .update(
+            "customers",
+            &renamed,
+            serde_json::json!({"name": "Renamed"}),
+        )
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     env.sync_ok(&[]).await;
+    let mut all = env.sandbox.ids("customers");
+    all.push(victim.clone());
+    all.sort();
+    (env, all, victim, renamed)
+}
 
-    let mut want_customers = env.sandbox.ids("customers");
-    want_customers.push(victim.clone());
-    want_customers.sort();
+#[tokio::test(flavor = "multi_thread")]
+async fn duckdb_reads_the_latest_state() {
+    let (env, want, victim, renamed) = synced_with_changes("").await;
+    let script = r#"
+import json, os, sys
+import duckdb, duckdb_extension_delta
+ext = os.path.join(os.path.dirname(duckdb_extension_delta.__file__), "extensions", "v" + duckdb.__version__, "delta.duckdb_extension")
+con = duckdb.connect(config={"allow_unsigned_extensions": "true"})
+con.execute(f"LOAD '{ext}'")
+out = {}
+for name in ["customers", "charges"]:
+    scan = f"delta_scan('{sys.argv[1]}/{name}')"
+    rows = con.execute(f"select id, is_deleted from {scan}").fetchall()
+    out[name] = {
+        "rows": len(rows),
+        "ids": sorted({r[0] for r in rows}),
+        "deleted": sorted(r[0] for r in rows if r[1]),
+        "types": {r[0]: r[1] for r in con.execute(f"describe select * from {scan}").fetchall()},
+    }
+out["renamed"] = con.execute(f"select name from delta_scan('{sys.argv[1]}/customers') where id = ?", [sys.argv[2]]).fetchall()
+print(json.dumps(out))
+"#;
+    let stripe = env.warehouse().join("stripe");
+    let out = py(script, &[stripe.to_str().unwrap(), &renamed]).await;
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let customers = &v["customers"];
+    assert_eq!(customers["ids"], serde_json::json!(want));
+    assert_eq!(
+        customers["rows"],
+        want.len(),
+        "one row per customer: the older versions are gone"
+    );
+    assert_eq!(customers["deleted"], serde_json::json!([victim]));
+    assert_eq!(v["renamed"], serde_json::json!([["Renamed"]]));
+    let charges = &v["charges"];
+    assert_eq!(charges["rows"], env.sandbox.ids("charges").len());
+    let types = &charges["types"];
+    assert_eq!(types["amount"], "BIGINT");
+    assert_eq!(types["created"], "TIMESTAMP WITH TIME ZONE");
+    assert_eq!(types["is_deleted"], "BOOLEAN");
+    assert_eq!(types["id"], "VARCHAR");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pyarrow_reads_copy_on_write_tables() {
+    let (env, want, victim, renamed) = synced_with_changes("merge = \"copy-on-write\"").await;
     let script = r#"
 import json, sys
 import deltalake
-import pyarrow as pa
-out = {}
-for name in ["customers", "charges"]:
-    t = deltalake.DeltaTable(sys.argv[1] + "/" + name).to_pyarrow_table()
-    out[name] = {
-        "rows": t.num_rows,
-        "ids": sorted(set(t.column("id").to_pylist())),
-        "types": {f.name: str(f.type) for f in t.schema},
-        "deleted": sorted(i for i, d in zip(t.column("id").to_pylist(), t.column("is_deleted").to_pylist()) if d),
-    }
-print(json.dumps(out))
-# The reader's native threads sometimes abort the interpreter's teardown ("terminate called
-# without an active exception"); the answer is out, so skip the teardown.
+t = deltalake.DeltaTable(sys.argv[1] + "/customers").to_pyarrow_table()
+rows = t.to_pylist()
+print(json.dumps({
+    "rows": len(rows),
+    "ids": sorted({r["id"] for r in rows}),
+    "deleted": sorted(r["id"] for r in rows if r["is_deleted"]),
+    "renamed": [r["name"] for r in rows if r["id"] == sys.argv[2]],
+}))
+# The reader's native threads sometimes abort the interpreter's teardown; the answer is out.
 sys.stdout.flush()
 import os
 os._exit(0)
 "#;
-    let out = tokio::process::Command::new(&python)
-        .arg("-c")
-        .arg(script)
-        .arg(env.warehouse().join("stripe"))
-        .output()
-        .await
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let customers = &v["customers"];
-    let ids: Vec<String> = serde_json::from_value(customers["ids"].clone()).unwrap();
-    assert_eq!(ids, want_customers);
-    assert_eq!(
-        customers["rows"],
-        want_customers.len() + 1,
-        "the delete is one more version"
-    );
-    assert_eq!(customers["deleted"], serde_json::json!([victim]));
-    let charges = &v["charges"];
-    assert_eq!(charges["rows"], env.sandbox.ids("charges").len());
-    let types = &charges["types"];
-    assert_eq!(types["amount"], "int64");
-    assert_eq!(types["created"], "timestamp[us, tz=UTC]");
-    assert_eq!(types["is_deleted"], "bool");
-    assert_eq!(types["id"], "string");
+    let stripe = env.warehouse().join("stripe");
+    let out = py(script, &[stripe.to_str().unwrap(), &renamed]).await;
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["ids"], serde_json::json!(want));
+    assert_eq!(v["rows"], want.len(), "one row per customer");
+    assert_eq!(v["deleted"], serde_json::json!([victim]));
+    assert_eq!(v["renamed"], serde_json::json!(["Renamed"]));
 }

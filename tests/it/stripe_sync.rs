@@ -60,9 +60,10 @@ async fn full_then_incremental_sync_lands_every_change_once() {
     let batches = read_table(&env.table("customers")).await;
     let counts = id_counts(&batches);
     assert_eq!(counts.len(), ids.len() + 1, "the new customer landed");
-    assert_eq!(counts[&created_id], 1);
-    assert_eq!(counts[&ids[0]], 2, "the update is a new version");
-    assert_eq!(counts[&ids[1]], 2, "the delete is a new version");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "one row per object, its latest version: {counts:?}"
+    );
     let names = latest_by_id(&batches, "name");
     assert_eq!(names[&ids[0]], "Renamed");
     let deleted = latest_by_id(&batches, "is_deleted");
@@ -77,7 +78,7 @@ async fn full_then_incremental_sync_lands_every_change_once() {
         id_counts(&read_table(&env.table("customers")).await)
             .values()
             .sum::<usize>(),
-        ids.len() + 3
+        ids.len() + 1
     );
 
     // The events stream has the three events.

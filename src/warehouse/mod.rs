@@ -1,0 +1,234 @@
+//! The warehouse: one Delta Lake table per stream at `<warehouse>/<source>/<stream>/`,
+//! written through object_store.
+//!
+//! Guarantees:
+//! - **Data first, commit last.** Parquet files are uploaded before the commit that names
+//!   them; a run that dies before its commit leaves only unreferenced files, which no reader
+//!   sees (and `compact` removes).
+//! - **Exactly once.** Every commit of a stream carries a Delta application transaction
+//!   (`txn`, app id `tributary/<source>/<stream>`, version = the commit's sequence number)
+//!   and the stream's cursor in the commit's metadata (`commitInfo.tributary`). The next
+//!   run reads both back and resumes from that cursor, so a page is landed by exactly the
+//!   commit that advanced the cursor past it. Two writers racing on one stream conflict on
+//!   the `txn` and one of them fails without landing anything.
+//! - **Latest state.** An object stream's table holds one row per primary key, its newest
+//!   version, replaced in the same commit that lands the change (see [`table`]).
+//! - **Schema evolution.** A column the stream did not have is added (nullable) by a
+//!   metadata update inside the same commit as the first rows that carry it; an integer
+//!   column that starts receiving fractions is widened to float, its files rewritten in
+//!   that same commit.
+
+pub mod datafile;
+pub mod dv;
+pub mod merge;
+pub mod table;
+
+pub use datafile::{DataFile, NewFile};
+pub use table::{CommitMeta, Landed, StreamTable, read_position};
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use arrow::datatypes::{DataType as ArrowType, Schema as ArrowSchema, TimeUnit};
+use deltalake::kernel::StructField;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use object_store::ObjectStore;
+use object_store::path::Path;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::Deserialize;
+use url::Url;
+
+use crate::config::WarehouseConfig;
+
+/// How a commit takes older versions of objects out of a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MergeMode {
+    /// Mark the old rows in a deletion vector: a few bytes per touched file. Read by
+    /// Spark/Databricks, DuckDB's delta extension, Trino and delta-rs's SQL engine.
+    #[default]
+    DeletionVectors,
+    /// Rewrite every touched file without the old rows: more bytes per sync, readable by
+    /// every Delta reader (Snowflake, BigQuery, pyarrow datasets).
+    CopyOnWrite,
+}
+
+/// The key of Tributary's entry in a commit's `commitInfo`.
+pub const COMMIT_INFO_KEY: &str = "tributary";
+
+/// Whether `s` can be one level of a table path: lowercase letters, digits, `_`, `-`.
+pub fn is_path_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// The warehouse root and the object-store options to reach it.
+#[derive(Debug, Clone)]
+pub struct Warehouse {
+    root: Url,
+    options: HashMap<String, String>,
+    merge: MergeMode,
+}
+
+impl Warehouse {
+    /// Resolves `[warehouse]`: a local path becomes an absolute `file://` URL (created if
+    /// missing); URLs must use a scheme object_store knows.
+    pub fn new(config: &WarehouseConfig) -> Result<Self> {
+        let url = config.url.trim();
+        let root = if url.contains("://") {
+            let mut u = Url::parse(url)
+                .map_err(|e| anyhow!("`warehouse.url` = {url:?} is not a valid URL: {e}"))?;
+            match u.scheme() {
+                "file" | "s3" | "s3a" | "gs" | "az" | "azure" | "abfs" | "abfss" | "memory" => {}
+                other => bail!(
+                    "`warehouse.url` uses the scheme `{other}`; use a local path or file://, s3://, gs://, az:// or abfss://"
+                ),
+            }
+            if u.scheme() == "file" {
+                std::fs::create_dir_all(u.path()).with_context(|| {
+                    format!("cannot create the warehouse directory {}", u.path())
+                })?;
+            }
+            if !u.path().ends_with('/') {
+                let p = format!("{}/", u.path());
+                u.set_path(&p);
+            }
+            u
+        } else {
+            let path = std::path::Path::new(url);
+            std::fs::create_dir_all(path).with_context(|| {
+                format!("cannot create the warehouse directory {}", path.display())
+            })?;
+            let abs = std::fs::canonicalize(path)
+                .with_context(|| format!("cannot resolve {}", path.display()))?;
+            Url::from_directory_path(&abs).map_err(|()| {
+                anyhow!("`warehouse.url` {} is not an absolute path", abs.display())
+            })?
+        };
+        Ok(Warehouse {
+            root,
+            options: config.options.clone(),
+            merge: config.merge,
+        })
+    }
+
+    /// How commits replace older versions of objects.
+    pub fn merge_mode(&self) -> MergeMode {
+        self.merge
+    }
+
+    /// The warehouse root URL, ending in `/`.
+    pub fn root(&self) -> &Url {
+        &self.root
+    }
+
+    /// The object store of the whole warehouse and the path of its root in it: for files
+    /// the runtime keeps beside the tables (the Tracking-API outbox).
+    pub fn store(&self) -> Result<(Arc<dyn ObjectStore>, Path)> {
+        let (store, root) = object_store::parse_url_opts(&self.root, self.options.iter())
+            .map_err(|e| anyhow!("cannot open the warehouse at {}: {e}", self.root))?;
+        Ok((Arc::from(store), root))
+    }
+
+    /// The URL of the table at `parts` below the root.
+    pub fn table_url(&self, parts: &[&str]) -> Result<Url> {
+        let mut url = self.root.clone();
+        for p in parts {
+            url = url
+                .join(&format!("{p}/"))
+                .map_err(|e| anyhow!("bad table path {p}: {e}"))?;
+        }
+        Ok(url)
+    }
+
+    fn builder(&self, url: &Url) -> Result<DeltaTableBuilder> {
+        if url.scheme() == "file" {
+            std::fs::create_dir_all(url.path())
+                .with_context(|| format!("cannot create the table directory {}", url.path()))?;
+        }
+        Ok(DeltaTableBuilder::from_url(url.clone())
+            .map_err(|e| anyhow!("table {url}: {e}"))?
+            .with_storage_options(self.options.clone()))
+    }
+
+    /// Opens the table at `parts` if it exists.
+    pub async fn open(&self, parts: &[&str]) -> Result<Option<DeltaTable>> {
+        let url = self.table_url(parts)?;
+        let builder = self.builder(&url)?;
+        // Ask first, so a table that does not exist yet is not an error in the logs.
+        let exists = builder
+            .build_storage()
+            .map_err(|e| anyhow!("cannot reach the table location {url}: {e}"))?
+            .is_delta_table_location()
+            .await
+            .map_err(|e| anyhow!("cannot list the table location {url}: {e}"))?;
+        if !exists {
+            return Ok(None);
+        }
+        match builder.load().await {
+            Ok(t) => Ok(Some(t)),
+            Err(DeltaTableError::NotATable(_)) => Ok(None),
+            Err(e) => Err(anyhow!("cannot open the table at {url}: {e}")),
+        }
+    }
+
+    /// Opens the table at `parts`, creating it with `schema` if it does not exist yet.
+    pub async fn open_or_create(&self, parts: &[&str], schema: &ArrowSchema) -> Result<DeltaTable> {
+        if let Some(t) = self.open(parts).await? {
+            return Ok(t);
+        }
+        let url = self.table_url(parts)?;
+        let name = parts.last().copied().unwrap_or("table");
+        let created = deltalake::operations::create::CreateBuilder::new()
+            .with_location(url.as_str())
+            .with_storage_options(self.options.clone())
+            .with_table_name(name)
+            .with_columns(delta_fields(schema)?)
+            .with_comment(format!("Synced by tributary {}", env!("CARGO_PKG_VERSION")));
+        let created = created.await;
+        match created {
+            Ok(t) => Ok(t),
+            // Another worker created it first: use theirs.
+            Err(_) if self.open(parts).await?.is_some() => self
+                .open(parts)
+                .await?
+                .ok_or_else(|| anyhow!("table at {url} vanished")),
+            Err(e) => Err(anyhow!("cannot create the table at {url}: {e}")),
+        }
+    }
+}
+
+/// Delta fields for an Arrow schema made by the converter.
+pub fn delta_fields(schema: &ArrowSchema) -> Result<Vec<StructField>> {
+    use deltalake::kernel::DataType as D;
+    schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let t = match f.data_type() {
+                ArrowType::Utf8 | ArrowType::LargeUtf8 | ArrowType::Utf8View => D::STRING,
+                ArrowType::Int64 | ArrowType::Int32 => D::LONG,
+                ArrowType::Float64 | ArrowType::Float32 => D::DOUBLE,
+                ArrowType::Boolean => D::BOOLEAN,
+                ArrowType::Timestamp(TimeUnit::Microsecond, Some(_)) => D::TIMESTAMP,
+                other => bail!(
+                    "column `{}` has a type Delta tables here do not use: {other}",
+                    f.name()
+                ),
+            };
+            Ok(StructField::new(f.name(), t, true))
+        })
+        .collect()
+}
+
+/// Parquet settings of every data file: zstd(1), row groups capped at `row_group_size`
+/// rows so the writer's buffer stays bounded however long the stream.
+pub fn writer_properties(row_group_size: usize) -> Result<WriterProperties> {
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+        .set_max_row_group_row_count(Some(row_group_size))
+        .build())
+}
