@@ -14,6 +14,7 @@ use crate::engine::{self, Cancel, Status, StreamJob, StreamOutcome, TrackingOutc
 use crate::registry::{self, BuiltSource};
 use crate::runs;
 use crate::tracking::outbox::Outbox;
+use crate::warehouse::compact::{CompactOptions, compact_table};
 use crate::warehouse::{Warehouse, read_position};
 
 /// Exit code: something failed (a stream, a check, the config).
@@ -402,6 +403,83 @@ pub async fn state(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `compact`: merge small files of the selected tables and remove unreferenced files older
+/// than the retention period. Safe while syncs run (see [`crate::warehouse::compact`]).
+pub async fn compact(
+    config_path: &Path,
+    only_source: Option<&str>,
+    only_stream: Option<&str>,
+    options: &CompactOptions,
+) -> Result<ExitCode> {
+    let config = config::load(config_path)?;
+    let warehouse = Warehouse::new(&config.warehouse)?;
+    if only_stream.is_some() && only_source.is_none() && config.sources.len() > 1 {
+        bail!("--stream needs --source when several sources are configured");
+    }
+    let sources: Vec<&str> = match only_source {
+        Some(name) => vec![config.source(name)?.name.as_str()],
+        None => config.sources.iter().map(|s| s.name.as_str()).collect(),
+    };
+    let (store, root) = warehouse.store()?;
+    let mut tables: Vec<Vec<String>> = Vec::new();
+    for source in &sources {
+        let listed = store
+            .list_with_delimiter(Some(&root.clone().join(*source)))
+            .await
+            .map_err(|e| anyhow!("listing the tables of source `{source}`: {e}"))?;
+        let mut names: Vec<String> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .filter(|n| only_stream.is_none_or(|s| s == n))
+            .collect();
+        names.sort();
+        tables.extend(names.into_iter().map(|n| vec![source.to_string(), n]));
+    }
+    if let Some(stream) = only_stream
+        && tables.is_empty()
+    {
+        bail!(
+            "there is no table for stream `{stream}` of source `{}` in {} (has it been synced?)",
+            sources.join(", "),
+            warehouse.root()
+        );
+    }
+    if only_source.is_none() {
+        tables.push(runs::RUNS_TABLE.iter().map(|s| s.to_string()).collect());
+    }
+    println!(
+        "{:<40} {:>12} {:>7} {:>10} {:>8} {:>8}",
+        "table", "files", "merged", "rows", "purged", "removed"
+    );
+    let mut failed = 0;
+    for parts in &tables {
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        let name = parts.join(".");
+        match compact_table(&warehouse, &parts, options).await {
+            Ok(None) => {}
+            Ok(Some(r)) => println!(
+                "{name:<40} {:>12} {:>7} {:>10} {:>8} {:>8}",
+                format!("{} -> {}", r.files_before, r.files_after),
+                r.files_merged,
+                r.rows,
+                r.deleted_rows_purged,
+                r.files_removed
+            ),
+            Err(e) => {
+                failed += 1;
+                println!("{name:<40} failed");
+                eprintln!("    error: {e:#}");
+            }
+        }
+    }
+    Ok(if failed > 0 {
+        ExitCode::from(EXIT_ERROR)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// `sandbox`: serve a simulator until interrupted.

@@ -67,6 +67,23 @@ enum Command {
         #[arg(long)]
         source: Option<String>,
     },
+    /// Merge small files and remove unreferenced files older than the retention period.
+    /// Safe while syncs run.
+    Compact {
+        /// Only this source's tables.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only this stream's table (needs --source when several sources are configured).
+        #[arg(long)]
+        stream: Option<String>,
+        /// Keep unreferenced files younger than this many hours (time travel, and files of
+        /// syncs still running). Must exceed the longest sync.
+        #[arg(long, default_value_t = 168.0)]
+        retention_hours: f64,
+        /// Size of the merged files, in MiB; files under half of it are merged.
+        #[arg(long, default_value_t = 128)]
+        target_file_mb: u64,
+    },
     /// Serve a vendor simulator on 127.0.0.1, standalone.
     Sandbox {
         /// The vendor to simulate.
@@ -124,6 +141,25 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Run => cli::run(&args.config).await,
+            Command::Compact {
+                source,
+                stream,
+                retention_hours,
+                target_file_mb,
+            } => {
+                if !(retention_hours.is_finite() && retention_hours >= 0.0) {
+                    eprintln!("error: --retention-hours must be a number of hours, 0 or more");
+                    return Ok(ExitCode::from(2));
+                }
+                let options = tributary::warehouse::compact::CompactOptions {
+                    target_size: target_file_mb.max(1) * 1024 * 1024,
+                    retention: chrono::Duration::milliseconds(
+                        (retention_hours * 3_600_000.0) as i64,
+                    ),
+                    row_group_size: 65_536,
+                };
+                cli::compact(&args.config, source.as_deref(), stream.as_deref(), &options).await
+            }
             Command::State { source } => cli::state(&args.config, source.as_deref()).await,
             Command::Sandbox {
                 vendor,

@@ -18,6 +18,7 @@
 //!   column that starts receiving fractions is widened to float, its files rewritten in
 //!   that same commit.
 
+pub mod compact;
 pub mod datafile;
 pub mod dv;
 pub mod merge;

@@ -61,6 +61,13 @@ impl Env {
         std::fs::write(&self.config, text).expect("write config");
     }
 
+    /// Adds `line` to the config's `[sync]` section.
+    pub fn add_sync_option(&self, line: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("read config");
+        let text = text.replacen("[sync]\n", &format!("[sync]\n{line}\n"), 1);
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
     pub fn warehouse(&self) -> PathBuf {
         self.dir.path().join("warehouse")
     }

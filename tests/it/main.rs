@@ -3,6 +3,7 @@
 //! `readback`). One test binary, a module per topic.
 
 mod common;
+mod compact;
 mod config_errors;
 mod crash_resume;
 mod rate_limit;
