@@ -297,6 +297,9 @@ fn print_summary(outcomes: &[StreamOutcome]) {
             o.seconds(),
             o.status.word()
         );
+        if !o.widened_columns.is_empty() {
+            println!("    widened to float: {}", o.widened_columns.join(", "));
+        }
         if !o.new_columns.is_empty() {
             println!("    new columns: {}", o.new_columns.join(", "));
         }

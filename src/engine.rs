@@ -117,6 +117,8 @@ pub struct StreamOutcome {
     pub new_columns: Vec<String>,
     /// Values kept in `_rescued_data`.
     pub rescued_values: u64,
+    /// Integer columns widened to float.
+    pub widened_columns: Vec<String>,
     /// Older rows of objects replaced by their newer versions.
     pub replaced: u64,
     /// Tracking-API messages queued in the stream's outbox with its commits.
@@ -201,6 +203,7 @@ pub async fn sync_stream(job: StreamJob<'_>) -> StreamOutcome {
         ended_at: started_at,
         new_columns: Vec::new(),
         rescued_values: 0,
+        widened_columns: Vec::new(),
         replaced: 0,
         messages_queued: 0,
         tracking: None,
@@ -331,6 +334,7 @@ async fn flush(
     if builder.rows() > 0 {
         let (batch, report) = tokio::task::block_in_place(|| builder.finish())?;
         out.new_columns.extend(report.new_columns);
+        out.widened_columns.extend(report.widened_columns);
         out.rescued_values += report.rescued_values;
         write_batch(table, p, out, &batch).await?;
     }

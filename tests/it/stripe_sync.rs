@@ -131,6 +131,48 @@ async fn a_new_vendor_field_becomes_a_column() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_fraction_widens_a_column_and_text_is_rescued_without_failing() {
+    let env = Env::stripe(50, "streams = [\"customers\"]").await;
+    env.sync_ok(&[]).await;
+    let ids = env.sandbox.ids("customers");
+    env.sandbox
+        .update("customers", &ids[0], serde_json::json!({"balance": 12.5}))
+        .unwrap();
+    env.sandbox
+        .update(
+            "customers",
+            &ids[1],
+            serde_json::json!({"created": "not a time"}),
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let summary = env.sync_ok(&[]).await;
+    assert!(summary.contains("widened to float: balance"), "{summary}");
+    assert!(summary.contains("1 values did not fit"), "{summary}");
+
+    let batches = read_table(&env.table("customers")).await;
+    for b in &batches {
+        let t = b
+            .schema()
+            .field_with_name("balance")
+            .unwrap()
+            .data_type()
+            .clone();
+        assert_eq!(
+            t,
+            arrow::datatypes::DataType::Float64,
+            "every file in the wider type"
+        );
+    }
+    assert!(id_counts(&batches).values().all(|&n| n == 1));
+    let balances = latest_by_id(&batches, "balance");
+    assert_eq!(balances[&ids[0]], "12.5");
+    assert_eq!(balances[&ids[2]], "0.0", "older values kept, as floats");
+    let rescued = latest_by_id(&batches, "_rescued_data");
+    assert_eq!(rescued[&ids[1]], r#"{"created":"not a time"}"#);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_cursor_older_than_thirty_days_resyncs_the_stream() {
     let env = Env::stripe(30, "streams = [\"customers\"]").await;
     env.sync_ok(&[]).await;

@@ -9,9 +9,12 @@
 //! value, so the many always-null columns of a vendor object cost nothing until
 //! [`BatchBuilder::finish`].
 //!
-//! A value that does not fit its column's type is not lost: the column stays null in that
-//! row and the value is kept, as JSON, in the row's `_rescued_data` object
-//! (`{"amount": "\"12.5 EUR\""}` → `{"amount":"12.5 EUR"}`), and counted.
+//! An integer column that meets a fraction (`12.5`) is widened to float on the spot: the
+//! values so far become floats and the batch carries the wider type (the table follows in
+//! the commit, see the runtime's warehouse). Any other value that does not fit its column's
+//! type is not lost: the column stays null in that row and the value is kept, as JSON, in
+//! the row's `_rescued_data` object (`{"amount": "\"12.5 EUR\""}` →
+//! `{"amount":"12.5 EUR"}`), and counted.
 
 use std::fmt;
 use std::sync::Arc;
@@ -51,6 +54,7 @@ struct Inner {
     row_rescued: Vec<(usize, String)>,
     rescued_total: u64,
     discovered: Vec<String>,
+    widened: Vec<String>,
     received_at: i64,
     sys: SysCols,
 }
@@ -172,6 +176,8 @@ pub struct ConvertReport {
     pub new_columns: Vec<String>,
     /// Values kept in `_rescued_data` because they did not fit their column.
     pub rescued_values: u64,
+    /// Integer columns widened to float because a value had a fraction.
+    pub widened_columns: Vec<String>,
 }
 
 impl BatchBuilder {
@@ -237,6 +243,7 @@ impl BatchBuilder {
                 row_rescued: Vec::new(),
                 rescued_total: 0,
                 discovered: Vec::new(),
+                widened: Vec::new(),
                 received_at: 0,
                 sys,
             },
@@ -320,6 +327,7 @@ impl BatchBuilder {
         let report = ConvertReport {
             new_columns: std::mem::take(&mut inner.discovered),
             rescued_values: std::mem::take(&mut inner.rescued_total),
+            widened_columns: std::mem::take(&mut inner.widened),
         };
         let batch = RecordBatch::try_new(schema, arrays)?;
         Ok((batch, report))
@@ -415,8 +423,28 @@ impl Inner {
         let ty = self.cols[col].ty;
         match parse_cell(ty, raw) {
             Some(cell) => self.put(col, cell),
+            None if ty == ColumnType::Integer && parse_cell(ColumnType::Number, raw).is_some() => {
+                self.widen(col);
+                if let Some(cell) = parse_cell(ColumnType::Number, raw) {
+                    self.put(col, cell);
+                }
+            }
             None => self.rescue(col, minify(raw)),
         }
+    }
+
+    /// Turns integer column `col` into a float column, keeping its values so far.
+    fn widen(&mut self, col: usize) {
+        let c = &mut self.cols[col];
+        if let Some(ColData::Int(b)) = &mut c.data {
+            let ints = b.finish();
+            let mut floats = Float64Builder::with_capacity(ints.len());
+            floats.extend(ints.iter().map(|v| v.map(|v| v as f64)));
+            c.data = Some(ColData::Num(floats));
+        }
+        c.ty = ColumnType::Number;
+        tracing::info!(stream = %self.stream, column = %c.name, "A value with a fraction in an integer column; widening the column to float.");
+        self.widened.push(c.name.clone());
     }
 }
 
@@ -1052,5 +1080,23 @@ mod tests {
             minify("{ \"a b\" : [ 1, \"x \\\" y\" ] }"),
             r#"{"a b":[1,"x \" y"]}"#
         );
+    }
+
+    #[test]
+    fn a_fraction_widens_an_integer_column_and_text_is_rescued() {
+        let mut b = BatchBuilder::new(&schema(), None);
+        let page = json_page(
+            r#"{"data":[{"id":"a","amount":100},{"id":"b","amount":12.5},{"id":"c","amount":"lots"}]}"#,
+        );
+        b.append_page(&page).unwrap();
+        let (batch, report) = b.finish().unwrap();
+        assert_eq!(report.widened_columns, vec!["amount".to_owned()]);
+        assert_eq!(report.rescued_values, 1);
+        let amount = col(&batch, "amount");
+        assert_eq!(amount.data_type(), &arrow::datatypes::DataType::Float64);
+        let a = amount.as_primitive::<arrow::datatypes::Float64Type>();
+        assert_eq!((a.value(0), a.value(1), a.is_null(2)), (100.0, 12.5, true));
+        let rescued = col(&batch, RESCUED).as_string::<i32>();
+        assert_eq!(rescued.value(2), r#"{"amount":"lots"}"#);
     }
 }
