@@ -240,6 +240,7 @@ async fn sync_source(
                 cancel: cancel.clone(),
                 progress: pb,
                 outbox: tracked.as_ref().map(|(_, outbox)| outbox.clone()),
+                history: s.config.history,
             };
             async move {
                 let mut outcome = engine::sync_stream(job).await;

@@ -125,6 +125,9 @@ pub struct SourceConfig {
     /// `[sources.<name>.tracking]`: where its event streams' messages go; `None` when the
     /// source only lands tables.
     pub tracking: Option<TrackingConfig>,
+    /// `history = true`: besides the latest-state table, each object stream keeps every
+    /// version it landed in an append-only `<stream>_history` table.
+    pub history: bool,
 }
 
 /// `[sources.<name>.tracking]`: deliver the source's event streams as Tracking-API
@@ -313,6 +316,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded> {
             Some(_) => bail!("{file}: `{at}.streams` must be a list of stream names"),
             None => None,
         };
+        let history = match table.remove("history") {
+            Some(toml::Value::Boolean(b)) => b,
+            Some(_) => bail!("{file}: `{at}.history` must be true or false"),
+            None => false,
+        };
         let tracking = match table.remove("tracking") {
             Some(value) => Some(parse_tracking(
                 value,
@@ -329,6 +337,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded> {
             streams,
             options,
             tracking,
+            history,
         });
     }
     Ok(Loaded {

@@ -25,6 +25,7 @@ use tributary_sdk::{Page, ReadRequest, Records, Source, StreamKind, StreamSchema
 
 use crate::config::SyncConfig;
 use crate::tracking::outbox::Outbox;
+use crate::warehouse::history::History;
 use crate::warehouse::{DataFile, NewFile, StreamTable, Warehouse};
 
 /// A cancellation signal shared by every task of a run.
@@ -171,6 +172,9 @@ pub struct StreamJob<'a> {
     pub progress: Option<ProgressBar>,
     /// The stream's Tracking-API outbox, when its source has tracking enabled.
     pub outbox: Option<Outbox>,
+    /// Keep every version in `<stream>_history` too (object streams of sources with
+    /// `history = true`).
+    pub history: bool,
 }
 
 /// Rows converted but not committed yet.
@@ -187,6 +191,8 @@ struct Pending {
     flushed_messages: Vec<serde_json::Value>,
     open_messages: Vec<serde_json::Value>,
     reset: bool,
+    /// The stream's history table, when kept.
+    history: Option<History>,
 }
 
 /// Runs one stream and reports what it did; never panics on vendor or storage errors.
@@ -244,6 +250,35 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
         key,
     )
     .await?;
+    let mut history = match key {
+        Some(key) if job.history => {
+            let h = History::open(
+                job.warehouse,
+                job.source_name,
+                stream,
+                &job.schema.arrow_schema(),
+                job.tuning.row_group_size,
+            )
+            .await?;
+            if let Some((files, meta)) = h.ahead_of(table.seq(), key).await? {
+                // The last run died between the history commit and this table's.
+                tracing::warn!(source = %job.source_name, stream, seq = meta.seq, "Landing the commit the history has and this table misses.");
+                let schema = h.arrow_schema()?;
+                table
+                    .commit(
+                        files,
+                        &schema,
+                        meta.reset,
+                        meta.cursor,
+                        meta.records,
+                        &meta.run_id,
+                    )
+                    .await?;
+            }
+            Some(h)
+        }
+        _ => None,
+    };
     let cursor = if job.full_refresh {
         None
     } else {
@@ -271,6 +306,7 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
         flushed_messages: Vec::new(),
         open_messages: Vec::new(),
         reset: false,
+        history: history.take(),
     };
     let batch_size = job.tuning.batch_size;
     loop {
@@ -418,6 +454,18 @@ async fn land_flushed(
         let messages = std::mem::take(&mut p.flushed_messages);
         outbox.write(table.seq() + 1, &messages).await?;
         out.messages_queued += messages.len() as u64;
+    }
+    if let Some(h) = p.history.as_mut() {
+        // History first: see `warehouse::history` for why this order is recoverable.
+        h.land(
+            table.seq() + 1,
+            &files,
+            &builder.schema(),
+            cursor.clone(),
+            records,
+            job.run_id,
+        )
+        .await?;
     }
     let landed = table
         .commit(

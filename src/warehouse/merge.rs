@@ -79,6 +79,46 @@ pub async fn rows_with_keys(
     Ok(found)
 }
 
+/// The schema of data file `path` and the value of its `key` column in every row.
+pub async fn read_keys(
+    store: &Arc<dyn ObjectStore>,
+    path: &str,
+    size: i64,
+    key: &str,
+) -> Result<(Arc<ArrowSchema>, Vec<Option<String>>)> {
+    let builder = ParquetRecordBatchStreamBuilder::new(reader(store, path, size))
+        .await
+        .with_context(|| format!("opening the data file {path}"))?;
+    let schema = builder.schema().clone();
+    let Some(leaf) = builder
+        .parquet_schema()
+        .columns()
+        .iter()
+        .position(|c| c.path().parts() == [key.to_owned()])
+    else {
+        return Ok((schema, Vec::new()));
+    };
+    let mask = ProjectionMask::leaves(builder.parquet_schema(), [leaf]);
+    let mut batches = builder
+        .with_projection(mask)
+        .with_batch_size(READ_BATCH)
+        .build()
+        .with_context(|| format!("reading the data file {path}"))?;
+    let mut keys = Vec::new();
+    while let Some(batch) = batches
+        .try_next()
+        .await
+        .with_context(|| format!("reading the data file {path}"))?
+    {
+        let col = batch.column(0);
+        let col = col
+            .as_string_opt::<i32>()
+            .ok_or_else(|| anyhow!("the key column `{key}` of {path} is not text"))?;
+        keys.extend(col.iter().map(|k| k.map(str::to_owned)));
+    }
+    Ok((schema, keys))
+}
+
 /// The live rows of data file `path` (those not in `deleted`), in `schema`: columns the
 /// file lacks are null, columns of another type are cast (an integer column widened to
 /// float reads back as float).

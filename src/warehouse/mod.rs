@@ -21,6 +21,7 @@
 pub mod compact;
 pub mod datafile;
 pub mod dv;
+pub mod history;
 pub mod merge;
 pub mod table;
 

@@ -147,6 +147,12 @@ impl StreamTable {
         self.seq
     }
 
+    /// Makes the next commit's sequence number at least `seq + 1`: a history table follows
+    /// the sequence of its latest-state table, which may have started before it.
+    pub fn follow(&mut self, seq: i64) {
+        self.seq = self.seq.max(seq);
+    }
+
     /// The table's version.
     pub fn version(&self) -> Option<u64> {
         self.table.version()

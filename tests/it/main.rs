@@ -6,6 +6,7 @@ mod common;
 mod compact;
 mod config_errors;
 mod crash_resume;
+mod history;
 mod rate_limit;
 mod readback;
 mod s3;
