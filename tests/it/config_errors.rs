@@ -53,6 +53,24 @@ async fn config_errors_name_the_key_and_the_file() {
             vec!["bad.toml", "sources.stripe.streams", "chargez", "available"],
         ),
         (
+            format!(
+                "{base}merge = \"fast\"\n[sources.stripe]\ntype = \"stripe\"\napi_key = \"sk_test_x\"\n"
+            ),
+            vec![
+                "bad.toml",
+                "merge",
+                "fast",
+                "deletion-vectors",
+                "copy-on-write",
+            ],
+        ),
+        (
+            format!(
+                "{base}[sources.stripe]\ntype = \"stripe\"\napi_key = \"sk_test_x\"\nhistory = \"yes\"\n"
+            ),
+            vec!["bad.toml", "sources.stripe.history", "true or false"],
+        ),
+        (
             format!("{base}[sources.stripe]\ntype = \"strype\"\napi_key = \"sk_test_x\"\n"),
             vec!["bad.toml", "sources.stripe.type", "strype", "stripe"],
         ),
