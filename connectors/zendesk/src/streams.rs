@@ -14,8 +14,9 @@
 //!   (`page[size]`, `meta.has_more`, `meta.after_cursor`) every run. Its first page
 //!   replaces the table, so the table is always the latest complete list; a run killed
 //!   mid-way resumes the same snapshot from its committed `page[after]`. Zendesk offers no
-//!   change feed for these (the satisfaction ratings' `start_time` filter is on creation,
-//!   and ratings change after it), so a snapshot is the only way not to miss an update.
+//!   change feed for these (the satisfaction ratings' `start_time` filter is documented as
+//!   the time of the oldest rating, and ratings change after they are made), so a
+//!   snapshot is the only way not to miss an update.
 //!
 //! Tickets gain one column per custom ticket field (see [`custom_fields`]); deleted
 //! organizations are flagged from `deleted_at`; ticket events gain the ticket's
