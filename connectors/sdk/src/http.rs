@@ -182,14 +182,15 @@ impl Account {
         })
     }
 
-    /// Waits out any pause, then for the limiter; then the same for the parent account,
-    /// if any, so a request of a nested account counts against both.
+    /// Waits out any pause, then for the limiter, of the parent account (if any) and then
+    /// of this one, so a request of a nested account counts against both. The nested,
+    /// stricter limit is waited for last, right before the request goes out: its pacing is
+    /// then what the vendor sees, however long the shared parent made the request wait.
     async fn ready(&self) {
-        let mut account = Some(self);
-        while let Some(current) = account {
-            current.ready_own().await;
-            account = current.parent.as_deref();
+        if let Some(parent) = &self.parent {
+            Box::pin(parent.ready()).await;
         }
+        self.ready_own().await;
     }
 
     /// Waits out this account's pause, then for its limiter.

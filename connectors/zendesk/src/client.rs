@@ -80,8 +80,9 @@ impl ZendeskClient {
                     "ratelimit-remaining".into(),
                 ],
                 reset: vec!["ratelimit-reset".into()],
-                // Leave a little of the minute for the account's other integrations.
-                low_water: u64::from(settings.requests_per_minute / 50).max(1),
+                // Stop with two left, so the account's other integrations (and a request
+                // of ours already on its way) still get through.
+                low_water: 2,
             }),
             ..HttpConfig::per_minute(VENDOR, f64::from(settings.requests_per_minute))
         };
