@@ -10,3 +10,4 @@ mod readback;
 mod s3;
 mod stripe_sync;
 mod tracking;
+mod zendesk;
