@@ -25,6 +25,8 @@ pub const EXIT_ERROR: u8 = 1;
 pub enum SandboxVendor {
     /// Stripe's API.
     Stripe,
+    /// Zendesk Support's API.
+    Zendesk,
 }
 
 /// Sets up logging on stderr: sentences with fields for people, JSON lines for machines.
@@ -502,6 +504,20 @@ pub async fn sandbox(
             };
             tributary_stripe::sandbox::serve_forever(config, port).await?;
         }
+        SandboxVendor::Zendesk => {
+            use tributary_zendesk::sandbox::{RateLimits, SandboxConfig};
+            // Zendesk counts per minute: R requests a second is R×60 a minute for the
+            // account, and the incremental exports keep Zendesk's own 10 a minute.
+            let rate_limits = rate_limit
+                .filter(|r| r.is_finite() && *r > 0.0)
+                .map(|r| RateLimits::per_minute((r * 60.0).round().clamp(1.0, 1e9) as u32));
+            let config = SandboxConfig {
+                records,
+                rate_limits,
+                ..Default::default()
+            };
+            tributary_zendesk::sandbox::serve_forever(config, port).await?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -509,6 +525,7 @@ pub async fn sandbox(
 /// `demo`: simulators → local warehouse, then a look at what landed.
 pub async fn demo(warehouse_dir: &str, records: usize) -> Result<ExitCode> {
     use tributary_stripe::sandbox::{SandboxConfig, StripeSandbox};
+    use tributary_zendesk::sandbox::ZendeskSandbox;
     let stripe = StripeSandbox::start(
         SandboxConfig {
             records,
@@ -517,9 +534,19 @@ pub async fn demo(warehouse_dir: &str, records: usize) -> Result<ExitCode> {
         0,
     )
     .await?;
+    let zendesk = ZendeskSandbox::start(
+        tributary_zendesk::sandbox::SandboxConfig {
+            records,
+            ..Default::default()
+        },
+        0,
+    )
+    .await?;
     println!(
-        "Stripe simulator on {} ({} objects per stream); syncing into {warehouse_dir}",
+        "Stripe simulator on {} ({} objects per stream), Zendesk simulator on {} ({} tickets); syncing into {warehouse_dir}",
         stripe.url(),
+        records,
+        zendesk.url(),
         records
     );
     let text = format!(
@@ -532,9 +559,23 @@ type = "stripe"
 api_key = "{key}"
 api_base = "{url}"
 requests_per_second = 200
+
+[sources.zendesk]
+type = "zendesk"
+subdomain = "{subdomain}"
+email = "{email}"
+api_token = "{token}"
+api_base = "{zendesk_url}"
+# The simulator has no rate limit unless asked; Zendesk's are 200 and 10 a minute.
+requests_per_minute = 12000
+export_requests_per_minute = 6000
 "#,
         key = StripeSandbox::api_key(),
-        url = stripe.url()
+        url = stripe.url(),
+        subdomain = ZendeskSandbox::SUBDOMAIN,
+        email = ZendeskSandbox::EMAIL,
+        token = ZendeskSandbox::API_TOKEN,
+        zendesk_url = zendesk.url(),
     );
     let config = config::parse(&text, Path::new("(demo)"))?;
     let mut outcomes = sync_sources(&config, None, None, false, Cancel::never()).await?;
@@ -586,10 +627,15 @@ requests_per_second = 200
     println!(
         "    python3 -c \"import deltalake; print(deltalake.QueryBuilder().register('c', deltalake.DeltaTable('{root}stripe/customers')).execute('select count(*) from c').read_all())\""
     );
+    println!("Zendesk's tables are under {root}zendesk/, custom ticket fields as columns, e.g.:");
+    println!(
+        "    duckdb -c \"INSTALL delta; LOAD delta; SELECT custom_product, status, count(*) FROM delta_scan('{root}zendesk/tickets') GROUP BY ALL ORDER BY ALL\""
+    );
     println!(
         "Every run is logged in the table {root}_tributary/sync_runs; `tributary state` shows the cursors."
     );
     stripe.shutdown().await;
+    zendesk.shutdown().await;
     let failed = outcomes
         .iter()
         .any(|o| !matches!(o.status, Status::Succeeded));

@@ -12,3 +12,4 @@ mod readback;
 mod s3;
 mod stripe_sync;
 mod tracking;
+mod zendesk;

@@ -14,15 +14,15 @@ use crate::common::{Env, id_counts, read_table};
 
 /// What the fake collector saw and how it behaves.
 #[derive(Default)]
-struct Collector {
+pub(crate) struct Collector {
     /// Answer 503 to everything.
     down: AtomicBool,
     /// Answer 400 to any batch holding this messageId.
     poison: Mutex<Option<String>>,
     /// Every message accepted with a 200, in order.
-    accepted: Mutex<Vec<Value>>,
+    pub(crate) accepted: Mutex<Vec<Value>>,
     /// Every way a request broke the Tracking API's rules.
-    violations: Mutex<Vec<String>>,
+    pub(crate) violations: Mutex<Vec<String>>,
     /// Requests received so far.
     requests: AtomicUsize,
     /// Never answer the request with this index (0-based): hold it until the client dies.
@@ -94,7 +94,7 @@ impl Collector {
         Ok(batch)
     }
 
-    fn ids(&self) -> Vec<String> {
+    pub(crate) fn ids(&self) -> Vec<String> {
         self.accepted
             .lock()
             .unwrap()
@@ -105,7 +105,7 @@ impl Collector {
 }
 
 /// Starts the collector; returns its URL.
-async fn start(collector: Arc<Collector>) -> String {
+pub(crate) async fn start(collector: Arc<Collector>) -> String {
     let app = axum::Router::new().route(
         "/v1/batch",
         axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {

@@ -165,6 +165,10 @@ struct Account {
     /// The rate and burst the limiter was built with, to flag a second, different config.
     requests_per_second: f64,
     burst: u32,
+    /// The account whose limit this one's requests also count against (a vendor's
+    /// stricter per-endpoint limit inside its account-wide one), see
+    /// [`HttpClient::shared_within`].
+    parent: Option<Arc<Account>>,
 }
 
 impl Account {
@@ -174,11 +178,23 @@ impl Account {
             paused_until: Mutex::new(None),
             requests_per_second: config.requests_per_second,
             burst: config.burst,
+            parent: None,
         })
     }
 
-    /// Waits out any pause, then for the limiter.
+    /// Waits out any pause, then for the limiter, of the parent account (if any) and then
+    /// of this one, so a request of a nested account counts against both. The nested,
+    /// stricter limit is waited for last, right before the request goes out: its pacing is
+    /// then what the vendor sees, however long the shared parent made the request wait.
     async fn ready(&self) {
+        if let Some(parent) = &self.parent {
+            Box::pin(parent.ready()).await;
+        }
+        self.ready_own().await;
+    }
+
+    /// Waits out this account's pause, then for its limiter.
+    async fn ready_own(&self) {
         // A loop, because another stream of the account may extend the pause while we sleep.
         loop {
             let until = *self
@@ -286,6 +302,33 @@ impl HttpClient {
                 "Account already has a limiter with another rate; keeping the first."
             );
         }
+        Self::with_account(config, account)
+    }
+
+    /// A client for a stricter limit inside `parent`'s account (e.g. Zendesk's 10 export
+    /// requests a minute within the account's 200): its requests wait for its own limiter,
+    /// shared under `account_key` like [`HttpClient::shared`], and then for `parent`'s, so
+    /// they count against both. A 429 or a low remaining quota seen by this client pauses
+    /// only its own limit. The first config for a key sets the rate and the parent.
+    pub fn shared_within(
+        parent: &HttpClient,
+        account_key: &str,
+        config: HttpConfig,
+    ) -> Result<Self> {
+        config.limiter_quota()?;
+        let account = {
+            let mut accounts = accounts().lock().unwrap_or_else(PoisonError::into_inner);
+            match accounts.get(account_key) {
+                Some(account) => Arc::clone(account),
+                None => {
+                    let mut account = Account::new(&config)?;
+                    account.parent = Some(Arc::clone(&parent.inner.account));
+                    let account = Arc::new(account);
+                    accounts.insert(account_key.to_owned(), Arc::clone(&account));
+                    account
+                }
+            }
+        };
         Self::with_account(config, account)
     }
 
@@ -1050,6 +1093,52 @@ mod tests {
                 .count();
             assert!(in_window <= 21, "{in_window} requests within 1 s");
         }
+    }
+
+    #[tokio::test]
+    async fn nested_clients_count_against_their_parent_too() {
+        let (url, count) = counting(|_| "ok").await;
+        let parent = HttpClient::shared(
+            "test:nested-parent",
+            HttpConfig {
+                requests_per_second: 10.0,
+                ..config()
+            },
+        )
+        .unwrap();
+        // The nested limit is generous: the parent's 10/s is what paces these requests.
+        let nested = HttpClient::shared_within(&parent, "test:nested-child", config()).unwrap();
+        assert!(Arc::ptr_eq(
+            nested.inner.account.parent.as_ref().unwrap(),
+            &parent.inner.account
+        ));
+        let started = Instant::now();
+        for _ in 0..6 {
+            nested.send("test", |c| c.get(&url)).await.unwrap();
+        }
+        for _ in 0..5 {
+            parent.send("test", |c| c.get(&url)).await.unwrap();
+        }
+        // 11 requests at 10/s with a burst of 1: at least a second.
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(950), "{elapsed:?}");
+        assert_eq!(count.load(Ordering::SeqCst), 11);
+
+        // And the nested limit applies on its own: 3 requests at 5/s take 400 ms or more.
+        let slow = HttpClient::shared_within(
+            &parent,
+            "test:nested-slow",
+            HttpConfig {
+                requests_per_second: 5.0,
+                ..config()
+            },
+        )
+        .unwrap();
+        let started = Instant::now();
+        for _ in 0..3 {
+            slow.send("test", |c| c.get(&url)).await.unwrap();
+        }
+        assert!(started.elapsed() >= Duration::from_millis(380));
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ pub mod connector;
 pub mod convert;
 pub mod error;
 pub mod http;
+pub mod incremental;
 pub mod page;
 pub mod pagination;
 pub mod schema;

@@ -1,0 +1,91 @@
+//! Zendesk ticket events delivered as Segment `track` messages to the fake collector of
+//! the Stripe tracking tests, exactly once across syncs.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tributary_sdk::tracking::message_id;
+
+use super::{FAST, ZendeskEnv};
+use crate::common::{id_counts, read_table};
+use crate::tracking::{Collector, start};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ticket_events_reach_the_collector_as_track_messages() {
+    let collector = Arc::new(Collector::default());
+    let url = start(Arc::clone(&collector)).await;
+    let env = ZendeskEnv::start(12, "streams = [\"ticket_events\"]").await;
+    env.write_config(
+        FAST,
+        &format!(
+            "streams = [\"ticket_events\"]\n\n[sources.zendesk.tracking]\nendpoint = \"{url}\"\nwrite_key = \"wk\"\n"
+        ),
+    );
+
+    let summary = env.sync_ok(&[]).await;
+    let events = id_counts(&read_table(&env.table("ticket_events")).await);
+    let n = events.len();
+    assert_eq!(n, env.sandbox.ids("ticket_events").len());
+    assert!(
+        summary.contains(&format!(
+            "tracking zendesk: {n} messages sent, 0 pending, 0 rejected ({n} queued by this run)"
+        )),
+        "{summary}"
+    );
+    let mut got = collector.ids();
+    got.sort();
+    let mut want: Vec<String> = events.keys().map(|id| message_id("zendesk", id)).collect();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "one message per ticket event, with its derived id"
+    );
+    let accepted = collector.accepted.lock().unwrap().clone();
+    for m in &accepted {
+        assert_eq!(m["type"], "track");
+        assert!(m["event"].as_str().unwrap().starts_with("Ticket "), "{m}");
+        assert!(m["userId"].as_str().is_some_and(|u| !u.is_empty()), "{m}");
+        assert_eq!(m["context"]["library"]["name"], "tributary");
+    }
+    let created = accepted
+        .iter()
+        .filter(|m| m["event"] == "Ticket Created")
+        .count();
+    assert_eq!(created, 12, "one creation per seeded ticket");
+
+    // A new ticket, solved: two more messages, from its requester, nothing resent.
+    let users = env.sandbox.ids("users");
+    let requester = users.last().unwrap().clone();
+    let ticket = env.sandbox.create(
+        "tickets",
+        json!({"subject": "Tracked", "requester_id": requester.parse::<i64>().unwrap()}),
+    );
+    let id = ticket["id"].to_string();
+    env.sandbox
+        .update("tickets", &id, json!({"status": "solved"}))
+        .unwrap();
+    env.past_the_minute();
+    let summary = env.sync_ok(&[]).await;
+    assert!(
+        summary.contains("tracking zendesk: 2 messages sent, 0 pending"),
+        "{summary}"
+    );
+    let accepted = collector.accepted.lock().unwrap().clone();
+    assert_eq!(accepted.len(), n + 2);
+    let new: Vec<&Value> = accepted[n..].iter().collect();
+    assert_eq!(new[0]["event"], "Ticket Created");
+    assert_eq!(new[0]["properties"]["subject"], "Tracked");
+    assert_eq!(new[1]["event"], "Ticket Solved");
+    assert_eq!(new[1]["properties"]["status"], "solved");
+    assert_eq!(new[1]["properties"]["previous_status"], "new");
+    for m in &new {
+        assert_eq!(m["userId"], requester.as_str());
+        assert_eq!(m["properties"]["ticket_id"].to_string(), id);
+    }
+    let events = env.sandbox.ticket_events(&id);
+    assert_eq!(
+        new[1]["messageId"],
+        message_id("zendesk", &events[1]["id"].to_string()).as_str()
+    );
+    assert!(collector.violations.lock().unwrap().is_empty());
+}
