@@ -1,6 +1,7 @@
 //! Exactly-once under crashes, for Zendesk's export cursors and snapshots: SIGKILL the
 //! sync at pseudo-random moments, resume each time, and find every ticket once, and the
-//! snapshot table holding each ticket metric once.
+//! snapshot table holding each ticket metric once. With `history = true`, the append-only
+//! `tickets_history` shows any page landed twice (the latest-state table would hide it).
 
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use crate::common::{id_counts, read_table};
 async fn sigkill_at_random_moments_then_resume_lands_everything_exactly_once() {
     let env = ZendeskEnv::start(
         1200,
-        "streams = [\"tickets\", \"ticket_metrics\"]\nexport_page_size = 12\npage_size = 12",
+        "streams = [\"tickets\", \"ticket_metrics\"]\nexport_page_size = 12\npage_size = 12\nhistory = true",
     )
     .await;
     // Small batches and commits, so kills land between, during and after commits.
@@ -56,7 +57,7 @@ async fn sigkill_at_random_moments_then_resume_lands_everything_exactly_once() {
             }
         }
         // After every kill the tables are readable and hold no duplicate.
-        for stream in ["tickets", "ticket_metrics"] {
+        for stream in ["tickets", "tickets_history", "ticket_metrics"] {
             if env.table(stream).join("_delta_log").exists() {
                 let counts = id_counts(&read_table(&env.table(stream)).await);
                 assert!(
@@ -85,4 +86,10 @@ async fn sigkill_at_random_moments_then_resume_lands_everything_exactly_once() {
             "{stream}: no record appended twice"
         );
     }
+    let history = id_counts(&read_table(&env.table("tickets_history")).await);
+    assert_eq!(history.len(), env.sandbox.ids("tickets").len());
+    assert!(
+        history.values().all(|&n| n == 1),
+        "tickets_history: each version once"
+    );
 }

@@ -121,13 +121,9 @@ async fn full_then_incremental_sync_lands_every_change_once() {
     let tickets = read_table(&env.table("tickets")).await;
     let counts = id_counts(&tickets);
     assert_eq!(counts.len(), ids.len() + 1, "the new ticket landed");
-    assert_eq!(counts[&created], 1);
-    assert_eq!(counts[&ids[0]], 2, "the update is a new version");
-    assert_eq!(counts[&ids[1]], 2, "the delete is a new version");
-    assert_eq!(
-        counts.values().sum::<usize>(),
-        ids.len() + 3,
-        "nothing else"
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "one row per ticket, its latest version: {counts:?}"
     );
     assert_eq!(latest_by_id(&tickets, "subject")[&ids[0]], "Renamed");
     assert_eq!(latest_by_id(&tickets, "custom_seats")[&ids[0]], "77");
@@ -158,7 +154,7 @@ async fn full_then_incremental_sync_lands_every_change_once() {
     // Nothing changed: the exports land nothing more.
     env.past_the_minute();
     env.sync_ok(&[]).await;
-    for (stream, rows) in [("tickets", ids.len() + 3), ("ticket_events", events.len())] {
+    for (stream, rows) in [("tickets", ids.len() + 1), ("ticket_events", events.len())] {
         let total: usize = id_counts(&read_table(&env.table(stream)).await)
             .values()
             .sum();
@@ -184,10 +180,9 @@ async fn a_full_refresh_replaces_an_export_table() {
         .unwrap();
     env.past_the_minute();
     env.sync_ok(&[]).await;
-    assert_eq!(
-        id_counts(&read_table(&env.table("tickets")).await)[&ids[0]],
-        2
-    );
+    let before = read_table(&env.table("tickets")).await;
+    assert_eq!(id_counts(&before)[&ids[0]], 1, "latest state: one row");
+    assert_eq!(latest_by_id(&before, "subject")[&ids[0]], "Again");
     env.sync_ok(&["--full-refresh"]).await;
     let tickets = read_table(&env.table("tickets")).await;
     let counts = id_counts(&tickets);
