@@ -32,6 +32,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow, bail};
 use arrow::datatypes::{DataType as ArrowType, Schema as ArrowSchema, TimeUnit};
 use deltalake::kernel::StructField;
+use deltalake::kernel::transaction::CommitProperties;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use object_store::ObjectStore;
 use object_store::path::Path;
@@ -187,7 +188,12 @@ impl Warehouse {
             .with_storage_options(self.options.clone())
             .with_table_name(name)
             .with_columns(delta_fields(schema)?)
-            .with_comment(format!("Synced by tributary {}", env!("CARGO_PKG_VERSION")));
+            .with_comment(format!("Synced by tributary {}", env!("CARGO_PKG_VERSION")))
+            // One attempt, at version 0 only. When another writer created the table between
+            // the check above and this commit, delta-rs would otherwise retry the creation
+            // as the next version: a second table definition on top of theirs, which resets
+            // the protocol (dropping deletion vectors another writer may have enabled).
+            .with_commit_properties(CommitProperties::default().with_max_retries(0));
         let created = created.await;
         match created {
             Ok(t) => Ok(t),
