@@ -238,3 +238,63 @@ pub fn writer_properties(row_group_size: usize) -> Result<WriterProperties> {
         .set_max_row_group_row_count(Some(row_group_size))
         .build())
 }
+
+/// The text of an object-store error for a user: its own message, which already holds
+/// most of its causes, plus the innermost cause when the message leaves it out (a timeout
+/// reads "error sending request" until its cause says "operation timed out").
+pub fn store_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let text = e.to_string();
+    let mut root = e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    let cause = root.to_string();
+    if cause.is_empty() || text.contains(&cause) {
+        text
+    } else {
+        format!("{text} ({cause})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::store_error;
+
+    #[derive(Debug)]
+    struct E(&'static str, Option<Box<E>>);
+
+    impl std::fmt::Display for E {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for E {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn a_store_error_says_its_root_cause_once() {
+        let timeout = E(
+            "Error performing PUT - HTTP error: error sending request",
+            Some(Box::new(E(
+                "error sending request",
+                Some(Box::new(E("operation timed out", None))),
+            ))),
+        );
+        assert_eq!(
+            store_error(&timeout),
+            "Error performing PUT - HTTP error: error sending request (operation timed out)"
+        );
+        let status = E(
+            "Error performing PUT - 503 Service Unavailable",
+            Some(Box::new(E("503 Service Unavailable", None))),
+        );
+        assert_eq!(
+            store_error(&status),
+            "Error performing PUT - 503 Service Unavailable"
+        );
+    }
+}
