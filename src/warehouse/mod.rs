@@ -129,9 +129,15 @@ impl Warehouse {
     /// The object store of the whole warehouse and the path of its root in it: for files
     /// the runtime keeps beside the tables (the Tracking-API outbox).
     pub fn store(&self) -> Result<(Arc<dyn ObjectStore>, Path)> {
-        let (store, root) = object_store::parse_url_opts(&self.root, self.options.iter())
-            .map_err(|e| anyhow!("cannot open the warehouse at {}: {e}", self.root))?;
-        Ok((Arc::from(store), root))
+        // Built by delta-rs, like the tables' stores: the retry options of
+        // `[warehouse.options]` (`max_retries`, `retry_timeout`, `backoff_config.*`) are
+        // delta-rs's, which object_store's own URL parser would ignore.
+        let store = self
+            .builder(&self.root)?
+            .build_storage()
+            .map_err(|e| anyhow!("cannot open the warehouse at {}: {e}", self.root))?
+            .object_store(None);
+        Ok((store, Path::default()))
     }
 
     /// The URL of the table at `parts` below the root.
