@@ -11,6 +11,7 @@ mod proxy;
 mod rate_limit;
 mod readback;
 mod s3;
+mod s3_faults;
 mod s3_writers;
 mod stripe_sync;
 mod tracking;
