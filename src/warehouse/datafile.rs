@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Result, anyhow};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType as ArrowType, Schema as ArrowSchema};
 use arrow::record_batch::RecordBatch;
@@ -121,19 +121,29 @@ impl DataFile {
             keys.extend(col.iter().map(|k| k.map(str::to_owned)));
         }
         self.rows += batch.num_rows() as u64;
-        self.writer.write(batch).await?;
+        let name = &self.name;
+        self.writer
+            .write(batch)
+            .await
+            .map_err(|e| write_error(name, e))?;
         Ok(())
     }
 
     /// Finishes the file and returns its `add` action and row keys.
     pub async fn finish(self) -> Result<NewFile> {
-        self.writer.close().await?;
-        let path = Path::from(self.name.as_str());
-        let meta = self
-            .store
-            .head(&path)
+        let name = &self.name;
+        self.writer
+            .close()
             .await
-            .with_context(|| format!("reading back the size of {}", self.name))?;
+            .map_err(|e| write_error(name, e))?;
+        let path = Path::from(self.name.as_str());
+        let meta = self.store.head(&path).await.map_err(|e| {
+            anyhow!(
+                "reading back the size of the data file {}: {}",
+                self.name,
+                super::store_error(&e)
+            )
+        })?;
         let null_count: serde_json::Map<String, serde_json::Value> = self
             .schema
             .fields()
@@ -175,6 +185,20 @@ impl DataFile {
             keys,
             schema: self.schema,
         })
+    }
+}
+
+/// An error writing data file `name`. Object-store errors (the upload failed) keep their
+/// own text only: it already holds their causes, which a chained error would repeat.
+fn write_error(name: &str, e: parquet::errors::ParquetError) -> anyhow::Error {
+    match e {
+        parquet::errors::ParquetError::External(e) => {
+            anyhow!(
+                "uploading the data file {name}: {}",
+                super::store_error(&*e)
+            )
+        }
+        e => anyhow!("writing the data file {name}: {e}"),
     }
 }
 

@@ -34,6 +34,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow, bail};
 use arrow::datatypes::{DataType as ArrowType, Schema as ArrowSchema, TimeUnit};
 use deltalake::kernel::StructField;
+use deltalake::kernel::transaction::CommitProperties;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use object_store::ObjectStore;
 use object_store::path::Path;
@@ -130,9 +131,15 @@ impl Warehouse {
     /// The object store of the whole warehouse and the path of its root in it: for files
     /// the runtime keeps beside the tables (the Tracking-API outbox).
     pub fn store(&self) -> Result<(Arc<dyn ObjectStore>, Path)> {
-        let (store, root) = object_store::parse_url_opts(&self.root, self.options.iter())
-            .map_err(|e| anyhow!("cannot open the warehouse at {}: {e}", self.root))?;
-        Ok((Arc::from(store), root))
+        // Built by delta-rs, like the tables' stores: the retry options of
+        // `[warehouse.options]` (`max_retries`, `retry_timeout`, `backoff_config.*`) are
+        // delta-rs's, which object_store's own URL parser would ignore.
+        let store = self
+            .builder(&self.root)?
+            .build_storage()
+            .map_err(|e| anyhow!("cannot open the warehouse at {}: {e}", self.root))?
+            .object_store(None);
+        Ok((store, Path::default()))
     }
 
     /// The URL of the table at `parts` below the root.
@@ -189,7 +196,12 @@ impl Warehouse {
             .with_storage_options(self.options.clone())
             .with_table_name(name)
             .with_columns(delta_fields(schema)?)
-            .with_comment(format!("Synced by tributary {}", env!("CARGO_PKG_VERSION")));
+            .with_comment(format!("Synced by tributary {}", env!("CARGO_PKG_VERSION")))
+            // One attempt, at version 0 only. When another writer created the table between
+            // the check above and this commit, delta-rs would otherwise retry the creation
+            // as the next version: a second table definition on top of theirs, which resets
+            // the protocol (dropping deletion vectors another writer may have enabled).
+            .with_commit_properties(CommitProperties::default().with_max_retries(0));
         let created = created.await;
         match created {
             Ok(t) => Ok(t),
@@ -233,4 +245,64 @@ pub fn writer_properties(row_group_size: usize) -> Result<WriterProperties> {
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
         .set_max_row_group_row_count(Some(row_group_size))
         .build())
+}
+
+/// The text of an object-store error for a user: its own message, which already holds
+/// most of its causes, plus the innermost cause when the message leaves it out (a timeout
+/// reads "error sending request" until its cause says "operation timed out").
+pub fn store_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let text = e.to_string();
+    let mut root = e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    let cause = root.to_string();
+    if cause.is_empty() || text.contains(&cause) {
+        text
+    } else {
+        format!("{text} ({cause})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::store_error;
+
+    #[derive(Debug)]
+    struct E(&'static str, Option<Box<E>>);
+
+    impl std::fmt::Display for E {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for E {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn a_store_error_says_its_root_cause_once() {
+        let timeout = E(
+            "Error performing PUT - HTTP error: error sending request",
+            Some(Box::new(E(
+                "error sending request",
+                Some(Box::new(E("operation timed out", None))),
+            ))),
+        );
+        assert_eq!(
+            store_error(&timeout),
+            "Error performing PUT - HTTP error: error sending request (operation timed out)"
+        );
+        let status = E(
+            "Error performing PUT - 503 Service Unavailable",
+            Some(Box::new(E("503 Service Unavailable", None))),
+        );
+        assert_eq!(
+            store_error(&status),
+            "Error performing PUT - 503 Service Unavailable"
+        );
+    }
 }

@@ -12,12 +12,14 @@
 //! Commits that take rows out conflict with a concurrent commit that removed the same
 //! files (another sync's replacement, or `compact`); the loser re-plans against the new
 //! table and tries again. Two writers of one stream conflict on the stream's `txn`; the
-//! loser fails without landing anything.
+//! loser fails without landing anything. A commit the store took but whose answer was lost
+//! (an error status, a closed connection or a timeout after the put) is found in the table
+//! and counts as landed, rather than failing the run or passing for another writer's.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use arrow::datatypes::Schema as ArrowSchema;
 use deltalake::kernel::transaction::{
     CommitBuilder, CommitConflictError, CommitProperties, TransactionError,
@@ -221,7 +223,7 @@ impl StreamTable {
                 .with_actions(planned.actions)
                 .build(Some(snapshot), self.table.log_store(), operation)
                 .await;
-            match result {
+            let error = match result {
                 Ok(finalized) => {
                     let mut landed = planned.landed;
                     landed.version = finalized.version();
@@ -230,16 +232,31 @@ impl StreamTable {
                     self.last = Some(meta);
                     return Ok(landed);
                 }
-                Err(DeltaTableError::Transaction {
+                Err(e) => e,
+            };
+            // The store may have taken the commit and lost its answer (an error status, a
+            // closed connection or a timeout after the put landed). A retried put is then
+            // refused because the version exists, which looks like another writer's commit;
+            // or the error is all this run sees. Look for this very commit first.
+            if self.landed_anyway(&meta).await {
+                tracing::warn!(table = %self.app_id, seq, %error, "The object store's answer to a commit was lost, but the commit landed.");
+                let mut landed = planned.landed;
+                landed.version = self.table.version().unwrap_or_default();
+                self.seq = seq;
+                self.last = Some(meta);
+                return Ok(landed);
+            }
+            match error {
+                DeltaTableError::Transaction {
                     source:
                         TransactionError::CommitConflict(CommitConflictError::ConcurrentTransaction),
-                }) => bail!(
+                } => bail!(
                     "another writer committed to `{}` while this run was writing; nothing of this commit landed. Run one sync per stream at a time",
                     self.app_id
                 ),
-                Err(DeltaTableError::Transaction {
+                DeltaTableError::Transaction {
                     source: TransactionError::CommitConflict(conflict),
-                }) if attempt < COMMIT_ATTEMPTS => {
+                } if attempt < COMMIT_ATTEMPTS => {
                     tracing::warn!(table = %self.app_id, attempt, %conflict, "A concurrent commit changed the files this commit replaces rows in; planning it again.");
                     attempt += 1;
                     self.table.update_incremental(None).await?;
@@ -251,11 +268,29 @@ impl StreamTable {
                         );
                     }
                 }
-                Err(e) => {
-                    return Err(anyhow!("committing to the table of `{}`: {e}", self.app_id));
-                }
+                DeltaTableError::ObjectStore { source }
+                | DeltaTableError::Transaction {
+                    source: TransactionError::ObjectStore { source },
+                } => bail!(
+                    "the object store failed while committing to the table of `{}`, and the table does not show the commit (the next sync resumes from the table's last commit): {}",
+                    self.app_id,
+                    super::store_error(&source)
+                ),
+                e => bail!("committing to the table of `{}`: {e}", self.app_id),
             }
         }
+    }
+
+    /// Whether the stream's last commit in the table is exactly `meta`'s, re-reading the
+    /// table: after committing it reported an error. `false` when the table cannot be read.
+    async fn landed_anyway(&mut self, meta: &CommitMeta) -> bool {
+        if self.table.update_incremental(None).await.is_err() {
+            return false;
+        }
+        matches!(
+            read_position(&self.table, &self.app_id).await,
+            Ok((seq, Some(last))) if seq == meta.seq && last == *meta
+        )
     }
 
     /// The actions of a commit of `files` against the table as it is now.

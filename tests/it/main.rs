@@ -1,15 +1,20 @@
-//! End-to-end tests: the real `tributary` binary against the simulators on 127.0.0.1,
-//! with the tables read back (by deltalake here, and by Python's `deltalake` in
-//! `readback`). One test binary, a module per topic.
+//! End-to-end tests: the real `tributary` binary against the simulators on 127.0.0.1 and a
+//! real S3-compatible server (`moto`, also behind the fault-injecting `proxy`), with the
+//! tables read back (by deltalake here, and by Python's `deltalake` in `readback` and the
+//! S3 tests). One test binary, a module per topic.
 
 mod common;
 mod compact;
 mod config_errors;
 mod crash_resume;
 mod history;
+mod moto;
+mod proxy;
 mod rate_limit;
 mod readback;
 mod s3;
+mod s3_faults;
+mod s3_writers;
 mod stripe_sync;
 mod tracking;
 mod zendesk;

@@ -4,60 +4,15 @@
 
 use std::time::Duration;
 
-use crate::common::{Env, assert_success, py, python};
-
-/// A moto server on a free port, stopped on drop.
-struct Moto {
-    _child: tokio::process::Child,
-    endpoint: String,
-}
-
-async fn start_moto() -> Moto {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let bin = std::path::Path::new(&python()).with_file_name("moto_server");
-    let child = tokio::process::Command::new(&bin)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{} does not start: {e}", bin.display()));
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Moto {
-        _child: child,
-        endpoint: format!("http://127.0.0.1:{port}"),
-    }
-}
+use crate::common::{Env, assert_success, py};
+use crate::moto::{Moto, s3_warehouse};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn syncs_into_s3_and_python_reads_it_back() {
-    let moto = start_moto().await;
-    py(
-        "import boto3, sys\nboto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1').create_bucket(Bucket='lake')",
-        &[&moto.endpoint],
-    )
-    .await;
+    let moto = Moto::start().await;
+    moto.create_bucket("lake", false).await;
     let env = Env::stripe(60, "streams = [\"customers\"]").await;
-    let local = format!("url = {:?}", env.warehouse().display().to_string());
-    let s3 = format!(
-        "url = \"s3://lake/raw\"\n[warehouse.options]\naws_endpoint = \"{}\"\naws_region = \"us-east-1\"\naws_access_key_id = \"test\"\naws_secret_access_key = \"${{TRIBUTARY_TEST_S3_SECRET:-test}}\"\naws_allow_http = \"true\"\naws_conditional_put = \"etag\"",
-        moto.endpoint
-    );
-    let text = std::fs::read_to_string(&env.config)
-        .unwrap()
-        .replace(&local, &s3);
-    std::fs::write(&env.config, text).unwrap();
+    env.use_s3(&s3_warehouse(&moto.endpoint, "s3://lake/raw", ""));
 
     env.sync_ok(&[]).await;
     let ids = env.sandbox.ids("customers");
