@@ -6,7 +6,8 @@
 //! commit and reports the seconds and the bytes written, against the table's size (what a
 //! full rewrite would write). Runs both merge modes. Numbers go into BENCHMARKS.md by hand.
 //!
-//! `cargo bench --bench latest_state [-- ROWS]`
+//! `cargo bench --bench latest_state [-- ROWS]`. Under `cargo test` (no `--bench`
+//! argument) it runs a 20,000-row smoke version, which checks the same assertions.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -216,10 +217,11 @@ async fn run(mode: MergeMode, rows: usize, templates: &[serde_json::Value], sche
 
 #[tokio::main]
 async fn main() {
+    let benching = std::env::args().any(|a| a == "--bench");
     let rows: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
-        .unwrap_or(1_000_000);
+        .unwrap_or(if benching { 1_000_000 } else { 20_000 });
     let templates = templates().await;
     let schema = tributary_stripe::streams::schemas()
         .expect("schemas")
