@@ -19,6 +19,27 @@ use crate::warehouse::{Warehouse, read_position};
 /// Exit code: something failed (a stream, a check, the config).
 pub const EXIT_ERROR: u8 = 1;
 
+/// Exit code: nothing failed, but some streams were deferred (e.g. the vendor's daily API
+/// budget is nearly spent); what ran is committed and the next run picks up the rest.
+pub const EXIT_DEFERRED: u8 = 3;
+
+/// The exit code of a run: failed or cancelled streams win over deferred ones.
+fn run_exit_code(outcomes: &[StreamOutcome]) -> ExitCode {
+    if outcomes
+        .iter()
+        .any(|o| matches!(o.status, Status::Failed(_) | Status::Cancelled))
+    {
+        ExitCode::from(EXIT_ERROR)
+    } else if outcomes
+        .iter()
+        .any(|o| matches!(o.status, Status::Deferred(_)))
+    {
+        ExitCode::from(EXIT_DEFERRED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 /// The vendors `sandbox` can simulate.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum SandboxVendor {
@@ -120,14 +141,7 @@ pub async fn sync(
     let cancel = cancel_on_signal();
     let outcomes = sync_sources(&config, source, stream, full_refresh, cancel).await?;
     print_summary(&outcomes);
-    let failed = outcomes
-        .iter()
-        .any(|o| !matches!(o.status, Status::Succeeded));
-    Ok(if failed {
-        ExitCode::from(EXIT_ERROR)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(run_exit_code(&outcomes))
 }
 
 /// Syncs the selected streams of the selected sources and records the run.
@@ -308,6 +322,9 @@ fn print_summary(outcomes: &[StreamOutcome]) {
         if let Status::Failed(e) = &o.status {
             println!("    error: {e}");
         }
+        if let Status::Deferred(reason) = &o.status {
+            println!("    deferred: {reason}");
+        }
     }
     // One line per source with tracking: what reached the collector and what waits.
     let mut tracked: Vec<(&str, TrackingOutcome, u64)> = Vec::new();
@@ -347,6 +364,16 @@ fn print_summary(outcomes: &[StreamOutcome]) {
         "{} streams, {total} records, {failed} failed",
         outcomes.len()
     );
+    let deferred = outcomes
+        .iter()
+        .filter(|o| matches!(o.status, Status::Deferred(_)))
+        .count();
+    if deferred > 0 {
+        println!(
+            "{deferred} streams deferred: not started to stay within the vendor's API budget; \
+             what ran is committed and the next run picks them up (exit code {EXIT_DEFERRED})"
+        );
+    }
 }
 
 /// `run`: the scheduler daemon.
@@ -508,14 +535,7 @@ requests_per_second = 200
         "Every run is logged in the table {root}_tributary/sync_runs; `tributary state` shows the cursors."
     );
     stripe.shutdown().await;
-    let failed = outcomes
-        .iter()
-        .any(|o| !matches!(o.status, Status::Succeeded));
-    Ok(if failed {
-        ExitCode::from(EXIT_ERROR)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(run_exit_code(&outcomes))
 }
 
 /// A cancellation that fires on SIGTERM or SIGINT.
