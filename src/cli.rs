@@ -45,6 +45,8 @@ fn run_exit_code(outcomes: &[StreamOutcome]) -> ExitCode {
 pub enum SandboxVendor {
     /// Stripe's API.
     Stripe,
+    /// Salesforce's REST and Bulk API 2.0, with its OAuth token endpoint.
+    Salesforce,
 }
 
 /// Sets up logging on stderr: sentences with fields for people, JSON lines for machines.
@@ -447,6 +449,18 @@ pub async fn sandbox(
             };
             tributary_stripe::sandbox::serve_forever(config, port).await?;
         }
+        SandboxVendor::Salesforce => {
+            if rate_limit.is_some() {
+                tracing::warn!(
+                    "--rate-limit is not simulated for Salesforce (its limit is the daily API budget; POST /_sandbox/limits sets it)."
+                );
+            }
+            let config = tributary_salesforce::sandbox::SandboxConfig {
+                records,
+                ..Default::default()
+            };
+            tributary_salesforce::sandbox::serve_forever(config, port).await?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -462,10 +476,20 @@ pub async fn demo(warehouse_dir: &str, records: usize) -> Result<ExitCode> {
         0,
     )
     .await?;
+    use tributary_salesforce::sandbox::{self as sf, SalesforceSandbox};
+    let salesforce = SalesforceSandbox::start(
+        sf::SandboxConfig {
+            records: (records / 4).max(5),
+            ..Default::default()
+        },
+        0,
+    )
+    .await?;
     println!(
-        "Stripe simulator on {} ({} objects per stream); syncing into {warehouse_dir}",
+        "Stripe simulator on {} ({} objects per stream), Salesforce simulator on {}; syncing into {warehouse_dir}",
         stripe.url(),
-        records
+        records,
+        salesforce.url()
     );
     let text = format!(
         r#"
@@ -477,9 +501,24 @@ type = "stripe"
 api_key = "{key}"
 api_base = "{url}"
 requests_per_second = 200
+
+[sources.salesforce]
+type = "salesforce"
+login_url = "{sf_url}"
+client_id = "{sf_client}"
+client_secret = "{sf_secret}"
+refresh_token = "{sf_refresh}"
+objects = ["Account", "Contact", "Opportunity", "OpportunityHistory", "Invoice__c"]
+bulk_threshold = 100
+bulk_poll_ms = 200
+requests_per_second = 200
 "#,
         key = StripeSandbox::api_key(),
-        url = stripe.url()
+        url = stripe.url(),
+        sf_url = salesforce.url(),
+        sf_client = sf::CLIENT_ID,
+        sf_secret = sf::CLIENT_SECRET,
+        sf_refresh = sf::REFRESH_TOKEN,
     );
     let config = config::parse(&text, Path::new("(demo)"))?;
     let mut outcomes = sync_sources(&config, None, None, false, Cancel::never()).await?;
@@ -532,9 +571,13 @@ requests_per_second = 200
         "    python3 -c \"import deltalake; print(deltalake.DeltaTable('{root}stripe/customers').to_pyarrow_table().num_rows)\""
     );
     println!(
+        "Salesforce objects landed under {root}salesforce/ (e.g. {root}salesforce/opportunity_history, and the custom object {root}salesforce/invoice__c)."
+    );
+    println!(
         "Every run is logged in the table {root}_tributary/sync_runs; `tributary state` shows the cursors."
     );
     stripe.shutdown().await;
+    salesforce.shutdown().await;
     Ok(run_exit_code(&outcomes))
 }
 

@@ -9,7 +9,7 @@ use crate::config::{Loaded, SourceConfig};
 
 /// Every connector this binary knows. Adding a vendor: one line here.
 pub fn factories() -> Vec<SourceFactory> {
-    vec![tributary_stripe::factory()]
+    vec![tributary_stripe::factory(), tributary_salesforce::factory()]
 }
 
 /// A configured source, built and with its selected streams.

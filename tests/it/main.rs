@@ -8,5 +8,6 @@ mod crash_resume;
 mod rate_limit;
 mod readback;
 mod s3;
+mod salesforce;
 mod stripe_sync;
 mod tracking;
