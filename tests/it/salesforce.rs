@@ -289,6 +289,38 @@ async fn the_api_budget_defers_objects_and_the_next_run_finishes_them() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_org_out_of_requests_mid_object_commits_what_was_read_and_defers() {
+    let env = SfEnv::new(
+        SandboxConfig {
+            records: 450,
+            // Discovery takes 2 requests, the count 1, then two of the five pages fit.
+            daily_api_limit: 5,
+            ..Default::default()
+        },
+        "",
+        &format!(
+            "{}objects = [\"Contact\"]\nbulk_threshold = 1000000\n",
+            refresh_token_auth()
+        ),
+    )
+    .await;
+    let out = env.run(&["sync"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "deferred, not failed: {stdout}");
+    assert!(
+        stdout.contains("REQUEST_LIMIT_EXCEEDED") && stdout.contains("1 streams deferred"),
+        "{stdout}"
+    );
+    let counts = id_counts(&read_table(&env.table("contact")).await);
+    assert_eq!(counts.len(), 400, "the two pages read were committed");
+
+    env.sandbox.reset_api_usage();
+    env.sandbox.set_daily_api_limit(15_000);
+    env.sync_ok().await;
+    env.assert_exactly_once("Contact", "contact").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sigkill_at_random_moments_then_resume_lands_everything_exactly_once() {
     let env = SfEnv::new(
         SandboxConfig {
