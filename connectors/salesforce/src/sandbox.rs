@@ -293,6 +293,23 @@ impl SalesforceSandbox {
             .map_err(|e| e.message)
     }
 
+    /// Creates a record whose transaction committed late: it becomes visible now, but its
+    /// `CreatedDate`, `LastModifiedDate` and `SystemModstamp` are `stamp` (to the second).
+    /// This is what a lookback window exists for.
+    pub fn create_committed_late(
+        &self,
+        object: &str,
+        fields: Value,
+        stamp: DateTime<Utc>,
+    ) -> Result<String, String> {
+        let fields = as_map(fields)?;
+        let stamp = DateTime::from_timestamp(stamp.timestamp(), 0).unwrap_or(stamp);
+        self.shared
+            .write()
+            .create(object, fields, stamp)
+            .map_err(|e| e.message)
+    }
+
     /// Sets fields of a live record (its `SystemModstamp` becomes now).
     pub fn update(&self, object: &str, id: &str, fields: Value) -> Result<(), String> {
         let fields = as_map(fields)?;

@@ -427,6 +427,49 @@ async fn bulk_changes_land_exactly_once() {
 }
 
 #[tokio::test]
+async fn the_lookback_window_catches_late_commits_without_landing_twice() {
+    let sandbox = sandbox(20).await;
+    let sf = connector(config(&sandbox, &["Account"]));
+    let pages = read(&sf, "account", None).await;
+    let end = pages.last().unwrap().cursor.clone();
+    let newest = crate::streams::canonical_stamp(end["stamp"].as_str().unwrap()).unwrap();
+    let newest = chrono::DateTime::parse_from_rfc3339(&newest)
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    // Two transactions commit after the read, stamped before its cursor: one within the
+    // default 300 s lookback, one before it.
+    let late = sandbox
+        .create_committed_late(
+            "Account",
+            json!({"Name": "Late"}),
+            newest - chrono::Duration::seconds(60),
+        )
+        .unwrap();
+    let too_late = sandbox
+        .create_committed_late(
+            "Account",
+            json!({"Name": "Too late"}),
+            newest - chrono::Duration::seconds(900),
+        )
+        .unwrap();
+    let next = read(&sf, "account", Some(end.clone())).await;
+    assert_eq!(
+        ids(&next),
+        [late.clone()],
+        "only the late record inside the window lands"
+    );
+    assert!(!ids(&next).contains(&too_late));
+    // A wider window catches the older one too; the record the cursor remembers from the
+    // last window does not land again.
+    let mut wide = config(&sandbox, &["Account"]);
+    wide.lookback_seconds = 3600;
+    let wide = connector(wide);
+    let landed = ids(&read(&wide, "account", Some(next.last().unwrap().cursor.clone())).await);
+    assert!(landed.contains(&too_late), "{landed:?}");
+    assert!(!landed.contains(&late), "{landed:?}");
+}
+
+#[tokio::test]
 async fn a_session_expiring_mid_read_is_renewed_without_failing() {
     let sandbox = sandbox(450).await;
     let sf = connector(config(&sandbox, &["Account", "Contact"]));
