@@ -20,6 +20,27 @@ use crate::warehouse::{Warehouse, read_position};
 /// Exit code: something failed (a stream, a check, the config).
 pub const EXIT_ERROR: u8 = 1;
 
+/// Exit code: nothing failed, but some streams were deferred (e.g. the vendor's daily API
+/// budget is nearly spent); what ran is committed and the next run picks up the rest.
+pub const EXIT_DEFERRED: u8 = 3;
+
+/// The exit code of a run: failed or cancelled streams win over deferred ones.
+fn run_exit_code(outcomes: &[StreamOutcome]) -> ExitCode {
+    if outcomes
+        .iter()
+        .any(|o| matches!(o.status, Status::Failed(_) | Status::Cancelled))
+    {
+        ExitCode::from(EXIT_ERROR)
+    } else if outcomes
+        .iter()
+        .any(|o| matches!(o.status, Status::Deferred(_)))
+    {
+        ExitCode::from(EXIT_DEFERRED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 /// The vendors `sandbox` can simulate.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum SandboxVendor {
@@ -27,6 +48,8 @@ pub enum SandboxVendor {
     Stripe,
     /// Zendesk Support's API.
     Zendesk,
+    /// Salesforce's REST and Bulk API 2.0, with its OAuth token endpoint.
+    Salesforce,
 }
 
 /// Sets up logging on stderr: sentences with fields for people, JSON lines for machines.
@@ -123,14 +146,7 @@ pub async fn sync(
     let cancel = cancel_on_signal();
     let outcomes = sync_sources(&config, source, stream, full_refresh, cancel).await?;
     print_summary(&outcomes);
-    let failed = outcomes
-        .iter()
-        .any(|o| !matches!(o.status, Status::Succeeded));
-    Ok(if failed {
-        ExitCode::from(EXIT_ERROR)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(run_exit_code(&outcomes))
 }
 
 /// Syncs the selected streams of the selected sources and records the run.
@@ -315,6 +331,9 @@ fn print_summary(outcomes: &[StreamOutcome]) {
         if let Status::Failed(e) = &o.status {
             println!("    error: {e}");
         }
+        if let Status::Deferred(reason) = &o.status {
+            println!("    deferred: {reason}");
+        }
     }
     // One line per source with tracking: what reached the collector and what waits.
     let mut tracked: Vec<(&str, TrackingOutcome, u64)> = Vec::new();
@@ -354,6 +373,16 @@ fn print_summary(outcomes: &[StreamOutcome]) {
         "{} streams, {total} records, {failed} failed",
         outcomes.len()
     );
+    let deferred = outcomes
+        .iter()
+        .filter(|o| matches!(o.status, Status::Deferred(_)))
+        .count();
+    if deferred > 0 {
+        println!(
+            "{deferred} streams deferred: not started to stay within the vendor's API budget; \
+             what ran is committed and the next run picks them up (exit code {EXIT_DEFERRED})"
+        );
+    }
 }
 
 /// `run`: the scheduler daemon.
@@ -518,6 +547,18 @@ pub async fn sandbox(
             };
             tributary_zendesk::sandbox::serve_forever(config, port).await?;
         }
+        SandboxVendor::Salesforce => {
+            if rate_limit.is_some() {
+                tracing::warn!(
+                    "--rate-limit is not simulated for Salesforce (its limit is the daily API budget; POST /_sandbox/limits sets it)."
+                );
+            }
+            let config = tributary_salesforce::sandbox::SandboxConfig {
+                records,
+                ..Default::default()
+            };
+            tributary_salesforce::sandbox::serve_forever(config, port).await?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -542,12 +583,22 @@ pub async fn demo(warehouse_dir: &str, records: usize) -> Result<ExitCode> {
         0,
     )
     .await?;
+    use tributary_salesforce::sandbox::{self as sf, SalesforceSandbox};
+    let salesforce = SalesforceSandbox::start(
+        sf::SandboxConfig {
+            records: (records / 4).max(5),
+            ..Default::default()
+        },
+        0,
+    )
+    .await?;
     println!(
-        "Stripe simulator on {} ({} objects per stream), Zendesk simulator on {} ({} tickets); syncing into {warehouse_dir}",
+        "Stripe simulator on {} ({} objects per stream), Zendesk simulator on {} ({} tickets), Salesforce simulator on {}; syncing into {warehouse_dir}",
         stripe.url(),
         records,
         zendesk.url(),
-        records
+        records,
+        salesforce.url()
     );
     let text = format!(
         r#"
@@ -569,6 +620,17 @@ api_base = "{zendesk_url}"
 # The simulator has no rate limit unless asked; Zendesk's are 200 and 10 a minute.
 requests_per_minute = 12000
 export_requests_per_minute = 6000
+
+[sources.salesforce]
+type = "salesforce"
+login_url = "{sf_url}"
+client_id = "{sf_client}"
+client_secret = "{sf_secret}"
+refresh_token = "{sf_refresh}"
+objects = ["Account", "Contact", "Opportunity", "OpportunityHistory", "Invoice__c"]
+bulk_threshold = 100
+bulk_poll_ms = 200
+requests_per_second = 200
 "#,
         key = StripeSandbox::api_key(),
         url = stripe.url(),
@@ -576,6 +638,10 @@ export_requests_per_minute = 6000
         email = ZendeskSandbox::EMAIL,
         token = ZendeskSandbox::API_TOKEN,
         zendesk_url = zendesk.url(),
+        sf_url = salesforce.url(),
+        sf_client = sf::CLIENT_ID,
+        sf_secret = sf::CLIENT_SECRET,
+        sf_refresh = sf::REFRESH_TOKEN,
     );
     let config = config::parse(&text, Path::new("(demo)"))?;
     let mut outcomes = sync_sources(&config, None, None, false, Cancel::never()).await?;
@@ -632,18 +698,15 @@ export_requests_per_minute = 6000
         "    duckdb -c \"INSTALL delta; LOAD delta; SELECT custom_product, status, count(*) FROM delta_scan('{root}zendesk/tickets') GROUP BY ALL ORDER BY ALL\""
     );
     println!(
+        "Salesforce objects landed under {root}salesforce/ (e.g. {root}salesforce/opportunity_history, and the custom object {root}salesforce/invoice__c)."
+    );
+    println!(
         "Every run is logged in the table {root}_tributary/sync_runs; `tributary state` shows the cursors."
     );
     stripe.shutdown().await;
     zendesk.shutdown().await;
-    let failed = outcomes
-        .iter()
-        .any(|o| !matches!(o.status, Status::Succeeded));
-    Ok(if failed {
-        ExitCode::from(EXIT_ERROR)
-    } else {
-        ExitCode::SUCCESS
-    })
+    salesforce.shutdown().await;
+    Ok(run_exit_code(&outcomes))
 }
 
 /// A cancellation that fires on SIGTERM or SIGINT.

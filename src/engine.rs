@@ -82,6 +82,9 @@ pub enum Status {
     Cancelled,
     /// Failed; what was committed before the failure stays.
     Failed(String),
+    /// The connector declined to start or go on (e.g. the vendor's API budget is nearly
+    /// spent); what was committed stays and the next run resumes. Not a failure.
+    Deferred(String),
 }
 
 impl Status {
@@ -91,6 +94,7 @@ impl Status {
             Status::Succeeded => "ok",
             Status::Cancelled => "cancelled",
             Status::Failed(_) => "failed",
+            Status::Deferred(_) => "deferred",
         }
     }
 }
@@ -220,7 +224,12 @@ pub async fn sync_stream(job: StreamJob<'_>) -> StreamOutcome {
     match result {
         Ok(true) => {}
         Ok(false) => outcome.status = Status::Cancelled,
-        Err(e) => outcome.status = Status::Failed(format!("{e:#}")),
+        Err(e) => {
+            outcome.status = match e.downcast_ref::<tributary_sdk::Error>() {
+                Some(tributary_sdk::Error::Deferred { reason }) => Status::Deferred(reason.clone()),
+                _ => Status::Failed(format!("{e:#}")),
+            }
+        }
     }
     if let Some(pb) = &job.progress {
         pb.finish_with_message(outcome.status.word());

@@ -9,7 +9,11 @@ use crate::config::{Loaded, SourceConfig};
 
 /// Every connector this binary knows. Adding a vendor: one line here.
 pub fn factories() -> Vec<SourceFactory> {
-    vec![tributary_stripe::factory(), tributary_zendesk::factory()]
+    vec![
+        tributary_stripe::factory(),
+        tributary_zendesk::factory(),
+        tributary_salesforce::factory(),
+    ]
 }
 
 /// A configured source, built and with its selected streams.

@@ -228,6 +228,7 @@ pub fn delta_fields(schema: &ArrowSchema) -> Result<Vec<StructField>> {
                 ArrowType::Float64 | ArrowType::Float32 => D::DOUBLE,
                 ArrowType::Boolean => D::BOOLEAN,
                 ArrowType::Timestamp(TimeUnit::Microsecond, Some(_)) => D::TIMESTAMP,
+                ArrowType::Date32 => D::DATE,
                 other => bail!(
                     "column `{}` has a type Delta tables here do not use: {other}",
                     f.name()

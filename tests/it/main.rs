@@ -15,6 +15,7 @@ mod readback;
 mod s3;
 mod s3_faults;
 mod s3_writers;
+mod salesforce;
 mod stripe_sync;
 mod tracking;
 mod zendesk;

@@ -20,7 +20,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
+    ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringBuilder,
     TimestampMicrosecondBuilder, new_null_array,
 };
 use arrow::datatypes::{Field, Schema};
@@ -81,6 +81,7 @@ enum ColData {
     Num(Float64Builder),
     Bool(BooleanBuilder),
     Ts(TimestampMicrosecondBuilder),
+    Date(Date32Builder),
 }
 
 impl ColData {
@@ -91,6 +92,7 @@ impl ColData {
             ColumnType::Number => ColData::Num(Float64Builder::new()),
             ColumnType::Boolean => ColData::Bool(BooleanBuilder::new()),
             ColumnType::Timestamp => ColData::Ts(TimestampMicrosecondBuilder::new()),
+            ColumnType::Date => ColData::Date(Date32Builder::new()),
         }
     }
 
@@ -101,6 +103,7 @@ impl ColData {
             ColData::Num(b) => b.append_nulls(n),
             ColData::Bool(b) => b.append_nulls(n),
             ColData::Ts(b) => b.append_nulls(n),
+            ColData::Date(b) => b.append_nulls(n),
         }
     }
 
@@ -111,6 +114,7 @@ impl ColData {
             ColData::Num(b) => Arc::new(b.finish()),
             ColData::Bool(b) => Arc::new(b.finish()),
             ColData::Ts(b) => Arc::new(b.finish().with_timezone("UTC")),
+            ColData::Date(b) => Arc::new(b.finish()),
         }
     }
 }
@@ -123,6 +127,8 @@ enum Cell<'a> {
     Num(f64),
     Bool(bool),
     Ts(i64),
+    /// Days since 1970-01-01.
+    Date(i32),
 }
 
 impl Col {
@@ -149,6 +155,7 @@ impl Col {
             (ColData::Num(b), Cell::Num(v)) => b.append_value(v),
             (ColData::Bool(b), Cell::Bool(v)) => b.append_value(v),
             (ColData::Ts(b), Cell::Ts(v)) => b.append_value(v),
+            (ColData::Date(b), Cell::Date(v)) => b.append_value(v),
             // `parse_cell` only produces cells of the column's own type.
             (data, _) => data.append_nulls(1),
         }
@@ -462,6 +469,7 @@ fn cell_json(cell: &Cell<'_>) -> String {
         Cell::Int(v) | Cell::Ts(v) => v.to_string(),
         Cell::Num(v) => serde_json::to_string(v).unwrap_or_default(),
         Cell::Bool(v) => v.to_string(),
+        Cell::Date(v) => serde_json::to_string(&date_text(*v)).unwrap_or_default(),
     }
 }
 
@@ -537,7 +545,32 @@ fn parse_cell(ty: ColumnType, raw: &str) -> Option<Cell<'_>> {
                 (micros.is_finite() && micros.abs() < 9.2e18).then_some(Cell::Ts(micros as i64))
             }
         }
+        ColumnType::Date => parse_date(&unquoted()?).map(Cell::Date),
     }
+}
+
+/// Parses a date column's text: `YYYY-MM-DD`, or the UTC date of a timestamp text (see
+/// [`parse_timestamp`]). Days since 1970-01-01.
+pub fn parse_date(s: &str) -> Option<i32> {
+    let s = s.trim();
+    let date = match NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        Ok(date) => date,
+        Err(_) => DateTime::from_timestamp_micros(parse_timestamp(s)?)?.date_naive(),
+    };
+    i32::try_from(date.signed_duration_since(epoch_day()).num_days()).ok()
+}
+
+/// 1970-01-01, day 0 of Arrow's `Date32`.
+fn epoch_day() -> NaiveDate {
+    DateTime::UNIX_EPOCH.date_naive()
+}
+
+/// A date column's value as `YYYY-MM-DD`.
+fn date_text(days: i32) -> String {
+    epoch_day()
+        .checked_add_signed(chrono::Duration::days(i64::from(days)))
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| days.to_string())
 }
 
 /// Parses the timestamp texts vendors send: RFC 3339 (`2024-05-01T12:00:00Z`),
@@ -1072,6 +1105,53 @@ mod tests {
         );
         assert_eq!(parse_timestamp("2024-01-01"), Some(1_704_067_200_000_000));
         assert_eq!(parse_timestamp("yesterday"), None);
+    }
+
+    #[test]
+    fn dates_land_as_date32_and_misfits_are_rescued() {
+        let schema = StreamSchema::from_json(
+            r#"{"name":"opportunity","columns":[
+              {"name":"id","type":"string"},
+              {"name":"close_date","type":"date"}
+            ]}"#,
+        )
+        .unwrap();
+        let mut b = BatchBuilder::new(&schema, None);
+        let page = Page::new(
+            Records::Values(vec![
+                Record {
+                    value: serde_json::json!({"Id": "006A", "CloseDate": "2024-03-01"}),
+                    is_deleted: false,
+                },
+                Record {
+                    value: serde_json::json!({"Id": "006B", "CloseDate": "1969-12-31T23:00:00Z"}),
+                    is_deleted: false,
+                },
+                Record {
+                    value: serde_json::json!({"Id": "006C", "CloseDate": "soon"}),
+                    is_deleted: false,
+                },
+                Record {
+                    value: serde_json::json!({"Id": "006D", "CloseDate": null}),
+                    is_deleted: false,
+                },
+            ]),
+            serde_json::Value::Null,
+        );
+        b.append_page(&page).unwrap();
+        let (batch, report) = b.finish().unwrap();
+        let dates = col(&batch, "close_date").as_primitive::<arrow::datatypes::Date32Type>();
+        assert_eq!(dates.value(0), 19_783, "2024-03-01 is day 19783");
+        assert_eq!(dates.value(1), -1);
+        assert!(dates.is_null(2) && dates.is_null(3));
+        assert_eq!(report.rescued_values, 1);
+        assert_eq!(
+            col(&batch, RESCUED).as_string::<i32>().value(2),
+            r#"{"close_date":"soon"}"#
+        );
+        assert_eq!(parse_date("2024-03-01"), Some(19_783));
+        assert_eq!(date_text(19_783), "2024-03-01");
+        assert_eq!(parse_date("not a date"), None);
     }
 
     #[test]

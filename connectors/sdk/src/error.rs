@@ -111,6 +111,15 @@ pub enum Error {
     /// The run was cancelled (SIGTERM/SIGINT).
     #[error("cancelled")]
     Cancelled,
+
+    /// The connector must not start (or go on with) this stream now, e.g. the vendor's daily
+    /// API budget is nearly spent. Not a failure: what was read before is committed, the
+    /// run ends as deferred, and the next run resumes from the committed cursor.
+    #[error("deferred: {reason}")]
+    Deferred {
+        /// Why, and when it will be worth trying again.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -38,6 +38,9 @@ pub enum ColumnType {
     Boolean,
     /// UTC timestamp (microseconds), from Unix seconds or an RFC 3339 string.
     Timestamp,
+    /// A calendar date without a time of day (Arrow `Date32`), from `YYYY-MM-DD` text (or
+    /// the date part of an RFC 3339 timestamp).
+    Date,
     /// Arrays and free-form maps, kept as compact JSON text.
     Json,
 }
@@ -51,6 +54,7 @@ impl ColumnType {
             ColumnType::Number => DataType::Float64,
             ColumnType::Boolean => DataType::Boolean,
             ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            ColumnType::Date => DataType::Date32,
         }
     }
 
@@ -65,6 +69,7 @@ impl ColumnType {
             DataType::Float32 | DataType::Float64 => ColumnType::Number,
             DataType::Boolean => ColumnType::Boolean,
             DataType::Timestamp(_, _) => ColumnType::Timestamp,
+            DataType::Date32 => ColumnType::Date,
             _ => return None,
         })
     }
@@ -249,6 +254,21 @@ mod tests {
         assert_eq!(to_column_name("3ds"), "_3ds");
         assert!(is_column_name("billing_details_address_city"));
         assert!(!is_column_name("Billing"));
+    }
+
+    #[test]
+    fn date_columns_are_arrow_date32_both_ways() {
+        let schema = StreamSchema::from_json(
+            r#"{"name":"x","columns":[{"name":"id","type":"string"},{"name":"close_date","type":"date"}]}"#,
+        )
+        .unwrap();
+        let arrow = schema.arrow_schema();
+        let field = arrow.field_with_name("close_date").unwrap();
+        assert_eq!(field.data_type(), &DataType::Date32);
+        assert_eq!(
+            ColumnType::from_arrow(field.data_type()),
+            Some(ColumnType::Date)
+        );
     }
 
     #[test]

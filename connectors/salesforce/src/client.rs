@@ -1,0 +1,553 @@
+//! Salesforce's REST API as the connector uses it: describe calls, SOQL `queryAll` pages
+//! (`nextRecordsUrl`), Bulk API 2.0 query jobs and their CSV results, all through the SDK's
+//! rate-limited, retrying client.
+//!
+//! Every request carries the current access token; an `INVALID_SESSION_ID` answer gets a
+//! new token and the request is sent once more, so an expiring session never fails a sync.
+//! Every successful answer's `Sforce-Limit-Info` (`api-usage=25/15000`) updates the org's
+//! [`ApiBudget`], which the streams consult before starting an object; an org that is out
+//! of requests (`REQUEST_LIMIT_EXCEEDED`) defers the stream instead of failing it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use tributary_sdk::http::{HttpClient, HttpConfig, Response};
+use tributary_sdk::{Error, Result};
+
+use crate::auth::{Authenticator, Token, VENDOR};
+use crate::config::Settings;
+
+/// The org's daily API usage as Salesforce last reported it.
+#[derive(Debug, Default)]
+pub struct ApiBudget {
+    used: AtomicU64,
+    limit: AtomicU64,
+}
+
+impl ApiBudget {
+    /// Records a `Sforce-Limit-Info` header value.
+    pub fn observe(&self, header: &str) {
+        if let Some((used, limit)) = parse_limit_info(header) {
+            self.used.store(used, Ordering::Relaxed);
+            self.limit.store(limit, Ordering::Relaxed);
+        }
+    }
+
+    /// `(used, limit)` of the org's daily API requests, once a response has said.
+    pub fn usage(&self) -> Option<(u64, u64)> {
+        let limit = self.limit.load(Ordering::Relaxed);
+        (limit > 0).then(|| (self.used.load(Ordering::Relaxed), limit))
+    }
+}
+
+/// Reads `api-usage=USED/LIMIT` out of a `Sforce-Limit-Info` value (which may carry other
+/// parts, e.g. `per-app-api-usage=…`, separated by `;` or `,`).
+pub fn parse_limit_info(header: &str) -> Option<(u64, u64)> {
+    header
+        .split([';', ','])
+        .map(str::trim)
+        .find_map(|part| part.strip_prefix("api-usage="))
+        .and_then(|usage| {
+            let (used, limit) = usage.split_once('/')?;
+            Some((used.trim().parse().ok()?, limit.trim().parse().ok()?))
+        })
+}
+
+/// One object in `describeGlobal`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GlobalObject {
+    /// The API name.
+    pub name: String,
+    /// Whether SOQL can read it.
+    #[serde(default)]
+    pub queryable: bool,
+    /// Whether it is a custom object.
+    #[serde(default)]
+    pub custom: bool,
+}
+
+#[derive(Deserialize)]
+struct DescribeGlobal {
+    sobjects: Vec<GlobalObject>,
+}
+
+/// One field of an object's describe.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FieldDescribe {
+    /// The API name.
+    pub name: String,
+    /// The Salesforce type (`id`, `string`, `currency`, `datetime`, `address`, …).
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// The label, for `discover`.
+    #[serde(default)]
+    pub label: String,
+    /// For a component of a compound field (`BillingCity`), the compound (`BillingAddress`).
+    #[serde(default)]
+    pub compound_field_name: Option<String>,
+}
+
+/// An object's describe: its fields.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct ObjectDescribe {
+    /// The API name.
+    pub name: String,
+    /// Its fields.
+    pub fields: Vec<FieldDescribe>,
+}
+
+/// One page of a SOQL query.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryPage {
+    /// Records the whole query matches.
+    #[serde(default)]
+    pub total_size: u64,
+    /// Whether this is the last page.
+    pub done: bool,
+    /// The path of the next page.
+    #[serde(default)]
+    pub next_records_url: Option<String>,
+    /// The records (each with an `attributes` object).
+    #[serde(default)]
+    pub records: Vec<Map<String, Value>>,
+}
+
+/// A Bulk API 2.0 query job's state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobInfo {
+    /// The job id.
+    pub id: String,
+    /// `UploadComplete`, `InProgress`, `JobComplete`, `Failed` or `Aborted`.
+    pub state: String,
+    /// Why a job failed.
+    #[serde(default)]
+    pub error_message: Option<String>,
+    /// Records processed so far.
+    #[serde(default)]
+    pub number_records_processed: Option<u64>,
+}
+
+/// One page of a Bulk job's CSV results.
+#[derive(Debug)]
+pub struct ResultsPage {
+    /// The rows, as field name → text (empty cells, i.e. nulls, left out).
+    pub rows: Vec<Map<String, Value>>,
+    /// The locator of the next page; `None` after the last.
+    pub next_locator: Option<String>,
+}
+
+/// An authenticated client of one org.
+#[derive(Debug)]
+pub struct SalesforceClient {
+    http: HttpClient,
+    auth: Authenticator,
+    api_version: String,
+    page_size: u32,
+    budget: ApiBudget,
+    server_date: Mutex<Option<DateTime<Utc>>>,
+}
+
+impl SalesforceClient {
+    /// A client for the validated settings. Makes no request.
+    pub fn new(settings: &Settings) -> Result<Self> {
+        let mut config = HttpConfig::new(VENDOR, settings.requests_per_second);
+        // Bulk results pages can be large.
+        config.timeout = Duration::from_secs(300);
+        let http = HttpClient::shared(&settings.auth.account_key(&settings.login_url), config)?;
+        Ok(SalesforceClient {
+            auth: Authenticator::new(settings.auth.clone(), &settings.login_url, http.clone()),
+            http,
+            api_version: settings.api_version.clone(),
+            page_size: settings.page_size,
+            budget: ApiBudget::default(),
+            server_date: Mutex::new(None),
+        })
+    }
+
+    /// The org's API usage as last reported.
+    pub fn budget(&self) -> &ApiBudget {
+        &self.budget
+    }
+
+    /// Access tokens fetched so far (the first one and every refresh).
+    pub fn tokens_fetched(&self) -> u64 {
+        self.auth.tokens_fetched()
+    }
+
+    /// Salesforce's clock as of the latest answer (its `Date` header), or ours before any.
+    pub fn server_now(&self) -> DateTime<Utc> {
+        self.server_date
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or_else(Utc::now)
+    }
+
+    /// `/services/data/vXX.X` + `rest`.
+    fn data_path(&self, rest: &str) -> String {
+        format!("/services/data/v{}{rest}", self.api_version)
+    }
+
+    /// Sends a request built by `build` (given the token), renewing the session once if
+    /// Salesforce says it expired, and validating the 2xx body with `check`.
+    async fn send<F, C>(&self, what: &str, build: F, check: C) -> Result<Response>
+    where
+        F: Fn(&reqwest::Client, &Token) -> reqwest::RequestBuilder,
+        C: Fn(&Response) -> std::result::Result<(), String>,
+    {
+        let mut token = self.auth.token().await?;
+        let mut renewed = false;
+        loop {
+            let sent = self
+                .http
+                .send_checked(
+                    what,
+                    |c| build(c, &token).bearer_auth(token.access_token.expose()),
+                    |r: &Response| {
+                        // Seen even when the check fails: the request counted all the same.
+                        if let Some(info) = r.header("sforce-limit-info") {
+                            self.budget.observe(info);
+                        }
+                        check(r)
+                    },
+                )
+                .await;
+            match sent {
+                Ok(response) => {
+                    if let Some(date) = response.date {
+                        let mut latest = self
+                            .server_date
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner);
+                        if latest.is_none_or(|l| l < date) {
+                            *latest = Some(date);
+                        }
+                    }
+                    return Ok(response);
+                }
+                Err(Error::Auth {
+                    status: 401,
+                    message,
+                    ..
+                }) if !renewed && message.contains("INVALID_SESSION_ID") => {
+                    renewed = true;
+                    token = self.auth.refresh(token.generation).await?;
+                }
+                Err(Error::Auth {
+                    status: 403,
+                    message,
+                    ..
+                }) if message.contains("REQUEST_LIMIT_EXCEEDED") => {
+                    return Err(Error::Deferred {
+                        reason: format!(
+                            "the org is out of API requests for today ({message}); the next run \
+                             resumes from what was committed"
+                        ),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// GETs `path` (below the instance URL) and parses the JSON answer as `T`; a body that
+    /// does not parse is retried like a truncated one.
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        headers: &[(&str, String)],
+    ) -> Result<T> {
+        let parsed: Mutex<Option<T>> = Mutex::new(None);
+        self.send(
+            what,
+            |c, token| {
+                let mut request = c.get(format!("{}{path}", token.instance_url)).query(query);
+                for (name, value) in headers {
+                    request = request.header(*name, value);
+                }
+                request
+            },
+            |r| {
+                let value: T = serde_json::from_slice(&r.body).map_err(|e| e.to_string())?;
+                *parsed.lock().unwrap_or_else(PoisonError::into_inner) = Some(value);
+                Ok(())
+            },
+        )
+        .await?;
+        parsed
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ok_or_else(|| Error::decode(format!("{what} response"), "the body was not parsed"))
+    }
+
+    /// `GET /limits`: one cheap authenticated call, for `check`.
+    pub async fn limits(&self) -> Result<Value> {
+        self.get_json("GET /limits", &self.data_path("/limits"), &[], &[])
+            .await
+    }
+
+    /// `describeGlobal`: every object of the org.
+    pub async fn describe_global(&self) -> Result<Vec<GlobalObject>> {
+        let global: DescribeGlobal = self
+            .get_json("describeGlobal", &self.data_path("/sobjects"), &[], &[])
+            .await?;
+        Ok(global.sobjects)
+    }
+
+    /// The describe of `object`.
+    pub async fn describe(&self, object: &str) -> Result<ObjectDescribe> {
+        self.get_json(
+            &format!("describe {object}"),
+            &self.data_path(&format!("/sobjects/{object}/describe")),
+            &[],
+            &[],
+        )
+        .await
+    }
+
+    /// The first page of `queryAll` (deleted and archived records included) for `soql`.
+    pub async fn query_all(&self, soql: &str) -> Result<QueryPage> {
+        self.get_json(
+            "queryAll",
+            &self.data_path("/queryAll"),
+            &[("q", soql)],
+            &[(
+                "Sforce-Query-Options",
+                format!("batchSize={}", self.page_size),
+            )],
+        )
+        .await
+    }
+
+    /// The page at a `nextRecordsUrl`.
+    pub async fn query_more(&self, next_records_url: &str) -> Result<QueryPage> {
+        if !next_records_url.starts_with("/services/data/") {
+            return Err(Error::decode(
+                "queryAll response",
+                format!("unexpected nextRecordsUrl `{next_records_url}`"),
+            ));
+        }
+        self.get_json(
+            "queryAll (next page)",
+            next_records_url,
+            &[],
+            &[(
+                "Sforce-Query-Options",
+                format!("batchSize={}", self.page_size),
+            )],
+        )
+        .await
+    }
+
+    /// Creates a Bulk API 2.0 `queryAll` job for `soql`.
+    pub async fn create_bulk_job(&self, soql: &str) -> Result<JobInfo> {
+        let path = self.data_path("/jobs/query");
+        let body = serde_json::json!({
+            "operation": "queryAll",
+            "query": soql,
+            "contentType": "CSV",
+            "columnDelimiter": "COMMA",
+            "lineEnding": "LF",
+        });
+        let response = self
+            .send(
+                "create Bulk query job",
+                |c, token| c.post(format!("{}{path}", token.instance_url)).json(&body),
+                |r| {
+                    serde_json::from_slice::<JobInfo>(&r.body)
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                },
+            )
+            .await?;
+        response.json()
+    }
+
+    /// A Bulk query job's state.
+    pub async fn bulk_job(&self, id: &str) -> Result<JobInfo> {
+        self.get_json(
+            "get Bulk query job",
+            &self.data_path(&format!("/jobs/query/{id}")),
+            &[],
+            &[],
+        )
+        .await
+    }
+
+    /// Asks Salesforce to stop a Bulk query job (best effort, for a job we give up on).
+    pub async fn abort_bulk_job(&self, id: &str) -> Result<()> {
+        let path = self.data_path(&format!("/jobs/query/{id}"));
+        let body = serde_json::json!({"state": "Aborted"});
+        self.send(
+            "abort Bulk query job",
+            |c, token| c.patch(format!("{}{path}", token.instance_url)).json(&body),
+            |_| Ok(()),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// One page of a completed job's CSV results, from `locator` (`None`: the first page).
+    /// The page's row count must match `Sforce-NumberOfRecords`, or it is fetched again.
+    pub async fn bulk_results(
+        &self,
+        id: &str,
+        locator: Option<&str>,
+        max_records: u32,
+    ) -> Result<ResultsPage> {
+        let path = self.data_path(&format!("/jobs/query/{id}/results"));
+        let max = max_records.to_string();
+        let parsed: Mutex<Option<Vec<Map<String, Value>>>> = Mutex::new(None);
+        let response = self
+            .send(
+                "get Bulk query results",
+                |c, token| {
+                    let mut query: Vec<(&str, &str)> = vec![("maxRecords", max.as_str())];
+                    if let Some(locator) = locator {
+                        query.push(("locator", locator));
+                    }
+                    c.get(format!("{}{path}", token.instance_url))
+                        .query(&query)
+                        .header("Accept", "text/csv")
+                },
+                |r| {
+                    let rows = parse_csv(&r.body)?;
+                    if let Some(n) = r
+                        .header("sforce-numberofrecords")
+                        .and_then(|n| n.trim().parse::<usize>().ok())
+                        && n != rows.len()
+                    {
+                        return Err(format!(
+                            "Sforce-NumberOfRecords says {n} rows, the body has {}",
+                            rows.len()
+                        ));
+                    }
+                    *parsed.lock().unwrap_or_else(PoisonError::into_inner) = Some(rows);
+                    Ok(())
+                },
+            )
+            .await?;
+        let next_locator = response
+            .header("sforce-locator")
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && *l != "null")
+            .map(str::to_owned);
+        let rows = parsed
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or_default();
+        Ok(ResultsPage { rows, next_locator })
+    }
+}
+
+/// Parses Bulk CSV results: a header of field names, then one row per record. Empty cells
+/// are nulls in Bulk CSV and are left out of the row.
+pub fn parse_csv(body: &Bytes) -> std::result::Result<Vec<Map<String, Value>>, String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_reader(body.as_ref());
+    let headers = reader.headers().map_err(|e| e.to_string())?.clone();
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| e.to_string())?;
+        let mut row = Map::with_capacity(headers.len());
+        for (name, value) in headers.iter().zip(record.iter()) {
+            if !value.is_empty() {
+                row.insert(name.to_owned(), Value::String(value.to_owned()));
+            }
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Whether `err` is Salesforce saying Bulk API cannot serve this object or query, so the
+/// object should be read through REST instead.
+pub fn bulk_unsupported(err: &Error) -> bool {
+    match err {
+        Error::Http {
+            status: 400 | 404,
+            message,
+            ..
+        } => bulk_unsupported_message(message),
+        _ => false,
+    }
+}
+
+/// Whether a Bulk error message (a job's `errorMessage` too) says the object or query is
+/// not supported by Bulk API.
+pub fn bulk_unsupported_message(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("not supported")
+        || m.contains("invalidentity")
+        || m.contains("featurenotenabled")
+        || m.contains("feature_not_enabled")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_info_is_read() {
+        assert_eq!(parse_limit_info("api-usage=25/15000"), Some((25, 15000)));
+        assert_eq!(
+            parse_limit_info("api-usage=18/5000; per-app-api-usage=17/250(appName=x)"),
+            Some((18, 5000))
+        );
+        assert_eq!(
+            parse_limit_info("per-app-api-usage=17/250(appName=x), api-usage=3/10"),
+            Some((3, 10))
+        );
+        assert_eq!(parse_limit_info("api-usage=lots"), None);
+        let budget = ApiBudget::default();
+        assert_eq!(budget.usage(), None);
+        budget.observe("api-usage=7/100");
+        assert_eq!(budget.usage(), Some((7, 100)));
+    }
+
+    #[test]
+    fn csv_rows_leave_nulls_out() {
+        let body = Bytes::from_static(
+            b"\"Id\",\"Name\",\"Amount\"\n\"006A\",\"Big, \"\"Deal\"\"\",\"12.5\"\n\"006B\",\"\",\"\"\n",
+        );
+        let rows = parse_csv(&body).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["Name"], "Big, \"Deal\"");
+        assert_eq!(rows[0]["Amount"], "12.5");
+        assert_eq!(rows[1].len(), 1);
+        assert!(parse_csv(&Bytes::from_static(b"\"Id\",\"Name\"\n\"006A\"\n")).is_err());
+        assert!(parse_csv(&Bytes::from_static(b"")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bulk_refusals_are_recognised() {
+        let err = |status, message: &str| Error::Http {
+            method: "POST".into(),
+            url: "x".into(),
+            status,
+            message: message.into(),
+        };
+        assert!(bulk_unsupported(&err(
+            400,
+            "Entity 'CaseStatus' is not supported by the Bulk API. (INVALIDENTITY)"
+        )));
+        assert!(!bulk_unsupported(&err(
+            400,
+            "unexpected token: FROM (MALFORMED_QUERY)"
+        )));
+        assert!(!bulk_unsupported(&err(500, "not supported")));
+    }
+}

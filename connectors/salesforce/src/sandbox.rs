@@ -1,0 +1,466 @@
+//! A Salesforce simulator for `tributary demo`, `tributary sandbox salesforce` and the tests.
+//!
+//! It serves a seeded org over HTTP on 127.0.0.1 and behaves like Salesforce where the
+//! connector can tell the difference:
+//!
+//! - `POST /services/oauth2/token`: the refresh-token, JWT bearer and client-credentials
+//!   grants, with Salesforce's `{"error", "error_description"}` refusals. JWT assertions must
+//!   be RS256-signed with the test-only key in `fixtures/` (see its README), with `iss` the
+//!   client id, `sub` the username and `aud` the simulator's URL or a Salesforce login
+//!   server. The answer's `instance_url` is the simulator itself.
+//! - `GET /services/data/vXX.X/sobjects` (describeGlobal), `/sobjects/<Object>/describe`
+//!   (fields with types, labels and compound components) and `/limits`.
+//! - `GET …/query?q=` and `…/queryAll?q=` (the SOQL subset of [`soql`]; `queryAll` includes
+//!   deleted records), paged by `Sforce-Query-Options: batchSize=` (200–2000) with
+//!   `nextRecordsUrl`.
+//! - Bulk API 2.0 query jobs: `POST …/jobs/query` (refusing `ORDER BY`, `LIMIT`, compound
+//!   fields and the objects in [`SandboxConfig::bulk_unsupported`] as Salesforce does), `GET`
+//!   (state `UploadComplete` → `InProgress` → `JobComplete` after
+//!   [`SandboxConfig::bulk_polls`] polls), `PATCH` (abort), `DELETE`, and
+//!   `GET …/results?locator=&maxRecords=` as CSV (gzip when accepted) with `Sforce-Locator` and
+//!   `Sforce-NumberOfRecords`.
+//! - Every API request counts against a daily limit, reported in `Sforce-Limit-Info:
+//!   api-usage=USED/LIMIT`; past it, `403 REQUEST_LIMIT_EXCEEDED`. Sessions can be expired on
+//!   demand or after N requests (`401 INVALID_SESSION_ID`).
+//! - Faults on demand: 503s, slow answers, bodies cut short.
+//!
+//! # The org
+//!
+//! `records` accounts; twice as many contacts, opportunity histories and tasks; as many
+//! leads, opportunities, cases, campaign members, events and `Invoice__c` (a custom object);
+//! campaigns `records/10` and users `records/20` (at least 3 each); 5 case statuses. Every
+//! record was last changed between 30 days and 2 hours before the simulator started.
+//! `Account` has the custom fields `Tier__c`, `Customer_Since__c` (date) and
+//! `Health_Score__c` (percent), and the `BillingAddress` compound; `Invoice__c` has the
+//! `Store_Location__c` geolocation compound. `CaseStatus` has no audit fields (a snapshot
+//! object) and, by default, Bulk API refuses it.
+//!
+//! # Control endpoints (no session needed)
+//!
+//! `GET /_sandbox/stats`, `POST /_sandbox/limits` `{"daily_api_limit": N, "reset_usage":
+//! true}`, `POST /_sandbox/expire_sessions`, `GET|POST /_sandbox/faults` (a [`Faults`] JSON).
+
+mod error;
+mod http;
+mod org;
+mod soql;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use org::Org;
+
+/// The connected app's consumer key the simulator accepts.
+pub const CLIENT_ID: &str = "tributary-sandbox-client";
+/// The consumer secret the simulator accepts.
+pub const CLIENT_SECRET: &str = "tributary-sandbox-secret";
+/// The refresh token the simulator accepts.
+pub const REFRESH_TOKEN: &str = "tributary-sandbox-refresh-token";
+/// The integration user of the JWT bearer flow.
+pub const USERNAME: &str = "integration@sandbox.tributary.test";
+
+/// The simulator's RSA public key for JWT assertions (test-only; see `fixtures/README.md`).
+const JWT_PUBLIC_KEY: &[u8] = include_bytes!("../fixtures/test-only-jwt-public-key.pem");
+
+/// The test-only private key matching the simulator's JWT public key, as PEM.
+pub const TEST_PRIVATE_KEY_PEM: &str = include_str!("../fixtures/test-only-jwt-private-key.pem");
+
+/// The path of the test-only private key file in this crate's source tree.
+pub fn test_private_key_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/test-only-jwt-private-key.pem")
+}
+
+/// How the simulated org is seeded and served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxConfig {
+    /// Accounts to seed; the other objects scale from it (see the module docs).
+    pub records: usize,
+    /// Seed of the generated data.
+    pub seed: u64,
+    /// API requests allowed per day (`Sforce-Limit-Info`); a real org has at least 15,000.
+    pub daily_api_limit: u64,
+    /// Objects Bulk API refuses (`INVALIDENTITY`).
+    pub bulk_unsupported: Vec<String>,
+    /// Polls of a Bulk job answered `InProgress` before it is `JobComplete`.
+    pub bulk_polls: u32,
+    /// Requests an access token is good for; `None` = until expired on demand.
+    pub session_ttl_requests: Option<u64>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            records: 50,
+            seed: 42,
+            daily_api_limit: 15_000,
+            bulk_unsupported: vec!["CaseStatus".into()],
+            bulk_polls: 1,
+            session_ttl_requests: None,
+        }
+    }
+}
+
+/// Faults to inject into API answers. "next" counters apply to that many upcoming requests.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Faults {
+    /// Answer the next N API requests with 503.
+    pub error_next: u32,
+    /// Delay every API answer by this many milliseconds.
+    pub slow_ms: u64,
+    /// Cut the next N successful bodies short (a full `Content-Length`, half the bytes).
+    pub truncate_next: u32,
+}
+
+/// What the simulator saw, for tests to assert the connector's manners.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// API requests counted against the daily limit.
+    pub api_requests: u64,
+    /// Tokens issued, by grant type.
+    pub tokens_issued: u64,
+    /// Token requests refused.
+    pub tokens_refused: u64,
+    /// Requests refused with `INVALID_SESSION_ID`.
+    pub invalid_sessions: u64,
+    /// Requests refused with `REQUEST_LIMIT_EXCEEDED`.
+    pub limit_exceeded: u64,
+    /// SOQL queries started (first pages, `COUNT()` included).
+    pub queries: u64,
+    /// `nextRecordsUrl` pages served.
+    pub query_more: u64,
+    /// Bulk query jobs created.
+    pub bulk_jobs: u64,
+    /// Bulk results pages served.
+    pub bulk_result_pages: u64,
+    /// Faults injected.
+    pub faults_injected: u64,
+}
+
+/// One Bulk query job.
+#[derive(Debug, Clone)]
+pub(crate) struct Job {
+    pub(crate) id: String,
+    pub(crate) object: String,
+    pub(crate) operation: String,
+    pub(crate) state: String,
+    pub(crate) polls_left: u32,
+    pub(crate) created: String,
+    /// The CSV header cells, then one row of cells per record.
+    pub(crate) header: Vec<String>,
+    pub(crate) rows: Vec<Vec<String>>,
+}
+
+/// Issued access tokens and how many requests each has made.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    pub(crate) tokens: HashMap<String, u64>,
+    pub(crate) ttl: Option<u64>,
+}
+
+/// State shared by the HTTP handler and the Rust API.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) url: String,
+    org: RwLock<Org>,
+    pub(crate) bulk_unsupported: Vec<String>,
+    pub(crate) bulk_polls: u32,
+    pub(crate) sessions: Mutex<Sessions>,
+    pub(crate) api_used: AtomicU64,
+    pub(crate) api_limit: AtomicU64,
+    /// REST query cursors: locator → rendered records.
+    pub(crate) cursors: Mutex<HashMap<String, Arc<Vec<String>>>>,
+    pub(crate) jobs: Mutex<HashMap<String, Job>>,
+    pub(crate) faults: Mutex<Faults>,
+    pub(crate) stats: Mutex<Stats>,
+    pub(crate) counter: AtomicU64,
+}
+
+/// A poisoned lock only means another request panicked mid-way; the data is still usable
+/// for a simulator, and refusing every later request would hide the original failure.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Org> {
+        self.org.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Org> {
+        self.org.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A fresh identifier with a Salesforce-like prefix.
+    pub(crate) fn next_id(&self, prefix: &str) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("{prefix}{n:012}AAA")
+    }
+
+    pub(crate) fn stat(&self, f: impl FnOnce(&mut Stats)) {
+        f(&mut lock(&self.stats));
+    }
+}
+
+/// Now, to the second (Salesforce's datetimes have second precision).
+pub(crate) fn now() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now)
+}
+
+/// A running simulator. Dropping it stops the server; [`SalesforceSandbox::shutdown`] also
+/// waits for it.
+#[derive(Debug)]
+pub struct SalesforceSandbox {
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl SalesforceSandbox {
+    /// Seeds the org and serves it on `127.0.0.1:port` (0 = an ephemeral port).
+    pub async fn start(config: SandboxConfig, port: u16) -> std::io::Result<SalesforceSandbox> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let addr = listener.local_addr()?;
+        let (seed, records) = (config.seed, config.records);
+        let org = tokio::task::spawn_blocking(move || Org::generate(seed, records, now()))
+            .await
+            .map_err(std::io::Error::other)?;
+        let shared = Arc::new(Shared {
+            url: format!("http://{addr}"),
+            org: RwLock::new(org),
+            bulk_unsupported: config.bulk_unsupported,
+            bulk_polls: config.bulk_polls,
+            sessions: Mutex::new(Sessions {
+                tokens: HashMap::new(),
+                ttl: config.session_ttl_requests,
+            }),
+            api_used: AtomicU64::new(0),
+            api_limit: AtomicU64::new(config.daily_api_limit),
+            cursors: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(HashMap::new()),
+            faults: Mutex::new(Faults::default()),
+            stats: Mutex::new(Stats::default()),
+            counter: AtomicU64::new(0),
+        });
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let router = axum::Router::new()
+            .fallback(http::handle)
+            .with_state(Arc::clone(&shared));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(error) = served {
+                tracing::warn!(%error, "Salesforce sandbox server stopped with an error.");
+            }
+        });
+        Ok(SalesforceSandbox {
+            shared,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// The base URL (login URL and instance URL alike), `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        self.shared.url.clone()
+    }
+
+    /// Creates a record of `object` now: generated values with `fields` (API names) over
+    /// them. Returns its Id, or Salesforce's error message.
+    pub fn create(&self, object: &str, fields: Value) -> Result<String, String> {
+        let fields = as_map(fields)?;
+        self.shared
+            .write()
+            .create(object, fields, now())
+            .map_err(|e| e.message)
+    }
+
+    /// Creates a record whose transaction committed late: it becomes visible now, but its
+    /// `CreatedDate`, `LastModifiedDate` and `SystemModstamp` are `stamp` (to the second).
+    /// This is what a lookback window exists for.
+    pub fn create_committed_late(
+        &self,
+        object: &str,
+        fields: Value,
+        stamp: DateTime<Utc>,
+    ) -> Result<String, String> {
+        let fields = as_map(fields)?;
+        let stamp = DateTime::from_timestamp(stamp.timestamp(), 0).unwrap_or(stamp);
+        self.shared
+            .write()
+            .create(object, fields, stamp)
+            .map_err(|e| e.message)
+    }
+
+    /// Sets fields of a live record (its `SystemModstamp` becomes now).
+    pub fn update(&self, object: &str, id: &str, fields: Value) -> Result<(), String> {
+        let fields = as_map(fields)?;
+        self.shared
+            .write()
+            .update(object, id, fields, now())
+            .map_err(|e| e.message)
+    }
+
+    /// Deletes a record (to the recycle bin: `queryAll` still returns it, `IsDeleted = true`).
+    pub fn delete(&self, object: &str, id: &str) -> Result<(), String> {
+        self.shared
+            .write()
+            .delete(object, id, now())
+            .map_err(|e| e.message)
+    }
+
+    /// Adds a custom field (`Name__c`, a Salesforce type such as `string` or `date`).
+    pub fn add_field(&self, object: &str, name: &str, ty: &str) -> Result<(), String> {
+        self.shared
+            .write()
+            .add_field(object, name, ty)
+            .map_err(|e| e.message)
+    }
+
+    /// Ids of the live (not deleted) records of `object`, in Id order.
+    pub fn ids(&self, object: &str) -> Vec<String> {
+        self.shared
+            .read()
+            .table(object)
+            .map(|t| {
+                t.records
+                    .iter()
+                    .filter(|(_, r)| r.get("IsDeleted") != Some(&Value::Bool(true)))
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Ids of every record of `object`, deleted ones included.
+    pub fn all_ids(&self, object: &str) -> Vec<String> {
+        self.shared
+            .read()
+            .table(object)
+            .map(|t| t.records.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A record's stored fields (API names).
+    pub fn record(&self, object: &str, id: &str) -> Option<Value> {
+        self.shared
+            .read()
+            .table(object)
+            .and_then(|t| t.records.get(id))
+            .map(|r| Value::Object(r.clone()))
+    }
+
+    /// Every object's API name.
+    pub fn objects(&self) -> Vec<String> {
+        self.shared
+            .read()
+            .tables
+            .iter()
+            .map(|t| t.meta.name.clone())
+            .collect()
+    }
+
+    /// Invalidates every issued access token now.
+    pub fn expire_sessions(&self) {
+        lock(&self.shared.sessions).tokens.clear();
+    }
+
+    /// Makes tokens issued from now on (and current ones) expire after `requests` requests.
+    pub fn set_session_ttl(&self, requests: Option<u64>) {
+        lock(&self.shared.sessions).ttl = requests;
+    }
+
+    /// Changes the daily API limit.
+    pub fn set_daily_api_limit(&self, limit: u64) {
+        self.shared.api_limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// Starts a new day: no API request used.
+    pub fn reset_api_usage(&self) {
+        self.shared.api_used.store(0, Ordering::Relaxed);
+    }
+
+    /// `(used, limit)` of today's API requests.
+    pub fn api_usage(&self) -> (u64, u64) {
+        (
+            self.shared.api_used.load(Ordering::Relaxed),
+            self.shared.api_limit.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Replaces the injected faults.
+    pub fn set_faults(&self, faults: Faults) {
+        *lock(&self.shared.faults) = faults;
+    }
+
+    /// What the simulator saw.
+    pub fn stats(&self) -> Stats {
+        lock(&self.shared.stats).clone()
+    }
+
+    /// Zeroes the statistics.
+    pub fn reset_stats(&self) {
+        *lock(&self.shared.stats) = Stats::default();
+    }
+
+    /// Stops accepting connections and waits (up to 5 s) for in-flight requests.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for SalesforceSandbox {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn as_map(fields: Value) -> Result<Map<String, Value>, String> {
+    match fields {
+        Value::Object(map) => Ok(map),
+        Value::Null => Ok(Map::new()),
+        other => Err(format!("fields must be a JSON object, not {other}")),
+    }
+}
+
+/// Runs a simulator on `port` until ctrl-c, for `tributary sandbox salesforce`.
+pub async fn serve_forever(config: SandboxConfig, port: u16) -> std::io::Result<()> {
+    let sandbox = SalesforceSandbox::start(config, port).await?;
+    tracing::info!(
+        "Salesforce sandbox listening on {} (client_id {CLIENT_ID}, client_secret {CLIENT_SECRET}, refresh_token {REFRESH_TOKEN}; JWT username {USERNAME} with {})",
+        sandbox.url(),
+        test_private_key_path().display()
+    );
+    let stopped = tokio::signal::ctrl_c().await;
+    sandbox.shutdown().await;
+    stopped
+}

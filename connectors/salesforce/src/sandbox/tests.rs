@@ -1,0 +1,289 @@
+//! The simulator over HTTP, as a client other than the connector sees it: OAuth refusals,
+//! sessions, the daily limit, SOQL errors, `nextRecordsUrl` paging and the Bulk job
+//! lifecycle.
+
+use serde_json::{Value, json};
+
+use super::{CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, SalesforceSandbox, SandboxConfig};
+
+async fn sandbox() -> SalesforceSandbox {
+    SalesforceSandbox::start(
+        SandboxConfig {
+            records: 300,
+            ..Default::default()
+        },
+        0,
+    )
+    .await
+    .unwrap()
+}
+
+async fn login(client: &reqwest::Client, url: &str) -> String {
+    let answer: Value = client
+        .post(format!("{url}/services/oauth2/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", CLIENT_ID),
+            ("client_secret", CLIENT_SECRET),
+            ("refresh_token", REFRESH_TOKEN),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["instance_url"], json!(url));
+    answer["access_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn oauth_refusals_use_salesforce_shapes() {
+    let sandbox = sandbox().await;
+    let client = reqwest::Client::new();
+    let url = sandbox.url();
+    for (form, status, error) in [
+        (
+            vec![
+                ("grant_type", "refresh_token"),
+                ("client_id", "nope"),
+                ("refresh_token", REFRESH_TOKEN),
+            ],
+            400,
+            "invalid_client_id",
+        ),
+        (
+            vec![
+                ("grant_type", "refresh_token"),
+                ("client_id", CLIENT_ID),
+                ("refresh_token", "x"),
+            ],
+            400,
+            "invalid_grant",
+        ),
+        (
+            vec![
+                ("grant_type", "client_credentials"),
+                ("client_id", CLIENT_ID),
+                ("client_secret", "x"),
+            ],
+            400,
+            "invalid_client",
+        ),
+        (
+            vec![
+                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                ("assertion", "a.b.c"),
+            ],
+            400,
+            "invalid_grant",
+        ),
+        (
+            vec![("grant_type", "password")],
+            400,
+            "unsupported_grant_type",
+        ),
+    ] {
+        let response = client
+            .post(format!("{url}/services/oauth2/token"))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], json!(error), "{form:?}");
+    }
+    // A JWT signed with the right key but tampered with is refused.
+    let key = crate::auth::RsaKey::from_pem(super::TEST_PRIVATE_KEY_PEM.as_bytes()).unwrap();
+    let good = crate::auth::assertion(CLIENT_ID, super::USERNAME, &url, &key).unwrap();
+    let mut tampered = good.clone();
+    tampered.pop();
+    tampered.push(if good.ends_with('A') { 'B' } else { 'A' });
+    for (assertion, ok) in [(good, true), (tampered, false)] {
+        let response = client
+            .post(format!("{url}/services/oauth2/token"))
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                ("assertion", assertion.as_str()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().is_success(), ok);
+    }
+}
+
+#[tokio::test]
+async fn sessions_limits_and_soql_errors() {
+    let sandbox = sandbox().await;
+    let client = reqwest::Client::new();
+    let url = sandbox.url();
+    let get = |path: &str, token: &str| {
+        client
+            .get(format!("{url}/services/data/v62.0{path}"))
+            .bearer_auth(token)
+            .send()
+    };
+    let response = get("/limits", "bogus").await.unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body[0]["errorCode"], "INVALID_SESSION_ID");
+
+    let token = login(&client, &url).await;
+    let response = get("/limits", &token).await.unwrap();
+    assert_eq!(
+        response.headers()["sforce-limit-info"].to_str().unwrap(),
+        "api-usage=1/15000"
+    );
+    for (soql, code) in [
+        ("SELECT Id FROM Nope__c", "INVALID_TYPE"),
+        ("SELECT Nope FROM Account", "INVALID_FIELD"),
+        (
+            "SELECT Id FROM Account WHERE SystemModstamp > '2024-01-01'",
+            "INVALID_FIELD",
+        ),
+        ("SELECT Id FROM", "MALFORMED_QUERY"),
+    ] {
+        let response = client
+            .get(format!("{url}/services/data/v62.0/queryAll"))
+            .query(&[("q", soql)])
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 400, "{soql}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body[0]["errorCode"], json!(code), "{soql}");
+    }
+
+    sandbox.expire_sessions();
+    assert_eq!(get("/limits", &token).await.unwrap().status().as_u16(), 401);
+    let token = login(&client, &url).await;
+    sandbox.set_daily_api_limit(sandbox.api_usage().0);
+    let response = get("/limits", &token).await.unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body[0]["errorCode"], "REQUEST_LIMIT_EXCEEDED");
+}
+
+#[tokio::test]
+async fn query_paging_and_the_bulk_job_lifecycle() {
+    let sandbox = sandbox().await;
+    let client = reqwest::Client::new();
+    let url = sandbox.url();
+    let token = login(&client, &url).await;
+
+    // queryAll pages by batchSize and includes deleted records.
+    let ids = sandbox.ids("Contact");
+    sandbox.delete("Contact", &ids[0]).unwrap();
+    let mut next = Some(format!(
+        "/services/data/v62.0/queryAll?q={}",
+        url::form_urlencoded::byte_serialize(b"SELECT Id, IsDeleted FROM Contact ORDER BY Id")
+            .collect::<String>()
+    ));
+    let mut seen = Vec::new();
+    while let Some(path) = next {
+        let page: Value = client
+            .get(format!("{url}{path}"))
+            .bearer_auth(&token)
+            .header("Sforce-Query-Options", "batchSize=250")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(page["totalSize"], 600);
+        assert_eq!(page["records"][0]["attributes"]["type"], "Contact");
+        for r in page["records"].as_array().unwrap() {
+            seen.push((r["Id"].as_str().unwrap().to_owned(), r["IsDeleted"] == true));
+        }
+        next = page["nextRecordsUrl"].as_str().map(str::to_owned);
+    }
+    assert_eq!(seen.len(), 600);
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "ordered by Id");
+    assert_eq!(seen[0], (ids[0].clone(), true));
+
+    // Bulk refuses what Salesforce refuses.
+    let create = |query: &str| {
+        client
+            .post(format!("{url}/services/data/v62.0/jobs/query"))
+            .bearer_auth(&token)
+            .json(&json!({"operation": "queryAll", "query": query}))
+            .send()
+    };
+    for (query, code) in [
+        ("SELECT Id FROM Account ORDER BY Id", "INVALIDJOB"),
+        ("SELECT Id, BillingAddress FROM Account", "INVALIDJOB"),
+        ("SELECT Id FROM CaseStatus", "INVALIDENTITY"),
+    ] {
+        let response = create(query).await.unwrap();
+        assert_eq!(response.status().as_u16(), 400, "{query}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body[0]["errorCode"], json!(code), "{query}");
+    }
+    let job: Value = create("SELECT Id, Name, SystemModstamp FROM Account")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job["state"], "UploadComplete");
+    let id = job["id"].as_str().unwrap();
+    let results = format!("{url}/services/data/v62.0/jobs/query/{id}/results");
+    let early = client
+        .get(&results)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(early.status().as_u16(), 400);
+    let mut states = Vec::new();
+    for _ in 0..2 {
+        let info: Value = client
+            .get(format!("{url}/services/data/v62.0/jobs/query/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        states.push(info["state"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(states, ["InProgress", "JobComplete"]);
+    let mut locator: Option<String> = None;
+    let mut rows = 0;
+    loop {
+        let mut request = client
+            .get(&results)
+            .bearer_auth(&token)
+            .query(&[("maxRecords", "120")]);
+        if let Some(l) = &locator {
+            request = request.query(&[("locator", l)]);
+        }
+        let response = request.send().await.unwrap();
+        let n: usize = response.headers()["sforce-numberofrecords"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let next = response.headers()["sforce-locator"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body = response.text().await.unwrap();
+        let mut lines = body.lines();
+        assert_eq!(lines.next(), Some("\"Id\",\"Name\",\"SystemModstamp\""));
+        let page: Vec<&str> = lines.collect();
+        assert_eq!(page.len(), n);
+        assert!(page[0].ends_with(".000Z\""), "{}", page[0]);
+        rows += n;
+        if next == "null" {
+            break;
+        }
+        locator = Some(next);
+    }
+    assert_eq!(rows, 300);
+}

@@ -1,0 +1,612 @@
+//! The connector against the Salesforce simulator: the three OAuth flows, discovery of
+//! custom objects and fields, REST and Bulk reads that land every record once, cursors that
+//! resume exactly, incremental reads after changes and deletes, an expiring session, the
+//! API budget, and the SDK's conformance kit on both read paths.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tributary_sdk::conformance::{self, Harness};
+use tributary_sdk::{Connector, Error, Page, ReadRequest, Records, Secret, SourceContext};
+
+use crate::sandbox::{self as sf, Faults, SalesforceSandbox, SandboxConfig};
+use crate::streams::Cursor;
+use crate::{Salesforce, SalesforceConfig};
+
+async fn sandbox(records: usize) -> SalesforceSandbox {
+    sandbox_with(SandboxConfig {
+        records,
+        ..Default::default()
+    })
+    .await
+}
+
+async fn sandbox_with(config: SandboxConfig) -> SalesforceSandbox {
+    SalesforceSandbox::start(config, 0).await.unwrap()
+}
+
+/// A refresh-token config against `sandbox`, REST only unless `bulk_threshold` says.
+fn config(sandbox: &SalesforceSandbox, objects: &[&str]) -> SalesforceConfig {
+    let mut c = SalesforceConfig::refresh_token(
+        sf::CLIENT_ID,
+        Secret::new(sf::CLIENT_SECRET),
+        Secret::new(sf::REFRESH_TOKEN),
+    );
+    c.login_url = sandbox.url();
+    c.objects = Some(objects.iter().map(|s| (*s).to_owned()).collect());
+    c.page_size = 200;
+    c.bulk_page_size = 100;
+    c.bulk_poll_ms = 10;
+    c.requests_per_second = 2000.0;
+    c.bulk_threshold = u64::MAX;
+    c
+}
+
+fn connector(config: SalesforceConfig) -> Salesforce {
+    Salesforce::new(config, SourceContext::default()).unwrap()
+}
+
+async fn read(source: &Salesforce, stream: &str, cursor: Option<Value>) -> Vec<Page> {
+    try_read(source, stream, cursor, false).await.unwrap()
+}
+
+async fn try_read(
+    source: &Salesforce,
+    stream: &str,
+    cursor: Option<Value>,
+    full_refresh: bool,
+) -> Result<Vec<Page>, Error> {
+    let mut pages = source
+        .read(ReadRequest {
+            stream: stream.to_owned(),
+            cursor,
+            full_refresh,
+        })
+        .await?;
+    let mut out = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page?;
+        // Every cursor is one the next run can start from.
+        Cursor::from_json(stream, page.cursor.clone()).unwrap();
+        out.push(page);
+    }
+    Ok(out)
+}
+
+/// `(id, deleted)` of every record of the pages.
+fn records(pages: &[Page]) -> Vec<(String, bool)> {
+    pages
+        .iter()
+        .flat_map(|p| match &p.records {
+            Records::Values(values) => values
+                .iter()
+                .map(|r| (r.value["id"].as_str().unwrap().to_owned(), r.is_deleted))
+                .collect::<Vec<_>>(),
+            Records::Json { .. } => panic!("Salesforce pages are values"),
+        })
+        .collect()
+}
+
+fn ids(pages: &[Page]) -> Vec<String> {
+    records(pages).into_iter().map(|(id, _)| id).collect()
+}
+
+fn assert_exactly_once(got: &[String], expected: &[String]) {
+    let mut seen = HashSet::new();
+    for id in got {
+        assert!(seen.insert(id), "{id} landed twice");
+    }
+    let expected: HashSet<_> = expected.iter().collect();
+    let missing: Vec<_> = expected.difference(&seen).take(5).collect();
+    let extra: Vec<_> = seen.difference(&expected).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, unexpected {extra:?}"
+    );
+}
+
+fn phase(page: &Page) -> &str {
+    page.cursor["phase"].as_str().unwrap_or("none")
+}
+
+/// Waits until changes made so far are in a past second (reads stop before the current
+/// second of Salesforce's clock).
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+}
+
+#[tokio::test]
+async fn every_flow_logs_in_and_bad_credentials_say_what_to_check() {
+    let sandbox = sandbox(5).await;
+    connector(config(&sandbox, &["Account"]))
+        .check()
+        .await
+        .unwrap();
+
+    let jwt: SalesforceConfig = serde_json::from_value(json!({
+        "login_url": sandbox.url(),
+        "client_id": sf::CLIENT_ID,
+        "username": sf::USERNAME,
+        "private_key_path": sf::test_private_key_path(),
+    }))
+    .unwrap();
+    connector(jwt).check().await.unwrap();
+
+    let cc: SalesforceConfig = serde_json::from_value(json!({
+        "login_url": sandbox.url(),
+        "client_id": sf::CLIENT_ID,
+        "client_secret": sf::CLIENT_SECRET,
+    }))
+    .unwrap();
+    connector(cc).check().await.unwrap();
+    assert_eq!(sandbox.stats().tokens_issued, 3);
+
+    let mut wrong = config(&sandbox, &["Account"]);
+    wrong.refresh_token = Some(Secret::new("revoked-token"));
+    match connector(wrong).check().await.unwrap_err() {
+        Error::Auth {
+            status, message, ..
+        } => {
+            assert_eq!(status, 400);
+            assert!(message.contains("invalid_grant"), "{message}");
+            assert!(message.contains("`refresh_token`"), "{message}");
+            assert!(!message.contains("revoked-token"), "{message}");
+        }
+        other => panic!("expected an auth error, got {other}"),
+    }
+    let wrong_user: SalesforceConfig = serde_json::from_value(json!({
+        "login_url": sandbox.url(),
+        "client_id": sf::CLIENT_ID,
+        "username": "someone@else.test",
+        "private_key_path": sf::test_private_key_path(),
+    }))
+    .unwrap();
+    let err = connector(wrong_user).check().await.unwrap_err().to_string();
+    assert!(
+        err.contains("user hasn't approved this consumer") && err.contains("`username`"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn discovery_finds_custom_objects_fields_and_types() {
+    let sandbox = sandbox(5).await;
+    let sf = connector(config(
+        &sandbox,
+        &["Account", "OpportunityHistory", "Invoice__c", "CaseStatus"],
+    ));
+    let schemas = sf.discover().await.unwrap();
+    let names: Vec<&str> = schemas.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "account",
+            "opportunity_history",
+            "invoice__c",
+            "case_status"
+        ]
+    );
+    let by_name: HashMap<&str, _> = schemas.iter().map(|s| (s.name.as_str(), s)).collect();
+    use tributary_sdk::ColumnType as T;
+    let ty = |table: &str, column: &str| by_name[table].column(column).map(|c| c.ty);
+    assert_eq!(ty("account", "tier__c"), Some(T::String));
+    assert_eq!(ty("account", "customer_since__c"), Some(T::Date));
+    assert_eq!(ty("account", "health_score__c"), Some(T::Number));
+    assert_eq!(ty("account", "annual_revenue"), Some(T::Number));
+    assert_eq!(ty("account", "number_of_employees"), Some(T::Integer));
+    assert_eq!(ty("account", "billing_city"), Some(T::String));
+    assert_eq!(ty("account", "billing_latitude"), Some(T::Number));
+    assert_eq!(ty("account", "billing_address"), None);
+    assert_eq!(ty("account", "system_modstamp"), Some(T::Timestamp));
+    assert_eq!(ty("account", "owner_id"), Some(T::String));
+    assert_eq!(ty("invoice__c", "amount__c"), Some(T::Number));
+    assert_eq!(
+        ty("invoice__c", "store_location__latitude__s"),
+        Some(T::Number)
+    );
+    assert_eq!(ty("invoice__c", "paid__c"), Some(T::Boolean));
+    assert_eq!(ty("opportunity_history", "close_date"), Some(T::Date));
+    assert_eq!(
+        by_name["account"].cursor_field.as_deref(),
+        Some("system_modstamp")
+    );
+    assert_eq!(by_name["case_status"].cursor_field, None);
+
+    // Discovery describes the org once per source.
+    let requests = sandbox.stats().api_requests;
+    sf.discover().await.unwrap();
+    assert_eq!(sandbox.stats().api_requests, requests);
+
+    // A field added in the org later is a column of the next source built.
+    sandbox
+        .add_field("Account", "Segment__c", "string")
+        .unwrap();
+    let again = connector(config(&sandbox, &["Account"]));
+    let schemas = again.discover().await.unwrap();
+    assert!(schemas[0].column("segment__c").is_some());
+
+    // An object the org lacks is an error naming `objects`.
+    let missing = connector(config(&sandbox, &["Account", "Invoices__c"]));
+    match missing.discover().await.unwrap_err() {
+        Error::Config { key, message } => {
+            assert_eq!(key, "objects");
+            assert!(message.contains("Invoices__c"), "{message}");
+        }
+        other => panic!("{other}"),
+    }
+    // Field lists name what they read.
+    let mut only = config(&sandbox, &["Account"]);
+    only.fields.insert(
+        "Account".into(),
+        crate::config::FieldSelection {
+            include: Some(vec!["Name".into(), "Tier__c".into()]),
+            exclude: vec![],
+        },
+    );
+    let schema = &connector(only).discover().await.unwrap()[0];
+    let columns: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(columns, ["id", "system_modstamp", "name", "tier__c"]);
+}
+
+#[tokio::test]
+async fn rest_reads_land_every_record_once_with_typed_values() {
+    let sandbox = sandbox(450).await;
+    let sf = connector(config(&sandbox, &["Account"]));
+    let pages = read(&sf, "account", None).await;
+    assert_eq!(pages.len(), 3, "450 records in pages of 200");
+    assert!(pages.iter().all(|p| !p.reset));
+    assert_eq!(
+        pages
+            .iter()
+            .map(|p| p.cursor["complete"].clone())
+            .collect::<Vec<_>>(),
+        [json!(false), json!(false), json!(true)]
+    );
+    assert_exactly_once(&ids(&pages), &sandbox.ids("Account"));
+    let Records::Values(values) = &pages[0].records else {
+        panic!()
+    };
+    let first = &values[0].value;
+    assert!(first.get("attributes").is_none() && first.get("attributes_type").is_none());
+    assert!(first["system_modstamp"].is_string());
+    assert!(first["annual_revenue"].is_number());
+    assert!(
+        first.get("is_deleted").is_none(),
+        "IsDeleted is the record's flag"
+    );
+    assert_eq!(sandbox.stats().bulk_jobs, 0);
+
+    // The last cursor is the newest (stamp, Id); nothing new, nothing read.
+    let last = pages.last().unwrap().cursor.clone();
+    let newest = sandbox
+        .ids("Account")
+        .into_iter()
+        .map(|id| {
+            let r = sandbox.record("Account", &id).unwrap();
+            (
+                crate::streams::canonical_stamp(r["SystemModstamp"].as_str().unwrap()).unwrap(),
+                id,
+            )
+        })
+        .max()
+        .unwrap();
+    assert_eq!(last["stamp"], json!(newest.0));
+    assert_eq!(last["id"], json!(newest.1));
+    assert!(ids(&read(&sf, "account", Some(last)).await).is_empty());
+}
+
+#[tokio::test]
+async fn bulk_reads_land_every_record_once_and_resume_by_locator() {
+    let sandbox = sandbox(120).await;
+    let mut c = config(&sandbox, &["Contact"]);
+    c.bulk_threshold = 100;
+    let sf = connector(c);
+    let pages = read(&sf, "contact", None).await;
+    assert_eq!(sandbox.stats().bulk_jobs, 1);
+    assert_eq!(
+        sandbox.stats().bulk_result_pages,
+        3,
+        "240 contacts, 100 a page"
+    );
+    assert_eq!(
+        pages.iter().map(phase).collect::<Vec<_>>(),
+        ["bulk", "bulk", "incremental"]
+    );
+    assert_exactly_once(&ids(&pages), &sandbox.ids("Contact"));
+
+    // Resuming from the first page's cursor reads the job's remaining pages, nothing else.
+    let before: Vec<String> = ids(&pages[..1]);
+    let rest = read(&sf, "contact", Some(pages[0].cursor.clone())).await;
+    assert_eq!(
+        sandbox.stats().bulk_jobs,
+        1,
+        "the job is resumed, not run again"
+    );
+    let mut all = before.clone();
+    all.extend(ids(&rest));
+    assert_exactly_once(&all, &sandbox.ids("Contact"));
+    assert_eq!(rest.last().unwrap().cursor, pages.last().unwrap().cursor);
+
+    // A job Salesforce no longer has is run again from where it started.
+    let mut gone = pages[0].cursor.clone();
+    gone["job"] = json!("750000000000999AAA");
+    let again = read(&sf, "contact", Some(gone)).await;
+    assert_eq!(sandbox.stats().bulk_jobs, 2);
+    assert_exactly_once(&ids(&again), &sandbox.ids("Contact"));
+}
+
+#[tokio::test]
+async fn objects_bulk_cannot_serve_fall_back_to_rest_snapshots() {
+    let sandbox = sandbox(5).await;
+    let mut c = config(&sandbox, &["CaseStatus"]);
+    c.bulk_threshold = 0;
+    let sf = connector(c);
+    let pages = read(&sf, "case_status", None).await;
+    assert_eq!(sandbox.stats().bulk_jobs, 0, "the job was refused");
+    assert_eq!(pages.len(), 1);
+    assert!(pages[0].reset, "a snapshot replaces the table");
+    assert_eq!(
+        pages[0].cursor,
+        json!({"phase": "snapshot", "after_id": null, "complete": true})
+    );
+    assert_exactly_once(&ids(&pages), &sandbox.ids("CaseStatus"));
+    // The next run is a new snapshot.
+    let next = read(&sf, "case_status", Some(pages[0].cursor.clone())).await;
+    assert!(next[0].reset);
+    assert_eq!(ids(&next).len(), 5);
+}
+
+/// Creates, updates and deletes, then checks an incremental read lands exactly those.
+async fn changes_land_exactly(bulk: bool) {
+    let sandbox = sandbox(30).await;
+    let mut c = config(&sandbox, &["Opportunity"]);
+    if bulk {
+        c.bulk_threshold = 0;
+    }
+    let sf = connector(c);
+    let pages = read(&sf, "opportunity", None).await;
+    let end = pages.last().unwrap().cursor.clone();
+    let existing = sandbox.ids("Opportunity");
+    let created = sandbox
+        .create(
+            "Opportunity",
+            json!({"Name": "Big deal", "Amount": 125000.5}),
+        )
+        .unwrap();
+    sandbox
+        .update(
+            "Opportunity",
+            &existing[0],
+            json!({"StageName": "Closed Won"}),
+        )
+        .unwrap();
+    sandbox.delete("Opportunity", &existing[1]).unwrap();
+    settle().await;
+    let changes = read(&sf, "opportunity", Some(end)).await;
+    let got: BTreeSet<(String, bool)> = records(&changes).into_iter().collect();
+    let want: BTreeSet<(String, bool)> = [
+        (created.clone(), false),
+        (existing[0].clone(), false),
+        (existing[1].clone(), true),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(got, want, "bulk: {bulk}");
+    let updated = changes
+        .iter()
+        .flat_map(|p| match &p.records {
+            Records::Values(values) => values.clone(),
+            Records::Json { .. } => Vec::new(),
+        })
+        .find(|r| r.value["id"] == json!(existing[0]))
+        .unwrap();
+    assert_eq!(updated.value["stage_name"], "Closed Won");
+
+    // The lookback window is read again, but what landed does not land twice.
+    let idle = read(
+        &sf,
+        "opportunity",
+        Some(changes.last().unwrap().cursor.clone()),
+    )
+    .await;
+    assert!(ids(&idle).is_empty(), "bulk: {bulk}: {:?}", ids(&idle));
+}
+
+#[tokio::test]
+async fn rest_changes_land_exactly_once() {
+    changes_land_exactly(false).await;
+}
+
+#[tokio::test]
+async fn bulk_changes_land_exactly_once() {
+    changes_land_exactly(true).await;
+}
+
+#[tokio::test]
+async fn the_lookback_window_catches_late_commits_without_landing_twice() {
+    let sandbox = sandbox(20).await;
+    let sf = connector(config(&sandbox, &["Account"]));
+    let pages = read(&sf, "account", None).await;
+    let end = pages.last().unwrap().cursor.clone();
+    let newest = crate::streams::canonical_stamp(end["stamp"].as_str().unwrap()).unwrap();
+    let newest = chrono::DateTime::parse_from_rfc3339(&newest)
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    // Two transactions commit after the read, stamped before its cursor: one within the
+    // default 300 s lookback, one before it.
+    let late = sandbox
+        .create_committed_late(
+            "Account",
+            json!({"Name": "Late"}),
+            newest - chrono::Duration::seconds(60),
+        )
+        .unwrap();
+    let too_late = sandbox
+        .create_committed_late(
+            "Account",
+            json!({"Name": "Too late"}),
+            newest - chrono::Duration::seconds(900),
+        )
+        .unwrap();
+    let next = read(&sf, "account", Some(end.clone())).await;
+    assert_eq!(
+        ids(&next),
+        vec![late.clone()],
+        "only the late record inside the window lands"
+    );
+    assert!(!ids(&next).contains(&too_late));
+    // A wider window catches the older one too; the record the cursor remembers from the
+    // last window does not land again.
+    let mut wide = config(&sandbox, &["Account"]);
+    wide.lookback_seconds = 3600;
+    let wide = connector(wide);
+    let landed = ids(&read(&wide, "account", Some(next.last().unwrap().cursor.clone())).await);
+    assert!(landed.contains(&too_late), "{landed:?}");
+    assert!(!landed.contains(&late), "{landed:?}");
+}
+
+#[tokio::test]
+async fn a_session_expiring_mid_read_is_renewed_without_failing() {
+    let sandbox = sandbox(450).await;
+    let sf = connector(config(&sandbox, &["Account", "Contact"]));
+    sf.discover().await.unwrap();
+    // Tokens from now on are good for two requests; the Contact read needs five.
+    sandbox.set_session_ttl(Some(2));
+    sandbox.expire_sessions();
+    let pages = read(&sf, "contact", None).await;
+    assert_exactly_once(&ids(&pages), &sandbox.ids("Contact"));
+    assert!(
+        sandbox.stats().invalid_sessions >= 2,
+        "{:?}",
+        sandbox.stats()
+    );
+    assert!(sf.tokens_fetched() >= 3, "{}", sf.tokens_fetched());
+}
+
+#[tokio::test]
+async fn the_api_budget_defers_new_objects() {
+    let sandbox = sandbox(10).await;
+    let mut c = config(&sandbox, &["Account", "Lead"]);
+    c.api_budget_percent = 50.0;
+    let sf = connector(c);
+    sf.discover().await.unwrap();
+    let (used, _) = sandbox.api_usage();
+    // Under half of the limit before Account, past it after (a count and one page).
+    sandbox.set_daily_api_limit(2 * used + 3);
+    read(&sf, "account", None).await;
+    let (used, limit) = sf.api_usage().unwrap();
+    assert!(used * 2 > limit, "{used}/{limit}");
+    match try_read(&sf, "lead", None, false).await.unwrap_err() {
+        Error::Deferred { reason } => {
+            assert!(
+                reason.contains("api_budget_percent") && reason.contains("Lead"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a deferral, got {other}"),
+    }
+    // Out of requests mid-read: the stream ends as deferred too, not failed.
+    let sf = connector(config(&sandbox, &["Lead"]));
+    sandbox.reset_api_usage();
+    sandbox.set_daily_api_limit(3);
+    match try_read(&sf, "lead", None, false).await.unwrap_err() {
+        Error::Deferred { reason } => {
+            assert!(reason.contains("REQUEST_LIMIT_EXCEEDED"), "{reason}")
+        }
+        other => panic!("expected a deferral, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn server_errors_and_cut_bodies_are_retried() {
+    let sandbox = sandbox(450).await;
+    let sf = connector(config(&sandbox, &["Account"]));
+    sf.discover().await.unwrap();
+    sandbox.set_faults(Faults {
+        error_next: 1,
+        truncate_next: 2,
+        slow_ms: 0,
+    });
+    let mut c = config(&sandbox, &["Account"]);
+    c.bulk_threshold = 0;
+    let bulk = connector(c);
+    let pages = read(&sf, "account", None).await;
+    assert_exactly_once(&ids(&pages), &sandbox.ids("Account"));
+    sandbox.set_faults(Faults {
+        truncate_next: 2,
+        ..Faults::default()
+    });
+    let pages = read(&bulk, "account", None).await;
+    assert_exactly_once(&ids(&pages), &sandbox.ids("Account"));
+    assert_eq!(sandbox.stats().faults_injected, 5);
+}
+
+/// The conformance kit's view of the simulator.
+struct Kit {
+    sandbox: SalesforceSandbox,
+    bulk: bool,
+}
+
+#[async_trait]
+impl Harness for Kit {
+    fn source(&self) -> Arc<dyn tributary_sdk::Source> {
+        let mut c = config(&self.sandbox, &["Account", "Lead"]);
+        if self.bulk {
+            c.bulk_threshold = 0;
+        }
+        Arc::new(connector(c))
+    }
+
+    async fn ids(&self, stream: &str) -> Vec<String> {
+        self.sandbox.ids(object(stream))
+    }
+
+    async fn create(&self, stream: &str) -> String {
+        self.sandbox
+            .create(object(stream), json!({"Name": "Conformance"}))
+            .unwrap()
+    }
+
+    async fn update(&self, stream: &str, id: &str) {
+        self.sandbox
+            .update(object(stream), id, json!({"Phone": "+1 555 0100"}))
+            .unwrap();
+    }
+
+    async fn delete(&self, stream: &str, id: &str) {
+        self.sandbox.delete(object(stream), id).unwrap();
+    }
+
+    async fn settle(&self) {
+        settle().await;
+    }
+}
+
+fn object(stream: &str) -> &'static str {
+    match stream {
+        "account" => "Account",
+        _ => "Lead",
+    }
+}
+
+#[tokio::test]
+async fn conformance_rest() {
+    let kit = Kit {
+        sandbox: sandbox(450).await,
+        bulk: false,
+    };
+    conformance::run(&kit, "account").await.unwrap();
+}
+
+#[tokio::test]
+async fn conformance_bulk() {
+    let kit = Kit {
+        sandbox: sandbox(250).await,
+        bulk: true,
+    };
+    conformance::run(&kit, "account").await.unwrap();
+}
