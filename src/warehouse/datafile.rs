@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
-use arrow::array::{Array, AsArray};
+use arrow::array::{Array, AsArray, StringArray};
 use arrow::datatypes::{DataType as ArrowType, Schema as ArrowSchema};
 use arrow::record_batch::RecordBatch;
 use deltalake::DeltaTable;
@@ -31,7 +31,24 @@ pub struct DataFile {
     null_counts: Vec<i64>,
     rows: u64,
     /// The primary key column's index and the key of every row written, in order.
-    key: Option<(usize, Vec<Option<String>>)>,
+    key: Option<(usize, Keys)>,
+}
+
+/// The primary key of every row of a file, in order: the key columns of the batches
+/// written, shared with them (no copy per row on the write path).
+#[derive(Debug, Clone, Default)]
+pub struct Keys(Vec<StringArray>);
+
+impl Keys {
+    /// Appends a batch's key column.
+    pub fn push(&mut self, column: StringArray) {
+        self.0.push(column);
+    }
+
+    /// Every row's key, by position.
+    pub fn iter(&self) -> impl Iterator<Item = Option<&str>> + '_ {
+        self.0.iter().flat_map(|a| a.iter())
+    }
 }
 
 /// A finished data file: its `add` action and, for keyed tables, the key of each row.
@@ -40,7 +57,7 @@ pub struct NewFile {
     /// The action that adds it to the table.
     pub add: Add,
     /// The key of every row, by position; empty for tables without a primary key.
-    pub keys: Vec<Option<String>>,
+    pub keys: Keys,
     /// The file's schema.
     pub schema: Arc<ArrowSchema>,
 }
@@ -87,7 +104,7 @@ impl DataFile {
         let key = key
             .and_then(|k| schema.index_of(k).ok())
             .filter(|&i| schema.field(i).data_type() == &ArrowType::Utf8)
-            .map(|i| (i, Vec::new()));
+            .map(|i| (i, Keys::default()));
         Ok(DataFile {
             name,
             store,
@@ -117,8 +134,7 @@ impl DataFile {
             }
         }
         if let Some((i, keys)) = self.key.as_mut() {
-            let col = batch.column(*i).as_string::<i32>();
-            keys.extend(col.iter().map(|k| k.map(str::to_owned)));
+            keys.push(batch.column(*i).as_string::<i32>().clone());
         }
         self.rows += batch.num_rows() as u64;
         let name = &self.name;
@@ -154,12 +170,11 @@ impl DataFile {
         let mut stats = serde_json::json!({"numRecords": self.rows, "nullCount": null_count});
         let (keys, key_name) = match self.key {
             Some((i, keys)) => (keys, Some(self.schema.field(i).name().clone())),
-            None => (Vec::new(), None),
+            None => (Keys::default(), None),
         };
         if let Some(name) = key_name {
-            let present = keys.iter().flatten();
-            let min = present.clone().min();
-            let max = present.max();
+            let min = keys.iter().flatten().min();
+            let max = keys.iter().flatten().max();
             if let (Some(min), Some(max)) = (min, max)
                 && max.len() <= MAX_STAT_KEY
                 && min.len() <= MAX_STAT_KEY

@@ -89,7 +89,7 @@ impl History {
             add.deletion_vector = None;
             copies.push(NewFile {
                 add,
-                keys: Vec::new(),
+                keys: Default::default(),
                 schema: f.schema.clone(),
             });
         }
@@ -247,7 +247,11 @@ mod tests {
         assert_eq!(meta.cursor, serde_json::json!({"page": 1}));
         assert_eq!(files.len(), 1);
         assert_eq!(
-            files[0].keys,
+            files[0]
+                .keys
+                .iter()
+                .map(|k| k.map(str::to_owned))
+                .collect::<Vec<_>>(),
             vec![Some("a".to_owned()), Some("b".to_owned())]
         );
         main.commit(

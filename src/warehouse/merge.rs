@@ -19,6 +19,8 @@ use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use roaring::RoaringTreemap;
 
+use super::datafile::Keys;
+
 /// Rows read per batch when reading files back.
 const READ_BATCH: usize = 8192;
 
@@ -85,7 +87,7 @@ pub async fn read_keys(
     path: &str,
     size: i64,
     key: &str,
-) -> Result<(Arc<ArrowSchema>, Vec<Option<String>>)> {
+) -> Result<(Arc<ArrowSchema>, Keys)> {
     let builder = ParquetRecordBatchStreamBuilder::new(reader(store, path, size))
         .await
         .with_context(|| format!("opening the data file {path}"))?;
@@ -96,7 +98,7 @@ pub async fn read_keys(
         .iter()
         .position(|c| c.path().parts() == [key.to_owned()])
     else {
-        return Ok((schema, Vec::new()));
+        return Ok((schema, Keys::default()));
     };
     let mask = ProjectionMask::leaves(builder.parquet_schema(), [leaf]);
     let mut batches = builder
@@ -104,7 +106,7 @@ pub async fn read_keys(
         .with_batch_size(READ_BATCH)
         .build()
         .with_context(|| format!("reading the data file {path}"))?;
-    let mut keys = Vec::new();
+    let mut keys = Keys::default();
     while let Some(batch) = batches
         .try_next()
         .await
@@ -114,7 +116,7 @@ pub async fn read_keys(
         let col = col
             .as_string_opt::<i32>()
             .ok_or_else(|| anyhow!("the key column `{key}` of {path} is not text"))?;
-        keys.extend(col.iter().map(|k| k.map(str::to_owned)));
+        keys.push(col.clone());
     }
     Ok((schema, keys))
 }

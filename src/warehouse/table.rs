@@ -338,7 +338,7 @@ impl StreamTable {
             for (fi, f) in files.iter().enumerate() {
                 for (ri, k) in f.keys.iter().enumerate() {
                     if let Some(k) = k
-                        && let Some((pf, pr)) = incoming.insert(k.as_str(), (fi, ri as u64))
+                        && let Some((pf, pr)) = incoming.insert(k, (fi, ri as u64))
                     {
                         new_deleted[pf].insert(pr);
                     }
