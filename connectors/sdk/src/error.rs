@@ -67,6 +67,20 @@ pub enum Error {
         retry_after: Duration,
     },
 
+    /// The vendor broke its own API contract in a way retrying cannot cure: a paginated
+    /// walk that repeats a cursor or makes no progress, a 200 whose body is not the
+    /// documented shape, an answer larger than the configured cap. The stream stops; what
+    /// was committed before stays, and nothing of the offending answer lands.
+    #[error("{vendor} stream `{stream}`: {message}")]
+    Protocol {
+        /// The vendor, e.g. `Stripe`.
+        vendor: String,
+        /// The stream (or the request, when no stream is involved).
+        stream: String,
+        /// What the vendor did, and what it means for the data.
+        message: String,
+    },
+
     /// A vendor response could not be understood.
     #[error("could not decode {context}: {message}")]
     Decode {
@@ -127,6 +141,19 @@ impl Error {
     pub fn config(key: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Config {
             key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Protocol`].
+    pub fn protocol(
+        vendor: impl Into<String>,
+        stream: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Error::Protocol {
+            vendor: vendor.into(),
+            stream: stream.into(),
             message: message.into(),
         }
     }

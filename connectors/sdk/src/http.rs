@@ -614,7 +614,15 @@ pub fn redact_url(url: &reqwest::Url) -> String {
 /// string (with `description`/`error_description` when present: Zendesk, OAuth),
 /// `error.title`/`error.description` (Zendesk), `[0].message` (Salesforce, with its
 /// `errorCode`), or a top-level `message`; otherwise the first 300 characters of the body.
+///
+/// The message is [`scrub`](crate::secret::scrub)bed: vendors echo credentials back in
+/// error bodies (an `Authorization` header, a posted form), and this text is logged and
+/// stored.
 pub fn vendor_message(body: &[u8]) -> String {
+    crate::secret::scrub(&raw_vendor_message(body)).into_owned()
+}
+
+fn raw_vendor_message(body: &[u8]) -> String {
     if let Ok(json) = serde_json::from_slice::<serde_json::Value>(body)
         && let Some(message) = json_message(&json)
     {
