@@ -84,12 +84,21 @@ struct LogWriter;
 
 impl std::io::Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        progress_bars().suspend(|| std::io::stderr().write_all(buf))?;
+        // The formatter hands over one whole event per write: mask any secret a vendor's
+        // text or an error chain carried into it, as a last line of defence.
+        let line = String::from_utf8_lossy(buf);
+        let line = tributary_sdk::secret::scrub(&line);
+        progress_bars().suspend(|| std::io::stderr().write_all(line.as_bytes()))?;
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
         std::io::stderr().flush()
     }
+}
+
+/// An error chain as one line, with every secret masked: for anything printed or stored.
+pub fn scrubbed(e: &anyhow::Error) -> String {
+    tributary_sdk::secret::scrub(&format!("{e:#}")).into_owned()
 }
 
 /// `check`: builds every source and asks each for one cheap authenticated call.
@@ -103,7 +112,11 @@ pub async fn check(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
             Ok(()) => println!("{:<20} ok ({} streams)", s.config.name, s.streams.len()),
             Err(e) => {
                 failed += 1;
-                println!("{:<20} FAILED: {e}", s.config.name);
+                println!(
+                    "{:<20} FAILED: {}",
+                    s.config.name,
+                    tributary_sdk::secret::scrub(&e.to_string())
+                );
             }
         }
     }
@@ -284,7 +297,7 @@ async fn sync_source(
                         Err(e) => {
                             tracing::warn!(source = %name, stream = %outcome.stream, error = %format!("{e:#}"), "Could not read the tracking outbox; it stays for the next run.");
                             TrackingOutcome {
-                                error: Some(format!("{e:#}")),
+                                error: Some(scrubbed(&e)),
                                 ..TrackingOutcome::default()
                             }
                         }
@@ -506,7 +519,7 @@ pub async fn compact(
             Err(e) => {
                 failed += 1;
                 println!("{name:<40} failed");
-                eprintln!("    error: {e:#}");
+                eprintln!("    error: {}", scrubbed(&e));
             }
         }
     }

@@ -82,6 +82,10 @@ pub struct SyncConfig {
     /// Streams of one source synced at the same time.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// The largest vendor answer read, in MiB after decompression (1 to 4096, default
+    /// 256): a larger one fails its stream instead of exhausting memory.
+    #[serde(default = "default_max_response_mb")]
+    pub max_response_mb: u64,
 }
 
 impl Default for SyncConfig {
@@ -91,6 +95,7 @@ impl Default for SyncConfig {
             row_group_size: default_row_group_size(),
             commit_every: default_commit_every(),
             concurrency: default_concurrency(),
+            max_response_mb: default_max_response_mb(),
         }
     }
 }
@@ -106,6 +111,9 @@ fn default_commit_every() -> u64 {
 }
 fn default_concurrency() -> usize {
     4
+}
+fn default_max_response_mb() -> u64 {
+    tributary_sdk::http::DEFAULT_MAX_BODY_BYTES / (1024 * 1024)
 }
 
 /// The keys of `[sources.<name>]` the runtime reads itself; every other key belongs to
@@ -144,6 +152,16 @@ pub struct TrackingConfig {
     pub enabled: bool,
 }
 
+/// Whether an object_store option holds a credential (`aws_secret_access_key`,
+/// `azure_storage_sas_key`, `google_service_account_key`, a session token, …).
+fn is_credential_option(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["secret", "token", "password", "sas", "_key", "credential"]
+        .iter()
+        .any(|word| key.contains(word))
+        && !key.ends_with("key_id")
+}
+
 /// Reads `[sources.<name>.tracking]` (`at` is `sources.<name>.tracking`).
 fn parse_tracking(value: toml::Value, at: &str, file: &str) -> Result<TrackingConfig> {
     let toml::Value::Table(table) = value else {
@@ -174,11 +192,11 @@ fn parse_tracking(value: toml::Value, at: &str, file: &str) -> Result<TrackingCo
             "{file}: `{at}.write_key` is missing or empty; write e.g. write_key = \"${{SEGMENT_WRITE_KEY}}\""
         );
     };
-    if url::Url::parse(&endpoint).is_err() {
-        bail!(
-            "{file}: `{at}.endpoint` = {endpoint:?} is not a URL; write e.g. \"https://api.segment.io\""
-        );
-    }
+    // The write key travels in every request's Authorization header: https only (http to
+    // a loopback collector for tests), and no user:password in the URL.
+    let endpoint =
+        tributary_sdk::endpoint::base_url(&format!("{at}.endpoint"), &endpoint, "`write_key`")
+            .map_err(|e| anyhow::anyhow!("{file}: {e}; write e.g. \"https://api.segment.io\""))?;
     Ok(TrackingConfig {
         endpoint,
         write_key,
@@ -269,11 +287,21 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded> {
     warehouse.url = resolve_str(&warehouse.url, "warehouse.url", &file.to_string())?;
     for (k, v) in warehouse.options.iter_mut() {
         *v = resolve_str(v, &format!("warehouse.options.{k}"), &file.to_string())?;
+        // The store's credentials: masked wherever an error or log line would carry them.
+        if is_credential_option(k) {
+            tributary_sdk::secret::register(v);
+        }
     }
     let sync = config.sync;
     if sync.batch_size == 0 || sync.row_group_size == 0 || sync.commit_every == 0 {
         bail!(
             "{file}: `sync.batch_size`, `sync.row_group_size` and `sync.commit_every` must be greater than zero"
+        );
+    }
+    if !(1..=4096).contains(&sync.max_response_mb) {
+        bail!(
+            "{file}: `sync.max_response_mb` must be from 1 to 4096 (MiB), got {}",
+            sync.max_response_mb
         );
     }
     if sync.concurrency == 0 {

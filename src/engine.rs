@@ -227,7 +227,8 @@ pub async fn sync_stream(job: StreamJob<'_>) -> StreamOutcome {
         Err(e) => {
             outcome.status = match e.downcast_ref::<tributary_sdk::Error>() {
                 Some(tributary_sdk::Error::Deferred { reason }) => Status::Deferred(reason.clone()),
-                _ => Status::Failed(format!("{e:#}")),
+                // Stored in the run log and printed: no secret a vendor echoed may stay.
+                _ => Status::Failed(crate::cli::scrubbed(&e)),
             }
         }
     }

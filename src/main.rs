@@ -173,7 +173,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", cli::scrubbed(&e));
             ExitCode::from(cli::EXIT_ERROR)
         }
     }

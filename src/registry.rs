@@ -29,6 +29,8 @@ pub struct BuiltSource {
 /// Builds one configured source and resolves its `streams` against what it offers.
 pub async fn build(config: &Loaded, source: &SourceConfig) -> Result<BuiltSource> {
     let file = config.path.display();
+    // Every connector's HTTP client reads its body cap from here (see the SDK's `http`).
+    tributary_sdk::http::set_max_body_bytes(config.sync.max_response_mb * 1024 * 1024);
     let factories = factories();
     let factory = factories
         .iter()

@@ -192,6 +192,19 @@ struct TokenResponse {
 }
 
 /// Gets and caches access tokens for one source.
+/// The domains an org's `instance_url` may be on: Salesforce's own (`*.my.salesforce.com`
+/// My Domains and legacy `naNN.salesforce.com` instances, `*.force.com`,
+/// `*.cloudforce.com`), Government Cloud Plus Defense (`*.my.salesforce.mil`) and
+/// Salesforce on Alibaba Cloud (`*.my.sfcrmproducts.cn`), per Salesforce Help's "My Domain
+/// URL Formats".
+pub const SALESFORCE_DOMAINS: &[&str] = &[
+    "salesforce.com",
+    "force.com",
+    "cloudforce.com",
+    "salesforce.mil",
+    "sfcrmproducts.cn",
+];
+
 #[derive(Debug)]
 pub struct Authenticator {
     flow: AuthFlow,
@@ -249,6 +262,34 @@ impl Authenticator {
         self.fetched.load(Ordering::Relaxed)
     }
 
+    /// The token answer's `instance_url`, where every API call (with the bearer token) then
+    /// goes, if it may receive the token: `https://` on one of [`SALESFORCE_DOMAINS`], or a
+    /// loopback address when the login URL is one (the simulator). Anything else (another
+    /// scheme, host or port a tampered or misdirected answer names) is refused.
+    fn checked_instance_url(&self, raw: &str) -> Result<String> {
+        let shown = tributary_sdk::endpoint::display(raw);
+        let url = url::Url::parse(raw).map_err(|e| {
+            Error::decode(
+                "the token response's instance_url",
+                format!("`{shown}`: {e}"),
+            )
+        })?;
+        let origin = url::Url::parse(&self.token_url)
+            .map_err(|e| Error::decode("the token URL", format!("`{}`: {e}", self.token_url)))?;
+        if !tributary_sdk::endpoint::allowed_by_domains(&url, &origin, SALESFORCE_DOMAINS) {
+            return Err(Error::protocol(
+                VENDOR,
+                "POST /services/oauth2/token",
+                format!(
+                    "the token answer names instance_url `{shown}`, which is not an https:// \
+                     URL on a Salesforce domain ({}); refusing to send the access token there",
+                    SALESFORCE_DOMAINS.join(", ")
+                ),
+            ));
+        }
+        Ok(url.as_str().trim_end_matches('/').to_owned())
+    }
+
     async fn fetch(&self) -> Result<Token> {
         let mut form: Vec<(&str, String)> = Vec::new();
         match &self.flow {
@@ -271,7 +312,10 @@ impl Authenticator {
                 audience,
             } => {
                 form.push(("grant_type", JWT_BEARER_GRANT.into()));
-                form.push(("assertion", assertion(client_id, username, audience, key)?));
+                let assertion = assertion(client_id, username, audience, key)?;
+                // A signed assertion is a credential for its few minutes of life.
+                tributary_sdk::secret::register(&assertion);
+                form.push(("assertion", assertion));
             }
             AuthFlow::ClientCredentials {
                 client_id,
@@ -310,21 +354,14 @@ impl Authenticator {
                 other => other,
             })?;
         let answer: TokenResponse = response.json()?;
-        let instance_url = url::Url::parse(&answer.instance_url)
-            .map_err(|e| {
-                Error::decode(
-                    "the token response's instance_url",
-                    format!("`{}`: {e}", answer.instance_url),
-                )
-            })?
-            .as_str()
-            .trim_end_matches('/')
-            .to_owned();
+        // Register the token before anything can print it (an error echoing it, a log).
+        let access_token = Secret::new(answer.access_token);
+        let instance_url = self.checked_instance_url(&answer.instance_url)?;
         self.fetched.fetch_add(1, Ordering::Relaxed);
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::debug!(flow = self.flow.name(), instance_url = %instance_url, "Got a Salesforce access token.");
         Ok(Token {
-            access_token: Secret::new(answer.access_token),
+            access_token,
             instance_url,
             generation,
         })

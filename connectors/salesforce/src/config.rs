@@ -487,27 +487,15 @@ pub fn is_api_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Checks that `raw` is an absolute http(s) URL with a host and neither query nor fragment;
-/// returns it without its trailing slashes.
+/// Checks the login URL: https, or http to a loopback simulator; see
+/// [`tributary_sdk::endpoint::base_url`]. The token request posts the client secret and
+/// refresh token there, so plain http to any other host is refused.
 fn validate_url(raw: &str) -> Result<String> {
-    let bad = |why: String| Error::config("login_url", why);
-    let url = url::Url::parse(raw.trim()).map_err(|e| bad(format!("`{raw}` is not a URL: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(bad(format!(
-            "`{raw}` must be an https:// URL, not {}://",
-            url.scheme()
-        )));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(bad(format!("`{raw}` has no host")));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(bad(format!("`{raw}` must not have a query or a fragment")));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(bad(format!("`{raw}` must not carry credentials")));
-    }
-    Ok(url.as_str().trim_end_matches('/').to_owned())
+    tributary_sdk::endpoint::base_url(
+        "login_url",
+        raw,
+        "`client_id`, `client_secret` and the flow's own keys",
+    )
 }
 
 #[cfg(test)]
@@ -681,6 +669,11 @@ mod tests {
         let mut c = refresh();
         c.login_url = "ftp://login.salesforce.com".into();
         assert_eq!(key_of(c.validate().unwrap_err()), "login_url");
+        // The token request would post the client secret in clear.
+        c.login_url = "http://login.salesforce.com".into();
+        assert_eq!(key_of(c.validate().unwrap_err()), "login_url");
+        c.login_url = "http://127.0.0.1:4000".into();
+        assert!(c.validate().is_ok());
     }
 
     #[test]

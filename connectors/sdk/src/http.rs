@@ -71,12 +71,38 @@ pub struct HttpConfig {
     pub max_retry_after: Duration,
     /// The vendor's remaining-quota headers, if it sends them.
     pub quota: Option<QuotaHeaders>,
+    /// The largest body, after decompression, the client reads; a larger answer fails the
+    /// request with [`Error::Protocol`] instead of exhausting memory (a small gzip body can
+    /// inflate a thousandfold). Default: [`max_body_bytes`], which the runtime sets from
+    /// `[sync] max_response_mb`.
+    pub max_body_bytes: u64,
+}
+
+/// The default of [`HttpConfig::max_body_bytes`] when the runtime sets none: 256 MiB, far
+/// above any vendor's documented page (Stripe's 100 objects, Zendesk's 1,000 records, a
+/// Salesforce Bulk results chunk) and far below what would exhaust a worker's memory.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 256 * 1024 * 1024;
+
+static MAX_BODY_BYTES: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(DEFAULT_MAX_BODY_BYTES);
+
+/// The process-wide default body cap that [`HttpConfig::new`] uses.
+pub fn max_body_bytes() -> u64 {
+    MAX_BODY_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Sets the process-wide default body cap (the runtime calls this once from its config,
+/// before building sources), so every connector's client gets it without a config key of
+/// its own.
+pub fn set_max_body_bytes(bytes: u64) {
+    MAX_BODY_BYTES.store(bytes.max(1), std::sync::atomic::Ordering::Relaxed);
 }
 
 impl HttpConfig {
     /// A config with the given vendor name and rate and the defaults for everything else:
     /// burst 1, 60 s timeout, 10 s connect timeout, 8 retries, backoff from 500 ms capped at
-    /// 60 s, `Retry-After` honoured up to 15 minutes, no quota headers.
+    /// 60 s, `Retry-After` honoured up to 15 minutes, no quota headers, bodies capped at
+    /// the process-wide [`max_body_bytes`].
     pub fn new(vendor: impl Into<String>, requests_per_second: f64) -> Self {
         HttpConfig {
             vendor: vendor.into(),
@@ -89,6 +115,7 @@ impl HttpConfig {
             max_backoff: Duration::from_secs(60),
             max_retry_after: Duration::from_secs(15 * 60),
             quota: None,
+            max_body_bytes: max_body_bytes(),
         }
     }
 
@@ -136,7 +163,8 @@ pub struct Response {
     pub headers: HeaderMap,
     /// The whole body, decompressed.
     pub body: Bytes,
-    /// The final URL (after redirects) as scheme, host and path only; see [`redact_url`].
+    /// The URL as scheme, host and path only; see [`redact_url`]. (Redirects are never
+    /// followed, so it is the URL asked.)
     pub url: String,
     /// The vendor's clock, from the `Date` header: the safe "fetched at" for incremental
     /// cursors, since it does not depend on the local clock.
@@ -335,6 +363,12 @@ impl HttpClient {
     fn with_account(config: HttpConfig, account: Arc<Account>) -> Result<Self> {
         let client = reqwest::Client::builder()
             .user_agent(crate::USER_AGENT)
+            // Follow no redirect: reqwest would re-send the Authorization header to a
+            // same-host redirect and re-POST a token request's form (client secret, refresh
+            // token) on a 307/308 to wherever it points, and a redirected list call would
+            // read another server's answer as the vendor's. A 3xx is an error naming where
+            // it pointed (see `classify`).
+            .redirect(reqwest::redirect::Policy::none())
             .gzip(true)
             .timeout(config.timeout)
             .connect_timeout(config.connect_timeout)
@@ -411,8 +445,21 @@ impl HttpClient {
                     let status = response.status().as_u16();
                     let headers = response.headers().clone();
                     url = redact_url(response.url());
-                    match response.bytes().await {
-                        Err(err) => Failure::Transport(describe(err)),
+                    match read_body(response, config.max_body_bytes).await {
+                        Err(BodyError::Transport(err)) => Failure::Transport(describe(err)),
+                        Err(BodyError::TooLarge) => {
+                            return Err(Error::Protocol {
+                                vendor: config.vendor.clone(),
+                                stream: what.to_owned(),
+                                message: format!(
+                                    "{method} {url} answered with a body larger than {} MiB \
+                                     (after decompression); refusing to read it. Raise \
+                                     `[sync] max_response_mb` if the vendor really sends pages \
+                                     this large",
+                                    config.max_body_bytes.div_ceil(1024 * 1024)
+                                ),
+                            });
+                        }
                         Ok(body) => {
                             let date = header_date(&headers);
                             self.observe_quota(&headers, date);
@@ -518,6 +565,12 @@ impl HttpClient {
                 Ok(()) => Ok(response),
                 Err(message) => Err(Failure::Transport(format!("malformed body: {message}"))),
             }),
+            300..=399 => Err(Error::Http {
+                method: method.to_owned(),
+                url: response.url,
+                status,
+                message: redirect_message(&response.headers),
+            }),
             401 | 403 => Err(Error::Auth {
                 vendor: config.vendor.clone(),
                 status,
@@ -596,6 +649,61 @@ impl HttpClient {
         let cap = self.backoff_cap(retries);
         Duration::try_from_secs_f64(cap.as_secs_f64() * rand::random::<f64>()).unwrap_or(cap)
     }
+}
+
+/// Why a body could not be read.
+enum BodyError {
+    /// The connection failed mid-body (retryable).
+    Transport(reqwest::Error),
+    /// The body, decompressed, passed the cap (not retryable: the same answer would come).
+    TooLarge,
+}
+
+/// Reads a whole body (decompressed, as reqwest streams it), stopping as soon as it passes
+/// `cap` bytes so a hostile or broken answer cannot exhaust memory.
+async fn read_body(mut response: reqwest::Response, cap: u64) -> Result<Bytes, BodyError> {
+    if response.content_length().is_some_and(|len| len > cap) && !is_compressed(&response) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
+        if (body.len() + chunk.len()) as u64 > cap {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Whether the body arrives compressed, so its `Content-Length` is not its read size.
+fn is_compressed(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
+/// The error text of a redirect: where it pointed (host only: a Location may carry a
+/// token in its query) and why it is not followed.
+fn redirect_message(headers: &HeaderMap) -> String {
+    let target = headers
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|location| match reqwest::Url::parse(location) {
+            Ok(url) => format!(
+                "{}://{}",
+                url.scheme(),
+                url.host_str().unwrap_or("(no host)")
+            ),
+            // A relative Location stays on the same host.
+            Err(_) => "the same host".to_owned(),
+        })
+        .unwrap_or_else(|| "nowhere (no Location header)".to_owned());
+    format!(
+        "the vendor redirected the request to {target}; Tributary follows no redirects, since \
+         they could carry credentials to another server. If the vendor moved, set the \
+         source's base URL to where it lives now"
+    )
 }
 
 /// A URL as scheme, host, port and path: no user info, query or fragment, since vendors
@@ -1225,6 +1333,124 @@ mod tests {
             response.date.map(|d| d.to_rfc3339()),
             Some("2015-10-21T07:28:00+00:00".to_owned())
         );
+    }
+
+    #[tokio::test]
+    async fn follows_no_redirect_and_names_where_it_pointed() {
+        // The server a hostile vendor points to: it must never be asked anything.
+        let (elsewhere, reached) = counting(|_| (StatusCode::OK, "{\"data\":[]}")).await;
+        let location = format!("{elsewhere}/v1/charges?token=leak");
+        let router = Router::new()
+            .route(
+                "/list",
+                get({
+                    let location = location.clone();
+                    move || async move { (StatusCode::FOUND, [(header::LOCATION, location)]) }
+                }),
+            )
+            .route(
+                "/token",
+                axum::routing::post({
+                    let location = location.clone();
+                    move || async move {
+                        (
+                            StatusCode::TEMPORARY_REDIRECT,
+                            [(header::LOCATION, location)],
+                        )
+                    }
+                }),
+            );
+        let url = serve(router).await;
+        let client = HttpClient::new(config()).unwrap();
+
+        let err = client
+            .send("list", |c| {
+                c.get(format!("{url}/list")).bearer_auth("sk_test_x")
+            })
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::Http { status: 302, .. }), "{text}");
+        assert!(
+            text.contains("redirected the request to http://127.0.0.1"),
+            "{text}"
+        );
+        assert!(!text.contains("token=leak"), "{text}");
+
+        let err = client
+            .send("token", |c| {
+                c.post(format!("{url}/token"))
+                    .form(&[("client_secret", "shh"), ("refresh_token", "rt")])
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Http { status: 307, .. }), "{err}");
+        assert_eq!(reached.load(Ordering::SeqCst), 0, "a redirect was followed");
+    }
+
+    #[tokio::test]
+    async fn a_body_inflating_past_the_cap_fails_without_reading_it_all() {
+        use flate2::{Compression, write::GzEncoder};
+        use std::io::Write;
+        // 64 MiB of zeros gzip to ~64 KiB: a small answer that inflates a thousandfold.
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
+        let zeros = vec![0u8; 1024 * 1024];
+        for _ in 0..64 {
+            encoder.write_all(&zeros).unwrap();
+        }
+        let bomb = bytes::Bytes::from(encoder.finish().unwrap());
+        assert!(bomb.len() < 200 * 1024);
+        let count = Arc::new(AtomicU32::new(0));
+        let counter = Arc::clone(&count);
+        let router = Router::new().fallback(get(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let bomb = bomb.clone();
+            async move { ([(header::CONTENT_ENCODING, "gzip")], bomb) }
+        }));
+        let url = serve(router).await;
+        let client = HttpClient::new(HttpConfig {
+            max_body_bytes: 4 * 1024 * 1024,
+            ..config()
+        })
+        .unwrap();
+        let err = client
+            .send("list charges", |c| c.get(format!("{url}/v1/charges")))
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::Protocol { .. }), "{text}");
+        assert!(text.contains("larger than 4 MiB"), "{text}");
+        assert!(text.contains("max_response_mb"), "{text}");
+        // Not retried: the same answer would come again.
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+
+        // An uncompressed body announcing its size is refused before it is read.
+        let big =
+            serve(Router::new().fallback(get(|| async { vec![b'x'; 5 * 1024 * 1024] }))).await;
+        let err = client.send("big", |c| c.get(&big)).await.unwrap_err();
+        assert!(matches!(err, Error::Protocol { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn error_bodies_echoing_credentials_are_scrubbed() {
+        let secret = crate::Secret::new("sk_live_echoed_back_by_the_vendor");
+        let (url, _) = counting(|_| {
+            (
+                StatusCode::UNAUTHORIZED,
+                "{\"message\":\"bad credentials: sk_live_echoed_back_by_the_vendor \
+                 (Authorization: Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2lnbmF0dXJl)\"}",
+            )
+        })
+        .await;
+        let client = HttpClient::new(config()).unwrap();
+        let err = client
+            .send("check", |c| c.get(&url).bearer_auth(secret.expose()))
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(!text.contains("echoed_back"), "{text}");
+        assert!(!text.contains("eyJhbGci"), "{text}");
+        assert!(text.contains("bad credentials: ***"), "{text}");
     }
 
     /// A gzip member holding `data` in one stored (uncompressed) deflate block: valid gzip

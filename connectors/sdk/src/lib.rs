@@ -12,6 +12,7 @@
 pub mod conformance;
 pub mod connector;
 pub mod convert;
+pub mod endpoint;
 pub mod error;
 pub mod http;
 pub mod incremental;

@@ -73,7 +73,12 @@ pub fn register(value: &str) {
     forms.push(url::form_urlencoded::byte_serialize(value.as_bytes()).collect());
     // As a JSON string carries it (a vendor echoing our JSON body).
     if let Ok(json) = serde_json::to_string(value) {
-        forms.push(json[1..json.len() - 1].to_owned());
+        let json = json[1..json.len() - 1].to_owned();
+        // JSON may also escape `/` (PHP's encoder does by default).
+        if json.contains('/') {
+            forms.push(json.replace('/', "\\/"));
+        }
+        forms.push(json);
     }
     let mut secrets = registry().write().unwrap_or_else(PoisonError::into_inner);
     for form in forms {
@@ -106,14 +111,15 @@ pub fn scrub(text: &str) -> Cow<'_, str> {
 /// `Authorization` header echoed in an error body carries it. `None` when there is none.
 fn scrub_schemes(text: &str) -> Option<String> {
     const SCHEMES: [&str; 3] = ["bearer", "basic", "oauth"];
-    let lower = text.to_ascii_lowercase();
     let bytes = text.as_bytes();
     let mut out = String::new();
     let mut copied = 0;
     let mut i = 0;
     while i < bytes.len() {
         let hit = SCHEMES.iter().find(|scheme| {
-            lower[i..].starts_with(*scheme)
+            bytes[i..]
+                .get(..scheme.len())
+                .is_some_and(|word| word.eq_ignore_ascii_case(scheme.as_bytes()))
                 // A word of its own: not the end of `thebearer`.
                 && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric())
         });
@@ -128,10 +134,7 @@ fn scrub_schemes(text: &str) -> Option<String> {
             continue;
         }
         j += spaces;
-        let token = bytes[j..]
-            .iter()
-            .take_while(|b| is_token_byte(**b))
-            .count();
+        let token = bytes[j..].iter().take_while(|b| is_token_byte(**b)).count();
         // A credential, not prose ("basic auth", "Bearer token required").
         let candidate = &text[j..j + token];
         if token >= 8 && candidate != MASK && looks_like_credential(candidate) {
@@ -209,6 +212,7 @@ mod tests {
             "basic authentication is disabled",
             "theBearer 12345678x",
             "short abc",
+            "naïve bearer ünïcode: Bearer",
         ] {
             assert_eq!(scrub(text), text);
         }
