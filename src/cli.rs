@@ -287,8 +287,10 @@ async fn sync_source(
                         &client,
                     )
                     .await;
+                    let unverified = client.accepts_any_write_key();
                     outcome.tracking = Some(match delivered {
                         Ok(d) => TrackingOutcome {
+                            unverified,
                             sent: d.sent,
                             pending: d.pending,
                             rejected: d.rejected.len() as u64,
@@ -297,6 +299,7 @@ async fn sync_source(
                         Err(e) => {
                             tracing::warn!(source = %name, stream = %outcome.stream, error = %format!("{e:#}"), "Could not read the tracking outbox; it stays for the next run.");
                             TrackingOutcome {
+                                unverified,
                                 error: Some(scrubbed(&e)),
                                 ..TrackingOutcome::default()
                             }
@@ -364,15 +367,22 @@ fn print_summary(outcomes: &[StreamOutcome]) {
         sum.sent += t.sent;
         sum.pending += t.pending;
         sum.rejected += t.rejected;
+        sum.unverified |= t.unverified;
         if sum.error.is_none() {
             sum.error.clone_from(&t.error);
         }
     }
     for (source, t, queued) in &tracked {
         println!(
-            "tracking {source}: {} messages sent, {} pending, {} rejected ({queued} queued by this run)",
+            "tracking {source}: {} messages accepted by the collector, {} pending, {} rejected ({queued} queued by this run)",
             t.sent, t.pending, t.rejected
         );
+        if t.unverified {
+            println!(
+                "    Segment accepts any write key and drops invalid messages after answering 200: \
+                 confirm arrival in the source's Debugger in Segment"
+            );
+        }
         if let Some(e) = &t.error {
             println!("    delivery error (retried next run): {e}");
         }

@@ -144,8 +144,12 @@ impl StreamOutcome {
 /// What delivering one stream's Tracking-API outbox did.
 #[derive(Debug, Clone, Default)]
 pub struct TrackingOutcome {
-    /// Messages the collector accepted.
+    /// Messages the collector accepted (answered 2xx). Against Segment this is not proof
+    /// of delivery: Segment answers 200 to any write key and drops invalid messages later.
     pub sent: u64,
+    /// Whether the collector accepts any write key (Segment), so `sent` is only
+    /// "accepted".
+    pub unverified: bool,
     /// Messages still in the outbox (the collector failed; the next run retries them).
     pub pending: u64,
     /// Messages reported and skipped (too big, or refused by the collector).

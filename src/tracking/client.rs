@@ -4,7 +4,8 @@
 //! logged with its `messageId`), never dropped silently. A message over 32 KB is cut down by
 //! dropping its largest properties or traits, and says so in
 //! `context.tributary.truncated_fields`; one that still does not fit is reported and left
-//! out. Batches stay within 500 KB and 2,500 messages. 429, 5xx and network failures are
+//! out. Batches stay within 475,000 bytes (as Segment's own libraries keep them) and 2,500
+//! messages. 429, 5xx and network failures are
 //! retried with backoff honouring `Retry-After` (the SDK's [`HttpClient`]); a batch
 //! answered 400 is split in halves until the message the collector refuses is found, which
 //! is reported and left out while the rest is delivered.
@@ -21,8 +22,10 @@ use url::Url;
 
 /// The largest message Segment accepts, in bytes of JSON.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
-/// The largest batch body Segment accepts, in bytes of JSON before compression.
-pub const MAX_BATCH_BYTES: usize = 500 * 1024;
+/// The largest batch body sent, in bytes of JSON before compression. Segment's limit is
+/// 500 KB per batch request; its own libraries stop at 475,000 bytes to keep headroom
+/// (analytics-python's `BATCH_SIZE_LIMIT`, analytics-go's `maxBatchBytes`), and so do we.
+pub const MAX_BATCH_BYTES: usize = 475_000;
 /// The most messages in one batch.
 pub const MAX_BATCH_MESSAGES: usize = 2_500;
 /// The collector used when the config names none.
@@ -57,7 +60,28 @@ pub struct TrackingClient {
     write_key: Secret,
 }
 
+/// Whether `endpoint` is one of Segment's own collectors, which answer 200 to any write
+/// key and to messages they later drop (Segment's HTTP API docs: "Segment returns a 200
+/// response for all API requests except errors caused by large payloads and JSON
+/// errors"): there a 200 means "accepted by the collector", not "delivered".
+pub fn is_segment(endpoint: &Url) -> bool {
+    endpoint.host_str().is_some_and(|host| {
+        let host = host.to_ascii_lowercase();
+        host == "segment.io"
+            || host.ends_with(".segment.io")
+            || host == "segmentapis.com"
+            || host.ends_with(".segmentapis.com")
+    })
+}
+
 impl TrackingClient {
+    /// Whether a 200 from this collector says nothing about the write key or the fate of
+    /// the messages (Segment's collectors; see [`is_segment`]). Collectors that do check
+    /// (RudderStack, Jitsu) answer 401 to a bad key, which fails delivery.
+    pub fn accepts_any_write_key(&self) -> bool {
+        is_segment(&self.batch_url)
+    }
+
     /// A client posting to `{endpoint}/v1/batch` with `write_key`. `http` sets rate, retries
     /// and timeouts.
     pub fn new(endpoint: &str, write_key: Secret, http: HttpConfig) -> Result<Self> {
@@ -253,6 +277,23 @@ pub fn batches(messages: &[Value]) -> Vec<std::ops::Range<usize>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_segment_hosts_accept_any_write_key() {
+        for segment in [
+            "https://api.segment.io/v1/batch",
+            "https://eu1.api.segmentapis.com/v1/batch",
+        ] {
+            assert!(is_segment(&Url::parse(segment).unwrap()), "{segment}");
+        }
+        for other in [
+            "http://127.0.0.1:8080/v1/batch",
+            "https://hosted.rudderlabs.com/v1/batch",
+            "https://segment.io.attacker.test/v1/batch",
+        ] {
+            assert!(!is_segment(&Url::parse(other).unwrap()), "{other}");
+        }
+    }
+
     use super::*;
 
     fn message(id: &str, properties: Value) -> Value {
@@ -306,6 +347,7 @@ mod tests {
         for range in batches(&big) {
             let body = json!({"batch": &big[range], "sentAt": "2020-01-01T00:00:00.000Z"});
             assert!(json_len(&body) <= MAX_BATCH_BYTES);
+            assert!(json_len(&body) <= 475_000);
         }
     }
 

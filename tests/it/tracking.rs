@@ -175,7 +175,7 @@ async fn an_outage_is_delivered_later_exactly_once() {
     let summary = env.sync_ok(&[]).await;
     assert!(
         summary.contains(
-            "tracking stripe: 0 messages sent, 30 pending, 0 rejected (30 queued by this run)"
+            "tracking stripe: 0 messages accepted by the collector, 30 pending, 0 rejected (30 queued by this run)"
         ),
         "{summary}"
     );
@@ -189,7 +189,7 @@ async fn an_outage_is_delivered_later_exactly_once() {
     collector.down.store(false, Ordering::SeqCst);
     let summary = env.sync_ok(&[]).await;
     assert!(
-        summary.contains("tracking stripe: 30 messages sent, 0 pending"),
+        summary.contains("tracking stripe: 30 messages accepted by the collector, 0 pending"),
         "{summary}"
     );
     let mut ids = collector.ids();
@@ -218,7 +218,7 @@ async fn an_outage_is_delivered_later_exactly_once() {
     // Nothing left: a third sync sends nothing again.
     let summary = env.sync_ok(&[]).await;
     assert!(
-        summary.contains("tracking stripe: 0 messages sent, 0 pending"),
+        summary.contains("tracking stripe: 0 messages accepted by the collector, 0 pending"),
         "{summary}"
     );
     assert_eq!(collector.ids().len(), 30);
@@ -240,7 +240,9 @@ async fn a_refused_message_is_isolated_and_the_rest_delivered() {
 
     let summary = env.sync_ok(&[]).await;
     assert!(
-        summary.contains("tracking stripe: 25 messages sent, 0 pending, 1 rejected"),
+        summary.contains(
+            "tracking stripe: 25 messages accepted by the collector, 0 pending, 1 rejected"
+        ),
         "{summary}"
     );
     let got = collector.ids();
@@ -269,7 +271,7 @@ async fn oversize_messages_are_truncated_and_marked() {
 
     let summary = env.sync_ok(&[]).await;
     assert!(
-        summary.contains("tracking stripe: 1 messages sent"),
+        summary.contains("tracking stripe: 1 messages accepted by the collector"),
         "{summary}"
     );
     let accepted = collector.accepted.lock().unwrap().clone();

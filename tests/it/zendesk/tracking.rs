@@ -28,7 +28,7 @@ async fn ticket_events_reach_the_collector_as_track_messages() {
     assert_eq!(n, env.sandbox.ids("ticket_events").len());
     assert!(
         summary.contains(&format!(
-            "tracking zendesk: {n} messages sent, 0 pending, 0 rejected ({n} queued by this run)"
+            "tracking zendesk: {n} messages accepted by the collector, 0 pending, 0 rejected ({n} queued by this run)"
         )),
         "{summary}"
     );
@@ -67,7 +67,7 @@ async fn ticket_events_reach_the_collector_as_track_messages() {
     env.past_the_minute();
     let summary = env.sync_ok(&[]).await;
     assert!(
-        summary.contains("tracking zendesk: 2 messages sent, 0 pending"),
+        summary.contains("tracking zendesk: 2 messages accepted by the collector, 0 pending"),
         "{summary}"
     );
     let accepted = collector.accepted.lock().unwrap().clone();
