@@ -350,6 +350,9 @@ fn print_summary(outcomes: &[StreamOutcome]) {
         if let Status::Deferred(reason) = &o.status {
             println!("    deferred: {reason}");
         }
+        if let Status::Skipped(reason) = &o.status {
+            println!("    warning: skipped, not available on this account's plan: {reason}");
+        }
     }
     // One line per source with tracking: what reached the collector and what waits.
     let mut tracked: Vec<(&str, TrackingOutcome, u64)> = Vec::new();
@@ -404,6 +407,16 @@ fn print_summary(outcomes: &[StreamOutcome]) {
         println!(
             "{deferred} streams deferred: not started to stay within the vendor's API budget; \
              what ran is committed and the next run picks them up (exit code {EXIT_DEFERRED})"
+        );
+    }
+    let skipped = outcomes
+        .iter()
+        .filter(|o| matches!(o.status, Status::Skipped(_)))
+        .count();
+    if skipped > 0 {
+        println!(
+            "{skipped} streams skipped: the account's plan does not include them (drop them \
+             from `streams` to silence this)"
         );
     }
 }

@@ -85,6 +85,9 @@ pub enum Status {
     /// The connector declined to start or go on (e.g. the vendor's API budget is nearly
     /// spent); what was committed stays and the next run resumes. Not a failure.
     Deferred(String),
+    /// The account cannot read this stream (e.g. not on its plan); skipped with a warning.
+    /// Not a failure.
+    Skipped(String),
 }
 
 impl Status {
@@ -95,6 +98,7 @@ impl Status {
             Status::Cancelled => "cancelled",
             Status::Failed(_) => "failed",
             Status::Deferred(_) => "deferred",
+            Status::Skipped(_) => "skipped",
         }
     }
 }
@@ -231,6 +235,9 @@ pub async fn sync_stream(job: StreamJob<'_>) -> StreamOutcome {
         Err(e) => {
             outcome.status = match e.downcast_ref::<tributary_sdk::Error>() {
                 Some(tributary_sdk::Error::Deferred { reason }) => Status::Deferred(reason.clone()),
+                Some(tributary_sdk::Error::Unavailable { message }) => {
+                    Status::Skipped(tributary_sdk::secret::scrub(message).into_owned())
+                }
                 // Stored in the run log and printed: no secret a vendor echoed may stay.
                 _ => Status::Failed(crate::cli::scrubbed(&e)),
             }

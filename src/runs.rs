@@ -1,6 +1,7 @@
-//! The run log: every stream run (source, stream, start, end, records, bytes, status,
-//! error) appended to a Delta table at `<warehouse>/_tributary/sync_runs/`, queryable like
-//! any other table, so volume over time and failures have history from day one.
+//! The run log: every stream run (source, stream, start, end, records, bytes, status, and
+//! the error, or why it was deferred or skipped) appended to a Delta table at
+//! `<warehouse>/_tributary/sync_runs/`, queryable like any other table, so volume over
+//! time and failures have history from day one.
 
 use std::sync::Arc;
 
@@ -78,7 +79,10 @@ pub async fn record(warehouse: &Warehouse, run_id: &str, outcomes: &[StreamOutco
                 outcomes
                     .iter()
                     .map(|o| match &o.status {
-                        Status::Failed(e) => Some(e.as_str()),
+                        // Why it failed, or why it was deferred or skipped.
+                        Status::Failed(e) | Status::Deferred(e) | Status::Skipped(e) => {
+                            Some(e.as_str())
+                        }
                         _ => None,
                     })
                     .collect::<Vec<_>>(),

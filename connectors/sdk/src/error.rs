@@ -126,6 +126,16 @@ pub enum Error {
     #[error("cancelled")]
     Cancelled,
 
+    /// The account cannot read this stream at all (a vendor plan or add-on that does not
+    /// include the endpoint, e.g. Zendesk's ticket forms below Suite Growth). Not a
+    /// failure and not a credentials problem: the stream is skipped with a warning, the
+    /// other streams sync, and what was committed before stays.
+    #[error("not available on this account's plan: {message}")]
+    Unavailable {
+        /// The vendor's own message.
+        message: String,
+    },
+
     /// The connector must not start (or go on with) this stream now, e.g. the vendor's daily
     /// API budget is nearly spent. Not a failure: what was read before is committed, the
     /// run ends as deferred, and the next run resumes from the committed cursor.
