@@ -173,7 +173,11 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Last line of defence: no registered secret reaches the terminal.
+            eprintln!(
+                "error: {}",
+                tributary_sdk::secret::scrub(&format!("{e:#}"))
+            );
             ExitCode::from(cli::EXIT_ERROR)
         }
     }

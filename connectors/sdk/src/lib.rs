@@ -15,6 +15,7 @@ pub mod convert;
 pub mod error;
 pub mod http;
 pub mod incremental;
+pub mod options;
 pub mod page;
 pub mod pagination;
 pub mod schema;
