@@ -11,7 +11,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::config::{self, Loaded};
 use crate::engine::{self, Cancel, Status, StreamJob, StreamOutcome, TrackingOutcome};
-use crate::registry::{self, BuiltSource};
+use crate::registry::{self, BuiltSource, SourceFailure};
 use crate::runs;
 use crate::tracking::outbox::Outbox;
 use crate::warehouse::compact::{CompactOptions, compact_table};
@@ -24,11 +24,23 @@ pub const EXIT_ERROR: u8 = 1;
 /// budget is nearly spent); what ran is committed and the next run picks up the rest.
 pub const EXIT_DEFERRED: u8 = 3;
 
-/// The exit code of a run: failed or cancelled streams win over deferred ones.
-fn run_exit_code(outcomes: &[StreamOutcome]) -> ExitCode {
-    if outcomes
-        .iter()
-        .any(|o| matches!(o.status, Status::Failed(_) | Status::Cancelled))
+/// What one `sync` of the selected sources did.
+#[derive(Debug, Default)]
+pub struct RunOutcome {
+    /// Each stream run.
+    pub streams: Vec<StreamOutcome>,
+    /// The sources that were not synced at all: discovery failed, or the run was cancelled
+    /// before their streams started.
+    pub failed_sources: Vec<SourceFailure>,
+}
+
+/// The exit code of a run: failed or cancelled streams (or sources) win over deferred ones.
+fn run_exit_code(run: &RunOutcome) -> ExitCode {
+    let outcomes = &run.streams;
+    if !run.failed_sources.is_empty()
+        || outcomes
+            .iter()
+            .any(|o| matches!(o.status, Status::Failed(_) | Status::Cancelled))
     {
         ExitCode::from(EXIT_ERROR)
     } else if outcomes
@@ -101,22 +113,41 @@ pub fn scrubbed(e: &anyhow::Error) -> String {
     tributary_sdk::secret::scrub(&format!("{e:#}")).into_owned()
 }
 
-/// `check`: builds every source and asks each for one cheap authenticated call.
+/// `check`: builds every source and asks each for one cheap authenticated call, then for
+/// its streams. Sources are checked at once; one that fails is a FAILED line and the
+/// others are still checked. SIGTERM/SIGINT stops every check in flight.
 pub async fn check(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
     let config = config::load(config_path)?;
     Warehouse::new(&config.warehouse)?;
-    let sources = registry::build_all(&config, only).await?;
+    let prepared = registry::prepare_all(&config, only)?;
+    let cancel = cancel_on_signal();
+    let checks = prepared.into_iter().map(|p| {
+        let (config, cancel) = (&config, &cancel);
+        async move {
+            let name = p.config.name.clone();
+            let checked = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Err(Status::Cancelled),
+                r = p.source.check() => {
+                    r.map_err(|e| Status::Failed(registry::source_error(config, &name, e)))
+                }
+            };
+            match checked {
+                Ok(()) => registry::discover(config, p, None, cancel).await,
+                Err(status) => Err(SourceFailure {
+                    source: name,
+                    status,
+                }),
+            }
+        }
+    });
     let mut failed = 0;
-    for s in &sources {
-        match s.source.check().await {
-            Ok(()) => println!("{:<20} ok ({} streams)", s.config.name, s.streams.len()),
-            Err(e) => {
+    for result in futures::future::join_all(checks).await {
+        match result {
+            Ok(s) => println!("{:<20} ok ({} streams)", s.config.name, s.streams.len()),
+            Err(f) => {
                 failed += 1;
-                println!(
-                    "{:<20} FAILED: {}",
-                    s.config.name,
-                    tributary_sdk::secret::scrub(&e.to_string())
-                );
+                println!("{:<20} {}", f.source, f.describe());
             }
         }
     }
@@ -127,10 +158,14 @@ pub async fn check(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
     })
 }
 
-/// `discover`: every stream with its primary key, cursor and columns.
+/// `discover`: every stream with its primary key, cursor and columns. A source whose
+/// discovery fails is a FAILED line; the others are listed.
 pub async fn discover(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
     let config = config::load(config_path)?;
-    for s in registry::build_all(&config, only).await? {
+    let prepared = registry::prepare_all(&config, only)?;
+    let cancel = cancel_on_signal();
+    let (sources, failures) = registry::discover_all(&config, prepared, None, &cancel).await;
+    for s in sources {
         for stream in &s.streams {
             println!(
                 "{}.{} ({:?}; primary key {}; cursor {})",
@@ -145,7 +180,14 @@ pub async fn discover(config_path: &Path, only: Option<&str>) -> Result<ExitCode
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    for f in &failures {
+        println!("{:<20} {}", f.source, f.describe());
+    }
+    Ok(if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_ERROR)
+    })
 }
 
 /// `sync`: one run of the selected streams; prints a summary; fails if any stream did.
@@ -157,32 +199,42 @@ pub async fn sync(
 ) -> Result<ExitCode> {
     let config = config::load(config_path)?;
     let cancel = cancel_on_signal();
-    let outcomes = sync_sources(&config, source, stream, full_refresh, cancel).await?;
-    print_summary(&outcomes);
-    Ok(run_exit_code(&outcomes))
+    let run = sync_sources(&config, source, stream, full_refresh, cancel).await?;
+    print_summary(&run);
+    Ok(run_exit_code(&run))
 }
 
 /// Syncs the selected streams of the selected sources and records the run.
+///
+/// A config error stops it before anything runs. A source whose discovery fails is
+/// reported in [`RunOutcome::failed_sources`] and the others are synced. Cancelled
+/// during discovery, it syncs nothing and reports the sources as cancelled.
 pub async fn sync_sources(
     config: &Loaded,
     source: Option<&str>,
     stream: Option<&str>,
     full_refresh: bool,
     cancel: Cancel,
-) -> Result<Vec<StreamOutcome>> {
-    let warehouse = Warehouse::new(&config.warehouse)?;
+) -> Result<RunOutcome> {
     if stream.is_some() && source.is_none() && config.sources.len() > 1 {
         bail!("--stream needs --source when several sources are configured");
     }
-    let mut sources = registry::build_all(config, source).await?;
-    if let Some(name) = stream {
-        for s in &mut sources {
-            let all = s.source.discover().await?;
-            let schema = tributary_sdk::connector::find_stream(&all, name)
-                .map_err(|e| anyhow!("source `{}`: {e}", s.config.name))?
-                .clone();
-            s.streams = vec![schema];
-        }
+    // Config errors first: a source's bad option must stop the run before the warehouse
+    // is touched.
+    let prepared = registry::prepare_all(config, source)?;
+    let warehouse = Warehouse::new(&config.warehouse)?;
+    let (sources, mut failed_sources) =
+        registry::discover_all(config, prepared, stream, &cancel).await;
+    if cancel.is_cancelled() {
+        // Stopped before any stream started: nothing to commit, nothing to record.
+        failed_sources.extend(sources.into_iter().map(|s| SourceFailure {
+            source: s.config.name,
+            status: Status::Cancelled,
+        }));
+        return Ok(RunOutcome {
+            streams: Vec::new(),
+            failed_sources,
+        });
     }
     let run_id = uuid::Uuid::new_v4().to_string();
     let progress = std::io::stderr().is_terminal().then(progress_bars);
@@ -208,7 +260,10 @@ pub async fn sync_sources(
     if let Err(e) = runs::record(&warehouse, &run_id, &outcomes).await {
         tracing::warn!(error = %format!("{e:#}"), "Could not append to the run log table.");
     }
-    Ok(outcomes)
+    Ok(RunOutcome {
+        streams: outcomes,
+        failed_sources,
+    })
 }
 
 async fn sync_source(
@@ -317,7 +372,8 @@ async fn sync_source(
         .await)
 }
 
-fn print_summary(outcomes: &[StreamOutcome]) {
+fn print_summary(run: &RunOutcome) {
+    let outcomes = &run.streams;
     println!(
         "{:<32} {:>10} {:>6} {:>12} {:>9}  status",
         "stream", "records", "files", "bytes", "seconds"
@@ -390,6 +446,10 @@ fn print_summary(outcomes: &[StreamOutcome]) {
             println!("    delivery error (retried next run): {e}");
         }
     }
+    // One line per source that was not synced at all, after the streams that were.
+    for f in &run.failed_sources {
+        println!("{:<32} {}", f.source, f.describe());
+    }
     let total: u64 = outcomes.iter().map(|o| o.records).sum();
     let failed = outcomes
         .iter()
@@ -403,6 +463,17 @@ fn print_summary(outcomes: &[StreamOutcome]) {
         .iter()
         .filter(|o| matches!(o.status, Status::Deferred(_)))
         .count();
+    if !run.failed_sources.is_empty() {
+        println!(
+            "{} sources not synced: {}",
+            run.failed_sources.len(),
+            run.failed_sources
+                .iter()
+                .map(|f| format!("{} ({})", f.source, f.status.word()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if deferred > 0 {
         println!(
             "{deferred} streams deferred: not started to stay within the vendor's API budget; \
@@ -421,15 +492,28 @@ fn print_summary(outcomes: &[StreamOutcome]) {
     }
 }
 
-/// `run`: the scheduler daemon.
+/// `run`: the scheduler daemon. A config error stops it at once. Each source is discovered
+/// at start so a broken one shows now, not at its first slot: it is a FAILED line, the
+/// daemon still runs every source on its schedule (a vendor that comes back is synced),
+/// and it exits with 1 when stopped.
 pub async fn run(config_path: &Path) -> Result<ExitCode> {
     let config = config::load(config_path)?;
-    // Fail fast on anything wrong with the sources before waiting for the first slot.
-    registry::build_all(&config, None).await?;
+    let prepared = registry::prepare_all(&config, None)?;
     Warehouse::new(&config.warehouse)?;
     let cancel = cancel_on_signal();
+    let (_, failures) = registry::discover_all(&config, prepared, None, &cancel).await;
+    for f in &failures {
+        println!("{:<20} {}", f.source, f.describe());
+    }
+    if cancel.is_cancelled() {
+        return Ok(ExitCode::from(EXIT_ERROR));
+    }
     crate::scheduler::run(Arc::new(config), cancel).await?;
-    Ok(ExitCode::SUCCESS)
+    Ok(if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_ERROR)
+    })
 }
 
 /// `state`: each stream's committed cursor and last commit.
@@ -440,7 +524,10 @@ pub async fn state(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
         "{:<32} {:>8} {:>5} {:<26} cursor",
         "stream", "version", "seq", "last commit"
     );
-    for s in registry::build_all(&config, only).await? {
+    let prepared = registry::prepare_all(&config, only)?;
+    let cancel = cancel_on_signal();
+    let (sources, failures) = registry::discover_all(&config, prepared, None, &cancel).await;
+    for s in sources {
         for stream in &s.streams {
             let name = format!("{}.{}", s.config.name, stream.name);
             match warehouse.open(&[&s.config.name, &stream.name]).await? {
@@ -473,7 +560,14 @@ pub async fn state(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    for f in &failures {
+        println!("{:<32} {}", f.source, f.describe());
+    }
+    Ok(if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_ERROR)
+    })
 }
 
 /// `compact`: merge small files of the selected tables and remove unreferenced files older
@@ -715,7 +809,8 @@ requests_per_second = 200
     )
     .await?;
     print_summary(&second);
-    outcomes.extend(second);
+    outcomes.streams.extend(second.streams);
+    outcomes.failed_sources.extend(second.failed_sources);
 
     let warehouse = Warehouse::new(&config.warehouse)?;
     let root = warehouse.root().path().to_owned();

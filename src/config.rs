@@ -11,9 +11,20 @@ use std::str::FromStr;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
+use tributary_sdk::options::check_range;
 
 /// The default schedule: every three hours, on the hour.
 pub const DEFAULT_SCHEDULE: &str = "0 */3 * * *";
+
+/// The most rows `sync.batch_size` accepts (a batch is converted in memory).
+pub const MAX_BATCH_SIZE: u64 = 1_048_576;
+/// The most rows `sync.row_group_size` accepts (Parquet writers' usual maximum; the row
+/// group is buffered in memory).
+pub const MAX_ROW_GROUP_SIZE: u64 = 1_048_576;
+/// The most rows `sync.commit_every` accepts.
+pub const MAX_COMMIT_EVERY: u64 = 100_000_000;
+/// The most streams `sync.concurrency` runs at once.
+pub const MAX_CONCURRENCY: u64 = 64;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -69,17 +80,20 @@ fn default_warehouse_url() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncConfig {
-    /// Rows per Arrow batch handed to the Parquet writer. Bounds the memory of conversion.
+    /// Rows per Arrow batch handed to the Parquet writer, from 1 to 1048576. Bounds the
+    /// memory of conversion.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
-    /// Rows per Parquet row group (64k–128k keeps the writer's buffer bounded).
+    /// Rows per Parquet row group, from 1 to 1048576 (64k–128k keeps the writer's buffer
+    /// bounded).
     #[serde(default = "default_row_group_size")]
     pub row_group_size: usize,
     /// Rows per table commit. Each commit carries the stream's cursor, so a run that dies
-    /// resumes from the last commit; smaller means less to redo, more small files.
+    /// resumes from the last commit; smaller means less to redo, more small files. From 1
+    /// to 100000000.
     #[serde(default = "default_commit_every")]
     pub commit_every: u64,
-    /// Streams of one source synced at the same time.
+    /// Streams of one source synced at the same time, from 1 to 64.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// The largest vendor answer read, in MiB after decompression (1 to 4096, default
@@ -279,7 +293,10 @@ pub fn load(path: &Path) -> Result<Loaded> {
 /// Parses configuration text; `path` is only used in messages.
 pub fn parse(text: &str, path: &Path) -> Result<Loaded> {
     let file = path.display();
-    let config: Config = toml::from_str(text).map_err(|e| anyhow!("{file}: {e}"))?;
+    let doc: toml::Table = toml::from_str(text).map_err(|e| syntax_error(&file, text, &e))?;
+    // Typed through the SDK's reader: errors name the key's full path, never its value.
+    let config: Config = tributary_sdk::options::from_value(plain_json(toml::Value::Table(doc)))
+        .map_err(|e| anyhow!("{file}: {e}"))?;
     let mut warehouse = config.warehouse;
     if warehouse.url.trim().is_empty() {
         bail!("{file}: `warehouse.url` is empty; give a path or an s3://, gs://, az:// URL");
@@ -293,20 +310,19 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded> {
         }
     }
     let sync = config.sync;
-    if sync.batch_size == 0 || sync.row_group_size == 0 || sync.commit_every == 0 {
-        bail!(
-            "{file}: `sync.batch_size`, `sync.row_group_size` and `sync.commit_every` must be greater than zero"
-        );
-    }
-    if !(1..=4096).contains(&sync.max_response_mb) {
-        bail!(
-            "{file}: `sync.max_response_mb` must be from 1 to 4096 (MiB), got {}",
-            sync.max_response_mb
-        );
-    }
-    if sync.concurrency == 0 {
-        bail!("{file}: `sync.concurrency` must be at least 1");
-    }
+    let in_range = |key: &str, value: u64, max: u64| {
+        check_range(key, value, 1, max).map_err(|e| anyhow!("{file}: {e}"))
+    };
+    in_range("sync.batch_size", sync.batch_size as u64, MAX_BATCH_SIZE)?;
+    in_range(
+        "sync.row_group_size",
+        sync.row_group_size as u64,
+        MAX_ROW_GROUP_SIZE,
+    )?;
+    in_range("sync.commit_every", sync.commit_every, MAX_COMMIT_EVERY)?;
+    in_range("sync.concurrency", sync.concurrency as u64, MAX_CONCURRENCY)?;
+    // MiB after decompression; see the SDK's `http::set_max_body_bytes`.
+    in_range("sync.max_response_mb", sync.max_response_mb, 4096)?;
     let mut sources = Vec::new();
     for (name, mut table) in config.sources {
         let at = format!("sources.{name}");
@@ -374,6 +390,38 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded> {
         sync,
         sources,
     })
+}
+
+/// A TOML syntax error as `file:line:column: message`. toml's own rendering quotes the
+/// offending line, which may hold a secret written in the file; this one does not.
+fn syntax_error(file: &dyn std::fmt::Display, text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let message = e.message().trim();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            anyhow!("{file}:{line}:{column}: {message}")
+        }
+        None => anyhow!("{file}: {message}"),
+    }
+}
+
+/// Converts TOML to JSON as written (no `${…}` resolution).
+fn plain_json(value: toml::Value) -> serde_json::Value {
+    match value {
+        toml::Value::String(s) => serde_json::Value::String(s),
+        toml::Value::Integer(i) => serde_json::Value::from(i),
+        toml::Value::Float(f) => serde_json::Value::from(f),
+        toml::Value::Boolean(b) => serde_json::Value::Bool(b),
+        toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+        toml::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(plain_json).collect())
+        }
+        toml::Value::Table(t) => {
+            serde_json::Value::Object(t.into_iter().map(|(k, v)| (k, plain_json(v))).collect())
+        }
+    }
 }
 
 /// Converts TOML to JSON, resolving `${…}` references in every string.
@@ -501,6 +549,58 @@ mod tests {
         assert!(e.contains("source name"), "{e}");
         let e = err("[sync]\ncommit_every = 0\n");
         assert!(e.contains("commit_every"), "{e}");
+    }
+
+    #[test]
+    fn sync_numbers_are_bounded_and_name_their_key() {
+        for (line, key, range) in [
+            ("batch_size = 0", "sync.batch_size", "between 1 and 1048576"),
+            (
+                "batch_size = 2000000",
+                "sync.batch_size",
+                "between 1 and 1048576",
+            ),
+            (
+                "row_group_size = 0",
+                "sync.row_group_size",
+                "between 1 and 1048576",
+            ),
+            (
+                "commit_every = 0",
+                "sync.commit_every",
+                "between 1 and 100000000",
+            ),
+            ("concurrency = 0", "sync.concurrency", "between 1 and 64"),
+            ("concurrency = 1000", "sync.concurrency", "between 1 and 64"),
+        ] {
+            let e = err(&format!("[sync]\n{line}\n"));
+            assert!(
+                e.contains(&format!("`{key}`")) && e.contains(range),
+                "{line}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn type_errors_name_the_path_and_never_the_value() {
+        let e = err("[sync]\nbatch_size = \"sk_live_in_the_wrong_place\"\n");
+        assert!(!e.contains("sk_live"), "{e}");
+        assert!(
+            e.contains("`sync.batch_size`") && e.contains("found text"),
+            "{e}"
+        );
+        let e = err("[warehouse]\noptions = { aws_region = 5 }\n");
+        assert!(e.contains("`warehouse.options.aws_region`"), "{e}");
+        let e = err("[sync]\nbatch_size = \"sk_live_unterminated\n");
+        assert!(e.starts_with("t.toml:2:"), "{e}");
+        assert!(!e.contains("sk_live"), "{e}");
+        let e = err(
+            "[sources.s]\ntype = \"stripe\"\n[sources.s.tracking]\nwrite_key = \"wk_123456\"\nendpoint = \"sk_live_not_a_url\"\n",
+        );
+        assert!(
+            e.contains("`sources.s.tracking.endpoint`") && !e.contains("sk_live"),
+            "{e}"
+        );
     }
 
     #[test]

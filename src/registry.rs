@@ -1,4 +1,11 @@
-//! The connector registry: every vendor crate, registered in one explicit function.
+//! The connector registry: every vendor crate, registered in one explicit function; and
+//! building and discovering the configured sources.
+//!
+//! Two phases with different failure rules. Building a source validates its options and
+//! makes no network call: a mistake there is a config error and stops the command before
+//! anything runs. Discovering a source's streams talks to the vendor: a source whose
+//! discovery fails (refused credentials, a vendor down) or is cancelled is reported as a
+//! [`SourceFailure`] and the other sources go on.
 
 use std::sync::Arc;
 
@@ -6,6 +13,7 @@ use anyhow::{Result, anyhow};
 use tributary_sdk::{Source, SourceContext, SourceFactory, StreamSchema};
 
 use crate::config::{Loaded, SourceConfig};
+use crate::engine::{Cancel, Status};
 
 /// Every connector this binary knows. Adding a vendor: one line here.
 pub fn factories() -> Vec<SourceFactory> {
@@ -14,6 +22,14 @@ pub fn factories() -> Vec<SourceFactory> {
         tributary_zendesk::factory(),
         tributary_salesforce::factory(),
     ]
+}
+
+/// A configured source whose options are valid; its streams are not known yet.
+pub struct Prepared {
+    /// Its configuration.
+    pub config: SourceConfig,
+    /// The connector.
+    pub source: Arc<dyn Source>,
 }
 
 /// A configured source, built and with its selected streams.
@@ -26,8 +42,40 @@ pub struct BuiltSource {
     pub streams: Vec<StreamSchema>,
 }
 
-/// Builds one configured source and resolves its `streams` against what it offers.
-pub async fn build(config: &Loaded, source: &SourceConfig) -> Result<BuiltSource> {
+/// A source that could not be discovered or checked, and why.
+#[derive(Debug, Clone)]
+pub struct SourceFailure {
+    /// The source's name.
+    pub source: String,
+    /// [`Status::Failed`] with the error, or [`Status::Cancelled`].
+    pub status: Status,
+}
+
+impl SourceFailure {
+    /// The line summaries print after the source's name: `FAILED: <error>` or `cancelled`.
+    pub fn describe(&self) -> String {
+        match &self.status {
+            Status::Failed(e) => format!("FAILED: {e}"),
+            other => other.word().to_owned(),
+        }
+    }
+}
+
+/// An SDK error of source `name`, with a config key written as its full path.
+pub fn source_error(config: &Loaded, name: &str, e: tributary_sdk::Error) -> String {
+    let text = match e {
+        tributary_sdk::Error::Config { key, message } => format!(
+            "{}: invalid option `sources.{name}.{key}`: {message}",
+            config.path.display()
+        ),
+        other => other.to_string(),
+    };
+    // Vendors' messages may echo a credential; never print one.
+    tributary_sdk::secret::scrub(&text).into_owned()
+}
+
+/// Builds one configured source from its options. Validates them; no network call.
+pub fn prepare(config: &Loaded, source: &SourceConfig) -> Result<Prepared> {
     let file = config.path.display();
     // Every connector's HTTP client reads its body cap from here (see the SDK's `http`).
     tributary_sdk::http::set_max_body_bytes(config.sync.max_response_mb * 1024 * 1024);
@@ -36,11 +84,15 @@ pub async fn build(config: &Loaded, source: &SourceConfig) -> Result<BuiltSource
         .iter()
         .find(|f| f.kind == source.kind)
         .ok_or_else(|| {
+            // The type as written is not repeated: config errors never quote a value.
             anyhow!(
-                "{file}: `sources.{}.type` = \"{}\" is not a connector this build knows; known types: {}",
+                "{file}: `sources.{}.type` is not a connector this build knows; known types: {}",
                 source.name,
-                source.kind,
-                factories.iter().map(|f| f.kind).collect::<Vec<_>>().join(", ")
+                factories
+                    .iter()
+                    .map(|f| f.kind)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         })?;
     let built = factory
@@ -51,47 +103,23 @@ pub async fn build(config: &Loaded, source: &SourceConfig) -> Result<BuiltSource
             },
         )
         .map_err(|e| match e {
-            tributary_sdk::Error::Config { key, message } => {
-                anyhow!("{file}: `sources.{}.{key}`: {message}", source.name)
+            e @ tributary_sdk::Error::Config { .. } => {
+                anyhow!("{}", source_error(config, &source.name, e))
             }
-            other => anyhow!("{file}: `[sources.{}]`: {other}", source.name),
+            other => anyhow!(
+                "{file}: `[sources.{}]`: {}",
+                source.name,
+                source_error(config, &source.name, other)
+            ),
         })?;
-    let all = built
-        .discover()
-        .await
-        .map_err(|e| anyhow!("source `{}`: discovering streams: {e}", source.name))?;
-    let streams = match &source.streams {
-        None => all,
-        Some(wanted) => {
-            let mut out = Vec::new();
-            for name in wanted {
-                match all.iter().find(|s| &s.name == name) {
-                    Some(s) => out.push(s.clone()),
-                    None => {
-                        return Err(anyhow!(
-                            "{file}: `sources.{}.streams` names `{name}`, which {} does not have; available: {}",
-                            source.name,
-                            source.kind,
-                            all.iter()
-                                .map(|s| s.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ));
-                    }
-                }
-            }
-            out
-        }
-    };
-    Ok(BuiltSource {
+    Ok(Prepared {
         config: source.clone(),
         source: built,
-        streams,
     })
 }
 
-/// Builds every source of the config, or the one named.
-pub async fn build_all(config: &Loaded, only: Option<&str>) -> Result<Vec<BuiltSource>> {
+/// Builds every source of the config, or the one named; the first config error stops it.
+pub fn prepare_all(config: &Loaded, only: Option<&str>) -> Result<Vec<Prepared>> {
     let selected: Vec<&SourceConfig> = match only {
         Some(name) => vec![config.source(name)?],
         None => config.sources.iter().collect(),
@@ -102,9 +130,101 @@ pub async fn build_all(config: &Loaded, only: Option<&str>) -> Result<Vec<BuiltS
             config.path.display()
         ));
     }
-    let mut out = Vec::new();
-    for s in selected {
-        out.push(build(config, s).await?);
+    selected.into_iter().map(|s| prepare(config, s)).collect()
+}
+
+/// Discovers a source's streams and selects the ones to sync: `only_stream` if given (any
+/// stream the source has), else the configured `streams`, else all. Gives up as
+/// [`Status::Cancelled`] as soon as `cancel` fires.
+pub async fn discover(
+    config: &Loaded,
+    prepared: Prepared,
+    only_stream: Option<&str>,
+    cancel: &Cancel,
+) -> Result<BuiltSource, SourceFailure> {
+    let name = prepared.config.name.clone();
+    let failed = |message: String| SourceFailure {
+        source: name.clone(),
+        status: Status::Failed(message),
+    };
+    if cancel.is_cancelled() {
+        return Err(SourceFailure {
+            source: name.clone(),
+            status: Status::Cancelled,
+        });
     }
-    Ok(out)
+    // Dropping the discovery future on cancel drops its requests in flight.
+    let all = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => {
+            return Err(SourceFailure { source: name.clone(), status: Status::Cancelled });
+        }
+        all = prepared.source.discover() => all.map_err(|e| {
+            failed(format!("discovering streams: {}", source_error(config, &name, e)))
+        })?,
+    };
+    let streams = match (only_stream, &prepared.config.streams) {
+        (Some(stream), _) => vec![
+            tributary_sdk::connector::find_stream(&all, stream)
+                .map_err(|e| failed(e.to_string()))?
+                .clone(),
+        ],
+        (None, None) => all,
+        (None, Some(wanted)) => {
+            let mut out = Vec::new();
+            for (i, stream) in wanted.iter().enumerate() {
+                match all.iter().find(|s| &s.name == stream) {
+                    Some(s) => out.push(s.clone()),
+                    // Named by position: config errors never quote a value.
+                    None => {
+                        return Err(failed(format!(
+                            "{}: `sources.{name}.streams[{i}]` is not a stream of {}; available: {}",
+                            config.path.display(),
+                            prepared.config.kind,
+                            all.iter()
+                                .map(|s| s.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )));
+                    }
+                }
+            }
+            out
+        }
+    };
+    Ok(BuiltSource {
+        config: prepared.config,
+        source: prepared.source,
+        streams,
+    })
+}
+
+/// Discovers every prepared source at once (a slow vendor does not hold up the others).
+/// Each failure is logged and returned; the sources that worked are returned in order.
+pub async fn discover_all(
+    config: &Loaded,
+    prepared: Vec<Prepared>,
+    only_stream: Option<&str>,
+    cancel: &Cancel,
+) -> (Vec<BuiltSource>, Vec<SourceFailure>) {
+    let results = futures::future::join_all(
+        prepared
+            .into_iter()
+            .map(|p| discover(config, p, only_stream, cancel)),
+    )
+    .await;
+    let mut built = Vec::new();
+    let mut failures = Vec::new();
+    for result in results {
+        match result {
+            Ok(b) => built.push(b),
+            Err(f) => {
+                if let Status::Failed(e) = &f.status {
+                    tracing::error!(source = %f.source, error = %e, "Could not discover the source's streams; the other sources go on.");
+                }
+                failures.push(f);
+            }
+        }
+    }
+    (built, failures)
 }

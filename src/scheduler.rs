@@ -48,7 +48,11 @@ pub async fn run(config: Arc<Loaded>, cancel: Cancel) -> Result<()> {
                 name.clone(),
                 tokio::spawn(async move {
                     match sync_sources(&config, Some(&source), None, false, cancel).await {
-                        Ok(outcomes) => {
+                        Ok(run) => {
+                            for f in &run.failed_sources {
+                                tracing::error!(source = %f.source, status = %f.describe(), "Scheduled run could not sync the source.");
+                            }
+                            let outcomes = run.streams;
                             let failed = outcomes
                                 .iter()
                                 .filter(|o| matches!(o.status, Status::Failed(_)))

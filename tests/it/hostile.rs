@@ -190,7 +190,7 @@ async fn a_body_inflating_past_the_cap_fails_the_stream_clearly() {
     let text = text_of(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
-        text.contains("`sync.max_response_mb` must be from 1 to 4096"),
+        text.contains("invalid option `sync.max_response_mb`: must be between 1 and 4096"),
         "{text}"
     );
 }

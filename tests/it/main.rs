@@ -13,6 +13,7 @@ mod moto;
 mod proxy;
 mod rate_limit;
 mod readback;
+mod resilience;
 mod s3;
 mod s3_faults;
 mod s3_writers;

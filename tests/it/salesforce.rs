@@ -415,7 +415,12 @@ async fn bad_credentials_and_config_mistakes_fail_clearly_and_write_nothing() {
     .await;
     for command in ["check", "sync"] {
         let out = env.run(&[command]).await;
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        // `check` says it in its FAILED line, `sync` in its summary and its log.
+        let stderr = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(out.status.code(), Some(1), "{command}: {stderr}");
         for text in [
             "Salesforce rejected the credentials (HTTP 400)",
@@ -447,26 +452,35 @@ async fn bad_credentials_and_config_mistakes_fail_clearly_and_write_nothing() {
         ),
         (
             format!("{login}{}objects = [\"Acount\"]\n", refresh_token_auth()),
-            vec!["`objects`", "Acount"],
+            vec![
+                "`sources.salesforce.objects[0]`",
+                "not an object of this org",
+            ],
         ),
         (
             format!(
                 "{login}{}[sources.salesforce.fields.Account]\ninclude = [\"Nmae\"]\n",
                 refresh_token_auth()
             ),
-            vec!["`fields.Account.include`", "Nmae"],
+            vec!["`sources.salesforce.fields.Account.include`", "Nmae"],
         ),
     ] {
         env.write_config("", &source);
         let out = env.run(&["sync"]).await;
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         for text in expected {
             assert!(stderr.contains(text), "{text} in {stderr}");
         }
+        let written = env.warehouse().join("salesforce");
         assert!(
-            !env.warehouse().join("salesforce").exists(),
-            "nothing written"
+            !written.exists(),
+            "nothing written, but found {:?}",
+            std::fs::read_dir(&written).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
         );
     }
 }

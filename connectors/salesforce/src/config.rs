@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+use tributary_sdk::options::check_range;
 use tributary_sdk::{Error, Result, Secret};
 
 use crate::auth::{AuthFlow, RsaKey, jwt_audience};
@@ -19,6 +20,21 @@ pub const DEFAULT_LOGIN_URL: &str = "https://login.salesforce.com";
 /// The REST API version used unless `api_version` says otherwise (Bulk API 2.0 query jobs
 /// need 47.0 or later).
 pub const DEFAULT_API_VERSION: &str = "62.0";
+
+/// The highest `bulk_threshold` accepted (a billion records: in effect, never Bulk).
+pub const MAX_BULK_THRESHOLD: u64 = 1_000_000_000;
+
+/// The highest `bulk_page_size` accepted.
+pub const MAX_BULK_PAGE_SIZE: u32 = 1_000_000;
+
+/// The highest `bulk_timeout_seconds` accepted: a day.
+pub const MAX_BULK_TIMEOUT_SECONDS: u64 = 24 * 3600;
+
+/// The lowest `requests_per_second` accepted.
+pub const MIN_REQUESTS_PER_SECOND: f64 = 0.1;
+
+/// The highest `requests_per_second` accepted: a bound on a typo, with room for the sandbox.
+pub const MAX_REQUESTS_PER_SECOND: f64 = 10_000.0;
 
 /// The objects synced when `objects` is not set: Segment's core Salesforce collections.
 pub const CORE_OBJECTS: [&str; 11] = [
@@ -85,7 +101,8 @@ pub struct SalesforceConfig {
     pub fields: BTreeMap<String, FieldSelection>,
 
     /// An object with at least this many records to read (changed since the cursor) is read
-    /// with a Bulk API 2.0 query job instead of REST `queryAll` pages. `0` always uses Bulk.
+    /// with a Bulk API 2.0 query job instead of REST `queryAll` pages. `0` always uses Bulk;
+    /// at most 1000000000.
     #[serde(default = "default_bulk_threshold")]
     pub bulk_threshold: u64,
 
@@ -93,21 +110,23 @@ pub struct SalesforceConfig {
     #[serde(default = "default_page_size")]
     pub page_size: u32,
 
-    /// Records per Bulk API 2.0 results page (`maxRecords`); each page is one commit point.
+    /// Records per Bulk API 2.0 results page (`maxRecords`), from 1 to 1000000; each page is
+    /// one commit point.
     #[serde(default = "default_bulk_page_size")]
     pub bulk_page_size: u32,
 
-    /// The first wait between polls of a Bulk job's state, in milliseconds; it doubles up
-    /// to 30 seconds.
+    /// The first wait between polls of a Bulk job's state, in milliseconds (1 to 60000); it
+    /// doubles up to 30 seconds.
     #[serde(default = "default_bulk_poll_ms")]
     pub bulk_poll_ms: u64,
 
-    /// How long a Bulk job may take to complete, in seconds; past it the job is aborted and
-    /// the object is read with REST instead.
+    /// How long a Bulk job may take to complete, in seconds (1 to 86400); past it the job is
+    /// aborted and the object is read with REST instead.
     #[serde(default = "default_bulk_timeout_seconds")]
     pub bulk_timeout_seconds: u64,
 
-    /// Each incremental run also re-reads this many seconds before the committed cursor, to
+    /// Each incremental run also re-reads this many seconds (at most 604800, a week) before
+    /// the committed cursor, to
     /// catch records whose transaction committed after a later one was read. Records already
     /// landed with the same modstamp are not landed again.
     #[serde(default = "default_lookback_seconds")]
@@ -119,7 +138,8 @@ pub struct SalesforceConfig {
     #[serde(default = "default_api_budget_percent")]
     pub api_budget_percent: f64,
 
-    /// Most requests per second this source sends, shared by all its objects.
+    /// Most requests per second this source sends, shared by all its objects, from 0.1 to
+    /// 10000.
     #[serde(default = "default_requests_per_second")]
     pub requests_per_second: f64,
 }
@@ -254,8 +274,7 @@ impl SalesforceConfig {
                 return Err(Error::config(
                     "api_version",
                     format!(
-                        "`{}` is not an API version of 47.0 or later, such as `{DEFAULT_API_VERSION}`",
-                        self.api_version
+                        "is not an API version of 47.0 or later, such as `{DEFAULT_API_VERSION}`"
                     ),
                 ));
             }
@@ -273,17 +292,21 @@ impl SalesforceConfig {
             ));
         }
         let mut objects: Vec<ObjectChoice> = Vec::new();
-        for name in &names {
+        // Entries are named by position, not quoted: a `${ENV}` reference may hold a secret.
+        for (i, name) in names.iter().enumerate() {
             if !is_api_name(name) {
                 return Err(Error::config(
-                    "objects",
-                    format!("`{name}` is not an object API name (letters, digits and `_`)"),
+                    format!("objects[{i}]"),
+                    "is not an object API name (letters, digits and `_`)",
                 ));
             }
-            if objects.iter().any(|o| o.name.eq_ignore_ascii_case(name)) {
+            if let Some(first) = objects
+                .iter()
+                .position(|o| o.name.eq_ignore_ascii_case(name))
+            {
                 return Err(Error::config(
-                    "objects",
-                    format!("`{name}` is listed twice"),
+                    format!("objects[{i}]"),
+                    format!("repeats `objects[{first}]`"),
                 ));
             }
             objects.push(ObjectChoice {
@@ -299,10 +322,7 @@ impl SalesforceConfig {
             else {
                 return Err(Error::config(
                     key,
-                    format!(
-                        "`{object}` is not among the synced objects ({})",
-                        names.join(", ")
-                    ),
+                    "names an object that is not among the synced ones (see `objects`)",
                 ));
             };
             if selection.include.is_some() && !selection.exclude.is_empty() {
@@ -317,44 +337,28 @@ impl SalesforceConfig {
             choice.fields = selection.clone();
         }
 
-        if self.bulk_page_size == 0 {
-            return Err(Error::config("bulk_page_size", "must be at least 1"));
-        }
-        if !(200..=2000).contains(&self.page_size) {
-            return Err(Error::config(
-                "page_size",
-                format!("must be between 200 and 2000, not {}", self.page_size),
-            ));
-        }
-        if self.bulk_poll_ms == 0 || self.bulk_poll_ms > 60_000 {
-            return Err(Error::config(
-                "bulk_poll_ms",
-                format!("must be between 1 and 60000, not {}", self.bulk_poll_ms),
-            ));
-        }
-        if self.bulk_timeout_seconds == 0 {
-            return Err(Error::config("bulk_timeout_seconds", "must be at least 1"));
-        }
-        if self.lookback_seconds > 7 * 24 * 3600 {
-            return Err(Error::config(
-                "lookback_seconds",
-                "must be at most a week (604800)",
-            ));
-        }
-        let pct = self.api_budget_percent;
-        if !(pct.is_finite() && pct > 0.0 && pct <= 100.0) {
-            return Err(Error::config(
-                "api_budget_percent",
-                format!("must be a percentage above 0 and at most 100, not {pct}"),
-            ));
-        }
-        let rps = self.requests_per_second;
-        if !(rps.is_finite() && rps > 0.0) {
-            return Err(Error::config(
-                "requests_per_second",
-                format!("must be a number greater than 0, not {rps}"),
-            ));
-        }
+        check_range("bulk_threshold", self.bulk_threshold, 0, MAX_BULK_THRESHOLD)?;
+        // The REST query batch size (`Sforce-Query-Options: batchSize`) is 200 to 2000
+        // (https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/headers_queryoptions.htm).
+        check_range("page_size", self.page_size, 200, 2000)?;
+        // Bulk API 2.0 documents no maximum for `maxRecords`; a page is one commit point, so
+        // a bound keeps a commit's worth of work (and a typo) in check.
+        check_range("bulk_page_size", self.bulk_page_size, 1, MAX_BULK_PAGE_SIZE)?;
+        check_range("bulk_poll_ms", self.bulk_poll_ms, 1, 60_000)?;
+        check_range(
+            "bulk_timeout_seconds",
+            self.bulk_timeout_seconds,
+            1,
+            MAX_BULK_TIMEOUT_SECONDS,
+        )?;
+        check_range("lookback_seconds", self.lookback_seconds, 0, 7 * 24 * 3600)?;
+        let pct = check_range("api_budget_percent", self.api_budget_percent, 1.0, 100.0)?;
+        let rps = check_range(
+            "requests_per_second",
+            self.requests_per_second,
+            MIN_REQUESTS_PER_SECOND,
+            MAX_REQUESTS_PER_SECOND,
+        )?;
         Ok(Settings {
             login_url,
             auth,
@@ -422,18 +426,12 @@ impl SalesforceConfig {
                     ));
                 }
                 let pem = std::fs::read(path).map_err(|e| {
-                    Error::config(
-                        "private_key_path",
-                        format!("cannot read {}: {e}", path.display()),
-                    )
+                    Error::config("private_key_path", format!("cannot read the file: {e}"))
                 })?;
                 let key = RsaKey::from_pem(&pem).map_err(|e| {
                     Error::config(
                         "private_key_path",
-                        format!(
-                            "{} is not an RSA private key in PEM format: {e}",
-                            path.display()
-                        ),
+                        format!("the file is not an RSA private key in PEM format: {e}"),
                     )
                 })?;
                 Ok(AuthFlow::JwtBearer {
@@ -465,10 +463,8 @@ impl SalesforceConfig {
                 if host == "login.salesforce.com" || host == "test.salesforce.com" {
                     return Err(Error::config(
                         "login_url",
-                        format!(
-                            "the client-credentials flow needs the org's My Domain URL \
-                             (https://<domain>.my.salesforce.com), not {login_url}"
-                        ),
+                        "the client-credentials flow needs the org's My Domain URL \
+                         (https://<domain>.my.salesforce.com), not the generic login host",
                     ));
                 }
                 Ok(AuthFlow::ClientCredentials {
@@ -633,10 +629,12 @@ mod tests {
 
         let mut c = refresh();
         c.objects = Some(vec!["Account".into(), "ACCOUNT".into()]);
-        assert_eq!(key_of(c.validate().unwrap_err()), "objects");
+        assert_eq!(key_of(c.validate().unwrap_err()), "objects[1]");
         let mut c = refresh();
         c.objects = Some(vec!["Account; DROP".into()]);
-        assert_eq!(key_of(c.validate().unwrap_err()), "objects");
+        let err = c.validate().unwrap_err();
+        assert!(!err.to_string().contains("DROP"), "{err}");
+        assert_eq!(key_of(err), "objects[0]");
         let mut c = refresh();
         c.fields
             .insert("Invoice__c".into(), FieldSelection::default());
@@ -654,12 +652,74 @@ mod tests {
 
     #[test]
     fn numbers_are_bounded() {
-        let mut c = refresh();
-        c.page_size = 100;
-        assert_eq!(key_of(c.validate().unwrap_err()), "page_size");
-        let mut c = refresh();
-        c.api_budget_percent = 120.0;
-        assert_eq!(key_of(c.validate().unwrap_err()), "api_budget_percent");
+        type Change = fn(&mut SalesforceConfig);
+        let cases: [(Change, &str, &str); 14] = [
+            (|c| c.page_size = 100, "page_size", "between 200 and 2000"),
+            (|c| c.page_size = 2001, "page_size", "between 200 and 2000"),
+            (|c| c.bulk_page_size = 0, "bulk_page_size", "between 1 and"),
+            (
+                |c| c.bulk_threshold = u64::MAX,
+                "bulk_threshold",
+                "between 0 and",
+            ),
+            (
+                |c| c.bulk_poll_ms = 0,
+                "bulk_poll_ms",
+                "between 1 and 60000",
+            ),
+            (
+                |c| c.bulk_timeout_seconds = 0,
+                "bulk_timeout_seconds",
+                "between 1 and",
+            ),
+            (
+                |c| c.bulk_timeout_seconds = 90_000,
+                "bulk_timeout_seconds",
+                "between 1 and",
+            ),
+            (
+                |c| c.lookback_seconds = 700_000,
+                "lookback_seconds",
+                "between 0 and 604800",
+            ),
+            (
+                |c| c.api_budget_percent = 120.0,
+                "api_budget_percent",
+                "between 1 and 100",
+            ),
+            (
+                |c| c.api_budget_percent = 0.5,
+                "api_budget_percent",
+                "between 1 and 100",
+            ),
+            (
+                |c| c.api_budget_percent = f64::NAN,
+                "api_budget_percent",
+                "between 1 and 100",
+            ),
+            (
+                |c| c.requests_per_second = 0.0,
+                "requests_per_second",
+                "between 0.1 and 10000",
+            ),
+            (
+                |c| c.requests_per_second = 20_000.0,
+                "requests_per_second",
+                "between 0.1 and 10000",
+            ),
+            (
+                |c| c.requests_per_second = f64::INFINITY,
+                "requests_per_second",
+                "between",
+            ),
+        ];
+        for (change, key, range) in cases {
+            let mut c = refresh();
+            change(&mut c);
+            let err = c.validate().unwrap_err();
+            assert!(err.to_string().contains(range), "{key}: {err}");
+            assert_eq!(key_of(err), key);
+        }
         let mut c = refresh();
         c.api_version = "46.0".into();
         assert_eq!(key_of(c.validate().unwrap_err()), "api_version");

@@ -84,20 +84,18 @@ impl Salesforce {
     async fn describe_objects(&self) -> Result<Vec<Arc<ObjectPlan>>> {
         let global = self.client.describe_global().await?;
         let mut chosen = Vec::new();
-        for choice in &self.settings.objects {
+        for (i, choice) in self.settings.objects.iter().enumerate() {
             match global
                 .iter()
                 .find(|o| o.name.eq_ignore_ascii_case(&choice.name) && o.queryable)
             {
                 Some(found) => chosen.push((found.name.clone(), choice.fields.clone())),
                 None if self.settings.objects_explicit => {
+                    // Named by position: config errors never quote a value.
                     return Err(Error::config(
-                        "objects",
-                        format!(
-                            "`{}` is not an object of this org that the user can query (custom \
-                             objects end in `__c`; check the name and the user's permissions)",
-                            choice.name
-                        ),
+                        format!("objects[{i}]"),
+                        "is not an object of this org that the user can query (custom \
+                         objects end in `__c`; check the name and the user's permissions)",
                     ));
                 }
                 None => {

@@ -42,7 +42,7 @@ fn config(sandbox: &SalesforceSandbox, objects: &[&str]) -> SalesforceConfig {
     c.bulk_page_size = 100;
     c.bulk_poll_ms = 10;
     c.requests_per_second = 2000.0;
-    c.bulk_threshold = u64::MAX;
+    c.bulk_threshold = crate::config::MAX_BULK_THRESHOLD;
     c
 }
 
@@ -233,8 +233,8 @@ async fn discovery_finds_custom_objects_fields_and_types() {
     let missing = connector(config(&sandbox, &["Account", "Invoices__c"]));
     match missing.discover().await.unwrap_err() {
         Error::Config { key, message } => {
-            assert_eq!(key, "objects");
-            assert!(message.contains("Invoices__c"), "{message}");
+            assert_eq!(key, "objects[1]");
+            assert!(!message.contains("Invoices__c"), "{message}");
         }
         other => panic!("{other}"),
     }

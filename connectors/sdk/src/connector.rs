@@ -121,7 +121,8 @@ impl std::fmt::Debug for SourceFactory {
 
 impl SourceFactory {
     /// Builds a source from its options (already freed of the runtime's own keys, with
-    /// `${ENV}` references resolved). A deserialization error names the offending key.
+    /// `${ENV}` references resolved). A deserialization error is an [`Error::Config`] naming
+    /// the offending key's full path, never its value (see [`crate::options`]).
     pub fn build(&self, options: serde_json::Value, ctx: SourceContext) -> Result<Arc<dyn Source>> {
         (self.build)(options, ctx)
     }
@@ -132,15 +133,7 @@ pub fn factory<C: Connector>() -> SourceFactory {
     SourceFactory {
         kind: C::KIND,
         build: Arc::new(|options, ctx| {
-            let config: C::Config = serde_json::from_value(options).map_err(|e| {
-                let message = e.to_string();
-                let key = message
-                    .split('`')
-                    .nth(1)
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| "options".to_owned());
-                Error::Config { key, message }
-            })?;
+            let config: C::Config = crate::options::from_value(options)?;
             Ok(Arc::new(C::new(config, ctx)?) as Arc<dyn Source>)
         }),
     }

@@ -5,8 +5,8 @@
 //! The rules, the same for every vendor: `https://`, or plain `http://` only to a loopback
 //! address (a local simulator or a test server), since anything else would send the
 //! credentials in clear; no user name or password inside the URL (credentials have their
-//! own keys); no query or fragment. Errors name the config key and never print the user
-//! info of the URL they refuse.
+//! own keys); no query or fragment. Errors name the config key and never quote the value:
+//! a `${ENV}` reference may have put a secret there by mistake.
 
 use std::net::IpAddr;
 
@@ -46,12 +46,11 @@ pub fn display(raw: &str) -> String {
 /// fragment. `credential_keys` names the keys that carry the credentials instead (for the
 /// error when the URL holds some).
 pub fn base_url(key: &str, raw: &str, credential_keys: &str) -> Result<String> {
-    let shown = display(raw);
     let bad = |why: String| Error::config(key, why);
-    let url = Url::parse(raw.trim()).map_err(|e| bad(format!("`{shown}` is not a URL: {e}")))?;
+    let url = Url::parse(raw.trim()).map_err(|e| bad(format!("is not a URL: {e}")))?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err(bad(format!(
-            "`{shown}` must not carry a user name or password; set {credential_keys} instead"
+            "must not carry a user name or password; set {credential_keys} instead"
         )));
     }
     match url.scheme() {
@@ -59,23 +58,19 @@ pub fn base_url(key: &str, raw: &str, credential_keys: &str) -> Result<String> {
         "http" if is_loopback(&url) => {}
         "http" => {
             return Err(bad(format!(
-                "`{shown}` must use https://: plain http:// would send the credentials in \
-                 clear, and is only allowed to a loopback address (127.0.0.1, ::1, localhost)"
+                "must use https:// (the host is {}): plain http:// would send the credentials \
+                 in clear, and is only allowed to a loopback address (127.0.0.1, ::1, \
+                 localhost)",
+                url.host_str().unwrap_or_default()
             )));
         }
-        other => {
-            return Err(bad(format!(
-                "`{shown}` must be an https:// URL, not {other}://"
-            )));
-        }
+        other => return Err(bad(format!("must be an https:// URL, not {other}://"))),
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(bad(format!("`{shown}` has no host")));
+        return Err(bad("has no host".to_owned()));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(bad(format!(
-            "`{shown}` must not have a query or a fragment"
-        )));
+        return Err(bad("must not have a query or a fragment".to_owned()));
     }
     Ok(url.as_str().trim_end_matches('/').to_owned())
 }

@@ -16,6 +16,7 @@ pub mod endpoint;
 pub mod error;
 pub mod http;
 pub mod incremental;
+pub mod options;
 pub mod page;
 pub mod pagination;
 pub mod schema;

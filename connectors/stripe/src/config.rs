@@ -5,6 +5,7 @@
 //! [`Settings`] the client runs with, or an [`Error::Config`] naming the key to fix.
 
 use serde::Deserialize;
+use tributary_sdk::options::check_range;
 use tributary_sdk::{Error, Result, Secret};
 
 /// The API version sent as `Stripe-Version` unless `stripe_version` says otherwise. Pinned
@@ -23,6 +24,13 @@ pub const LIVE_MODE_REQUESTS_PER_SECOND: f64 = 100.0;
 
 /// The largest `limit` Stripe's list endpoints accept.
 pub const MAX_PAGE_SIZE: u32 = 100;
+
+/// The lowest `requests_per_second` accepted: slower would make a sync of any size take days.
+pub const MIN_REQUESTS_PER_SECOND: f64 = 0.1;
+
+/// The highest `requests_per_second` accepted: 100 times Stripe's live-mode limit, room for
+/// a proxy or the sandbox, and still a bound on a typo.
+pub const MAX_REQUESTS_PER_SECOND: f64 = 10_000.0;
 
 const KEY_PREFIXES: [&str; 4] = ["sk_test_", "sk_live_", "rk_test_", "rk_live_"];
 
@@ -44,9 +52,9 @@ pub struct StripeConfig {
     #[serde(default = "default_stripe_version")]
     pub stripe_version: String,
 
-    /// Most requests per second this source sends, shared by all its streams. Defaults to
-    /// Stripe's own limit: 25 with a test-mode key, 100 with a live-mode key. Lower it when
-    /// other integrations use the same account.
+    /// Most requests per second this source sends, shared by all its streams, from 0.1 to
+    /// 10000. Defaults to Stripe's own limit: 25 with a test-mode key, 100 with a live-mode
+    /// key. Lower it when other integrations use the same account.
     #[serde(default)]
     pub requests_per_second: Option<f64>,
 
@@ -127,24 +135,17 @@ impl StripeConfig {
         let requests_per_second = match self.requests_per_second {
             None if live_mode => LIVE_MODE_REQUESTS_PER_SECOND,
             None => TEST_MODE_REQUESTS_PER_SECOND,
-            Some(r) if r.is_finite() && r > 0.0 => r,
-            Some(r) => {
-                return Err(Error::config(
-                    "requests_per_second",
-                    format!("must be a number greater than 0, not {r}"),
-                ));
-            }
+            Some(r) => check_range(
+                "requests_per_second",
+                r,
+                MIN_REQUESTS_PER_SECOND,
+                MAX_REQUESTS_PER_SECOND,
+            )?,
         };
 
-        if !(1..=MAX_PAGE_SIZE).contains(&self.page_size) {
-            return Err(Error::config(
-                "page_size",
-                format!(
-                    "must be between 1 and {MAX_PAGE_SIZE}, not {}",
-                    self.page_size
-                ),
-            ));
-        }
+        // Stripe's list endpoints take `limit` from 1 to 100
+        // (https://docs.stripe.com/api/pagination).
+        check_range("page_size", self.page_size, 1, MAX_PAGE_SIZE)?;
 
         Ok(Settings {
             api_key: Secret::new(key),
@@ -201,18 +202,21 @@ mod tests {
     }
 
     #[test]
-    fn bad_api_base_names_api_base() {
+    fn bad_api_base_names_api_base_and_not_its_value() {
         for base in [
             "not a url",
             "ftp://api.stripe.com",
             "/v1",
             "http://127.0.0.1/?a=b",
+            "http://user:sk_live_pw@127.0.0.1",
             // The API key would travel in clear.
             "http://api.stripe.com",
         ] {
             let mut c = config("sk_test_abc");
             c.api_base = base.into();
-            assert_eq!(key_of(c.validate().unwrap_err()), "api_base", "{base}");
+            let err = c.validate().unwrap_err();
+            assert!(!err.to_string().contains(base), "{err}");
+            assert_eq!(key_of(err), "api_base", "{base}");
         }
         let mut c = config("sk_test_abc");
         c.api_base = "http://127.0.0.1:8080/".into();
@@ -221,7 +225,7 @@ mod tests {
 
     #[test]
     fn zero_or_negative_rate_names_requests_per_second() {
-        for rate in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        for rate in [0.0, -1.0, 0.01, 10_001.0, f64::NAN, f64::INFINITY] {
             let mut c = config("sk_live_abc");
             c.requests_per_second = Some(rate);
             assert_eq!(
@@ -240,7 +244,9 @@ mod tests {
         for size in [0, 101] {
             let mut c = config("sk_test_abc");
             c.page_size = size;
-            assert_eq!(key_of(c.validate().unwrap_err()), "page_size");
+            let err = c.validate().unwrap_err();
+            assert!(err.to_string().contains("between 1 and 100"), "{err}");
+            assert_eq!(key_of(err), "page_size");
         }
     }
 

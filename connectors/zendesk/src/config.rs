@@ -7,6 +7,7 @@
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use tributary_sdk::convert::parse_timestamp;
+use tributary_sdk::options::check_range;
 use tributary_sdk::{Error, Result, Secret};
 
 /// Requests per minute of the whole account by default: Zendesk's Team plan allows 200
@@ -22,6 +23,11 @@ pub const MAX_EXPORT_PAGE_SIZE: u32 = 1000;
 
 /// The most records a cursor-paginated list page holds (`page[size]`), and the default.
 pub const MAX_PAGE_SIZE: u32 = 100;
+
+/// The highest `requests_per_minute` / `export_requests_per_minute` accepted: far above any
+/// Zendesk plan (2,500 with High Volume API), room for a proxy or the sandbox, and still a
+/// bound on a typo.
+pub const MAX_REQUESTS_PER_MINUTE: u32 = 1_000_000;
 
 /// How far back the first sync starts when `start_date` is not set.
 pub const DEFAULT_LOOKBACK_DAYS: i64 = 365;
@@ -60,15 +66,15 @@ pub struct ZendeskConfig {
     pub start_date: Option<String>,
 
     /// Most requests per minute this source sends, shared by all its streams (incremental
-    /// exports included). Default 200, Zendesk's Team plan limit; raise it to your plan's
+    /// exports included), from 1 to 1000000. Default 200, Zendesk's Team plan limit; raise it to your plan's
     /// (400 Growth and Professional, 700 Enterprise, 2500 with High Volume API), lower it
     /// when other integrations use the same account.
     #[serde(default = "default_requests_per_minute")]
     pub requests_per_minute: u32,
 
     /// Most incremental export requests per minute (tickets, users, organizations, ticket
-    /// events), within `requests_per_minute`. Default 10, Zendesk's limit; 30 with the
-    /// High Volume API add-on.
+    /// events), within `requests_per_minute`, from 1 to 1000000. Default 10, Zendesk's
+    /// limit; 30 with the High Volume API add-on.
     #[serde(default = "default_export_requests_per_minute")]
     pub export_requests_per_minute: u32,
 
@@ -162,36 +168,29 @@ impl ZendeskConfig {
             None => None,
             Some(text) => Some(parse_start_date(text, Utc::now())?),
         };
-        if self.requests_per_minute == 0 {
-            return Err(Error::config(
-                "requests_per_minute",
-                "must be at least 1 (Zendesk's plans allow 200 to 2500)",
-            ));
-        }
-        if self.export_requests_per_minute == 0 {
-            return Err(Error::config(
-                "export_requests_per_minute",
-                "must be at least 1 (Zendesk allows 10, or 30 with the High Volume API add-on)",
-            ));
-        }
-        if !(1..=MAX_EXPORT_PAGE_SIZE).contains(&self.export_page_size) {
-            return Err(Error::config(
-                "export_page_size",
-                format!(
-                    "must be between 1 and {MAX_EXPORT_PAGE_SIZE}, not {}",
-                    self.export_page_size
-                ),
-            ));
-        }
-        if !(1..=MAX_PAGE_SIZE).contains(&self.page_size) {
-            return Err(Error::config(
-                "page_size",
-                format!(
-                    "must be between 1 and {MAX_PAGE_SIZE}, not {}",
-                    self.page_size
-                ),
-            ));
-        }
+        check_range(
+            "requests_per_minute",
+            self.requests_per_minute,
+            1,
+            MAX_REQUESTS_PER_MINUTE,
+        )?;
+        check_range(
+            "export_requests_per_minute",
+            self.export_requests_per_minute,
+            1,
+            MAX_REQUESTS_PER_MINUTE,
+        )?;
+        // Incremental exports take `per_page` up to 1000
+        // (https://developer.zendesk.com/api-reference/ticketing/ticket-management/incremental_exports/);
+        // cursor-paginated lists take `page[size]` up to 100
+        // (https://developer.zendesk.com/api-reference/introduction/pagination/).
+        check_range(
+            "export_page_size",
+            self.export_page_size,
+            1,
+            MAX_EXPORT_PAGE_SIZE,
+        )?;
+        check_range("page_size", self.page_size, 1, MAX_PAGE_SIZE)?;
         Ok(Settings {
             subdomain,
             api_base,
@@ -230,11 +229,11 @@ impl ZendeskConfig {
             (None, None, Some(token)) => Ok(Auth::OAuth(token)),
             (Some(email), Some(token), None) => {
                 if !email.contains('@') || email.contains(char::is_whitespace) {
+                    // Not quoted: a misplaced `${ENV}` reference may have put a secret here.
                     return Err(Error::config(
                         "email",
-                        format!(
-                            "`{email}` is not an email address (the admin the API token belongs to)"
-                        ),
+                        "is not an email address (write the email of the admin the API token \
+                         belongs to)",
                     ));
                 }
                 Ok(Auth::ApiToken {
@@ -261,11 +260,12 @@ impl ZendeskConfig {
 /// `acme`, `acme.zendesk.com`, `https://acme.zendesk.com/` → `acme`; anything else is an
 /// error saying what is accepted.
 pub fn normalize_subdomain(raw: &str) -> Result<String> {
+    // The messages never quote the value: a `${ENV}` reference may have put a secret here.
     let bad = |why: &str| {
         Error::config(
             "subdomain",
             format!(
-                "`{raw}` {why}; write the account's subdomain as `acme`, `acme.zendesk.com` or \
+                "{why}; write the account's subdomain as `acme`, `acme.zendesk.com` or \
                  `https://acme.zendesk.com`"
             ),
         )
@@ -312,15 +312,12 @@ fn parse_start_date(text: &str, now: DateTime<Utc>) -> Result<i64> {
     let micros = parse_timestamp(text).ok_or_else(|| {
         Error::config(
             "start_date",
-            format!("`{text}` is not a date: write `2024-01-31` or `2024-01-31T08:00:00Z`"),
+            "is not a date: write `2024-01-31` or `2024-01-31T08:00:00Z`",
         )
     })?;
     let seconds = micros.div_euclid(1_000_000);
     if seconds > now.timestamp() {
-        return Err(Error::config(
-            "start_date",
-            format!("`{text}` is in the future"),
-        ));
+        return Err(Error::config("start_date", "is in the future"));
     }
     Ok(seconds)
 }
@@ -444,8 +441,10 @@ mod tests {
         assert_eq!(key_of(err), "api_token");
 
         let mut bad_email = config();
-        bad_email.email = Some("admin".into());
-        assert_eq!(key_of(bad_email.validate().unwrap_err()), "email");
+        bad_email.email = Some("zd-secret-token-0000".into());
+        let err = bad_email.validate().unwrap_err();
+        assert!(!err.to_string().contains("zd-secret"), "{err}");
+        assert_eq!(key_of(err), "email");
     }
 
     #[test]
@@ -469,8 +468,13 @@ mod tests {
     #[test]
     fn bounds_name_their_key() {
         type Change = fn(&mut ZendeskConfig);
-        let cases: [(Change, &str); 5] = [
+        let cases: [(Change, &str); 7] = [
             (|c| c.requests_per_minute = 0, "requests_per_minute"),
+            (|c| c.requests_per_minute = 1_000_001, "requests_per_minute"),
+            (
+                |c| c.export_requests_per_minute = 1_000_001,
+                "export_requests_per_minute",
+            ),
             (
                 |c| c.export_requests_per_minute = 0,
                 "export_requests_per_minute",
@@ -482,7 +486,9 @@ mod tests {
         for (change, key) in cases {
             let mut c = config();
             change(&mut c);
-            assert_eq!(key_of(c.validate().unwrap_err()), key);
+            let err = c.validate().unwrap_err();
+            assert!(err.to_string().contains("between 1 and "), "{err}");
+            assert_eq!(key_of(err), key);
         }
     }
 

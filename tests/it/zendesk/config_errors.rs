@@ -13,19 +13,19 @@ async fn a_bad_subdomain_or_missing_credentials_name_the_key() {
         "[warehouse]\nurl = {:?}\n[sources.zendesk]\ntype = \"zendesk\"\n",
         warehouse.display().to_string()
     );
-    let cases: [(&str, &[&str]); 4] = [
+    let cases: [(&str, &[&str]); 7] = [
         (
             "subdomain = \"acme.freshdesk.com\"\nemail = \"a@b.c\"\napi_token = \"t\"\n",
             &[
                 "bad.toml",
                 "sources.zendesk.subdomain",
-                "acme.freshdesk.com",
+                "not a zendesk.com address",
                 "https://acme.zendesk.com",
             ],
         ),
         (
             "subdomain = \"https://acme.zendesk.com/agent/tickets\"\nemail = \"a@b.c\"\napi_token = \"t\"\n",
-            &["sources.zendesk.subdomain", "/agent/tickets"],
+            &["sources.zendesk.subdomain", "has a path"],
         ),
         (
             "subdomain = \"acme\"\n",
@@ -33,7 +33,25 @@ async fn a_bad_subdomain_or_missing_credentials_name_the_key() {
         ),
         (
             "subdomain = \"acme\"\nemail = \"a@b.c\"\napi_token = \"t\"\nexport_requests_per_minute = 0\n",
-            &["sources.zendesk.export_requests_per_minute"],
+            &[
+                "sources.zendesk.export_requests_per_minute",
+                "between 1 and 1000000",
+            ],
+        ),
+        (
+            "subdomain = \"acme\"\nemail = \"zd-secret-in-the-email-key\"\napi_token = \"t\"\n",
+            &[
+                "invalid option `sources.zendesk.email`",
+                "not an email address",
+            ],
+        ),
+        (
+            "subdomain = \"acme\"\nemail = \"a@b.c\"\napi_token = \"t\"\npage_size = 250\n",
+            &["sources.zendesk.page_size", "between 1 and 100"],
+        ),
+        (
+            "subdomain = \"acme\"\nemail = \"a@b.c\"\napi_token = \"t\"\nexport_page_size = 5000\n",
+            &["sources.zendesk.export_page_size", "between 1 and 1000"],
         ),
     ];
     for (source, expected) in cases {
@@ -45,6 +63,19 @@ async fn a_bad_subdomain_or_missing_credentials_name_the_key() {
             assert_eq!(out.status.code(), Some(1), "{command}: {stderr}");
             for e in expected {
                 assert!(stderr.contains(e), "{command}: expected {e:?} in: {stderr}");
+            }
+            // Config errors name the key, never its value.
+            for value in [
+                "zd-secret",
+                "acme.freshdesk.com",
+                "/agent/tickets",
+                "250",
+                "5000",
+            ] {
+                assert!(
+                    !stderr.contains(value),
+                    "{command}: {value} leaked: {stderr}"
+                );
             }
             assert!(
                 !warehouse.join("zendesk").exists(),
