@@ -72,6 +72,12 @@ pub struct SyncConfig {
     /// Rows per Arrow batch handed to the Parquet writer. Bounds the memory of conversion.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Columns one run may add to a stream's table (fields the vendor added). Fields past
+    /// it, and fields whose column name would be over 255 bytes, are kept in
+    /// `_rescued_data` and counted in the summary: a record with thousands of distinct keys
+    /// cannot blow up the table's schema. Default 1000.
+    #[serde(default = "default_max_new_columns")]
+    pub max_new_columns: usize,
     /// Rows per Parquet row group (64k–128k keeps the writer's buffer bounded).
     #[serde(default = "default_row_group_size")]
     pub row_group_size: usize,
@@ -88,6 +94,7 @@ impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
             batch_size: default_batch_size(),
+            max_new_columns: default_max_new_columns(),
             row_group_size: default_row_group_size(),
             commit_every: default_commit_every(),
             concurrency: default_concurrency(),
@@ -97,6 +104,9 @@ impl Default for SyncConfig {
 
 fn default_batch_size() -> usize {
     8192
+}
+fn default_max_new_columns() -> usize {
+    tributary_sdk::convert::DEFAULT_MAX_NEW_COLUMNS
 }
 fn default_row_group_size() -> usize {
     65_536
