@@ -8,6 +8,7 @@ mod compact;
 mod config_errors;
 mod crash_resume;
 mod history;
+mod hostile_records;
 mod moto;
 mod proxy;
 mod rate_limit;
