@@ -107,15 +107,17 @@ async fn write(
         builder
             .append_page(&page(templates, chunk, bump))
             .expect("convert");
-        let (batch, _) = builder.finish().expect("batch");
-        if file.is_none() {
-            file = Some(table.new_file(batch.schema()).expect("file"));
+        let (batches, _) = builder.finish().expect("batch");
+        for batch in batches {
+            if file.is_none() {
+                file = Some(table.new_file(batch.schema()).expect("file"));
+            }
+            file.as_mut()
+                .expect("file")
+                .write(&batch)
+                .await
+                .expect("write");
         }
-        file.as_mut()
-            .expect("file")
-            .write(&batch)
-            .await
-            .expect("write");
     }
     (
         file.expect("rows").finish().await.expect("finish"),

@@ -372,6 +372,29 @@ async fn sync_source(
         .await)
 }
 
+/// A summary's list of column names: the first few, each cut short, and how many more (a
+/// run may add up to `sync.max_new_columns` columns of up to 255 bytes each).
+fn name_list(names: &[String]) -> String {
+    const SHOWN: usize = 20;
+    let mut out: Vec<String> = names
+        .iter()
+        .take(SHOWN)
+        .map(|n| {
+            match n
+                .char_indices()
+                .nth(tributary_sdk::convert::LOGGED_NAME_CHARS)
+            {
+                Some((i, _)) => format!("{}…", n.get(..i).unwrap_or(n)),
+                None => n.clone(),
+            }
+        })
+        .collect();
+    if names.len() > SHOWN {
+        out.push(format!("and {} more", names.len() - SHOWN));
+    }
+    out.join(", ")
+}
+
 fn print_summary(run: &RunOutcome) {
     let outcomes = &run.streams;
     println!(
@@ -392,12 +415,25 @@ fn print_summary(run: &RunOutcome) {
             println!("    widened to float: {}", o.widened_columns.join(", "));
         }
         if !o.new_columns.is_empty() {
-            println!("    new columns: {}", o.new_columns.join(", "));
+            println!("    new columns: {}", name_list(&o.new_columns));
         }
         if o.rescued_values > 0 {
             println!(
                 "    {} values did not fit their column and were kept in _rescued_data",
                 o.rescued_values
+            );
+        }
+        if o.capped_fields > 0 {
+            println!(
+                "    {} fields were kept in _rescued_data instead of becoming columns (past sync.max_new_columns, or a name over 255 bytes), e.g. {}",
+                o.capped_fields,
+                o.capped_example.as_deref().unwrap_or("?")
+            );
+        }
+        if o.oversized_values > 0 {
+            println!(
+                "    {} values were too large for a batch (over 2 GiB of text) and were left null",
+                o.oversized_values
             );
         }
         if let Status::Failed(e) = &o.status {

@@ -84,6 +84,12 @@ pub struct SyncConfig {
     /// memory of conversion.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Columns one run may add to a stream's table (fields the vendor added), from 0 to
+    /// 100000. Fields past it, and fields whose column name would be over 255 bytes, are
+    /// kept in `_rescued_data` and counted in the summary: a record with thousands of
+    /// distinct keys cannot blow up the table's schema. Default 1000.
+    #[serde(default = "default_max_new_columns")]
+    pub max_new_columns: usize,
     /// Rows per Parquet row group, from 1 to 1048576 (64k–128k keeps the writer's buffer
     /// bounded).
     #[serde(default = "default_row_group_size")]
@@ -106,6 +112,7 @@ impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
             batch_size: default_batch_size(),
+            max_new_columns: default_max_new_columns(),
             row_group_size: default_row_group_size(),
             commit_every: default_commit_every(),
             concurrency: default_concurrency(),
@@ -116,6 +123,9 @@ impl Default for SyncConfig {
 
 fn default_batch_size() -> usize {
     8192
+}
+fn default_max_new_columns() -> usize {
+    tributary_sdk::convert::DEFAULT_MAX_NEW_COLUMNS
 }
 fn default_row_group_size() -> usize {
     65_536
@@ -323,6 +333,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded> {
     in_range("sync.concurrency", sync.concurrency as u64, MAX_CONCURRENCY)?;
     // MiB after decompression; see the SDK's `http::set_max_body_bytes`.
     in_range("sync.max_response_mb", sync.max_response_mb, 4096)?;
+    check_range("sync.max_new_columns", sync.max_new_columns, 0, 100_000)
+        .map_err(|e| anyhow!("{file}: {e}"))?;
     let mut sources = Vec::new();
     for (name, mut table) in config.sources {
         let at = format!("sources.{name}");

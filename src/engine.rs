@@ -20,7 +20,7 @@ use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use indicatif::ProgressBar;
 use tokio::sync::watch;
-use tributary_sdk::convert::BatchBuilder;
+use tributary_sdk::convert::{BatchBuilder, Limits, MAX_COLUMN_NAME_BYTES};
 use tributary_sdk::{Page, ReadRequest, Records, Source, StreamKind, StreamSchema};
 
 use crate::config::SyncConfig;
@@ -128,6 +128,13 @@ pub struct StreamOutcome {
     pub rescued_values: u64,
     /// Integer columns widened to float.
     pub widened_columns: Vec<String>,
+    /// Fields kept in `_rescued_data` instead of becoming columns: past `max_new_columns`
+    /// new columns in this run, or a name over 255 bytes.
+    pub capped_fields: u64,
+    /// The first such field's name, cut to 64 characters.
+    pub capped_example: Option<String>,
+    /// Values left null because they could not fit in a batch (over 2 GiB of text).
+    pub oversized_values: u64,
     /// Older rows of objects replaced by their newer versions.
     pub replaced: u64,
     /// Tracking-API messages queued in the stream's outbox with its commits.
@@ -222,6 +229,9 @@ pub async fn sync_stream(job: StreamJob<'_>) -> StreamOutcome {
         new_columns: Vec::new(),
         rescued_values: 0,
         widened_columns: Vec::new(),
+        capped_fields: 0,
+        capped_example: None,
+        oversized_values: 0,
         replaced: 0,
         messages_queued: 0,
         tracking: None,
@@ -245,6 +255,13 @@ pub async fn sync_stream(job: StreamJob<'_>) -> StreamOutcome {
     }
     if let Some(pb) = &job.progress {
         pb.finish_with_message(outcome.status.word());
+    }
+    // Once per stream and run, however many fields a hostile vendor sent.
+    if outcome.capped_fields > 0 {
+        tracing::warn!(source = %outcome.source, stream = %outcome.stream, fields = outcome.capped_fields, example = %outcome.capped_example.as_deref().unwrap_or(""), max_new_columns = job.tuning.max_new_columns, max_name_bytes = MAX_COLUMN_NAME_BYTES, "Fields past the new-column cap or with over-long names were kept in _rescued_data, not added as columns.");
+    }
+    if outcome.oversized_values > 0 {
+        tracing::warn!(source = %outcome.source, stream = %outcome.stream, values = outcome.oversized_values, "Values too large for a batch (over 2 GiB of text) were left null.");
     }
     match &outcome.status {
         Status::Failed(e) => {
@@ -307,7 +324,11 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
     };
     tracing::info!(source = %job.source_name, stream, cursor = %cursor.as_ref().map(|c| c.to_string()).unwrap_or_else(|| "none".into()), full_refresh = job.full_refresh, "Starting stream.");
     let existing = table.arrow_schema()?;
-    let mut builder = BatchBuilder::new(&job.schema, Some(existing.as_ref()));
+    let limits = Limits {
+        max_new_columns: job.tuning.max_new_columns,
+        ..Limits::default()
+    };
+    let mut builder = BatchBuilder::with_limits(&job.schema, Some(existing.as_ref()), limits);
     let mut pages = job
         .source
         .read(ReadRequest {
@@ -370,7 +391,8 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
         if let Some(pb) = &job.progress {
             pb.inc(n);
         }
-        if builder.rows() >= batch_size {
+        // By rows, or by bytes when the records are large (see `Limits::batch_bytes`).
+        if builder.rows() >= batch_size || builder.is_full() {
             flush(&table, &mut builder, &mut p, out).await?;
         }
         if p.flushed_records + p.open_records >= job.tuning.commit_every {
@@ -389,11 +411,18 @@ async fn flush(
     out: &mut StreamOutcome,
 ) -> Result<()> {
     if builder.rows() > 0 {
-        let (batch, report) = tokio::task::block_in_place(|| builder.finish())?;
+        let (batches, report) = tokio::task::block_in_place(|| builder.finish())?;
         out.new_columns.extend(report.new_columns);
         out.widened_columns.extend(report.widened_columns);
         out.rescued_values += report.rescued_values;
-        write_batch(table, p, out, &batch).await?;
+        out.capped_fields += report.capped_fields;
+        if out.capped_example.is_none() {
+            out.capped_example = report.capped_example;
+        }
+        out.oversized_values += report.oversized_values;
+        for batch in &batches {
+            write_batch(table, p, out, batch).await?;
+        }
     }
     p.flushed_records += p.open_records;
     p.open_records = 0;

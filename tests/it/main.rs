@@ -9,6 +9,7 @@ mod config_errors;
 mod crash_resume;
 mod history;
 mod hostile;
+mod hostile_records;
 mod moto;
 mod proxy;
 mod rate_limit;

@@ -104,24 +104,26 @@ pub async fn read_all(
         builder
             .append_page(&page)
             .map_err(|e| format!("converting a page of `{}`: {e}", schema.name))?;
-        let (batch, _) = builder.finish().map_err(|e| e.to_string())?;
-        let ids = batch
-            .column_by_name(&schema.primary_key)
-            .ok_or("no primary key column")?
-            .as_string_opt::<i32>()
-            .ok_or("the primary key is not text")?
-            .clone();
-        let deleted = batch
-            .column_by_name(IS_DELETED)
-            .ok_or("no is_deleted column")?
-            .as_boolean()
-            .clone();
-        for i in 0..batch.num_rows() {
-            if ids.is_null(i) {
-                return Err(format!("`{}`: a record without an id", schema.name));
+        let (batches, _) = builder.finish().map_err(|e| e.to_string())?;
+        for batch in &batches {
+            let ids = batch
+                .column_by_name(&schema.primary_key)
+                .ok_or("no primary key column")?
+                .as_string_opt::<i32>()
+                .ok_or("the primary key is not text")?
+                .clone();
+            let deleted = batch
+                .column_by_name(IS_DELETED)
+                .ok_or("no is_deleted column")?
+                .as_boolean()
+                .clone();
+            for i in 0..batch.num_rows() {
+                if ids.is_null(i) {
+                    return Err(format!("`{}`: a record without an id", schema.name));
+                }
+                log.records
+                    .push((ids.value(i).to_owned(), deleted.value(i)));
             }
-            log.records
-                .push((ids.value(i).to_owned(), deleted.value(i)));
         }
         log.cursors.push((log.records.len(), page.cursor));
     }

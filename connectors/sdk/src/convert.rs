@@ -15,6 +15,18 @@
 //! type is not lost: the column stays null in that row and the value is kept, as JSON, in
 //! the row's `_rescued_data` object (`{"amount": "\"12.5 EUR\""}` →
 //! `{"amount":"12.5 EUR"}`), and counted.
+//!
+//! Hostile records are bounded ([`Limits`]). A run of a stream adds at most
+//! `max_new_columns` columns, and no column name is longer than [`MAX_COLUMN_NAME_BYTES`]:
+//! a field past either cap is not dropped but kept in `_rescued_data` under its flattened
+//! name and counted (`ConvertReport::capped_fields`). The text bytes of a batch are bounded
+//! too: when the rows appended pass `batch_bytes`, the rows so far are sealed into a batch
+//! of their own at the next record boundary (the builder reports [`BatchBuilder::is_full`]
+//! so the caller flushes), so a page of huge strings splits into several batches instead
+//! of overflowing Arrow's 32-bit offsets. A single value that cannot fit in any batch
+//! (over 2 GiB with the rest of its row) is left null and counted, never a panic. Nesting
+//! is bounded by serde_json's recursion limit (128) while parsing; a nested object whose
+//! flattened name is already past the name cap is rescued whole rather than walked.
 
 use std::fmt;
 use std::sync::Arc;
@@ -37,6 +49,46 @@ use crate::schema::{
     to_column_name,
 };
 
+/// The longest column name the converter creates, in bytes. Longer flattened names are
+/// rescued (see the module doc). Delta and Parquet readers handle names this long; much
+/// longer ones bloat every commit's schema and every log line that names the column.
+pub const MAX_COLUMN_NAME_BYTES: usize = 255;
+
+/// The default of [`Limits::max_new_columns`].
+pub const DEFAULT_MAX_NEW_COLUMNS: usize = 1_000;
+
+/// The default of [`Limits::batch_bytes`].
+pub const DEFAULT_BATCH_BYTES: usize = 64 << 20;
+
+/// How many characters of a vendor-made name a log line or summary shows.
+pub const LOGGED_NAME_CHARS: usize = 64;
+
+/// Bounds on what one run of a stream can do to its table and to memory, whatever the
+/// vendor sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Columns the builder may add to the table over its lifetime (one stream's run).
+    /// Fields past it are kept in `_rescued_data` and counted.
+    pub max_new_columns: usize,
+    /// Text bytes of one batch: past it, the rows so far become a batch of their own at
+    /// the next record boundary and [`BatchBuilder::is_full`] says so.
+    pub batch_bytes: usize,
+    /// Text bytes one column of one batch can hold; at most (and by default) `i32::MAX`,
+    /// the limit of Arrow's `Utf8` offsets. A value that does not fit is left null and
+    /// counted. Lower only to test that path without allocating gigabytes.
+    pub column_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_new_columns: DEFAULT_MAX_NEW_COLUMNS,
+            batch_bytes: DEFAULT_BATCH_BYTES,
+            column_bytes: i32::MAX as usize,
+        }
+    }
+}
+
 /// Builds Arrow record batches of one stream's table from pages of vendor JSON.
 pub struct BatchBuilder {
     inner: Inner,
@@ -51,12 +103,35 @@ struct Inner {
     rows: usize,
     path: String,
     row_deleted: bool,
-    row_rescued: Vec<(usize, String)>,
+    /// This row's rescued values: (the column's index, or the name of a field that could
+    /// not become a column; the value as JSON text).
+    row_rescued: Vec<(RescueKey, String)>,
     rescued_total: u64,
     discovered: Vec<String>,
     widened: Vec<String>,
     received_at: i64,
     sys: SysCols,
+    limits: Limits,
+    /// Text bytes appended since the last seal.
+    bytes: usize,
+    /// Columns added over the builder's lifetime (checked against `max_new_columns`).
+    added_columns: usize,
+    /// The longest column name known, in bytes: a path longer than this and than
+    /// [`MAX_COLUMN_NAME_BYTES`] can neither be a column nor lead to one.
+    longest_name: usize,
+    capped_total: u64,
+    capped_example: Option<String>,
+    oversized_total: u64,
+    /// Batches sealed because `batch_bytes` was reached, not yet handed out.
+    sealed: Vec<RecordBatch>,
+    /// Rows and text bytes in `sealed`.
+    sealed_rows: usize,
+    sealed_bytes: usize,
+}
+
+enum RescueKey {
+    Col(usize),
+    Name(String),
 }
 
 #[derive(Clone, Copy)]
@@ -73,6 +148,9 @@ struct Col {
     data: Option<ColData>,
     /// Rows appended to `data` (values or nulls); lags `rows` while the column is absent.
     len: usize,
+    /// Text bytes appended to `data` since its last finish (Arrow's `Utf8` offsets are
+    /// 32-bit: a column of one batch holds at most `i32::MAX` bytes).
+    bytes: usize,
 }
 
 enum ColData {
@@ -131,6 +209,17 @@ enum Cell<'a> {
     Date(i32),
 }
 
+impl Cell<'_> {
+    /// The text bytes this cell adds to a `Utf8` column.
+    fn text_len(&self) -> usize {
+        match self {
+            Cell::Str(s) => s.len(),
+            Cell::Owned(s) => s.len(),
+            _ => 0,
+        }
+    }
+}
+
 impl Col {
     fn new(name: String, ty: ColumnType) -> Self {
         Col {
@@ -138,6 +227,7 @@ impl Col {
             ty,
             data: None,
             len: 0,
+            bytes: 0,
         }
     }
 
@@ -169,6 +259,7 @@ impl Col {
                     data.append_nulls(rows - self.len);
                 }
                 self.len = 0;
+                self.bytes = 0;
                 data.finish()
             }
             None => new_null_array(&self.ty.arrow_type(), rows),
@@ -185,13 +276,28 @@ pub struct ConvertReport {
     pub rescued_values: u64,
     /// Integer columns widened to float because a value had a fraction.
     pub widened_columns: Vec<String>,
+    /// Fields kept in `_rescued_data` instead of becoming columns, because the run had
+    /// added [`Limits::max_new_columns`] columns already or because their name was longer
+    /// than [`MAX_COLUMN_NAME_BYTES`].
+    pub capped_fields: u64,
+    /// The first such field's name, cut to [`LOGGED_NAME_CHARS`] characters.
+    pub capped_example: Option<String>,
+    /// Values left null because they could not fit in a batch (over 2 GiB of text with the
+    /// rest of their row in one column).
+    pub oversized_values: u64,
 }
 
 impl BatchBuilder {
     /// A builder for `schema`'s table. `existing` is the schema of the table as it is in
     /// the warehouse (it may hold columns discovered by earlier runs, in its own order);
-    /// the builder keeps that order and appends what is new.
+    /// the builder keeps that order and appends what is new. Uses the default [`Limits`].
     pub fn new(schema: &StreamSchema, existing: Option<&Schema>) -> Self {
+        Self::with_limits(schema, existing, Limits::default())
+    }
+
+    /// [`new`](Self::new) with explicit [`Limits`] (`column_bytes` is capped at
+    /// `i32::MAX`).
+    pub fn with_limits(schema: &StreamSchema, existing: Option<&Schema>, limits: Limits) -> Self {
         let mut cols: Vec<Col> = Vec::new();
         if let Some(existing) = existing {
             for f in existing.fields() {
@@ -211,27 +317,30 @@ impl BatchBuilder {
                 cols.push(Col::new(c.name.clone(), c.ty));
             }
         }
-        for (name, ty) in [
-            (RECEIVED_AT, ColumnType::Timestamp),
-            (UUID_TS, ColumnType::Timestamp),
-            (IS_DELETED, ColumnType::Boolean),
-            (RESCUED, ColumnType::Json),
-        ] {
-            if !cols.iter().any(|x| x.name == name) {
-                cols.push(Col::new(name.to_owned(), ty));
-            }
-        }
+        let mut sys_col =
+            |name: &str, ty: ColumnType| match cols.iter().position(|x| x.name == name) {
+                Some(i) => i,
+                None => {
+                    cols.push(Col::new(name.to_owned(), ty));
+                    cols.len() - 1
+                }
+            };
+        let sys = SysCols {
+            received_at: sys_col(RECEIVED_AT, ColumnType::Timestamp),
+            uuid_ts: sys_col(UUID_TS, ColumnType::Timestamp),
+            is_deleted: sys_col(IS_DELETED, ColumnType::Boolean),
+            rescued: sys_col(RESCUED, ColumnType::Json),
+        };
+        // Vendor fields are looked up here; the system columns are written by the builder
+        // only, so a vendor field named like one is not found and gets a prefixed column of
+        // its own (see `discover`) instead of a second value in ours.
         let index: FxHashMap<Box<str>, usize> = cols
             .iter()
             .enumerate()
+            .filter(|(_, c)| !crate::schema::SYSTEM_COLUMNS.contains(&c.name.as_str()))
             .map(|(i, c)| (c.name.clone().into_boxed_str(), i))
             .collect();
-        let sys = SysCols {
-            received_at: index[RECEIVED_AT],
-            uuid_ts: index[UUID_TS],
-            is_deleted: index[IS_DELETED],
-            rescued: index[RESCUED],
-        };
+        let longest_name = cols.iter().map(|c| c.name.len()).max().unwrap_or(0);
         let deletion = schema.deletion.as_ref().map(|rule| {
             (
                 rule.field.clone(),
@@ -253,24 +362,42 @@ impl BatchBuilder {
                 widened: Vec::new(),
                 received_at: 0,
                 sys,
+                limits: Limits {
+                    column_bytes: limits.column_bytes.min(i32::MAX as usize),
+                    ..limits
+                },
+                bytes: 0,
+                added_columns: 0,
+                longest_name,
+                capped_total: 0,
+                capped_example: None,
+                oversized_total: 0,
+                sealed: Vec::new(),
+                sealed_rows: 0,
+                sealed_bytes: 0,
             },
         }
     }
 
     /// Rows appended since the last [`finish`](Self::finish).
     pub fn rows(&self) -> usize {
-        self.inner.rows
+        self.inner.sealed_rows + self.inner.rows
+    }
+
+    /// Text bytes appended since the last [`finish`](Self::finish).
+    pub fn bytes(&self) -> usize {
+        self.inner.sealed_bytes + self.inner.bytes
+    }
+
+    /// Whether the rows appended reached [`Limits::batch_bytes`], so the caller should
+    /// [`finish`](Self::finish) now (whatever its row count) to keep memory bounded.
+    pub fn is_full(&self) -> bool {
+        !self.inner.sealed.is_empty() || self.inner.bytes >= self.inner.limits.batch_bytes
     }
 
     /// The table schema as it stands: every known column, nullable, in table order.
     pub fn schema(&self) -> Arc<Schema> {
-        Arc::new(Schema::new(
-            self.inner
-                .cols
-                .iter()
-                .map(|c| Field::new(&c.name, c.ty.arrow_type(), true))
-                .collect::<Vec<_>>(),
-        ))
+        table_schema(&self.inner.cols)
     }
 
     /// Appends every record of `page`. Returns how many records it held.
@@ -314,57 +441,94 @@ impl BatchBuilder {
         Error::decode(format!("a page of stream `{}`", self.inner.stream), e)
     }
 
-    /// Finishes the rows appended so far into a batch (stamping `uuid_ts` now) and the
-    /// report of what was new or rescued in it. The builder is empty afterwards and keeps
-    /// every column it has learnt.
-    pub fn finish(&mut self) -> Result<(RecordBatch, ConvertReport)> {
+    /// Finishes the rows appended so far into batches (stamping `uuid_ts` now), in order,
+    /// and the report of what was new or rescued in them. Usually one batch; more when
+    /// the rows passed [`Limits::batch_bytes`] (each later batch's schema has every column
+    /// of the earlier ones). The builder is empty afterwards and keeps every column it has
+    /// learnt.
+    pub fn finish(&mut self) -> Result<(Vec<RecordBatch>, ConvertReport)> {
         let inner = &mut self.inner;
-        let rows = inner.rows;
-        let now = Utc::now().timestamp_micros();
-        let uuid_ts = &mut inner.cols[inner.sys.uuid_ts];
-        uuid_ts.data = Some(ColData::new(ColumnType::Timestamp));
-        if let Some(ColData::Ts(b)) = &mut uuid_ts.data {
-            b.append_slice(&vec![now; rows]);
+        if inner.rows > 0 || inner.sealed.is_empty() {
+            inner.seal()?;
         }
-        uuid_ts.len = rows;
-        let arrays: Vec<ArrayRef> = inner.cols.iter_mut().map(|c| c.finish(rows)).collect();
-        let schema = self.schema();
-        let inner = &mut self.inner;
-        inner.rows = 0;
+        inner.sealed_rows = 0;
+        inner.sealed_bytes = 0;
         let report = ConvertReport {
             new_columns: std::mem::take(&mut inner.discovered),
             rescued_values: std::mem::take(&mut inner.rescued_total),
             widened_columns: std::mem::take(&mut inner.widened),
+            capped_fields: std::mem::take(&mut inner.capped_total),
+            capped_example: inner.capped_example.take(),
+            oversized_values: std::mem::take(&mut inner.oversized_total),
         };
-        let batch = RecordBatch::try_new(schema, arrays)?;
-        Ok((batch, report))
+        Ok((std::mem::take(&mut inner.sealed), report))
     }
 }
 
+fn table_schema(cols: &[Col]) -> Arc<Schema> {
+    Arc::new(Schema::new(
+        cols.iter()
+            .map(|c| Field::new(&c.name, c.ty.arrow_type(), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
 impl Inner {
-    fn begin_row(&mut self) {
+    /// Moves the open rows into a batch of their own (stamping `uuid_ts` now).
+    fn seal(&mut self) -> Result<()> {
+        let rows = self.rows;
+        let now = Utc::now().timestamp_micros();
+        if let Some(uuid_ts) = self.cols.get_mut(self.sys.uuid_ts) {
+            let mut b = TimestampMicrosecondBuilder::with_capacity(rows);
+            b.append_value_n(now, rows);
+            uuid_ts.data = Some(ColData::Ts(b));
+            uuid_ts.len = rows;
+        }
+        let arrays: Vec<ArrayRef> = self.cols.iter_mut().map(|c| c.finish(rows)).collect();
+        let batch = RecordBatch::try_new(table_schema(&self.cols), arrays)?;
+        self.sealed.push(batch);
+        self.sealed_rows += rows;
+        self.sealed_bytes += self.bytes;
+        self.rows = 0;
+        self.bytes = 0;
+        Ok(())
+    }
+
+    /// Starts a record: first seals the rows so far if they passed the byte budget, so a
+    /// batch's text stays far below what Arrow's 32-bit offsets can hold.
+    fn begin_row(&mut self) -> Result<()> {
+        if self.rows > 0 && self.bytes >= self.limits.batch_bytes {
+            self.seal()?;
+        }
         self.path.clear();
         self.row_deleted = false;
         self.row_rescued.clear();
+        Ok(())
     }
 
     fn end_row(&mut self, force_deleted: bool) {
-        let row = self.rows;
         let sys = self.sys;
-        self.cols[sys.received_at].put(row, Cell::Ts(self.received_at));
-        self.cols[sys.is_deleted].put(row, Cell::Bool(force_deleted || self.row_deleted));
+        self.put(sys.received_at, Cell::Ts(self.received_at));
+        self.put(
+            sys.is_deleted,
+            Cell::Bool(force_deleted || self.row_deleted),
+        );
         if !self.row_rescued.is_empty() {
             let mut obj = String::from("{");
-            for (i, (col, raw)) in self.row_rescued.iter().enumerate() {
+            for (i, (key, raw)) in self.row_rescued.iter().enumerate() {
                 if i > 0 {
                     obj.push(',');
                 }
-                obj.push_str(&serde_json::to_string(&self.cols[*col].name).unwrap_or_default());
+                let name = match key {
+                    RescueKey::Col(col) => self.cols.get(*col).map_or("", |c| c.name.as_str()),
+                    RescueKey::Name(name) => name.as_str(),
+                };
+                obj.push_str(&serde_json::to_string(name).unwrap_or_default());
                 obj.push(':');
                 obj.push_str(raw);
             }
             obj.push('}');
-            self.cols[sys.rescued].put(row, Cell::Owned(obj));
+            self.put(sys.rescued, Cell::Owned(obj));
         }
         self.rows += 1;
     }
@@ -383,43 +547,87 @@ impl Inner {
         mark
     }
 
-    /// Adds a column for the current path, typed by the value first seen there.
-    fn discover(&mut self, ty: ColumnType) -> usize {
+    /// Adds a column for the current path, typed by the value first seen there; `None`
+    /// when the path may not become a column (past the run's new-column cap, or a name
+    /// longer than [`MAX_COLUMN_NAME_BYTES`]): the caller rescues the value instead.
+    fn discover(&mut self, ty: ColumnType) -> Option<usize> {
         let mut name = self.path.clone();
         if crate::schema::SYSTEM_COLUMNS.contains(&name.as_str()) {
             // A vendor field that clashes with a system column keeps its value under a
             // prefixed name rather than overwriting ours.
             name = format!("vendor_{name}");
             if let Some(&i) = self.index.get(name.as_str()) {
-                return i;
+                return Some(i);
             }
+        }
+        if name.len() > MAX_COLUMN_NAME_BYTES || self.added_columns >= self.limits.max_new_columns {
+            return None;
         }
         let i = self.cols.len();
         self.cols.push(Col::new(name.clone(), ty));
         self.index.insert(name.clone().into_boxed_str(), i);
-        tracing::info!(stream = %self.stream, column = %name, r#type = ?ty, "Found a new field; adding a nullable column.");
+        self.added_columns += 1;
+        self.longest_name = self.longest_name.max(name.len());
+        tracing::info!(stream = %self.stream, column = %truncate(&name, LOGGED_NAME_CHARS), r#type = ?ty, "Found a new field; adding a nullable column.");
         self.discovered.push(name);
-        i
+        Some(i)
+    }
+
+    /// Stores `cell` at the current path: in its column, or, when the path may not become
+    /// one, in `_rescued_data`.
+    fn put_new(&mut self, ty: ColumnType, cell: Cell<'_>) {
+        match self.discover(ty) {
+            Some(col) => self.put(col, cell),
+            None => self.rescue_capped(cell_json(&cell)),
+        }
     }
 
     fn put(&mut self, col: usize, cell: Cell<'_>) {
         let row = self.rows;
-        let c = &mut self.cols[col];
+        let Some(c) = self.cols.get_mut(col) else {
+            return;
+        };
         if c.len > row {
             // Two fields flattened to the same name in one record: keep the second one
             // rather than lose it.
             self.rescue(col, cell_json(&cell));
             return;
         }
+        let n = cell.text_len();
+        if c.bytes.saturating_add(n) > self.limits.column_bytes {
+            // More text than one batch's column can address (Arrow's offsets are 32-bit).
+            // Rows are sealed at the byte budget, far below this, so only a single giant
+            // row gets here: leave the value null and count it rather than panic.
+            self.oversized_total += 1;
+            if self.oversized_total == 1 {
+                tracing::warn!(stream = %self.stream, column = %truncate(&c.name, LOGGED_NAME_CHARS), bytes = n, "A value too large for a batch; left null and counted.");
+            }
+            return;
+        }
+        c.bytes += n;
+        self.bytes += n;
         c.put(row, cell);
     }
 
     fn rescue(&mut self, col: usize, raw: String) {
         self.rescued_total += 1;
         if self.rescued_total <= 5 {
-            tracing::warn!(stream = %self.stream, column = %self.cols[col].name, value = %truncate(&raw, 80), "A value does not fit its column's type; kept in _rescued_data.");
+            let name = self.cols.get(col).map_or("", |c| c.name.as_str());
+            tracing::warn!(stream = %self.stream, column = %truncate(name, LOGGED_NAME_CHARS), value = %truncate(&raw, 80), "A value does not fit its column's type; kept in _rescued_data.");
         }
-        self.row_rescued.push((col, raw));
+        self.row_rescued.push((RescueKey::Col(col), raw));
+    }
+
+    /// Keeps `raw` (JSON text) in `_rescued_data` under the current path, a field that may
+    /// not become a column. Counted, and reported once per run by the caller, not logged
+    /// here: a hostile record has thousands of them.
+    fn rescue_capped(&mut self, raw: String) {
+        self.capped_total += 1;
+        if self.capped_example.is_none() {
+            self.capped_example = Some(truncate(&self.path, LOGGED_NAME_CHARS).to_owned());
+        }
+        self.row_rescued
+            .push((RescueKey::Name(self.path.clone()), raw));
     }
 
     /// Stores the raw JSON text `raw` in column `col`, by the column's type.
@@ -427,7 +635,9 @@ impl Inner {
         if raw == "null" {
             return;
         }
-        let ty = self.cols[col].ty;
+        let Some(ty) = self.cols.get(col).map(|c| c.ty) else {
+            return;
+        };
         match parse_cell(ty, raw) {
             Some(cell) => self.put(col, cell),
             None if ty == ColumnType::Integer && parse_cell(ColumnType::Number, raw).is_some() => {
@@ -442,7 +652,9 @@ impl Inner {
 
     /// Turns integer column `col` into a float column, keeping its values so far.
     fn widen(&mut self, col: usize) {
-        let c = &mut self.cols[col];
+        let Some(c) = self.cols.get_mut(col) else {
+            return;
+        };
         if let Some(ColData::Int(b)) = &mut c.data {
             let ints = b.finish();
             let mut floats = Float64Builder::with_capacity(ints.len());
@@ -450,14 +662,15 @@ impl Inner {
             c.data = Some(ColData::Num(floats));
         }
         c.ty = ColumnType::Number;
-        tracing::info!(stream = %self.stream, column = %c.name, "A value with a fraction in an integer column; widening the column to float.");
+        tracing::info!(stream = %self.stream, column = %truncate(&c.name, LOGGED_NAME_CHARS), "A value with a fraction in an integer column; widening the column to float.");
         self.widened.push(c.name.clone());
     }
 }
 
+/// The first `n` characters of `s`.
 fn truncate(s: &str, n: usize) -> &str {
     match s.char_indices().nth(n) {
-        Some((i, _)) => &s[..i],
+        Some((i, _)) => s.get(..i).unwrap_or(s),
         None => s,
     }
 }
@@ -477,10 +690,7 @@ fn cell_json(cell: &Cell<'_>) -> String {
 fn parse_cell(ty: ColumnType, raw: &str) -> Option<Cell<'_>> {
     let first = *raw.as_bytes().first()?;
     let unquoted = || -> Option<std::borrow::Cow<'_, str>> {
-        if first != b'"' {
-            return None;
-        }
-        let inner = &raw[1..raw.len().saturating_sub(1).max(1)];
+        let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
         if memchr::memchr(b'\\', inner.as_bytes()).is_none() {
             Some(std::borrow::Cow::Borrowed(inner))
         } else {
@@ -711,7 +921,7 @@ struct RecordSeed<'a> {
 impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        self.inner.begin_row();
+        self.inner.begin_row().map_err(de::Error::custom)?;
         d.deserialize_map(ObjectVisitor {
             inner: &mut *self.inner,
             top: true,
@@ -810,12 +1020,22 @@ struct FieldSeed<'a> {
 impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        if let Some(&col) = self.inner.index.get(self.inner.path.as_str()) {
+        let inner = self.inner;
+        if let Some(&col) = inner.index.get(inner.path.as_str()) {
             let raw: &'de RawValue = serde::Deserialize::deserialize(d)?;
-            self.inner.put_raw(col, raw.get());
+            inner.put_raw(col, raw.get());
+            Ok(())
+        } else if inner.path.len() > MAX_COLUMN_NAME_BYTES && inner.path.len() >= inner.longest_name
+        {
+            // Neither this path nor any path under it can be a column: keep the whole value
+            // as one rescued field instead of walking it (a huge key, or deep nesting).
+            let raw: &'de RawValue = serde::Deserialize::deserialize(d)?;
+            if raw.get() != "null" {
+                inner.rescue_capped(minify(raw.get()));
+            }
             Ok(())
         } else {
-            d.deserialize_any(UnknownVisitor { inner: self.inner })
+            d.deserialize_any(UnknownVisitor { inner })
         }
     }
 }
@@ -832,13 +1052,11 @@ impl<'de> Visitor<'de> for UnknownVisitor<'_> {
         f.write_str("any JSON value")
     }
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-        let col = self.inner.discover(ColumnType::Boolean);
-        self.inner.put(col, Cell::Bool(v));
+        self.inner.put_new(ColumnType::Boolean, Cell::Bool(v));
         Ok(())
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        let col = self.inner.discover(ColumnType::Integer);
-        self.inner.put(col, Cell::Int(v));
+        self.inner.put_new(ColumnType::Integer, Cell::Int(v));
         Ok(())
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
@@ -848,13 +1066,11 @@ impl<'de> Visitor<'de> for UnknownVisitor<'_> {
         }
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        let col = self.inner.discover(ColumnType::Number);
-        self.inner.put(col, Cell::Num(v));
+        self.inner.put_new(ColumnType::Number, Cell::Num(v));
         Ok(())
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        let col = self.inner.discover(ColumnType::String);
-        self.inner.put(col, Cell::Str(v));
+        self.inner.put_new(ColumnType::String, Cell::Str(v));
         Ok(())
     }
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
@@ -872,8 +1088,11 @@ impl<'de> Visitor<'de> for UnknownVisitor<'_> {
             items.push(v);
         }
         let text = serde_json::to_string(&items).map_err(de::Error::custom)?;
-        let col = self.inner.discover(ColumnType::Json);
-        self.inner.put(col, Cell::Owned(text));
+        match self.inner.discover(ColumnType::Json) {
+            Some(col) => self.inner.put(col, Cell::Owned(text)),
+            // Already JSON text: rescued as it is, not quoted again.
+            None => self.inner.rescue_capped(text),
+        }
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
@@ -921,6 +1140,14 @@ mod tests {
         )
     }
 
+    /// The only batch of a finish, and its report.
+    fn one(
+        (mut batches, report): (Vec<RecordBatch>, ConvertReport),
+    ) -> (RecordBatch, ConvertReport) {
+        assert_eq!(batches.len(), 1, "one batch expected");
+        (batches.remove(0), report)
+    }
+
     fn col<'a>(batch: &'a RecordBatch, name: &str) -> &'a ArrayRef {
         batch
             .column_by_name(name)
@@ -945,7 +1172,7 @@ mod tests {
           "has_more": false
         }"#;
         assert_eq!(b.append_page(&json_page(body)).unwrap(), 2);
-        let (batch, report) = b.finish().unwrap();
+        let (batch, report) = one(b.finish().unwrap());
         assert_eq!(batch.num_rows(), 2);
         let ids = col(&batch, "id").as_string::<i32>();
         assert_eq!((ids.value(0), ids.value(1)), ("ch_1", "ch_2"));
@@ -1035,7 +1262,7 @@ mod tests {
             serde_json::Value::Null,
         );
         b.append_page(&page).unwrap();
-        let (batch, _) = b.finish().unwrap();
+        let (batch, _) = one(b.finish().unwrap());
         let deleted = col(&batch, IS_DELETED).as_boolean();
         assert_eq!(
             (deleted.value(0), deleted.value(1), deleted.value(2)),
@@ -1052,10 +1279,10 @@ mod tests {
         let mut b = BatchBuilder::new(&schema(), None);
         b.append_page(&json_page(r#"{"data":[{"id":"a","extra":1}]}"#))
             .unwrap();
-        let (first, _) = b.finish().unwrap();
+        let (first, _) = one(b.finish().unwrap());
         b.append_page(&json_page(r#"{"data":[{"id":"b"}]}"#))
             .unwrap();
-        let (second, report) = b.finish().unwrap();
+        let (second, report) = one(b.finish().unwrap());
         assert!(report.new_columns.is_empty());
         assert_eq!(first.schema(), second.schema());
         assert!(col(&second, "extra").is_null(0));
@@ -1077,7 +1304,7 @@ mod tests {
         let mut b = BatchBuilder::new(&schema(), Some(&Schema::new(fields)));
         b.append_page(&json_page(r#"{"data":[{"id":"c","amount":5}]}"#))
             .unwrap();
-        let (batch, _) = b.finish().unwrap();
+        let (batch, _) = one(b.finish().unwrap());
         assert_eq!(col(&batch, "amount").as_string::<i32>().value(0), "5");
     }
 
@@ -1139,7 +1366,7 @@ mod tests {
             serde_json::Value::Null,
         );
         b.append_page(&page).unwrap();
-        let (batch, report) = b.finish().unwrap();
+        let (batch, report) = one(b.finish().unwrap());
         let dates = col(&batch, "close_date").as_primitive::<arrow::datatypes::Date32Type>();
         assert_eq!(dates.value(0), 19_783, "2024-03-01 is day 19783");
         assert_eq!(dates.value(1), -1);
@@ -1169,7 +1396,7 @@ mod tests {
             r#"{"data":[{"id":"a","amount":100},{"id":"b","amount":12.5},{"id":"c","amount":"lots"}]}"#,
         );
         b.append_page(&page).unwrap();
-        let (batch, report) = b.finish().unwrap();
+        let (batch, report) = one(b.finish().unwrap());
         assert_eq!(report.widened_columns, vec!["amount".to_owned()]);
         assert_eq!(report.rescued_values, 1);
         let amount = col(&batch, "amount");
@@ -1178,5 +1405,248 @@ mod tests {
         assert_eq!((a.value(0), a.value(1), a.is_null(2)), (100.0, 12.5, true));
         let rescued = col(&batch, RESCUED).as_string::<i32>();
         assert_eq!(rescued.value(2), r#"{"amount":"lots"}"#);
+    }
+
+    fn rescued_object(
+        batch: &RecordBatch,
+        row: usize,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let text = col(batch, RESCUED).as_string::<i32>().value(row);
+        match serde_json::from_str(text) {
+            Ok(serde_json::Value::Object(m)) => m,
+            other => panic!("_rescued_data is not an object: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_record_with_twenty_thousand_keys_adds_at_most_the_cap() {
+        let mut b = BatchBuilder::new(&schema(), None);
+        let before = b.schema().fields().len();
+        let fields: Vec<String> = (0..20_000).map(|i| format!(r#""k{i}":{i}"#)).collect();
+        let body = format!(
+            r#"{{"data":[{{"id":"a",{}}},{{"id":"b","k5":1,"k19999":2}}]}}"#,
+            fields.join(",")
+        );
+        b.append_page(&json_page(&body)).unwrap();
+        let (batch, report) = one(b.finish().unwrap());
+        assert_eq!(report.new_columns.len(), DEFAULT_MAX_NEW_COLUMNS);
+        assert_eq!(batch.num_columns(), before + DEFAULT_MAX_NEW_COLUMNS);
+        assert_eq!(
+            report.capped_fields,
+            19_000 + 1,
+            "row b's k19999 is past the cap too"
+        );
+        assert_eq!(report.capped_example.as_deref(), Some("k1000"));
+        assert_eq!(report.rescued_values, 0, "capped fields are counted apart");
+        // Nothing is lost: every field is a column or a rescued value.
+        let rescued = rescued_object(&batch, 0);
+        assert_eq!(rescued.len(), 19_000);
+        assert_eq!(rescued["k19999"], serde_json::json!(19_999));
+        assert_eq!(
+            col(&batch, "k999").as_primitive::<Int64Type>().value(0),
+            999
+        );
+        assert_eq!(col(&batch, "k5").as_primitive::<Int64Type>().value(1), 1);
+        assert_eq!(rescued_object(&batch, 1)["k19999"], serde_json::json!(2));
+
+        // The cap is per run (the builder's life), not per batch.
+        b.append_page(&json_page(r#"{"data":[{"id":"c","fresh":true}]}"#))
+            .unwrap();
+        let (batch, report) = one(b.finish().unwrap());
+        assert!(report.new_columns.is_empty());
+        assert_eq!(report.capped_fields, 1);
+        assert_eq!(rescued_object(&batch, 0)["fresh"], serde_json::json!(true));
+    }
+
+    #[test]
+    fn the_new_column_cap_is_configurable_and_keeps_nested_known_columns() {
+        let limits = Limits {
+            max_new_columns: 1,
+            ..Limits::default()
+        };
+        let mut b = BatchBuilder::with_limits(&schema(), None, limits);
+        let body = r#"{"data":[{"id":"a","one":"x","two":[1, 2],"three":{"n":1.5},
+            "billing_details":{"address":{"city":"Oslo"}}}]}"#;
+        b.append_page(&json_page(body)).unwrap();
+        let (batch, report) = one(b.finish().unwrap());
+        assert_eq!(report.new_columns, vec!["one".to_owned()]);
+        assert_eq!(report.capped_fields, 2);
+        let rescued = rescued_object(&batch, 0);
+        assert_eq!(rescued["two"], serde_json::json!([1, 2]));
+        assert_eq!(rescued["three_n"], serde_json::json!(1.5));
+        assert_eq!(
+            col(&batch, "billing_details_address_city")
+                .as_string::<i32>()
+                .value(0),
+            "Oslo",
+            "a declared column under an unknown object still fills past the cap"
+        );
+    }
+
+    #[test]
+    fn a_megabyte_key_is_rescued_not_a_column() {
+        let mut b = BatchBuilder::new(&schema(), None);
+        let key = "k".repeat(1 << 20);
+        let long_nested = "n".repeat(300);
+        let body = format!(
+            r#"{{"data":[{{"id":"a","{key}":"v","{long_nested}":{{"x":1,"y":{{"z":[true]}}}},"ok":1}}]}}"#
+        );
+        b.append_page(&json_page(&body)).unwrap();
+        let (batch, report) = one(b.finish().unwrap());
+        assert_eq!(report.new_columns, vec!["ok".to_owned()]);
+        assert_eq!(
+            report.capped_fields, 2,
+            "a long-named object is rescued whole"
+        );
+        assert!(
+            batch
+                .schema()
+                .fields()
+                .iter()
+                .all(|f| f.name().len() <= MAX_COLUMN_NAME_BYTES)
+        );
+        let example = report.capped_example.unwrap();
+        assert!(example.len() <= LOGGED_NAME_CHARS, "{}", example.len());
+        let rescued = rescued_object(&batch, 0);
+        assert_eq!(rescued[&key], serde_json::json!("v"));
+        assert_eq!(
+            rescued[&long_nested],
+            serde_json::json!({"x": 1, "y": {"z": [true]}})
+        );
+    }
+
+    #[test]
+    fn deep_nesting_stays_bounded() {
+        // Under serde_json's recursion limit: flattened until the name is too long, then
+        // the rest of the object is one rescued field.
+        let depth = 120;
+        let key = "abcdef";
+        let body = format!(
+            r#"{{"data":[{{"id":"a","d":{}1{}}}]}}"#,
+            format!(r#"{{"{key}":"#).repeat(depth),
+            "}".repeat(depth)
+        );
+        let mut b = BatchBuilder::new(&schema(), None);
+        b.append_page(&json_page(&body)).unwrap();
+        let (batch, report) = one(b.finish().unwrap());
+        assert!(report.new_columns.is_empty());
+        assert_eq!(report.capped_fields, 1);
+        let rescued = rescued_object(&batch, 0);
+        let (name, _) = rescued.iter().next().unwrap();
+        assert!(name.len() > MAX_COLUMN_NAME_BYTES && name.len() < MAX_COLUMN_NAME_BYTES + 8);
+
+        // Past it: a decode error, not a stack overflow.
+        let depth = 100_000;
+        let body = format!(
+            r#"{{"data":[{{"id":"a","d":{}1{}}}]}}"#,
+            r#"{"a":"#.repeat(depth),
+            "}".repeat(depth)
+        );
+        let mut b = BatchBuilder::new(&schema(), None);
+        assert!(b.append_page(&json_page(&body)).is_err());
+        let body = format!(
+            r#"{{"data":[{{"id":"a","d":{}1{}}}]}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        let mut b = BatchBuilder::new(&schema(), None);
+        assert!(b.append_page(&json_page(&body)).is_err());
+    }
+
+    #[test]
+    fn large_strings_split_batches_by_bytes() {
+        let limits = Limits {
+            batch_bytes: 10_000,
+            ..Limits::default()
+        };
+        let mut b = BatchBuilder::with_limits(&schema(), None, limits);
+        let big = "x".repeat(3_000);
+        let mut ids = Vec::new();
+        for page in 0..3 {
+            let records: Vec<String> = (0..20)
+                .map(|i| format!(r#"{{"id":"r{page}_{i}","customer":"{big}","note":"{big}"}}"#))
+                .collect();
+            b.append_page(&json_page(&format!(
+                r#"{{"data":[{}]}}"#,
+                records.join(",")
+            )))
+            .unwrap();
+            assert_eq!(b.rows(), 20, "rows counts sealed batches too");
+            assert!(b.is_full());
+            assert!(b.bytes() >= 10_000);
+            let (batches, report) = b.finish().unwrap();
+            assert_eq!(b.rows(), 0);
+            assert!(!b.is_full());
+            assert!(batches.len() > 1, "split by bytes: {}", batches.len());
+            assert_eq!(report.oversized_values, 0);
+            for batch in &batches {
+                let customer = col(batch, "customer").as_string::<i32>();
+                assert!(customer.value_data().len() <= 10_000 + 2 * 3_000);
+                let id = col(batch, "id").as_string::<i32>();
+                ids.extend(id.iter().map(|v| v.unwrap().to_owned()));
+                assert_eq!(col(batch, UUID_TS).null_count(), 0);
+                assert_eq!(batch.schema(), batches[batches.len() - 1].schema());
+            }
+        }
+        let mut expected: Vec<String> = (0..3)
+            .flat_map(|p| (0..20).map(move |i| format!("r{p}_{i}")))
+            .collect();
+        assert_eq!(ids, expected, "every row once, in order");
+        expected.dedup();
+        assert_eq!(expected.len(), 60);
+
+        // Small records never seal: one batch, as before.
+        let mut b = BatchBuilder::with_limits(&schema(), None, limits);
+        b.append_page(&json_page(r#"{"data":[{"id":"a"},{"id":"b"}]}"#))
+            .unwrap();
+        assert!(!b.is_full());
+        let (batch, _) = one(b.finish().unwrap());
+        assert_eq!(batch.num_rows(), 2);
+    }
+
+    #[test]
+    fn a_value_too_large_for_any_batch_is_left_null_and_counted() {
+        // `column_bytes` stands in for Arrow's 2 GiB so the test allocates kilobytes.
+        let limits = Limits {
+            batch_bytes: 1_000,
+            column_bytes: 4_000,
+            ..Limits::default()
+        };
+        let mut b = BatchBuilder::with_limits(&schema(), None, limits);
+        let huge = "y".repeat(5_000);
+        let fits = "z".repeat(3_000);
+        let body = format!(
+            r#"{{"data":[{{"id":"a","customer":"{fits}"}},{{"id":"b","customer":"{huge}","amount":"{huge}"}},{{"id":"c","customer":"{fits}"}}]}}"#
+        );
+        b.append_page(&json_page(&body)).unwrap();
+        let (batches, report) = b.finish().unwrap();
+        assert_eq!(report.oversized_values, 2, "the value and its rescued copy");
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(rows, 3);
+        let row_b = batches
+            .iter()
+            .find(|batch| col(batch, "id").as_string::<i32>().value(0) == "b")
+            .unwrap();
+        assert!(col(row_b, "customer").is_null(0));
+        assert!(col(row_b, "amount").is_null(0));
+    }
+
+    #[test]
+    fn vendor_fields_named_like_system_columns_get_their_own() {
+        let mut b = BatchBuilder::new(&schema(), None);
+        let body = r#"{"data":[{"id":"a","received_at":"yesterday","_rescued_data":{"x":1},
+            "is_deleted":true,"amount":"oops"}]}"#;
+        b.append_page(&json_page(body)).unwrap();
+        let (batch, report) = one(b.finish().unwrap());
+        assert_eq!(
+            report.new_columns,
+            vec!["vendor_received_at", "_rescued_data_x", "vendor_is_deleted"]
+        );
+        assert_eq!(col(&batch, RECEIVED_AT).null_count(), 0);
+        assert!(!col(&batch, IS_DELETED).as_boolean().value(0));
+        assert_eq!(
+            col(&batch, RESCUED).as_string::<i32>().value(0),
+            r#"{"amount":"oops"}"#
+        );
     }
 }
