@@ -128,10 +128,7 @@ fn scrub_schemes(text: &str) -> Option<String> {
             continue;
         }
         j += spaces;
-        let token = bytes[j..]
-            .iter()
-            .take_while(|b| is_token_byte(**b))
-            .count();
+        let token = bytes[j..].iter().take_while(|b| is_token_byte(**b)).count();
         // A credential, not prose ("basic auth", "Bearer token required").
         let candidate = &text[j..j + token];
         if token >= 8 && candidate != MASK && looks_like_credential(candidate) {
