@@ -715,6 +715,7 @@ async fn server_errors_and_cut_bodies_are_retried() {
         error_next: 1,
         truncate_next: 2,
         slow_ms: 0,
+        ..Faults::default()
     });
     let mut c = config(&sandbox, &["Account"]);
     c.bulk_threshold = 0;
