@@ -278,3 +278,50 @@ async fn the_daemon_syncs_on_schedule_and_stops_on_sigterm() {
         "{streams:?}"
     );
 }
+
+/// A Stripe that never stops (issue 10): its list cursors cycle A → B → A. The sync must
+/// stop with exit 1 and a message naming the vendor, the stream and the repeated cursor,
+/// land no page past the last good one, and a later sync against a healthy Stripe must
+/// resume from what was committed and land every charge exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vendor_whose_cursors_cycle_fails_the_stream_without_landing_repeats() {
+    let env = Env::stripe(60, "streams = [\"charges\"]\npage_size = 10").await;
+    env.sandbox.set_faults(tributary_stripe::sandbox::Faults {
+        cycle_cursor: true,
+        ..Default::default()
+    });
+    env.sandbox.reset_stats();
+    let out = tokio::time::timeout(Duration::from_secs(120), env.run(&["sync"]))
+        .await
+        .expect("the sync stops instead of walking the cycle forever");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("Stripe"), "{stderr}");
+    assert!(stderr.contains("charges"), "{stderr}");
+    assert!(
+        stderr.contains("repeated the pagination cursor `starting_after`"),
+        "{stderr}"
+    );
+    // The anchor request, pages A and B, and the return to A: a handful, not an endless walk.
+    let requests = env.sandbox.stats().requests;
+    assert!((4..=6).contains(&requests), "{requests} requests");
+    let landed = if env.table("charges").join("_delta_log").exists() {
+        id_counts(&read_table(&env.table("charges")).await)
+    } else {
+        Default::default()
+    };
+    assert!(
+        landed.len() <= 20 && landed.values().all(|&n| n == 1),
+        "only pages A and B may land, once: {landed:?}"
+    );
+
+    env.sandbox.set_faults(Default::default());
+    env.sync_ok(&[]).await;
+    let counts = id_counts(&read_table(&env.table("charges")).await);
+    let mut got: Vec<String> = counts.keys().cloned().collect();
+    got.sort();
+    let mut want = env.sandbox.ids("charges");
+    want.sort();
+    assert_eq!(got, want, "the next sync lands the rest");
+    assert!(counts.values().all(|&n| n == 1), "exactly once");
+}

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tributary_sdk::http::{HttpClient, HttpConfig, Response};
+use tributary_sdk::pagination::malformed_page;
 use tributary_sdk::{Error, Result};
 
 use crate::auth::{Authenticator, Token, VENDOR};
@@ -104,21 +105,74 @@ pub struct ObjectDescribe {
     pub fields: Vec<FieldDescribe>,
 }
 
-/// One page of a SOQL query.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// One page of a SOQL query, checked to be the documented shape ([`QueryPage::from_json`]).
+#[derive(Debug)]
 pub struct QueryPage {
     /// Records the whole query matches.
-    #[serde(default)]
     pub total_size: u64,
     /// Whether this is the last page.
     pub done: bool,
-    /// The path of the next page.
-    #[serde(default)]
+    /// The path of the next page (always there when `done` is false).
     pub next_records_url: Option<String>,
     /// The records (each with an `attributes` object).
-    #[serde(default)]
     pub records: Vec<Map<String, Value>>,
+}
+
+impl QueryPage {
+    /// Reads a query response, requiring the shape Salesforce documents for it: "the total
+    /// number of records (`totalSize`), a boolean indicating whether there are no more
+    /// results (`done`), the URI of the next set of records (`nextRecordsUrl`), and an array
+    /// of query result records (`records`)", with `done` false and a locator when more
+    /// remain (https://developer.salesforce.com/docs/platform/api-rest/guide/resources-query.html,
+    /// https://developer.salesforce.com/docs/platform/api-rest/guide/dome-query.html).
+    /// A missing `done` or `records` is a broken answer, never an empty last page.
+    pub fn from_json(value: Value) -> std::result::Result<QueryPage, String> {
+        let Value::Object(mut page) = value else {
+            return Err("the body is not a JSON object".to_owned());
+        };
+        let done = match page.get("done") {
+            Some(Value::Bool(done)) => *done,
+            Some(other) => return Err(format!("`done` is `{other}`, not a boolean")),
+            None => return Err("`done` is missing".to_owned()),
+        };
+        let records = match page.remove("records") {
+            Some(Value::Array(records)) => records
+                .into_iter()
+                .map(|record| match record {
+                    Value::Object(record) => Ok(record),
+                    other => Err(format!("a record is `{other}`, not an object")),
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?,
+            Some(other) => return Err(format!("`records` is {}, not an array", kind(&other))),
+            None => return Err("`records` is missing".to_owned()),
+        };
+        let next_records_url = match page.get("nextRecordsUrl") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(url)) => Some(url.clone()),
+            Some(other) => return Err(format!("`nextRecordsUrl` is `{other}`, not a string")),
+        };
+        if !done && next_records_url.is_none() {
+            return Err("`done` is false but there is no `nextRecordsUrl`".to_owned());
+        }
+        Ok(QueryPage {
+            total_size: page.get("totalSize").and_then(Value::as_u64).unwrap_or(0),
+            done,
+            next_records_url,
+            records,
+        })
+    }
+}
+
+/// "an object", "a string", … for a JSON value.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 /// A Bulk API 2.0 query job's state.
@@ -316,38 +370,47 @@ impl SalesforceClient {
         .await
     }
 
-    /// The first page of `queryAll` (deleted and archived records included) for `soql`.
-    pub async fn query_all(&self, soql: &str) -> Result<QueryPage> {
-        self.get_json(
+    /// The first page of `queryAll` (deleted and archived records included) for `soql`, read
+    /// for `stream` (named in errors).
+    pub async fn query_all(&self, stream: &str, soql: &str) -> Result<QueryPage> {
+        self.query_page(
+            stream,
             "queryAll",
             &self.data_path("/queryAll"),
             &[("q", soql)],
-            &[(
-                "Sforce-Query-Options",
-                format!("batchSize={}", self.page_size),
-            )],
         )
         .await
     }
 
-    /// The page at a `nextRecordsUrl`.
-    pub async fn query_more(&self, next_records_url: &str) -> Result<QueryPage> {
+    /// The page at a `nextRecordsUrl`, read for `stream`.
+    pub async fn query_more(&self, stream: &str, next_records_url: &str) -> Result<QueryPage> {
         if !next_records_url.starts_with("/services/data/") {
             return Err(Error::decode(
                 "queryAll response",
                 format!("unexpected nextRecordsUrl `{next_records_url}`"),
             ));
         }
-        self.get_json(
-            "queryAll (next page)",
-            next_records_url,
-            &[],
-            &[(
-                "Sforce-Query-Options",
-                format!("batchSize={}", self.page_size),
-            )],
-        )
-        .await
+        self.query_page(stream, "queryAll (next page)", next_records_url, &[])
+            .await
+    }
+
+    /// A query page at `path`. A body that is not complete JSON is retried like a cut one; a
+    /// complete one that is not a query response fails at once with [`Error::Protocol`]:
+    /// the same request would get the same answer.
+    async fn query_page(
+        &self,
+        stream: &str,
+        what: &str,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<QueryPage> {
+        let options = [(
+            "Sforce-Query-Options",
+            format!("batchSize={}", self.page_size),
+        )];
+        let value: Value = self.get_json(what, path, query, &options).await?;
+        QueryPage::from_json(value)
+            .map_err(|problem| malformed_page(VENDOR, stream, &format!("GET {what}"), &problem))
     }
 
     /// Creates a Bulk API 2.0 `queryAll` job for `soql`.

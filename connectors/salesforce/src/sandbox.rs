@@ -121,6 +121,35 @@ pub struct Faults {
     pub slow_ms: u64,
     /// Cut the next N successful bodies short (a full `Content-Length`, half the bytes).
     pub truncate_next: u32,
+    /// An org that never stops: a `nextRecordsUrl` page names itself as the next page, a
+    /// Bulk results page requested with a locator names that locator as the next.
+    pub repeat_cursor: bool,
+    /// Cursors that cycle: the first `nextRecordsUrl` (or locator) requested is answered
+    /// properly, every later one names that first one as the next (A → B → A).
+    pub cycle_cursor: bool,
+    /// Answer query pages with a body that is not the documented shape.
+    pub bad_shape: Option<BadShape>,
+    /// Query pages (the `COUNT()` one included) answered intact before `bad_shape` applies.
+    pub bad_shape_after: u32,
+}
+
+/// A query response that breaks Salesforce's documented shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BadShape {
+    /// `records` is an object instead of an array.
+    RecordsObject,
+    /// `done` is left out.
+    DoneMissing,
+}
+
+/// What the hostile faults remember between requests.
+#[derive(Debug, Default)]
+pub(crate) struct Hostile {
+    /// The first cursor requested since `cycle_cursor` was set.
+    pub(crate) cycle_first: Option<String>,
+    /// Query pages served since the faults were set.
+    pub(crate) queries_served: u32,
 }
 
 /// What the simulator saw, for tests to assert the connector's manners.
@@ -183,6 +212,7 @@ pub(crate) struct Shared {
     pub(crate) cursors: Mutex<HashMap<String, Arc<Vec<String>>>>,
     pub(crate) jobs: Mutex<HashMap<String, Job>>,
     pub(crate) faults: Mutex<Faults>,
+    pub(crate) hostile: Mutex<Hostile>,
     pub(crate) stats: Mutex<Stats>,
     pub(crate) counter: AtomicU64,
 }
@@ -251,6 +281,7 @@ impl SalesforceSandbox {
             cursors: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashMap::new()),
             faults: Mutex::new(Faults::default()),
+            hostile: Mutex::new(Hostile::default()),
             stats: Mutex::new(Stats::default()),
             counter: AtomicU64::new(0),
         });
@@ -408,6 +439,7 @@ impl SalesforceSandbox {
 
     /// Replaces the injected faults.
     pub fn set_faults(&self, faults: Faults) {
+        *lock(&self.shared.hostile) = Hostile::default();
         *lock(&self.shared.faults) = faults;
     }
 

@@ -43,10 +43,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tributary_sdk::convert::parse_timestamp;
-use tributary_sdk::pagination::{PageSender, spawn_pages};
+use tributary_sdk::pagination::{PageSender, ProgressGuard, spawn_pages};
 use tributary_sdk::schema::to_column_name;
 use tributary_sdk::{Error, Page, PageStream, Record, Records, Result};
 
+use crate::auth::VENDOR;
 use crate::client::{SalesforceClient, bulk_unsupported, bulk_unsupported_message};
 use crate::describe::{DELETED_FIELD, ObjectPlan};
 
@@ -296,6 +297,11 @@ impl Reader {
         &self.plan.object
     }
 
+    /// The stream's name, as errors name it.
+    fn stream(&self) -> &str {
+        &self.plan.schema.name
+    }
+
     async fn run(mut self, cursor: Option<Cursor>, full_refresh: bool) -> Result<()> {
         let cursor = match cursor {
             Some(Cursor::Bulk {
@@ -336,7 +342,11 @@ impl Reader {
             self.object(),
             self.where_clause(&start.lower, None)
         );
-        let count = self.client.query_all(&soql).await?.total_size;
+        let count = self
+            .client
+            .query_all(self.stream(), &soql)
+            .await?
+            .total_size;
         let upper = self.upper();
         tracing::debug!(object = %self.object(), count, upper = ?upper, "Counted the records to read.");
         let use_bulk = count >= self.options.bulk_threshold;
@@ -531,7 +541,16 @@ impl Reader {
     async fn rest(&mut self, start: Start, upper: Option<&str>) -> Result<()> {
         let soql = self.soql(&start, upper, true);
         tracing::debug!(object = %self.object(), soql = %soql, "Reading with REST queryAll.");
-        let mut page = self.client.query_all(&soql).await?;
+        let mut page = self.client.query_all(self.stream(), &soql).await?;
+        // Each `nextRecordsUrl` is followed once: one that comes back (at once or after a
+        // cycle) would re-read pages already landed, and burn the org's daily API requests
+        // forever.
+        let mut guard = ProgressGuard::new(
+            VENDOR,
+            self.stream(),
+            "`nextRecordsUrl`",
+            "done stayed false",
+        );
         let mut recent = start.recent;
         let mut position = start.position.clone();
         let mut last_id = match &start.lower {
@@ -540,7 +559,15 @@ impl Reader {
         };
         let mut reset = start.reset;
         loop {
-            let done = page.done || page.next_records_url.is_none();
+            let done = page.done;
+            if !done {
+                if page.records.is_empty() {
+                    return Err(guard.no_progress("no `records`"));
+                }
+                if let Some(next) = &page.next_records_url {
+                    guard.follow(next)?;
+                }
+            }
             let mut records = Vec::with_capacity(page.records.len());
             let mut last: Option<(String, String)> = None;
             for raw in std::mem::take(&mut page.records) {
@@ -587,7 +614,7 @@ impl Reader {
             }
             reset = false;
             match (done, page.next_records_url.take()) {
-                (false, Some(next)) => page = self.client.query_more(&next).await?,
+                (false, Some(next)) => page = self.client.query_more(self.stream(), &next).await?,
                 _ => return Ok(()),
             }
         }
@@ -652,12 +679,28 @@ impl Reader {
     ) -> Result<()> {
         let mut recent = start.recent.clone();
         let mut reset = start.reset;
+        // Each `Sforce-Locator` is followed once (see `rest`).
+        let mut guard = ProgressGuard::new(
+            VENDOR,
+            self.stream(),
+            format!("`Sforce-Locator` of Bulk job {job}"),
+            "a next locator kept coming",
+        );
+        if let Some(locator) = &locator {
+            guard.start_at(locator);
+        }
         loop {
             let page = self
                 .client
                 .bulk_results(job, locator.as_deref(), self.options.bulk_page_size)
                 .await?;
             let done = page.next_locator.is_none();
+            if let Some(next) = &page.next_locator {
+                if page.rows.is_empty() {
+                    return Err(guard.no_progress("no rows"));
+                }
+                guard.follow(next)?;
+            }
             let mut records = Vec::with_capacity(page.rows.len());
             for raw in page.rows {
                 let (id, stamp, record) = self.convert(raw)?;

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tributary_sdk::conformance::{self, Harness};
 use tributary_sdk::{Connector, Error, Page, ReadRequest, Records, Secret, SourceContext};
 
-use crate::sandbox::{self as sf, Faults, SalesforceSandbox, SandboxConfig};
+use crate::sandbox::{self as sf, BadShape, Faults, SalesforceSandbox, SandboxConfig};
 use crate::streams::Cursor;
 use crate::{Salesforce, SalesforceConfig};
 
@@ -521,6 +521,191 @@ async fn the_api_budget_defers_new_objects() {
     }
 }
 
+/// Reads `stream` until it fails, within a deadline (today's code would walk a hostile org
+/// forever): the pages delivered and the error.
+async fn read_until_error(source: &Salesforce, stream: &str) -> (Vec<Page>, Error) {
+    let walk = async {
+        let mut pages = source
+            .read(ReadRequest {
+                stream: stream.to_owned(),
+                cursor: None,
+                full_refresh: false,
+            })
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            match page {
+                Ok(page) => out.push(page),
+                Err(e) => return (out, e),
+            }
+        }
+        panic!(
+            "{stream}: the read ended without an error after {} pages",
+            out.len()
+        );
+    };
+    tokio::time::timeout(Duration::from_secs(30), walk)
+        .await
+        .unwrap_or_else(|_| panic!("{stream}: the read did not stop within 30 s"))
+}
+
+/// Asserts `err` is a protocol error of Salesforce about `stream` whose message has `needle`.
+fn assert_protocol(err: &Error, stream: &str, needle: &str) {
+    match err {
+        Error::Protocol {
+            vendor,
+            stream: s,
+            message,
+        } => {
+            assert_eq!(
+                (vendor.as_str(), s.as_str()),
+                ("Salesforce", stream),
+                "{err}"
+            );
+            assert!(message.contains(needle), "wanted `{needle}` in: {message}");
+        }
+        other => panic!("expected a protocol error, got: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_next_records_url_that_repeats_or_cycles_stops_the_read() {
+    let sandbox = sandbox(400).await;
+    let sf = connector(config(&sandbox, &["Contact"]));
+    let clean = read(&sf, "contact", None).await;
+    assert!(clean.len() >= 3, "{} pages", clean.len());
+    for (faults, good) in [
+        (
+            Faults {
+                repeat_cursor: true,
+                ..Faults::default()
+            },
+            1,
+        ),
+        (
+            Faults {
+                cycle_cursor: true,
+                ..Faults::default()
+            },
+            2,
+        ),
+    ] {
+        sandbox.set_faults(faults);
+        let before = sandbox.stats().query_more;
+        let (pages, err) = read_until_error(&sf, "contact").await;
+        assert_eq!(ids(&pages), ids(&clean[..good]), "only the good pages land");
+        assert!(pages.iter().all(|p| p.cursor["complete"] == json!(false)));
+        assert_protocol(
+            &err,
+            "contact",
+            "repeated the `nextRecordsUrl` `/services/data/",
+        );
+        assert!(err.to_string().contains("done stayed false"), "{err}");
+        assert_eq!(sandbox.stats().query_more - before, good as u64);
+    }
+}
+
+#[tokio::test]
+async fn a_bulk_locator_that_repeats_or_cycles_stops_the_read() {
+    let sandbox = sandbox(120).await;
+    let mut c = config(&sandbox, &["Contact"]);
+    c.bulk_threshold = 0;
+    let sf = connector(c);
+    let clean = read(&sf, "contact", None).await;
+    assert_eq!(clean.len(), 3);
+    for (faults, good) in [
+        (
+            Faults {
+                repeat_cursor: true,
+                ..Faults::default()
+            },
+            1,
+        ),
+        (
+            Faults {
+                cycle_cursor: true,
+                ..Faults::default()
+            },
+            2,
+        ),
+    ] {
+        sandbox.set_faults(faults);
+        let before = sandbox.stats().bulk_result_pages;
+        let (pages, err) = read_until_error(&sf, "contact").await;
+        assert_eq!(ids(&pages).len(), 100 * good, "only the good pages land");
+        assert!(pages.iter().all(|p| phase(p) == "bulk"));
+        assert_protocol(&err, "contact", "repeated the `Sforce-Locator` of Bulk job");
+        assert_eq!(sandbox.stats().bulk_result_pages - before, good as u64 + 1);
+    }
+}
+
+#[tokio::test]
+async fn query_pages_of_the_wrong_shape_fail_the_read_and_land_nothing() {
+    let sandbox = sandbox(400).await;
+    let sf = connector(config(&sandbox, &["Contact"]));
+    let clean = read(&sf, "contact", None).await;
+    for (shape, needle) in [
+        (
+            BadShape::RecordsObject,
+            "`records` is an object, not an array",
+        ),
+        (BadShape::DoneMissing, "`done` is missing"),
+    ] {
+        // The `COUNT()` query and the first page are intact; the second page is not.
+        sandbox.set_faults(Faults {
+            bad_shape: Some(shape),
+            bad_shape_after: 2,
+            ..Faults::default()
+        });
+        let before = sandbox.stats().query_more;
+        let (pages, err) = read_until_error(&sf, "contact").await;
+        assert_eq!(
+            ids(&pages),
+            ids(&clean[..1]),
+            "{shape:?}: only the good page"
+        );
+        assert_protocol(&err, "contact", needle);
+        assert_eq!(
+            sandbox.stats().query_more - before,
+            1,
+            "{shape:?}: not retried"
+        );
+    }
+}
+
+#[test]
+fn query_responses_must_be_the_documented_shape() {
+    use crate::client::QueryPage;
+    // The shape of the REST API guide's "Execute a SOQL Query" example.
+    let page = QueryPage::from_json(json!({
+        "totalSize": 3222,
+        "done": false,
+        "nextRecordsUrl": "/services/data/v62.0/query/01gD0000002HU6KIAW-2000",
+        "records": [{"attributes": {"type": "Contact"}, "Id": "003"}]
+    }))
+    .unwrap();
+    assert_eq!(page.records.len(), 1);
+    assert!(QueryPage::from_json(json!({"totalSize": 0, "done": true, "records": []})).is_ok());
+    for (body, problem) in [
+        (json!({"totalSize": 1, "records": []}), "`done` is missing"),
+        (
+            json!({"done": "true", "records": []}),
+            "`done` is `\"true\"`",
+        ),
+        (json!({"done": true}), "`records` is missing"),
+        (
+            json!({"done": true, "records": "x"}),
+            "`records` is a string",
+        ),
+        (json!({"done": true, "records": [1]}), "a record is `1`"),
+        (json!({"done": false, "records": []}), "no `nextRecordsUrl`"),
+    ] {
+        let err = QueryPage::from_json(body).unwrap_err();
+        assert!(err.contains(problem), "{err}");
+    }
+}
+
 #[tokio::test]
 async fn server_errors_and_cut_bodies_are_retried() {
     let sandbox = sandbox(450).await;
@@ -530,6 +715,7 @@ async fn server_errors_and_cut_bodies_are_retried() {
         error_next: 1,
         truncate_next: 2,
         slow_ms: 0,
+        ..Faults::default()
     });
     let mut c = config(&sandbox, &["Account"]);
     c.bulk_threshold = 0;

@@ -8,9 +8,17 @@
 //! `end_of_stream`, …), and checks that the body is complete. The fetcher then sends the
 //! next request while the runtime converts this page ([`spawn_pages`]).
 //!
+//! A vendor can also answer 200 forever without moving: the same page with `has_more`
+//! again and again, or cursors that cycle (A → B → A). [`ProgressGuard`] remembers every
+//! cursor one walk has followed and stops the walk with [`Error::Protocol`] the first time
+//! one comes back, and [`Envelope::records_kind`] / [`Envelope::boolean`] let a connector
+//! require the documented shape of a page instead of taking a malformed one for an empty
+//! last page.
+//!
 //! These are the pieces the declarative connector will be assembled from, so they know
 //! nothing about any one vendor.
 
+use std::collections::HashSet;
 use std::future::Future;
 
 use futures::StreamExt;
@@ -68,6 +76,9 @@ pub struct Envelope {
     /// Scalars of the envelope at depth one and two, as raw JSON text, keyed `name` or
     /// `parent.name` (e.g. `has_more`, `meta.has_more`, `links.next`).
     pub fields: Vec<(String, String)>,
+    /// What the top-level records field holds: `array`, `object`, `string`, `number`,
+    /// `boolean` or `null`; `None` when the body has no such field.
+    pub records_kind: Option<&'static str>,
 }
 
 impl Envelope {
@@ -89,6 +100,154 @@ impl Envelope {
         let raw = self.field(key)?;
         serde_json::from_str::<Option<String>>(raw).ok().flatten()
     }
+
+    /// Envelope scalar `key` as a JSON boolean; `None` when it is absent or anything else
+    /// (a string `"true"`, a number, null), so a caller can refuse what is not documented.
+    pub fn boolean(&self, key: &str) -> Option<bool> {
+        match self.field(key)? {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Checks that the records field `records_key` is an array, as every list envelope
+    /// documents it; the error says what was there instead.
+    pub fn require_records_array(&self, records_key: &str) -> Result<(), String> {
+        match self.records_kind {
+            Some("array") => Ok(()),
+            Some(kind) => Err(format!("`{records_key}` is {} not an array", a(kind))),
+            None => Err(format!("the body has no `{records_key}` array")),
+        }
+    }
+
+    /// Envelope scalar `key`, which must be a JSON boolean; the error says what was there.
+    pub fn require_boolean(&self, key: &str) -> Result<bool, String> {
+        match (self.boolean(key), self.field(key)) {
+            (Some(b), _) => Ok(b),
+            (None, Some(raw)) => Err(format!("`{key}` is `{}`, not a boolean", clip(raw))),
+            (None, None) => Err(format!("`{key}` is missing (or not a boolean)")),
+        }
+    }
+}
+
+fn a(kind: &str) -> String {
+    match kind {
+        "array" | "object" => format!("an {kind},"),
+        _ => format!("a {kind},"),
+    }
+}
+
+/// A vendor's text cut to a length that fits in an error message.
+fn clip(text: &str) -> String {
+    const MAX: usize = 64;
+    match text.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// Guards one paginated walk against a vendor that never stops: it remembers every cursor
+/// (next-page id, opaque cursor, next-page URL, locator) the walk has followed, so a
+/// cursor that comes back — at once (the same page with "more" forever) or after a cycle
+/// (A → B → A) — ends the walk with [`Error::Protocol`] instead of looping.
+///
+/// Guarantees: a walk guarded by one `ProgressGuard` makes at most one request per
+/// distinct cursor, and the guard's memory is the cursors of that one walk (cursors are
+/// short; a walk of 100,000 pages holds a few megabytes). Call [`ProgressGuard::follow`]
+/// with the cursor of the next request *before* handing the page that produced it to the
+/// runtime: a page whose next cursor was already followed repeats data already delivered,
+/// so it does not land and the committed cursor stays at the last good page.
+#[derive(Debug)]
+pub struct ProgressGuard {
+    vendor: String,
+    stream: String,
+    /// What the cursor is called, e.g. "pagination cursor `starting_after`".
+    what: String,
+    /// What the vendor kept saying, e.g. "has_more stayed true".
+    still: String,
+    seen: HashSet<String>,
+}
+
+impl ProgressGuard {
+    /// A guard for one walk of `stream`. `what` names the cursor as the vendor documents it
+    /// (e.g. "pagination cursor `starting_after`") and `still` the flag that kept promising
+    /// more (e.g. "has_more stayed true"); both go into the error.
+    pub fn new(
+        vendor: impl Into<String>,
+        stream: impl Into<String>,
+        what: impl Into<String>,
+        still: impl Into<String>,
+    ) -> Self {
+        ProgressGuard {
+            vendor: vendor.into(),
+            stream: stream.into(),
+            what: what.into(),
+            still: still.into(),
+            seen: HashSet::new(),
+        }
+    }
+
+    /// Notes the cursor the walk starts from (a resumed walk's committed cursor), so a
+    /// vendor that leads back to it is caught too.
+    pub fn start_at(&mut self, cursor: &str) {
+        self.seen.insert(cursor.to_owned());
+    }
+
+    /// Notes that the walk is about to follow `cursor`; fails with [`Error::Protocol`] if
+    /// this walk has followed (or started from) it before.
+    pub fn follow(&mut self, cursor: &str) -> Result<()> {
+        if self.seen.contains(cursor) {
+            return Err(self.error(format!(
+                "{} repeated the {} `{}` after {} distinct ones ({})",
+                self.vendor,
+                self.what,
+                clip(cursor),
+                self.seen.len(),
+                self.still
+            )));
+        }
+        self.seen.insert(cursor.to_owned());
+        Ok(())
+    }
+
+    /// The error for a page that promises more but moves nothing (e.g. `has_more: true`
+    /// with no records); `detail` says what the page held.
+    pub fn no_progress(&self, detail: &str) -> Error {
+        self.error(format!(
+            "{} answered a page that adds nothing ({detail}) while {}",
+            self.vendor, self.still
+        ))
+    }
+
+    /// How many distinct cursors the walk has followed.
+    pub fn followed(&self) -> usize {
+        self.seen.len()
+    }
+
+    fn error(&self, what_happened: String) -> Error {
+        Error::protocol(
+            &self.vendor,
+            &self.stream,
+            format!(
+                "{what_happened}; stopping so the walk cannot loop forever. Nothing past the \
+                 last good page is committed."
+            ),
+        )
+    }
+}
+
+/// The error for a 200 whose body is not the documented shape: `problem` says which field
+/// is wrong. Nothing of that page lands and the committed cursor does not move.
+pub fn malformed_page(vendor: &str, stream: &str, request: &str, problem: &str) -> Error {
+    Error::protocol(
+        vendor,
+        stream,
+        format!(
+            "{vendor} answered {request} with a 200 whose body is not the documented shape: \
+             {problem}. Nothing of that page is committed and the cursor stays where it was."
+        ),
+    )
 }
 
 #[derive(Clone, Copy)]
@@ -136,8 +295,11 @@ pub fn scan_envelope(body: &[u8], records_key: &str, id_field: &str) -> Result<E
                     env.count += 1;
                     current_id = None;
                 }
-                if !is_object && depth == 1 && key_is(body, &stack[0], records_key) {
-                    records_array_depth = Some(1);
+                if depth == 1 && key_is(body, &stack[0], records_key) {
+                    env.records_kind = Some(if is_object { "object" } else { "array" });
+                    if !is_object {
+                        records_array_depth = Some(1);
+                    }
                 }
                 stack.push(Frame {
                     is_object,
@@ -185,6 +347,9 @@ pub fn scan_envelope(body: &[u8], records_key: &str, id_field: &str) -> Result<E
                     continue;
                 }
                 let top = *top;
+                if depth == 1 && key_is(body, &top, records_key) {
+                    env.records_kind = Some("string");
+                }
                 if top.is_object
                     && records_array_depth.is_some_and(|d| d + 2 == depth)
                     && &body[top.key.0..top.key.1] == id_field.as_bytes()
@@ -207,6 +372,13 @@ pub fn scan_envelope(body: &[u8], records_key: &str, id_field: &str) -> Result<E
                 }
                 if stack.is_empty() {
                     return Err("the body is not a JSON object".into());
+                }
+                if stack.len() == 1 && key_is(body, &stack[0], records_key) {
+                    env.records_kind = Some(match body[start] {
+                        b'n' => "null",
+                        b't' | b'f' => "boolean",
+                        _ => "number",
+                    });
                 }
                 record_scalar(&mut env, body, &stack, records_array_depth, (start, i));
             }
@@ -310,6 +482,74 @@ mod tests {
             );
         }
         assert!(scan_envelope(b"[1,2]", "data", "id").is_err());
+    }
+
+    #[test]
+    fn the_records_field_kind_is_reported() {
+        let kind = |body: &[u8]| scan_envelope(body, "data", "id").unwrap().records_kind;
+        assert_eq!(kind(br#"{"data":[],"has_more":false}"#), Some("array"));
+        assert_eq!(kind(br#"{"data":[{"id":"a"}]}"#), Some("array"));
+        assert_eq!(
+            kind(br#"{"data":{"id":"a"},"has_more":true}"#),
+            Some("object")
+        );
+        assert_eq!(kind(br#"{"data":"ch_1","has_more":true}"#), Some("string"));
+        assert_eq!(kind(br#"{"data":null}"#), Some("null"));
+        assert_eq!(kind(br#"{"data":7}"#), Some("number"));
+        assert_eq!(kind(br#"{"meta":{"data":[]}}"#), None);
+        assert_eq!(kind(br#"{"x":[{"data":[]}]}"#), None);
+        let env = scan_envelope(br#"{"data":{"a":1},"has_more":"true"}"#, "data", "id").unwrap();
+        assert!(
+            env.require_records_array("data")
+                .unwrap_err()
+                .contains("`data` is an object")
+        );
+        assert!(
+            env.require_boolean("has_more")
+                .unwrap_err()
+                .contains("\"true\"")
+        );
+        assert!(env.require_boolean("nope").unwrap_err().contains("missing"));
+        let env = scan_envelope(br#"{"data":[],"has_more":false}"#, "data", "id").unwrap();
+        assert_eq!(env.require_boolean("has_more"), Ok(false));
+        assert_eq!(env.require_records_array("data"), Ok(()));
+    }
+
+    #[test]
+    fn the_guard_catches_repeats_and_cycles() {
+        let mut guard = ProgressGuard::new("Acme", "widgets", "cursor `after`", "more stayed true");
+        guard.follow("a").unwrap();
+        guard.follow("b").unwrap();
+        let err = guard.follow("a").unwrap_err();
+        let Error::Protocol {
+            vendor,
+            stream,
+            message,
+        } = &err
+        else {
+            panic!("{err}")
+        };
+        assert_eq!((vendor.as_str(), stream.as_str()), ("Acme", "widgets"));
+        assert!(
+            message.contains("repeated the cursor `after` `a`"),
+            "{message}"
+        );
+        assert!(message.contains("more stayed true"), "{message}");
+        assert!(
+            message.contains("Nothing past the last good page"),
+            "{message}"
+        );
+
+        let mut resumed = ProgressGuard::new("Acme", "widgets", "cursor", "more");
+        resumed.start_at("z");
+        assert!(resumed.follow("z").is_err());
+        assert_eq!(resumed.followed(), 1);
+        assert!(
+            resumed
+                .no_progress("an empty page")
+                .to_string()
+                .contains("adds nothing (an empty page)")
+        );
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use std::sync::{Mutex, PoisonError};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tributary_sdk::http::{HttpClient, HttpConfig, Response};
-use tributary_sdk::pagination::{Envelope, scan_envelope};
+use tributary_sdk::pagination::{Envelope, malformed_page, scan_envelope};
 use tributary_sdk::{Error, Result, Secret};
 
 use crate::config::Settings;
@@ -31,10 +31,11 @@ pub struct Listing {
 }
 
 impl Listing {
-    /// Whether Stripe has more objects past this page (never, for an empty page, so a
-    /// misbehaving server cannot make us loop).
+    /// Whether Stripe says it has more objects past this page (checked to be a boolean by
+    /// [`StripeClient::list`]). A walk must still check that it moves: see
+    /// [`tributary_sdk::pagination::ProgressGuard`].
     pub fn has_more(&self) -> bool {
-        self.envelope.count > 0 && self.envelope.flag("has_more")
+        self.envelope.flag("has_more")
     }
 }
 
@@ -64,10 +65,19 @@ impl StripeClient {
         })
     }
 
-    /// GETs one page of the list endpoint `path` (e.g. `/v1/charges`) with `query`. The
-    /// body must be one complete JSON object with a `data` array, or the request is retried
-    /// like a transport failure. A 401/403 is [`Error::Auth`] with Stripe's message.
-    pub async fn list(&self, path: &str, query: &[(&str, String)]) -> Result<Listing> {
+    /// GETs one page of the list endpoint `path` (e.g. `/v1/charges`) with `query`, for
+    /// `stream` (named in errors). A body that is not one complete JSON object (cut short,
+    /// garbled) is retried like a transport failure; a complete one that is not Stripe's
+    /// list object (`data` an array, `has_more` a boolean) fails at once with
+    /// [`Error::Protocol`]: retrying the same request would get the same answer, and taking
+    /// it for an empty last page would mark a backfill complete. A 401/403 is
+    /// [`Error::Auth`] with Stripe's message.
+    pub async fn list(
+        &self,
+        stream: &str,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<Listing> {
         let url = format!("{}{path}", self.api_base);
         let what = format!("GET {path}");
         // The check already scans the body; keep what it found instead of scanning twice.
@@ -84,9 +94,6 @@ impl StripeClient {
                 },
                 |r: &Response| {
                     let envelope = scan_envelope(&r.body, "data", "id")?;
-                    if envelope.field("data").is_some() || !has_data_array(&envelope, &r.body) {
-                        return Err("the body has no `data` array".to_owned());
-                    }
                     *scanned.lock().unwrap_or_else(PoisonError::into_inner) = Some(envelope);
                     Ok(())
                 },
@@ -97,6 +104,8 @@ impl StripeClient {
             .into_inner()
             .unwrap_or_else(PoisonError::into_inner)
             .ok_or_else(|| Error::decode(format!("{what} response"), "the body was not scanned"))?;
+        check_list_shape(&envelope)
+            .map_err(|problem| malformed_page(VENDOR, stream, &what, &problem))?;
         Ok(Listing {
             body: response.body,
             envelope,
@@ -125,11 +134,16 @@ impl StripeClient {
     }
 }
 
-/// Whether the body has a top-level `data` array. The envelope scan counts the array's
-/// records and records only scalars, so a non-empty list is recognised by its count and an
-/// empty one (a small body) by naming `data` while `data` is not a scalar.
-fn has_data_array(envelope: &Envelope, body: &[u8]) -> bool {
-    envelope.count > 0 || body.windows(6).any(|w| w == b"\"data\"")
+/// Checks a list page is Stripe's list object. Stripe documents every list response as
+/// `{"object": "list", "data": [...], "has_more": <boolean>, "url": ...}`, `data` an array
+/// and `has_more` a boolean ("Whether or not there are more elements available after this
+/// set. If false, this set comprises the end of the list."):
+/// https://docs.stripe.com/api/pagination. So a `data` that is not an array, or a
+/// `has_more` that is missing or not a boolean, is a broken answer, not an empty last page.
+fn check_list_shape(envelope: &Envelope) -> Result<(), String> {
+    envelope.require_records_array("data")?;
+    envelope.require_boolean("has_more")?;
+    Ok(())
 }
 
 /// Whether `err` is Stripe saying that the object `id` (a pagination anchor) no longer
@@ -167,6 +181,46 @@ mod tests {
         assert_eq!(a, account_key(&Secret::new("sk_test_aaaa")));
         assert_ne!(a, account_key(&Secret::new("sk_test_aaab")));
         assert!(a.starts_with("stripe:") && !a.contains("aaaa"), "{a}");
+    }
+
+    #[test]
+    fn list_pages_must_be_stripe_list_objects() {
+        let shape = |body: &[u8]| check_list_shape(&scan_envelope(body, "data", "id").unwrap());
+        // Stripe's own example (docs.stripe.com/api/pagination), shortened.
+        assert_eq!(
+            shape(br#"{"object":"list","url":"/v1/customers","has_more":false,"data":[{"id":"cus_1","object":"customer"}]}"#),
+            Ok(())
+        );
+        assert_eq!(
+            shape(br#"{"object":"list","data":[],"has_more":false}"#),
+            Ok(())
+        );
+        for (body, field) in [
+            (
+                &br#"{"object":"list","data":{"id":"ch_1"},"has_more":false}"#[..],
+                "`data` is an object",
+            ),
+            (
+                br#"{"object":"list","data":"ch_1","has_more":false}"#,
+                "`data` is a string",
+            ),
+            (br#"{"object":"list","has_more":false}"#, "no `data` array"),
+            (
+                br#"{"object":"list","data":[{"id":"ch_1"}]}"#,
+                "`has_more` is missing",
+            ),
+            (
+                br#"{"object":"list","data":[],"has_more":"true"}"#,
+                "`has_more` is `\"true\"`",
+            ),
+            (
+                br#"{"object":"list","data":[],"has_more":null}"#,
+                "`has_more` is `null`",
+            ),
+        ] {
+            let err = shape(body).unwrap_err();
+            assert!(err.contains(field), "{err}");
+        }
     }
 
     #[test]

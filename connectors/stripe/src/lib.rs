@@ -69,7 +69,7 @@ impl Connector for Stripe {
     /// Lists one event: proves the key is valid and may read events.
     async fn check(&self) -> Result<()> {
         self.client
-            .list("/v1/events", &[("limit", "1".to_owned())])
+            .list("check", "/v1/events", &[("limit", "1".to_owned())])
             .await
             .map(drop)
     }

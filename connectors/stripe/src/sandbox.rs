@@ -112,6 +112,32 @@ pub struct Faults {
     pub malformed_rate: f64,
     /// Malform the next N successful bodies.
     pub malformed_next: u32,
+    /// A vendor that never stops: every list request's `starting_after` / `ending_before`
+    /// is ignored, so the walk gets its first page (with `has_more`) again and again.
+    pub repeat_cursor: bool,
+    /// A vendor whose cursors cycle: the first paginated list request is answered
+    /// properly, every later one as if it had no cursor, so a walk goes A → B → A → B.
+    pub cycle_cursor: bool,
+    /// Answer list pages with a body that is not Stripe's list object.
+    pub bad_shape: Option<BadShape>,
+    /// List pages answered intact before `bad_shape` applies (to every later one).
+    pub bad_shape_after: u32,
+}
+
+/// A list body that breaks Stripe's documented list object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BadShape {
+    /// `data` is an object (the first element) instead of an array.
+    DataObject,
+    /// `data` is a string.
+    DataString,
+    /// `has_more` is left out.
+    HasMoreMissing,
+    /// `has_more` is the string `"true"`.
+    HasMoreString,
+    /// `has_more: true` with an empty `data`.
+    EmptyHasMore,
 }
 
 /// What the sandbox saw, for tests to assert the client's manners.
@@ -218,6 +244,24 @@ impl Shared {
 
     pub(crate) fn faults(&self) -> Faults {
         lock(&self.faults).get()
+    }
+
+    /// The list query as a hostile server reads it (see `Faults::repeat_cursor`).
+    pub(crate) fn hostile_query(&self, query: &str) -> String {
+        let rewritten = lock(&self.faults).hostile_query(query);
+        if rewritten != query {
+            self.faults_injected.fetch_add(1, Ordering::Relaxed);
+        }
+        rewritten
+    }
+
+    /// The shape fault to apply to this list body, if any.
+    pub(crate) fn bad_shape(&self) -> Option<BadShape> {
+        let shape = lock(&self.faults).bad_shape();
+        if shape.is_some() {
+            self.faults_injected.fetch_add(1, Ordering::Relaxed);
+        }
+        shape
     }
 
     pub(crate) fn set_faults(&self, faults: Faults) {

@@ -26,10 +26,10 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tributary_sdk::pagination::{PageSender, spawn_pages};
+use tributary_sdk::pagination::{PageSender, ProgressGuard, spawn_pages};
 use tributary_sdk::{Error, Page, PageStream, Record, Records, Result, StreamSchema};
 
-use crate::client::{StripeClient, is_missing};
+use crate::client::{Listing, StripeClient, VENDOR, is_missing};
 
 /// How many pages a read fetches ahead of the runtime's conversion.
 const FETCH_AHEAD: usize = 4;
@@ -527,12 +527,16 @@ impl Reader {
             },
             None => self.begin_backfill().await?,
         };
+        let mut guard = self.list_guard();
+        if let Some(after) = &at.starting_after {
+            guard.start_at(after);
+        }
         loop {
             let mut query = self.list_query();
             if let Some(after) = &at.starting_after {
                 query.push(("starting_after", after.clone()));
             }
-            let listing = match self.client.list(self.def.list_path, &query).await {
+            let listing = match self.list(self.def.list_path, &query).await {
                 Ok(listing) => listing,
                 Err(e)
                     if at
@@ -552,12 +556,8 @@ impl Reader {
             }
             let has_more = listing.has_more();
             if has_more {
-                at.starting_after = Some(listing.envelope.last_id.clone().ok_or_else(|| {
-                    Error::decode(
-                        format!("GET {} response", self.def.list_path),
-                        "the last object of a page has no `id`",
-                    )
-                })?);
+                let next = self.next_after(&mut guard, &listing)?;
+                at.starting_after = Some(next);
             }
             let records = if listing.envelope.count == 0 {
                 Records::Values(Vec::new())
@@ -599,7 +599,7 @@ impl Reader {
         if let Some(limit) = query.iter_mut().find(|(k, _)| *k == "limit") {
             limit.1 = "1".to_owned();
         }
-        let listing = self.client.list(path, &query).await?;
+        let listing = self.list(path, &query).await?;
         let anchor = listing.envelope.first_id.clone();
         let anchor_created = first_created(&listing.body);
         Ok(BackfillAt {
@@ -644,10 +644,19 @@ impl Reader {
             }
         };
         let mut anchor = anchor;
+        // Each page's newest event is the next page's `ending_before`: an anchor that comes
+        // back means Stripe is serving events this walk already delivered.
+        let mut guard = ProgressGuard::new(
+            VENDOR,
+            self.def.name,
+            format!("`ending_before` anchor of {path}"),
+            "has_more stayed true",
+        );
+        guard.start_at(&anchor);
         loop {
             let mut q = query.clone();
             q.push(("ending_before", anchor.clone()));
-            let listing = match self.client.list(path, &q).await {
+            let listing = match self.list(path, &q).await {
                 Ok(listing) => listing,
                 Err(e) if is_missing(&e, &anchor) => return Ok(Outcome::Lost(Lost::Retention)),
                 Err(e) => return Err(e),
@@ -659,6 +668,9 @@ impl Reader {
                 checked = true;
             }
             if listing.envelope.count == 0 {
+                if listing.has_more() {
+                    return Err(guard.no_progress("an empty `data` array"));
+                }
                 return self.caught_up(&at, listing.date).await;
             }
             let page: List<Value> = parse(path, &listing.body)?;
@@ -666,6 +678,7 @@ impl Reader {
             let Some((newest, created)) = objects.first().and_then(id_and_created) else {
                 return Err(self.no_id(path));
             };
+            guard.follow(&newest)?;
             objects.reverse();
             let records = self.records(objects).await?;
             at.anchor = Some(newest.clone());
@@ -692,17 +705,19 @@ impl Reader {
     ) -> Result<(Option<Value>, Option<DateTime<Utc>>)> {
         let mut after: Option<String> = None;
         let mut last_full: Option<Bytes> = None;
+        let mut guard = self.list_guard();
         loop {
             let mut q = query.to_vec();
             if let Some(after) = &after {
                 q.push(("starting_after", after.clone()));
             }
-            let listing = self.client.list(path, &q).await?;
+            let listing = self.list(path, &q).await?;
             if listing.envelope.count > 0 {
                 last_full = Some(listing.body.clone());
             }
-            after = listing.envelope.last_id.clone();
-            if !listing.has_more() || after.is_none() {
+            if listing.has_more() {
+                after = Some(self.next_after(&mut guard, &listing)?);
+            } else {
                 let oldest = match last_full {
                     Some(body) => parse::<Value>(path, &body)?.data.pop(),
                     None => None,
@@ -710,6 +725,40 @@ impl Reader {
                 return Ok((oldest, listing.date));
             }
         }
+    }
+
+    /// One list page of `path` for this stream.
+    async fn list(&self, path: &str, query: &[(&str, String)]) -> Result<Listing> {
+        self.client.list(self.def.name, path, query).await
+    }
+
+    /// A guard for one `starting_after` walk of this stream.
+    fn list_guard(&self) -> ProgressGuard {
+        ProgressGuard::new(
+            VENDOR,
+            self.def.name,
+            "pagination cursor `starting_after`",
+            "has_more stayed true",
+        )
+    }
+
+    /// The `starting_after` after a page that says `has_more`: its last object's id, which
+    /// must be one this walk has not followed yet. Stripe pages with "the ID of the last
+    /// object in the list" as the next `starting_after`
+    /// (https://docs.stripe.com/api/pagination), so a page with `has_more` and no objects,
+    /// or whose last id comes back, cannot move the walk.
+    fn next_after(&self, guard: &mut ProgressGuard, listing: &Listing) -> Result<String> {
+        if listing.envelope.count == 0 {
+            return Err(guard.no_progress("an empty `data` array"));
+        }
+        let last = listing.envelope.last_id.clone().ok_or_else(|| {
+            Error::decode(
+                format!("GET {} response", self.def.list_path),
+                "the last object of a page has no `id`",
+            )
+        })?;
+        guard.follow(&last)?;
+        Ok(last)
     }
 
     /// Nothing follows the cursor `at` as of Stripe's clock `date`.
@@ -842,22 +891,25 @@ impl Reader {
     async fn all_items(&self, id: &str) -> Result<Vec<Value>> {
         const PATH: &str = "/v1/subscription_items";
         let mut items: Vec<Value> = Vec::new();
+        let mut after: Option<String> = None;
+        let mut guard = ProgressGuard::new(
+            VENDOR,
+            self.def.name,
+            format!("`starting_after` of the items of subscription {id}"),
+            "has_more stayed true",
+        );
         loop {
             let mut query = vec![("subscription", id.to_owned()), ("limit", "100".to_owned())];
-            let last = items
-                .last()
-                .and_then(|item| item.get("id"))
-                .and_then(Value::as_str);
-            if let Some(last) = last {
-                query.push(("starting_after", last.to_owned()));
+            if let Some(after) = &after {
+                query.push(("starting_after", after.clone()));
             }
-            let listing = self.client.list(PATH, &query).await?;
-            let has_more = listing.has_more();
-            let page: List<Value> = parse(PATH, &listing.body)?;
-            items.extend(page.data);
-            if !has_more {
+            let listing = self.list(PATH, &query).await?;
+            if !listing.has_more() {
+                items.extend(parse::<Value>(PATH, &listing.body)?.data);
                 return Ok(items);
             }
+            after = Some(self.next_after(&mut guard, &listing)?);
+            items.extend(parse::<Value>(PATH, &listing.body)?.data);
         }
     }
 

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tributary_sdk::pagination::scan_envelope;
 use tributary_sdk::{Connector, Error, Page, ReadRequest, Records, Secret, SourceContext};
 
-use crate::sandbox::{Faults, SandboxConfig, StripeSandbox};
+use crate::sandbox::{BadShape, Faults, SandboxConfig, StripeSandbox};
 use crate::streams::Cursor;
 use crate::{Stripe, StripeConfig};
 
@@ -449,6 +449,199 @@ async fn cut_and_garbled_bodies_are_fetched_again() {
     let pages = read(&stripe, "charges", None, false).await;
     assert_exactly_once("charges", &ids(&pages), &sandbox.ids("charges"));
     assert!(sandbox.stats().faults_injected >= 2);
+}
+
+/// Reads `stream` from `cursor` until it fails, within a deadline (today's code would walk
+/// a hostile vendor forever): the pages delivered and the error.
+async fn read_until_error(
+    stripe: &Stripe,
+    stream: &str,
+    cursor: Option<Value>,
+) -> (Vec<Page>, Error) {
+    let walk = async {
+        let mut pages = stripe
+            .read(ReadRequest {
+                stream: stream.to_owned(),
+                cursor,
+                full_refresh: false,
+            })
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            match page {
+                Ok(page) => out.push(page),
+                Err(e) => return (out, e),
+            }
+        }
+        panic!(
+            "{stream}: the read ended without an error after {} pages",
+            out.len()
+        );
+    };
+    tokio::time::timeout(Duration::from_secs(30), walk)
+        .await
+        .unwrap_or_else(|_| panic!("{stream}: the read did not stop within 30 s"))
+}
+
+/// Asserts `err` is a protocol error of Stripe about `stream` whose message has `needle`.
+fn assert_protocol(err: &Error, stream: &str, needle: &str) {
+    match err {
+        Error::Protocol {
+            vendor,
+            stream: s,
+            message,
+        } => {
+            assert_eq!((vendor.as_str(), s.as_str()), ("Stripe", stream), "{err}");
+            assert!(message.contains(needle), "wanted `{needle}` in: {message}");
+        }
+        other => panic!("expected a protocol error, got: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_list_that_repeats_its_cursor_stops_after_the_good_page() {
+    let sandbox = sandbox(60).await;
+    let stripe = stripe(&sandbox, 10);
+    sandbox.set_faults(Faults {
+        repeat_cursor: true,
+        ..Faults::default()
+    });
+    sandbox.reset_stats();
+    let (pages, err) = read_until_error(&stripe, "charges", None).await;
+    let last = match &pages[..] {
+        [page] => ids(std::slice::from_ref(page)),
+        _ => panic!("one good page, then the stop: got {}", pages.len()),
+    };
+    assert_eq!(last.len(), 10);
+    assert_protocol(
+        &err,
+        "charges",
+        &format!(
+            "repeated the pagination cursor `starting_after` `{}`",
+            last[9]
+        ),
+    );
+    assert!(err.to_string().contains("has_more stayed true"), "{err}");
+    assert_eq!(phase(&pages[0]), "backfill");
+    // The anchor request, the good page, the repeated one: nothing more.
+    assert_eq!(sandbox.stats().requests, 3);
+}
+
+#[tokio::test]
+async fn a_list_whose_cursors_cycle_stops_at_the_cycle() {
+    let sandbox = sandbox(60).await;
+    let stripe = stripe(&sandbox, 10);
+    sandbox.set_faults(Faults {
+        cycle_cursor: true,
+        ..Faults::default()
+    });
+    sandbox.reset_stats();
+    let (pages, err) = read_until_error(&stripe, "charges", None).await;
+    assert_eq!(pages.len(), 2, "A and B land, the return to A does not");
+    let landed = ids(&pages);
+    let mut unique = landed.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 20, "no object twice");
+    assert_protocol(
+        &err,
+        "charges",
+        &format!("`starting_after` `{}` after 2 distinct ones", landed[9]),
+    );
+    assert_eq!(sandbox.stats().requests, 4);
+    // The committed cursor is the last good page's: B's last id.
+    assert_eq!(
+        pages[1].cursor["starting_after"],
+        json!(landed[19]),
+        "{}",
+        pages[1].cursor
+    );
+}
+
+#[tokio::test]
+async fn an_events_walk_that_repeats_its_cursor_stops() {
+    let sandbox = sandbox(30).await;
+    let stripe = stripe(&sandbox, 5);
+    let pages = read(&stripe, "customers", None, false).await;
+    let cursor = pages.last().unwrap().cursor.clone();
+    assert_eq!(phase(pages.last().unwrap()), "changes");
+    sandbox.advance_clock(Duration::from_secs(60));
+    for i in 0..12 {
+        sandbox.create("customers", json!({"email": format!("c{i}@example.com")}));
+    }
+    sandbox.set_faults(Faults {
+        repeat_cursor: true,
+        ..Faults::default()
+    });
+    sandbox.reset_stats();
+    let (pages, err) = read_until_error(&stripe, "customers", Some(cursor)).await;
+    assert!(pages.len() <= 1, "{} pages", pages.len());
+    assert!(pages.iter().all(|p| phase(p) == "changes"));
+    assert_protocol(
+        &err,
+        "customers",
+        // With an anchor the walk follows `ending_before`; with none it looks for the
+        // oldest event since the backfill with `starting_after`. Either way: an event id.
+        "Stripe repeated the",
+    );
+    assert!(err.to_string().contains("`evt_"), "{err}");
+    assert!(sandbox.stats().requests <= 2, "{:?}", sandbox.stats());
+}
+
+#[tokio::test]
+async fn an_events_walk_with_empty_pages_that_say_more_stops() {
+    let sandbox = sandbox(30).await;
+    let stripe = stripe(&sandbox, 5);
+    let pages = read(&stripe, "events", None, false).await;
+    let cursor = pages.last().unwrap().cursor.clone();
+    sandbox.set_faults(Faults {
+        bad_shape: Some(BadShape::EmptyHasMore),
+        ..Faults::default()
+    });
+    sandbox.reset_stats();
+    let (pages, err) = read_until_error(&stripe, "events", Some(cursor)).await;
+    assert!(pages.is_empty());
+    assert_protocol(&err, "events", "adds nothing (an empty `data` array)");
+    assert_eq!(sandbox.stats().requests, 1);
+}
+
+#[tokio::test]
+async fn list_pages_of_the_wrong_shape_fail_the_stream_and_land_nothing() {
+    let sandbox = sandbox(60).await;
+    let stripe = stripe(&sandbox, 10);
+    let want = ids(&read(&stripe, "charges", None, false).await[..1]);
+    for (shape, needle) in [
+        (BadShape::DataObject, "`data` is an object, not an array"),
+        (BadShape::DataString, "`data` is a string, not an array"),
+        (BadShape::HasMoreMissing, "`has_more` is missing"),
+        (
+            BadShape::HasMoreString,
+            "`has_more` is `\"true\"`, not a boolean",
+        ),
+        (
+            BadShape::EmptyHasMore,
+            "adds nothing (an empty `data` array)",
+        ),
+    ] {
+        // The anchor request and the first page are intact; the second page is not.
+        sandbox.set_faults(Faults {
+            bad_shape: Some(shape),
+            bad_shape_after: 2,
+            ..Faults::default()
+        });
+        sandbox.reset_stats();
+        let (pages, err) = read_until_error(&stripe, "charges", None).await;
+        assert_eq!(ids(&pages), want, "{shape:?}: only the good page lands");
+        assert_eq!(
+            phase(&pages[0]),
+            "backfill",
+            "{shape:?}: not marked complete"
+        );
+        assert_protocol(&err, "charges", needle);
+        // Not retried: the same request would get the same answer.
+        assert_eq!(sandbox.stats().requests, 3, "{shape:?}");
+    }
 }
 
 /// The SDK's conformance kit, run on the streams the simulator can change.

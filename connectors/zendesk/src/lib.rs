@@ -69,6 +69,7 @@ impl Zendesk {
         }
         let mut all: Vec<Value> = Vec::new();
         let mut after: Option<String> = None;
+        let mut guard = streams::list_guard("ticket_fields");
         loop {
             let mut query = vec![("page[size]", config::MAX_PAGE_SIZE.to_string())];
             if let Some(after) = &after {
@@ -77,17 +78,23 @@ impl Zendesk {
             let listing = self
                 .client
                 .get(
+                    "ticket_fields",
                     Limit::Api,
                     "/api/v2/ticket_fields.json",
                     &query,
                     "ticket_fields",
                 )
                 .await?;
-            let next = tributary_sdk::incremental::after_cursor(&listing.envelope);
+            let next = streams::next_list_page(
+                &listing,
+                "ticket_fields",
+                "/api/v2/ticket_fields.json",
+                &mut guard,
+            )?;
             all.extend(listing.records("ticket_fields")?);
             match next {
-                Some(next) if Some(&next) != after.as_ref() => after = Some(next),
-                _ => break,
+                Some(next) => after = Some(next),
+                None => break,
             }
         }
         let reserved: Vec<String> = self

@@ -147,6 +147,28 @@ pub struct Faults {
     pub malformed_rate: f64,
     /// Malform the next N successful bodies.
     pub malformed_next: u32,
+    /// A vendor that never stops: a page requested with a cursor (an export's `cursor`, a
+    /// list's `page[after]`) names that same cursor as the next one and says there is more.
+    pub repeat_cursor: bool,
+    /// A vendor whose cursors cycle: the first page requested with a cursor is answered
+    /// properly, every later one names that first cursor as the next (A → B → A).
+    pub cycle_cursor: bool,
+    /// Answer list and export pages with a body that is not the documented shape.
+    pub bad_shape: Option<BadShape>,
+    /// List and export pages answered intact before `bad_shape` applies (to every later one).
+    pub bad_shape_after: u32,
+}
+
+/// A list or export body that breaks Zendesk's documented shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BadShape {
+    /// The records (`tickets`, `groups`, …) are an object instead of an array.
+    RecordsObject,
+    /// An export page without `end_of_stream`.
+    EndOfStreamMissing,
+    /// A list page without `meta.has_more`.
+    HasMoreMissing,
 }
 
 /// What the sandbox saw, for tests to assert the client's manners.
@@ -245,6 +267,16 @@ impl Shared {
 
     pub(crate) fn faults(&self) -> Faults {
         lock(&self.faults).get()
+    }
+
+    /// A 200 list or export body as a hostile server sends it (see `Faults::repeat_cursor`
+    /// and `Faults::bad_shape`); `cursor` is the request's cursor, if it had one.
+    pub(crate) fn hostile_body(&self, cursor: Option<&str>, body: Vec<u8>) -> Vec<u8> {
+        let (body, injected) = lock(&self.faults).hostile_body(cursor, body);
+        if injected {
+            self.faults_injected.fetch_add(1, Ordering::Relaxed);
+        }
+        body
     }
 
     pub(crate) fn set_faults(&self, faults: Faults) {

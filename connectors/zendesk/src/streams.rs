@@ -28,12 +28,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tributary_sdk::incremental::{self, CursorExport, TimeBoundary};
-use tributary_sdk::pagination::{PageSender, spawn_pages};
+use tributary_sdk::incremental::{CursorExport, TimeBoundary};
+use tributary_sdk::pagination::{PageSender, ProgressGuard, malformed_page, spawn_pages};
 use tributary_sdk::schema::{Column, ColumnType, to_column_name};
 use tributary_sdk::{Error, Page, PageStream, Record, Records, Result, StreamSchema};
 
-use crate::client::{Limit, Listing, ZendeskClient, is_bad_cursor};
+use crate::client::{Limit, Listing, VENDOR, ZendeskClient, is_bad_cursor};
 use crate::config::{DEFAULT_LOOKBACK_DAYS, Settings};
 
 /// How many pages a read fetches ahead of the runtime's conversion.
@@ -573,6 +573,15 @@ impl Reader {
             Some(Cursor::Export { after_cursor }) => Some(after_cursor),
             Some(other) => return Err(self.wrong_cursor(&other)),
         };
+        let mut guard = ProgressGuard::new(
+            VENDOR,
+            self.def.name,
+            "export cursor `after_cursor`",
+            "end_of_stream stayed false",
+        );
+        if let Some(position) = &position {
+            guard.start_at(position);
+        }
         loop {
             let mut query = vec![self.per_page()];
             match &position {
@@ -581,8 +590,19 @@ impl Reader {
             }
             let listing = self
                 .client()
-                .get(Limit::Export, path, &query, self.def.records_key())
+                .get(
+                    self.def.name,
+                    Limit::Export,
+                    path,
+                    &query,
+                    self.def.records_key(),
+                )
                 .await?;
+            // Zendesk documents `end_of_stream` on every cursor-based export page ("true if
+            // the current request has returned all the results up to the current time"):
+            // https://developer.zendesk.com/api-reference/ticketing/ticket-management/incremental_exports/#cursor-based-incremental-exports
+            // Without it we cannot tell the last page from a broken one.
+            self.require(path, listing.envelope.require_boolean("end_of_stream"))?;
             let page = CursorExport::from_envelope(&listing.envelope);
             let Some(next) = page.after_cursor.clone().or_else(|| position.clone()) else {
                 if page.count > 0 {
@@ -593,6 +613,11 @@ impl Reader {
                 }
                 return Ok(());
             };
+            if !page.caught_up() {
+                // The walk goes on from `next`: it must be a cursor this walk has not
+                // followed, or this page repeats what was delivered and must not land.
+                guard.follow(&next)?;
+            }
             if page.count > 0 || reset || position.as_ref() != Some(&next) {
                 let records = self.body_records(listing).await?;
                 let cursor = Cursor::Export {
@@ -624,10 +649,25 @@ impl Reader {
             Some(other) => return Err(self.wrong_cursor(&other)),
         };
         let key = self.def.records_key();
+        // A boundary (start time and the ids landed at it) is this walk's cursor: one that
+        // comes back means Zendesk answered a later start time with items already landed.
+        let mut guard = ProgressGuard::new(
+            VENDOR,
+            self.def.name,
+            "export boundary (`start_time` and the ids landed at it)",
+            "end_of_stream stayed false",
+        );
+        guard.start_at(&boundary_key(&at));
         loop {
             let query = [("start_time", at.start_time.to_string()), self.per_page()];
-            let listing = self.client().get(Limit::Export, path, &query, key).await?;
-            let end_of_stream = listing.envelope.flag("end_of_stream");
+            let listing = self
+                .client()
+                .get(self.def.name, Limit::Export, path, &query, key)
+                .await?;
+            // Time-based export pages document `end_of_stream` (and `end_time`, the next
+            // `start_time`): https://developer.zendesk.com/api-reference/ticketing/ticket-management/incremental_exports/#time-based-incremental-exports
+            let end_of_stream =
+                self.require(path, listing.envelope.require_boolean("end_of_stream"))?;
             let end_time = listing
                 .envelope
                 .field("end_time")
@@ -653,6 +693,9 @@ impl Reader {
                     "Export page holds only landed items; moving past its second."
                 );
                 next = at.past_second();
+            }
+            if !end_of_stream && count > 0 {
+                guard.follow(&boundary_key(&next))?;
             }
             let keep: HashSet<usize> = advance.keep.into_iter().collect();
             let kept: Vec<Value> = records
@@ -690,6 +733,10 @@ impl Reader {
             Some(other) => return Err(self.wrong_cursor(&other)),
         };
         let mut restarted = false;
+        let mut guard = list_guard(self.def.name);
+        if let Some(after) = &after {
+            guard.start_at(after);
+        }
         loop {
             let mut query = vec![("page[size]", self.context.settings.page_size.to_string())];
             if let Some(after) = &after {
@@ -697,7 +744,13 @@ impl Reader {
             }
             let listing = match self
                 .client()
-                .get(Limit::Api, path, &query, self.def.records_key())
+                .get(
+                    self.def.name,
+                    Limit::Api,
+                    path,
+                    &query,
+                    self.def.records_key(),
+                )
                 .await
             {
                 Ok(listing) => listing,
@@ -710,11 +763,12 @@ impl Reader {
                     restarted = true;
                     after = None;
                     reset = true;
+                    guard = list_guard(self.def.name);
                     continue;
                 }
                 Err(e) => return Err(e),
             };
-            let next = incremental::after_cursor(&listing.envelope);
+            let next = next_list_page(&listing, self.def.name, path, &mut guard)?;
             let completed_at = unix(listing.date);
             let records = self.body_records(listing).await?;
             let cursor = match &next {
@@ -729,12 +783,6 @@ impl Reader {
             reset = false;
             match next {
                 None => return Ok(()),
-                Some(next) if Some(&next) == after.as_ref() => {
-                    return Err(Error::decode(
-                        format!("GET {path} response"),
-                        "`meta.has_more` is true but `meta.after_cursor` did not move",
-                    ));
-                }
                 Some(next) => after = Some(next),
             }
         }
@@ -826,9 +874,11 @@ impl Reader {
         let mut looked_up: HashMap<String, Value> = HashMap::new();
         for chunk in missing.chunks(SHOW_MANY_MAX) {
             let query = [("ids", chunk.join(","))];
+            // Not a walk: one request per chunk of known ids, so it cannot loop.
             let listing = self
                 .client()
                 .get(
+                    self.def.name,
                     Limit::Api,
                     "/api/v2/tickets/show_many.json",
                     &query,
@@ -857,12 +907,70 @@ impl Reader {
         Ok(events)
     }
 
+    /// `checked`, or a protocol error: the page at `path` is not the documented shape.
+    fn require<T>(&self, path: &str, checked: std::result::Result<T, String>) -> Result<T> {
+        checked.map_err(|problem| {
+            malformed_page(VENDOR, self.def.name, &format!("GET {path}"), &problem)
+        })
+    }
+
     fn malformed(&self, path: &str, what: &str) -> Error {
         Error::decode(
             format!("GET {path} response for stream `{}`", self.def.name),
             format!("a record has no {what}"),
         )
     }
+}
+
+/// A guard for one cursor-paginated list walk of `stream`.
+pub(crate) fn list_guard(stream: &str) -> ProgressGuard {
+    ProgressGuard::new(
+        VENDOR,
+        stream,
+        "page cursor `meta.after_cursor`",
+        "meta.has_more stayed true",
+    )
+}
+
+/// The `page[after]` of the page after `listing` in a cursor-paginated list, `None` on the
+/// last page.
+///
+/// Zendesk documents the shape: `meta.has_more` (a boolean) says whether there is a next
+/// page, and `meta.after_cursor` is the cursor to request it with
+/// (https://developer.zendesk.com/api-reference/introduction/pagination/#using-cursor-pagination).
+/// So a missing or non-boolean `has_more`, `has_more` without an `after_cursor`, `has_more`
+/// on an empty page, or an `after_cursor` this walk has followed before, is a broken answer
+/// that must not end the walk as if complete, nor loop it.
+pub(crate) fn next_list_page(
+    listing: &Listing,
+    stream: &str,
+    path: &str,
+    guard: &mut ProgressGuard,
+) -> Result<Option<String>> {
+    let malformed = |problem: &str| malformed_page(VENDOR, stream, &format!("GET {path}"), problem);
+    let has_more = listing
+        .envelope
+        .require_boolean("meta.has_more")
+        .map_err(|p| malformed(&p))?;
+    if !has_more {
+        return Ok(None);
+    }
+    if listing.envelope.count == 0 {
+        return Err(guard.no_progress("an empty records array"));
+    }
+    let after = listing
+        .envelope
+        .string("meta.after_cursor")
+        .ok_or_else(|| malformed("`meta.has_more` is true but `meta.after_cursor` is missing"))?;
+    guard.follow(&after)?;
+    Ok(Some(after))
+}
+
+/// A time boundary as a guard key.
+fn boundary_key(at: &TimeBoundary) -> String {
+    let mut seen = at.seen.clone();
+    seen.sort_unstable();
+    format!("{}:{}", at.start_time, seen.join(","))
 }
 
 /// The `requester_id` a ticket event's `Create` or `Change` child events set, if any.

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tributary_sdk::schema::ColumnType;
 use tributary_sdk::{Connector, Error, Page, ReadRequest, Records, Secret, SourceContext};
 
-use crate::sandbox::{Faults, SandboxConfig, ZendeskSandbox};
+use crate::sandbox::{BadShape, Faults, SandboxConfig, ZendeskSandbox};
 use crate::streams::{Cursor, STREAMS};
 use crate::{Zendesk, ZendeskConfig};
 
@@ -539,6 +539,199 @@ async fn cut_garbled_and_throttled_responses_are_fetched_again() {
     let pages = read(&zendesk, "tickets", None, false).await;
     assert_exactly_once("tickets", &ids(&pages), &sandbox.ids("tickets"));
     assert_eq!(sandbox.stats().faults_injected, 4);
+}
+
+/// Reads `stream` from `cursor` until it fails, within a deadline (today's code would walk
+/// a hostile vendor forever): the pages delivered and the error.
+async fn read_until_error(
+    zendesk: &Zendesk,
+    stream: &str,
+    cursor: Option<Value>,
+) -> (Vec<Page>, Error) {
+    let walk = async {
+        let mut pages = zendesk
+            .read(ReadRequest {
+                stream: stream.to_owned(),
+                cursor,
+                full_refresh: false,
+            })
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            match page {
+                Ok(page) => out.push(page),
+                Err(e) => return (out, e),
+            }
+        }
+        panic!(
+            "{stream}: the read ended without an error after {} pages",
+            out.len()
+        );
+    };
+    tokio::time::timeout(Duration::from_secs(30), walk)
+        .await
+        .unwrap_or_else(|_| panic!("{stream}: the read did not stop within 30 s"))
+}
+
+/// Asserts `err` is a protocol error of Zendesk about `stream` whose message has `needle`.
+fn assert_protocol(err: &Error, stream: &str, needle: &str) {
+    match err {
+        Error::Protocol {
+            vendor,
+            stream: s,
+            message,
+        } => {
+            assert_eq!((vendor.as_str(), s.as_str()), ("Zendesk", stream), "{err}");
+            assert!(message.contains(needle), "wanted `{needle}` in: {message}");
+        }
+        other => panic!("expected a protocol error, got: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn an_export_that_repeats_its_cursor_stops_after_the_good_page() {
+    let sandbox = sandbox(40).await;
+    let zendesk = zendesk(&sandbox, 5, 100);
+    let clean = read(&zendesk, "users", None, false).await;
+    sandbox.set_faults(Faults {
+        repeat_cursor: true,
+        ..Faults::default()
+    });
+    sandbox.reset_stats();
+    let (pages, err) = read_until_error(&zendesk, "users", None).await;
+    assert_eq!(
+        ids(&pages),
+        ids(&clean[..1]),
+        "only the good first page lands"
+    );
+    let first = pages[0].cursor["after_cursor"].as_str().unwrap().to_owned();
+    assert_protocol(
+        &err,
+        "users",
+        &format!("repeated the export cursor `after_cursor` `{first}`"),
+    );
+    assert!(
+        err.to_string().contains("end_of_stream stayed false"),
+        "{err}"
+    );
+    assert_eq!(sandbox.stats().export_requests, 2);
+}
+
+#[tokio::test]
+async fn an_export_whose_cursors_cycle_stops_at_the_cycle() {
+    let sandbox = sandbox(40).await;
+    let zendesk = zendesk(&sandbox, 5, 100);
+    let clean = read(&zendesk, "users", None, false).await;
+    sandbox.set_faults(Faults {
+        cycle_cursor: true,
+        ..Faults::default()
+    });
+    sandbox.reset_stats();
+    let (pages, err) = read_until_error(&zendesk, "users", None).await;
+    assert_eq!(
+        ids(&pages),
+        ids(&clean[..2]),
+        "A and B land, the return to A does not"
+    );
+    let first = pages[0].cursor["after_cursor"].as_str().unwrap().to_owned();
+    assert_protocol(&err, "users", &format!("`{first}` after 2 distinct ones"));
+    assert_eq!(sandbox.stats().export_requests, 3);
+}
+
+#[tokio::test]
+async fn a_snapshot_whose_cursors_cycle_stops_at_the_cycle() {
+    let sandbox = sandbox(150).await;
+    let zendesk = zendesk(&sandbox, 1000, 20);
+    let clean = read(&zendesk, "ticket_metrics", None, false).await;
+    assert!(clean.len() > 3);
+    for (faults, good) in [
+        (
+            Faults {
+                cycle_cursor: true,
+                ..Faults::default()
+            },
+            2,
+        ),
+        (
+            Faults {
+                repeat_cursor: true,
+                ..Faults::default()
+            },
+            1,
+        ),
+    ] {
+        sandbox.set_faults(faults);
+        sandbox.reset_stats();
+        let (pages, err) = read_until_error(&zendesk, "ticket_metrics", None).await;
+        assert_eq!(ids(&pages), ids(&clean[..good]));
+        // The committed cursor stays a snapshot in progress: the table is not "complete".
+        assert_eq!(pages[good - 1].cursor["mode"], "snapshot");
+        assert_protocol(
+            &err,
+            "ticket_metrics",
+            "repeated the page cursor `meta.after_cursor`",
+        );
+        assert!(
+            err.to_string().contains("meta.has_more stayed true"),
+            "{err}"
+        );
+        assert_eq!(sandbox.stats().requests, good as u64 + 1);
+    }
+}
+
+#[tokio::test]
+async fn pages_of_the_wrong_shape_fail_the_stream_and_land_nothing() {
+    let sandbox = sandbox(40).await;
+    let zendesk = zendesk(&sandbox, 5, 10);
+    let users = read(&zendesk, "users", None, false).await;
+    let metrics = read(&zendesk, "ticket_metrics", None, false).await;
+    assert!(users.len() > 1 && metrics.len() > 1);
+    for (stream, shape, needle, clean) in [
+        (
+            "users",
+            BadShape::RecordsObject,
+            "`users` is an object, not an array",
+            &users,
+        ),
+        (
+            "users",
+            BadShape::EndOfStreamMissing,
+            "`end_of_stream` is missing",
+            &users,
+        ),
+        (
+            "ticket_metrics",
+            BadShape::RecordsObject,
+            "`ticket_metrics` is an object, not an array",
+            &metrics,
+        ),
+        (
+            "ticket_metrics",
+            BadShape::HasMoreMissing,
+            "`meta.has_more` is missing",
+            &metrics,
+        ),
+    ] {
+        sandbox.set_faults(Faults {
+            bad_shape: Some(shape),
+            bad_shape_after: 1,
+            ..Faults::default()
+        });
+        sandbox.reset_stats();
+        let (pages, err) = read_until_error(&zendesk, stream, None).await;
+        assert_eq!(
+            ids(&pages),
+            ids(&clean[..1]),
+            "{stream} {shape:?}: only the good page"
+        );
+        assert_protocol(&err, stream, needle);
+        assert_eq!(
+            sandbox.stats().requests,
+            2,
+            "{stream} {shape:?}: not retried"
+        );
+    }
 }
 
 /// The SDK's conformance kit, on the incremental streams the simulator can change.

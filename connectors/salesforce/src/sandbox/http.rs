@@ -17,8 +17,8 @@ use super::error::{ApiError, OAuthError};
 use super::org::QueryResult;
 use super::soql::{self, Selection};
 use super::{
-    CLIENT_ID, CLIENT_SECRET, Faults, JWT_PUBLIC_KEY, Job, REFRESH_TOKEN, Shared, USERNAME, lock,
-    now,
+    BadShape, CLIENT_ID, CLIENT_SECRET, Faults, JWT_PUBLIC_KEY, Job, REFRESH_TOKEN, Shared,
+    USERNAME, lock, now,
 };
 use crate::auth::{Claims, JWT_BEARER_GRANT};
 
@@ -86,6 +86,9 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
     let gzip = accepts_gzip(&parts.headers);
     let answer = api(&shared, &parts.method, &parts.headers, rest, &query, &body).await;
     let mut answer = answer;
+    if answer.status == 200 && parts.method == Method::GET {
+        hostile(&shared, rest, &query, &mut answer);
+    }
     let used = shared.api_used.load(Ordering::Relaxed);
     let limit = shared.api_limit.load(Ordering::Relaxed);
     answer
@@ -104,6 +107,70 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         return truncated(answer);
     }
     respond(answer, gzip)
+}
+
+/// Breaks a 200 query page or Bulk results page the way the hostile faults say. `rest` is
+/// the path below `/services/data/v`.
+fn hostile(shared: &Shared, rest: &str, query: &str, answer: &mut Answer) {
+    let faults = lock(&shared.faults).clone();
+    if !faults.repeat_cursor && !faults.cycle_cursor && faults.bad_shape.is_none() {
+        return;
+    }
+    let segments: Vec<&str> = rest.split('/').skip(1).collect();
+    let (cursor, is_query) = match segments.as_slice() {
+        ["query" | "queryAll"] => (None, true),
+        ["query" | "queryAll", _] => (Some(format!("/services/data/v{rest}")), true),
+        ["jobs", "query", _, "results"] => (
+            url::form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == "locator")
+                .map(|(_, v)| v.into_owned()),
+            false,
+        ),
+        _ => return,
+    };
+    let mut state = lock(&shared.hostile);
+    let next = match &cursor {
+        Some(c) if faults.repeat_cursor => Some(c.clone()),
+        Some(c) if faults.cycle_cursor => {
+            let first = state.cycle_first.get_or_insert_with(|| c.clone());
+            (first != c).then(|| first.clone())
+        }
+        _ => None,
+    };
+    let mut injected = next.is_some();
+    if is_query {
+        let Ok(Value::Object(mut page)) = serde_json::from_slice::<Value>(&answer.body) else {
+            return;
+        };
+        if let Some(next) = next {
+            page.insert("nextRecordsUrl".into(), Value::String(next));
+            page.insert("done".into(), Value::Bool(false));
+        }
+        state.queries_served = state.queries_served.saturating_add(1);
+        if let Some(shape) = faults.bad_shape
+            && state.queries_served > faults.bad_shape_after
+        {
+            injected = true;
+            match shape {
+                BadShape::RecordsObject => {
+                    page.insert("records".into(), json!({"size": 1}));
+                }
+                BadShape::DoneMissing => {
+                    page.remove("done");
+                }
+            }
+        }
+        answer.body = Value::Object(page).to_string().into_bytes();
+    } else if let Some(next) = next {
+        for (name, value) in &mut answer.headers {
+            if *name == "Sforce-Locator" {
+                *value = next.clone();
+            }
+        }
+    }
+    if injected {
+        shared.stat(|s| s.faults_injected += 1);
+    }
 }
 
 /// The authenticated API below `/services/data/v`.

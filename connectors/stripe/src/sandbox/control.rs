@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::Faults;
+use super::{BadShape, Faults};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -108,6 +108,10 @@ pub(crate) struct After {
 pub(crate) struct FaultState {
     faults: Faults,
     rng: StdRng,
+    /// The first cursor of a paginated list request since `cycle_cursor` was set.
+    cycle_first: Option<String>,
+    /// List bodies served since the faults were set.
+    lists_served: u32,
 }
 
 impl FaultState {
@@ -115,11 +119,44 @@ impl FaultState {
         FaultState {
             faults: Faults::default(),
             rng: StdRng::seed_from_u64(seed),
+            cycle_first: None,
+            lists_served: 0,
         }
     }
 
     pub(crate) fn set(&mut self, faults: Faults) {
         self.faults = faults;
+        self.cycle_first = None;
+        self.lists_served = 0;
+    }
+
+    /// `query` without its pagination cursor when `repeat_cursor` is on, or when
+    /// `cycle_cursor` is on and this is not the first cursor seen.
+    pub(crate) fn hostile_query(&mut self, query: &str) -> String {
+        let is_cursor =
+            |pair: &str| pair.starts_with("starting_after=") || pair.starts_with("ending_before=");
+        let Some(cursor) = query.split('&').find(|p| is_cursor(p)) else {
+            return query.to_owned();
+        };
+        let ignore = self.faults.repeat_cursor
+            || (self.faults.cycle_cursor
+                && self.cycle_first.get_or_insert_with(|| cursor.to_owned()) != cursor);
+        if !ignore {
+            return query.to_owned();
+        }
+        query
+            .split('&')
+            .filter(|p| !is_cursor(p))
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+
+    /// The shape fault for the next list body.
+    pub(crate) fn bad_shape(&mut self) -> Option<BadShape> {
+        self.lists_served = self.lists_served.saturating_add(1);
+        self.faults
+            .bad_shape
+            .filter(|_| self.lists_served > self.faults.bad_shape_after)
     }
 
     pub(crate) fn get(&self) -> Faults {

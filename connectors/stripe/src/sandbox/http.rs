@@ -17,7 +17,7 @@ use super::error::ApiError;
 use super::kinds::{DeleteMode, Kind};
 use super::render::render_top;
 use super::store::{Cursor, ListQuery, Origin, Page};
-use super::{Faults, Shared};
+use super::{BadShape, Faults, Shared};
 
 /// Request bodies are small forms; anything bigger is refused before parsing.
 const MAX_BODY: usize = 1 << 20;
@@ -99,6 +99,11 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
     };
+    let query = if parts.method == Method::GET {
+        shared.hostile_query(&query)
+    } else {
+        query
+    };
     let result = route(&shared, &parts.method, &path, &query, &body, &origin);
     let (status, mut payload) = match result {
         Ok(body) => (200, body),
@@ -145,7 +150,11 @@ fn route(
         (&Method::GET, None) => {
             let q = list_query(kind, &parse_pairs(query))?;
             let page = shared.read().list(kind, &q, now)?;
-            Ok(list_body(kind, &page))
+            let body = list_body(kind, &page);
+            Ok(match shared.bad_shape() {
+                Some(shape) => misshapen(&body, shape),
+                None => body,
+            })
         }
         (&Method::GET, Some(id)) => shared.read().get_body(kind, &id, now),
         (&Method::POST, None) if kind.http_writable() => {
@@ -197,6 +206,33 @@ fn list_body(kind: Kind, page: &Page) -> Vec<u8> {
     out.extend_from_slice(kind.resource().as_bytes());
     out.extend_from_slice(b"\"\n}\n");
     out
+}
+
+/// A list body broken the way `shape` says (a hostile or buggy server).
+fn misshapen(body: &[u8], shape: BadShape) -> Vec<u8> {
+    let Ok(Value::Object(mut list)) = serde_json::from_slice::<Value>(body) else {
+        return body.to_vec();
+    };
+    match shape {
+        BadShape::DataObject => {
+            let first = list["data"].get(0).cloned().unwrap_or(Value::Null);
+            list.insert("data".into(), first);
+        }
+        BadShape::DataString => {
+            list.insert("data".into(), Value::String("oops".into()));
+        }
+        BadShape::HasMoreMissing => {
+            list.remove("has_more");
+        }
+        BadShape::HasMoreString => {
+            list.insert("has_more".into(), Value::String("true".into()));
+        }
+        BadShape::EmptyHasMore => {
+            list.insert("data".into(), Value::Array(Vec::new()));
+            list.insert("has_more".into(), Value::Bool(true));
+        }
+    }
+    with_newline(render_top(&Value::Object(list)))
 }
 
 fn with_newline(mut body: Vec<u8>) -> Vec<u8> {

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{Faults, RateLimits};
+use serde_json::Value;
+
+use super::{BadShape, Faults, RateLimits};
 
 /// A sliding-window limiter that also measures the busiest window it admitted.
 #[derive(Debug)]
@@ -195,6 +197,10 @@ pub(crate) struct After {
 pub(crate) struct FaultState {
     faults: Faults,
     rng: StdRng,
+    /// The first request cursor seen since `cycle_cursor` was set.
+    cycle_first: Option<String>,
+    /// List and export bodies served since the faults were set.
+    lists_served: u32,
 }
 
 impl FaultState {
@@ -202,11 +208,81 @@ impl FaultState {
         FaultState {
             faults: Faults::default(),
             rng: StdRng::seed_from_u64(seed),
+            cycle_first: None,
+            lists_served: 0,
         }
     }
 
     pub(crate) fn set(&mut self, faults: Faults) {
         self.faults = faults;
+        self.cycle_first = None;
+        self.lists_served = 0;
+    }
+
+    /// Rewrites a 200 list or export body (one with an array of records, or an export
+    /// envelope) as the hostile faults say; whether anything was injected.
+    pub(crate) fn hostile_body(&mut self, cursor: Option<&str>, body: Vec<u8>) -> (Vec<u8>, bool) {
+        let f = &self.faults;
+        if !f.repeat_cursor && !f.cycle_cursor && f.bad_shape.is_none() {
+            return (body, false);
+        }
+        let Ok(Value::Object(mut page)) = serde_json::from_slice::<Value>(&body) else {
+            return (body, false);
+        };
+        let is_export = page.contains_key("end_of_stream");
+        let is_list = page
+            .get("meta")
+            .is_some_and(|m| m.get("has_more").is_some());
+        if !is_export && !is_list {
+            return (body, false);
+        }
+        let mut injected = false;
+        let next = match cursor {
+            Some(cursor) if f.repeat_cursor => Some(cursor.to_owned()),
+            Some(cursor) if f.cycle_cursor => {
+                let first = self.cycle_first.get_or_insert_with(|| cursor.to_owned());
+                (first != cursor).then(|| first.clone())
+            }
+            _ => None,
+        };
+        if let Some(next) = next {
+            injected = true;
+            if is_export {
+                page.insert("after_cursor".into(), Value::String(next));
+                page.insert("end_of_stream".into(), Value::Bool(false));
+            } else if let Some(Value::Object(meta)) = page.get_mut("meta") {
+                meta.insert("after_cursor".into(), Value::String(next));
+                meta.insert("has_more".into(), Value::Bool(true));
+            }
+        }
+        self.lists_served = self.lists_served.saturating_add(1);
+        if let Some(shape) = self.faults.bad_shape
+            && self.lists_served > self.faults.bad_shape_after
+        {
+            injected = true;
+            match shape {
+                BadShape::RecordsObject => {
+                    let key = page
+                        .iter()
+                        .find(|(_, v)| v.is_array())
+                        .map(|(k, _)| k.clone());
+                    if let Some(key) = key {
+                        let first = page[&key].get(0).cloned().unwrap_or(Value::Null);
+                        page.insert(key, serde_json::json!({"0": first}));
+                    }
+                }
+                BadShape::EndOfStreamMissing => {
+                    page.remove("end_of_stream");
+                }
+                BadShape::HasMoreMissing => {
+                    if let Some(Value::Object(meta)) = page.get_mut("meta") {
+                        meta.remove("has_more");
+                    }
+                }
+            }
+        }
+        let body = serde_json::to_vec(&Value::Object(page)).unwrap_or_default();
+        (body, injected)
     }
 
     pub(crate) fn get(&self) -> Faults {

@@ -105,6 +105,14 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         Ok(answer) => answer,
         Err(e) => (e.status, e.body()),
     };
+    if status == 200 && parts.method == Method::GET {
+        let params = parse_pairs(&query);
+        let cursor = params
+            .iter()
+            .find(|(k, _)| k == "cursor" || k == "page[after]")
+            .map(|(_, v)| v.as_str());
+        payload = shared.hostile_body(cursor, payload);
+    }
     let after = if status == 200 {
         shared.faults_after()
     } else {
