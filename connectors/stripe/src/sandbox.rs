@@ -112,6 +112,10 @@ pub struct Faults {
     pub malformed_rate: f64,
     /// Malform the next N successful bodies.
     pub malformed_next: u32,
+    /// Answer 403 `permission_error` (not retried) to every list request past its first
+    /// page (one with `starting_after`) until turned off: a walk that keeps failing
+    /// part-way, as when a restricted key loses a permission during a run.
+    pub forbid_after_first_page: bool,
 }
 
 /// What the sandbox saw, for tests to assert the client's manners.

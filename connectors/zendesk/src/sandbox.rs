@@ -36,7 +36,8 @@
 //!   above either, and `X-Rate-Limit`, `X-Rate-Limit-Remaining`, `ratelimit-limit`,
 //!   `ratelimit-remaining`, `ratelimit-reset` on every answer (the `ratelimit-*` trio
 //!   describes the exports' limit on export endpoints).
-//! - Faults on demand: 500/503, 429s, slow responses, bodies cut short, malformed JSON.
+//! - Faults on demand: 500/503, 429s, slow responses, bodies cut short, malformed JSON,
+//!   and lists that fail past their first page.
 //!
 //! Zendesk's own error JSON throughout, a `Date` header from the simulator's clock (which
 //! tests can move forward), and compact JSON bodies.
@@ -147,6 +148,10 @@ pub struct Faults {
     pub malformed_rate: f64,
     /// Malform the next N successful bodies.
     pub malformed_next: u32,
+    /// Answer 403 `Forbidden` (not retried) to every cursor-paginated list request past
+    /// its first page (one with `page[after]`) until turned off: a snapshot that keeps
+    /// failing part-way, as when the token loses access during a run.
+    pub forbid_after_first_page: bool,
 }
 
 /// What the sandbox saw, for tests to assert the client's manners.
