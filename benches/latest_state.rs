@@ -164,7 +164,7 @@ async fn run(mode: MergeMode, rows: usize, templates: &[serde_json::Value], sche
             .commit(
                 vec![file],
                 &s,
-                false,
+                Default::default(),
                 serde_json::json!(n),
                 chunk.len() as u64,
                 "base",
@@ -188,7 +188,7 @@ async fn run(mode: MergeMode, rows: usize, templates: &[serde_json::Value], sche
         .commit(
             vec![file],
             &s,
-            false,
+            Default::default(),
             serde_json::json!("inc"),
             changed.len() as u64,
             "inc",

@@ -11,6 +11,11 @@
 //!
 //! Stopping (SIGTERM/SIGINT, or a failing page) commits what is complete and stops:
 //! nothing already fetched and converted is lost, and nothing is landed twice.
+//!
+//! A page marked [`Page::reset`] starts a snapshot; only a read that ends normally
+//! completes it, in its last commit (made even when it has no new rows), which then drops
+//! the rows the snapshot no longer has (see [`crate::warehouse::table`]). A read that
+//! fails, is cancelled or deferred leaves the snapshot open for the next run.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,7 +31,7 @@ use tributary_sdk::{Page, ReadRequest, Records, Source, StreamKind, StreamSchema
 use crate::config::SyncConfig;
 use crate::tracking::outbox::Outbox;
 use crate::warehouse::history::History;
-use crate::warehouse::{DataFile, NewFile, StreamTable, Warehouse};
+use crate::warehouse::{DataFile, NewFile, SnapshotStep, StreamTable, Warehouse};
 
 /// A cancellation signal shared by every task of a run.
 #[derive(Clone)]
@@ -209,7 +214,10 @@ struct Pending {
     /// Tracking-API messages of the rows in `files`/`file`, and of the rows in the builder.
     flushed_messages: Vec<serde_json::Value>,
     open_messages: Vec<serde_json::Value>,
-    reset: bool,
+    /// When a page of the rows in `files`/`file` started a snapshot: the latest such
+    /// page's `received_at`; likewise for the rows in the builder.
+    snapshot_start: Option<chrono::DateTime<chrono::Utc>>,
+    open_snapshot_start: Option<chrono::DateTime<chrono::Utc>>,
     /// The stream's history table, when kept.
     history: Option<History>,
 }
@@ -306,7 +314,7 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
                     .commit(
                         files,
                         &schema,
-                        meta.reset,
+                        SnapshotStep::of(&meta),
                         meta.cursor,
                         meta.records,
                         &meta.run_id,
@@ -347,7 +355,8 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
         open_cursor: None,
         flushed_messages: Vec::new(),
         open_messages: Vec::new(),
-        reset: false,
+        snapshot_start: None,
+        open_snapshot_start: None,
         history: history.take(),
     };
     let batch_size = job.tuning.batch_size;
@@ -356,7 +365,7 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
             biased;
             _ = job.cancel.cancelled() => {
                 tracing::info!(stream, "Stop requested; committing what is complete.");
-                commit(job, &mut table, &mut builder, &mut p, out).await?;
+                commit(job, &mut table, &mut builder, &mut p, out, false).await?;
                 return Ok(false);
             }
             next = pages.next() => next,
@@ -366,7 +375,7 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
             Some(Ok(page)) => page,
             Some(Err(e)) => {
                 // Land what was fetched before the failure, then report it.
-                commit(job, &mut table, &mut builder, &mut p, out)
+                commit(job, &mut table, &mut builder, &mut p, out, false)
                     .await
                     .context("committing before reporting a read error")?;
                 return Err(anyhow::Error::new(e).context(format!("reading `{stream}`")));
@@ -377,7 +386,7 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
             Ok(n) => n as u64,
             Err(e) => {
                 // The builder holds part of a broken page: land only what was flushed.
-                land_flushed(job, &mut table, &builder, &mut p, out).await?;
+                land_flushed(job, &mut table, &builder, &mut p, out, false).await?;
                 return Err(anyhow::Error::new(e));
             }
         };
@@ -387,7 +396,10 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
         }
         p.open_records += n;
         p.open_cursor = Some(page.cursor);
-        p.reset |= page.reset;
+        if page.reset {
+            // A new snapshot, or the open one started over.
+            p.open_snapshot_start = Some(page.received_at);
+        }
         if let Some(pb) = &job.progress {
             pb.inc(n);
         }
@@ -396,10 +408,11 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
             flush(&table, &mut builder, &mut p, out).await?;
         }
         if p.flushed_records + p.open_records >= job.tuning.commit_every {
-            commit(job, &mut table, &mut builder, &mut p, out).await?;
+            commit(job, &mut table, &mut builder, &mut p, out, false).await?;
         }
     }
-    commit(job, &mut table, &mut builder, &mut p, out).await?;
+    // The read ended normally: a snapshot it was in is complete.
+    commit(job, &mut table, &mut builder, &mut p, out, true).await?;
     Ok(true)
 }
 
@@ -429,6 +442,9 @@ async fn flush(
     p.flushed_messages.append(&mut p.open_messages);
     if let Some(c) = p.open_cursor.take() {
         p.flushed_cursor = Some(c);
+    }
+    if let Some(start) = p.open_snapshot_start.take() {
+        p.snapshot_start = Some(start);
     }
     Ok(())
 }
@@ -466,32 +482,49 @@ async fn close_file(p: &mut Pending, out: &mut StreamOutcome) -> Result<()> {
     Ok(())
 }
 
-/// Flushes everything converted and commits it with the last page's cursor.
+/// Flushes everything converted and commits it with the last page's cursor; `complete`
+/// when the read ended normally (completing an open snapshot).
 async fn commit(
     job: &StreamJob<'_>,
     table: &mut StreamTable,
     builder: &mut BatchBuilder,
     p: &mut Pending,
     out: &mut StreamOutcome,
+    complete: bool,
 ) -> Result<()> {
     flush(table, builder, p, out).await?;
-    land_flushed(job, table, builder, p, out).await
+    land_flushed(job, table, builder, p, out, complete).await
 }
 
-/// Commits the closed files with the cursor they reach, if anything moved.
+/// Commits the closed files with the cursor they reach, if anything moved or a snapshot
+/// starts or completes.
 async fn land_flushed(
     job: &StreamJob<'_>,
     table: &mut StreamTable,
     builder: &BatchBuilder,
     p: &mut Pending,
     out: &mut StreamOutcome,
+    complete: bool,
 ) -> Result<()> {
     close_file(p, out).await?;
-    let Some(cursor) = p.flushed_cursor.take() else {
+    let snapshot = SnapshotStep {
+        since: match p.snapshot_start {
+            Some(start) => SnapshotStep::starting(start).since,
+            None => table.open_snapshot(),
+        },
+        complete,
+    };
+    let completes = complete && snapshot.since.is_some();
+    // A completing snapshot commits even with nothing new, at the committed cursor.
+    let Some(cursor) = p
+        .flushed_cursor
+        .take()
+        .or_else(|| completes.then(|| table.cursor()).flatten())
+    else {
         return Ok(());
     };
     let unchanged = table.cursor().as_ref() == Some(&cursor);
-    if p.files.is_empty() && !p.reset && unchanged {
+    if p.files.is_empty() && p.snapshot_start.is_none() && !completes && unchanged {
         return Ok(());
     }
     let started = Instant::now();
@@ -511,6 +544,7 @@ async fn land_flushed(
             table.seq() + 1,
             &files,
             &builder.schema(),
+            snapshot,
             cursor.clone(),
             records,
             job.run_id,
@@ -521,19 +555,19 @@ async fn land_flushed(
         .commit(
             files,
             &builder.schema(),
-            p.reset,
+            snapshot,
             cursor,
             records,
             job.run_id,
         )
         .await?;
-    tracing::info!(source = %job.source_name, stream = %job.schema.name, version = landed.version, records, files = nfiles, replaced = landed.replaced, rewritten_bytes = landed.rewritten_bytes, reset = p.reset, ms = started.elapsed().as_millis() as u64, "Committed batch.");
+    tracing::info!(source = %job.source_name, stream = %job.schema.name, version = landed.version, records, files = nfiles, replaced = landed.replaced, swept = landed.swept, rewritten_bytes = landed.rewritten_bytes, snapshot_started = p.snapshot_start.is_some(), snapshot_completed = completes, ms = started.elapsed().as_millis() as u64, "Committed batch.");
     out.records += records;
     out.replaced += landed.replaced;
     out.bytes += landed.rewritten_bytes + landed.dv_bytes;
     out.commits += 1;
     p.flushed_records = 0;
-    p.reset = false;
+    p.snapshot_start = None;
     Ok(())
 }
 

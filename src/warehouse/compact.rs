@@ -246,7 +246,7 @@ mod tests {
         t.commit(
             vec![file],
             &b.schema(),
-            false,
+            Default::default(),
             cursor,
             rows.len() as u64,
             "r",

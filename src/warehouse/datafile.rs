@@ -1,13 +1,17 @@
 //! One Parquet data file being written into a table's directory through object_store,
 //! streamed (the multipart upload goes on while rows arrive), with the Delta statistics
-//! readers use to skip it: row count, null counts, and min/max of the primary key.
+//! readers use to skip it: row count, null counts, and min/max of the primary key and of
+//! `received_at` (which tells a completed snapshot which files it leaves out, see
+//! [`super::table`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
 use arrow::array::{Array, AsArray, StringArray};
-use arrow::datatypes::{DataType as ArrowType, Schema as ArrowSchema};
+use arrow::datatypes::{
+    DataType as ArrowType, Schema as ArrowSchema, TimeUnit, TimestampMicrosecondType,
+};
 use arrow::record_batch::RecordBatch;
 use deltalake::DeltaTable;
 use deltalake::kernel::Add;
@@ -17,6 +21,7 @@ use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use parquet::arrow::AsyncArrowWriter;
 use parquet::file::properties::WriterProperties;
+use tributary_sdk::schema::RECEIVED_AT;
 
 /// Key statistics are kept only for keys up to this length, so they are exact (Delta
 /// readers take min/max strings as bounds; a truncated max would not be one).
@@ -32,6 +37,9 @@ pub struct DataFile {
     rows: u64,
     /// The primary key column's index and the key of every row written, in order.
     key: Option<(usize, Keys)>,
+    /// The `received_at` column's index and the least and greatest value written
+    /// (microseconds), once a row had one.
+    received: Option<(usize, Option<(i64, i64)>)>,
 }
 
 /// The primary key of every row of a file, in order: the key columns of the batches
@@ -105,6 +113,16 @@ impl DataFile {
             .and_then(|k| schema.index_of(k).ok())
             .filter(|&i| schema.field(i).data_type() == &ArrowType::Utf8)
             .map(|i| (i, Keys::default()));
+        let received = schema
+            .index_of(RECEIVED_AT)
+            .ok()
+            .filter(|&i| {
+                matches!(
+                    schema.field(i).data_type(),
+                    ArrowType::Timestamp(TimeUnit::Microsecond, _)
+                )
+            })
+            .map(|i| (i, None));
         Ok(DataFile {
             name,
             store,
@@ -113,6 +131,7 @@ impl DataFile {
             schema,
             rows: 0,
             key,
+            received,
         })
     }
 
@@ -135,6 +154,16 @@ impl DataFile {
         }
         if let Some((i, keys)) = self.key.as_mut() {
             keys.push(batch.column(*i).as_string::<i32>().clone());
+        }
+        if let Some((i, range)) = self.received.as_mut() {
+            let column = batch.column(*i).as_primitive::<TimestampMicrosecondType>();
+            if let (Some(lo), Some(hi)) = (arrow::compute::min(column), arrow::compute::max(column))
+            {
+                *range = Some(match *range {
+                    Some((l, h)) => (l.min(lo), h.max(hi)),
+                    None => (lo, hi),
+                });
+            }
         }
         self.rows += batch.num_rows() as u64;
         let name = &self.name;
@@ -167,7 +196,8 @@ impl DataFile {
             .zip(&self.null_counts)
             .map(|(f, n)| (f.name().clone(), serde_json::Value::from(*n)))
             .collect();
-        let mut stats = serde_json::json!({"numRecords": self.rows, "nullCount": null_count});
+        let mut min_values = serde_json::Map::new();
+        let mut max_values = serde_json::Map::new();
         let (keys, key_name) = match self.key {
             Some((i, keys)) => (keys, Some(self.schema.field(i).name().clone())),
             None => (Keys::default(), None),
@@ -179,9 +209,21 @@ impl DataFile {
                 && max.len() <= MAX_STAT_KEY
                 && min.len() <= MAX_STAT_KEY
             {
-                stats["minValues"] = serde_json::json!({ name.clone(): min });
-                stats["maxValues"] = serde_json::json!({ name: max });
+                min_values.insert(name.clone(), min.into());
+                max_values.insert(name, max.into());
             }
+        }
+        if let Some((i, Some((min, max)))) = self.received {
+            let name = self.schema.field(i).name();
+            if let (Some(min), Some(max)) = (stat_timestamp(min), stat_timestamp(max)) {
+                min_values.insert(name.clone(), min.into());
+                max_values.insert(name.clone(), max.into());
+            }
+        }
+        let mut stats = serde_json::json!({"numRecords": self.rows, "nullCount": null_count});
+        if !min_values.is_empty() {
+            stats["minValues"] = min_values.into();
+            stats["maxValues"] = max_values.into();
         }
         Ok(NewFile {
             add: Add {
@@ -215,6 +257,30 @@ fn write_error(name: &str, e: parquet::errors::ParquetError) -> anyhow::Error {
         }
         e => anyhow!("writing the data file {name}: {e}"),
     }
+}
+
+/// A timestamp statistic as Delta writes it: truncated to the millisecond (the protocol's
+/// precision for JSON statistics; readers take the maximum as `max + 1 ms` exclusive).
+fn stat_timestamp(micros: i64) -> Option<String> {
+    let at = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(micros)?;
+    Some(at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+}
+
+/// Bounds of a file's `received_at` from its statistics, in microseconds: every row's value
+/// is in `[min, max]` (inclusive). `None` when the statistics do not give them.
+pub fn received_range(stats: Option<&str>) -> Option<(i64, i64)> {
+    let v: serde_json::Value = serde_json::from_str(stats?).ok()?;
+    let at = |values: &str| {
+        let text = v.get(values)?.get(RECEIVED_AT)?.as_str()?;
+        let t = chrono::DateTime::parse_from_rfc3339(text).ok()?;
+        // Truncated to the millisecond when written; anything finer is kept as given.
+        Some(t.timestamp_micros())
+    };
+    let min = at("minValues")?;
+    let max = at("maxValues")?;
+    // The truncated maximum covers the whole millisecond it starts.
+    let max = max - max.rem_euclid(1000) + 999;
+    Some((min, max))
 }
 
 /// The `[min, max]` key range a file's statistics give, if they give one.

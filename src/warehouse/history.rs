@@ -8,6 +8,10 @@
 //! ahead, and the next run first lands that commit's files into the latest-state table
 //! (copied back, with the cursor recorded in the history), before reading anything new.
 //! Neither table ever holds a version twice.
+//!
+//! The history keeps every row: a completed snapshot removes rows from the latest-state
+//! table only. Its commits record the same snapshot state as the latest-state commit they
+//! precede, so a commit landed again from the history takes the same snapshot step.
 
 use std::sync::Arc;
 
@@ -19,7 +23,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::datafile::NewFile;
 use super::merge::read_keys;
-use super::table::{CommitMeta, StreamTable};
+use super::table::{CommitMeta, SnapshotStep, StreamTable};
 use super::{COMMIT_INFO_KEY, Warehouse};
 
 /// The history table of one stream.
@@ -45,7 +49,7 @@ impl History {
         row_group_size: usize,
     ) -> Result<Self> {
         let name = table_name(stream);
-        let table = StreamTable::open(
+        let mut table = StreamTable::open(
             warehouse,
             &[source, &name],
             format!("tributary/{source}/{name}"),
@@ -54,6 +58,7 @@ impl History {
             None,
         )
         .await?;
+        table.keep_every_row();
         let (store, root) = warehouse.store()?;
         Ok(History {
             table,
@@ -64,13 +69,15 @@ impl History {
     }
 
     /// Lands `files` (already in the latest-state table's directory) in the history, as
-    /// commit `seq` with `cursor`. Called just before the latest-state commit `seq`.
+    /// commit `seq` with `cursor` and the latest-state commit's `snapshot` step (recorded,
+    /// no row removed). Called just before the latest-state commit `seq`.
     #[allow(clippy::too_many_arguments)]
     pub async fn land(
         &mut self,
         seq: i64,
         files: &[NewFile],
         schema: &ArrowSchema,
+        snapshot: SnapshotStep,
         cursor: serde_json::Value,
         records: u64,
         run_id: &str,
@@ -95,7 +102,7 @@ impl History {
         }
         self.table.follow(seq - 1);
         self.table
-            .commit(copies, schema, false, cursor, records, run_id)
+            .commit(copies, schema, snapshot, cursor, records, run_id)
             .await?;
         Ok(())
     }
@@ -233,6 +240,7 @@ mod tests {
                 1,
                 &[file],
                 &schema,
+                SnapshotStep::default(),
                 serde_json::json!({"page": 1}),
                 2,
                 "run-1",
@@ -257,7 +265,7 @@ mod tests {
         main.commit(
             files,
             &schema,
-            meta.reset,
+            SnapshotStep::of(&meta),
             meta.cursor,
             meta.records,
             &meta.run_id,
@@ -267,5 +275,133 @@ mod tests {
         assert_eq!(main.seq(), 1);
         assert_eq!(main.cursor(), Some(serde_json::json!({"page": 1})));
         assert!(history.ahead_of(main.seq(), "id").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_replayed_commit_completes_the_snapshot_the_history_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Warehouse::new(&WarehouseConfig {
+            url: dir.path().to_string_lossy().into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let schema = Arc::new(ArrowSchema::new(vec![
+            Field::new("id", DataType::Utf8, true),
+            Field::new(
+                "received_at",
+                DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
+        ]));
+        let stamped = |ids: &[&str], secs: i64| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from_iter_values(ids.iter().copied())),
+                    Arc::new(
+                        arrow::array::TimestampMicrosecondArray::from_iter_values(
+                            ids.iter().map(|_| secs * 1_000_000),
+                        )
+                        .with_timezone("UTC"),
+                    ),
+                ],
+            )
+            .unwrap()
+        };
+        let mut main = StreamTable::open(
+            &w,
+            &["s", "t"],
+            "tributary/s/t".into(),
+            &schema,
+            1024,
+            Some("id"),
+        )
+        .await
+        .unwrap();
+        let mut history = History::open(&w, "s", "t", &schema, 1024).await.unwrap();
+        let file = |t: &StreamTable, b: RecordBatch| {
+            let mut f = t.new_file(b.schema()).unwrap();
+            async move {
+                f.write(&b).await.unwrap();
+                f.finish().await.unwrap()
+            }
+        };
+        let old = file(&main, stamped(&["a", "b"], 100)).await;
+        history
+            .land(
+                1,
+                std::slice::from_ref(&old),
+                &schema,
+                SnapshotStep::default(),
+                serde_json::json!(1),
+                2,
+                "r",
+            )
+            .await
+            .unwrap();
+        main.commit(
+            vec![old],
+            &schema,
+            SnapshotStep::default(),
+            serde_json::json!(1),
+            2,
+            "r",
+        )
+        .await
+        .unwrap();
+
+        // A run lands a complete snapshot (one page: c) in the history, then dies.
+        let since = chrono::DateTime::from_timestamp(500, 0).unwrap();
+        let complete = SnapshotStep {
+            since: Some(since),
+            complete: true,
+        };
+        let new = file(&main, stamped(&["c"], 500)).await;
+        history
+            .land(
+                2,
+                &[new],
+                &schema,
+                complete,
+                serde_json::json!("done"),
+                1,
+                "r",
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            history
+                .table
+                .delta()
+                .snapshot()
+                .unwrap()
+                .log_data()
+                .iter()
+                .count(),
+            2,
+            "the history keeps every row"
+        );
+
+        let history = History::open(&w, "s", "t", &schema, 1024).await.unwrap();
+        let (files, meta) = history.ahead_of(main.seq(), "id").await.unwrap().unwrap();
+        assert_eq!(meta.snapshot_completed, Some(since));
+        assert_eq!(SnapshotStep::of(&meta), complete);
+        let landed = main
+            .commit(
+                files,
+                &schema,
+                SnapshotStep::of(&meta),
+                meta.cursor,
+                meta.records,
+                &meta.run_id,
+            )
+            .await
+            .unwrap();
+        assert_eq!(landed.swept, 2, "a and b, which the snapshot no longer has");
+        assert_eq!(
+            main.delta().snapshot().unwrap().log_data().iter().count(),
+            1
+        );
+        assert_eq!(main.open_snapshot(), None);
     }
 }

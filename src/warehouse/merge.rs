@@ -1,5 +1,6 @@
 //! Reading a table's data files back: finding the rows that hold given keys (to replace
-//! older versions of objects), and streaming a file's live rows (those its deletion vector
+//! older versions of objects) or were received before an instant (the rows a completed
+//! snapshot leaves out), and streaming a file's live rows (those its deletion vector
 //! does not mark) in the table's current schema, for rewrites and compaction.
 
 use std::collections::HashSet;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow};
 use arrow::array::{Array, AsArray, BooleanArray, new_null_array};
 use arrow::compute::{cast, filter_record_batch};
-use arrow::datatypes::Schema as ArrowSchema;
+use arrow::datatypes::{Schema as ArrowSchema, TimestampMicrosecondType};
 use arrow::record_batch::RecordBatch;
 use futures::{Stream, StreamExt, TryStreamExt};
 use object_store::ObjectStore;
@@ -73,6 +74,55 @@ pub async fn rows_with_keys(
             if let Some(k) = k
                 && keys.contains(k)
             {
+                found.insert(offset + i as u64);
+            }
+        }
+        offset += batch.num_rows() as u64;
+    }
+    Ok(found)
+}
+
+/// The positions of the rows of data file `path` whose `column` (a microsecond timestamp)
+/// is earlier than `since` (microseconds), or null: a row without it cannot belong to a
+/// snapshot. Reads only that column; a file without the column has only such rows.
+pub async fn rows_received_before(
+    store: &Arc<dyn ObjectStore>,
+    path: &str,
+    size: i64,
+    column: &str,
+    since: i64,
+) -> Result<RoaringTreemap> {
+    let builder = ParquetRecordBatchStreamBuilder::new(reader(store, path, size))
+        .await
+        .with_context(|| format!("opening the data file {path}"))?;
+    let Some(leaf) = builder
+        .parquet_schema()
+        .columns()
+        .iter()
+        .position(|c| c.path().parts() == [column.to_owned()])
+    else {
+        let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
+        return Ok((0..rows).collect());
+    };
+    let mask = ProjectionMask::leaves(builder.parquet_schema(), [leaf]);
+    let mut batches = builder
+        .with_projection(mask)
+        .with_batch_size(READ_BATCH)
+        .build()
+        .with_context(|| format!("reading the data file {path}"))?;
+    let mut found = RoaringTreemap::new();
+    let mut offset = 0u64;
+    while let Some(batch) = batches
+        .try_next()
+        .await
+        .with_context(|| format!("reading the data file {path}"))?
+    {
+        let col = batch.column(0);
+        let col = col
+            .as_primitive_opt::<TimestampMicrosecondType>()
+            .ok_or_else(|| anyhow!("the column `{column}` of {path} is not a timestamp"))?;
+        for (i, at) in col.iter().enumerate() {
+            if at.is_none_or(|at| at < since) {
                 found.insert(offset + i as u64);
             }
         }

@@ -26,7 +26,7 @@ pub mod merge;
 pub mod table;
 
 pub use datafile::{DataFile, NewFile};
-pub use table::{CommitMeta, Landed, StreamTable, read_position};
+pub use table::{CommitMeta, Landed, SnapshotStep, StreamTable, read_position};
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -9,6 +9,18 @@
 //! found by reading only the key column of files whose key range (from their statistics)
 //! can hold an incoming key. Within one commit the last version of a key wins.
 //!
+//! **Snapshots.** A stream read in full (a snapshot stream, a `--full-refresh`, a resync
+//! after a lost cursor) replaces the table's rows only once the snapshot is complete. Its
+//! pages land as ordinary commits: object streams update their rows in place, and every
+//! page's cursor commits with it, so a killed snapshot resumes where it stopped. The
+//! commits record the open snapshot's start ([`CommitMeta::snapshot_since`]: every row of
+//! the snapshot was received at or after it) until a read ends normally; that run's last
+//! commit then also removes every row received before the start and closes the snapshot
+//! (see [`SnapshotStep`]). A failed, cancelled or deferred snapshot therefore never shrinks
+//! the table. The removal is row-exact: files whose `received_at` statistics are all older
+//! go whole, files all newer stay, and the rest have their `received_at` column read and
+//! the older rows taken out like replaced ones (deletion vector, or a rewrite).
+//!
 //! Commits that take rows out conflict with a concurrent commit that removed the same
 //! files (another sync's replacement, or `compact`); the loser re-plans against the new
 //! table and tries again. Two writers of one stream conflict on the stream's `txn`; the
@@ -21,6 +33,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use arrow::datatypes::Schema as ArrowSchema;
+use chrono::{DateTime, Utc};
 use deltalake::kernel::transaction::{
     CommitBuilder, CommitConflictError, CommitProperties, TransactionError,
 };
@@ -31,10 +44,11 @@ use futures::{StreamExt, TryStreamExt};
 use parquet::file::properties::WriterProperties;
 use roaring::RoaringTreemap;
 use serde::{Deserialize, Serialize};
+use tributary_sdk::schema::RECEIVED_AT;
 
-use super::datafile::{DataFile, NewFile, key_range};
+use super::datafile::{DataFile, NewFile, key_range, received_range};
 use super::dv::{self, DvFile};
-use super::merge::{live_rows, rows_with_keys};
+use super::merge::{live_rows, rows_received_before, rows_with_keys};
 use super::{COMMIT_INFO_KEY, MergeMode, Warehouse, delta_fields, writer_properties};
 
 /// How many times a commit is re-planned after conflicting with a concurrent one.
@@ -53,11 +67,56 @@ pub struct CommitMeta {
     pub run_id: String,
     /// Rows landed by this commit.
     pub records: u64,
-    /// Whether this commit replaced every earlier row.
-    #[serde(default)]
+    /// Legacy (tables written before snapshots were kept open): this commit replaced every
+    /// earlier row. Still read; no longer written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reset: bool,
+    /// The start of the snapshot still open after this commit: every row it landed was
+    /// received at or after this instant. Carried by each commit until the snapshot
+    /// completes, so a resumed run knows one is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_since: Option<DateTime<Utc>>,
+    /// On the commit that completed a snapshot, its start: the commit removed every row
+    /// received before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_completed: Option<DateTime<Utc>>,
     /// When it was committed (RFC 3339).
     pub committed_at: String,
+}
+
+/// What a commit does to the stream's snapshot (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotStep {
+    /// The start of the snapshot open once this commit's rows land (a page of the commit
+    /// started it, or an earlier commit did); `None` when no snapshot is open.
+    pub since: Option<DateTime<Utc>>,
+    /// The read ended normally: the snapshot is complete, so this commit also removes every
+    /// row received before `since` and closes it.
+    pub complete: bool,
+}
+
+impl SnapshotStep {
+    /// The step a commit with metadata `meta` took (to land it again elsewhere).
+    pub fn of(meta: &CommitMeta) -> Self {
+        SnapshotStep {
+            since: meta.snapshot_since.or(meta.snapshot_completed),
+            complete: meta.snapshot_completed.is_some(),
+        }
+    }
+
+    /// A step that starts a snapshot at `at` (a reset page's `received_at`), to the
+    /// microsecond the rows keep.
+    pub fn starting(at: DateTime<Utc>) -> Self {
+        SnapshotStep {
+            since: Some(micros(at)),
+            complete: false,
+        }
+    }
+}
+
+/// `at` truncated to the microsecond, the precision of `received_at`.
+fn micros(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at)
 }
 
 /// What a commit did besides adding its files.
@@ -74,6 +133,8 @@ pub struct Landed {
     pub rewritten_bytes: u64,
     /// Bytes of deletion vectors it wrote.
     pub dv_bytes: u64,
+    /// Rows it took out because a completed snapshot no longer has them.
+    pub swept: u64,
 }
 
 /// A stream's table, with the position its last commit reached.
@@ -87,6 +148,9 @@ pub struct StreamTable {
     /// append-only tables (event streams, history tables).
     key: Option<String>,
     mode: MergeMode,
+    /// Whether a completed snapshot removes the rows it left out (not in history tables,
+    /// which record the snapshot and keep every row).
+    sweeps: bool,
 }
 
 /// What to do with one existing data file in a commit.
@@ -125,7 +189,18 @@ impl StreamTable {
             writer_props,
             key: key.map(str::to_owned),
             mode,
+            sweeps: true,
         })
+    }
+
+    /// Makes commits record snapshots without removing any row (history tables).
+    pub fn keep_every_row(&mut self) {
+        self.sweeps = false;
+    }
+
+    /// The start of the snapshot the committed position is in the middle of, if any.
+    pub fn open_snapshot(&self) -> Option<DateTime<Utc>> {
+        self.last.as_ref().and_then(|m| m.snapshot_since)
     }
 
     /// The last commit's metadata, `None` before the first commit.
@@ -177,36 +252,38 @@ impl StreamTable {
 
     /// Commits `files` with the new `cursor`, atomically: the rows, the schema change (if
     /// `schema` has new columns or a widened type), the replacement of older rows of the
-    /// same keys, the removal of every earlier row (if `reset`), the stream's `txn` and the
-    /// cursor land together or not at all.
+    /// same keys, the snapshot state of `snapshot` (and, when it completes, the removal of
+    /// every row received before its start), the stream's `txn` and the cursor land
+    /// together or not at all.
     pub async fn commit(
         &mut self,
         files: Vec<NewFile>,
         schema: &ArrowSchema,
-        reset: bool,
+        snapshot: SnapshotStep,
         cursor: serde_json::Value,
         records: u64,
         run_id: &str,
     ) -> Result<Landed> {
+        let since = snapshot.since.map(micros);
+        let complete = snapshot.complete && since.is_some();
+        let sweep_before = since
+            .filter(|_| complete && self.sweeps)
+            .map(|s| s.timestamp_micros());
         let mut attempt = 1;
         loop {
-            let planned = self.plan(&files, schema, reset).await?;
+            let planned = self.plan(&files, schema, sweep_before).await?;
             let seq = self.seq + 1;
             let meta = CommitMeta {
                 seq,
                 cursor: cursor.clone(),
                 run_id: run_id.to_owned(),
                 records,
-                reset,
+                reset: false,
+                snapshot_since: if complete { None } else { since },
+                snapshot_completed: if complete { since } else { None },
                 committed_at: chrono::Utc::now().to_rfc3339(),
             };
-            let operation = if reset {
-                DeltaOperation::Write {
-                    mode: SaveMode::Overwrite,
-                    partition_by: None,
-                    predicate: None,
-                }
-            } else if planned.removes {
+            let operation = if planned.removes {
                 DeltaOperation::Update { predicate: None }
             } else {
                 DeltaOperation::Write {
@@ -293,8 +370,14 @@ impl StreamTable {
         )
     }
 
-    /// The actions of a commit of `files` against the table as it is now.
-    async fn plan(&self, files: &[NewFile], schema: &ArrowSchema, reset: bool) -> Result<Plan> {
+    /// The actions of a commit of `files` against the table as it is now; with
+    /// `sweep_before` (microseconds), also the removal of every row received before it.
+    async fn plan(
+        &self,
+        files: &[NewFile],
+        schema: &ArrowSchema,
+        sweep_before: Option<i64>,
+    ) -> Result<Plan> {
         let snapshot = self.table.snapshot()?;
         let current = snapshot.snapshot().arrow_schema();
         let mut actions = Vec::with_capacity(files.len() + 2);
@@ -353,110 +436,175 @@ impl StreamTable {
             .map(|f| LiveFile::of(&f))
             .collect();
         let mut dv_file = DvFile::new();
-        if reset {
-            for f in &live {
-                actions.push(Action::Remove(f.remove.clone()));
-            }
-            removes = !live.is_empty();
+        // Append-only tables have no deletion vectors: they drop rows by rewriting.
+        let mode = if self.key.is_some() {
+            self.mode
         } else {
-            // Which existing files hold older versions of incoming keys.
-            let mut touched: Vec<Option<Touch>> = Vec::with_capacity(live.len());
-            if let Some(key) = self.key.as_deref()
-                && !incoming.is_empty()
-            {
-                let mut sorted: Vec<&str> = incoming.keys().copied().collect();
-                sorted.sort_unstable();
-                let wanted: HashSet<&str> = incoming.keys().copied().collect();
-                let wanted = &wanted;
-                let sorted = &sorted;
-                let store = &store;
-                let adds: Vec<Add> = live.iter().map(|f| f.add.clone()).collect();
-                touched = futures::stream::iter(adds)
-                    .map(|add| async move {
-                        if let Some((min, max)) = key_range(add.stats.as_deref(), key) {
-                            let i = sorted.partition_point(|k| *k < min.as_str());
-                            if sorted.get(i).is_none_or(|k| *k > max.as_str()) {
-                                return Ok(None);
-                            }
-                        }
-                        let found = rows_with_keys(store, &add.path, add.size, key, wanted).await?;
-                        if found.is_empty() {
+            MergeMode::CopyOnWrite
+        };
+
+        // Which existing files hold older versions of incoming keys.
+        let mut touched: Vec<Option<Touch>> = Vec::with_capacity(live.len());
+        if let Some(key) = self.key.as_deref()
+            && !incoming.is_empty()
+        {
+            let mut sorted: Vec<&str> = incoming.keys().copied().collect();
+            sorted.sort_unstable();
+            let wanted: HashSet<&str> = incoming.keys().copied().collect();
+            let wanted = &wanted;
+            let sorted = &sorted;
+            let store = &store;
+            let adds: Vec<Add> = live.iter().map(|f| f.add.clone()).collect();
+            touched = futures::stream::iter(adds)
+                .map(|add| async move {
+                    if let Some((min, max)) = key_range(add.stats.as_deref(), key) {
+                        let i = sorted.partition_point(|k| *k < min.as_str());
+                        if sorted.get(i).is_none_or(|k| *k > max.as_str()) {
                             return Ok(None);
                         }
-                        let before = match &add.deletion_vector {
-                            Some(d) => dv::read(store.as_ref(), d).await?,
-                            None => RoaringTreemap::new(),
-                        };
-                        let newly = found.difference_len(&before);
-                        if newly == 0 {
-                            return Ok(None);
-                        }
-                        Ok::<_, anyhow::Error>(Some(Touch {
-                            deleted: &before | &found,
-                            newly,
-                        }))
-                    })
-                    .buffered(SCAN_PARALLELISM)
-                    .try_collect()
-                    .await?;
-            } else {
-                touched.resize_with(live.len(), || None);
-            }
-            for (f, touch) in live.iter().zip(touched) {
-                if !widened.is_empty() {
-                    // Every file is rewritten in the new types (with what it deletes applied).
-                    let deleted = match (&touch, &f.add.deletion_vector) {
-                        (Some(t), _) => Some(t.deleted.clone()),
-                        (None, Some(d)) => Some(dv::read(store.as_ref(), d).await?),
-                        (None, None) => None,
+                    }
+                    let found = rows_with_keys(store, &add.path, add.size, key, wanted).await?;
+                    if found.is_empty() {
+                        return Ok(None);
+                    }
+                    let before = match &add.deletion_vector {
+                        Some(d) => dv::read(store.as_ref(), d).await?,
+                        None => RoaringTreemap::new(),
                     };
-                    landed.replaced += touch.as_ref().map_or(0, |t| t.newly);
+                    let newly = found.difference_len(&before);
+                    if newly == 0 {
+                        return Ok(None);
+                    }
+                    Ok::<_, anyhow::Error>(Some(Touch {
+                        deleted: &before | &found,
+                        newly,
+                    }))
+                })
+                .buffered(SCAN_PARALLELISM)
+                .try_collect()
+                .await?;
+        } else {
+            touched.resize_with(live.len(), || None);
+        }
+
+        // Which rows of existing files a completed snapshot leaves out.
+        let mut older: Vec<Older> = Vec::with_capacity(live.len());
+        if let Some(since) = sweep_before {
+            let store = &store;
+            // Collected first: a borrowing iterator held across the awaits below would make
+            // the sync future not `Send`.
+            let adds: Vec<Add> = live.iter().map(|f| f.add.clone()).collect();
+            older = futures::stream::iter(adds)
+                .map(|add| async move { older_rows(store, &add, since).await })
+                .buffered(SCAN_PARALLELISM)
+                .try_collect()
+                .await?;
+        } else {
+            older.resize_with(live.len(), || Older::None);
+        }
+
+        for ((f, touch), older) in live.iter().zip(touched).zip(older) {
+            let touch = match older {
+                Older::None => touch,
+                Older::All => {
+                    landed.swept += live_count(&f.add);
+                    removes = true;
                     actions.push(Action::Remove(f.remove.clone()));
+                    continue;
+                }
+                Older::Rows(rows) => {
+                    let (deleted, newly) = match touch {
+                        Some(t) => (t.deleted, t.newly),
+                        None => match &f.add.deletion_vector {
+                            Some(d) => (dv::read(store.as_ref(), d).await?, 0),
+                            None => (RoaringTreemap::new(), 0),
+                        },
+                    };
+                    let swept = rows.difference_len(&deleted);
+                    landed.swept += swept;
+                    (swept > 0 || newly > 0).then(|| Touch {
+                        deleted: deleted | rows,
+                        newly,
+                    })
+                }
+            };
+            if !widened.is_empty() {
+                // Every file is rewritten in the new types (with what it deletes applied).
+                let deleted = match (&touch, &f.add.deletion_vector) {
+                    (Some(t), _) => Some(t.deleted.clone()),
+                    (None, Some(d)) => Some(dv::read(store.as_ref(), d).await?),
+                    (None, None) => None,
+                };
+                landed.replaced += touch.as_ref().map_or(0, |t| t.newly);
+                actions.push(Action::Remove(f.remove.clone()));
+                if let Some(add) = self
+                    .rewrite(&f.add.path, f.add.size, deleted, target.clone())
+                    .await?
+                {
+                    landed.rewritten_bytes += add.size as u64;
+                    actions.push(Action::Add(add));
+                }
+                landed.rewritten_files += 1;
+                removes = true;
+                continue;
+            }
+            let Some(touch) = touch else { continue };
+            landed.replaced += touch.newly;
+            removes = true;
+            actions.push(Action::Remove(f.remove.clone()));
+            if num_records(&f.add).is_some_and(|n| touch.deleted.len() >= n) {
+                // No row of the file is left.
+                continue;
+            }
+            match mode {
+                MergeMode::DeletionVectors => {
+                    let mut add = f.add.clone();
+                    add.deletion_vector = Some(dv_file.push(&touch.deleted)?);
+                    add.stats = add.stats.as_deref().map(loose_bounds);
+                    actions.push(Action::Add(add));
+                }
+                MergeMode::CopyOnWrite => {
                     if let Some(add) = self
-                        .rewrite(&f.add.path, f.add.size, deleted, target.clone())
+                        .rewrite(&f.add.path, f.add.size, Some(touch.deleted), target.clone())
                         .await?
                     {
                         landed.rewritten_bytes += add.size as u64;
                         actions.push(Action::Add(add));
                     }
                     landed.rewritten_files += 1;
-                    removes = true;
-                    continue;
-                }
-                let Some(touch) = touch else { continue };
-                landed.replaced += touch.newly;
-                removes = true;
-                actions.push(Action::Remove(f.remove.clone()));
-                match self.mode {
-                    MergeMode::DeletionVectors => {
-                        let mut add = f.add.clone();
-                        add.deletion_vector = Some(dv_file.push(&touch.deleted)?);
-                        add.stats = add.stats.as_deref().map(loose_bounds);
-                        actions.push(Action::Add(add));
-                    }
-                    MergeMode::CopyOnWrite => {
-                        if let Some(add) = self
-                            .rewrite(&f.add.path, f.add.size, Some(touch.deleted), target.clone())
-                            .await?
-                        {
-                            landed.rewritten_bytes += add.size as u64;
-                            actions.push(Action::Add(add));
-                        }
-                        landed.rewritten_files += 1;
-                    }
                 }
             }
         }
 
-        // The new files, less the rows a later version in this commit replaced.
+        // The new files, less the rows a later version in this commit replaced (and, when
+        // a snapshot completes, rows of this commit received before it started).
         for (f, deleted) in files.iter().zip(new_deleted) {
             let stale_types = f.schema_differs(&target);
+            landed.replaced += deleted.len();
+            let mut deleted = deleted;
+            if let Some(since) = sweep_before {
+                match older_rows(&store, &f.add, since).await? {
+                    Older::None => {}
+                    Older::All => {
+                        let rows = num_records(&f.add).unwrap_or_default();
+                        landed.swept += rows.saturating_sub(deleted.len());
+                        continue;
+                    }
+                    Older::Rows(rows) => {
+                        landed.swept += rows.difference_len(&deleted);
+                        deleted |= rows;
+                    }
+                }
+            }
+            if num_records(&f.add).is_some_and(|n| deleted.len() >= n) {
+                // No row of the file is left.
+                continue;
+            }
             if deleted.is_empty() && !stale_types {
                 actions.push(Action::Add(f.add.clone()));
                 continue;
             }
-            landed.replaced += deleted.len();
-            if self.mode == MergeMode::DeletionVectors && !stale_types {
+            if mode == MergeMode::DeletionVectors && !stale_types {
                 let mut add = f.add.clone();
                 add.deletion_vector = Some(dv_file.push(&deleted)?);
                 add.stats = add.stats.as_deref().map(loose_bounds);
@@ -535,6 +683,52 @@ struct Plan {
     actions: Vec<Action>,
     landed: Landed,
     removes: bool,
+}
+
+/// Which rows of a data file a completed snapshot leaves out.
+enum Older {
+    None,
+    All,
+    /// These rows (the file holds newer ones too, or has no statistics to tell).
+    Rows(RoaringTreemap),
+}
+
+/// The rows of `add` received before `since` (microseconds): decided from the file's
+/// `received_at` statistics when they settle it, else by reading that column.
+async fn older_rows(
+    store: &Arc<dyn object_store::ObjectStore>,
+    add: &Add,
+    since: i64,
+) -> Result<Older> {
+    if let Some((min, max)) = received_range(add.stats.as_deref()) {
+        if min >= since {
+            return Ok(Older::None);
+        }
+        if max < since && num_records(add).is_some() {
+            return Ok(Older::All);
+        }
+    }
+    let rows = rows_received_before(store, &add.path, add.size, RECEIVED_AT, since).await?;
+    Ok(if rows.is_empty() {
+        Older::None
+    } else {
+        Older::Rows(rows)
+    })
+}
+
+/// The rows a data file holds (`numRecords` of its statistics).
+fn num_records(add: &Add) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(add.stats.as_deref()?).ok()?;
+    v.get("numRecords")?.as_u64()
+}
+
+/// The rows of a data file its deletion vector leaves live.
+fn live_count(add: &Add) -> u64 {
+    let deleted = add
+        .deletion_vector
+        .as_ref()
+        .map_or(0, |d| d.cardinality.max(0) as u64);
+    num_records(add).unwrap_or_default().saturating_sub(deleted)
 }
 
 /// Statistics of a file with a deletion vector: min/max become bounds, not exact values.
@@ -628,6 +822,7 @@ mod tests {
     use crate::config::WarehouseConfig;
     use arrow::array::{AsArray, Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Int64Type};
+    use serde_json::json;
 
     fn batch(rows: &[(&str, i64)]) -> RecordBatch {
         let schema = Arc::new(ArrowSchema::new(vec![
@@ -653,7 +848,7 @@ mod tests {
         t.commit(
             vec![file],
             &b.schema(),
-            false,
+            Default::default(),
             cursor,
             rows.len() as u64,
             "r",
@@ -783,7 +978,14 @@ mod tests {
         f.write(&b).await.unwrap();
         let file = f.finish().await.unwrap();
         let landed = t
-            .commit(vec![file], &wide, false, serde_json::json!(2), 1, "r")
+            .commit(
+                vec![file],
+                &wide,
+                Default::default(),
+                serde_json::json!(2),
+                1,
+                "r",
+            )
             .await
             .unwrap();
         assert_eq!(landed.replaced, 1);
@@ -827,5 +1029,323 @@ mod tests {
         }
         values.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(values, vec![("a".to_owned(), 1.0), ("b".to_owned(), 2.5)]);
+    }
+
+    fn stamped_schema() -> Arc<ArrowSchema> {
+        Arc::new(ArrowSchema::new(vec![
+            Field::new("id", DataType::Utf8, true),
+            Field::new("v", DataType::Int64, true),
+            Field::new(
+                RECEIVED_AT,
+                DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
+        ]))
+    }
+
+    /// Rows `(id, received_at in seconds)`.
+    fn stamped(rows: &[(&str, i64)]) -> RecordBatch {
+        RecordBatch::try_new(
+            stamped_schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(
+                    arrow::array::TimestampMicrosecondArray::from_iter_values(
+                        rows.iter().map(|r| r.1 * 1_000_000),
+                    )
+                    .with_timezone("UTC"),
+                ),
+            ],
+        )
+        .unwrap()
+    }
+
+    async fn stamped_file(t: &StreamTable, rows: &[(&str, i64)]) -> NewFile {
+        let b = stamped(rows);
+        let mut f = t.new_file(b.schema()).unwrap();
+        f.write(&b).await.unwrap();
+        f.finish().await.unwrap()
+    }
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(secs, 0).unwrap()
+    }
+
+    async fn land_step(
+        t: &mut StreamTable,
+        files: Vec<NewFile>,
+        step: SnapshotStep,
+        cursor: serde_json::Value,
+    ) -> Landed {
+        t.commit(files, &stamped_schema(), step, cursor, 0, "r")
+            .await
+            .unwrap()
+    }
+
+    fn ids(rows: Vec<(String, i64)>) -> Vec<String> {
+        rows.into_iter().map(|(id, _)| id).collect()
+    }
+
+    fn stamped_warehouse(dir: &tempfile::TempDir, mode: MergeMode) -> Warehouse {
+        Warehouse::new(&WarehouseConfig {
+            url: dir.path().to_string_lossy().into(),
+            merge: mode,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    async fn a_failed_snapshot_keeps_rows_and_a_complete_one_drops_whole_files(mode: MergeMode) {
+        let dir = tempfile::tempdir().unwrap();
+        let w = stamped_warehouse(&dir, mode);
+        let schema = stamped_schema();
+        let mut t = StreamTable::open(&w, &["s", "t"], "app".into(), &schema, 1024, Some("id"))
+            .await
+            .unwrap();
+        let file = stamped_file(&t, &[("a", 100), ("b", 100), ("c", 100)]).await;
+        land_step(&mut t, vec![file], SnapshotStep::default(), json!("old")).await;
+
+        // A snapshot starts at 500; its first page has a (updated) and d. The run dies.
+        let file = stamped_file(&t, &[("a", 500), ("d", 500)]).await;
+        let landed = land_step(
+            &mut t,
+            vec![file],
+            SnapshotStep::starting(at(500)),
+            json!(1),
+        )
+        .await;
+        assert_eq!(landed.replaced, 1, "a is updated in place");
+        assert_eq!(landed.swept, 0);
+        assert_eq!(ids(rows(&t).await), ["a", "b", "c", "d"], "nothing is lost");
+        assert_eq!(rows(&t).await[0], ("a".to_owned(), 500));
+
+        // The next run resumes it (no reset page) and reads it to the end: e, then done.
+        let mut t = StreamTable::open(&w, &["s", "t"], "app".into(), &schema, 1024, Some("id"))
+            .await
+            .unwrap();
+        assert_eq!(
+            t.open_snapshot(),
+            Some(at(500)),
+            "the open snapshot is in the log"
+        );
+        let file = stamped_file(&t, &[("e", 600)]).await;
+        let step = SnapshotStep {
+            since: t.open_snapshot(),
+            complete: true,
+        };
+        let landed = land_step(&mut t, vec![file], step, json!("done")).await;
+        assert_eq!(landed.swept, 2, "b and c, which the snapshot no longer has");
+        assert_eq!(landed.rewritten_files, 0, "the old file goes whole");
+        assert_eq!(landed.dv_bytes, 0);
+        assert_eq!(ids(rows(&t).await), ["a", "d", "e"]);
+        let meta = t.last_commit().unwrap();
+        assert_eq!(meta.snapshot_since, None);
+        assert_eq!(meta.snapshot_completed, Some(at(500)));
+        assert_eq!(meta.cursor, json!("done"));
+        assert_eq!(t.open_snapshot(), None);
+    }
+
+    #[tokio::test]
+    async fn deletion_vectors_a_completed_snapshot_drops_older_files_whole() {
+        a_failed_snapshot_keeps_rows_and_a_complete_one_drops_whole_files(
+            MergeMode::DeletionVectors,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn copy_on_write_a_completed_snapshot_drops_older_files_whole() {
+        a_failed_snapshot_keeps_rows_and_a_complete_one_drops_whole_files(MergeMode::CopyOnWrite)
+            .await;
+    }
+
+    /// A completing commit without new rows sweeps mixed files (one merged by `compact`,
+    /// one without statistics) row by row.
+    async fn sweeps_mixed_files(mode: MergeMode, key: Option<&str>) -> Landed {
+        let dir = tempfile::tempdir().unwrap();
+        let w = stamped_warehouse(&dir, mode);
+        let schema = stamped_schema();
+        let mut t = StreamTable::open(&w, &["s", "t"], "app".into(), &schema, 1024, key)
+            .await
+            .unwrap();
+        let file = stamped_file(&t, &[("a", 100), ("b", 100)]).await;
+        land_step(&mut t, vec![file], SnapshotStep::default(), json!(1)).await;
+        let file = stamped_file(&t, &[("c", 500)]).await;
+        land_step(
+            &mut t,
+            vec![file],
+            SnapshotStep::starting(at(500)),
+            json!(2),
+        )
+        .await;
+        // Compaction merges both into one file holding old and new rows.
+        let report = super::super::compact::compact_table(
+            &w,
+            &["s", "t"],
+            &super::super::compact::CompactOptions {
+                target_size: 1 << 20,
+                retention: chrono::Duration::hours(1),
+                row_group_size: 1024,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!((report.files_merged, report.files_after), (2, 1));
+        // A file whose statistics say nothing of `received_at` (written before they did).
+        let mut file = stamped_file(&t, &[("d", 100), ("e", 600)]).await;
+        file.add.stats = None;
+        let open = SnapshotStep {
+            since: t.open_snapshot(),
+            complete: false,
+        };
+        land_step(&mut t, vec![file], open, json!(3)).await;
+        assert_eq!(ids(rows(&t).await), ["a", "b", "c", "d", "e"]);
+
+        let step = SnapshotStep {
+            since: Some(at(500)),
+            complete: true,
+        };
+        let landed = land_step(&mut t, Vec::new(), step, json!(3)).await;
+        assert_eq!(landed.swept, 3, "a, b and d");
+        assert_eq!(ids(rows(&t).await), ["c", "e"]);
+        assert_eq!(t.last_commit().unwrap().snapshot_completed, Some(at(500)));
+        assert_eq!(t.seq(), 4, "the sweep is a commit of its own");
+        landed
+    }
+
+    #[tokio::test]
+    async fn a_sweep_without_new_rows_marks_mixed_files_in_deletion_vectors() {
+        let landed = sweeps_mixed_files(MergeMode::DeletionVectors, Some("id")).await;
+        assert!(landed.dv_bytes > 0);
+        assert_eq!(landed.rewritten_files, 0);
+    }
+
+    #[tokio::test]
+    async fn a_sweep_without_new_rows_rewrites_mixed_files_copy_on_write() {
+        let landed = sweeps_mixed_files(MergeMode::CopyOnWrite, Some("id")).await;
+        assert_eq!(landed.dv_bytes, 0);
+        assert_eq!(landed.rewritten_files, 2);
+    }
+
+    #[tokio::test]
+    async fn a_sweep_rewrites_mixed_files_of_append_only_tables() {
+        let landed = sweeps_mixed_files(MergeMode::DeletionVectors, None).await;
+        assert_eq!(
+            landed.dv_bytes, 0,
+            "append-only tables have no deletion vectors"
+        );
+        assert_eq!(landed.rewritten_files, 2);
+    }
+
+    #[tokio::test]
+    async fn a_new_reset_starts_the_open_snapshot_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = stamped_warehouse(&dir, MergeMode::DeletionVectors);
+        let schema = stamped_schema();
+        let mut t = StreamTable::open(&w, &["s", "t"], "app".into(), &schema, 1024, Some("id"))
+            .await
+            .unwrap();
+        let file = stamped_file(&t, &[("a", 100)]).await;
+        land_step(
+            &mut t,
+            vec![file],
+            SnapshotStep::starting(at(100)),
+            json!(1),
+        )
+        .await;
+        let file = stamped_file(&t, &[("b", 200)]).await;
+        land_step(
+            &mut t,
+            vec![file],
+            SnapshotStep::starting(at(200)),
+            json!(2),
+        )
+        .await;
+        assert_eq!(t.open_snapshot(), Some(at(200)));
+        let step = SnapshotStep {
+            since: t.open_snapshot(),
+            complete: true,
+        };
+        land_step(&mut t, Vec::new(), step, json!(2)).await;
+        assert_eq!(ids(rows(&t).await), ["b"]);
+    }
+
+    #[tokio::test]
+    async fn a_legacy_reset_commit_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = stamped_warehouse(&dir, MergeMode::DeletionVectors);
+        let schema = stamped_schema();
+        let t = StreamTable::open(&w, &["s", "t"], "app".into(), &schema, 1024, Some("id"))
+            .await
+            .unwrap();
+        // A commit as versions before open snapshots wrote it.
+        let file = stamped_file(&t, &[("a", 100), ("b", 100)]).await;
+        let legacy = json!({
+            "seq": 1,
+            "cursor": {"page": 1},
+            "run_id": "old",
+            "records": 2,
+            "reset": true,
+            "committed_at": "2024-01-01T00:00:00+00:00"
+        });
+        let properties = CommitProperties::default()
+            .with_application_transaction(Transaction::new("app", 1))
+            .with_metadata([(COMMIT_INFO_KEY.to_owned(), legacy)]);
+        CommitBuilder::from(properties)
+            .with_actions(vec![Action::Add(file.add)])
+            .build(
+                Some(t.delta().snapshot().unwrap()),
+                t.delta().log_store(),
+                DeltaOperation::Write {
+                    mode: SaveMode::Overwrite,
+                    partition_by: None,
+                    predicate: None,
+                },
+            )
+            .await
+            .unwrap();
+
+        let mut t = StreamTable::open(&w, &["s", "t"], "app".into(), &schema, 1024, Some("id"))
+            .await
+            .unwrap();
+        assert_eq!(t.seq(), 1);
+        assert_eq!(t.cursor(), Some(json!({"page": 1})));
+        let meta = t.last_commit().unwrap();
+        assert!(meta.reset);
+        assert_eq!(meta.snapshot_since, None);
+        assert_eq!(t.open_snapshot(), None);
+        assert_eq!(ids(rows(&t).await), ["a", "b"]);
+
+        // New commits go on from it, without the legacy field.
+        let file = stamped_file(&t, &[("c", 200)]).await;
+        land_step(
+            &mut t,
+            vec![file],
+            SnapshotStep::default(),
+            json!({"page": 2}),
+        )
+        .await;
+        assert!(!t.last_commit().unwrap().reset);
+        let reopened = StreamTable::open(&w, &["s", "t"], "app".into(), &schema, 1024, Some("id"))
+            .await
+            .unwrap();
+        assert_eq!(reopened.seq(), 2);
+        assert_eq!(ids(rows(&reopened).await), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn received_at_statistics_bound_every_row() {
+        let stats = r#"{"numRecords":2,"minValues":{"received_at":"2024-01-01T00:00:00.123Z"},"maxValues":{"received_at":"2024-01-01T00:00:01.456Z"}}"#;
+        let (min, max) = received_range(Some(stats)).unwrap();
+        let base = at(1_704_067_200).timestamp_micros();
+        assert_eq!(min, base + 123_000);
+        assert_eq!(
+            max,
+            base + 1_456_999,
+            "the truncated millisecond is covered whole"
+        );
+        assert_eq!(received_range(Some(r#"{"numRecords":2}"#)), None);
     }
 }

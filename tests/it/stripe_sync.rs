@@ -325,3 +325,52 @@ async fn a_vendor_whose_cursors_cycle_fails_the_stream_without_landing_repeats()
     assert_eq!(got, want, "the next sync lands the rest");
     assert!(counts.values().all(|&n| n == 1), "exactly once");
 }
+
+/// The ids of a table, sorted, after checking each appears once.
+async fn table_ids(env: &Env, stream: &str) -> Vec<String> {
+    let counts = id_counts(&read_table(&env.table(stream)).await);
+    assert!(counts.values().all(|&n| n == 1), "{stream}: {counts:?}");
+    let mut ids: Vec<String> = counts.into_keys().collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_full_refresh_keeps_every_row_until_it_completes() {
+    use tributary_stripe::sandbox::Faults;
+    let env = Env::stripe(200, "streams = [\"customers\"]\npage_size = 5").await;
+    env.sync_ok(&[]).await;
+    let mut before = env.sandbox.ids("customers");
+    before.sort();
+    assert!(before.len() > 10, "several pages: {}", before.len());
+    assert_eq!(table_ids(&env, "customers").await, before);
+
+    // A customer is deleted at Stripe; then a full refresh fails after its first page.
+    let gone = before[before.len() / 2].clone();
+    assert!(env.sandbox.delete("customers", &gone));
+    env.sandbox.set_faults(Faults {
+        forbid_after_first_page: true,
+        ..Default::default()
+    });
+    let out = env.run(&["sync", "--full-refresh"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        table_ids(&env, "customers").await,
+        before,
+        "every landed row stays while the refresh is incomplete"
+    );
+
+    // The next sync resumes the refresh; once complete, the deleted customer is gone.
+    env.sandbox.set_faults(Faults::default());
+    env.sync_ok(&[]).await;
+    let mut now = env.sandbox.ids("customers");
+    now.sort();
+    assert!(!now.contains(&gone));
+    assert_eq!(now.len(), before.len() - 1);
+    assert_eq!(table_ids(&env, "customers").await, now);
+}

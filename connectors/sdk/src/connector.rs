@@ -25,8 +25,10 @@ pub struct ReadRequest {
     pub stream: String,
     /// The cursor committed by the last run, `None` on the first sync or a full refresh.
     pub cursor: Option<serde_json::Value>,
-    /// Ignore the cursor and read everything again; the first page must set
-    /// [`crate::Page::reset`].
+    /// Ignore the cursor and read everything again, as a new snapshot: the first page must
+    /// set [`crate::Page::reset`]. The snapshot replaces the table's rows only when it is
+    /// complete; until then, the old rows stay and are updated in place, so a failed or
+    /// interrupted refresh never shrinks the table.
     pub full_refresh: bool,
 }
 

@@ -52,8 +52,14 @@ pub struct Page {
     pub cursor: serde_json::Value,
     /// When the page was fetched; lands in `received_at`.
     pub received_at: DateTime<Utc>,
-    /// Set on the first page of a full resync: the commit that lands this page also
-    /// removes every row committed before it, so the table becomes the new snapshot.
+    /// Set on the first page of a snapshot (a full resync): this page starts a new
+    /// snapshot, or starts an open one over. A snapshot replaces the table's rows only when
+    /// it is complete: until then, the old rows stay and are updated in place; once a read
+    /// ends normally (its pages exhausted, not on an error, cancellation or deferral) the
+    /// table drops every row received before the snapshot's first page. A failed or
+    /// interrupted snapshot never shrinks the table, and resumes from its committed page
+    /// cursor. So every page after this one, in this run and the next, must carry on the
+    /// same full read until it ends.
     pub reset: bool,
 }
 
@@ -68,7 +74,7 @@ impl Page {
         }
     }
 
-    /// Marks the page as the start of a full resync.
+    /// Marks the page as the start of a snapshot (see [`Page::reset`]).
     pub fn resetting(mut self, reset: bool) -> Self {
         self.reset = reset;
         self

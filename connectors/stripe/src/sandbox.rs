@@ -122,6 +122,10 @@ pub struct Faults {
     pub bad_shape: Option<BadShape>,
     /// List pages answered intact before `bad_shape` applies (to every later one).
     pub bad_shape_after: u32,
+    /// Answer 403 `permission_error` (not retried) to every list request past its first
+    /// page (one with `starting_after`) until turned off: a walk that keeps failing
+    /// part-way, as when a restricted key loses a permission during a run.
+    pub forbid_after_first_page: bool,
 }
 
 /// A list body that breaks Stripe's documented list object.

@@ -36,7 +36,8 @@
 //!   above either, and `X-Rate-Limit`, `X-Rate-Limit-Remaining`, `ratelimit-limit`,
 //!   `ratelimit-remaining`, `ratelimit-reset` on every answer (the `ratelimit-*` trio
 //!   describes the exports' limit on export endpoints).
-//! - Faults on demand: 500/503, 429s, slow responses, bodies cut short, malformed JSON.
+//! - Faults on demand: 500/503, 429s, slow responses, bodies cut short, malformed JSON,
+//!   and lists that fail past their first page.
 //!
 //! Zendesk's own error JSON throughout, a `Date` header from the simulator's clock (which
 //! tests can move forward), and compact JSON bodies.
@@ -157,6 +158,10 @@ pub struct Faults {
     pub bad_shape: Option<BadShape>,
     /// List and export pages answered intact before `bad_shape` applies (to every later one).
     pub bad_shape_after: u32,
+    /// Answer 403 `Forbidden` (not retried) to every cursor-paginated list request past
+    /// its first page (one with `page[after]`) until turned off: a snapshot that keeps
+    /// failing part-way, as when the token loses access during a run.
+    pub forbid_after_first_page: bool,
 }
 
 /// A list or export body that breaks Zendesk's documented shape.

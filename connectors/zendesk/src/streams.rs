@@ -12,7 +12,8 @@
 //! - **Snapshots** (groups, memberships, ticket fields and forms, ticket metrics,
 //!   satisfaction ratings, brands, tags): the whole list with cursor pagination
 //!   (`page[size]`, `meta.has_more`, `meta.after_cursor`) every run. Its first page
-//!   replaces the table, so the table is always the latest complete list; a run killed
+//!   starts a snapshot, which replaces the table's rows once complete (until then the old
+//!   rows stay), so the table is always the latest complete list; a run killed or failed
 //!   mid-way resumes the same snapshot from its committed `page[after]`. Zendesk offers no
 //!   change feed for these (the satisfaction ratings' `start_time` filter is documented as
 //!   the time of the oldest rating, and ratings change after they are made), so a
@@ -725,7 +726,7 @@ impl Reader {
         }
     }
 
-    /// The whole list, page by page; the first page of a new snapshot replaces the table.
+    /// The whole list, page by page; the first page starts a new snapshot.
     async fn snapshot(&self, path: &'static str, cursor: Option<Cursor>) -> Result<()> {
         let (mut after, mut reset) = match cursor {
             None | Some(Cursor::SnapshotDone { .. }) => (None, true),

@@ -5,6 +5,7 @@
 mod config_errors;
 mod crash_resume;
 mod rate_limit;
+mod snapshot;
 mod sync;
 mod tracking;
 

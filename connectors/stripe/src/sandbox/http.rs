@@ -72,6 +72,21 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         );
     }
 
+    if shared.faults().forbid_after_first_page
+        && parse_pairs(&query)
+            .iter()
+            .any(|(k, v)| k == "starting_after" && !v.is_empty())
+    {
+        let e = ApiError {
+            status: 403,
+            kind: "permission_error",
+            code: None,
+            message: "The provided key does not have the required permissions for this endpoint."
+                .to_owned(),
+            param: None,
+        };
+        return respond(&shared, 403, e.body(), &request_id, gzip, &[]);
+    }
     let before = shared.faults_before();
     if let Some(delay) = before.delay {
         tokio::time::sleep(delay).await;

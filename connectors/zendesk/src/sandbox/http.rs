@@ -84,6 +84,12 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         }
     };
 
+    if shared.faults().forbid_after_first_page
+        && parse_pairs(&query).iter().any(|(k, _)| k == "page[after]")
+    {
+        let e = ApiError::new(403, "Forbidden", "You do not have access to this page.");
+        return respond(&shared, e.status, e.body(), &request_id, quota, &[]);
+    }
     let before = shared.faults_before();
     if let Some(delay) = before.delay {
         tokio::time::sleep(delay).await;
