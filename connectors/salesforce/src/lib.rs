@@ -36,6 +36,8 @@ pub mod streams;
 pub mod sandbox;
 
 #[cfg(test)]
+mod contract_tests;
+#[cfg(test)]
 mod tests;
 
 pub use config::SalesforceConfig;

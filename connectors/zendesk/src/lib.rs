@@ -30,6 +30,8 @@ pub mod tracking;
 pub mod sandbox;
 
 #[cfg(test)]
+mod contract_tests;
+#[cfg(test)]
 mod tests;
 
 pub use config::ZendeskConfig;

@@ -1,0 +1,305 @@
+//! Contract tests: the connector against Stripe's own recorded responses, not our simulator.
+//!
+//! The bodies in `fixtures/contract/` are Stripe's official example objects (see the README
+//! there for their source and licence) in the list envelope Stripe documents. A tiny replay
+//! server on 127.0.0.1 answers each request with one of them, so these tests go through the
+//! connector's real path: the HTTP client, the envelope scan, the cursor logic and the
+//! conversion into Arrow. A parser that only accepts the simulator's shapes fails here.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+use futures::StreamExt;
+use tributary_sdk::convert::BatchBuilder;
+use tributary_sdk::http::vendor_message;
+use tributary_sdk::{Connector, Error, Page, ReadRequest, Records, Secret, SourceContext};
+
+use crate::streams::Cursor;
+use crate::{Stripe, StripeConfig};
+
+const CHARGES_LIST: &str = include_str!("../fixtures/contract/charges_list.json");
+const CHARGES_LIST_LAST: &str = include_str!("../fixtures/contract/charges_list_last.json");
+const EVENTS_LIST: &str = include_str!("../fixtures/contract/events_list.json");
+const EVENTS_LIST_EMPTY: &str = include_str!("../fixtures/contract/events_list_empty.json");
+const ERROR_INVALID_API_KEY: &str = include_str!("../fixtures/contract/error_invalid_api_key.json");
+const ERROR_RATE_LIMIT: &str = include_str!("../fixtures/contract/error_rate_limit.json");
+const ERROR_RESOURCE_MISSING: &str =
+    include_str!("../fixtures/contract/error_resource_missing.json");
+
+/// The id of the charge in Stripe's example list page.
+const CHARGE_ID: &str = "ch_1PgafuB7WZ01zgkWXYmPNZs8";
+/// The id of the event in Stripe's example events page.
+const EVENT_ID: &str = "evt_1Pgc76B7WZ01zgkWwyRHS12y";
+/// The anchor named by the recorded `resource_missing` error.
+const LOST_ANCHOR: &str = "evt_1OldAnchorB7WZ01zgkW0000";
+
+/// One recorded answer: the first route whose method and path match, and whose `query`
+/// (if any) occurs in the decoded query string, answers.
+struct Route {
+    path: &'static str,
+    query: Option<&'static str>,
+    status: u16,
+    headers: Vec<(&'static str, &'static str)>,
+    body: &'static str,
+}
+
+fn route(path: &'static str, query: Option<&'static str>, body: &'static str) -> Route {
+    Route {
+        path,
+        query,
+        status: 200,
+        headers: Vec::new(),
+        body,
+    }
+}
+
+/// A replay server: answers GETs with recorded bodies and logs every request it saw.
+struct Replay {
+    url: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Replay {
+    async fn start(routes: Vec<Route>) -> Replay {
+        let routes = Arc::new(routes);
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = Arc::clone(&log);
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let routes = Arc::clone(&routes);
+            let seen = Arc::clone(&seen);
+            async move {
+                let path = req.uri().path().to_owned();
+                let query: String =
+                    url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join("&");
+                seen.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(format!("{} {path}?{query}", req.method()));
+                let found = routes
+                    .iter()
+                    .find(|r| r.path == path && r.query.is_none_or(|q| query.contains(q)));
+                let mut response = axum::http::Response::builder();
+                let body = match found {
+                    Some(r) => {
+                        response = response
+                            .status(r.status)
+                            .header("content-type", "application/json");
+                        for (name, value) in &r.headers {
+                            response = response.header(*name, *value);
+                        }
+                        r.body.to_owned()
+                    }
+                    None => {
+                        response = response.status(500);
+                        format!("no recorded response for {path}?{query}")
+                    }
+                };
+                response
+                    .body(axum::body::Body::from(body))
+                    .unwrap_or_default()
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Replay { url, log }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+fn stripe(replay: &Replay, key: &str) -> Stripe {
+    let mut config = StripeConfig::new(Secret::new(key));
+    config.api_base = replay.url.clone();
+    config.requests_per_second = Some(10_000.0);
+    config.page_size = 100;
+    Stripe::new(config, SourceContext::default()).unwrap()
+}
+
+async fn read(stripe: &Stripe, stream: &str, cursor: Option<serde_json::Value>) -> Vec<Page> {
+    let mut pages = stripe
+        .read(ReadRequest {
+            stream: stream.to_owned(),
+            cursor,
+            full_refresh: false,
+        })
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(page) = pages.next().await {
+        out.push(page.unwrap());
+    }
+    out
+}
+
+fn charges_routes() -> Vec<Route> {
+    vec![
+        route(
+            "/v1/events",
+            Some("ending_before=evt_1Pgc76B7WZ01zgkWwyRHS12y"),
+            EVENTS_LIST_EMPTY,
+        ),
+        route("/v1/events", None, EVENTS_LIST),
+        route(
+            "/v1/charges",
+            Some("starting_after=ch_1PgafuB7WZ01zgkWXYmPNZs8"),
+            CHARGES_LIST_LAST,
+        ),
+        route("/v1/charges", None, CHARGES_LIST),
+    ]
+}
+
+#[tokio::test]
+async fn contract_a_backfill_follows_stripes_list_pages_and_lands_the_documented_charge() {
+    let replay = Replay::start(charges_routes()).await;
+    let source = stripe(&replay, "sk_test_contract_a");
+    let pages = read(&source, "charges", None).await;
+
+    // The anchor is the newest event; the walk continues after the last id of the page
+    // because Stripe said `has_more: true`, and stops when it says false.
+    let requests = replay.requests();
+    assert!(
+        requests.iter().any(|r| r.starts_with("GET /v1/charges?")
+            && r.contains(&format!("starting_after={CHARGE_ID}"))),
+        "{requests:#?}"
+    );
+    let first = &pages[0];
+    assert_eq!(
+        Cursor::from_json("charges", first.cursor.clone()).unwrap(),
+        Some(Cursor::Backfill {
+            starting_after: Some(CHARGE_ID.to_owned()),
+            anchor: Some(EVENT_ID.to_owned()),
+            since: first.cursor["since"].as_i64().unwrap(),
+        })
+    );
+    let Records::Json { body, path } = &first.records else {
+        panic!("a list page lands as its body");
+    };
+    assert_eq!(path, &["data"]);
+    assert_eq!(body.as_ref(), CHARGES_LIST.as_bytes());
+    let last = pages.last().unwrap();
+    assert_eq!(last.cursor["phase"], "changes", "{}", last.cursor);
+
+    // Stripe's documented charge converts into the declared columns with nothing rescued.
+    let schema = crate::streams::schemas()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == "charges")
+        .unwrap();
+    let mut builder = BatchBuilder::new(&schema, None);
+    let rows: usize = pages.iter().map(|p| builder.append_page(p).unwrap()).sum();
+    assert_eq!(rows, 1);
+    let (batches, report) = builder.finish().unwrap();
+    // One small page: one batch (the converter splits only past its byte budget).
+    assert_eq!(batches.len(), 1);
+    let batch = batches.into_iter().next().unwrap();
+    assert_eq!(report.rescued_values, 0, "{report:?}");
+    let text = |name: &str| {
+        batch
+            .column_by_name(name)
+            .unwrap_or_else(|| panic!("no column {name}"))
+            .as_string::<i32>()
+            .value(0)
+            .to_owned()
+    };
+    assert_eq!(text("id"), CHARGE_ID);
+    assert_eq!(text("billing_details_name"), "Jenny Rosen");
+    assert_eq!(text("payment_method_details_card_brand"), "visa");
+    assert_eq!(text("balance_transaction"), "txn_1PgaxNB7WZ01zgkWEV3TLf40");
+    let amount = batch.column_by_name("amount").unwrap();
+    assert_eq!(amount.as_primitive::<Int64Type>().value(0), 100);
+    let created = batch.column_by_name("created").unwrap();
+    assert_eq!(
+        created.as_primitive::<TimestampMicrosecondType>().value(0),
+        1_234_567_890_000_000
+    );
+    assert!(batch.column_by_name("customer").unwrap().is_null(0));
+}
+
+#[tokio::test]
+async fn contract_an_anchor_stripe_no_longer_knows_resyncs_the_stream() {
+    let mut routes = vec![Route {
+        path: "/v1/events",
+        query: Some("ending_before=evt_1OldAnchorB7WZ01zgkW0000"),
+        status: 400,
+        headers: Vec::new(),
+        body: ERROR_RESOURCE_MISSING,
+    }];
+    routes.extend(charges_routes());
+    let replay = Replay::start(routes).await;
+    let source = stripe(&replay, "sk_test_contract_b");
+    let now = chrono::Utc::now().timestamp();
+    let cursor = Cursor::Changes {
+        anchor: Some(LOST_ANCHOR.to_owned()),
+        anchor_created: now - 3600,
+        since: now - 3600,
+    };
+    let pages = read(&source, "charges", Some(cursor.to_json())).await;
+    // Stripe's `No such event` answer is recognised as a lost anchor: the stream is read
+    // again in full and its first page replaces the table.
+    assert!(pages[0].reset, "{:?}", pages[0].cursor);
+    assert_eq!(pages[0].cursor["starting_after"], CHARGE_ID);
+    assert_eq!(
+        vendor_message(ERROR_RESOURCE_MISSING.as_bytes()),
+        format!("No such event: '{LOST_ANCHOR}'")
+    );
+}
+
+#[tokio::test]
+async fn contract_a_bad_key_fails_check_with_stripes_message() {
+    let replay = Replay::start(vec![Route {
+        path: "/v1/events",
+        query: None,
+        status: 401,
+        headers: Vec::new(),
+        body: ERROR_INVALID_API_KEY,
+    }])
+    .await;
+    let err = stripe(&replay, "sk_test_contract_c")
+        .check()
+        .await
+        .unwrap_err();
+    match err {
+        Error::Auth {
+            status, message, ..
+        } => {
+            assert_eq!(status, 401);
+            assert_eq!(
+                message,
+                "Invalid API Key provided: sk_test_********************1234"
+            );
+        }
+        other => panic!("expected an auth error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn contract_a_rate_limit_answer_is_retried_then_reported() {
+    let replay = Replay::start(vec![Route {
+        path: "/v1/events",
+        query: None,
+        status: 429,
+        headers: vec![("retry-after", "0")],
+        body: ERROR_RATE_LIMIT,
+    }])
+    .await;
+    let err = stripe(&replay, "sk_test_contract_d")
+        .check()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::RateLimited { .. }), "{err:?}");
+    assert!(replay.requests().len() > 1, "a 429 is retried");
+    assert_eq!(
+        vendor_message(ERROR_RATE_LIMIT.as_bytes()),
+        "Request rate limit exceeded. Learn more about rate limits here \
+         https://stripe.com/docs/rate-limits."
+    );
+}
