@@ -41,45 +41,19 @@ pub async fn rows_with_keys(
     key: &str,
     keys: &HashSet<&str>,
 ) -> Result<RoaringTreemap> {
-    let builder = ParquetRecordBatchStreamBuilder::new(reader(store, path, size))
-        .await
-        .with_context(|| format!("opening the data file {path}"))?;
-    let Some(leaf) = builder
-        .parquet_schema()
-        .columns()
-        .iter()
-        .position(|c| c.path().parts() == [key.to_owned()])
-    else {
-        // A file written before the table had its key column holds no keys.
-        return Ok(RoaringTreemap::new());
-    };
-    let mask = ProjectionMask::leaves(builder.parquet_schema(), [leaf]);
-    let mut batches = builder
-        .with_projection(mask)
-        .with_batch_size(READ_BATCH)
-        .build()
-        .with_context(|| format!("reading the data file {path}"))?;
-    let mut found = RoaringTreemap::new();
-    let mut offset = 0u64;
-    while let Some(batch) = batches
-        .try_next()
-        .await
-        .with_context(|| format!("reading the data file {path}"))?
-    {
-        let col = batch.column(0);
+    // A file written before the table had its key column holds no keys.
+    rows_where(store, path, size, key, false, |col, offset, found| {
         let col = col
             .as_string_opt::<i32>()
             .ok_or_else(|| anyhow!("the key column `{key}` of {path} is not text"))?;
         for (i, k) in col.iter().enumerate() {
-            if let Some(k) = k
-                && keys.contains(k)
-            {
+            if k.is_some_and(|k| keys.contains(k)) {
                 found.insert(offset + i as u64);
             }
         }
-        offset += batch.num_rows() as u64;
-    }
-    Ok(found)
+        Ok(())
+    })
+    .await
 }
 
 /// The positions of the rows of data file `path` whose `column` (a microsecond timestamp)
@@ -92,6 +66,34 @@ pub async fn rows_received_before(
     column: &str,
     since: i64,
 ) -> Result<RoaringTreemap> {
+    rows_where(store, path, size, column, true, |col, offset, found| {
+        let col = col
+            .as_primitive_opt::<TimestampMicrosecondType>()
+            .ok_or_else(|| anyhow!("the column `{column}` of {path} is not a timestamp"))?;
+        for (i, at) in col.iter().enumerate() {
+            if at.is_none_or(|at| at < since) {
+                found.insert(offset + i as u64);
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// The rows of data file `path` that `mark` picks from its `column`, read alone and batch
+/// by batch (`mark` gets each batch's column and the position of its first row). A file
+/// without the column yields every row when `all_if_missing`, else none.
+async fn rows_where<F>(
+    store: &Arc<dyn ObjectStore>,
+    path: &str,
+    size: i64,
+    column: &str,
+    all_if_missing: bool,
+    mut mark: F,
+) -> Result<RoaringTreemap>
+where
+    F: FnMut(&arrow::array::ArrayRef, u64, &mut RoaringTreemap) -> Result<()>,
+{
     let builder = ParquetRecordBatchStreamBuilder::new(reader(store, path, size))
         .await
         .with_context(|| format!("opening the data file {path}"))?;
@@ -101,6 +103,9 @@ pub async fn rows_received_before(
         .iter()
         .position(|c| c.path().parts() == [column.to_owned()])
     else {
+        if !all_if_missing {
+            return Ok(RoaringTreemap::new());
+        }
         let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
         return Ok((0..rows).collect());
     };
@@ -117,15 +122,7 @@ pub async fn rows_received_before(
         .await
         .with_context(|| format!("reading the data file {path}"))?
     {
-        let col = batch.column(0);
-        let col = col
-            .as_primitive_opt::<TimestampMicrosecondType>()
-            .ok_or_else(|| anyhow!("the column `{column}` of {path} is not a timestamp"))?;
-        for (i, at) in col.iter().enumerate() {
-            if at.is_none_or(|at| at < since) {
-                found.insert(offset + i as u64);
-            }
-        }
+        mark(batch.column(0), offset, &mut found)?;
         offset += batch.num_rows() as u64;
     }
     Ok(found)
