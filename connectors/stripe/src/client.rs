@@ -113,6 +113,61 @@ impl StripeClient {
         })
     }
 
+    /// GETs one object (`/v1/customers/cus_…`) at the pinned API version, for `stream`;
+    /// `None` when Stripe no longer has it (404 `resource_missing`).
+    pub async fn retrieve(&self, stream: &str, path: &str) -> Result<Option<serde_json::Value>> {
+        let url = format!("{}{path}", self.api_base);
+        let what = format!("GET {path}");
+        let sent = self
+            .http
+            .send_checked(
+                &what,
+                |c| {
+                    c.get(&url)
+                        .bearer_auth(self.api_key.expose())
+                        .header("Stripe-Version", &self.stripe_version)
+                },
+                |r: &Response| {
+                    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&r.body)
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                },
+            )
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(Error::Http {
+                status: 404,
+                message,
+                ..
+            }) if message.contains("No such") || message.contains("resource_missing") => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        self.observe_date(response.date);
+        let object: serde_json::Value = serde_json::from_slice(&response.body)
+            .map_err(|e| malformed_page(VENDOR, stream, &what, &e.to_string()))?;
+        if object
+            .get("id")
+            .and_then(serde_json::Value::as_str)
+            .is_none()
+        {
+            return Err(malformed_page(
+                VENDOR,
+                stream,
+                &what,
+                "the object has no `id`",
+            ));
+        }
+        Ok(Some(object))
+    }
+
+    /// The API version every request is pinned to (`Stripe-Version`).
+    pub fn stripe_version(&self) -> &str {
+        &self.stripe_version
+    }
+
     /// Stripe's clock as of the latest response, or the local clock before any.
     pub fn server_now(&self) -> DateTime<Utc> {
         self.server_date

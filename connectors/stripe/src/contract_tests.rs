@@ -178,6 +178,7 @@ async fn contract_a_backfill_follows_stripes_list_pages_and_lands_the_documented
             starting_after: Some(CHARGE_ID.to_owned()),
             anchor: Some(EVENT_ID.to_owned()),
             since: first.cursor["since"].as_i64().unwrap(),
+            pending_since: None,
         })
     );
     let Records::Json { body, path } = &first.records else {
@@ -241,6 +242,7 @@ async fn contract_an_anchor_stripe_no_longer_knows_resyncs_the_stream() {
         anchor: Some(LOST_ANCHOR.to_owned()),
         anchor_created: now - 3600,
         since: now - 3600,
+        pending_since: None,
     };
     let pages = read(&source, "charges", Some(cursor.to_json())).await;
     // Stripe's `No such event` answer is recognised as a lost anchor: the stream is read

@@ -93,6 +93,7 @@ impl Connector for Stripe {
         Ok(streams::read(
             Arc::clone(&self.client),
             def,
+            schema,
             self.page_size,
             cursor,
             request.full_refresh,

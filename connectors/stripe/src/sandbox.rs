@@ -16,7 +16,8 @@
 //!   valid cursors.
 //!
 //! Simplifications: canceled subscriptions stay in the default subscription list (Stripe
-//! needs `status=all`); each subscription has one item; parameters are checked against the
+//! needs `status=all`); each seeded subscription has one item (more can be added with
+//! `POST /v1/subscription_items` and removed with `DELETE`); parameters are checked against the
 //! object's own fields, so create-only Stripe parameters such as `source=tok_visa` are
 //! refused; `expand[]` is accepted and ignored.
 //! - Stripe's error JSON, 401 for a missing or non-test key, 429 + `Retry-After` above the
@@ -24,8 +25,20 @@
 //! - Faults on demand: 500/503, slow responses, bodies cut short, malformed JSON.
 //!
 //! Objects are Stripe's own fixture objects (`fixtures/fixtures3.json`) with ids, times,
-//! amounts, names and references varied. The seeded account emits no events: it existed
-//! before the simulator started watching.
+//! amounts, names and references varied. Like a real account, the seeded one has the
+//! events of its last 30 days (Stripe's retention): the created event of every object
+//! created then and a `metadata` update of some customers, subscriptions and products;
+//! older objects have none left.
+//!
+//! Events are rendered in the account's API version (`POST /_sandbox/account
+//! {"api_version": "2020-03-02"}`), older versions with the older shape of the fields
+//! that changed; objects fetched or listed are always in the simulator's own version
+//! (`2024-06-20`). Event types are Stripe's own list (`fixtures/event_types.txt`): only
+//! those are emitted, and an unknown `type`/`types[]` is refused with Stripe's
+//! `invalid_request_error`. Stripe has no `invoiceitem.updated`: an edit of an item on a
+//! draft invoice emits `invoice.updated`, an item on a finalized invoice cannot be edited,
+//! and a pending item's edit emits nothing. Balance transactions turn from `pending` to
+//! `available` when the clock passes their `available_on`, without an event.
 //!
 //! # How many objects
 //!
@@ -33,13 +46,14 @@
 //! `records/4`; customers, invoices and invoice items `records/10`; subscriptions (one
 //! subscription item each) and refunds `records/20`; prices and payouts `records/50`;
 //! products, plans and disputes `records/100`; coupons `records/200`. Every type gets at
-//! least `min(records, 5)`. Events start empty.
+//! least `min(records, 5)`. Events: see above.
 //!
 //! # Control endpoints (no API key needed)
 //!
 //! `GET /_sandbox/stats`, `POST /_sandbox/stats/reset`, `GET|POST /_sandbox/faults` (a
 //! [`Faults`] JSON, missing fields default to off), `POST /_sandbox/clock`
-//! `{"advance_seconds": N}`, `POST /_sandbox/rate_limit` `{"requests_per_second": x|null}`.
+//! `{"advance_seconds": N}`, `POST /_sandbox/rate_limit` `{"requests_per_second": x|null}`,
+//! `POST /_sandbox/account` `{"api_version": "YYYY-MM-DD"}`.
 
 mod control;
 mod error;
@@ -280,7 +294,9 @@ impl Shared {
         let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX / 4);
         self.clock_offset_ms.fetch_add(ms, Ordering::Relaxed);
         let now = self.now();
-        self.write().prune_events(now);
+        let mut store = self.write();
+        store.prune_events(now);
+        store.settle(now);
     }
 
     pub(crate) fn stats(&self) -> Stats {
@@ -440,6 +456,18 @@ impl StripeSandbox {
         self.shared.read().get_value(kind, id, self.now())
     }
 
+    /// The newest `n` events (any age within retention), newest first, parsed.
+    pub fn latest_events(&self, n: usize) -> Vec<Value> {
+        let now = self.now();
+        let store = self.shared.read();
+        store
+            .ids(Kind::Event)
+            .into_iter()
+            .take(n)
+            .filter_map(|id| store.get_value(Kind::Event, &id, now))
+            .collect()
+    }
+
     /// Replaces the injected faults.
     pub fn set_faults(&self, faults: Faults) {
         self.shared.set_faults(faults);
@@ -453,6 +481,17 @@ impl StripeSandbox {
     /// Moves the simulator clock forward; events older than 30 days of it are forgotten.
     pub fn advance_clock(&self, by: Duration) {
         self.shared.advance_clock(by);
+    }
+
+    /// Sets the account's API version: events created from now on carry it as their
+    /// `api_version` and render their objects in its shape (see `Store::set_account_version`).
+    /// Panics on a string that is not a Stripe API version.
+    pub fn set_account_api_version(&self, version: &str) {
+        assert!(
+            http::valid_api_version(version),
+            "not a Stripe API version: {version}"
+        );
+        self.shared.write().set_account_version(version);
     }
 
     /// Simulator time, unix seconds.

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tributary_sdk::pagination::{PageSender, ProgressGuard, spawn_pages};
@@ -36,6 +37,13 @@ const FETCH_AHEAD: usize = 4;
 
 /// How long Stripe keeps events.
 const EVENT_RETENTION_SECS: i64 = 30 * 24 * 3600;
+
+/// How far back objects landed `pending` are listed again (see `Reader::resettle`). Stripe
+/// makes most funds available within days; some account types hold them for weeks.
+const SETTLE_WINDOW_SECS: i64 = 60 * 24 * 3600;
+
+/// Objects fetched at once when events are rendered in another API version.
+const REFETCH_CONCURRENCY: usize = 8;
 
 /// How close to the retention limit a cursor may get before it is treated as expired: the
 /// time a sync may take to reach the anchor.
@@ -57,6 +65,10 @@ pub enum Feed {
     /// The items embedded in subscriptions, from the subscriptions list and the
     /// subscription events of these types.
     SubscriptionItems(&'static [&'static str]),
+    /// Invoice items: events of these types. Stripe has no `invoiceitem.updated`, so the
+    /// `invoice.*` events among them stand for edits: the items of each invoice they name
+    /// are listed again (`GET /v1/invoiceitems?invoice=<id>`).
+    InvoiceItems(&'static [&'static str]),
 }
 
 /// One Stripe stream.
@@ -72,15 +84,67 @@ pub struct StreamDef {
     pub list_params: &'static [(&'static str, &'static str)],
     /// Where changes come from.
     pub feed: Feed,
+    /// Objects whose `status` is `pending` can still change without an event (balance
+    /// transactions becoming `available`): each incremental run lists again from the
+    /// oldest one still pending.
+    pub settles: bool,
 }
+
+// The event types below are Stripe's (fixtures/event_types.txt, from the official Go SDK;
+// a test checks every one). A type's `data.object` is an object of the stream.
 
 const SUBSCRIPTION_EVENTS: &[&str] = &[
     "customer.subscription.created",
     "customer.subscription.updated",
+    // "Occurs whenever a customer's subscription ends": the subscription is `canceled`,
+    // not deleted (https://docs.stripe.com/api/events/types).
     "customer.subscription.deleted",
     "customer.subscription.paused",
     "customer.subscription.resumed",
+    "customer.subscription.trial_will_end",
+    "customer.subscription.pending_update_applied",
+    "customer.subscription.pending_update_expired",
 ];
+
+/// Every event that carries an invoice (`invoice.upcoming` and `invoice.will_be_due` are
+/// left out: the first carries a preview without an id, the second only announces a due
+/// date).
+const INVOICE_EVENTS: &[&str] = &[
+    "invoice.created",
+    "invoice.updated",
+    "invoice.deleted",
+    "invoice.finalized",
+    "invoice.finalization_failed",
+    "invoice.sent",
+    "invoice.paid",
+    "invoice.payment_succeeded",
+    "invoice.payment_failed",
+    "invoice.payment_action_required",
+    "invoice.payment_attempt_required",
+    "invoice.marked_uncollectible",
+    "invoice.overdue",
+    "invoice.overpaid",
+    "invoice.voided",
+];
+
+/// The event types whose object no longer exists afterwards: Stripe deletes customers,
+/// draft invoices, invoice items, products, prices, plans and coupons. Every other
+/// `*.deleted` type we follow means something else (`customer.subscription.deleted`: the
+/// subscription ended and stays, `canceled`).
+const DELETIONS: &[&str] = &[
+    "customer.deleted",
+    "invoice.deleted",
+    "invoiceitem.deleted",
+    "product.deleted",
+    "price.deleted",
+    "plan.deleted",
+    "coupon.deleted",
+];
+
+/// Whether an event of type `t` means its object was deleted.
+pub fn deletes(t: &str) -> bool {
+    DELETIONS.contains(&t)
+}
 
 /// Every stream, in the order `discover` lists them.
 pub static STREAMS: &[StreamDef] = &[
@@ -90,6 +154,7 @@ pub static STREAMS: &[StreamDef] = &[
         list_path: "/v1/customers",
         list_params: &[],
         feed: Feed::Events(&["customer.created", "customer.updated", "customer.deleted"]),
+        settles: false,
     },
     StreamDef {
         name: "charges",
@@ -105,33 +170,36 @@ pub static STREAMS: &[StreamDef] = &[
             "charge.pending",
             "charge.expired",
         ]),
+        settles: false,
     },
     StreamDef {
         name: "invoices",
         schema: include_str!("../../../schemas/stripe/invoices.json"),
         list_path: "/v1/invoices",
         list_params: &[],
-        feed: Feed::Events(&[
-            "invoice.created",
-            "invoice.updated",
-            "invoice.paid",
-            "invoice.payment_failed",
-            "invoice.finalized",
-            "invoice.voided",
-            "invoice.marked_uncollectible",
-            "invoice.deleted",
-        ]),
+        feed: Feed::Events(INVOICE_EVENTS),
+        settles: false,
     },
     StreamDef {
         name: "invoice_items",
         schema: include_str!("../../../schemas/stripe/invoice_items.json"),
         list_path: "/v1/invoiceitems",
         list_params: &[],
-        feed: Feed::Events(&[
+        // Stripe has no `invoiceitem.updated`. An item can only be edited while it is
+        // pending or its invoice is a draft ("Updating an invoice item is only possible
+        // before the invoice it's attached to is closed",
+        // https://docs.stripe.com/api/invoiceitems/update); an edit on a draft changes the
+        // invoice (`invoice.updated`), and a pending item is pulled into an invoice
+        // (`invoice.created`) before it can be finalized (`invoice.finalized`). So these
+        // invoice events re-list their invoice's items.
+        feed: Feed::InvoiceItems(&[
             "invoiceitem.created",
-            "invoiceitem.updated",
             "invoiceitem.deleted",
+            "invoice.created",
+            "invoice.updated",
+            "invoice.finalized",
         ]),
+        settles: false,
     },
     StreamDef {
         name: "subscriptions",
@@ -139,6 +207,7 @@ pub static STREAMS: &[StreamDef] = &[
         list_path: "/v1/subscriptions",
         list_params: &[("status", "all")],
         feed: Feed::Events(SUBSCRIPTION_EVENTS),
+        settles: false,
     },
     StreamDef {
         name: "subscription_items",
@@ -146,6 +215,7 @@ pub static STREAMS: &[StreamDef] = &[
         list_path: "/v1/subscriptions",
         list_params: &[("status", "all")],
         feed: Feed::SubscriptionItems(SUBSCRIPTION_EVENTS),
+        settles: false,
     },
     StreamDef {
         name: "products",
@@ -153,6 +223,7 @@ pub static STREAMS: &[StreamDef] = &[
         list_path: "/v1/products",
         list_params: &[],
         feed: Feed::Events(&["product.created", "product.updated", "product.deleted"]),
+        settles: false,
     },
     StreamDef {
         name: "prices",
@@ -160,6 +231,7 @@ pub static STREAMS: &[StreamDef] = &[
         list_path: "/v1/prices",
         list_params: &[],
         feed: Feed::Events(&["price.created", "price.updated", "price.deleted"]),
+        settles: false,
     },
     StreamDef {
         name: "plans",
@@ -167,6 +239,7 @@ pub static STREAMS: &[StreamDef] = &[
         list_path: "/v1/plans",
         list_params: &[],
         feed: Feed::Events(&["plan.created", "plan.updated", "plan.deleted"]),
+        settles: false,
     },
     StreamDef {
         name: "coupons",
@@ -174,6 +247,7 @@ pub static STREAMS: &[StreamDef] = &[
         list_path: "/v1/coupons",
         list_params: &[],
         feed: Feed::Events(&["coupon.created", "coupon.updated", "coupon.deleted"]),
+        settles: false,
     },
     StreamDef {
         name: "payment_intents",
@@ -188,14 +262,23 @@ pub static STREAMS: &[StreamDef] = &[
             "payment_intent.processing",
             "payment_intent.requires_action",
             "payment_intent.amount_capturable_updated",
+            "payment_intent.partially_funded",
         ]),
+        settles: false,
     },
     StreamDef {
         name: "refunds",
         schema: include_str!("../../../schemas/stripe/refunds.json"),
         list_path: "/v1/refunds",
         list_params: &[],
-        feed: Feed::Events(&["refund.created", "refund.updated", "refund.failed"]),
+        // `charge.refund.updated` carries the refund of a charge, like `refund.updated`.
+        feed: Feed::Events(&[
+            "refund.created",
+            "refund.updated",
+            "refund.failed",
+            "charge.refund.updated",
+        ]),
+        settles: false,
     },
     StreamDef {
         name: "disputes",
@@ -209,6 +292,7 @@ pub static STREAMS: &[StreamDef] = &[
             "charge.dispute.funds_withdrawn",
             "charge.dispute.funds_reinstated",
         ]),
+        settles: false,
     },
     StreamDef {
         name: "payouts",
@@ -221,7 +305,9 @@ pub static STREAMS: &[StreamDef] = &[
             "payout.paid",
             "payout.failed",
             "payout.canceled",
+            "payout.reconciliation_completed",
         ]),
+        settles: false,
     },
     StreamDef {
         name: "balance_transactions",
@@ -229,6 +315,7 @@ pub static STREAMS: &[StreamDef] = &[
         list_path: "/v1/balance_transactions",
         list_params: &[],
         feed: Feed::ListOnly,
+        settles: true,
     },
     StreamDef {
         name: "events",
@@ -236,6 +323,7 @@ pub static STREAMS: &[StreamDef] = &[
         list_path: "/v1/events",
         list_params: &[],
         feed: Feed::AllEvents,
+        settles: false,
     },
 ];
 
@@ -280,6 +368,9 @@ pub enum Cursor {
         anchor: Option<String>,
         /// Stripe's clock when the backfill began (Unix seconds).
         since: i64,
+        /// `created` of the oldest object landed still `pending` (streams that settle).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pending_since: Option<i64>,
     },
     /// Following the feed forward from `anchor`.
     Changes {
@@ -291,6 +382,10 @@ pub enum Cursor {
         /// re-based (Unix seconds). With no anchor, changes are the feed's objects created
         /// at or after it.
         since: i64,
+        /// `created` of the oldest object landed still `pending` (streams that settle): the
+        /// next run lists again from there.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pending_since: Option<i64>,
     },
 }
 
@@ -310,43 +405,26 @@ impl Cursor {
 
     /// The cursor as committed.
     pub fn to_json(&self) -> Value {
-        match self {
-            Cursor::Backfill {
-                starting_after,
-                anchor,
-                since,
-            } => serde_json::json!({
-                "phase": "backfill",
-                "starting_after": starting_after,
-                "anchor": anchor,
-                "since": since,
-            }),
-            Cursor::Changes {
-                anchor,
-                anchor_created,
-                since,
-            } => serde_json::json!({
-                "phase": "changes",
-                "anchor": anchor,
-                "anchor_created": anchor_created,
-                "since": since,
-            }),
-        }
+        serde_json::to_value(self).unwrap_or(Value::Null)
     }
 }
 
-/// Reads stream `def` from `cursor` (or from scratch), fetching ahead of the consumer.
+/// Reads stream `def` (whose schema is `schema`) from `cursor` (or from scratch), fetching
+/// ahead of the consumer.
 pub fn read(
     client: Arc<StripeClient>,
     def: &'static StreamDef,
+    schema: &StreamSchema,
     page_size: u32,
     cursor: Option<Cursor>,
     full_refresh: bool,
 ) -> PageStream {
+    let declared = schema.columns.iter().map(|c| c.name.clone()).collect();
     spawn_pages(FETCH_AHEAD, move |tx| {
         let reader = Reader {
             client,
             def,
+            declared,
             page_size,
             tx,
         };
@@ -362,6 +440,7 @@ struct BackfillAt {
     /// Known when this read found the anchor; a resumed backfill only has `since`.
     anchor_created: Option<i64>,
     since: i64,
+    pending_since: Option<i64>,
 }
 
 /// A changes phase in progress.
@@ -370,6 +449,7 @@ struct ChangesAt {
     anchor: Option<String>,
     anchor_created: i64,
     since: i64,
+    pending_since: Option<i64>,
 }
 
 impl ChangesAt {
@@ -378,6 +458,7 @@ impl ChangesAt {
             anchor: self.anchor.clone(),
             anchor_created: self.anchor_created,
             since: self.since,
+            pending_since: self.pending_since,
         }
     }
 }
@@ -389,7 +470,9 @@ enum Step {
         reset: bool,
     },
     Backfill(BackfillAt),
-    Changes(ChangesAt),
+    /// Following the changes; `true` when objects landed pending by an earlier run are to
+    /// be read again first (not right after this read's own backfill landed them).
+    Changes(ChangesAt, bool),
 }
 
 /// How a phase ended.
@@ -423,9 +506,21 @@ struct Created {
     created: Option<i64>,
 }
 
+/// The `created` and `status` of a listed object.
+#[derive(Deserialize)]
+struct Settling {
+    #[serde(default)]
+    created: Option<i64>,
+    #[serde(default)]
+    status: Option<String>,
+}
+
 struct Reader {
     client: Arc<StripeClient>,
     def: &'static StreamDef,
+    /// The stream's declared columns, which an object rendered in another API version is
+    /// cut down to (see [`Reader::latest_objects`]).
+    declared: Vec<String>,
     page_size: u32,
     tx: PageSender,
 }
@@ -441,21 +536,28 @@ impl Reader {
                 starting_after,
                 anchor,
                 since,
+                pending_since,
             }) => Step::Backfill(BackfillAt {
                 starting_after,
                 anchor,
                 anchor_created: None,
                 since,
+                pending_since,
             }),
             Some(Cursor::Changes {
                 anchor,
                 anchor_created,
                 since,
-            }) => Step::Changes(ChangesAt {
-                anchor,
-                anchor_created,
-                since,
-            }),
+                pending_since,
+            }) => Step::Changes(
+                ChangesAt {
+                    anchor,
+                    anchor_created,
+                    since,
+                    pending_since,
+                },
+                true,
+            ),
         };
         // Only a cursor of an earlier run can be past retention: an anchor this read found
         // is the newest event Stripe still has, however old.
@@ -468,13 +570,13 @@ impl Reader {
                     self.backfill(None, reset).await?
                 }
                 Step::Backfill(at) => self.backfill(Some(at), false).await?,
-                Step::Changes(at) => self.changes(at, check_age).await?,
+                Step::Changes(at, resettle) => self.changes(at, check_age, resettle).await?,
             };
             step = match outcome {
                 Outcome::Done => return Ok(()),
                 Outcome::Changes(at) => {
                     tracing::debug!(stream, "Backfill complete; following the changes.");
-                    Step::Changes(at)
+                    Step::Changes(at, false)
                 }
                 Outcome::Lost(_) if fell_back => {
                     return Err(Error::Cursor {
@@ -524,6 +626,7 @@ impl Reader {
                 anchor: None,
                 anchor_created: None,
                 since: Utc::now().timestamp(),
+                pending_since: None,
             },
             None => self.begin_backfill().await?,
         };
@@ -559,6 +662,9 @@ impl Reader {
                 let next = self.next_after(&mut guard, &listing)?;
                 at.starting_after = Some(next);
             }
+            if self.def.settles {
+                at.pending_since = older(at.pending_since, oldest_pending(&listing.body));
+            }
             let records = if listing.envelope.count == 0 {
                 Records::Values(Vec::new())
             } else if let Feed::SubscriptionItems(_) = self.def.feed {
@@ -574,6 +680,7 @@ impl Reader {
                     starting_after: at.starting_after.clone(),
                     anchor: at.anchor.clone(),
                     since: at.since,
+                    pending_since: at.pending_since,
                 };
                 if !self.emit(records, &cursor, reset).await {
                     return Ok(Outcome::Done);
@@ -584,6 +691,7 @@ impl Reader {
                     anchor: at.anchor.clone(),
                     anchor_created: at.anchor_created.unwrap_or(at.since),
                     since: at.since,
+                    pending_since: at.pending_since,
                 };
                 if !self.emit(records, &next.cursor(), reset).await {
                     return Ok(Outcome::Done);
@@ -607,11 +715,15 @@ impl Reader {
             anchor,
             anchor_created,
             since: unix(listing.date),
+            pending_since: None,
         })
     }
 
     /// Follows the feed forward from `at` until caught up.
-    async fn changes(&self, mut at: ChangesAt, check_age: bool) -> Result<Outcome> {
+    async fn changes(&self, mut at: ChangesAt, check_age: bool, resettle: bool) -> Result<Outcome> {
+        if self.def.settles && resettle && !self.resettle(&mut at).await? {
+            return Ok(Outcome::Done);
+        }
         let (path, query) = self.feed_query();
         // Balance transactions are kept forever; only events expire.
         let mut checked = !check_age || matches!(self.def.feed, Feed::ListOnly);
@@ -631,6 +743,12 @@ impl Reader {
                 let Some((id, created)) = id_and_created(&oldest) else {
                     return Err(self.no_id(path));
                 };
+                if self.def.settles {
+                    at.pending_since = older(
+                        at.pending_since,
+                        oldest_pending_of(std::slice::from_ref(&oldest)),
+                    );
+                }
                 let records = self.records(vec![oldest]).await?;
                 at.anchor = Some(id.clone());
                 at.anchor_created = created;
@@ -680,6 +798,9 @@ impl Reader {
             };
             guard.follow(&newest)?;
             objects.reverse();
+            if self.def.settles {
+                at.pending_since = older(at.pending_since, oldest_pending_of(&objects));
+            }
             let records = self.records(objects).await?;
             at.anchor = Some(newest.clone());
             at.anchor_created = created;
@@ -784,6 +905,7 @@ impl Reader {
             anchor: None,
             anchor_created: now,
             since: now,
+            pending_since: at.pending_since,
         };
         tracing::debug!(
             stream = self.def.name,
@@ -805,12 +927,10 @@ impl Reader {
                     is_deleted: false,
                 })
                 .collect()),
-            Feed::Events(_) => Ok(latest_versions(
-                objects.into_iter().filter_map(|e| self.object_of(e)),
-            )),
+            Feed::Events(_) => self.latest_objects(objects).await,
             Feed::SubscriptionItems(_) => {
-                let subscriptions =
-                    latest_versions(objects.into_iter().filter_map(|e| self.object_of(e)));
+                let removed = removed_items(&objects, self.client.stripe_version());
+                let subscriptions = self.latest_objects(objects).await?;
                 let mut items = Vec::new();
                 for subscription in subscriptions {
                     items.extend(
@@ -818,14 +938,138 @@ impl Reader {
                             .await?,
                     );
                 }
-                Ok(items)
+                for (item, current) in removed {
+                    let value = if current { item } else { self.cut_down(item) };
+                    items.push(Record {
+                        value,
+                        is_deleted: true,
+                    });
+                }
+                Ok(latest_by_id(items))
+            }
+            Feed::InvoiceItems(_) => {
+                let mut invoices: Vec<String> = Vec::new();
+                let mut item_events = Vec::with_capacity(objects.len());
+                for event in objects {
+                    let kind = event.get("type").and_then(Value::as_str).unwrap_or("");
+                    if kind.starts_with("invoice.") {
+                        if let Some(id) = event.pointer("/data/object/id").and_then(Value::as_str)
+                            && !invoices.iter().any(|i| i == id)
+                        {
+                            invoices.push(id.to_owned());
+                        }
+                    } else {
+                        item_events.push(event);
+                    }
+                }
+                let mut records = self.latest_objects(item_events).await?;
+                for invoice in invoices {
+                    records.extend(
+                        self.invoice_items(&invoice)
+                            .await?
+                            .into_iter()
+                            .map(|value| Record {
+                                value,
+                                is_deleted: false,
+                            }),
+                    );
+                }
+                Ok(latest_by_id(records))
             }
         }
     }
 
-    /// The object of an event, its id, and whether the event deletes it.
-    fn object_of(&self, event: Value) -> Option<(String, Value, bool)> {
-        let found = object_of_event(event);
+    /// The newest version of each object changed by `events` (given oldest first), in the
+    /// order of their last change, each in the pinned API version's shape.
+    ///
+    /// Stripe renders an event's `data.object` in the API version the account had when the
+    /// event was created, not in the `Stripe-Version` a client reads it with ("api_version:
+    /// The Stripe API version used to render `data`",
+    /// https://docs.stripe.com/api/events/object#event_object-api_version;
+    /// https://docs.stripe.com/upgrades#how-can-i-upgrade-my-api). Landing such payloads would
+    /// mix two shapes in one table (columns that exist in one version only). So an object
+    /// whose last event is in another version is fetched again at the pinned version (one
+    /// GET per distinct object per page, through the account's rate limit); one Stripe no
+    /// longer has is left to its deletion event. A deletion in another version cannot be
+    /// fetched (the object is gone): it lands cut down to the stream's declared columns.
+    async fn latest_objects(&self, events: Vec<Value>) -> Result<Vec<Record>> {
+        let pinned = self.client.stripe_version().to_owned();
+        let changes = latest_changes(
+            events
+                .into_iter()
+                .filter_map(|event| self.object_of(event, &pinned)),
+        );
+        let fetch: Vec<String> = changes
+            .iter()
+            .filter(|c| !c.current && !c.deleted)
+            .map(|c| c.id.clone())
+            .collect();
+        let mut fetched: HashMap<String, Option<Value>> = HashMap::with_capacity(fetch.len());
+        if !fetch.is_empty() {
+            tracing::debug!(
+                stream = self.def.name,
+                objects = fetch.len(),
+                version = %pinned,
+                "Fetching objects whose events are rendered in another API version."
+            );
+            let mut answers = futures::stream::iter(fetch.into_iter().map(|id| async move {
+                let path = format!("{}/{id}", self.def.list_path);
+                let object = self.client.retrieve(self.def.name, &path).await?;
+                Ok::<_, Error>((id, object))
+            }))
+            .buffered(REFETCH_CONCURRENCY);
+            while let Some(answer) = answers.next().await {
+                let (id, object) = answer?;
+                fetched.insert(id, object);
+            }
+        }
+        let mut records = Vec::with_capacity(changes.len());
+        for change in changes {
+            let value = if change.current {
+                change.object
+            } else if change.deleted {
+                self.cut_down(change.object)
+            } else {
+                match fetched.remove(&change.id).flatten() {
+                    Some(object) => object,
+                    None => {
+                        tracing::debug!(stream = self.def.name, id = %change.id, "The object is gone; its deletion event lands it.");
+                        continue;
+                    }
+                }
+            };
+            records.push(Record {
+                value,
+                is_deleted: change.deleted,
+            });
+        }
+        Ok(records)
+    }
+
+    /// An object rendered in another API version, cut down to the top-level fields that
+    /// feed the stream's declared columns (`address` feeds `address_city`), so it adds no
+    /// column the pinned version does not have.
+    fn cut_down(&self, object: Value) -> Value {
+        let Value::Object(fields) = object else {
+            return object;
+        };
+        Value::Object(
+            fields
+                .into_iter()
+                .filter(|(key, _)| {
+                    self.declared.iter().any(|c| {
+                        c == key
+                            || c.strip_prefix(key.as_str())
+                                .is_some_and(|rest| rest.starts_with('_'))
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// The object of an event as a change, or `None` (logged) when it has no id.
+    fn object_of(&self, event: Value, pinned: &str) -> Option<Change> {
+        let found = object_of_event(event, pinned);
         if let Err(event_id) = &found {
             tracing::warn!(
                 stream = self.def.name,
@@ -834,6 +1078,63 @@ impl Reader {
             );
         }
         found.ok()
+    }
+
+    /// Lists again the objects that may still change without an event: from the oldest one
+    /// landed `pending` up to the anchor (newer ones come with the walk that follows), and
+    /// notes the oldest still pending. Balance transactions turn `available` on their
+    /// `available_on` date and Stripe sends no event for it
+    /// (https://docs.stripe.com/api/balance_transactions/object#balance_transaction_object-status).
+    /// A transaction pending for longer than [`SETTLE_WINDOW_SECS`] is no longer followed.
+    /// `false` when the read was cancelled.
+    async fn resettle(&self, at: &mut ChangesAt) -> Result<bool> {
+        let Some(since) = at.pending_since else {
+            return Ok(true);
+        };
+        let floor = self.client.server_now().timestamp() - SETTLE_WINDOW_SECS;
+        if since < floor {
+            tracing::warn!(
+                stream = self.def.name,
+                since,
+                "Objects have been pending for longer than the re-read window; following only the last {} days of them.",
+                SETTLE_WINDOW_SECS / 86_400
+            );
+        }
+        let mut query = self.list_query();
+        query.push(("created[gte]", since.max(floor).to_string()));
+        query.push(("created[lte]", at.anchor_created.to_string()));
+        let mut guard = self.list_guard();
+        let mut after: Option<String> = None;
+        let mut pending: Option<i64> = None;
+        loop {
+            let mut q = query.clone();
+            if let Some(after) = &after {
+                q.push(("starting_after", after.clone()));
+            }
+            let listing = self.list(self.def.list_path, &q).await?;
+            pending = older(pending, oldest_pending(&listing.body));
+            let has_more = listing.has_more();
+            if has_more {
+                after = Some(self.next_after(&mut guard, &listing)?);
+            } else {
+                // Only a complete re-read may move the mark; an interrupted one starts over.
+                at.pending_since = pending;
+            }
+            let records = if listing.envelope.count == 0 {
+                Records::Values(Vec::new())
+            } else {
+                Records::Json {
+                    body: listing.body,
+                    path: &["data"],
+                }
+            };
+            if !self.emit(records, &at.cursor(), false).await {
+                return Ok(false);
+            }
+            if !has_more {
+                return Ok(true);
+            }
+        }
     }
 
     /// The items of every subscription in a subscriptions list page.
@@ -889,27 +1190,43 @@ impl Reader {
 
     /// Every item of subscription `id`, from `/v1/subscription_items`.
     async fn all_items(&self, id: &str) -> Result<Vec<Value>> {
-        const PATH: &str = "/v1/subscription_items";
+        self.list_all("/v1/subscription_items", "subscription", id)
+            .await
+    }
+
+    /// Every item of invoice `id` as it is now, from `/v1/invoiceitems?invoice=<id>`.
+    async fn invoice_items(&self, id: &str) -> Result<Vec<Value>> {
+        self.list_all("/v1/invoiceitems", "invoice", id).await
+    }
+
+    /// Every object of list `path` whose `filter` is `id`.
+    async fn list_all(
+        &self,
+        path: &'static str,
+        filter: &'static str,
+        id: &str,
+    ) -> Result<Vec<Value>> {
+        const PATH_LIMIT: &str = "100";
         let mut items: Vec<Value> = Vec::new();
         let mut after: Option<String> = None;
         let mut guard = ProgressGuard::new(
             VENDOR,
             self.def.name,
-            format!("`starting_after` of the items of subscription {id}"),
+            format!("`starting_after` of {path}?{filter}={id}"),
             "has_more stayed true",
         );
         loop {
-            let mut query = vec![("subscription", id.to_owned()), ("limit", "100".to_owned())];
+            let mut query = vec![(filter, id.to_owned()), ("limit", PATH_LIMIT.to_owned())];
             if let Some(after) = &after {
                 query.push(("starting_after", after.clone()));
             }
-            let listing = self.list(PATH, &query).await?;
+            let listing = self.list(path, &query).await?;
             if !listing.has_more() {
-                items.extend(parse::<Value>(PATH, &listing.body)?.data);
+                items.extend(parse::<Value>(path, &listing.body)?.data);
                 return Ok(items);
             }
             after = Some(self.next_after(&mut guard, &listing)?);
-            items.extend(parse::<Value>(PATH, &listing.body)?.data);
+            items.extend(parse::<Value>(path, &listing.body)?.data);
         }
     }
 
@@ -928,7 +1245,7 @@ impl Reader {
     /// The feed's endpoint and parameters (with `limit`).
     fn feed_query(&self) -> (&'static str, Vec<(&'static str, String)>) {
         match self.def.feed {
-            Feed::Events(types) | Feed::SubscriptionItems(types) => {
+            Feed::Events(types) | Feed::SubscriptionItems(types) | Feed::InvoiceItems(types) => {
                 let mut query = vec![("limit", self.page_size.to_string())];
                 query.extend(types.iter().map(|t| ("types[]", (*t).to_owned())));
                 ("/v1/events", query)
@@ -953,9 +1270,21 @@ impl Reader {
     }
 }
 
-/// An event's `data.object`, its id, and whether the event type is a deletion; the event's
-/// id as the error when the object has no id.
-fn object_of_event(event: Value) -> Result<(String, Value, bool), String> {
+/// An object changed by an event.
+#[derive(Debug)]
+struct Change {
+    id: String,
+    /// The event's `data.object`.
+    object: Value,
+    /// The event deletes the object (see [`deletes`]).
+    deleted: bool,
+    /// The event is rendered in the pinned API version.
+    current: bool,
+}
+
+/// An event's `data.object` as a [`Change`]; the event's id as the error when the object
+/// has no id.
+fn object_of_event(event: Value, pinned: &str) -> Result<Change, String> {
     let Value::Object(mut event) = event else {
         return Err("?".to_owned());
     };
@@ -967,7 +1296,8 @@ fn object_of_event(event: Value) -> Result<(String, Value, bool), String> {
     let deleted = event
         .get("type")
         .and_then(Value::as_str)
-        .is_some_and(|t| t.ends_with(".deleted"));
+        .is_some_and(deletes);
+    let current = event.get("api_version").and_then(Value::as_str) == Some(pinned);
     let object = event
         .get_mut("data")
         .and_then(|data| data.get_mut("object"))
@@ -976,23 +1306,137 @@ fn object_of_event(event: Value) -> Result<(String, Value, bool), String> {
         return Err(event_id);
     };
     match object.get("id").and_then(Value::as_str).map(str::to_owned) {
-        Some(id) => Ok((id, object, deleted)),
+        Some(id) => Ok(Change {
+            id,
+            object,
+            deleted,
+            current,
+        }),
         None => Err(event_id),
     }
 }
 
-/// The newest version of each object, ordered by its last change. `changes` come oldest
-/// first as (id, object, deleted).
-fn latest_versions(changes: impl Iterator<Item = (String, Value, bool)>) -> Vec<Record> {
-    let mut slots: Vec<Option<Record>> = Vec::new();
+/// The newest change of each object, ordered by its last change. `changes` come oldest
+/// first.
+fn latest_changes(changes: impl Iterator<Item = Change>) -> Vec<Change> {
+    let mut slots: Vec<Option<Change>> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
-    for (id, value, is_deleted) in changes {
-        if let Some(previous) = index.insert(id, slots.len()) {
+    for change in changes {
+        if let Some(previous) = index.insert(change.id.clone(), slots.len()) {
             slots[previous] = None;
         }
-        slots.push(Some(Record { value, is_deleted }));
+        slots.push(Some(change));
     }
     slots.into_iter().flatten().collect()
+}
+
+/// The last record of each `id`, in the order of their last appearance.
+fn latest_by_id(records: Vec<Record>) -> Vec<Record> {
+    let mut slots: Vec<Option<Record>> = Vec::with_capacity(records.len());
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for record in records {
+        let id = record
+            .value
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if let Some(id) = id
+            && let Some(previous) = index.insert(id, slots.len())
+        {
+            slots[previous] = None;
+        }
+        slots.push(Some(record));
+    }
+    slots.into_iter().flatten().collect()
+}
+
+/// The subscription items that subscription events removed, oldest first, each with
+/// whether it is rendered in the pinned version: the items of an event's
+/// `previous_attributes.items` that its `data.object.items` no longer holds. Stripe puts
+/// the old value of a changed field in `previous_attributes`
+/// (https://docs.stripe.com/api/events/object#event_object-data-previous_attributes), so
+/// an item deleted from a subscription shows there. Lists cut short (`has_more`) cannot be
+/// compared and are skipped: such an item stays until the subscription is resynced.
+fn removed_items(events: &[Value], pinned: &str) -> Vec<(Value, bool)> {
+    let mut removed = Vec::new();
+    for event in events {
+        let (Some(previous), Some(now), Some(sub)) = (
+            event.pointer("/data/previous_attributes/items"),
+            event.pointer("/data/object/items"),
+            event.pointer("/data/object/id").and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        let complete = |list: &Value| {
+            !list
+                .get("has_more")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+        };
+        if !complete(previous) || !complete(now) {
+            continue;
+        }
+        let ids = |list: &Value| -> Vec<String> {
+            list.get("data")
+                .and_then(Value::as_array)
+                .map(|items| {
+                    items
+                        .iter()
+                        .filter_map(|i| i.get("id").and_then(Value::as_str).map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let kept = ids(now);
+        let current = event.get("api_version").and_then(Value::as_str) == Some(pinned);
+        for item in previous
+            .get("data")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(id) = item.get("id").and_then(Value::as_str) else {
+                continue;
+            };
+            if kept.iter().any(|k| k == id) {
+                continue;
+            }
+            let mut item = item.clone();
+            if let Value::Object(fields) = &mut item {
+                fields.insert("subscription".into(), Value::String(sub.to_owned()));
+            }
+            removed.push((item, current));
+        }
+    }
+    removed
+}
+
+/// The oldest `created` among the `pending` objects of a list page.
+fn oldest_pending(body: &[u8]) -> Option<i64> {
+    serde_json::from_slice::<List<Settling>>(body)
+        .ok()?
+        .data
+        .into_iter()
+        .filter(|o| o.status.as_deref() == Some("pending"))
+        .filter_map(|o| o.created)
+        .min()
+}
+
+/// The oldest `created` among `pending` objects.
+fn oldest_pending_of(objects: &[Value]) -> Option<i64> {
+    objects
+        .iter()
+        .filter(|o| o.get("status").and_then(Value::as_str) == Some("pending"))
+        .filter_map(|o| o.get("created").and_then(Value::as_i64))
+        .min()
+}
+
+/// The older of two optional times.
+fn older(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// An object's `id` and `created`.
@@ -1051,21 +1495,25 @@ mod tests {
                 starting_after: Some("ch_1".into()),
                 anchor: Some("evt_1".into()),
                 since: 1_700_000_000,
+                pending_since: None,
             },
             Cursor::Backfill {
                 starting_after: None,
                 anchor: None,
                 since: 1,
+                pending_since: Some(0),
             },
             Cursor::Changes {
                 anchor: Some("evt_2".into()),
                 anchor_created: 1_699_999_999,
                 since: 1_700_000_000,
+                pending_since: Some(1_699_000_000),
             },
             Cursor::Changes {
                 anchor: None,
                 anchor_created: 5,
                 since: 5,
+                pending_since: None,
             },
         ];
         for cursor in cursors {
@@ -1077,7 +1525,8 @@ mod tests {
             Cursor::Backfill {
                 starting_after: Some("ch_1".into()),
                 anchor: None,
-                since: 7
+                since: 7,
+                pending_since: None,
             }
             .to_json(),
             json!({"phase": "backfill", "starting_after": "ch_1", "anchor": null, "since": 7})
@@ -1091,7 +1540,7 @@ mod tests {
     }
 
     #[test]
-    fn latest_versions_keep_the_newest_in_order_of_last_change() {
+    fn latest_changes_keep_the_newest_in_order_of_last_change() {
         let changes = [
             ("a", 1, false),
             ("b", 1, false),
@@ -1099,33 +1548,93 @@ mod tests {
             ("c", 1, false),
             ("b", 2, true),
         ];
-        let records = latest_versions(
-            changes
-                .into_iter()
-                .map(|(id, v, d)| (id.to_owned(), json!({"id": id, "v": v}), d)),
-        );
-        let got: Vec<_> = records
+        let latest = latest_changes(changes.into_iter().map(|(id, v, d)| Change {
+            id: id.to_owned(),
+            object: json!({"id": id, "v": v}),
+            deleted: d,
+            current: true,
+        }));
+        let got: Vec<_> = latest
             .iter()
-            .map(|r| {
-                (
-                    r.value["id"].as_str().unwrap(),
-                    r.value["v"].as_i64().unwrap(),
-                    r.is_deleted,
-                )
-            })
+            .map(|c| (c.id.as_str(), c.object["v"].as_i64().unwrap(), c.deleted))
             .collect();
         assert_eq!(got, [("a", 2, false), ("c", 1, false), ("b", 2, true)]);
     }
 
     #[test]
-    fn events_yield_their_objects_and_deletions() {
-        let event = json!({"id": "evt_1", "type": "customer.deleted", "data": {"object": {"id": "cus_1", "deleted": true}}});
-        let (id, object, deleted) = object_of_event(event).unwrap();
-        assert_eq!((id.as_str(), deleted), ("cus_1", true));
-        assert_eq!(object["deleted"], true);
+    fn events_yield_their_objects_deletions_and_versions() {
+        let event = json!({"id": "evt_1", "type": "customer.deleted", "api_version": "2024-06-20", "data": {"object": {"id": "cus_1", "deleted": true}}});
+        let change = object_of_event(event, "2024-06-20").unwrap();
+        assert_eq!(
+            (change.id.as_str(), change.deleted, change.current),
+            ("cus_1", true, true)
+        );
+        assert_eq!(change.object["deleted"], true);
+        // A subscription's `.deleted` means it ended: it stays, `canceled`.
+        let event = json!({"id": "evt_3", "type": "customer.subscription.deleted", "api_version": "2020-08-27", "data": {"object": {"id": "sub_1", "status": "canceled"}}});
+        let change = object_of_event(event, "2024-06-20").unwrap();
+        assert_eq!((change.deleted, change.current), (false, false));
         let event =
             json!({"id": "evt_2", "type": "customer.updated", "data": {"object": {"name": "x"}}});
-        assert_eq!(object_of_event(event).unwrap_err(), "evt_2");
+        assert_eq!(object_of_event(event, "2024-06-20").unwrap_err(), "evt_2");
+    }
+
+    #[test]
+    fn only_real_deletions_delete_and_every_type_is_stripes() {
+        let known: Vec<&str> = include_str!("../fixtures/event_types.txt")
+            .lines()
+            .collect();
+        for def in STREAMS {
+            if let Feed::Events(types)
+            | Feed::SubscriptionItems(types)
+            | Feed::InvoiceItems(types) = def.feed
+            {
+                for t in types {
+                    assert!(
+                        known.contains(t),
+                        "{}: Stripe has no event type {t}",
+                        def.name
+                    );
+                }
+            }
+        }
+        for t in DELETIONS {
+            assert!(known.contains(t), "{t}");
+        }
+        assert!(deletes("invoiceitem.deleted") && deletes("customer.deleted"));
+        assert!(!deletes("customer.subscription.deleted"));
+        assert!(!known.contains(&"invoiceitem.updated"));
+    }
+
+    #[test]
+    fn removed_subscription_items_come_from_previous_attributes() {
+        let event = json!({
+            "id": "evt_1", "type": "customer.subscription.updated", "api_version": "2024-06-20",
+            "data": {
+                "object": {"id": "sub_1", "items": {"object": "list", "has_more": false, "data": [{"id": "si_a"}]}},
+                "previous_attributes": {"items": {"object": "list", "has_more": false, "data": [{"id": "si_a"}, {"id": "si_b", "quantity": 2}]}}
+            }
+        });
+        let removed = removed_items(std::slice::from_ref(&event), "2024-06-20");
+        assert_eq!(removed.len(), 1);
+        assert_eq!(
+            removed[0].0,
+            json!({"id": "si_b", "quantity": 2, "subscription": "sub_1"})
+        );
+        assert!(removed[0].1);
+        let mut cut = event.clone();
+        cut["data"]["previous_attributes"]["items"]["has_more"] = true.into();
+        assert!(removed_items(&[cut], "2024-06-20").is_empty());
+    }
+
+    #[test]
+    fn pending_marks_take_the_oldest() {
+        let body = br#"{"data":[{"id":"txn_3","created":30,"status":"pending"},{"id":"txn_2","created":20,"status":"available"},{"id":"txn_1","created":10,"status":"pending"}],"has_more":false}"#;
+        assert_eq!(oldest_pending(body), Some(10));
+        assert_eq!(oldest_pending(br#"{"data":[],"has_more":false}"#), None);
+        assert_eq!(older(Some(5), None), Some(5));
+        assert_eq!(older(Some(5), Some(3)), Some(3));
+        assert_eq!(older(None, None), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use futures::StreamExt as _;
 use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
-use super::kinds::{DeleteMode, Kind};
+use super::kinds::{DeleteMode, Kind, known_event_type};
 use super::render::render_top;
 use super::store::{Cursor, ListQuery, Origin, Page};
 use super::{BadShape, Faults, Shared};
@@ -161,6 +161,9 @@ fn route(
         return Err(unrecognized());
     }
     let now = shared.now();
+    if kind == Kind::BalanceTransaction && method == Method::GET {
+        shared.write().settle(now);
+    }
     match (method, id) {
         (&Method::GET, None) => {
             let q = list_query(kind, &parse_pairs(query))?;
@@ -310,8 +313,16 @@ pub(crate) fn list_query(kind: Kind, params: &[(String, String)]) -> Result<List
             "created[lte]" => q.created_max = q.created_max.min(integer(name, value)?),
             "expand" => {}
             n if n.starts_with("expand[") => {}
-            "type" if kind == Kind::Event => q.types.push(value.clone()),
+            "type" if kind == Kind::Event => {
+                // `type` takes one name or a `*` pattern (https://docs.stripe.com/api/events/list).
+                if !value.contains('*') {
+                    known_type(name, value)?;
+                }
+                q.types.push(value.clone())
+            }
             n if kind == Kind::Event && n.starts_with("types[") && n.ends_with(']') => {
+                // `types` takes specific event names only.
+                known_type(name, value)?;
                 q.types.push(value.clone());
                 if q.types.len() > 20 {
                     return Err(ApiError::invalid(
@@ -347,6 +358,19 @@ pub(crate) fn list_query(kind: Kind, params: &[(String, String)]) -> Result<List
         ));
     }
     Ok(q)
+}
+
+/// Stripe refuses an event type it does not have with an `invalid_request_error` naming
+/// the parameter, rather than answering an empty list.
+fn known_type(param: &str, value: &str) -> Result<(), ApiError> {
+    if known_event_type(value) {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        "parameter_invalid_string",
+        format!("Invalid {param}: `{value}` is not a valid event type."),
+        param.to_owned(),
+    ))
 }
 
 /// Fields that clients may not set.
@@ -786,6 +810,22 @@ fn sandbox_control(
             shared.advance_clock(Duration::from_secs(seconds));
             Ok(json!({"now": shared.now()}))
         }
+        (&Method::POST, "account") => {
+            let request = parse(body)?;
+            let version = request
+                .get("api_version")
+                .and_then(Value::as_str)
+                .filter(|v| valid_api_version(v))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "parameter_invalid",
+                        "api_version must be a Stripe API version such as 2024-06-20.",
+                        "api_version".to_owned(),
+                    )
+                })?;
+            shared.write().set_account_version(version);
+            Ok(json!({"api_version": version}))
+        }
         (&Method::POST, "rate_limit") => {
             let request = parse(body)?;
             let rps = request.get("requests_per_second").and_then(Value::as_f64);
@@ -797,6 +837,15 @@ fn sandbox_control(
             &format!("/_sandbox/{path}"),
         )),
     }
+}
+
+/// A Stripe API version: `YYYY-MM-DD`, optionally followed by `.<release name>`.
+pub(crate) fn valid_api_version(v: &str) -> bool {
+    let (date, name) = v.split_once('.').unwrap_or((v, "a"));
+    chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").is_ok()
+        && date.len() == 10
+        && !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_lowercase())
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Value {
@@ -832,11 +881,20 @@ mod tests {
     fn list_parameters_like_stripe() {
         let q = list_query(
             Kind::Event,
-            &pairs("limit=3&types[]=a&types[]=b&created[gt]=5&created[lte]=9"),
+            &pairs("limit=3&types[]=charge.succeeded&types[]=invoice.paid&created[gt]=5&created[lte]=9"),
         )
         .expect("valid");
         assert_eq!((q.limit, q.created_min, q.created_max), (3, 6, 9));
-        assert_eq!(q.types, vec!["a", "b"]);
+        assert_eq!(q.types, vec!["charge.succeeded", "invoice.paid"]);
+        // Stripe has no `invoiceitem.updated`; a pattern is only for `type`.
+        let e =
+            list_query(Kind::Event, &pairs("types[]=invoiceitem.updated")).expect_err("unknown");
+        assert_eq!((e.status, e.kind), (400, "invalid_request_error"));
+        assert!(e.message.contains("invoiceitem.updated"), "{}", e.message);
+        assert_eq!(e.param.as_deref(), Some("types[]"));
+        assert!(list_query(Kind::Event, &pairs("types[]=charge.*")).is_err());
+        assert!(list_query(Kind::Event, &pairs("type=charge.*")).is_ok());
+        assert!(list_query(Kind::Event, &pairs("type=charge.nope")).is_err());
         let e = list_query(Kind::Charge, &pairs("limit=101")).expect_err("too big");
         assert_eq!(e.code, Some("parameter_invalid_integer"));
         let e = list_query(Kind::Charge, &pairs("limit=x")).expect_err("not a number");
@@ -849,8 +907,9 @@ mod tests {
         let e =
             list_query(Kind::Charge, &pairs("starting_after=a&ending_before=b")).expect_err("both");
         assert_eq!(e.code, Some("parameters_exclusive"));
-        let many: String = (0..21).map(|i| format!("types[]=t{i}&")).collect();
-        assert!(list_query(Kind::Event, &pairs(&many)).is_err());
+        let many: String = (0..21).map(|_| "types[]=charge.succeeded&").collect();
+        let e = list_query(Kind::Event, &pairs(&many)).expect_err("more than 20");
+        assert_eq!(e.code, Some("parameter_invalid_array"));
     }
 
     #[test]

@@ -36,6 +36,20 @@ pub(crate) enum DeleteMode {
     Delete,
     /// Subscriptions: the object is canceled and stays listed.
     Cancel,
+    /// Subscription items: the item leaves its subscription ("Deletes an item from the
+    /// subscription. Removing a subscription item from a subscription will not cancel the
+    /// subscription", https://docs.stripe.com/api/subscription_items/delete), announced as
+    /// `customer.subscription.updated` with the old `items` in `previous_attributes`.
+    RemoveItem,
+}
+
+/// Every event type Stripe sends (the official Go SDK's `EventType` list; see
+/// `fixtures/README.md`). The simulator emits only these and refuses others in `types[]`.
+const EVENT_TYPES: &str = include_str!("../../fixtures/event_types.txt");
+
+/// Whether Stripe has an event type called `name`.
+pub(crate) fn known_event_type(name: &str) -> bool {
+    EVENT_TYPES.lines().any(|t| t == name)
 }
 
 /// Number of kinds, for per-kind arrays.
@@ -185,7 +199,8 @@ impl Kind {
     /// The event an update emits: a specific one when a state field moved to a value Stripe
     /// announces (`charge.refunded`, `invoice.paid`, ...), otherwise `<type>.updated`. One
     /// mutation emits one event, so tests can count them. `None` for types Stripe sends no
-    /// update event for (payment intents, balance transactions, subscription items).
+    /// update event for (payment intents, balance transactions, subscription items, invoice
+    /// items).
     pub(crate) fn updated_event(self, old: &Value, new: &Value) -> Option<String> {
         let prefix = self.event_prefix()?;
         let moved_to = |field: &str, value: &Value| -> bool {
@@ -217,6 +232,10 @@ impl Kind {
             }
             Kind::Payout if status_to("paid") => Some("payout.paid"),
             Kind::Payout if status_to("failed") => Some("payout.failed"),
+            // Stripe has no `invoiceitem.updated` (its event list holds only
+            // `invoiceitem.created` and `invoiceitem.deleted`): an edit of an item on a
+            // draft invoice shows as the invoice's `invoice.updated` (see `Store::update`).
+            Kind::InvoiceItem => return None,
             _ => None,
         };
         Some(specific.map_or_else(|| format!("{prefix}.updated"), str::to_owned))
@@ -232,6 +251,7 @@ impl Kind {
             | Kind::Coupon
             | Kind::Invoice => DeleteMode::Delete,
             Kind::Subscription => DeleteMode::Cancel,
+            Kind::SubscriptionItem => DeleteMode::RemoveItem,
             _ => DeleteMode::Unsupported,
         }
     }
@@ -269,8 +289,8 @@ impl Kind {
 
     /// How many objects are seeded for `records`. Charges (and their balance transactions)
     /// get `records`; the other types are scaled down the way a real account is shaped;
-    /// every list type gets at least `min(records, 5)` so each stream has data. Events
-    /// start empty: the account existed before the simulator started watching it.
+    /// every list type gets at least `min(records, 5)` so each stream has data. Events are
+    /// not generated here: they are the history of the others (`Store::seed_history`).
     pub(crate) fn seeded_count(self, records: usize) -> usize {
         let n = match self {
             Kind::Charge | Kind::BalanceTransaction => records,

@@ -137,12 +137,24 @@ pub(crate) struct Store {
     tables: Vec<Table>,
     generator: Gen,
     fixtures: Vec<Value>,
+    /// The account's API version, which Stripe renders new events in (see
+    /// [`Store::set_account_version`]).
+    account_version: String,
+    /// Pending balance transactions by `available_on`, oldest first.
+    pending: Vec<(i64, Box<str>)>,
 }
 
 impl Store {
     /// Seeds an account of `records` charges (see [`Kind::seeded_count`]) whose objects were
     /// created during the 60 days before `start`.
     pub(crate) fn generate(seed: u64, start: i64, records: usize) -> Result<Store, ApiError> {
+        let mut store = Store::generate_objects(seed, start, records)?;
+        store.seed_history(start);
+        Ok(store)
+    }
+
+    /// The seeded objects without their event history.
+    fn generate_objects(seed: u64, start: i64, records: usize) -> Result<Store, ApiError> {
         let fixtures = load_fixtures()?;
         let generator = Gen::new(seed, start, records);
         let mut tables = Vec::with_capacity(KIND_COUNT);
@@ -227,11 +239,94 @@ impl Store {
                 next_index: n,
             });
         }
-        Ok(Store {
+        let mut store = Store {
             tables,
             generator,
             fixtures,
-        })
+            account_version: API_VERSION.to_owned(),
+            pending: Vec::new(),
+        };
+        let pending: Vec<Value> = store
+            .table(Kind::BalanceTransaction)
+            .entries
+            .iter()
+            .rev()
+            .take_while(|e| e.created >= start - 30 * 86_400)
+            .filter_map(|e| serde_json::from_slice(&e.body).ok())
+            .collect();
+        for bt in &pending {
+            store.track_pending(bt);
+        }
+        Ok(store)
+    }
+
+    /// The account's API version. Stripe renders an event's `data.object` "using the API
+    /// version of the account at the time the event was created" (the event's
+    /// `api_version`; https://docs.stripe.com/api/events/object#event_object-api_version),
+    /// not the version a client later reads it with; a client's `Stripe-Version` header
+    /// only shapes what it fetches itself. Events created after this call carry `version`
+    /// and, for versions before the simulator's own, the older shape of their objects
+    /// (see [`legacy_shape`]).
+    pub(crate) fn set_account_version(&mut self, version: &str) {
+        self.account_version = version.to_owned();
+    }
+
+    /// Stripe keeps 30 days of events, so an account that exists before anyone syncs it
+    /// already has the events of its objects created in that window (older objects have
+    /// none left). Each seeded object created in the 30 days before `start` gets its
+    /// created event at its `created`, and one in four of the customers, subscriptions and
+    /// products created then also a later update (a `metadata` change, a day after).
+    fn seed_history(&mut self, start: i64) {
+        let since = start - EVENT_RETENTION;
+        let origin = Origin::default();
+        // (time, kind, id, update?) in time order, so the feed stays ordered.
+        let mut plan: Vec<(i64, Kind, Box<str>, bool)> = Vec::new();
+        for kind in ALL_KINDS {
+            if kind.event_prefix().is_none() {
+                continue;
+            }
+            let table = self.table(kind);
+            let from = table.first_at_or_after(since);
+            for (n, e) in table.entries[from..].iter().enumerate() {
+                if e.created > start {
+                    break;
+                }
+                plan.push((e.created, kind, e.id.clone(), false));
+                let updated = e.created + 86_400;
+                if matches!(kind, Kind::Customer | Kind::Subscription | Kind::Product)
+                    && n % 4 == 1
+                    && updated <= start
+                {
+                    plan.push((updated, kind, e.id.clone(), true));
+                }
+            }
+        }
+        plan.sort_by_key(|(t, k, _, update)| (*t, *update, k.index()));
+        for (at, kind, id, update) in plan {
+            if update {
+                let _ = self.update(
+                    kind,
+                    &id,
+                    |current| {
+                        let mut metadata = current
+                            .get("metadata")
+                            .cloned()
+                            .filter(Value::is_object)
+                            .unwrap_or_else(|| json!({}));
+                        metadata["lifecycle"] = "reviewed".into();
+                        let mut changes = Map::new();
+                        changes.insert("metadata".into(), metadata);
+                        Ok(changes)
+                    },
+                    at,
+                    &origin,
+                );
+            } else if let Some(object) = self.get_value(kind, &id, at)
+                && let Some(event) = kind.created_event(&object)
+            {
+                self.emit(event, object, None, at, &origin);
+            }
+        }
     }
 
     fn table(&self, kind: Kind) -> &Table {
@@ -427,6 +522,9 @@ impl Store {
         if kind == Kind::Subscription {
             self.index_embedded_items(&id, &object, now);
         }
+        if kind == Kind::BalanceTransaction {
+            self.track_pending(&object);
+        }
         if let Some(event) = kind.created_event(&object) {
             self.emit(event, object.clone(), None, now, origin);
         }
@@ -573,6 +671,9 @@ impl Store {
         now: i64,
         origin: &Origin,
     ) -> Result<Value, ApiError> {
+        if kind == Kind::InvoiceItem {
+            return self.update_invoice_item(id, changes, now, origin);
+        }
         let (old, new, previous) = self.apply(kind, id, changes, now)?;
         if previous.is_empty() {
             return Ok(new);
@@ -652,6 +753,9 @@ impl Store {
         now: i64,
         origin: &Origin,
     ) -> Result<Value, ApiError> {
+        if kind.delete_mode() == DeleteMode::RemoveItem {
+            return self.remove_item(id, now, origin);
+        }
         let Some(prefix) = kind.event_prefix() else {
             return Err(ApiError::unrecognized_url(
                 "DELETE",
@@ -659,7 +763,7 @@ impl Store {
             ));
         };
         match kind.delete_mode() {
-            DeleteMode::Unsupported => Err(ApiError::unrecognized_url(
+            DeleteMode::Unsupported | DeleteMode::RemoveItem => Err(ApiError::unrecognized_url(
                 "DELETE",
                 &format!("/v1/{}/{id}", kind.resource()),
             )),
@@ -705,6 +809,174 @@ impl Store {
         }
     }
 
+    /// `DELETE /v1/subscription_items/<id>`: the item leaves its subscription, whose
+    /// `customer.subscription.updated` carries the old `items` in `previous_attributes`.
+    /// Stripe refuses to remove a subscription's last item (a subscription needs one; cancel
+    /// it instead), and so does the simulator.
+    fn remove_item(&mut self, id: &str, now: i64, origin: &Origin) -> Result<Value, ApiError> {
+        let kind = Kind::SubscriptionItem;
+        let pos = self.cursor_position(kind, id, "id", now)?;
+        let entry = &self.table(kind).entries[pos];
+        if entry.deleted {
+            return Err(ApiError::no_such(kind.object(), id, "id"));
+        }
+        let item: Value = serde_json::from_slice(&entry.body)
+            .map_err(|e| ApiError::internal(format!("stored object does not parse: {e}")))?;
+        let sub_id = item
+            .get("subscription")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let item_id = id.to_owned();
+        self.update(
+            Kind::Subscription,
+            &sub_id,
+            |sub| {
+                let mut items = sub.get("items").cloned().unwrap_or_else(|| json!({}));
+                let list = items
+                    .get_mut("data")
+                    .and_then(Value::as_array_mut)
+                    .ok_or_else(|| ApiError::internal("subscription without items"))?;
+                let before = list.len();
+                list.retain(|i| i.get("id").and_then(Value::as_str) != Some(&item_id));
+                if list.is_empty() && before > 0 {
+                    return Err(ApiError::invalid(
+                        "parameter_invalid_empty",
+                        "A subscription must have at least one active plan. To cancel a \
+                         subscription, please use the cancel API endpoint on /v1/subscriptions.",
+                        None,
+                    ));
+                }
+                let left = list.len();
+                if let Some(total) = items.get_mut("total_count") {
+                    *total = Value::from(left);
+                }
+                let mut changes = Map::new();
+                changes.insert("items".into(), items);
+                Ok(changes)
+            },
+            now,
+            origin,
+        )?;
+        let entry = &mut self.table_mut(kind).entries[pos];
+        entry.deleted = true;
+        entry.body = Bytes::new();
+        Ok(deleted_stub(kind, id))
+    }
+
+    /// An update of an invoice item. Stripe lets an item change only while it is pending
+    /// or its invoice is a draft ("Updates the amount or description of an invoice item on
+    /// an upcoming invoice. Updating an invoice item is only possible before the invoice
+    /// it's attached to is closed", https://docs.stripe.com/api/invoiceitems/update), and
+    /// sends no event for the item itself: Stripe has no `invoiceitem.updated`. An edit of
+    /// an item on a draft invoice changes the invoice's amounts, announced as
+    /// `invoice.updated`.
+    fn update_invoice_item(
+        &mut self,
+        id: &str,
+        changes: impl FnOnce(&Value) -> Result<Map<String, Value>, ApiError>,
+        now: i64,
+        origin: &Origin,
+    ) -> Result<Value, ApiError> {
+        let current = self
+            .get_value(Kind::InvoiceItem, id, now)
+            .filter(|v| v.get("deleted").is_none())
+            .ok_or_else(|| ApiError::no_such("invoiceitem", id, "id"))?;
+        let invoice_id = current
+            .get("invoice")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let invoice = match &invoice_id {
+            Some(invoice_id) => Some(
+                self.get_value(Kind::Invoice, invoice_id, now)
+                    .ok_or_else(|| ApiError::no_such("invoice", invoice_id, "invoice"))?,
+            ),
+            None => None,
+        };
+        if let Some(invoice) = &invoice
+            && invoice.get("status").and_then(Value::as_str) != Some("draft")
+        {
+            return Err(ApiError::invalid(
+                "invoice_not_editable",
+                format!(
+                    "You can only update invoice items on draft invoices. Invoice {} is {}.",
+                    invoice_id.as_deref().unwrap_or_default(),
+                    invoice["status"].as_str().unwrap_or("finalized")
+                ),
+                None,
+            ));
+        }
+        let (old, new, previous) = self.apply(Kind::InvoiceItem, id, changes, now)?;
+        let delta = new.get("amount").and_then(Value::as_i64).unwrap_or(0)
+            - old.get("amount").and_then(Value::as_i64).unwrap_or(0);
+        if let (Some(invoice_id), Some(invoice)) = (invoice_id, invoice)
+            && !previous.is_empty()
+        {
+            let mut changes = Map::new();
+            for field in ["amount_due", "amount_remaining", "subtotal", "total"] {
+                if let Some(v) = invoice.get(field).and_then(Value::as_i64)
+                    && delta != 0
+                {
+                    changes.insert(field.into(), (v + delta).into());
+                }
+            }
+            // `apply` + `emit` rather than `update`, which would instantiate itself again.
+            let (_, new_invoice, mut invoice_previous) =
+                self.apply(Kind::Invoice, &invoice_id, |_| Ok(changes), now)?;
+            // The invoice's lines show the item: its `lines` changed even when no amount did.
+            invoice_previous.insert(
+                "lines".into(),
+                json!({"data": [{"invoice_item": id, "previous_attributes": Value::Object(previous)}]}),
+            );
+            self.emit(
+                "invoice.updated".to_owned(),
+                new_invoice,
+                Some(invoice_previous),
+                now,
+                origin,
+            );
+        }
+        Ok(new)
+    }
+
+    /// Balance transactions move from `pending` to `available` once their `available_on`
+    /// has passed (https://docs.stripe.com/api/balance_transactions/object#balance_transaction_object-status);
+    /// Stripe sends no event per transaction, so only a re-read sees it.
+    pub(crate) fn settle(&mut self, now: i64) {
+        let due = self.pending.partition_point(|(on, _)| *on <= now);
+        if due == 0 {
+            return;
+        }
+        let settled: Vec<(i64, Box<str>)> = self.pending.drain(..due).collect();
+        for (_, id) in settled {
+            let _ = self.apply(
+                Kind::BalanceTransaction,
+                &id,
+                |_| {
+                    let mut changes = Map::new();
+                    changes.insert("status".into(), "available".into());
+                    Ok(changes)
+                },
+                now,
+            );
+        }
+    }
+
+    /// Notes a pending balance transaction, to settle it when its time comes.
+    fn track_pending(&mut self, object: &Value) {
+        if object.get("status").and_then(Value::as_str) != Some("pending") {
+            return;
+        }
+        let (Some(on), Some(id)) = (
+            object.get("available_on").and_then(Value::as_i64),
+            object.get("id").and_then(Value::as_str),
+        ) else {
+            return;
+        };
+        let at = self.pending.partition_point(|(o, _)| *o <= on);
+        self.pending.insert(at, (on, id.into()));
+    }
+
     /// Appends an event. Its `created` never goes below the previous event's, so the feed
     /// stays in emission order (and in id order) even if the wall clock steps back.
     fn emit(
@@ -727,6 +999,13 @@ impl Store {
         {
             map.remove("deleted");
         }
+        debug_assert!(
+            super::kinds::known_event_type(&event_type),
+            "the simulator emits only Stripe's event types, not {event_type}"
+        );
+        if self.account_version.as_str() != API_VERSION {
+            legacy_shape(&event_type, &self.account_version, &mut object);
+        }
         let mut data = Map::new();
         data.insert("object".into(), object);
         if let Some(previous) = previous {
@@ -734,7 +1013,7 @@ impl Store {
         }
         let mut event = self.fixtures[Kind::Event.index()].clone();
         event["id"] = Value::String(id.clone());
-        event["api_version"] = API_VERSION.into();
+        event["api_version"] = self.account_version.clone().into();
         event["created"] = created.into();
         event["data"] = Value::Object(data);
         event["livemode"] = false.into();
@@ -852,6 +1131,53 @@ fn tag_of(kind: Kind, object: &Value) -> Option<Box<str>> {
             .map(Into::into),
         Kind::Event => object.get("type").and_then(Value::as_str).map(Into::into),
         _ => None,
+    }
+}
+
+/// What an event's object looked like in an older API version, for the fields where
+/// Stripe's versions differ in ways a table notices (https://docs.stripe.com/upgrades):
+///
+/// - before `2020-08-27` a customer carried its `sources`, `subscriptions` and `tax_ids`
+///   lists, which later versions leave out unless expanded;
+/// - before `2022-11-15` a payment intent carried its `charges` list, which later versions
+///   replaced with `latest_charge`.
+///
+/// Versions compare as text (they are ISO dates, optionally with a `.name` suffix).
+fn legacy_shape(event_type: &str, version: &str, object: &mut Value) {
+    let Some(map) = object.as_object_mut() else {
+        return;
+    };
+    let id = map
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let list = |url: String| json!({"object": "list", "data": [], "has_more": false, "total_count": 0, "url": url});
+    if event_type.starts_with("customer.")
+        && !event_type.starts_with("customer.subscription.")
+        && version < "2020-08-27"
+    {
+        map.insert(
+            "sources".into(),
+            list(format!("/v1/customers/{id}/sources")),
+        );
+        map.insert(
+            "subscriptions".into(),
+            list(format!("/v1/customers/{id}/subscriptions")),
+        );
+        map.insert(
+            "tax_ids".into(),
+            list(format!("/v1/customers/{id}/tax_ids")),
+        );
+    }
+    if event_type.starts_with("payment_intent.") && version < "2022-11-15" {
+        let latest = map.remove("latest_charge").unwrap_or(Value::Null);
+        let mut charges = list(format!("/v1/charges?payment_intent={id}"));
+        if let Some(charge) = latest.as_str() {
+            charges["data"] = json!([{"id": charge, "object": "charge"}]);
+            charges["total_count"] = 1.into();
+        }
+        map.insert("charges".into(), charges);
     }
 }
 
@@ -990,7 +1316,58 @@ mod tests {
             }
         }
         assert_eq!(s.len(Kind::Charge), 40);
-        assert_eq!(s.len(Kind::Event), 0);
+    }
+
+    #[test]
+    fn history_holds_the_last_thirty_days_of_real_events() {
+        let s = store(200);
+        let page = s
+            .list(
+                Kind::Event,
+                &ListQuery {
+                    limit: 100,
+                    ..ListQuery::default()
+                },
+                NOW,
+            )
+            .expect("events");
+        assert!(!page.items.is_empty(), "a seeded account has recent events");
+        let mut created_events = 0;
+        let mut updates = 0;
+        for entry in &s.table(Kind::Event).entries {
+            let event: Value = serde_json::from_slice(&entry.body).expect("json");
+            let kind = event["type"].as_str().expect("type");
+            assert!(super::super::kinds::known_event_type(kind), "{kind}");
+            assert!(event["created"].as_i64().unwrap() >= NOW - EVENT_RETENTION);
+            assert!(event["created"].as_i64().unwrap() <= NOW);
+            let object = &event["data"]["object"];
+            if kind.ends_with(".created") || kind == "charge.succeeded" || kind == "charge.failed" {
+                created_events += 1;
+                // Created when the object was.
+                let field = if kind.starts_with("invoiceitem.") {
+                    "date"
+                } else {
+                    "created"
+                };
+                assert_eq!(object[field], event["created"], "{kind}");
+            } else {
+                updates += 1;
+                assert_eq!(kind.split('.').next_back(), Some("updated"), "{kind}");
+                assert_eq!(object["metadata"]["lifecycle"], "reviewed");
+            }
+        }
+        // Objects created more than 30 days ago have no events left.
+        let recent: usize = ALL_KINDS
+            .iter()
+            .filter(|k| k.event_prefix().is_some())
+            .map(|&k| {
+                let t = s.table(k);
+                t.entries.len() - t.first_at_or_after(NOW - EVENT_RETENTION)
+            })
+            .sum();
+        assert_eq!(created_events, recent);
+        assert!(updates > 0);
+        assert!(recent < ALL_KINDS.iter().map(|&k| s.len(k)).sum::<usize>());
     }
 
     #[test]
@@ -1016,7 +1393,8 @@ mod tests {
 
     #[test]
     fn template_and_slow_path_agree() {
-        let s = store(20);
+        // Without history: its updates re-render some objects.
+        let s = Store::generate_objects(42, NOW, 20).expect("seeding works");
         for kind in ALL_KINDS {
             if s.generator.count(kind) == 0 {
                 continue;
