@@ -370,6 +370,13 @@ impl SalesforceClient {
         .await
     }
 
+    /// The bytes of a `queryAll` request target before its encoded SOQL
+    /// (`/services/data/vXX.X/queryAll?q=`), for sizing queries to fit the URL limit (see
+    /// [`crate::chunks`]).
+    pub fn query_all_prefix_len(&self) -> usize {
+        self.data_path("/queryAll").len() + "?q=".len()
+    }
+
     /// The first page of `queryAll` (deleted and archived records included) for `soql`, read
     /// for `stream` (named in errors).
     pub async fn query_all(&self, stream: &str, soql: &str) -> Result<QueryPage> {
@@ -414,6 +421,13 @@ impl SalesforceClient {
     }
 
     /// Creates a Bulk API 2.0 `queryAll` job for `soql`.
+    ///
+    /// A 403 here is Salesforce refusing the job, not the credentials, which the `COUNT()`
+    /// query before it has just used: Salesforce's 403 means the request was refused for
+    /// the user's permissions, or, with `REQUEST_LIMIT_EXCEEDED`, for the org's API request
+    /// limit (https://developer.salesforce.com/docs/platform/api-rest/guide/errorcodes.html).
+    /// So it is an [`Error::Http`] (see [`bulk_refused`]); `REQUEST_LIMIT_EXCEEDED` still
+    /// defers, as for every request.
     pub async fn create_bulk_job(&self, soql: &str) -> Result<JobInfo> {
         let path = self.data_path("/jobs/query");
         let body = serde_json::json!({
@@ -433,7 +447,20 @@ impl SalesforceClient {
                         .map_err(|e| e.to_string())
                 },
             )
-            .await?;
+            .await
+            .map_err(|e| match e {
+                Error::Auth {
+                    status: 403,
+                    message,
+                    ..
+                } => Error::Http {
+                    method: "POST".to_owned(),
+                    url: path.clone(),
+                    status: 403,
+                    message,
+                },
+                other => other,
+            })?;
         response.json()
     }
 
@@ -549,6 +576,36 @@ pub fn bulk_unsupported(err: &Error) -> bool {
     }
 }
 
+/// Why Salesforce refused to create a Bulk API 2.0 query job for now, when `err` (from
+/// [`SalesforceClient::create_bulk_job`]) is such a refusal: the org's daily query jobs (or
+/// result storage) are used up, `400 LIMIT_EXCEEDED` "Max bulk v2 query jobs (10000) per 24
+/// hrs has been reached" (DailyBulkV2QueryJobs,
+/// https://developer.salesforce.com/docs/atlas.en-us.api_asynch.meta/api_asynch/bulk_api_2_limits.htm),
+/// or the user may not run Bulk jobs (any other 403, e.g. `InvalidUser`, "the user …
+/// doesn't have the correct permission",
+/// https://developer.salesforce.com/docs/atlas.en-us.api_asynch.meta/api_asynch/bulk_api_2_0_errors.htm).
+/// REST `queryAll` can still read the object.
+pub fn bulk_refused(err: &Error) -> Option<String> {
+    match err {
+        Error::Http {
+            status: 400,
+            message,
+            ..
+        } if message.contains("LIMIT_EXCEEDED") => Some(format!(
+            "the org's daily Bulk API 2.0 query jobs are used up (HTTP 400: {message})"
+        )),
+        Error::Http {
+            status: 403,
+            message,
+            ..
+        } if !message.contains("REQUEST_LIMIT_EXCEEDED") => Some(format!(
+            "Salesforce does not let this user run Bulk API 2.0 query jobs (HTTP 403: \
+             {message})"
+        )),
+        _ => None,
+    }
+}
+
 /// Whether a Bulk error message (a job's `errorMessage` too) says the object or query is
 /// not supported by Bulk API.
 pub fn bulk_unsupported_message(message: &str) -> bool {
@@ -612,5 +669,30 @@ mod tests {
             "unexpected token: FROM (MALFORMED_QUERY)"
         )));
         assert!(!bulk_unsupported(&err(500, "not supported")));
+
+        // Airbyte's source-salesforce records this answer to a job past the daily quota.
+        let quota = err(
+            400,
+            "Max bulk v2 query jobs (10000) per 24 hrs has been reached (10021) (LIMIT_EXCEEDED)",
+        );
+        assert!(
+            bulk_refused(&quota)
+                .unwrap()
+                .contains("Max bulk v2 query jobs")
+        );
+        assert!(!bulk_unsupported(&quota));
+        let denied = err(403, "insufficient access (InvalidUser)");
+        assert!(bulk_refused(&denied).unwrap().contains("InvalidUser"));
+        assert_eq!(
+            bulk_refused(&err(
+                403,
+                "TotalRequests Limit exceeded. (REQUEST_LIMIT_EXCEEDED)"
+            )),
+            None
+        );
+        assert_eq!(
+            bulk_refused(&err(400, "unexpected token (MALFORMED_QUERY)")),
+            None
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! configured objects exist, and each object's `describe` gives its typed columns, custom
 //! objects (`__c`) and custom fields included (see [`describe`]). Objects are read with
 //! REST `queryAll` or, when large, Bulk API 2.0 query jobs, incrementally on
-//! `SystemModstamp` (see [`streams`] for the cursor design). [`auth`] holds the three OAuth
+//! `SystemModstamp` (see [`streams`] for the cursor design); objects too wide for one REST
+//! query URL are read in chunks of fields ([`chunks`]). [`auth`] holds the three OAuth
 //! flows, [`client`] the HTTP side and the org's API budget, [`config`] the options.
 //!
 //! The daily API budget: before an object starts, the org's usage as Salesforce last
@@ -27,6 +28,7 @@ use tributary_sdk::{
 };
 
 pub mod auth;
+pub mod chunks;
 pub mod client;
 pub mod config;
 pub mod describe;
@@ -68,6 +70,12 @@ impl Salesforce {
     /// The org's daily API usage `(used, limit)` as Salesforce last reported it.
     pub fn api_usage(&self) -> Option<(u64, u64)> {
         self.client.budget().usage()
+    }
+
+    /// The org's client, for tests that drive it directly.
+    #[cfg(test)]
+    pub(crate) fn client(&self) -> &Arc<SalesforceClient> {
+        &self.client
     }
 
     /// Access tokens fetched so far (the first one and every renewal).

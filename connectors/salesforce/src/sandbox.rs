@@ -11,8 +11,8 @@
 //! - `GET /services/data/vXX.X/sobjects` (describeGlobal), `/sobjects/<Object>/describe`
 //!   (fields with types, labels and compound components) and `/limits`.
 //! - `GET …/query?q=` and `…/queryAll?q=` (the SOQL subset of [`soql`]; `queryAll` includes
-//!   deleted records), paged by `Sforce-Query-Options: batchSize=` (200–2000) with
-//!   `nextRecordsUrl`.
+//!   deleted records), paged by `Sforce-Query-Options: batchSize=` (200–2000; fewer for
+//!   rows of many fields) with `nextRecordsUrl`.
 //! - Bulk API 2.0 query jobs: `POST …/jobs/query` (refusing `ORDER BY`, `LIMIT`, compound
 //!   fields and the objects in [`SandboxConfig::bulk_unsupported`] as Salesforce does), `GET`
 //!   (state `UploadComplete` → `InProgress` → `JobComplete` after
@@ -22,7 +22,10 @@
 //! - Every API request counts against a daily limit, reported in `Sforce-Limit-Info:
 //!   api-usage=USED/LIMIT`; past it, `403 REQUEST_LIMIT_EXCEEDED`. Sessions can be expired on
 //!   demand or after N requests (`401 INVALID_SESSION_ID`).
-//! - Faults on demand: 503s, slow answers, bodies cut short.
+//! - A request line and headers over 16,384 bytes are refused before the API, as
+//!   Salesforce's front end does: `414 URI Too Long` when the URI alone is that long, else
+//!   `431 Request Header Fields Too Large`.
+//! - Faults on demand: 503s, slow answers, bodies cut short, Bulk jobs refused.
 //!
 //! # The org
 //!
@@ -33,7 +36,9 @@
 //! `Account` has the custom fields `Tier__c`, `Customer_Since__c` (date) and
 //! `Health_Score__c` (percent), and the `BillingAddress` compound; `Invoice__c` has the
 //! `Store_Location__c` geolocation compound. `CaseStatus` has no audit fields (a snapshot
-//! object) and, by default, Bulk API refuses it.
+//! object) and, by default, Bulk API refuses it. With [`SandboxConfig::wide_fields`], the org
+//! also has [`WIDE_OBJECT`], whose hundreds of 40-character field names do not fit in one
+//! REST query URL.
 //!
 //! # Control endpoints (no session needed)
 //!
@@ -60,6 +65,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use org::Org;
+pub use org::{WIDE_OBJECT, wide_field};
 
 /// The connected app's consumer key the simulator accepts.
 pub const CLIENT_ID: &str = "tributary-sandbox-client";
@@ -96,6 +102,9 @@ pub struct SandboxConfig {
     pub bulk_polls: u32,
     /// Requests an access token is good for; `None` = until expired on demand.
     pub session_ttl_requests: Option<u64>,
+    /// Custom fields of [`WIDE_OBJECT`], which has `records` records; 0 (the default) leaves
+    /// the object out of the org.
+    pub wide_fields: usize,
 }
 
 impl Default for SandboxConfig {
@@ -107,6 +116,7 @@ impl Default for SandboxConfig {
             bulk_unsupported: vec!["CaseStatus".into()],
             bulk_polls: 1,
             session_ttl_requests: None,
+            wide_fields: 0,
         }
     }
 }
@@ -131,6 +141,23 @@ pub struct Faults {
     pub bad_shape: Option<BadShape>,
     /// Query pages (the `COUNT()` one included) answered intact before `bad_shape` applies.
     pub bad_shape_after: u32,
+    /// Refuse every Bulk API 2.0 query job creation (`POST …/jobs/query`) this way.
+    pub bulk_refusal: Option<BulkRefusal>,
+}
+
+/// How Salesforce refuses to create a Bulk API 2.0 query job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BulkRefusal {
+    /// The org's daily query jobs are used up: `400` with `LIMIT_EXCEEDED`, "Max bulk v2
+    /// query jobs (10000) per 24 hrs has been reached" (the limit is DailyBulkV2QueryJobs,
+    /// https://developer.salesforce.com/docs/atlas.en-us.api_asynch.meta/api_asynch/bulk_api_2_limits.htm;
+    /// the answer as integrations record it, e.g. airbytehq/airbyte's source-salesforce tests).
+    DailyJobLimit,
+    /// The user may not run Bulk jobs: `403` with `InvalidUser` ("the user … doesn't have the
+    /// correct permission",
+    /// https://developer.salesforce.com/docs/atlas.en-us.api_asynch.meta/api_asynch/bulk_api_2_0_errors.htm).
+    NoPermission,
 }
 
 /// A query response that breaks Salesforce's documented shape.
@@ -154,6 +181,7 @@ pub(crate) struct Hostile {
 
 /// What the simulator saw, for tests to assert the connector's manners.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Stats {
     /// API requests counted against the daily limit.
     pub api_requests: u64,
@@ -175,6 +203,9 @@ pub struct Stats {
     pub bulk_result_pages: u64,
     /// Faults injected.
     pub faults_injected: u64,
+    /// Requests refused before the API for a request line and headers over 16,384 bytes
+    /// (414 or 431).
+    pub too_long: u64,
 }
 
 /// One Bulk query job.
@@ -190,6 +221,9 @@ pub(crate) struct Job {
     pub(crate) header: Vec<String>,
     pub(crate) rows: Vec<Vec<String>>,
 }
+
+/// A REST query's rendered records and how many fields each has (wide rows page smaller).
+pub(crate) type QueryCursor = (Arc<Vec<String>>, usize);
 
 /// Issued access tokens and how many requests each has made.
 #[derive(Debug, Default)]
@@ -208,8 +242,8 @@ pub(crate) struct Shared {
     pub(crate) sessions: Mutex<Sessions>,
     pub(crate) api_used: AtomicU64,
     pub(crate) api_limit: AtomicU64,
-    /// REST query cursors: locator → rendered records.
-    pub(crate) cursors: Mutex<HashMap<String, Arc<Vec<String>>>>,
+    /// REST query cursors: locator → rendered records and how many fields they have.
+    pub(crate) cursors: Mutex<HashMap<String, QueryCursor>>,
     pub(crate) jobs: Mutex<HashMap<String, Job>>,
     pub(crate) faults: Mutex<Faults>,
     pub(crate) hostile: Mutex<Hostile>,
@@ -263,8 +297,8 @@ impl SalesforceSandbox {
     pub async fn start(config: SandboxConfig, port: u16) -> std::io::Result<SalesforceSandbox> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
-        let (seed, records) = (config.seed, config.records);
-        let org = tokio::task::spawn_blocking(move || Org::generate(seed, records, now()))
+        let (seed, records, wide) = (config.seed, config.records, config.wide_fields);
+        let org = tokio::task::spawn_blocking(move || Org::generate(seed, records, wide, now()))
             .await
             .map_err(std::io::Error::other)?;
         let shared = Arc::new(Shared {
@@ -356,6 +390,12 @@ impl SalesforceSandbox {
             .write()
             .delete(object, id, now())
             .map_err(|e| e.message)
+    }
+
+    /// Deletes a record for good, as emptying the recycle bin does: not even `queryAll`
+    /// returns it again.
+    pub fn purge(&self, object: &str, id: &str) -> Result<(), String> {
+        self.shared.write().purge(object, id).map_err(|e| e.message)
     }
 
     /// Adds a custom field (`Name__c`, a Salesforce type such as `string` or `date`).

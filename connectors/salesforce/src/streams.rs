@@ -32,8 +32,13 @@
 //! A `SELECT COUNT()` of what the read would return (whose answer also tells Salesforce's
 //! clock) decides: at `bulk_threshold` or more,
 //! a Bulk job; objects Bulk cannot serve (an `INVALIDENTITY` refusal, a failed, aborted or
-//! timed-out job) fall back to REST. `IsDeleted = true` rows (`queryAll` includes them)
-//! land with `is_deleted` set.
+//! timed-out job) fall back to REST, and so does a read whose job Salesforce refuses to
+//! create (the org's daily Bulk query jobs used up, or a user without the permission:
+//! [`bulk_refused`]), for that run, with a warning. `IsDeleted = true` rows (`queryAll`
+//! includes them) land with `is_deleted` set.
+//!
+//! A REST read whose query URL would be too long for Salesforce (many or long field names)
+//! reads its fields in chunks, joined by Id page by page ([`crate::chunks`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -48,7 +53,8 @@ use tributary_sdk::schema::to_column_name;
 use tributary_sdk::{Error, Page, PageStream, Record, Records, Result};
 
 use crate::auth::VENDOR;
-use crate::client::{SalesforceClient, bulk_unsupported, bulk_unsupported_message};
+use crate::chunks::{self, ChunkPlan, URI_BUDGET};
+use crate::client::{SalesforceClient, bulk_refused, bulk_unsupported, bulk_unsupported_message};
 use crate::describe::{DELETED_FIELD, ObjectPlan};
 
 /// How many pages a read fetches ahead of the runtime's conversion.
@@ -283,6 +289,9 @@ enum BulkOutcome {
     Done,
     /// Bulk cannot serve it: read with REST from the same start.
     Fallback(Box<Start>, String),
+    /// Salesforce refused to create the job (quota, permission): read with REST from the
+    /// same start, this run.
+    Refused(Box<Start>, String),
 }
 
 struct Reader {
@@ -355,6 +364,10 @@ impl Reader {
                 BulkOutcome::Done => return Ok(()),
                 BulkOutcome::Fallback(start, reason) => {
                     tracing::info!(object = %self.object(), reason = %reason, "Bulk API cannot serve this object; reading it with REST queryAll.");
+                    *start
+                }
+                BulkOutcome::Refused(start, reason) => {
+                    tracing::warn!(object = %self.object(), reason = %reason, "Salesforce refused to start a Bulk API 2.0 query job; reading the object with REST queryAll this run.");
                     *start
                 }
             }
@@ -464,19 +477,60 @@ impl Reader {
 
     /// The SOQL of the read; REST orders it, Bulk cannot.
     fn soql(&self, start: &Start, upper: Option<&str>, ordered: bool) -> String {
-        let mut soql = format!(
+        format!(
             "SELECT {} FROM {}{}",
             self.plan.select.join(", "),
             self.object(),
-            self.where_clause(&start.lower, upper)
-        );
+            self.tail(start, upper, ordered)
+        )
+    }
+
+    /// What follows `FROM Object` in the read's SOQL: its `WHERE`, and its `ORDER BY` if
+    /// `ordered`.
+    fn tail(&self, start: &Start, upper: Option<&str>, ordered: bool) -> String {
+        let mut tail = self.where_clause(&start.lower, upper);
         if ordered {
             match &self.plan.cursor_field {
-                Some(f) => soql.push_str(&format!(" ORDER BY {f} ASC, Id ASC")),
-                None => soql.push_str(" ORDER BY Id ASC"),
+                Some(f) => tail.push_str(&format!(" ORDER BY {f} ASC, Id ASC")),
+                None => tail.push_str(" ORDER BY Id ASC"),
             }
         }
-        soql
+        tail
+    }
+
+    /// How a REST read from `start` splits its fields so every query URL fits (one query,
+    /// exactly [`Reader::soql`], when they all fit).
+    fn chunk_plan(&self, start: &Start, upper: Option<&str>) -> Result<ChunkPlan> {
+        let keys: Vec<String> = std::iter::once("Id".to_owned())
+            .chain(self.plan.cursor_field.clone())
+            .collect();
+        let mut always = keys.clone();
+        if self.plan.has_is_deleted {
+            always.push(DELETED_FIELD.to_owned());
+        }
+        // The describe's spelling of `Id` (always `Id` in practice).
+        let always: Vec<String> = always
+            .iter()
+            .map(|a| {
+                self.plan
+                    .select
+                    .iter()
+                    .find(|f| f.eq_ignore_ascii_case(a))
+                    .cloned()
+                    .unwrap_or_else(|| a.clone())
+            })
+            .collect();
+        let keys = always[..keys.len()].to_vec();
+        ChunkPlan::new(
+            self.object(),
+            &self.plan.select,
+            &always,
+            keys,
+            self.tail(start, upper, true),
+            self.client.query_all_prefix_len(),
+            URI_BUDGET,
+        )
+        .map_err(|message| chunks::plan_error(self.stream(), message))
     }
 
     /// One record as the table wants it: columns named, nulls left out, `IsDeleted` moved
@@ -539,8 +593,17 @@ impl Reader {
 
     /// Reads with REST `queryAll`, page by page.
     async fn rest(&mut self, start: Start, upper: Option<&str>) -> Result<()> {
-        let soql = self.soql(&start, upper, true);
+        let chunks = self.chunk_plan(&start, upper)?;
+        let soql = chunks.driving_soql();
         tracing::debug!(object = %self.object(), soql = %soql, "Reading with REST queryAll.");
+        if chunks.is_chunked() {
+            tracing::info!(
+                object = %self.object(),
+                fields = self.plan.select.len(),
+                queries = chunks.chunks.len() + 1,
+                "The object's fields do not fit in one query URL; reading each page's fields in several queries joined by Id."
+            );
+        }
         let mut page = self.client.query_all(self.stream(), &soql).await?;
         // Each `nextRecordsUrl` is followed once: one that comes back (at once or after a
         // cycle) would re-read pages already landed, and burn the org's daily API requests
@@ -567,6 +630,29 @@ impl Reader {
                 if let Some(next) = &page.next_records_url {
                     guard.follow(next)?;
                 }
+            }
+            if chunks.is_chunked() {
+                let field = self.plan.cursor_field.as_deref();
+                // Records the lookback window re-reads unchanged are skipped below: they
+                // need no other fields.
+                let unchanged = |raw: &Map<String, Value>| {
+                    let id = raw.get("Id").and_then(Value::as_str);
+                    let stamp = field
+                        .and_then(|f| raw.get(f))
+                        .and_then(Value::as_str)
+                        .and_then(canonical_stamp);
+                    matches!((id, stamp), (Some(id), Some(stamp)) if recent.contains(id, &stamp))
+                };
+                chunks::fill(
+                    &chunks,
+                    &self.client,
+                    self.stream(),
+                    field,
+                    self.plan.has_is_deleted,
+                    &mut page.records,
+                    |raw| !unchanged(raw),
+                )
+                .await?;
             }
             let mut records = Vec::with_capacity(page.records.len());
             let mut last: Option<(String, String)> = None;
@@ -628,7 +714,10 @@ impl Reader {
             Err(e) if bulk_unsupported(&e) => {
                 return Ok(BulkOutcome::Fallback(Box::new(start), e.to_string()));
             }
-            Err(e) => return Err(e),
+            Err(e) => match bulk_refused(&e) {
+                Some(reason) => return Ok(BulkOutcome::Refused(Box::new(start), reason)),
+                None => return Err(e),
+            },
         };
         tracing::info!(object = %self.object(), job = %job.id, "Started a Bulk API 2.0 query job.");
         let deadline = tokio::time::Instant::now() + self.options.bulk_timeout;

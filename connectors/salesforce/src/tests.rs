@@ -1,10 +1,11 @@
 //! The connector against the Salesforce simulator: the three OAuth flows, discovery of
 //! custom objects and fields, REST and Bulk reads that land every record once, cursors that
 //! resume exactly, incremental reads after changes and deletes, an expiring session, the
-//! API budget, and the SDK's conformance kit on both read paths.
+//! API budget, objects too wide for one query URL, Bulk jobs Salesforce refuses, and the
+//! SDK's conformance kit on both read paths.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,7 +14,7 @@ use serde_json::{Value, json};
 use tributary_sdk::conformance::{self, Harness};
 use tributary_sdk::{Connector, Error, Page, ReadRequest, Records, Secret, SourceContext};
 
-use crate::sandbox::{self as sf, BadShape, Faults, SalesforceSandbox, SandboxConfig};
+use crate::sandbox::{self as sf, BadShape, BulkRefusal, Faults, SalesforceSandbox, SandboxConfig};
 use crate::streams::Cursor;
 use crate::{Salesforce, SalesforceConfig};
 
@@ -795,4 +796,315 @@ async fn conformance_bulk() {
         bulk: true,
     };
     conformance::run(&kit, "account").await.unwrap();
+}
+
+/// The log lines of this thread while installed (`tracing::subscriber::set_default`): the
+/// level, then `field=value` pairs, the message among them.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<String>>>);
+
+impl Logs {
+    fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+struct Line<'a>(&'a mut String);
+
+impl tracing::field::Visit for Line<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        let _ = write!(self.0, " {}={value:?}", field.name());
+    }
+}
+
+impl tracing::Subscriber for Logs {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut line = event.metadata().level().to_string();
+        event.record(&mut Line(&mut line));
+        self.0.lock().unwrap().push(line);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// The landed records by Id.
+fn by_id(pages: &[Page]) -> HashMap<String, tributary_sdk::Record> {
+    pages
+        .iter()
+        .flat_map(|p| match &p.records {
+            Records::Values(values) => values.clone(),
+            Records::Json { .. } => panic!("Salesforce pages are values"),
+        })
+        .map(|r| (r.value["id"].as_str().unwrap().to_owned(), r))
+        .collect()
+}
+
+/// Asserts every wide field of `landed` is the simulator's stored value.
+fn assert_wide_record(sandbox: &SalesforceSandbox, id: &str, landed: &tributary_sdk::Record) {
+    let stored = sandbox.record(sf::WIDE_OBJECT, id).unwrap();
+    for i in 1..=800 {
+        let field = sf::wide_field(i);
+        let column = tributary_sdk::schema::to_column_name(&field);
+        assert_eq!(
+            landed.value.get(&column),
+            Some(&stored[&field]),
+            "{id}.{field}"
+        );
+    }
+    assert_eq!(landed.value["name"], stored["Name"], "{id}.Name");
+    assert_eq!(
+        landed.value["system_modstamp"], stored["SystemModstamp"],
+        "{id}.SystemModstamp"
+    );
+}
+
+#[tokio::test]
+async fn wide_objects_are_read_with_rest_in_chunks_of_fields_exactly_once() {
+    let sandbox = sandbox_with(SandboxConfig {
+        records: 300,
+        wide_fields: 800,
+        ..Default::default()
+    })
+    .await;
+    // REST: the default test config's Bulk threshold is above any count.
+    let sf = connector(config(&sandbox, &[sf::WIDE_OBJECT]));
+    let stream = "wide_object__c";
+    let pages = read(&sf, stream, None).await;
+    let stats = sandbox.stats();
+    assert_eq!(stats.too_long, 0, "no URL over Salesforce's limit");
+    assert_eq!(stats.bulk_jobs, 0);
+    assert!(
+        stats.queries > 2 * (1 + pages.len() as u64),
+        "by-Id queries for every page: {stats:?}"
+    );
+    assert!(stats.query_more > 0, "wide pages are paged: {stats:?}");
+    let all = sandbox.ids(sf::WIDE_OBJECT);
+    assert_exactly_once(&ids(&pages), &all);
+    assert!(pages.iter().all(|p| phase(p) == "incremental"));
+    let landed = by_id(&pages);
+    for id in &all {
+        assert_wide_record(&sandbox, id, &landed[id]);
+    }
+
+    // Edits land exactly: a field of the last chunk, one of the driving query, a new record
+    // and a deleted one.
+    let end = pages.last().unwrap().cursor.clone();
+    let last_field = sf::wide_field(800);
+    sandbox
+        .update(
+            sf::WIDE_OBJECT,
+            &all[10],
+            fields(&[(&last_field, "changed late")]),
+        )
+        .unwrap();
+    sandbox
+        .update(sf::WIDE_OBJECT, &all[20], json!({"Name": "Renamed"}))
+        .unwrap();
+    let created = sandbox
+        .create(
+            sf::WIDE_OBJECT,
+            fields(&[(&sf::wide_field(401), "brand new")]),
+        )
+        .unwrap();
+    sandbox.delete(sf::WIDE_OBJECT, &all[30]).unwrap();
+    settle().await;
+    let changes = read(&sf, stream, Some(end)).await;
+    let got: BTreeSet<(String, bool)> = records(&changes).into_iter().collect();
+    let want: BTreeSet<(String, bool)> = [
+        (all[10].clone(), false),
+        (all[20].clone(), false),
+        (created.clone(), false),
+        (all[30].clone(), true),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(got, want);
+    let landed = by_id(&changes);
+    assert_eq!(
+        landed[&all[10]].value[to_column(&last_field)],
+        "changed late"
+    );
+    assert_eq!(landed[&all[20]].value["name"], "Renamed");
+    assert_eq!(
+        landed[&created].value[to_column(&sf::wide_field(401))],
+        "brand new"
+    );
+    for id in [&all[10], &all[20], &created, &all[30]] {
+        assert_wide_record(&sandbox, id, &landed[id]);
+    }
+    // The lookback window re-reads the edited records; unchanged, they are skipped without
+    // reading their other fields: the count and the driving query only.
+    let queries = sandbox.stats().queries;
+    let idle = read(&sf, stream, Some(changes.last().unwrap().cursor.clone())).await;
+    assert!(ids(&idle).is_empty(), "{:?}", ids(&idle));
+    assert_eq!(sandbox.stats().queries - queries, 2);
+    assert_eq!(sandbox.stats().too_long, 0);
+}
+
+fn to_column(field: &str) -> String {
+    tributary_sdk::schema::to_column_name(field)
+}
+
+/// A JSON object of `(field, text)` pairs.
+fn fields(pairs: &[(&str, &str)]) -> Value {
+    Value::Object(
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn chunks_join_by_id_across_pages_and_survive_records_changed_or_purged_meanwhile() {
+    use crate::chunks::{ChunkPlan, URI_BUDGET, fill};
+    let sandbox = sandbox_with(SandboxConfig {
+        records: 300,
+        wide_fields: 800,
+        ..Default::default()
+    })
+    .await;
+    let source = connector(config(&sandbox, &[sf::WIDE_OBJECT]));
+    let client = source.client();
+    let owned = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+    let mut select = owned(&["Id", "IsDeleted", "SystemModstamp"]);
+    select.extend((1..=800).map(sf::wide_field));
+    let plan = ChunkPlan::new(
+        sf::WIDE_OBJECT,
+        &select,
+        &owned(&["Id", "SystemModstamp", "IsDeleted"]),
+        owned(&["Id", "SystemModstamp"]),
+        " ORDER BY Id ASC".to_owned(),
+        client.query_all_prefix_len(),
+        URI_BUDGET,
+    )
+    .unwrap();
+    assert!(plan.chunks.len() > 2);
+    // A driving page of 200 narrow rows: more Ids than one by-Id query takes, and by-Id
+    // answers of wide rows come in pages smaller than that.
+    let mut records = client
+        .query_all(
+            "wide_object__c",
+            &format!(
+                "SELECT Id, IsDeleted, SystemModstamp FROM {} ORDER BY Id ASC",
+                sf::WIDE_OBJECT
+            ),
+        )
+        .await
+        .unwrap()
+        .records;
+    assert_eq!(records.len(), 200);
+    let id = |i: usize| records[i]["Id"].as_str().unwrap().to_owned();
+    let (purged, changed, first_chunk, last_chunk) = (
+        id(5),
+        id(6),
+        plan.chunks[0][0].clone(),
+        plan.chunks.last().unwrap().last().unwrap().clone(),
+    );
+    let old_stamp = records[6]["SystemModstamp"].clone();
+    sandbox.purge(sf::WIDE_OBJECT, &purged).unwrap();
+    sandbox
+        .update(
+            sf::WIDE_OBJECT,
+            &changed,
+            fields(&[(&first_chunk, "new first"), (&last_chunk, "new last")]),
+        )
+        .unwrap();
+    let before = sandbox.stats();
+    fill(
+        &plan,
+        client,
+        "wide_object__c",
+        Some("SystemModstamp"),
+        true,
+        &mut records,
+        |_| true,
+    )
+    .await
+    .unwrap();
+    let stats = sandbox.stats();
+    assert!(
+        stats.query_more > before.query_more,
+        "by-Id answers were paged"
+    );
+    assert_eq!(stats.too_long, 0);
+
+    assert_eq!(records.len(), 200);
+    for record in &records {
+        let id = record["Id"].as_str().unwrap();
+        if id == purged {
+            // Gone for good: flagged deleted, with what the driving query read.
+            assert_eq!(record["IsDeleted"], true);
+            assert!(record.get(&last_chunk).is_none());
+            continue;
+        }
+        let stored = sandbox.record(sf::WIDE_OBJECT, id).unwrap();
+        for field in plan.chunks.iter().flatten() {
+            assert_eq!(record.get(field), Some(&stored[field]), "{id}.{field}");
+        }
+        assert_eq!(record["IsDeleted"], false);
+    }
+    // Changed in between: the values as read, the driving query's stamp (the next run
+    // reads it again: its new stamp is past this read).
+    let changed = records.iter().find(|r| r["Id"] == json!(changed)).unwrap();
+    assert_eq!(changed[&first_chunk], "new first");
+    assert_eq!(changed[&last_chunk], "new last");
+    assert_eq!(changed["SystemModstamp"], old_stamp);
+}
+
+/// A Bulk job Salesforce refuses to create: the object is read with REST, all of it, and
+/// the warning quotes Salesforce without blaming the credentials.
+async fn a_refused_bulk_job_falls_back_to_rest(refusal: BulkRefusal, needle: &str) {
+    let sandbox = sandbox(30).await;
+    let mut c = config(&sandbox, &["Opportunity"]);
+    c.bulk_threshold = 0;
+    let sf = connector(c);
+    sandbox.set_faults(Faults {
+        bulk_refusal: Some(refusal),
+        ..Faults::default()
+    });
+    let logs = Logs::default();
+    let pages = {
+        let _capture = tracing::subscriber::set_default(logs.clone());
+        try_read(&sf, "opportunity", None, false).await
+    };
+    let pages = pages.unwrap_or_else(|e| panic!("{refusal:?}: {e}"));
+    assert_eq!(sandbox.stats().bulk_jobs, 0, "{refusal:?}");
+    assert_eq!(sandbox.stats().faults_injected, 1, "one job asked for");
+    assert!(pages.iter().all(|p| phase(p) == "incremental"));
+    assert_exactly_once(&ids(&pages), &sandbox.all_ids("Opportunity"));
+    let lines = logs.lines();
+    let warning = lines
+        .iter()
+        .find(|l| l.contains("refused to start a Bulk API 2.0 query job"))
+        .unwrap_or_else(|| panic!("{refusal:?}: no fallback warning in {lines:#?}"));
+    assert!(warning.starts_with("WARN"), "{warning}");
+    assert!(warning.contains(needle), "{warning}");
+    assert!(
+        !lines.iter().any(|l| l.contains("credentials")),
+        "{refusal:?}: {lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn past_the_daily_bulk_job_limit_objects_are_read_with_rest() {
+    a_refused_bulk_job_falls_back_to_rest(
+        BulkRefusal::DailyJobLimit,
+        "Max bulk v2 query jobs (10000) per 24 hrs has been reached",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_user_without_bulk_permission_is_read_with_rest_not_told_its_credentials_are_bad() {
+    a_refused_bulk_job_falls_back_to_rest(BulkRefusal::NoPermission, "InvalidUser").await;
 }

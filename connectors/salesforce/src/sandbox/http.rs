@@ -17,8 +17,8 @@ use super::error::{ApiError, OAuthError};
 use super::org::QueryResult;
 use super::soql::{self, Selection};
 use super::{
-    BadShape, CLIENT_ID, CLIENT_SECRET, Faults, JWT_PUBLIC_KEY, Job, REFRESH_TOKEN, Shared,
-    USERNAME, lock, now,
+    BadShape, BulkRefusal, CLIENT_ID, CLIENT_SECRET, Faults, JWT_PUBLIC_KEY, Job, REFRESH_TOKEN,
+    Shared, USERNAME, lock, now,
 };
 use crate::auth::{Claims, JWT_BEARER_GRANT};
 
@@ -27,6 +27,13 @@ const MAX_BODY: usize = 1 << 20;
 
 /// `maxRecords` when a results request does not say.
 const DEFAULT_MAX_RECORDS: usize = 10_000;
+
+/// The longest request line and headers Salesforce accepts: "In each REST call, the maximum
+/// length for the combined URI and headers is 16,384 bytes. A request exceeding this limit
+/// returns a 431 Request Header Fields Too Large error. If the URI itself exceeds this limit,
+/// the request returns a 414 URI Too Long error."
+/// (https://help.salesforce.com/s/articleView?id=000386264&type=1)
+pub(crate) const MAX_REQUEST_HEAD: usize = 16_384;
 
 /// A response under construction.
 struct Answer {
@@ -59,6 +66,10 @@ impl Answer {
 /// The single handler behind every path.
 pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
+    if let Some(refusal) = too_long(&parts) {
+        shared.stat(|s| s.too_long += 1);
+        return refusal;
+    }
     let body = axum::body::to_bytes(body, MAX_BODY)
         .await
         .unwrap_or_default();
@@ -107,6 +118,40 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         return truncated(answer);
     }
     respond(answer, gzip)
+}
+
+/// Salesforce's front end refusing a request line and headers over [`MAX_REQUEST_HEAD`]
+/// bytes, before any API (no session check, no API request counted). The body is the front
+/// end's HTML page, not an API error.
+fn too_long(parts: &axum::http::request::Parts) -> Option<Response> {
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path().len(), |pq| pq.as_str().len());
+    // `GET <target> HTTP/1.1\r\n`, then `name: value\r\n` per header, then `\r\n`.
+    let line = parts.method.as_str().len() + 1 + target + 1 + "HTTP/1.1\r\n".len();
+    let headers: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
+        .sum();
+    let (status, title) = if target > MAX_REQUEST_HEAD {
+        (414, "URI Too Long")
+    } else if line + headers + 2 > MAX_REQUEST_HEAD {
+        (431, "Request Header Fields Too Large")
+    } else {
+        return None;
+    };
+    let page = format!(
+        "<html><head><title>{status} {title}</title></head><body><h1>{status} {title}</h1></body></html>"
+    );
+    Some(build(
+        status,
+        "text/html;charset=UTF-8",
+        &[],
+        false,
+        page.into_bytes(),
+    ))
 }
 
 /// Breaks a 200 query page or Bulk results page the way the hostile faults say. `rest` is
@@ -376,16 +421,34 @@ fn start_query(
         .collect();
     let locator = shared.next_id("01g");
     let records = Arc::new(records);
-    lock(&shared.cursors).insert(locator.clone(), Arc::clone(&records));
+    let fields = result.select.len();
+    lock(&shared.cursors).insert(locator.clone(), (Arc::clone(&records), fields));
     Ok(query_page(
         version,
         kind,
         &locator,
         &records,
         0,
-        batch_size(headers),
+        page_size(batch_size(headers), fields),
     ))
 }
+
+/// Records per query page: the requested batch size, but fewer for wide rows, as
+/// Salesforce does ("The maximum result size is 2000, but this can be smaller if you have
+/// selected several fields", https://help.salesforce.com/s/articleView?id=000386264&type=1).
+/// Salesforce does not say by how much; here, rows of more than [`WIDE_ROW_FIELDS`] fields
+/// shrink the page in proportion, so readers must follow `nextRecordsUrl` even when they
+/// asked for fewer records than `batchSize`.
+fn page_size(batch: usize, fields: usize) -> usize {
+    if fields <= WIDE_ROW_FIELDS {
+        batch
+    } else {
+        (batch * WIDE_ROW_FIELDS / fields).max(1)
+    }
+}
+
+/// Rows with more fields than this get smaller pages ([`page_size`]).
+const WIDE_ROW_FIELDS: usize = 50;
 
 fn more_query(
     shared: &Shared,
@@ -397,7 +460,7 @@ fn more_query(
     let invalid = || ApiError::new(400, "INVALID_QUERY_LOCATOR", "invalid query locator");
     let (id, offset) = locator.rsplit_once('-').ok_or_else(invalid)?;
     let offset: usize = offset.parse().map_err(|_| invalid())?;
-    let records = lock(&shared.cursors).get(id).cloned().ok_or_else(invalid)?;
+    let (records, fields) = lock(&shared.cursors).get(id).cloned().ok_or_else(invalid)?;
     shared.stat(|s| s.query_more += 1);
     Ok(query_page(
         version,
@@ -405,7 +468,7 @@ fn more_query(
         id,
         &records,
         offset,
-        batch_size(headers),
+        page_size(batch_size(headers), fields),
     ))
 }
 
@@ -464,6 +527,22 @@ fn render_record(version: &str, result: &QueryResult, row: &[Value]) -> String {
 }
 
 fn create_job(shared: &Shared, body: &[u8]) -> Result<Answer, ApiError> {
+    let refusal = lock(&shared.faults).bulk_refusal;
+    if let Some(refusal) = refusal {
+        shared.stat(|s| s.faults_injected += 1);
+        return Err(match refusal {
+            BulkRefusal::DailyJobLimit => ApiError::new(
+                400,
+                "LIMIT_EXCEEDED",
+                "Max bulk v2 query jobs (10000) per 24 hrs has been reached (10001)",
+            ),
+            BulkRefusal::NoPermission => ApiError::new(
+                403,
+                "InvalidUser",
+                "The user doesn't have the permission to run Bulk API 2.0 query jobs",
+            ),
+        });
+    }
     let request: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::new(400, "JSON_PARSER_ERROR", e.to_string()))?;
     let operation = request["operation"].as_str().unwrap_or_default().to_owned();

@@ -5,7 +5,8 @@
 //! `LastModifiedDate`, `SystemModstamp`, `IsDeleted`, …); `OpportunityHistory` has only
 //! `CreatedDate` and `SystemModstamp`, as in Salesforce. `CaseStatus` is simplified to have
 //! no audit field at all, so it exercises full-snapshot reads. `Invoice__c` is a custom
-//! object with a geolocation compound field, and `Account` has custom fields. Datetimes are
+//! object with a geolocation compound field, and `Account` has custom fields. On request,
+//! `Wide_Object__c` has hundreds of custom fields with long names. Datetimes are
 //! stored as Salesforce's REST API prints them (`2024-05-01T12:00:00.000+0000`), to the
 //! second.
 
@@ -187,11 +188,30 @@ fn object(
     }
 }
 
+/// The API name of the wide custom object ([`super::SandboxConfig::wide_fields`]).
+pub const WIDE_OBJECT: &str = "Wide_Object__c";
+
+/// The API name of the wide object's custom field number `i`: 40 characters, as long custom
+/// field names in real orgs are (`Custom_Field_With_A_Long_Api_Name0001__c`).
+pub fn wide_field(i: usize) -> String {
+    format!("Custom_Field_With_A_Long_Api_Name{i:04}__c")
+}
+
+/// The wide object: the audit fields, a name, an owner and `n` custom fields of assorted
+/// types with 40-character names.
+fn wide_object(n: usize) -> ObjectMeta {
+    const TYPES: [&str; 5] = ["string", "currency", "date", "boolean", "textarea"];
+    let mut custom = fields(&[("Name", "string"), ("OwnerId", "reference")]);
+    custom.extend((1..=n).map(|i| field(&wide_field(i), TYPES[i % TYPES.len()])));
+    object(WIDE_OBJECT, "a02", audit(true, true), custom)
+}
+
 /// The objects of the simulated org, in dependency order (referenced objects first), with
-/// how many records each gets for `records` accounts.
-fn catalogue(records: usize) -> Vec<(ObjectMeta, usize)> {
+/// how many records each gets for `records` accounts, plus the wide object when
+/// `wide_fields` is not zero (last, so the other objects are generated the same either way).
+fn catalogue(records: usize, wide_fields: usize) -> Vec<(ObjectMeta, usize)> {
     let r = records.max(1);
-    vec![
+    let mut objects = vec![
         (
             object(
                 "User",
@@ -423,7 +443,11 @@ fn catalogue(records: usize) -> Vec<(ObjectMeta, usize)> {
             }),
             5,
         ),
-    ]
+    ];
+    if wide_fields > 0 {
+        objects.push((wide_object(wide_fields), r));
+    }
+    objects
 }
 
 fn picklist(field: &str) -> &'static [&'static str] {
@@ -461,13 +485,20 @@ const COMPANIES: [&str; 6] = ["Acme", "Globex", "Initech", "Umbrella", "Hooli", 
 
 impl Org {
     /// Seeds an org with `records` accounts (other objects scale from it; see the module
-    /// docs of the sandbox), every change made between 30 days and 2 hours before `now`.
-    pub(crate) fn generate(seed: u64, records: usize, now: DateTime<Utc>) -> Org {
+    /// docs of the sandbox) and, if `wide_fields` is not zero, as many records of the wide
+    /// object with that many custom fields; every change made between 30 days and 2 hours
+    /// before `now`.
+    pub(crate) fn generate(
+        seed: u64,
+        records: usize,
+        wide_fields: usize,
+        now: DateTime<Utc>,
+    ) -> Org {
         let mut org = Org {
             tables: Vec::new(),
             rng: StdRng::seed_from_u64(seed),
         };
-        for (meta, count) in catalogue(records) {
+        for (meta, count) in catalogue(records, wide_fields) {
             org.tables.push(Table {
                 meta,
                 records: BTreeMap::new(),
@@ -709,6 +740,16 @@ impl Org {
         Ok(())
     }
 
+    /// Deletes a record for good (emptied from the recycle bin): no query returns it again.
+    pub(crate) fn purge(&mut self, object: &str, id: &str) -> Result<(), ApiError> {
+        let index = self.table_index(object)?;
+        self.tables[index]
+            .records
+            .remove(id)
+            .map(drop)
+            .ok_or_else(|| ApiError::entity_deleted(id))
+    }
+
     /// Adds a custom field (`Name__c`) to an object; existing records have it null.
     pub(crate) fn add_field(&mut self, object: &str, name: &str, ty: &str) -> Result<(), ApiError> {
         let index = self.table_index(object)?;
@@ -815,12 +856,18 @@ impl Org {
                 .filter(|f| f.compound.as_deref() == Some(compound))
                 .collect()
         };
+        // Looked up once, not per row: wide objects select hundreds of fields.
+        let types: Vec<Option<&str>> = select
+            .iter()
+            .map(|f| meta.field(f).map(|m| m.ty.as_str()))
+            .collect();
         let rows = rows
             .into_iter()
             .map(|r| {
                 select
                     .iter()
-                    .map(|f| match meta.field(f).map(|m| m.ty.as_str()) {
+                    .zip(&types)
+                    .map(|(f, ty)| match ty {
                         Some("address") | Some("location") => {
                             // A compound reads as an object of its components.
                             let mut obj = Map::new();

@@ -1,9 +1,9 @@
 //! The SOQL subset the connector sends, parsed and evaluated as Salesforce would:
 //! `SELECT f, … | COUNT() FROM Object [WHERE …] [ORDER BY f [ASC|DESC], …] [LIMIT n]`, with
-//! `AND`, `OR`, `NOT`, parentheses and `= != <> < <= > >=` against `null`, `true`/`false`,
-//! numbers, `'quoted strings'`, unquoted dateTime literals (`2024-05-01T12:00:00Z`) and date
-//! literals (`2024-05-01`). As in Salesforce, a dateTime field only compares with an
-//! unquoted dateTime literal.
+//! `AND`, `OR`, `NOT`, parentheses, `= != <> < <= > >=` and `[NOT] IN (…)` against `null`,
+//! `true`/`false`, numbers, `'quoted strings'`, unquoted dateTime literals
+//! (`2024-05-01T12:00:00Z`) and date literals (`2024-05-01`). As in Salesforce, a dateTime
+//! field only compares with an unquoted dateTime literal.
 
 use std::cmp::Ordering;
 
@@ -38,6 +38,12 @@ pub(crate) enum Expr {
         field: String,
         op: Op,
         value: Literal,
+    },
+    /// `field IN (a, b, …)`, or `NOT IN` when `negated`.
+    In {
+        field: String,
+        values: Vec<Literal>,
+        negated: bool,
     },
 }
 
@@ -241,6 +247,43 @@ impl Parser {
             return Ok(e);
         }
         let field = self.ident()?;
+        // `field [NOT] IN (literal, …)`, e.g. `Id IN ('001…', '001…')`
+        // (https://developer.salesforce.com/docs/platform/salesforce-soql-sosl/guide/sforce-api-calls-soql-select-comparisonoperators.html).
+        let negated = if self.keyword("NOT") {
+            self.expect_keyword("IN")?;
+            Some(true)
+        } else if self.keyword("IN") {
+            Some(false)
+        } else {
+            None
+        };
+        if let Some(negated) = negated {
+            if !self.symbol("(") {
+                return Err(format!("unexpected token: {}", self.describe_next()));
+            }
+            let mut values = Vec::new();
+            loop {
+                values.push(match self.next() {
+                    Some(Tok::Str(s)) => Literal::Text(s),
+                    Some(Tok::Word(w)) => literal(&w)?,
+                    _ => {
+                        self.pos -= 1;
+                        return Err(format!("unexpected token: {}", self.describe_next()));
+                    }
+                });
+                if self.symbol(")") {
+                    break;
+                }
+                if !self.symbol(",") {
+                    return Err(format!("unexpected token: {}", self.describe_next()));
+                }
+            }
+            return Ok(Expr::In {
+                field,
+                values,
+                negated,
+            });
+        }
         let op = match self.next() {
             Some(Tok::Sym("=")) => Op::Eq,
             Some(Tok::Sym("!=")) => Op::Ne,
@@ -375,6 +418,9 @@ impl Expr {
             }
             Expr::Not(e) => e.comparisons(out),
             Expr::Cmp { field, value, .. } => out.push((field, value)),
+            Expr::In { field, values, .. } => {
+                out.extend(values.iter().map(|value| (field.as_str(), value)))
+            }
         }
     }
 
@@ -384,6 +430,19 @@ impl Expr {
             Expr::And(a, b) => a.matches(get) && b.matches(get),
             Expr::Or(a, b) => a.matches(get) || b.matches(get),
             Expr::Not(e) => !e.matches(get),
+            Expr::In {
+                field,
+                values,
+                negated,
+            } => {
+                let actual = get(field).filter(|v| !v.is_null());
+                let found = values.iter().any(|literal| match (literal, &actual) {
+                    (Literal::Null, None) => true,
+                    (Literal::Null, Some(_)) | (_, None) => false,
+                    (literal, Some(actual)) => compare(actual, literal) == Some(Ordering::Equal),
+                });
+                found != *negated
+            }
             Expr::Cmp { field, op, value } => {
                 let actual = get(field).filter(|v| !v.is_null());
                 match (value, actual) {
@@ -484,6 +543,15 @@ mod tests {
         assert_eq!(count.selection, Selection::Count);
         assert!(parse("SELECT Id FROM Lead LIMIT 5").unwrap().limit == Some(5));
         assert!(parse("SELECT Id FROM Lead WHERE Name = 'O\\'Brien'").is_ok());
+
+        let within = parse("SELECT Id, Name FROM Account WHERE Id IN ('001A', '001B')").unwrap();
+        let outside = parse("SELECT Id FROM Account WHERE Id NOT IN ('001A')").unwrap();
+        let id = |id: &'static str| move |f: &str| (f == "Id").then(|| Value::String(id.into()));
+        let (within, outside) = (within.filter.unwrap(), outside.filter.unwrap());
+        assert!(within.matches(&id("001B")));
+        assert!(!within.matches(&id("001C")));
+        assert!(!outside.matches(&id("001A")));
+        assert!(outside.matches(&id("001C")));
     }
 
     #[test]
@@ -496,6 +564,10 @@ mod tests {
             "SELECT Id FROM Account ORDER Id",
             "SELECT Id FROM Account WHERE SystemModstamp > 2024-13-45T00:00:00Z",
             "SELECT Id FROM Account extra",
+            "SELECT Id FROM Account WHERE Id IN ()",
+            "SELECT Id FROM Account WHERE Id IN ('a' 'b')",
+            "SELECT Id FROM Account WHERE Id IN 'a'",
+            "SELECT Id FROM Account WHERE Id NOT ('a')",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }

@@ -287,3 +287,171 @@ async fn query_paging_and_the_bulk_job_lifecycle() {
     }
     assert_eq!(rows, 300);
 }
+
+#[tokio::test]
+async fn over_long_requests_are_refused_like_salesforce_and_wide_queries_work_by_id() {
+    let sandbox = SalesforceSandbox::start(
+        SandboxConfig {
+            records: 300,
+            wide_fields: 800,
+            ..Default::default()
+        },
+        0,
+    )
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let url = sandbox.url();
+    let token = login(&client, &url).await;
+    let query = |soql: String| {
+        client
+            .get(format!("{url}/services/data/v62.0/queryAll"))
+            .query(&[("q", soql)])
+            .bearer_auth(&token)
+            .send()
+    };
+    let fields: Vec<String> = (1..=800).map(super::wide_field).collect();
+    assert!(fields.iter().all(|f| f.len() == 40));
+
+    // Every field in one URL is far over 16,384 bytes: 414, the front end's HTML page, and
+    // no API request counted.
+    let (used, _) = sandbox.api_usage();
+    let response = query(format!(
+        "SELECT Id, {} FROM {}",
+        fields.join(", "),
+        super::WIDE_OBJECT
+    ))
+    .await
+    .unwrap();
+    assert_eq!(response.status().as_u16(), 414);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(response.text().await.unwrap().contains("URI Too Long"));
+    assert_eq!(sandbox.api_usage().0, used);
+    assert_eq!(sandbox.stats().too_long, 1);
+
+    // A URL that fits, with headers that push the request past the limit: 431.
+    let response = client
+        .get(format!("{url}/services/data/v62.0/limits"))
+        .bearer_auth(&token)
+        .header("X-Padding", "x".repeat(16_384))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 431);
+    // Just under the limit is served.
+    let response = client
+        .get(format!("{url}/services/data/v62.0/limits"))
+        .bearer_auth(&token)
+        .header("X-Padding", "x".repeat(15_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+
+    // `Id IN (…)` picks records, deleted ones included by queryAll; wide rows come in
+    // pages smaller than batchSize.
+    let ids = sandbox.ids(super::WIDE_OBJECT);
+    sandbox.delete(super::WIDE_OBJECT, &ids[1]).unwrap();
+    let chosen = [&ids[1], &ids[3], &ids[7]];
+    let page: Value = query(format!(
+        "SELECT Id, IsDeleted, {} FROM {} WHERE Id IN ('{}', '{}', '{}')",
+        fields[700..760].join(", "),
+        super::WIDE_OBJECT,
+        chosen[0],
+        chosen[1],
+        chosen[2]
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(page["totalSize"], 3);
+    let got: Vec<&str> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["Id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        [chosen[0].as_str(), chosen[1].as_str(), chosen[2].as_str()]
+    );
+    assert_eq!(page["records"][0]["IsDeleted"], true);
+    let stored = sandbox.record(super::WIDE_OBJECT, chosen[1]).unwrap();
+    assert_eq!(page["records"][1][&fields[759]], stored[&fields[759]]);
+
+    let soql = format!(
+        "SELECT Id, {} FROM {}",
+        fields[..100].join(", "),
+        super::WIDE_OBJECT
+    );
+    let wide: Value = client
+        .get(format!("{url}/services/data/v62.0/queryAll"))
+        .query(&[("q", soql)])
+        .bearer_auth(&token)
+        .header("Sforce-Query-Options", "batchSize=200")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(wide["totalSize"], 300);
+    let n = wide["records"].as_array().unwrap().len();
+    assert!(n < 200, "{n}");
+    assert!(wide["nextRecordsUrl"].is_string());
+}
+
+#[tokio::test]
+async fn bulk_job_refusals_are_salesforce_shaped() {
+    let sandbox = sandbox().await;
+    let client = reqwest::Client::new();
+    let url = sandbox.url();
+    let token = login(&client, &url).await;
+    for (refusal, status, code, text) in [
+        (
+            super::BulkRefusal::DailyJobLimit,
+            400,
+            "LIMIT_EXCEEDED",
+            "Max bulk v2 query jobs (10000) per 24 hrs has been reached",
+        ),
+        (
+            super::BulkRefusal::NoPermission,
+            403,
+            "InvalidUser",
+            "permission",
+        ),
+    ] {
+        sandbox.set_faults(super::Faults {
+            bulk_refusal: Some(refusal),
+            ..Default::default()
+        });
+        let response = client
+            .post(format!("{url}/services/data/v62.0/jobs/query"))
+            .bearer_auth(&token)
+            .json(&json!({"operation": "queryAll", "query": "SELECT Id FROM Account"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body[0]["errorCode"], code);
+        assert!(body[0]["message"].as_str().unwrap().contains(text));
+    }
+    assert_eq!(sandbox.stats().bulk_jobs, 0);
+    // REST still answers.
+    let response = client
+        .get(format!("{url}/services/data/v62.0/queryAll"))
+        .query(&[("q", "SELECT COUNT() FROM Account")])
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+}
