@@ -115,7 +115,10 @@ pub fn scrubbed(e: &anyhow::Error) -> String {
 
 /// `check`: builds every source and asks each for one cheap authenticated call, then for
 /// its streams. Sources are checked at once; one that fails is a FAILED line and the
-/// others are still checked. SIGTERM/SIGINT stops every check in flight.
+/// others are still checked. A source with tracking gets one more line for its collector
+/// (see [`crate::tracking::check_line`]): Segment's cannot be asked about a write key, so
+/// the line says where to confirm delivery; any other is sent an empty batch, and a
+/// refused write key fails the check. SIGTERM/SIGINT stops every check in flight.
 pub async fn check(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
     let config = config::load(config_path)?;
     Warehouse::new(&config.warehouse)?;
@@ -125,30 +128,48 @@ pub async fn check(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
         let (config, cancel) = (&config, &cancel);
         async move {
             let name = p.config.name.clone();
-            let checked = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => Err(Status::Cancelled),
-                r = p.source.check() => {
-                    r.map_err(|e| Status::Failed(registry::source_error(config, &name, e)))
+            let tracking = p.config.tracking.clone().filter(|t| t.enabled);
+            let source = async {
+                let checked = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => Err(Status::Cancelled),
+                    r = p.source.check() => {
+                        r.map_err(|e| Status::Failed(registry::source_error(config, &name, e)))
+                    }
+                };
+                match checked {
+                    Ok(()) => registry::discover(config, p, None, cancel).await,
+                    Err(status) => Err(SourceFailure {
+                        source: name.clone(),
+                        status,
+                    }),
                 }
             };
-            match checked {
-                Ok(()) => registry::discover(config, p, None, cancel).await,
-                Err(status) => Err(SourceFailure {
-                    source: name,
-                    status,
-                }),
-            }
+            // The collector is checked alongside: a wrong write key is found now, not
+            // after a sync has queued messages for it.
+            let collector = async {
+                let tracking = tracking.as_ref()?;
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => None,
+                    line = crate::tracking::check_line(tracking) => Some(line),
+                }
+            };
+            tokio::join!(source, collector)
         }
     });
     let mut failed = 0;
-    for result in futures::future::join_all(checks).await {
+    for (result, collector) in futures::future::join_all(checks).await {
         match result {
             Ok(s) => println!("{:<20} ok ({} streams)", s.config.name, s.streams.len()),
             Err(f) => {
                 failed += 1;
                 println!("{:<20} {}", f.source, f.describe());
             }
+        }
+        if let Some((line, collector_failed)) = collector {
+            println!("{:<20} {line}", "");
+            failed += usize::from(collector_failed);
         }
     }
     Ok(if failed == 0 {

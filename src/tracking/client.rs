@@ -74,12 +74,106 @@ pub fn is_segment(endpoint: &Url) -> bool {
     })
 }
 
+/// What `tributary check` learns about a source's collector ([`TrackingClient::probe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// A Segment collector: it answers 200 to any write key, so asking proves nothing and
+    /// nothing is sent.
+    Unverifiable,
+    /// The collector accepted the write key (a 2xx to an empty batch).
+    Accepted,
+    /// The collector answered, but not in a way that says whether the key is good (a 400
+    /// to the empty batch); the first delivery will tell.
+    Inconclusive(String),
+    /// The collector refused the write key (401/403), has no Tracking API there or a
+    /// disabled source (404), or could not be reached.
+    Failed(String),
+}
+
+impl Probe {
+    /// The line `check` prints for a collector at `host` (no write key in it).
+    pub fn line(&self, host: &str) -> String {
+        match self {
+            // Segment answers 200 to every request but an oversized or malformed one
+            // ("Segment returns a 200 response for all API requests except errors caused
+            // by large payloads and JSON errors ... To debug events that return 200
+            // responses but aren't accepted by Segment, use the Segment Debugger":
+            // https://segment.com/docs/connections/sources/catalog/libraries/server/http-api/#errors),
+            // and the Debugger is a tab of each source in the Segment app
+            // (https://segment.com/docs/connections/sources/debugger/).
+            Probe::Unverifiable => format!(
+                "tracking: {host} — Segment does not validate write keys (it answers 200 \
+                 to any key and to messages it drops); confirm delivery in Segment's \
+                 Debugger (Connections > Sources > the source of this write key > Debugger)"
+            ),
+            Probe::Accepted => {
+                format!("tracking: {host} — ok (the collector accepted the write key)")
+            }
+            Probe::Inconclusive(why) => format!("tracking: {host} — reachable; {why}"),
+            Probe::Failed(why) => format!("tracking: {host} — FAILED: {why}"),
+        }
+    }
+
+    /// Whether `check` must fail for it.
+    pub fn failed(&self) -> bool {
+        matches!(self, Probe::Failed(_))
+    }
+}
+
 impl TrackingClient {
     /// Whether a 200 from this collector says nothing about the write key or the fate of
     /// the messages (Segment's collectors; see [`is_segment`]). Collectors that do check
     /// (RudderStack, Jitsu) answer 401 to a bad key, which fails delivery.
     pub fn accepts_any_write_key(&self) -> bool {
         is_segment(&self.batch_url)
+    }
+
+    /// The collector's host (and port), for messages: never the write key.
+    pub fn host(&self) -> String {
+        let host = self.batch_url.host_str().unwrap_or_default();
+        match self.batch_url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        }
+    }
+
+    /// Asks the collector whether it takes the write key, by posting an empty batch
+    /// (no message, so nothing reaches the customer's data). Segment is not asked (see
+    /// [`Probe::Unverifiable`]). A collector that checks keys refuses a bad one before
+    /// reading the body: RudderStack answers 401 "Invalid Write Key", and 404 "Source is
+    /// disabled" for a disabled source
+    /// (https://github.com/rudderlabs/rudder-server/blob/master/gateway/response/response.go).
+    pub async fn probe(&self) -> Probe {
+        if self.accepts_any_write_key() {
+            return Probe::Unverifiable;
+        }
+        match self.post(&[]).await {
+            Ok(()) => Probe::Accepted,
+            Err(tributary_sdk::Error::Auth {
+                status, message, ..
+            }) => Probe::Failed(format!(
+                "the collector refused the write key (HTTP {status}: {message}); check \
+                 `tracking.write_key`"
+            )),
+            Err(tributary_sdk::Error::Http {
+                status: 404,
+                message,
+                url,
+                ..
+            }) => Probe::Failed(format!(
+                "{url} answered HTTP 404 ({message}): no Tracking API there, or its source \
+                 is disabled; check `tracking.endpoint` (messages go to <endpoint>/v1/batch)"
+            )),
+            Err(tributary_sdk::Error::Http {
+                status: 400,
+                message,
+                ..
+            }) => Probe::Inconclusive(format!(
+                "it answered HTTP 400 to an empty batch ({message}), so the write key is \
+                 checked by the first delivery"
+            )),
+            Err(other) => Probe::Failed(format!("the collector did not accept a request: {other}")),
+        }
     }
 
     /// A client posting to `{endpoint}/v1/batch` with `write_key`. `http` sets rate, retries
@@ -437,6 +531,70 @@ mod tests {
             .map(|i| format!("m{i}"))
             .collect();
         assert_eq!(seen, expected);
+    }
+
+    #[tokio::test]
+    async fn check_probes_a_collector_with_an_empty_batch() {
+        let (endpoint, seen) = collector("none").await;
+        let http = || HttpConfig {
+            max_retries: 0,
+            ..HttpConfig::new("collector", 1000.0)
+        };
+        let good = TrackingClient::new(&endpoint, Secret::new("key"), http()).unwrap();
+        assert_eq!(good.probe().await, Probe::Accepted);
+        assert!(seen.lock().unwrap().is_empty(), "no message was sent");
+        let host = good.host();
+        assert!(host.starts_with("127.0.0.1:"), "{host}");
+        assert_eq!(
+            Probe::Accepted.line(&host),
+            format!("tracking: {host} — ok (the collector accepted the write key)")
+        );
+
+        let key = "probe-key-that-must-not-be-printed";
+        let bad = TrackingClient::new(&endpoint, Secret::new(key), http()).unwrap();
+        let probe = bad.probe().await;
+        assert!(probe.failed(), "{probe:?}");
+        let line = probe.line(&bad.host());
+        assert!(
+            line.contains("FAILED: the collector refused the write key (HTTP 401"),
+            "{line}"
+        );
+        assert!(line.contains("tracking.write_key"), "{line}");
+        assert!(!line.contains(key), "{line}");
+
+        // No Tracking API under that path: 404.
+        let wrong =
+            TrackingClient::new(&format!("{endpoint}/nope"), Secret::new("key"), http()).unwrap();
+        let probe = wrong.probe().await;
+        assert!(probe.failed(), "{probe:?}");
+        assert!(probe.line("h").contains("HTTP 404"), "{probe:?}");
+    }
+
+    #[tokio::test]
+    async fn segment_is_not_asked_and_the_line_says_where_to_look() {
+        // Nothing listens there in tests: a request would fail, so none must be made.
+        let segment = TrackingClient::new(
+            "https://api.segment.io",
+            Secret::new("key"),
+            HttpConfig::new("collector", 1000.0),
+        )
+        .unwrap();
+        let probe = segment.probe().await;
+        assert_eq!(probe, Probe::Unverifiable);
+        assert!(!probe.failed());
+        let line = probe.line(&segment.host());
+        assert!(
+            line.starts_with("tracking: api.segment.io — Segment does not validate write keys"),
+            "{line}"
+        );
+        assert!(
+            line.contains("confirm delivery in Segment's Debugger (Connections > Sources >"),
+            "{line}"
+        );
+        assert_eq!(
+            Probe::Inconclusive("why".into()).line("h"),
+            "tracking: h — reachable; why"
+        );
     }
 
     #[tokio::test]

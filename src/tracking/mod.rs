@@ -25,6 +25,25 @@ pub fn client_for(config: &TrackingConfig) -> Result<TrackingClient> {
     TrackingClient::new(&config.endpoint, config.write_key.clone(), http)
 }
 
+/// What `check` prints for a source's collector: one line (never the write key), and
+/// whether it is a failure. See [`client::TrackingClient::probe`].
+pub async fn check_line(config: &TrackingConfig) -> (String, bool) {
+    match client_for(config) {
+        Ok(client) => {
+            let probe = client.probe().await;
+            let line = probe.line(&client.host());
+            (
+                tributary_sdk::secret::scrub(&line).into_owned(),
+                probe.failed(),
+            )
+        }
+        Err(e) => (
+            tributary_sdk::secret::scrub(&format!("tracking: FAILED: {e:#}")).into_owned(),
+            true,
+        ),
+    }
+}
+
 /// The stream's committed seq (0 before its first commit or without a table).
 pub async fn committed_seq(warehouse: &Warehouse, source: &str, stream: &str) -> Result<i64> {
     match warehouse.open(&[source, stream]).await? {

@@ -39,6 +39,12 @@ pub struct QuotaHeaders {
     /// Names of headers that carry the seconds until the window resets, tried in order
     /// (e.g. `["ratelimit-reset"]`). A value above 10^9 is read as a Unix timestamp.
     pub reset: Vec<String>,
+    /// Names of headers that carry the whole quota in one structured value,
+    /// `total=10; remaining=9; resets=52` (see [`StructuredQuota::parse`]), tried in order
+    /// before `remaining` and `reset`. Zendesk reports its per-endpoint limits this way
+    /// (`zendesk-ratelimit-tickets-index`,
+    /// `zendesk-ratelimit-incremental-exports-cursor`).
+    pub structured: Vec<String>,
     /// When the remaining quota is at or below this, the account's next request waits until
     /// the reset (or 1 s when the vendor does not say when that is).
     pub low_water: u64,
@@ -615,13 +621,17 @@ impl HttpClient {
         let Some(quota) = &config.quota else {
             return;
         };
-        let Some(remaining) = first_number(headers, &quota.remaining) else {
-            return;
+        let (remaining, reset) = match first_structured(headers, &quota.structured) {
+            Some(q) => (q.remaining, q.resets),
+            None => match first_number(headers, &quota.remaining) {
+                Some(remaining) => (remaining, first_number(headers, &quota.reset)),
+                None => return,
+            },
         };
         if remaining > quota.low_water as f64 {
             return;
         }
-        let wait = first_number(headers, &quota.reset)
+        let wait = reset
             .map(|reset| reset_delay(reset, date))
             .unwrap_or(Duration::from_secs(1))
             .min(config.max_retry_after);
@@ -842,6 +852,70 @@ fn first_number(headers: &HeaderMap, names: &[String]) -> Option<f64> {
             .parse::<f64>()
             .ok()
             .filter(|n| n.is_finite())
+    })
+}
+
+/// A quota reported in one header as `key=value` pairs: `total=100; remaining=99;
+/// resets=41`, the format of Zendesk's per-endpoint limit headers ("'Total' signifies the
+/// initial allocation, 'Remaining' indicates the remaining allowance for the current
+/// interval, and 'Resets' denotes the wait time in seconds before the limit refreshes":
+/// https://developer.zendesk.com/api-reference/ticketing/ticket-management/incremental_exports/#incremental-user-export-cursor-based,
+/// and `zendesk-ratelimit-tickets-index` in
+/// https://developer.zendesk.com/api-reference/introduction/rate-limits/).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StructuredQuota {
+    /// The allocation per interval (`total`), when given.
+    pub total: Option<f64>,
+    /// What is left of it (`remaining`).
+    pub remaining: f64,
+    /// Seconds until it refreshes (`resets`, or `reset`), when given.
+    pub resets: Option<f64>,
+}
+
+impl StructuredQuota {
+    /// Parses a header value. Pairs may be separated by `;` or `,`, keys are
+    /// case-insensitive, unknown keys are ignored. `None` without a finite, non-negative
+    /// `remaining`: a value we cannot read must not pause anything.
+    pub fn parse(value: &str) -> Option<StructuredQuota> {
+        let mut total = None;
+        let mut remaining = None;
+        let mut resets = None;
+        for pair in value.split([';', ',']) {
+            let Some((key, number)) = pair.split_once('=') else {
+                continue;
+            };
+            let Some(number) = number
+                .trim()
+                .trim_matches('"')
+                .parse::<f64>()
+                .ok()
+                .filter(|n| n.is_finite() && *n >= 0.0)
+            else {
+                continue;
+            };
+            match key.trim().to_ascii_lowercase().as_str() {
+                "total" => total = Some(number),
+                "remaining" => remaining = Some(number),
+                "resets" | "reset" => resets = Some(number),
+                _ => {}
+            }
+        }
+        Some(StructuredQuota {
+            total,
+            remaining: remaining?,
+            resets,
+        })
+    }
+}
+
+/// The first of `names` present as a readable [`StructuredQuota`].
+fn first_structured(headers: &HeaderMap, names: &[String]) -> Option<StructuredQuota> {
+    names.iter().find_map(|name| {
+        headers
+            .get(name.to_ascii_lowercase().as_str())?
+            .to_str()
+            .ok()
+            .and_then(StructuredQuota::parse)
     })
 }
 
@@ -1278,6 +1352,7 @@ mod tests {
                 ],
                 reset: vec!["ratelimit-reset".into()],
                 low_water: 0,
+                ..Default::default()
             }),
             ..config()
         })
@@ -1294,6 +1369,95 @@ mod tests {
         let started = Instant::now();
         client.send("test", |c| c.get(&url)).await.unwrap();
         assert!(started.elapsed() < Duration::from_millis(500));
+    }
+
+    #[tokio::test]
+    async fn a_spent_structured_quota_waits_for_its_reset_not_for_a_429() {
+        // Zendesk's export header says nothing is left and the window refreshes in 1 s;
+        // the separate headers (the account's quota, plenty left) must not override it.
+        let (url, count) = counting(|n| {
+            let mut headers = AxumHeaders::new();
+            headers.insert("ratelimit-remaining", HeaderValue::from_static("399"));
+            let quota = if n == 0 {
+                "total=10; remaining=0; resets=1"
+            } else {
+                "total=10; remaining=8; resets=59"
+            };
+            headers.insert(
+                "zendesk-ratelimit-incremental-exports-cursor",
+                HeaderValue::from_static(quota),
+            );
+            (headers, "ok")
+        })
+        .await;
+        let client = HttpClient::new(HttpConfig {
+            quota: Some(QuotaHeaders {
+                structured: vec!["Zendesk-RateLimit-incremental-exports-cursor".into()],
+                remaining: vec!["ratelimit-remaining".into()],
+                low_water: 0,
+                ..Default::default()
+            }),
+            ..config()
+        })
+        .unwrap();
+        client.send("test", |c| c.get(&url)).await.unwrap();
+        let started = Instant::now();
+        client.send("test", |c| c.get(&url)).await.unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(950),
+            "{:?}",
+            started.elapsed()
+        );
+        // Eight left: no pause.
+        let started = Instant::now();
+        client.send("test", |c| c.get(&url)).await.unwrap();
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn structured_quotas_parse_like_zendesk_writes_them() {
+        // The examples of Zendesk's rate-limit reference and incremental exports reference.
+        assert_eq!(
+            StructuredQuota::parse("total=100; remaining=99; resets=41"),
+            Some(StructuredQuota {
+                total: Some(100.0),
+                remaining: 99.0,
+                resets: Some(41.0),
+            })
+        );
+        assert_eq!(
+            StructuredQuota::parse("total=10;remaining=0;resets=52"),
+            Some(StructuredQuota {
+                total: Some(10.0),
+                remaining: 0.0,
+                resets: Some(52.0),
+            })
+        );
+        // Case, commas, spaces, unknown keys and a missing reset are fine.
+        assert_eq!(
+            StructuredQuota::parse(" Remaining = 3 , Reset=7, policy=x "),
+            Some(StructuredQuota {
+                total: None,
+                remaining: 3.0,
+                resets: Some(7.0),
+            })
+        );
+        assert_eq!(
+            StructuredQuota::parse("remaining=5").map(|q| q.resets),
+            Some(None)
+        );
+        // Nothing usable: no remaining, garbage, negatives.
+        for bad in [
+            "",
+            "total=10; resets=3",
+            "remaining=lots",
+            "remaining=-1",
+            "remaining=NaN",
+            "garbage",
+        ] {
+            assert_eq!(StructuredQuota::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[tokio::test]

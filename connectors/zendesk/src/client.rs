@@ -3,10 +3,16 @@
 //!
 //! Two limits apply, as at Zendesk: every request counts against the account's requests
 //! per minute, and incremental export requests also against the stricter export limit
-//! (10 a minute). So there are two limiters, the export one nested in the account one
-//! ([`HttpClient::shared_within`]); both are shared by every source configured for the same
-//! account (keyed by its API base, which names the account, never by a credential). Both
-//! watch Zendesk's remaining-quota headers and pause before the quota reaches zero.
+//! (10 a minute, 30 with the High Volume API add-on). So there are two limiters, the
+//! export one nested in the account one ([`HttpClient::shared_within`]); both are shared
+//! by every source configured for the same account (keyed by its API base, which names the
+//! account, never by a credential). Each watches the headers Zendesk documents for its
+//! limit and pauses before that quota reaches zero (see [`ZendeskClient::new`]).
+//!
+//! A 403 is not always a credentials problem: Zendesk answers 403 to an endpoint the
+//! account's plan does not include (ticket forms below Suite Growth, for one). A read whose
+//! first request is refused that way becomes [`Error::Unavailable`] once `users/me` shows
+//! the credentials are an admin's (see [`ZendeskClient::forbidden`]).
 
 use std::sync::{Mutex, PoisonError};
 
@@ -21,6 +27,13 @@ use crate::config::{Auth, Settings};
 
 /// The vendor name in errors and logs.
 pub const VENDOR: &str = "Zendesk";
+
+/// The headers that report the incremental exports' own quota, as
+/// `total=N; remaining=N; resets=N` (see [`ZendeskClient::new`]).
+pub const EXPORT_QUOTA_HEADERS: [&str; 2] = [
+    "zendesk-ratelimit-incremental-exports-cursor",
+    "zendesk-ratelimit-incremental-exports",
+];
 
 /// Which limit a request counts against besides the account's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +84,27 @@ pub struct ZendeskClient {
 
 impl ZendeskClient {
     /// A client for the validated settings. Makes no request.
+    ///
+    /// The account's limiter reads `X-Rate-Limit-Remaining` and `ratelimit-remaining` /
+    /// `ratelimit-reset`, which Zendesk documents as the *account-wide* limit ("For each
+    /// Ticketing API call you make, Zendesk includes the above account-wide rate limit
+    /// information in the response headers":
+    /// https://developer.zendesk.com/documentation/api-basics/best-practices/best-practices-for-avoiding-rate-limiting,
+    /// https://developer.zendesk.com/api-reference/introduction/rate-limits/).
+    ///
+    /// The export limiter therefore must not read them: they say nothing about the
+    /// exports' own allowance. It reads the exports' header instead,
+    /// `Zendesk-RateLimit-incremental-exports-cursor: total=N; remaining=N; resets=N`,
+    /// documented on the cursor-based user export
+    /// (https://developer.zendesk.com/api-reference/ticketing/ticket-management/incremental_exports/#incremental-user-export-cursor-based)
+    /// and read on every export answer, since the ticket export shares the mechanism,
+    /// and `Zendesk-RateLimit-incremental-exports` in the same format, which live accounts
+    /// are reported to send though the reference does not show it. Zendesk documents no
+    /// export header on the time-based exports (organizations, ticket events): there the
+    /// export limiter paces on `export_requests_per_minute` alone, and a 429 is waited out
+    /// for its `Retry-After`, as the reference recommends ("We recommend using the
+    /// Retry-After header value":
+    /// https://developer.zendesk.com/api-reference/ticketing/ticket-management/incremental_exports/#rate-limits).
     pub fn new(settings: &Settings) -> Result<Self> {
         let account = account_key(&settings.api_base);
         let api_config = HttpConfig {
@@ -83,14 +117,21 @@ impl ZendeskClient {
                 // Stop with two left, so the account's other integrations (and a request
                 // of ours already on its way) still get through.
                 low_water: 2,
+                structured: Vec::new(),
             }),
             ..HttpConfig::per_minute(VENDOR, f64::from(settings.requests_per_minute))
         };
         let api = HttpClient::shared(&account, api_config)?;
         let export_config = HttpConfig {
             quota: Some(QuotaHeaders {
-                remaining: vec!["ratelimit-remaining".into()],
-                reset: vec!["ratelimit-reset".into()],
+                structured: EXPORT_QUOTA_HEADERS
+                    .iter()
+                    .map(|h| (*h).to_owned())
+                    .collect(),
+                remaining: Vec::new(),
+                reset: Vec::new(),
+                // Stop with one left: the export allowance is the account's, shared with
+                // its other integrations.
                 low_water: 1,
             }),
             ..HttpConfig::per_minute(VENDOR, f64::from(settings.export_requests_per_minute))
@@ -116,7 +157,8 @@ impl ZendeskClient {
     /// records as an array, e.g. "tickets: array" in
     /// https://developer.zendesk.com/api-reference/ticketing/ticket-management/incremental_exports/),
     /// rather than being taken for an empty page. A 401/403 is [`Error::Auth`] with
-    /// Zendesk's message.
+    /// Zendesk's message; a stream's read turns a 403 on its first request into
+    /// [`Error::Unavailable`] through [`ZendeskClient::forbidden`].
     pub async fn get(
         &self,
         stream: &str,
@@ -161,7 +203,9 @@ impl ZendeskClient {
     /// The signed-in user (`/api/v2/users/me.json`): one cheap call that proves the
     /// credentials. Zendesk answers a request it cannot attribute to anyone with an
     /// anonymous user (no id) rather than a 401, and the incremental exports need an admin,
-    /// so both are credential errors here.
+    /// so both are credential errors here. So is a 403 here (kept as the SDK's
+    /// [`Error::Auth`]): every plan has this endpoint, so a refusal is about who is asking
+    /// (an OAuth token without the `read` scope, a suspended user), never about the plan.
     pub async fn me(&self) -> Result<Value> {
         let url = format!("{}/api/v2/users/me.json", self.api_base);
         let response = self
@@ -189,6 +233,35 @@ impl ZendeskClient {
             });
         }
         Ok(user)
+    }
+
+    /// What a 403 to the first request of `stream`'s read (GET `path`) means, with
+    /// Zendesk's own `message`.
+    ///
+    /// Zendesk answers 403 both to credentials that may not do something (an agent's, a
+    /// token without the scope) and to an endpoint the account's plan does not include:
+    /// "A 403 response means Zendesk authenticated the request, but the authenticated
+    /// identity lacks permission" (https://support.zendesk.com/hc/en-us/articles/10306782115610),
+    /// and its "You do not have access to this page" appears when "accessing a feature
+    /// that isn't available on your current plan level"
+    /// (https://support.zendesk.com/hc/en-us/articles/4408820790426). The status alone
+    /// cannot tell them apart, so the credentials are asked about once more: when
+    /// `users/me` refuses them or they are not an admin's, that error is returned (a
+    /// credentials problem, which fails the stream); when they are an admin's, the
+    /// endpoint is not on the account's plan: [`Error::Unavailable`], which skips the
+    /// stream with a warning while the others sync.
+    pub async fn forbidden(&self, stream: &str, path: &str, message: &str) -> Error {
+        if let Err(credentials) = self.me().await {
+            return credentials;
+        }
+        let hint = crate::streams::plan_note(stream)
+            .map(|note| format!("; {note}"))
+            .unwrap_or_default();
+        Error::Unavailable {
+            message: format!(
+                "{message} (Zendesk answered HTTP 403 to an admin's GET {path}{hint})"
+            ),
+        }
     }
 
     fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {

@@ -352,13 +352,6 @@ async fn contract_error_bodies_yield_zendesks_message() {
             body: ERROR_COULDNT_AUTHENTICATE,
         },
         Route {
-            path: "/api/v2/groups.json",
-            query: None,
-            status: 403,
-            headers: Vec::new(),
-            body: ERROR_FORBIDDEN,
-        },
-        Route {
             path: "/api/v2/brands.json",
             query: None,
             status: 404,
@@ -377,19 +370,6 @@ async fn contract_error_bodies_yield_zendesks_message() {
         ),
         other => panic!("expected an auth error, got {other:?}"),
     }
-    match read(&replay, "groups", None).await.unwrap_err() {
-        Error::Auth {
-            status, message, ..
-        } => assert_eq!(
-            (status, message.as_str()),
-            (
-                403,
-                "You do not have access to this page. Please contact the account owner of \
-                 this help desk for further help."
-            )
-        ),
-        other => panic!("expected an auth error, got {other:?}"),
-    }
     match read(&replay, "brands", None).await.unwrap_err() {
         Error::Http {
             status, message, ..
@@ -404,4 +384,34 @@ async fn contract_error_bodies_yield_zendesks_message() {
         "You do not have access to this page. Please contact the account owner of this help \
          desk for further help."
     );
+
+    // A 403 to a stream while `users/me` shows an admin: the endpoint is not on the plan,
+    // told in Zendesk's words. (`users/me` answers in the shape of the "Show Self"
+    // example, https://developer.zendesk.com/api-reference/ticketing/users/users/#show-self,
+    // as an admin.)
+    let replay = Replay::start(vec![
+        route(
+            "/api/v2/users/me.json",
+            None,
+            r#"{"user":{"id":35436,"name":"Johnny Admin","role":"admin"}}"#,
+        ),
+        Route {
+            path: "/api/v2/groups.json",
+            query: None,
+            status: 403,
+            headers: Vec::new(),
+            body: ERROR_FORBIDDEN,
+        },
+    ])
+    .await;
+    match read(&replay, "groups", None).await.unwrap_err() {
+        Error::Unavailable { message } => assert!(
+            message.starts_with(
+                "You do not have access to this page. Please contact the account owner of \
+                 this help desk for further help. (Zendesk answered HTTP 403"
+            ),
+            "{message}"
+        ),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
 }

@@ -33,9 +33,15 @@
 //!   anything else is 401 `{"error": "Couldn't authenticate you"}`.
 //! - Two rate limits ([`RateLimits`]): the account's requests per window and the exports'
 //!   own stricter one, each a sliding window; 429 `APIRateLimitExceeded` with `Retry-After`
-//!   above either, and `X-Rate-Limit`, `X-Rate-Limit-Remaining`, `ratelimit-limit`,
-//!   `ratelimit-remaining`, `ratelimit-reset` on every answer (the `ratelimit-*` trio
-//!   describes the exports' limit on export endpoints).
+//!   above either. `X-Rate-Limit`, `X-Rate-Limit-Remaining`, `ratelimit-limit`,
+//!   `ratelimit-remaining`, `ratelimit-reset` describe the account's limit on every answer
+//!   (Zendesk documents them as account-wide), and the cursor-based exports also send
+//!   `Zendesk-RateLimit-incremental-exports-cursor: total=N; remaining=N; resets=N` for the
+//!   exports' limit, as Zendesk documents it on its cursor-based user export; the
+//!   time-based exports send no export header (Zendesk documents none there).
+//! - Plans: resources the account's plan does not include ([`SandboxConfig::unavailable`],
+//!   [`ZendeskSandbox::set_unavailable`]) answer 403 `Forbidden` with Zendesk's "You do
+//!   not have access to this page" description.
 //! - Faults on demand: 500/503, 429s, slow responses, bodies cut short, malformed JSON,
 //!   and lists that fail past their first page.
 //!
@@ -55,7 +61,9 @@
 //! `GET /_sandbox/stats`, `POST /_sandbox/stats/reset`, `GET|POST /_sandbox/faults` (a
 //! [`Faults`] JSON, missing fields default to off), `POST /_sandbox/clock`
 //! `{"advance_seconds": N}`, `POST /_sandbox/rate_limit` `{"window_seconds": s,
-//! "requests": n, "export_requests": m}` (an empty object turns limiting off).
+//! "requests": n, "export_requests": m}` (an empty object turns limiting off),
+//! `GET|POST /_sandbox/plan` `{"unavailable": ["ticket_forms"]}` (the resources the plan
+//! does not include; an empty list includes all).
 
 mod control;
 mod error;
@@ -113,6 +121,10 @@ pub struct SandboxConfig {
     pub rate_limits: Option<RateLimits>,
     /// Seed of the generated data and of fault injection, for repeatable runs.
     pub seed: u64,
+    /// Resources the simulated account's plan does not include (e.g. `ticket_forms`,
+    /// which Zendesk offers from Suite Growth): every request to them is answered 403
+    /// `Forbidden` as Zendesk does. See [`ZendeskSandbox::set_unavailable`].
+    pub unavailable: Vec<String>,
 }
 
 impl Default for SandboxConfig {
@@ -121,6 +133,7 @@ impl Default for SandboxConfig {
             records: 200,
             rate_limits: None,
             seed: 42,
+            unavailable: Vec::new(),
         }
     }
 }
@@ -201,6 +214,8 @@ pub(crate) struct Shared {
     clock_offset_ms: AtomicI64,
     limiter: Mutex<Limiter>,
     faults: Mutex<FaultState>,
+    /// Resources the plan does not include.
+    unavailable: RwLock<Vec<String>>,
     requests: AtomicU64,
     export_requests: AtomicU64,
     rate_limited: AtomicU64,
@@ -288,6 +303,26 @@ impl Shared {
         lock(&self.faults).set(faults);
     }
 
+    /// Whether `resource` (`ticket_forms`, or an export's `tickets`) is off the plan.
+    pub(crate) fn is_unavailable(&self, resource: &str) -> bool {
+        self.unavailable
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|r| r == resource)
+    }
+
+    pub(crate) fn unavailable(&self) -> Vec<String> {
+        self.unavailable
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_unavailable(&self, resources: Vec<String>) {
+        *self.unavailable.write().unwrap_or_else(|e| e.into_inner()) = resources;
+    }
+
     pub(crate) fn set_rate_limits(&self, limits: Option<RateLimits>) {
         lock(&self.limiter).set(limits);
     }
@@ -355,6 +390,7 @@ impl ZendeskSandbox {
             clock_offset_ms: AtomicI64::new(0),
             limiter: Mutex::new(Limiter::new(config.rate_limits)),
             faults: Mutex::new(FaultState::new(config.seed)),
+            unavailable: RwLock::new(config.unavailable),
             requests: AtomicU64::new(0),
             export_requests: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
@@ -476,6 +512,14 @@ impl ZendeskSandbox {
     /// Replaces the injected faults.
     pub fn set_faults(&self, faults: Faults) {
         self.shared.set_faults(faults);
+    }
+
+    /// Sets the resources the account's plan does not include (replacing the list):
+    /// requests to `/api/v2/<resource>…` and `/api/v2/incremental/<resource>…` are then
+    /// answered 403 with Zendesk's `Forbidden` body. An empty list includes everything.
+    pub fn set_unavailable(&self, resources: &[&str]) {
+        self.shared
+            .set_unavailable(resources.iter().map(|r| (*r).to_owned()).collect());
     }
 
     /// Changes the rate limits (`None` = unlimited).

@@ -25,6 +25,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -199,6 +200,22 @@ pub static STREAMS: &[StreamDef] = &[
         shape: Shape::Tags,
     },
 ];
+
+/// What Zendesk documents about the plans that include `stream`'s endpoint, for the
+/// warning when the account's plan does not.
+pub fn plan_note(stream: &str) -> Option<&'static str> {
+    match stream {
+        // "Ticket forms are supported on Suite Growth plans and above, as well as on
+        // Support Enterprise plans. For legacy accounts, ticket forms are only available on
+        // Enterprise accounts or accounts with the Productivity Pack add-on."
+        // https://developer.zendesk.com/api-reference/ticketing/tickets/ticket_forms/
+        "ticket_forms" => Some(
+            "Zendesk offers ticket forms on Suite Growth and above and on Support Enterprise \
+             (legacy accounts: Enterprise, or the Productivity Pack add-on)",
+        ),
+        _ => None,
+    }
+}
 
 /// The stream called `name`.
 pub fn stream(name: &str) -> Option<&'static StreamDef> {
@@ -498,9 +515,18 @@ pub fn read(
     cursor: Option<Cursor>,
     full_refresh: bool,
 ) -> PageStream {
+    let cursor = if full_refresh { None } else { cursor };
+    // An open snapshot resumed from its page cursor is a walk the endpoint already
+    // answered: a 403 there is access lost part-way, not a plan without the endpoint.
+    let resumes = matches!(cursor, Some(Cursor::Snapshot { .. }));
     spawn_pages(FETCH_AHEAD, move |tx| {
-        let reader = Reader { context, def, tx };
-        reader.run(if full_refresh { None } else { cursor }, full_refresh)
+        let reader = Reader {
+            context,
+            def,
+            tx,
+            first: AtomicBool::new(!resumes),
+        };
+        reader.run(cursor, full_refresh)
     })
 }
 
@@ -508,6 +534,9 @@ struct Reader {
     context: ReadContext,
     def: &'static StreamDef,
     tx: PageSender,
+    /// No request of this read has been answered yet (and it does not resume an open
+    /// snapshot): a 403 now may mean the account's plan lacks the endpoint.
+    first: AtomicBool,
 }
 
 impl Reader {
@@ -524,6 +553,31 @@ impl Reader {
 
     fn client(&self) -> &ZendeskClient {
         &self.context.client
+    }
+
+    /// One page of the walk. A 403 to the read's first request is asked about (see
+    /// [`ZendeskClient::forbidden`]): an endpoint the account's plan lacks becomes
+    /// [`Error::Unavailable`]. A 403 later in the walk stays a failure: the endpoint
+    /// answered this walk before, so access was lost part-way and the next run resumes.
+    async fn fetch(
+        &self,
+        limit: Limit,
+        path: &'static str,
+        query: &[(&str, String)],
+    ) -> Result<Listing> {
+        let result = self
+            .client()
+            .get(self.def.name, limit, path, query, self.def.records_key())
+            .await;
+        let first = self.first.swap(false, Ordering::Relaxed);
+        match result {
+            Err(Error::Auth {
+                status: 403,
+                message,
+                ..
+            }) if first => Err(self.client().forbidden(self.def.name, path, &message).await),
+            other => other,
+        }
     }
 
     /// Hands a page to the runtime; `false` when the read was cancelled.
@@ -589,16 +643,7 @@ impl Reader {
                 Some(cursor) => query.push(("cursor", cursor.clone())),
                 None => query.push(("start_time", self.initial_start().to_string())),
             }
-            let listing = self
-                .client()
-                .get(
-                    self.def.name,
-                    Limit::Export,
-                    path,
-                    &query,
-                    self.def.records_key(),
-                )
-                .await?;
+            let listing = self.fetch(Limit::Export, path, &query).await?;
             // Zendesk documents `end_of_stream` on every cursor-based export page ("true if
             // the current request has returned all the results up to the current time"):
             // https://developer.zendesk.com/api-reference/ticketing/ticket-management/incremental_exports/#cursor-based-incremental-exports
@@ -661,10 +706,7 @@ impl Reader {
         guard.start_at(&boundary_key(&at));
         loop {
             let query = [("start_time", at.start_time.to_string()), self.per_page()];
-            let listing = self
-                .client()
-                .get(self.def.name, Limit::Export, path, &query, key)
-                .await?;
+            let listing = self.fetch(Limit::Export, path, &query).await?;
             // Time-based export pages document `end_of_stream` (and `end_time`, the next
             // `start_time`): https://developer.zendesk.com/api-reference/ticketing/ticket-management/incremental_exports/#time-based-incremental-exports
             let end_of_stream =
@@ -743,17 +785,7 @@ impl Reader {
             if let Some(after) = &after {
                 query.push(("page[after]", after.clone()));
             }
-            let listing = match self
-                .client()
-                .get(
-                    self.def.name,
-                    Limit::Api,
-                    path,
-                    &query,
-                    self.def.records_key(),
-                )
-                .await
-            {
+            let listing = match self.fetch(Limit::Api, path, &query).await {
                 Ok(listing) => listing,
                 Err(e) if after.is_some() && !restarted && is_bad_cursor(&e) => {
                     tracing::warn!(

@@ -779,3 +779,123 @@ async fn conformance_kit_passes() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_stream_off_the_plan_is_unavailable_and_the_others_read() {
+    let sandbox = sandbox(10).await;
+    sandbox.set_unavailable(&["ticket_forms"]);
+    let zendesk = zendesk(&sandbox, 1000, 100);
+    // `check` proves the credentials only: the plan does not matter to it.
+    zendesk.check().await.unwrap();
+    let (pages, err) = read_until_error(&zendesk, "ticket_forms", None).await;
+    assert!(pages.is_empty());
+    match &err {
+        Error::Unavailable { message } => {
+            assert!(
+                message.starts_with("You do not have access to this page."),
+                "Zendesk's own message first: {message}"
+            );
+            assert!(message.contains("/api/v2/ticket_forms.json"), "{message}");
+            assert!(message.contains("Suite Growth"), "{message}");
+            assert!(!message.contains("credentials"), "{message}");
+        }
+        other => panic!("expected Unavailable, got {other}"),
+    }
+    assert!(
+        err.to_string()
+            .starts_with("not available on this account's plan: You do not have access"),
+        "{err}"
+    );
+    // An export off the plan is told the same way, without a plan note of its own.
+    sandbox.set_unavailable(&["organizations"]);
+    let (_, err) = read_until_error(&zendesk, "organizations", None).await;
+    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+    // The rest of the account reads as before.
+    let groups = read(&zendesk, "groups", None, false).await;
+    assert_exactly_once("groups", &ids(&groups), &sandbox.ids("groups"));
+}
+
+#[tokio::test]
+async fn a_403_to_the_credentials_themselves_stays_a_credentials_error() {
+    let sandbox = sandbox(5).await;
+    // `users` off: `users/me` answers 403 too, so the 403 on ticket forms cannot be put
+    // down to the plan.
+    sandbox.set_unavailable(&["users", "ticket_forms"]);
+    let zendesk = zendesk(&sandbox, 1000, 100);
+    let err = zendesk.check().await.unwrap_err();
+    assert!(matches!(err, Error::Auth { status: 403, .. }), "{err}");
+    assert!(
+        err.to_string().contains("rejected the credentials"),
+        "{err}"
+    );
+    let (_, err) = read_until_error(&zendesk, "ticket_forms", None).await;
+    assert!(matches!(err, Error::Auth { status: 403, .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_403_part_way_through_a_walk_is_a_failure_not_a_plan() {
+    let sandbox = sandbox(40).await;
+    let zendesk = zendesk(&sandbox, 1000, 2);
+    sandbox.set_faults(Faults {
+        forbid_after_first_page: true,
+        ..Faults::default()
+    });
+    let (pages, err) = read_until_error(&zendesk, "ticket_metrics", None).await;
+    assert_eq!(pages.len(), 1, "the first page landed");
+    assert!(matches!(err, Error::Auth { status: 403, .. }), "{err}");
+    // Resuming the open snapshot: its first request already carries a page cursor.
+    let cursor = Some(pages[0].cursor.clone());
+    let (pages, err) = read_until_error(&zendesk, "ticket_metrics", cursor).await;
+    assert!(pages.is_empty());
+    assert!(matches!(err, Error::Auth { status: 403, .. }), "{err}");
+}
+
+#[tokio::test]
+async fn exports_pace_on_zendesk_s_export_quota_header() {
+    // The client would send exports as fast as it can; the simulator allows 3 a second
+    // and says so in `Zendesk-RateLimit-incremental-exports-cursor` on the cursor-based
+    // exports. Reading it, the client waits for the reset and is never refused.
+    let sandbox = ZendeskSandbox::start(
+        SandboxConfig {
+            records: 30,
+            rate_limits: Some(crate::sandbox::RateLimits {
+                window: Duration::from_secs(1),
+                requests: 1000,
+                export_requests: 3,
+            }),
+            ..Default::default()
+        },
+        0,
+    )
+    .await
+    .unwrap();
+    let three_a_page = zendesk(&sandbox, 3, 100);
+    sandbox.reset_stats();
+    let started = std::time::Instant::now();
+    let pages = read(&three_a_page, "users", None, false).await;
+    let elapsed = started.elapsed();
+    assert_exactly_once("users", &ids(&pages), &sandbox.ids("users"));
+    let stats = sandbox.stats();
+    assert!(stats.export_requests >= 6, "{stats:?}");
+    assert_eq!(stats.rate_limited, 0, "the header kept it in: {stats:?}");
+    // Two requests per window (the second leaves one, the low water): a pause per pair.
+    let pauses = (stats.export_requests - 1) / 2;
+    assert!(
+        elapsed >= Duration::from_millis(900 * pauses),
+        "{elapsed:?} for {stats:?}"
+    );
+
+    // The time-based exports carry no export header (Zendesk documents none): allowed one
+    // a second, the client is refused, waits out `Retry-After` and lands everything once.
+    sandbox.set_rate_limits(Some(crate::sandbox::RateLimits {
+        window: Duration::from_secs(1),
+        requests: 1000,
+        export_requests: 1,
+    }));
+    sandbox.reset_stats();
+    // One organization a page: several requests in the second the limit allows one.
+    let one_a_page = zendesk(&sandbox, 1, 100);
+    let pages = read(&one_a_page, "organizations", None, false).await;
+    assert_exactly_once("organizations", &ids(&pages), &sandbox.ids("organizations"));
+    assert!(sandbox.stats().rate_limited > 0, "{:?}", sandbox.stats());
+}

@@ -1,9 +1,10 @@
 //! Zendesk, end to end: the binary against the Zendesk simulator. A module per topic:
-//! syncs and deletions, custom fields, crash-resume, rate limits, tracking, config and
-//! credential errors.
+//! syncs and deletions, custom fields, crash-resume, rate limits, plans without an
+//! endpoint, tracking, config and credential errors.
 
 mod config_errors;
 mod crash_resume;
+mod plan;
 mod rate_limit;
 mod snapshot;
 mod sync;

@@ -1,5 +1,5 @@
 //! Zendesk's two rate limits, on a scaled window (a second instead of a minute) so the
-//! tests take seconds: the client stays within both; the remaining-quota headers slow it
+//! tests take seconds: the client stays within both; the exports' quota header slows it
 //! down before the quota is used up; and 429s are waited out and retried.
 
 use std::time::{Duration, Instant};
@@ -66,8 +66,10 @@ async fn the_simulator_never_sees_more_than_the_configured_rates() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_quota_headers_slow_the_client_before_the_quota_runs_out() {
     // The client would send exports at 100/s; the simulator allows 3 a second and says so
-    // in `ratelimit-remaining`/`ratelimit-reset`. Reading them, the client waits for the
-    // reset when one request is left, and is never refused.
+    // in `Zendesk-RateLimit-incremental-exports-cursor: total=3; remaining=N; resets=S`,
+    // as Zendesk documents it for the cursor-based exports (its `ratelimit-*` headers are
+    // the account's). Reading it, the client waits for the reset when one request is
+    // left, and is never refused.
     let env = ZendeskEnv::start_with(
         SandboxConfig {
             records: 40,

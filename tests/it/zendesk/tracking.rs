@@ -89,3 +89,84 @@ async fn ticket_events_reach_the_collector_as_track_messages() {
     );
     assert!(collector.violations.lock().unwrap().is_empty());
 }
+
+/// A collector that refuses every write key as RudderStack does: 401 "Invalid Write Key"
+/// (rudder-server, gateway/response/response.go).
+async fn refusing_collector() -> String {
+    let app = axum::Router::new().route(
+        "/v1/batch",
+        axum::routing::post(|| async {
+            (axum::http::StatusCode::UNAUTHORIZED, "Invalid Write Key\n")
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_what_it_can_know_about_the_collector() {
+    let env = ZendeskEnv::start(5, "").await;
+    let tracking = |endpoint: &str| {
+        format!(
+            "streams = [\"ticket_events\"]\n\n[sources.zendesk.tracking]\nendpoint = \"{endpoint}\"\nwrite_key = \"wk-not-to-be-printed\"\n"
+        )
+    };
+
+    // Segment: not asked (it answers 200 to any key), so the line says where to look.
+    env.write_config(FAST, &tracking("https://api.segment.io"));
+    let out = env.run(&["check"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let source = lines
+        .iter()
+        .position(|l| l.starts_with("zendesk") && l.contains("ok (1 streams)"))
+        .unwrap_or_else(|| panic!("no ok line: {stdout}"));
+    let line = lines.get(source + 1).copied().unwrap_or_default().trim();
+    assert!(
+        line.starts_with("tracking: api.segment.io — Segment does not validate write keys"),
+        "{stdout}"
+    );
+    assert!(
+        line.contains("confirm delivery in Segment's Debugger (Connections > Sources >"),
+        "{stdout}"
+    );
+
+    // A collector that checks keys and refuses this one: the check fails, without the key.
+    let refusing = refusing_collector().await;
+    env.write_config(FAST, &tracking(&refusing));
+    let out = env.run(&["check"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("ok (1 streams)"),
+        "the source itself is fine: {stdout}"
+    );
+    let host = refusing.trim_start_matches("http://");
+    assert!(
+        stdout.contains(&format!(
+            "tracking: {host} — FAILED: the collector refused the write key (HTTP 401: Invalid Write Key)"
+        )),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("wk-not-to-be-printed"), "{stdout}");
+
+    // One that accepts it: ok, and nothing was delivered by asking.
+    let collector = Arc::new(Collector::default());
+    let url = start(Arc::clone(&collector)).await;
+    env.write_config(FAST, &tracking(&url).replace("wk-not-to-be-printed", "wk"));
+    let out = env.run(&["check"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let host = url.trim_start_matches("http://");
+    assert!(
+        stdout.contains(&format!(
+            "tracking: {host} — ok (the collector accepted the write key)"
+        )),
+        "{stdout}"
+    );
+    assert!(collector.ids().is_empty());
+    assert!(collector.violations.lock().unwrap().is_empty());
+}

@@ -90,11 +90,13 @@ impl Window {
 /// What the quota headers of an admitted request say.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Quota {
-    /// The account's limit and remaining requests (`X-Rate-Limit`, `X-Rate-Limit-Remaining`).
+    /// The account's limit, remaining requests and seconds to a free slot
+    /// (`X-Rate-Limit`, `X-Rate-Limit-Remaining`, `ratelimit-limit`, `ratelimit-remaining`,
+    /// `ratelimit-reset`: Zendesk documents all of them as the account-wide limit).
     pub(crate) account: Option<(u32, u32, u64)>,
-    /// The limit that applies to this endpoint (the export limit on export endpoints, else
-    /// the account's): `ratelimit-limit`, `ratelimit-remaining`, `ratelimit-reset`.
-    pub(crate) endpoint: Option<(u32, u32, u64)>,
+    /// On export requests, the exports' own limit, likewise
+    /// (`Zendesk-RateLimit-incremental-exports-cursor: total=; remaining=; resets=`).
+    pub(crate) export: Option<(u32, u32, u64)>,
 }
 
 /// Why a request was refused with 429.
@@ -152,14 +154,9 @@ impl Limiter {
         if export {
             self.export.record(now);
         }
-        let account = self.account.quota(now);
         Ok(Quota {
-            account,
-            endpoint: if export {
-                self.export.quota(now)
-            } else {
-                account
-            },
+            account: self.account.quota(now),
+            export: if export { self.export.quota(now) } else { None },
         })
     }
 
@@ -341,8 +338,11 @@ mod tests {
         let mut limiter = Limiter::new(limits(5, 2));
         let t0 = Instant::now() + Duration::from_secs(10);
         let q = limiter.admit(true, t0).unwrap();
-        assert_eq!(q.endpoint, Some((2, 1, 1)));
+        assert_eq!(q.export, Some((2, 1, 1)));
         assert_eq!(q.account, Some((5, 4, 1)));
+        let q = limiter.admit(false, t0 + Duration::from_millis(5)).unwrap();
+        assert_eq!(q.export, None, "only exports report the export limit");
+        assert_eq!(q.account, Some((5, 3, 1)));
         limiter.admit(true, t0 + Duration::from_millis(10)).unwrap();
         let refused = limiter
             .admit(true, t0 + Duration::from_millis(20))
@@ -350,7 +350,7 @@ mod tests {
         assert!(refused.export);
         assert_eq!(refused.retry_after, 1);
         // Other endpoints still have the account's room.
-        for i in 0..3 {
+        for i in 0..2 {
             limiter
                 .admit(false, t0 + Duration::from_millis(30 + i))
                 .unwrap();

@@ -11,6 +11,9 @@ pub(crate) struct ApiError {
     /// Zendesk's `error`: a code such as `RecordNotFound`, or a sentence.
     pub(crate) error: String,
     pub(crate) description: Option<String>,
+    /// Sent as `{"error": {"title": error, "message": description}}`, the shape of
+    /// Zendesk's 403 (see the contract fixture `error_forbidden.json`).
+    pub(crate) titled: bool,
 }
 
 impl ApiError {
@@ -19,6 +22,7 @@ impl ApiError {
             status,
             error: error.to_owned(),
             description: Some(description.into()),
+            titled: false,
         }
     }
 
@@ -27,6 +31,26 @@ impl ApiError {
             status: 401,
             error: "Couldn't authenticate you".to_owned(),
             description: None,
+            titled: false,
+        }
+    }
+
+    /// 403, as Zendesk refuses an endpoint the account's plan does not include (or a page
+    /// the user may not see): `{"error": {"title": "Forbidden", "message": …}}`, as the
+    /// contract fixture `error_forbidden.json` records it
+    /// (https://developer.zendesk.com/api-reference/introduction/responses/). The message
+    /// is Zendesk's "Access Denied" text, which it shows for "a feature that isn't
+    /// available on your current plan level"
+    /// (https://support.zendesk.com/hc/en-us/articles/4408820790426).
+    pub(crate) fn forbidden() -> ApiError {
+        ApiError {
+            titled: true,
+            ..ApiError::new(
+                403,
+                "Forbidden",
+                "You do not have access to this page. Please contact the account owner of \
+                 this help desk for further help.",
+            )
         }
     }
 
@@ -80,6 +104,13 @@ impl ApiError {
 
     /// The response body.
     pub(crate) fn body(&self) -> Vec<u8> {
+        if self.titled {
+            let body = serde_json::json!({"error": {
+                "title": self.error,
+                "message": self.description.as_deref().unwrap_or_default(),
+            }});
+            return serde_json::to_vec(&body).unwrap_or_default();
+        }
         let mut out = Map::new();
         out.insert("error".into(), Value::String(self.error.clone()));
         if let Some(description) = &self.description {
@@ -104,6 +135,17 @@ mod tests {
             vendor_message(&ApiError::not_found().body()),
             "RecordNotFound: Not found"
         );
+        assert_eq!(
+            vendor_message(&ApiError::forbidden().body()),
+            "You do not have access to this page. Please contact the account owner of this \
+             help desk for further help."
+        );
+        // Byte for byte the contract fixture's shape.
+        let fixture: Value =
+            serde_json::from_str(include_str!("../../fixtures/contract/error_forbidden.json"))
+                .unwrap();
+        let ours: Value = serde_json::from_slice(&ApiError::forbidden().body()).unwrap();
+        assert_eq!(ours, fixture);
         assert_eq!(
             vendor_message(&ApiError::rate_limited(true).body()),
             "APIRateLimitExceeded: Number of allowed incremental export API requests per minute exceeded"

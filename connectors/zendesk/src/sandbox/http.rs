@@ -70,6 +70,11 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         );
     }
     let quota = match shared.admit(export) {
+        // Zendesk documents its export header on the cursor-based exports only.
+        Ok(quota) if !path.contains("/cursor") => Quota {
+            export: None,
+            ..quota
+        },
         Ok(quota) => quota,
         Err(refused) => {
             let e = ApiError::rate_limited(refused.export);
@@ -84,10 +89,11 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         }
     };
 
-    if shared.faults().forbid_after_first_page
-        && parse_pairs(&query).iter().any(|(k, _)| k == "page[after]")
+    if resource_of(&path).is_some_and(|resource| shared.is_unavailable(resource))
+        || (shared.faults().forbid_after_first_page
+            && parse_pairs(&query).iter().any(|(k, _)| k == "page[after]"))
     {
-        let e = ApiError::new(403, "Forbidden", "You do not have access to this page.");
+        let e = ApiError::forbidden();
         return respond(&shared, e.status, e.body(), &request_id, quota, &[]);
     }
     let before = shared.faults_before();
@@ -136,6 +142,20 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
 }
 
 type Answer = Result<(u16, Vec<u8>), ApiError>;
+
+/// The resource a `/api/v2` path is about, as a plan includes or lacks it:
+/// `/api/v2/ticket_forms.json` and `/api/v2/ticket_forms/1.json` → `ticket_forms`,
+/// `/api/v2/incremental/tickets/cursor.json` → `tickets`.
+fn resource_of(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/api/v2/")?;
+    let mut segments = rest
+        .split('/')
+        .map(|s| s.strip_suffix(".json").unwrap_or(s));
+    match segments.next()? {
+        "incremental" => segments.next(),
+        resource => Some(resource),
+    }
+}
 
 fn route(
     shared: &Shared,
@@ -705,14 +725,22 @@ fn base_headers(shared: &Shared, request_id: &str, quota: Quota, headers: &mut H
     set("date", shared.http_date());
     set("x-request-id", request_id.to_owned());
     set("x-zendesk-api-version", "v2".into());
-    if let Some((limit, remaining, _)) = quota.account {
+    // The account-wide limit, under both of Zendesk's names:
+    // https://developer.zendesk.com/api-reference/introduction/rate-limits/
+    if let Some((limit, remaining, reset)) = quota.account {
         set("x-rate-limit", limit.to_string());
         set("x-rate-limit-remaining", remaining.to_string());
-    }
-    if let Some((limit, remaining, reset)) = quota.endpoint {
         set("ratelimit-limit", limit.to_string());
         set("ratelimit-remaining", remaining.to_string());
         set("ratelimit-reset", reset.to_string());
+    }
+    // The exports' own limit, in the format Zendesk documents for it:
+    // https://developer.zendesk.com/api-reference/ticketing/ticket-management/incremental_exports/#incremental-user-export-cursor-based
+    if let Some((total, remaining, resets)) = quota.export {
+        set(
+            "zendesk-ratelimit-incremental-exports-cursor",
+            format!("total={total}; remaining={remaining}; resets={resets}"),
+        );
     }
 }
 
@@ -771,6 +799,27 @@ fn sandbox_control(
                 })?;
             shared.advance_clock(Duration::from_secs(seconds));
             Ok(json!({"now": shared.now()}))
+        }
+        (&Method::GET, "plan") => Ok(json!({"unavailable": shared.unavailable()})),
+        (&Method::POST, "plan") => {
+            let request = parse(body)?;
+            let unavailable = match request.get("unavailable") {
+                None => Vec::new(),
+                Some(Value::Array(list)) => list
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        ApiError::invalid_value("unavailable must be a list of resource names")
+                    })?,
+                Some(_) => {
+                    return Err(ApiError::invalid_value(
+                        "unavailable must be a list of resource names",
+                    ));
+                }
+            };
+            shared.set_unavailable(unavailable);
+            Ok(json!({"unavailable": shared.unavailable()}))
         }
         (&Method::POST, "rate_limit") => {
             let request = parse(body)?;
@@ -855,6 +904,27 @@ mod tests {
             HeaderValue::from_str(&format!("Bearer {}", ZendeskSandbox::OAUTH_TOKEN)).unwrap(),
         );
         assert!(authorized(&headers));
+    }
+
+    #[test]
+    fn paths_name_their_resource() {
+        assert_eq!(
+            resource_of("/api/v2/ticket_forms.json"),
+            Some("ticket_forms")
+        );
+        assert_eq!(
+            resource_of("/api/v2/ticket_forms/7.json"),
+            Some("ticket_forms")
+        );
+        assert_eq!(
+            resource_of("/api/v2/incremental/tickets/cursor.json"),
+            Some("tickets")
+        );
+        assert_eq!(
+            resource_of("/api/v2/incremental/organizations.json"),
+            Some("organizations")
+        );
+        assert_eq!(resource_of("/_sandbox/stats"), None);
     }
 
     #[test]

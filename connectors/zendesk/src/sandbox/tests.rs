@@ -354,18 +354,42 @@ async fn both_rate_limits_answer_429_with_retry_after_and_quota_headers() {
     let header = |h: &reqwest::header::HeaderMap, n: &str| {
         h.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned)
     };
+    // The `ratelimit-*` trio is the account's, as Zendesk documents it; the exports' own
+    // quota is in their structured header.
     assert_eq!(header(&headers, "x-rate-limit").as_deref(), Some("5"));
     assert_eq!(
         header(&headers, "x-rate-limit-remaining").as_deref(),
         Some("4")
     );
-    assert_eq!(header(&headers, "ratelimit-limit").as_deref(), Some("2"));
+    assert_eq!(header(&headers, "ratelimit-limit").as_deref(), Some("5"));
     assert_eq!(
         header(&headers, "ratelimit-remaining").as_deref(),
-        Some("1")
+        Some("4")
     );
     assert!(header(&headers, "ratelimit-reset").is_some());
-    get(&sandbox, &export).await;
+    let quota = header(&headers, "zendesk-ratelimit-incremental-exports-cursor").unwrap();
+    let parsed = tributary_sdk::http::StructuredQuota::parse(&quota).unwrap();
+    assert_eq!(
+        (parsed.total, parsed.remaining),
+        (Some(2.0), 1.0),
+        "{quota}"
+    );
+    assert!(
+        parsed.resets.is_some_and(|r| (1.0..=60.0).contains(&r)),
+        "{quota}"
+    );
+    // Not on the time-based exports: Zendesk documents none there. (This one takes the
+    // second export slot.)
+    let (status, headers, _) = get(
+        &sandbox,
+        &format!(
+            "/api/v2/incremental/organizations.json?start_time={}",
+            long_ago(&sandbox)
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(header(&headers, "zendesk-ratelimit-incremental-exports-cursor").is_none());
     let (status, headers, body) = get(&sandbox, &export).await;
     assert_eq!(status, 429);
     assert_eq!(body["error"], "APIRateLimitExceeded");
@@ -394,6 +418,75 @@ async fn both_rate_limits_answer_429_with_retry_after_and_quota_headers() {
     let (status, headers, _) = get(&sandbox, "/api/v2/groups.json").await;
     assert_eq!(status, 200);
     assert!(header(&headers, "x-rate-limit").is_none());
+}
+
+#[tokio::test]
+async fn resources_off_the_plan_answer_403_like_zendesk() {
+    let sandbox = ZendeskSandbox::start(
+        SandboxConfig {
+            records: 5,
+            unavailable: vec!["ticket_forms".into()],
+            ..Default::default()
+        },
+        0,
+    )
+    .await
+    .unwrap();
+    let (status, _, body) = get(&sandbox, "/api/v2/ticket_forms.json").await;
+    assert_eq!(status, 403);
+    assert_eq!(body["error"]["title"], "Forbidden");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("You do not have access to this page.")
+    );
+    let form = sandbox.ids("ticket_forms")[0].clone();
+    let (status, _, _) = get(&sandbox, &format!("/api/v2/ticket_forms/{form}.json")).await;
+    assert_eq!(status, 403);
+    // Everything else, and the credentials, still answer.
+    for path in ["/api/v2/users/me.json", "/api/v2/groups.json"] {
+        assert_eq!(get(&sandbox, path).await.0, 200, "{path}");
+    }
+
+    // Switched at runtime, through the control endpoint as well.
+    let client = reqwest::Client::new();
+    let plan = format!("{}/_sandbox/plan", sandbox.url());
+    let set: Value = client
+        .post(&plan)
+        .body(r#"{"unavailable": ["tickets", "brands"]}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(set["unavailable"], json!(["tickets", "brands"]));
+    assert_eq!(get(&sandbox, "/api/v2/ticket_forms.json").await.0, 200);
+    assert_eq!(get(&sandbox, "/api/v2/brands.json").await.0, 403);
+    let export = format!(
+        "/api/v2/incremental/tickets/cursor.json?start_time={}",
+        long_ago(&sandbox)
+    );
+    assert_eq!(get(&sandbox, &export).await.0, 403);
+    let bad = client
+        .post(&plan)
+        .body(r#"{"unavailable": "tickets"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    sandbox.set_unavailable(&[]);
+    assert_eq!(get(&sandbox, "/api/v2/brands.json").await.0, 200);
+    let now: Value = client
+        .get(&plan)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(now["unavailable"], json!([]));
 }
 
 #[tokio::test]
