@@ -374,3 +374,50 @@ async fn an_interrupted_full_refresh_keeps_every_row_until_it_completes() {
     assert_eq!(now.len(), before.len() - 1);
     assert_eq!(table_ids(&env, "customers").await, now);
 }
+
+/// The column names of a table, sorted.
+async fn column_names(env: &Env, stream: &str) -> Vec<String> {
+    let batches = read_table(&env.table(stream)).await;
+    let mut names: Vec<String> = batches[0]
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_in_an_older_api_version_do_not_change_the_tables_columns() {
+    let env = Env::stripe(40, "streams = [\"customers\", \"payment_intents\"]").await;
+    env.sync_ok(&[]).await;
+    let customers_before = column_names(&env, "customers").await;
+    let intents_before = column_names(&env, "payment_intents").await;
+
+    // The account's default version is older than the pinned one: Stripe renders its new
+    // events' payloads in that version (customers with `sources`, payment intents with
+    // `charges` instead of `latest_charge`).
+    env.sandbox.set_account_api_version("2020-03-02");
+    let ids = env.sandbox.ids("customers");
+    env.sandbox
+        .update("customers", &ids[0], serde_json::json!({"name": "Renamed"}))
+        .unwrap();
+    assert!(env.sandbox.delete("customers", &ids[1]));
+    let intent = env.sandbox.create("payment_intents", serde_json::json!({}));
+    let intent = intent["id"].as_str().unwrap().to_owned();
+    let legacy = env.sandbox.latest_events(1);
+    assert_eq!(legacy[0]["api_version"], "2020-03-02");
+    assert!(legacy[0]["data"]["object"].get("charges").is_some());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let summary = env.sync_ok(&[]).await;
+    assert!(!summary.contains("new columns:"), "{summary}");
+    assert_eq!(column_names(&env, "customers").await, customers_before);
+    assert_eq!(column_names(&env, "payment_intents").await, intents_before);
+    let customers = read_table(&env.table("customers")).await;
+    assert_eq!(latest_by_id(&customers, "name")[&ids[0]], "Renamed");
+    assert_eq!(latest_by_id(&customers, "is_deleted")[&ids[1]], "true");
+    let intents = read_table(&env.table("payment_intents")).await;
+    assert_eq!(id_counts(&intents)[&intent], 1);
+}

@@ -146,13 +146,16 @@ pub(crate) async fn start(collector: Arc<Collector>) -> String {
 
 async fn env_with(collector: &Arc<Collector>) -> Env {
     let url = start(Arc::clone(collector)).await;
-    Env::stripe(
+    let env = Env::stripe(
         20,
         &format!(
             "streams = [\"events\"]\n\n[sources.stripe.tracking]\nendpoint = \"{url}\"\nwrite_key = \"wk\"\n"
         ),
     )
-    .await
+    .await;
+    // These tests count the messages of the events they cause.
+    env.sandbox.clear_events();
+    env
 }
 
 fn make_customers(env: &Env, n: usize) {

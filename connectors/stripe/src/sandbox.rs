@@ -456,6 +456,12 @@ impl StripeSandbox {
         self.shared.read().get_value(kind, id, self.now())
     }
 
+    /// Forgets every event so far, for tests that count the events they cause themselves
+    /// (a real account's feed is never empty for long: see the module docs).
+    pub fn clear_events(&self) {
+        self.shared.write().clear_events();
+    }
+
     /// The newest `n` events (any age within retention), newest first, parsed.
     pub fn latest_events(&self, n: usize) -> Vec<Value> {
         let now = self.now();

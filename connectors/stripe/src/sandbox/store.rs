@@ -1036,6 +1036,13 @@ impl Store {
         });
     }
 
+    /// Forgets every event.
+    pub(crate) fn clear_events(&mut self) {
+        let table = self.table_mut(Kind::Event);
+        table.entries.clear();
+        table.index.clear();
+    }
+
     /// Forgets events past retention, so their ids stop working as cursors too.
     pub(crate) fn prune_events(&mut self, now: i64) {
         let table = self.table_mut(Kind::Event);
