@@ -168,6 +168,48 @@ fn make_customers(env: &Env, n: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_first_sync_sends_the_accounts_thirty_days_of_history() {
+    let collector = Arc::new(Collector::default());
+    let url = start(Arc::clone(&collector)).await;
+    // A seeded account has the events of its last 30 days, like a real one.
+    let env = Env::stripe(
+        100,
+        &format!(
+            "streams = [\"events\"]\n\n[sources.stripe.tracking]\nendpoint = \"{url}\"\nwrite_key = \"wk\"\n"
+        ),
+    )
+    .await;
+    let history = env.sandbox.ids("events");
+    assert!(history.len() > 20, "{}", history.len());
+    let summary = env.sync_ok(&[]).await;
+    let n = history.len();
+    assert!(
+        summary.contains(&format!(
+            "tracking stripe: {n} messages accepted by the collector, 0 pending, 0 rejected ({n} queued by this run)"
+        )),
+        "{summary}"
+    );
+    let events = id_counts(&read_table(&env.table("events")).await);
+    assert_eq!(events.len(), n, "every event of the history lands once");
+    let mut got = collector.ids();
+    got.sort();
+    let mut want: Vec<String> = history
+        .iter()
+        .map(|id| tributary_sdk::tracking::message_id("stripe", id))
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "one message per event");
+    let accepted = collector.accepted.lock().unwrap().clone();
+    assert!(accepted.iter().any(|m| m["type"] == "identify"));
+    assert!(
+        accepted
+            .iter()
+            .any(|m| m["type"] == "track" && m["event"] == "Charge Succeeded")
+    );
+    assert!(collector.violations.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_outage_is_delivered_later_exactly_once() {
     let collector = Arc::new(Collector::default());
     collector.down.store(true, Ordering::SeqCst);

@@ -52,6 +52,9 @@ pub fn encoded_len(text: &str) -> usize {
 }
 
 /// The separator of SOQL lists (fields, Ids).
+/// The most characters of Ids one `WHERE Id IN (...)` lists (see `id_batches`).
+const MAX_IN_LIST_CHARS: usize = 3_500;
+
 const SEPARATOR: &str = ", ";
 
 /// How one REST read splits its fields over queries whose URLs fit [`URI_BUDGET`].
@@ -203,19 +206,28 @@ impl ChunkPlan {
     pub fn id_batches<'a>(&self, chunk: usize, ids: &'a [String]) -> Vec<&'a [String]> {
         let base = self.uri_len(&self.by_ids_soql(chunk, &[]));
         let mut batches = Vec::new();
-        let (mut start, mut len) = (0, base);
+        let (mut start, mut len, mut chars) = (0, base, 0);
         for (i, id) in ids.iter().enumerate() {
-            let mut add = encoded_len(&soql_string(id));
+            let quoted = soql_string(id);
+            let mut add = encoded_len(&quoted);
+            let mut text = quoted.len();
             if i > start {
                 add += encoded_len(SEPARATOR);
+                text += SEPARATOR.len();
             }
-            if i > start && len + add > self.budget {
+            // Salesforce limits a WHERE clause's text to 4,000 characters (its SOQL
+            // limits, https://developer.salesforce.com/docs/atlas.en-us.salesforce_app_limits_cheatsheet.meta/salesforce_app_limits_cheatsheet/salesforce_app_limits_platform_soslsoql.htm),
+            // so an `IN` list stays under it whatever the URL budget allows.
+            if i > start && (len + add > self.budget || chars + text > MAX_IN_LIST_CHARS) {
                 batches.push(&ids[start..i]);
                 start = i;
                 len = base;
-                add = encoded_len(&soql_string(id));
+                chars = 0;
+                add = encoded_len(&quoted);
+                text = quoted.len();
             }
             len += add;
+            chars += text;
         }
         if start < ids.len() {
             batches.push(&ids[start..]);
@@ -474,9 +486,17 @@ mod tests {
                 );
                 let len = real_uri_len(&soql);
                 assert!(len <= URI_BUDGET, "{len}");
-                // Full: one more Id (`%2C+%27…%27`, 28 bytes) would not have fitted.
+                // The `IN` list's text stays under Salesforce's WHERE-clause limit.
+                let chars: usize =
+                    batch.iter().map(|id| id.len() + 2).sum::<usize>() + 2 * (batch.len() - 1);
+                assert!(chars <= MAX_IN_LIST_CHARS, "{chars}");
+                // Full: one more Id (`%2C+%27…%27`, 28 bytes; `, '…'`, 22 characters)
+                // would not have fitted.
                 if n < last {
-                    assert!(len + 28 > URI_BUDGET, "{len}");
+                    assert!(
+                        len + 28 > URI_BUDGET || chars + 22 > MAX_IN_LIST_CHARS,
+                        "{len} {chars}"
+                    );
                 }
             }
         }

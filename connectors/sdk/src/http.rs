@@ -621,20 +621,27 @@ impl HttpClient {
         let Some(quota) = &config.quota else {
             return;
         };
-        let (remaining, reset) = match first_structured(headers, &quota.structured) {
-            Some(q) => (q.remaining, q.resets),
-            None => match first_number(headers, &quota.remaining) {
-                Some(remaining) => (remaining, first_number(headers, &quota.reset)),
-                None => return,
-            },
-        };
-        if remaining > quota.low_water as f64 {
+        // Both kinds are read: a client may be held by its own limit (a structured header)
+        // and by the account-wide one (plain headers) at once, e.g. Zendesk's exports.
+        let structured =
+            first_structured(headers, &quota.structured).map(|q| (q.remaining, q.resets));
+        let plain = first_number(headers, &quota.remaining)
+            .map(|remaining| (remaining, first_number(headers, &quota.reset)));
+        let Some(wait) = [structured, plain]
+            .into_iter()
+            .flatten()
+            .filter(|(remaining, _)| *remaining <= quota.low_water as f64)
+            .map(|(_, reset)| {
+                reset
+                    .map(|reset| reset_delay(reset, date))
+                    .unwrap_or(Duration::from_secs(1))
+            })
+            .max()
+        else {
             return;
-        }
-        let wait = reset
-            .map(|reset| reset_delay(reset, date))
-            .unwrap_or(Duration::from_secs(1))
-            .min(config.max_retry_after);
+        };
+        let wait = wait.min(config.max_retry_after);
+        let remaining = structured.or(plain).map_or(0.0, |(r, _)| r);
         tracing::debug!(
             vendor = %config.vendor,
             remaining,
@@ -1413,6 +1420,43 @@ mod tests {
         client.send("test", |c| c.get(&url)).await.unwrap();
         assert!(started.elapsed() < Duration::from_millis(500));
         assert_eq!(count.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_spent_account_quota_pauses_a_client_with_its_own_quota_too() {
+        // The export's own header has plenty left, but the account-wide quota is spent
+        // (Zendesk's exports count against both): the next request waits for its reset.
+        let (url, count) = counting(|n| {
+            let mut headers = AxumHeaders::new();
+            let (account, reset) = if n == 0 { ("0", "1") } else { ("300", "59") };
+            headers.insert("ratelimit-remaining", HeaderValue::from_static(account));
+            headers.insert("ratelimit-reset", HeaderValue::from_static(reset));
+            headers.insert(
+                "zendesk-ratelimit-incremental-exports-cursor",
+                HeaderValue::from_static("total=10; remaining=9; resets=59"),
+            );
+            (headers, "ok")
+        })
+        .await;
+        let client = HttpClient::new(HttpConfig {
+            quota: Some(QuotaHeaders {
+                structured: vec!["Zendesk-RateLimit-incremental-exports-cursor".into()],
+                remaining: vec!["ratelimit-remaining".into()],
+                reset: vec!["ratelimit-reset".into()],
+                low_water: 0,
+            }),
+            ..config()
+        })
+        .unwrap();
+        client.send("test", |c| c.get(&url)).await.unwrap();
+        let started = Instant::now();
+        client.send("test", |c| c.get(&url)).await.unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(950),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(count.load(Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -938,8 +938,33 @@ impl Reader {
                             .await?,
                     );
                 }
-                for (item, current) in removed {
-                    let value = if current { item } else { self.cut_down(item) };
+                let mut full: HashMap<String, Vec<String>> = HashMap::new();
+                for removal in removed {
+                    if !removal.certain {
+                        // The event's list was cut short: compare with the whole list.
+                        if !full.contains_key(&removal.subscription) {
+                            let ids = self
+                                .all_items(&removal.subscription)
+                                .await?
+                                .iter()
+                                .filter_map(|i| i.get("id").and_then(Value::as_str))
+                                .map(str::to_owned)
+                                .collect();
+                            full.insert(removal.subscription.clone(), ids);
+                        }
+                        let id = removal.item.get("id").and_then(Value::as_str);
+                        if full[&removal.subscription]
+                            .iter()
+                            .any(|k| Some(k.as_str()) == id)
+                        {
+                            continue;
+                        }
+                    }
+                    let value = if removal.current {
+                        removal.item
+                    } else {
+                        self.cut_down(removal.item)
+                    };
                     items.push(Record {
                         value,
                         is_deleted: true,
@@ -1031,6 +1056,16 @@ impl Reader {
                 self.cut_down(change.object)
             } else {
                 match fetched.remove(&change.id).flatten() {
+                    // Stripe answers a deleted customer (and a few other types) with a stub
+                    // `{"id", "object", "deleted": true}`: the object is gone, so it lands
+                    // as a deletion with what the event knew of it.
+                    Some(object) if object.get("deleted") == Some(&Value::Bool(true)) => {
+                        records.push(Record {
+                            value: self.cut_down(change.object),
+                            is_deleted: true,
+                        });
+                        continue;
+                    }
                     Some(object) => object,
                     None => {
                         tracing::debug!(stream = self.def.name, id = %change.id, "The object is gone; its deletion event lands it.");
@@ -1194,9 +1229,13 @@ impl Reader {
             .await
     }
 
-    /// Every item of invoice `id` as it is now, from `/v1/invoiceitems?invoice=<id>`.
+    /// Every item of invoice `id` as it is now, from `/v1/invoiceitems?invoice=<id>`; none
+    /// when Stripe no longer has the invoice (a draft deleted since its event).
     async fn invoice_items(&self, id: &str) -> Result<Vec<Value>> {
-        self.list_all("/v1/invoiceitems", "invoice", id).await
+        match self.list_all("/v1/invoiceitems", "invoice", id).await {
+            Err(e) if is_missing(&e, id) => Ok(Vec::new()),
+            other => other,
+        }
     }
 
     /// Every object of list `path` whose `filter` is `id`.
@@ -1350,14 +1389,27 @@ fn latest_by_id(records: Vec<Record>) -> Vec<Record> {
     slots.into_iter().flatten().collect()
 }
 
-/// The subscription items that subscription events removed, oldest first, each with
-/// whether it is rendered in the pinned version: the items of an event's
-/// `previous_attributes.items` that its `data.object.items` no longer holds. Stripe puts
-/// the old value of a changed field in `previous_attributes`
+/// An item a subscription event shows leaving its subscription.
+#[derive(Debug)]
+struct Removal {
+    /// The item as the event's `previous_attributes` held it, with its `subscription`.
+    item: Value,
+    subscription: String,
+    /// The event is rendered in the pinned API version.
+    current: bool,
+    /// The event's current `items` list was complete, so the item is surely gone; else
+    /// the whole list must be read to tell.
+    certain: bool,
+}
+
+/// The subscription items that subscription events removed, oldest first: the items of an
+/// event's `previous_attributes.items` that its `data.object.items` no longer holds. Stripe
+/// puts the old value of a changed field in `previous_attributes`
 /// (https://docs.stripe.com/api/events/object#event_object-data-previous_attributes), so
-/// an item deleted from a subscription shows there. Lists cut short (`has_more`) cannot be
-/// compared and are skipped: such an item stays until the subscription is resynced.
-fn removed_items(events: &[Value], pinned: &str) -> Vec<(Value, bool)> {
+/// an item deleted from a subscription shows there. When the current list is cut short
+/// (`has_more`: Stripe embeds the first items only), the removal is not certain until the
+/// whole list is read.
+fn removed_items(events: &[Value], pinned: &str) -> Vec<Removal> {
     let mut removed = Vec::new();
     for event in events {
         let (Some(previous), Some(now), Some(sub)) = (
@@ -1367,27 +1419,17 @@ fn removed_items(events: &[Value], pinned: &str) -> Vec<(Value, bool)> {
         ) else {
             continue;
         };
-        let complete = |list: &Value| {
-            !list
-                .get("has_more")
-                .and_then(Value::as_bool)
-                .unwrap_or(false)
-        };
-        if !complete(previous) || !complete(now) {
-            continue;
-        }
-        let ids = |list: &Value| -> Vec<String> {
-            list.get("data")
-                .and_then(Value::as_array)
-                .map(|items| {
-                    items
-                        .iter()
-                        .filter_map(|i| i.get("id").and_then(Value::as_str).map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let kept = ids(now);
+        let certain = !now
+            .get("has_more")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let kept: Vec<&str> = now
+            .get("data")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.get("id").and_then(Value::as_str))
+            .collect();
         let current = event.get("api_version").and_then(Value::as_str) == Some(pinned);
         for item in previous
             .get("data")
@@ -1398,14 +1440,19 @@ fn removed_items(events: &[Value], pinned: &str) -> Vec<(Value, bool)> {
             let Some(id) = item.get("id").and_then(Value::as_str) else {
                 continue;
             };
-            if kept.iter().any(|k| k == id) {
+            if kept.contains(&id) {
                 continue;
             }
             let mut item = item.clone();
             if let Value::Object(fields) = &mut item {
                 fields.insert("subscription".into(), Value::String(sub.to_owned()));
             }
-            removed.push((item, current));
+            removed.push(Removal {
+                item,
+                subscription: sub.to_owned(),
+                current,
+                certain,
+            });
         }
     }
     removed
@@ -1618,13 +1665,20 @@ mod tests {
         let removed = removed_items(std::slice::from_ref(&event), "2024-06-20");
         assert_eq!(removed.len(), 1);
         assert_eq!(
-            removed[0].0,
+            removed[0].item,
             json!({"id": "si_b", "quantity": 2, "subscription": "sub_1"})
         );
-        assert!(removed[0].1);
+        assert!(removed[0].current && removed[0].certain);
+        // An old list cut short still names items that are gone.
         let mut cut = event.clone();
         cut["data"]["previous_attributes"]["items"]["has_more"] = true.into();
-        assert!(removed_items(&[cut], "2024-06-20").is_empty());
+        let removed = removed_items(&[cut], "2024-06-20");
+        assert!(removed.len() == 1 && removed[0].certain);
+        // A current list cut short cannot tell: the whole list is read.
+        let mut cut = event.clone();
+        cut["data"]["object"]["items"]["has_more"] = true.into();
+        let removed = removed_items(&[cut], "2020-08-27");
+        assert!(removed.len() == 1 && !removed[0].certain && !removed[0].current);
     }
 
     #[test]

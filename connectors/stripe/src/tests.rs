@@ -528,6 +528,35 @@ async fn events_in_another_api_version_land_in_the_pinned_shape() {
 }
 
 #[tokio::test]
+async fn an_object_deleted_after_its_older_version_event_lands_deleted_not_blank() {
+    let sandbox = sandbox(40).await;
+    // One event per page: the update's page is read before the deletion's.
+    let stripe = stripe(&sandbox, 1);
+    let pages = read(&stripe, "customers", None, false).await;
+    let cursor = pages.last().unwrap().cursor.clone();
+    sandbox.set_account_api_version("2020-03-02");
+    let id = sandbox.ids("customers")[0].clone();
+    sandbox.advance_clock(Duration::from_secs(5));
+    sandbox
+        .update("customers", &id, json!({"name": "Before deletion"}))
+        .unwrap();
+    assert!(sandbox.delete("customers", &id));
+    let pages = read(&stripe, "customers", Some(cursor), false).await;
+    let landed: Vec<(Value, bool)> = pages
+        .iter()
+        .flat_map(|p| values(std::slice::from_ref(p)))
+        .filter(|(v, _)| v["id"] == json!(id))
+        .collect();
+    assert_eq!(landed.len(), 2, "{landed:?}");
+    // The update's fetch finds Stripe's deletion stub: it lands deleted, with what the
+    // event knew, never as a blank live row.
+    for (value, deleted) in &landed {
+        assert!(deleted, "{value}");
+        assert!(value["email"].is_string(), "{value}");
+    }
+}
+
+#[tokio::test]
 async fn invoice_item_edits_land_through_their_invoice() {
     let sandbox = sandbox(100).await;
     let stripe = stripe(&sandbox, 50);

@@ -128,8 +128,13 @@ impl ZendeskClient {
                     .iter()
                     .map(|h| (*h).to_owned())
                     .collect(),
-                remaining: Vec::new(),
-                reset: Vec::new(),
+                // Exports also count against the account-wide limit: a spent account
+                // quota pauses the exports too.
+                remaining: vec![
+                    "x-rate-limit-remaining".into(),
+                    "ratelimit-remaining".into(),
+                ],
+                reset: vec!["ratelimit-reset".into()],
                 // Stop with one left: the export allowance is the account's, shared with
                 // its other integrations.
                 low_water: 1,
