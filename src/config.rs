@@ -622,3 +622,136 @@ mod tests {
         assert_eq!(c.warehouse.url, "./warehouse");
     }
 }
+
+/// config.example.toml is the configuration reference: it must parse, every source in it
+/// must build, every key it shows (commented out or not) must be one the config accepts,
+/// and every key must carry a comment saying what it does.
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../config.example.toml");
+
+    /// The example with its `${VAR}` secrets replaced by literal test values.
+    fn resolved(text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let Some(end) = rest[start..].find('}') else {
+                break;
+            };
+            let name = &rest[start + 2..start + end];
+            out.push_str(if name.contains("STRIPE") {
+                "sk_test_example"
+            } else {
+                "test-secret-value"
+            });
+            rest = &rest[start + end + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// `# key = value` (or `key = value`): the key, if the line is one.
+    fn key_of(line: &str) -> Option<&str> {
+        let body = line.trim_start_matches('#').trim_start();
+        let (key, value) = body.split_once(" = ")?;
+        let key = key.trim();
+        let valid = !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.\"".contains(c));
+        (valid
+            && toml::from_str::<toml::Table>(&format!("k = {}", value.split(" #").next()?)).is_ok())
+        .then_some(key)
+    }
+
+    fn builds(text: &str) -> Result<()> {
+        let loaded = parse(&resolved(text), Path::new("config.example.toml"))?;
+        crate::registry::prepare_all(&loaded, None).map(drop)
+    }
+
+    #[test]
+    fn the_example_parses_and_its_sources_build() {
+        builds(EXAMPLE).unwrap();
+    }
+
+    #[test]
+    fn every_key_shown_is_accepted() {
+        let lines: Vec<&str> = EXAMPLE.lines().collect();
+        let mut checked = 0;
+        for (n, line) in lines.iter().enumerate() {
+            if !line.starts_with('#') || key_of(line).is_none() {
+                continue;
+            }
+            // The commented key switched on: in its section, with a commented section
+            // header switched on too, together with the section's other commented keys
+            // when the header was commented (a section needs its required keys).
+            let header = lines[..n]
+                .iter()
+                .rposition(|l| l.trim_start_matches("# ").starts_with('['))
+                .unwrap();
+            let header_commented = lines[header].starts_with('#');
+            let variant: Vec<String> = lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let in_section = i > header
+                        && !lines[header + 1..=i]
+                            .iter()
+                            .any(|x| x.trim_start_matches("# ").starts_with('['));
+                    let on = i == n
+                        || (header_commented && i == header)
+                        || (header_commented && in_section && key_of(l).is_some());
+                    if on {
+                        l.trim_start_matches('#').trim_start().to_owned()
+                    } else {
+                        (*l).to_owned()
+                    }
+                })
+                .collect();
+            let key = key_of(line).unwrap();
+            match builds(&variant.join("\n")) {
+                Ok(()) => {}
+                Err(e) => {
+                    let message = format!("{e:#}");
+                    // Alternatives (e.g. two ways to authenticate) may conflict with the
+                    // keys already set; a key the config does not know may not appear.
+                    assert!(
+                        !message.contains("unknown"),
+                        "line {}: `{key}` is not a key the config accepts: {message}",
+                        n + 1
+                    );
+                }
+            }
+            checked += 1;
+        }
+        assert!(checked > 40, "{checked} commented keys checked");
+    }
+
+    #[test]
+    fn every_key_is_documented_by_a_comment() {
+        let lines: Vec<&str> = EXAMPLE.lines().collect();
+        for (n, line) in lines.iter().enumerate() {
+            if key_of(line).is_none() || line.trim_start_matches('#').trim_start().starts_with('[')
+            {
+                continue;
+            }
+            // The nearest line above that is neither a key nor a section header must be
+            // prose.
+            let above = lines[..n]
+                .iter()
+                .rev()
+                .find(|l| key_of(l).is_none() && !l.trim_start_matches("# ").starts_with('['))
+                .copied()
+                .unwrap_or("");
+            assert!(
+                above.starts_with('#') && !above.trim_start_matches("# ").starts_with('['),
+                "line {}: `{}` has no comment above it",
+                n + 1,
+                key_of(line).unwrap()
+            );
+        }
+    }
+}
