@@ -257,7 +257,7 @@ pub async fn sync_stream(job: StreamJob<'_>) -> StreamOutcome {
                     Status::Skipped(tributary_sdk::secret::scrub(message).into_owned())
                 }
                 // Stored in the run log and printed: no secret a vendor echoed may stay.
-                _ => Status::Failed(crate::cli::scrubbed(&e)),
+                _ => Status::Failed(crate::logging::scrubbed(&e)),
             }
         }
     }

@@ -1,10 +1,14 @@
-//! The Tributary runtime: configuration, the connector registry, the sync engine, the
-//! warehouse table writer, the run log, the scheduler and the command implementations.
-//! The `tributary` binary (`main.rs`) is a thin shell over [`cli`].
+//! The Tributary runtime: configuration, the connector registry, the sync engine and the
+//! orchestration of a run over it, the warehouse table writer, the run log, the
+//! scheduler, logging, and the command implementations. The `tributary` binary
+//! (`main.rs`) is a thin shell over [`cli`] and [`demo`].
 
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod engine;
+pub mod logging;
+pub mod orchestrator;
 pub mod registry;
 pub mod runs;
 pub mod scheduler;

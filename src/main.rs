@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use tributary::cli;
+use tributary::{cli, demo, logging};
 
 /// Sync SaaS objects (Stripe, …) into Delta Lake tables, incrementally and exactly once.
 #[derive(Parser, Debug)]
@@ -84,14 +84,15 @@ enum Command {
         #[arg(long, default_value_t = 128)]
         target_file_mb: u64,
     },
-    /// Serve a vendor simulator on 127.0.0.1, standalone.
+    /// Serve a vendor simulator (or `all` of them) on 127.0.0.1, standalone.
     Sandbox {
-        /// The vendor to simulate.
-        #[arg(value_enum)]
-        vendor: cli::SandboxVendor,
-        /// The port (0 picks a free one).
-        #[arg(long, default_value_t = 12111)]
-        port: u16,
+        /// The vendor to simulate, or `all`.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(tributary::demo::sandbox_names()))]
+        vendor: String,
+        /// The port (0 picks a free one). Default: the vendor's own (12111 Stripe, 12112
+        /// Zendesk, 12113 Salesforce); with `all`, the first of consecutive ports.
+        #[arg(long)]
+        port: Option<u16>,
         /// Objects per stream (charges get this many; other streams scale from it).
         #[arg(long, default_value_t = 200)]
         records: usize,
@@ -112,7 +113,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    cli::init_logging(args.log_format == LogFormat::Json);
+    logging::init_logging(args.log_format == LogFormat::Json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -166,14 +167,14 @@ fn main() -> ExitCode {
                 port,
                 records,
                 rate_limit,
-            } => cli::sandbox(vendor, port, records, rate_limit).await,
-            Command::Demo { warehouse, records } => cli::demo(&warehouse, records).await,
+            } => demo::sandbox(&vendor, port, records, rate_limit).await,
+            Command::Demo { warehouse, records } => demo::demo(&warehouse, records).await,
         }
     });
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", cli::scrubbed(&e));
+            eprintln!("error: {}", logging::scrubbed(&e));
             ExitCode::from(cli::EXIT_ERROR)
         }
     }

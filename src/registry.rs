@@ -10,18 +10,45 @@
 use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
+use tributary_sdk::simulator::SimulatorFactory;
 use tributary_sdk::{Source, SourceContext, SourceFactory, StreamSchema};
 
 use crate::config::{Loaded, SourceConfig};
 use crate::engine::{Cancel, Status};
 
-/// Every connector this binary knows. Adding a vendor: one line here.
-pub fn factories() -> Vec<SourceFactory> {
+/// One vendor: its connector and its simulator.
+#[derive(Debug, Clone)]
+pub struct Vendor {
+    /// Builds the vendor's sources.
+    pub source: SourceFactory,
+    /// Starts the vendor's simulator (`sandbox`, `demo`).
+    pub simulator: SimulatorFactory,
+}
+
+/// A vendor crate that exports `factory()` and, behind its `sandbox` feature,
+/// `simulator::factory()`.
+macro_rules! vendor {
+    ($krate:ident) => {
+        Vendor {
+            source: $krate::factory(),
+            simulator: $krate::simulator::factory(),
+        }
+    };
+}
+
+/// Every vendor this binary knows, in the order `demo` and the docs list them. Adding a
+/// vendor: one line here (and its crate in the workspace).
+pub fn vendors() -> Vec<Vendor> {
     vec![
-        tributary_stripe::factory(),
-        tributary_zendesk::factory(),
-        tributary_salesforce::factory(),
+        vendor!(tributary_stripe),
+        vendor!(tributary_zendesk),
+        vendor!(tributary_salesforce),
     ]
+}
+
+/// Every connector this binary knows.
+pub fn factories() -> Vec<SourceFactory> {
+    vendors().into_iter().map(|v| v.source).collect()
 }
 
 /// A configured source whose options are valid; its streams are not known yet.

@@ -9,9 +9,9 @@ use anyhow::Result;
 use chrono::Utc;
 use tokio::task::JoinHandle;
 
-use crate::cli::sync_sources;
 use crate::config::Loaded;
 use crate::engine::{Cancel, Status};
+use crate::orchestrator::sync_sources;
 
 /// Runs until `cancel` fires.
 pub async fn run(config: Arc<Loaded>, cancel: Cancel) -> Result<()> {

@@ -213,7 +213,7 @@ impl Outbox {
                         self.write_ack(ack).await?;
                     }
                     Err(e) => {
-                        delivery.error = Some(crate::cli::scrubbed(&e));
+                        delivery.error = Some(crate::logging::scrubbed(&e));
                         break;
                     }
                 }

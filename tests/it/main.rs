@@ -7,6 +7,7 @@ mod common;
 mod compact;
 mod config_errors;
 mod crash_resume;
+mod demo;
 mod history;
 mod hostile;
 mod hostile_records;

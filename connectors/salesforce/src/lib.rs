@@ -36,6 +36,8 @@ pub mod streams;
 
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
+#[cfg(feature = "sandbox")]
+pub mod simulator;
 
 #[cfg(test)]
 mod contract_tests;

@@ -21,6 +21,7 @@ pub mod page;
 pub mod pagination;
 pub mod schema;
 pub mod secret;
+pub mod simulator;
 pub mod tracking;
 
 pub use connector::{Connector, ReadRequest, Source, SourceContext, SourceFactory, factory};

@@ -28,6 +28,8 @@ pub mod tracking;
 
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
+#[cfg(feature = "sandbox")]
+pub mod simulator;
 
 #[cfg(test)]
 mod contract_tests;

@@ -1,0 +1,97 @@
+//! `demo`, and where a newcomer goes next: the config it leaves and the `sandbox all`
+//! command it prints serve `state` and `sync` with no config written by hand.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::common::{assert_success, id_counts, read_table};
+
+fn tributary(dir: &std::path::Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"));
+    command.current_dir(dir).kill_on_drop(true);
+    command
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_lands_every_vendor_and_leaves_a_config_to_go_on_with() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = tributary(dir.path())
+        .args(["demo", "--records", "40"])
+        .output()
+        .await
+        .expect("demo runs");
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    for table in [
+        "stripe.customers",
+        "stripe.events",
+        "zendesk.tickets",
+        "salesforce.account",
+    ] {
+        assert!(stdout.contains(table), "{table} in\n{stdout}");
+    }
+    assert!(stdout.contains("syncing again, incrementally"), "{stdout}");
+    // Every vendor's tables landed.
+    for table in ["stripe/charges", "zendesk/tickets", "salesforce/account"] {
+        let rows = read_table(&dir.path().join("warehouse").join(table)).await;
+        assert!(!id_counts(&rows).is_empty(), "{table}");
+    }
+    let config = std::fs::read_to_string(dir.path().join("tributary.demo.toml"))
+        .expect("demo leaves its config");
+    for section in [
+        "[sources.stripe]",
+        "[sources.zendesk]",
+        "[sources.salesforce]",
+    ] {
+        assert!(config.contains(section), "{section} in\n{config}");
+    }
+    // The command that serves the simulators again, as printed.
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("tributary sandbox all"))
+        .unwrap_or_else(|| panic!("no `sandbox all` line in\n{stdout}"));
+    let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+    let port: u16 = args[args.iter().position(|a| *a == "--port").unwrap() + 1]
+        .parse()
+        .unwrap();
+
+    let mut sandboxes = tributary(dir.path())
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sandbox all starts");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for p in port..port + 3 {
+        while tokio::net::TcpStream::connect(("127.0.0.1", p))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "port {p} never served"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let state = tributary(dir.path())
+        .args(["--config", "tributary.demo.toml", "state"])
+        .output()
+        .await
+        .unwrap();
+    assert_success(&state);
+    let text = String::from_utf8_lossy(&state.stdout);
+    assert!(
+        text.contains("stripe.customers") && text.contains("\"phase\""),
+        "{text}"
+    );
+    let sync = tributary(dir.path())
+        .args(["--config", "tributary.demo.toml", "sync"])
+        .output()
+        .await
+        .unwrap();
+    assert_success(&sync);
+    let summary = String::from_utf8_lossy(&sync.stdout);
+    assert!(summary.contains("0 failed"), "{summary}");
+    sandboxes.kill().await.expect("stops");
+}
