@@ -26,11 +26,11 @@ use futures::StreamExt;
 use indicatif::ProgressBar;
 use tokio::sync::watch;
 use tributary_sdk::convert::{BatchBuilder, Limits, MAX_COLUMN_NAME_BYTES};
-use tributary_sdk::{Page, ReadRequest, Records, Source, StreamKind, StreamSchema};
+use tributary_sdk::{Page, ReadRequest, Records, Source, StreamSchema};
 
 use crate::config::SyncConfig;
+use crate::sink::{Commit, StreamSink};
 use crate::tracking::outbox::Outbox;
-use crate::warehouse::history::History;
 use crate::warehouse::{DataFile, NewFile, SnapshotStep, StreamTable, Warehouse};
 
 /// A cancellation signal shared by every task of a run.
@@ -218,8 +218,6 @@ struct Pending {
     /// page's `received_at`; likewise for the rows in the builder.
     snapshot_start: Option<chrono::DateTime<chrono::Utc>>,
     open_snapshot_start: Option<chrono::DateTime<chrono::Utc>>,
-    /// The stream's history table, when kept.
-    history: Option<History>,
 }
 
 /// Runs one stream and reports what it did; never panics on vendor or storage errors.
@@ -285,53 +283,26 @@ pub async fn sync_stream(job: StreamJob<'_>) -> StreamOutcome {
 /// Returns `Ok(true)` when the stream ran to its end, `Ok(false)` when cancelled.
 async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
     let stream = job.schema.name.as_str();
-    // Object streams keep the latest row per key; event streams append.
-    let key = (job.schema.kind == StreamKind::Objects).then_some(job.schema.primary_key.as_str());
-    let mut table = StreamTable::open(
+    let mut sink = StreamSink::open(
         job.warehouse,
-        &[job.source_name, stream],
-        format!("tributary/{}/{stream}", job.source_name),
-        &job.schema.arrow_schema(),
+        job.source_name,
+        &job.schema,
         job.tuning.row_group_size,
-        key,
+        job.history,
+        job.outbox.clone(),
     )
     .await?;
-    let mut history = match key {
-        Some(key) if job.history => {
-            let h = History::open(
-                job.warehouse,
-                job.source_name,
-                stream,
-                &job.schema.arrow_schema(),
-                job.tuning.row_group_size,
-            )
-            .await?;
-            if let Some((files, meta)) = h.ahead_of(table.seq(), key).await? {
-                // The last run died between the history commit and this table's.
-                tracing::warn!(source = %job.source_name, stream, seq = meta.seq, "Landing the commit the history has and this table misses.");
-                let schema = h.arrow_schema()?;
-                table
-                    .commit(
-                        files,
-                        &schema,
-                        SnapshotStep::of(&meta),
-                        meta.cursor,
-                        meta.records,
-                        &meta.run_id,
-                    )
-                    .await?;
-            }
-            Some(h)
-        }
-        _ => None,
-    };
+    if let Some(seq) = sink.recover().await? {
+        // The last run died between the history commit and this table's.
+        tracing::warn!(source = %job.source_name, stream, seq, "Landed the commit the history has and this table missed.");
+    }
     let cursor = if job.full_refresh {
         None
     } else {
-        table.cursor()
+        sink.cursor()
     };
     tracing::info!(source = %job.source_name, stream, cursor = %cursor.as_ref().map(|c| c.to_string()).unwrap_or_else(|| "none".into()), full_refresh = job.full_refresh, "Starting stream.");
-    let existing = table.arrow_schema()?;
+    let existing = sink.arrow_schema()?;
     let limits = Limits {
         max_new_columns: job.tuning.max_new_columns,
         ..Limits::default()
@@ -357,7 +328,6 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
         open_messages: Vec::new(),
         snapshot_start: None,
         open_snapshot_start: None,
-        history: history.take(),
     };
     let batch_size = job.tuning.batch_size;
     loop {
@@ -365,7 +335,7 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
             biased;
             _ = job.cancel.cancelled() => {
                 tracing::info!(stream, "Stop requested; committing what is complete.");
-                commit(job, &mut table, &mut builder, &mut p, out, false).await?;
+                commit(job, &mut sink, &mut builder, &mut p, out, false).await?;
                 return Ok(false);
             }
             next = pages.next() => next,
@@ -375,7 +345,7 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
             Some(Ok(page)) => page,
             Some(Err(e)) => {
                 // Land what was fetched before the failure, then report it.
-                commit(job, &mut table, &mut builder, &mut p, out, false)
+                commit(job, &mut sink, &mut builder, &mut p, out, false)
                     .await
                     .context("committing before reporting a read error")?;
                 return Err(anyhow::Error::new(e).context(format!("reading `{stream}`")));
@@ -386,7 +356,7 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
             Ok(n) => n as u64,
             Err(e) => {
                 // The builder holds part of a broken page: land only what was flushed.
-                land_flushed(job, &mut table, &builder, &mut p, out, false).await?;
+                land_flushed(job, &mut sink, &builder, &mut p, out, false).await?;
                 return Err(anyhow::Error::new(e));
             }
         };
@@ -405,14 +375,14 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
         }
         // By rows, or by bytes when the records are large (see `Limits::batch_bytes`).
         if builder.rows() >= batch_size || builder.is_full() {
-            flush(&table, &mut builder, &mut p, out).await?;
+            flush(sink.table(), &mut builder, &mut p, out).await?;
         }
         if p.flushed_records + p.open_records >= job.tuning.commit_every {
-            commit(job, &mut table, &mut builder, &mut p, out, false).await?;
+            commit(job, &mut sink, &mut builder, &mut p, out, false).await?;
         }
     }
     // The read ended normally: a snapshot it was in is complete.
-    commit(job, &mut table, &mut builder, &mut p, out, true).await?;
+    commit(job, &mut sink, &mut builder, &mut p, out, true).await?;
     Ok(true)
 }
 
@@ -486,21 +456,21 @@ async fn close_file(p: &mut Pending, out: &mut StreamOutcome) -> Result<()> {
 /// when the read ended normally (completing an open snapshot).
 async fn commit(
     job: &StreamJob<'_>,
-    table: &mut StreamTable,
+    sink: &mut StreamSink,
     builder: &mut BatchBuilder,
     p: &mut Pending,
     out: &mut StreamOutcome,
     complete: bool,
 ) -> Result<()> {
-    flush(table, builder, p, out).await?;
-    land_flushed(job, table, builder, p, out, complete).await
+    flush(sink.table(), builder, p, out).await?;
+    land_flushed(job, sink, builder, p, out, complete).await
 }
 
 /// Commits the closed files with the cursor they reach, if anything moved or a snapshot
 /// starts or completes.
 async fn land_flushed(
     job: &StreamJob<'_>,
-    table: &mut StreamTable,
+    sink: &mut StreamSink,
     builder: &BatchBuilder,
     p: &mut Pending,
     out: &mut StreamOutcome,
@@ -510,7 +480,7 @@ async fn land_flushed(
     let snapshot = SnapshotStep {
         since: match p.snapshot_start {
             Some(start) => SnapshotStep::starting(start).since,
-            None => table.open_snapshot(),
+            None => sink.open_snapshot(),
         },
         complete,
     };
@@ -519,11 +489,11 @@ async fn land_flushed(
     let Some(cursor) = p
         .flushed_cursor
         .take()
-        .or_else(|| completes.then(|| table.cursor()).flatten())
+        .or_else(|| completes.then(|| sink.cursor()).flatten())
     else {
         return Ok(());
     };
-    let unchanged = table.cursor().as_ref() == Some(&cursor);
+    let unchanged = sink.cursor().as_ref() == Some(&cursor);
     if p.files.is_empty() && p.snapshot_start.is_none() && !completes && unchanged {
         return Ok(());
     }
@@ -531,36 +501,22 @@ async fn land_flushed(
     let files = std::mem::take(&mut p.files);
     let nfiles = files.len();
     let records = p.flushed_records;
-    if let Some(outbox) = &job.outbox {
-        // Written even when empty, so it replaces any leftover of a failed attempt at this
-        // seq; it counts only once the commit below lands.
-        let messages = std::mem::take(&mut p.flushed_messages);
-        outbox.write(table.seq() + 1, &messages).await?;
-        out.messages_queued += messages.len() as u64;
-    }
-    if let Some(h) = p.history.as_mut() {
-        // History first: see `warehouse::history` for why this order is recoverable.
-        h.land(
-            table.seq() + 1,
-            &files,
-            &builder.schema(),
-            snapshot,
-            cursor.clone(),
-            records,
-            job.run_id,
-        )
-        .await?;
-    }
-    let landed = table
-        .commit(
+    let messages = std::mem::take(&mut p.flushed_messages);
+    let schema = builder.schema();
+    let landed = sink
+        .land(Commit {
             files,
-            &builder.schema(),
+            schema: &schema,
             snapshot,
             cursor,
             records,
-            job.run_id,
-        )
+            run_id: job.run_id,
+            messages: &messages,
+        })
         .await?;
+    if sink.has_outbox() {
+        out.messages_queued += messages.len() as u64;
+    }
     tracing::info!(source = %job.source_name, stream = %job.schema.name, version = landed.version, records, files = nfiles, replaced = landed.replaced, swept = landed.swept, rewritten_bytes = landed.rewritten_bytes, snapshot_started = p.snapshot_start.is_some(), snapshot_completed = completes, ms = started.elapsed().as_millis() as u64, "Committed batch.");
     out.records += records;
     out.replaced += landed.replaced;

@@ -12,5 +12,6 @@ pub mod orchestrator;
 pub mod registry;
 pub mod runs;
 pub mod scheduler;
+pub mod sink;
 pub mod tracking;
 pub mod warehouse;

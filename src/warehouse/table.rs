@@ -193,6 +193,11 @@ impl StreamTable {
         })
     }
 
+    /// The column that identifies a row of an object table (`None`: append-only).
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
     /// Makes commits record snapshots without removing any row (history tables).
     pub fn keep_every_row(&mut self) {
         self.sweeps = false;
