@@ -8,31 +8,44 @@ use std::process::Output;
 use arrow::array::{Array, AsArray, RecordBatch};
 use tributary_stripe::sandbox::{SandboxConfig, StripeSandbox};
 
-/// A simulator, a temp warehouse and a config file pointing at both.
-pub struct Env {
-    pub sandbox: StripeSandbox,
+/// A vendor as the end-to-end tests drive it: its simulator, and the lines of a
+/// `[sources.<name>]` section that sync it.
+pub trait Vendor {
+    /// The running simulator.
+    type Sandbox;
+    /// The source's name and type in the config (and its tables' folder).
+    const NAME: &'static str;
+    /// The source section's lines that point at `sandbox` with its credentials.
+    fn source_lines(sandbox: &Self::Sandbox) -> String;
+}
+
+/// Stripe, with `requests_per_second` far above what a test measures.
+pub struct Stripe;
+
+impl Vendor for Stripe {
+    type Sandbox = StripeSandbox;
+    const NAME: &'static str = "stripe";
+    fn source_lines(sandbox: &StripeSandbox) -> String {
+        format!(
+            "api_key = \"{}\"\napi_base = \"{}\"\nrequests_per_second = 500\n",
+            StripeSandbox::api_key(),
+            sandbox.url()
+        )
+    }
+}
+
+/// A vendor's simulator, a temp warehouse and a config file pointing at both. `Env` alone
+/// is Stripe's.
+pub struct Env<V: Vendor = Stripe> {
+    pub sandbox: V::Sandbox,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
 }
 
-impl Env {
-    /// Starts a Stripe sandbox with `records` objects and writes a config whose source
-    /// section is `[sources.stripe]` plus `extra` lines.
-    pub async fn stripe(records: usize, extra: &str) -> Env {
-        Self::stripe_with(
-            SandboxConfig {
-                records,
-                ..Default::default()
-            },
-            extra,
-        )
-        .await
-    }
-
-    pub async fn stripe_with(config: SandboxConfig, extra: &str) -> Env {
-        let sandbox = StripeSandbox::start(config, 0)
-            .await
-            .expect("sandbox starts");
+impl<V: Vendor> Env<V> {
+    /// An environment for a started `sandbox`, its config written with `[sync]` lines
+    /// `sync` and the source's own lines followed by `source`.
+    pub fn with_sandbox(sandbox: V::Sandbox, sync: &str, source: &str) -> Env<V> {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("tributary.toml");
         let env = Env {
@@ -40,16 +53,18 @@ impl Env {
             dir,
             config,
         };
-        env.write_config(extra);
+        env.write_sections(sync, source);
         env
     }
 
-    pub fn write_config(&self, extra: &str) {
+    /// Writes the config: the warehouse, `[sync]` (`batch_size = 500` and `sync`), and
+    /// `[sources.<vendor>]` (its type, [`Vendor::source_lines`] and `source`).
+    pub fn write_sections(&self, sync: &str, source: &str) {
         let text = format!(
-            "[warehouse]\nurl = {:?}\n\n[sync]\nbatch_size = 500\n\n[sources.stripe]\ntype = \"stripe\"\napi_key = \"{}\"\napi_base = \"{}\"\nrequests_per_second = 500\n{extra}\n",
+            "[warehouse]\nurl = {:?}\n\n[sync]\nbatch_size = 500\n{sync}\n\n[sources.{name}]\ntype = \"{name}\"\n{}{source}\n",
             self.warehouse().display().to_string(),
-            StripeSandbox::api_key(),
-            self.sandbox.url()
+            V::source_lines(&self.sandbox),
+            name = V::NAME,
         );
         std::fs::write(&self.config, text).expect("write config");
     }
@@ -73,7 +88,7 @@ impl Env {
     }
 
     pub fn table(&self, stream: &str) -> PathBuf {
-        self.warehouse().join("stripe").join(stream)
+        self.warehouse().join(V::NAME).join(stream)
     }
 
     /// Runs `tributary <args> --config <config>` to completion.
@@ -89,6 +104,74 @@ impl Env {
         assert_success(&out);
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+}
+
+impl Env<Stripe> {
+    /// Starts a Stripe sandbox with `records` objects and writes a config whose source
+    /// section is `[sources.stripe]` plus `extra` lines.
+    pub async fn stripe(records: usize, extra: &str) -> Env {
+        Self::stripe_with(
+            SandboxConfig {
+                records,
+                ..Default::default()
+            },
+            extra,
+        )
+        .await
+    }
+
+    pub async fn stripe_with(config: SandboxConfig, extra: &str) -> Env {
+        let sandbox = StripeSandbox::start(config, 0)
+            .await
+            .expect("sandbox starts");
+        Env::with_sandbox(sandbox, "", extra)
+    }
+}
+
+/// Runs `tributary sync` again and again, each time SIGKILLed after a pseudo-random delay
+/// (`base_ms` plus up to `spread_ms`, from `seed`), until a run completes on its own (at
+/// most `rounds` runs); after every kill `after_kill(round)` checks the tables. Returns how
+/// many runs were killed mid-way. Fails, with the run's log, if a run fails on its own.
+pub async fn sigkill_until_done(
+    config: &Path,
+    rounds: u32,
+    mut seed: u64,
+    (base_ms, spread_ms): (u64, u64),
+    mut after_kill: impl AsyncFnMut(u32),
+) -> u32 {
+    let mut killed = 0;
+    for round in 0..rounds {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = std::time::Duration::from_millis(base_ms + seed % spread_ms);
+        let log = config.with_file_name(format!("sync-round-{round}.log"));
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .args(["sync", "--config"])
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn");
+        tokio::select! {
+            status = child.wait() => {
+                assert!(
+                    status.expect("wait").success(),
+                    "round {round}: the sync failed on its own:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                return killed;
+            }
+            _ = tokio::time::sleep(delay) => {
+                child.start_kill().expect("SIGKILL");
+                let _ = child.wait().await;
+                killed += 1;
+            }
+        }
+        after_kill(round).await;
+    }
+    killed
 }
 
 pub async fn run_binary(config: &Path, args: &[&str]) -> Output {

@@ -3,12 +3,10 @@
 //! snapshot table holding each ticket metric once. With `history = true`, the append-only
 //! `tickets_history` shows any page landed twice (the latest-state table would hide it).
 
-use std::time::Duration;
-
 use tributary_zendesk::sandbox::Faults;
 
 use super::ZendeskEnv;
-use crate::common::{id_counts, read_table};
+use crate::common::{id_counts, read_table, sigkill_until_done};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_at_random_moments_then_resume_lands_everything_exactly_once() {
@@ -29,44 +27,26 @@ async fn sigkill_at_random_moments_then_resume_lands_everything_exactly_once() {
         ..Default::default()
     });
 
-    let mut seed: u64 = 0x2e4d_e5c0_ffee_1234;
-    let mut killed_mid_run = 0;
-    for round in 0..10 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let delay = Duration::from_millis(200 + seed % 900);
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
-            .args(["sync", "--config"])
-            .arg(&env.config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn");
-        tokio::select! {
-            status = child.wait() => {
-                let status = status.expect("wait");
-                assert!(status.success(), "round {round}: the sync failed on its own");
-                break;
+    let env = &env;
+    let killed_mid_run = sigkill_until_done(
+        &env.config,
+        10,
+        0x2e4d_e5c0_ffee_1234,
+        (200, 900),
+        async |round| {
+            // After every kill the tables are readable and hold no duplicate.
+            for stream in ["tickets", "tickets_history", "ticket_metrics"] {
+                if env.table(stream).join("_delta_log").exists() {
+                    let counts = id_counts(&read_table(&env.table(stream)).await);
+                    assert!(
+                        counts.values().all(|&n| n == 1),
+                        "round {round}: a {stream} row landed twice after a kill"
+                    );
+                }
             }
-            _ = tokio::time::sleep(delay) => {
-                child.start_kill().expect("SIGKILL");
-                let _ = child.wait().await;
-                killed_mid_run += 1;
-            }
-        }
-        // After every kill the tables are readable and hold no duplicate.
-        for stream in ["tickets", "tickets_history", "ticket_metrics"] {
-            if env.table(stream).join("_delta_log").exists() {
-                let counts = id_counts(&read_table(&env.table(stream)).await);
-                assert!(
-                    counts.values().all(|&n| n == 1),
-                    "round {round}: a {stream} row landed twice after a kill"
-                );
-            }
-        }
-    }
+        },
+    )
+    .await;
     assert!(
         killed_mid_run >= 3,
         "the kills must interrupt running syncs ({killed_mid_run})"

@@ -8,7 +8,7 @@ use tributary_sdk::tracking::message_id;
 
 use super::{FAST, ZendeskEnv};
 use crate::common::{id_counts, read_table};
-use crate::tracking::{Collector, start};
+use crate::stripe::tracking::{Collector, start};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ticket_events_reach_the_collector_as_track_messages() {

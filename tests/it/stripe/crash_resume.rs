@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::common::{Env, id_counts, read_table, spawn, terminate};
+use crate::common::{Env, id_counts, read_table, sigkill_until_done, spawn, terminate};
 use tributary_stripe::sandbox::{Faults, SandboxConfig};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -31,44 +31,26 @@ async fn sigkill_at_random_moments_then_resume_lands_everything_exactly_once() {
         ..Default::default()
     });
 
-    let mut seed: u64 = 0x5eed_1234_abcd_9876;
-    let mut killed_mid_run = 0;
-    for round in 0..12 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let delay = Duration::from_millis(150 + seed % 900);
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
-            .args(["sync", "--config"])
-            .arg(&env.config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn");
-        tokio::select! {
-            status = child.wait() => {
-                let status = status.expect("wait");
-                assert!(status.success(), "round {round}: the sync failed on its own");
-                break;
+    let env = &env;
+    let killed_mid_run = sigkill_until_done(
+        &env.config,
+        12,
+        0x5eed_1234_abcd_9876,
+        (150, 900),
+        async |round| {
+            // After every kill the tables are readable and have no duplicate.
+            for table in ["charges", "charges_history"] {
+                if env.table(table).join("_delta_log").exists() {
+                    let counts = id_counts(&read_table(&env.table(table)).await);
+                    assert!(
+                        counts.values().all(|&n| n == 1),
+                        "round {round}: a record landed twice in {table} after a kill"
+                    );
+                }
             }
-            _ = tokio::time::sleep(delay) => {
-                child.start_kill().expect("SIGKILL");
-                let _ = child.wait().await;
-                killed_mid_run += 1;
-            }
-        }
-        // After every kill the tables are readable and have no duplicate.
-        for table in ["charges", "charges_history"] {
-            if env.table(table).join("_delta_log").exists() {
-                let counts = id_counts(&read_table(&env.table(table)).await);
-                assert!(
-                    counts.values().all(|&n| n == 1),
-                    "round {round}: a record landed twice in {table} after a kill"
-                );
-            }
-        }
-    }
+        },
+    )
+    .await;
     assert!(
         killed_mid_run >= 3,
         "the kills must interrupt running syncs ({killed_mid_run})"

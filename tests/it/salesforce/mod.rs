@@ -3,66 +3,44 @@
 //! deletes, a session expiring mid-sync, the API budget deferring objects, SIGKILL and
 //! resume, and bad credentials.
 
-use std::path::PathBuf;
-use std::process::Output;
 use std::time::Duration;
 
 use arrow::datatypes::{DataType, TimeUnit};
 use tributary_salesforce::sandbox::{self as sf, Faults, SalesforceSandbox, SandboxConfig};
 
-use crate::common::{assert_success, id_counts, latest_by_id, read_table, run_binary};
+use crate::common::{
+    Env, Vendor, assert_success, id_counts, latest_by_id, read_table, sigkill_until_done,
+};
 
-/// A simulator, a temp warehouse and a config file pointing at both.
-struct SfEnv {
-    sandbox: SalesforceSandbox,
-    dir: tempfile::TempDir,
-    config: PathBuf,
+/// Salesforce; each test gives its own credentials (the OAuth flows differ).
+pub struct Salesforce;
+
+impl Vendor for Salesforce {
+    type Sandbox = SalesforceSandbox;
+    const NAME: &'static str = "salesforce";
+    /// The login URL is the test's (some point elsewhere on purpose).
+    fn source_lines(_: &SalesforceSandbox) -> String {
+        "requests_per_second = 500\npage_size = 200\nbulk_poll_ms = 20\n".to_owned()
+    }
 }
 
-impl SfEnv {
+/// A Salesforce simulator, a temp warehouse and a config file pointing at both.
+type SfEnv = Env<Salesforce>;
+
+impl Env<Salesforce> {
+    /// Starts a simulator and writes a config with `[sync]` lines `sync` and the source's
+    /// lines `source` (credentials, objects, ...).
     async fn new(sandbox: SandboxConfig, sync: &str, source: &str) -> SfEnv {
         let sandbox = SalesforceSandbox::start(sandbox, 0)
             .await
             .expect("sandbox starts");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = dir.path().join("tributary.toml");
-        let env = SfEnv {
-            sandbox,
-            dir,
-            config,
-        };
-        env.write_config(
-            sync,
-            &format!("login_url = \"{}\"\n{source}", env.sandbox.url()),
-        );
-        env
+        let login = format!("login_url = \"{}\"\n{source}", sandbox.url());
+        Env::with_sandbox(sandbox, sync, &login)
     }
 
-    /// `[sync]` lines, and the `[sources.salesforce]` lines after its type.
+    /// Rewrites the config: `[sync]` lines, and the source's lines after its own.
     fn write_config(&self, sync: &str, source: &str) {
-        let text = format!(
-            "[warehouse]\nurl = {:?}\n\n[sync]\nbatch_size = 500\n{sync}\n\n[sources.salesforce]\ntype = \"salesforce\"\nrequests_per_second = 500\npage_size = 200\nbulk_poll_ms = 20\n{source}\n",
-            self.warehouse().display().to_string(),
-        );
-        std::fs::write(&self.config, text).expect("write config");
-    }
-
-    fn warehouse(&self) -> PathBuf {
-        self.dir.path().join("warehouse")
-    }
-
-    fn table(&self, stream: &str) -> PathBuf {
-        self.warehouse().join("salesforce").join(stream)
-    }
-
-    async fn run(&self, args: &[&str]) -> Output {
-        run_binary(&self.config, args).await
-    }
-
-    async fn sync_ok(&self) -> String {
-        let out = self.run(&["sync"]).await;
-        assert_success(&out);
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.write_sections(sync, source);
     }
 
     /// Asserts the table of `object` holds each of the org's records (deleted ones
@@ -119,7 +97,7 @@ async fn rest_and_bulk_syncs_discover_custom_objects_and_land_every_change_once(
         assert!(discovered.contains(line), "{line} in {discovered}");
     }
 
-    let summary = env.sync_ok().await;
+    let summary = env.sync_ok(&[]).await;
     assert!(summary.contains("salesforce.contact"), "{summary}");
     // 120 contacts and 120 opportunity histories over the threshold: Bulk; the rest REST.
     assert_eq!(env.sandbox.stats().bulk_jobs, 2);
@@ -179,7 +157,7 @@ async fn rest_and_bulk_syncs_discover_custom_objects_and_land_every_change_once(
         .unwrap();
     env.sandbox.delete("Account", &accounts[1]).unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    env.sync_ok().await;
+    env.sync_ok(&[]).await;
     let batches = read_table(&env.table("account")).await;
     let counts = id_counts(&batches);
     assert_eq!(counts.len(), accounts.len() + 1, "the new account landed");
@@ -202,7 +180,7 @@ async fn rest_and_bulk_syncs_discover_custom_objects_and_land_every_change_once(
     env.assert_exactly_once("CaseStatus", "case_status").await;
 
     // Nothing changed: the lookback window is read again, and nothing lands.
-    env.sync_ok().await;
+    env.sync_ok(&[]).await;
     let total: usize = id_counts(&read_table(&env.table("account")).await)
         .values()
         .sum();
@@ -237,7 +215,7 @@ async fn a_session_expiring_mid_sync_is_renewed_and_the_sync_succeeds() {
         ),
     )
     .await;
-    env.sync_ok().await;
+    env.sync_ok(&[]).await;
     env.assert_exactly_once("Contact", "contact").await;
     let stats = env.sandbox.stats();
     assert!(stats.invalid_sessions >= 1, "{stats:?}");
@@ -282,7 +260,7 @@ async fn the_api_budget_defers_objects_and_the_next_run_finishes_them() {
     // A new day: the deferred objects are synced, the others are not landed twice.
     env.sandbox.reset_api_usage();
     env.sandbox.set_daily_api_limit(15_000);
-    let summary = env.sync_ok().await;
+    let summary = env.sync_ok(&[]).await;
     assert!(!summary.contains("deferred"), "{summary}");
     for (object, stream) in [
         ("Account", "account"),
@@ -322,7 +300,7 @@ async fn an_org_out_of_requests_mid_object_commits_what_was_read_and_defers() {
 
     env.sandbox.reset_api_usage();
     env.sandbox.set_daily_api_limit(15_000);
-    env.sync_ok().await;
+    env.sync_ok(&[]).await;
     env.assert_exactly_once("Contact", "contact").await;
 }
 
@@ -349,53 +327,31 @@ async fn sigkill_at_random_moments_then_resume_lands_everything_exactly_once() {
         slow_ms: 100,
         ..Faults::default()
     });
-    let mut seed: u64 = 0x5eed_5a1e_5f0c_e123;
-    let mut killed = 0;
-    for round in 0..10 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let delay = Duration::from_millis(300 + seed % 1200);
-        let log = env.dir.path().join(format!("round-{round}.log"));
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
-            .args(["sync", "--config"])
-            .arg(&env.config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn");
-        tokio::select! {
-            status = child.wait() => {
-                assert!(
-                    status.expect("wait").success(),
-                    "round {round}: the sync failed on its own:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-                break;
+    let env = &env;
+    let killed = sigkill_until_done(
+        &env.config,
+        10,
+        0x5eed_5a1e_5f0c_e123,
+        (300, 1200),
+        async |round| {
+            for stream in ["contact", "task"] {
+                if env.table(stream).join("_delta_log").exists() {
+                    let counts = id_counts(&read_table(&env.table(stream)).await);
+                    assert!(
+                        counts.values().all(|&n| n == 1),
+                        "round {round}: a {stream} landed twice after a kill"
+                    );
+                }
             }
-            _ = tokio::time::sleep(delay) => {
-                child.start_kill().expect("SIGKILL");
-                let _ = child.wait().await;
-                killed += 1;
-            }
-        }
-        for stream in ["contact", "task"] {
-            if env.table(stream).join("_delta_log").exists() {
-                let counts = id_counts(&read_table(&env.table(stream)).await);
-                assert!(
-                    counts.values().all(|&n| n == 1),
-                    "round {round}: a {stream} landed twice after a kill"
-                );
-            }
-        }
-    }
+        },
+    )
+    .await;
     assert!(
         killed >= 3,
         "the kills must interrupt running syncs ({killed})"
     );
     env.sandbox.set_faults(Faults::default());
-    env.sync_ok().await;
+    env.sync_ok(&[]).await;
     env.assert_exactly_once("Contact", "contact").await;
     env.assert_exactly_once("Task", "task").await;
     assert!(env.sandbox.stats().bulk_jobs >= 1);
