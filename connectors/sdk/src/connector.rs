@@ -30,8 +30,8 @@ pub struct SourceContext {
 /// decoded into [`Connector::Cursor`] (see [`ReadRequest::decode`]).
 #[derive(Debug, Clone)]
 pub struct ReadRequest<C = serde_json::Value> {
-    /// The stream's schema, as `discover` returned it (for Zendesk's tickets, with the
-    /// custom field columns).
+    /// The stream's schema, as `discover` returned it (with any columns discovery adds at
+    /// run time, such as a vendor's custom fields).
     pub schema: StreamSchema,
     /// The cursor committed by the last run: `None` on the first sync, when the committed
     /// cursor is `null`, and on a full refresh.
@@ -203,4 +203,109 @@ pub fn find_named<'a, T>(
             stream: name.to_owned(),
             available: items.iter().map(&name_of).collect::<Vec<_>>().join(", "),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page::{Page, Records};
+    use futures::StreamExt;
+    use serde::Deserialize;
+    use std::sync::Mutex;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Position {
+        after: u32,
+    }
+
+    /// Remembers what its read was handed, and emits one page at the next position.
+    #[derive(Default)]
+    struct Probe {
+        seen: Mutex<Vec<(String, Option<Position>, bool)>>,
+    }
+
+    #[async_trait]
+    impl Connector for Probe {
+        type Config = serde_json::Value;
+        type Cursor = Position;
+        const KIND: &'static str = "probe";
+
+        fn new(_: serde_json::Value, _: SourceContext) -> Result<Self> {
+            Ok(Probe::default())
+        }
+        async fn check(&self) -> Result<()> {
+            Ok(())
+        }
+        async fn discover(&self) -> Result<Vec<StreamSchema>> {
+            Ok(vec![schema()])
+        }
+        async fn read(&self, request: ReadRequest<Position>) -> Result<PageStream> {
+            let next = Position {
+                after: request.cursor.as_ref().map_or(0, |c| c.after) + 1,
+            };
+            self.seen.lock().unwrap().push((
+                request.stream().to_owned(),
+                request.cursor,
+                request.full_refresh,
+            ));
+            let page = Page::with_cursor(Records::Values(Vec::new()), &next);
+            Ok(futures::stream::iter([Ok(page)]).boxed())
+        }
+    }
+
+    fn schema() -> StreamSchema {
+        StreamSchema::from_json(r#"{"name":"things","columns":[{"name":"id","type":"string"}]}"#)
+            .unwrap()
+    }
+
+    fn request(cursor: Option<serde_json::Value>, full_refresh: bool) -> ReadRequest {
+        ReadRequest {
+            schema: schema(),
+            cursor,
+            full_refresh,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_blanket_impl_decodes_drops_and_refuses_cursors() {
+        let probe = Probe::default();
+        let source: &dyn Source = &probe;
+        let cursor = Some(serde_json::json!({"after": 4}));
+        let mut pages = source.read(request(cursor.clone(), false)).await.unwrap();
+        // The page's cursor is the connector's, encoded for the next run.
+        let page = pages.next().await.unwrap().unwrap();
+        assert_eq!(page.cursor, serde_json::json!({"after": 5}));
+        for (cursor, full_refresh) in [(cursor, true), (Some(serde_json::Value::Null), false)] {
+            drop(source.read(request(cursor, full_refresh)).await.unwrap());
+        }
+        assert_eq!(
+            *probe.seen.lock().unwrap(),
+            vec![
+                ("things".to_owned(), Some(Position { after: 4 }), false),
+                ("things".to_owned(), None, true),
+                ("things".to_owned(), None, false),
+            ]
+        );
+        // An undecodable cursor never reaches the connector.
+        let bad = source
+            .read(request(Some(serde_json::json!({"after": "x"})), false))
+            .await;
+        assert!(
+            matches!(&bad, Err(Error::Cursor { stream, .. }) if stream == "things"),
+            "{:?}",
+            bad.err()
+        );
+        assert_eq!(probe.seen.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn find_named_lists_what_there_is() {
+        let names = ["a", "b"];
+        assert_eq!(find_named(&names, "b", |n| n).unwrap(), &"b");
+        let err = find_named(&names, "c", |n| n).unwrap_err();
+        assert!(
+            matches!(&err, Error::UnknownStream { stream, available } if stream == "c" && available == "a, b"),
+            "{err}"
+        );
+    }
 }
