@@ -311,7 +311,7 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
     let mut pages = job
         .source
         .read(ReadRequest {
-            stream: stream.to_owned(),
+            schema: job.schema.clone(),
             cursor,
             full_refresh: job.full_refresh,
         })

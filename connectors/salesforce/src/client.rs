@@ -13,10 +13,10 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
+use tributary_sdk::clock::ServerClock;
 use tributary_sdk::http::{HttpClient, HttpConfig, Response};
 use tributary_sdk::pagination::malformed_page;
 use tributary_sdk::{Error, Result};
@@ -208,7 +208,9 @@ pub struct SalesforceClient {
     api_version: String,
     page_size: u32,
     budget: ApiBudget,
-    server_date: Mutex<Option<DateTime<Utc>>>,
+    /// Salesforce's clock (the `Date` of its answers), for the upper bound of each read:
+    /// records stamped up to it, by the org's clock, are all visible.
+    clock: ServerClock,
 }
 
 impl SalesforceClient {
@@ -224,7 +226,7 @@ impl SalesforceClient {
             api_version: settings.api_version.clone(),
             page_size: settings.page_size,
             budget: ApiBudget::default(),
-            server_date: Mutex::new(None),
+            clock: ServerClock::new(),
         })
     }
 
@@ -239,11 +241,8 @@ impl SalesforceClient {
     }
 
     /// Salesforce's clock as of the latest answer (its `Date` header), or ours before any.
-    pub fn server_now(&self) -> DateTime<Utc> {
-        self.server_date
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .unwrap_or_else(Utc::now)
+    pub fn clock(&self) -> &ServerClock {
+        &self.clock
     }
 
     /// `/services/data/vXX.X` + `rest`.
@@ -277,15 +276,7 @@ impl SalesforceClient {
                 .await;
             match sent {
                 Ok(response) => {
-                    if let Some(date) = response.date {
-                        let mut latest = self
-                            .server_date
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner);
-                        if latest.is_none_or(|l| l < date) {
-                            *latest = Some(date);
-                        }
-                    }
+                    self.clock.observe(response.date);
                     return Ok(response);
                 }
                 Err(Error::Auth {

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+use tributary_sdk::endpoint;
 use tributary_sdk::options::check_range;
 use tributary_sdk::{Error, Result, Secret};
 
@@ -254,7 +255,13 @@ impl SalesforceConfig {
 
     /// Checks every option (and reads the private key file); an error names the option.
     pub fn validate(&self) -> Result<Settings> {
-        let login_url = validate_url(&self.login_url)?;
+        // https, or http to a loopback simulator: the token request posts the client
+        // secret and refresh token there.
+        let login_url = endpoint::base_url(
+            "login_url",
+            &self.login_url,
+            "`client_id`, `client_secret` and the flow's own keys",
+        )?;
         let client_id = self.client_id.trim();
         if client_id.is_empty() {
             return Err(Error::config(
@@ -481,17 +488,6 @@ pub fn is_api_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// Checks the login URL: https, or http to a loopback simulator; see
-/// [`tributary_sdk::endpoint::base_url`]. The token request posts the client secret and
-/// refresh token there, so plain http to any other host is refused.
-fn validate_url(raw: &str) -> Result<String> {
-    tributary_sdk::endpoint::base_url(
-        "login_url",
-        raw,
-        "`client_id`, `client_secret` and the flow's own keys",
-    )
 }
 
 #[cfg(test)]

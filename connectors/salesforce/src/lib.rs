@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::OnceCell;
-use tributary_sdk::connector::find_stream;
+use tributary_sdk::connector::find_named;
 use tributary_sdk::{
     Connector, Error, PageStream, ReadRequest, Result, SourceContext, SourceFactory, StreamSchema,
 };
@@ -164,6 +164,7 @@ impl Salesforce {
 #[async_trait]
 impl Connector for Salesforce {
     type Config = SalesforceConfig;
+    type Cursor = Cursor;
 
     const KIND: &'static str = "salesforce";
 
@@ -191,23 +192,12 @@ impl Connector for Salesforce {
             .collect())
     }
 
-    async fn read(&self, request: ReadRequest) -> Result<PageStream> {
+    async fn read(&self, request: ReadRequest<Cursor>) -> Result<PageStream> {
+        // The object's read plan (its API name, fields and chunks), described once per
+        // source; the stream is the plan's table.
         let plans = self.plans().await?;
-        let schemas: Vec<StreamSchema> = plans.iter().map(|p| p.schema.clone()).collect();
-        let schema = find_stream(&schemas, &request.stream)?;
-        let plan = plans
-            .iter()
-            .find(|p| p.schema.name == schema.name)
-            .cloned()
-            .ok_or_else(|| Error::UnknownStream {
-                stream: request.stream.clone(),
-                available: String::new(),
-            })?;
+        let plan = Arc::clone(find_named(plans, request.stream(), |p| &p.schema.name)?);
         self.check_budget(&plan.object)?;
-        let cursor = match request.cursor {
-            Some(cursor) if !request.full_refresh => Cursor::from_json(&schema.name, cursor)?,
-            _ => None,
-        };
         let s = &self.settings;
         let options = ReadOptions {
             bulk_threshold: s.bulk_threshold,
@@ -220,7 +210,7 @@ impl Connector for Salesforce {
             Arc::clone(&self.client),
             plan,
             options,
-            cursor,
+            request.cursor,
             request.full_refresh,
         ))
     }

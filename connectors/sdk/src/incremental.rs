@@ -1,5 +1,5 @@
 //! Reusable cursor logic for the three ways vendors page through changing data, kept
-//! vendor-neutral so the declarative connector can be assembled from them:
+//! vendor-neutral so that any connector can be assembled from them:
 //!
 //! - [`CursorExport`]: an incremental export that hands out an opaque `after_cursor` with
 //!   every page and says `end_of_stream` on the last one (Zendesk's cursor-based ticket and

@@ -9,9 +9,11 @@
 //! Vendor crates depend on this crate only; the `tributary` binary depends on this crate
 //! and on every vendor crate and registers them in one explicit function.
 
+pub mod clock;
 pub mod conformance;
 pub mod connector;
 pub mod convert;
+pub mod cursor;
 pub mod endpoint;
 pub mod error;
 pub mod http;

@@ -85,11 +85,16 @@ fn describe(original: &Value, path: &Path, message: &str) -> Error {
             None => "is not one of the accepted values".to_owned(),
         }
     } else if let Some(field) = backticked(message, "missing field ") {
+        // The path ends at the table that lacks the key: serde reports the key itself only
+        // in its message (`de::Error::missing_field` has no structured form).
         key = join(&key, field);
         "is missing".to_owned()
     } else if let Some(field) = backticked(message, "unknown field ") {
-        // Names only keys: the unknown one and the accepted ones. The path usually ends
-        // with it already.
+        // The path ends with the unknown key (serde_path_to_error records a map key before
+        // it is matched against the fields), except inside content serde buffers first
+        // (internally tagged enums, flattened structs), where the path stops at the table
+        // and only the message names the key. The message names only keys: the unknown
+        // one and the accepted ones.
         let last = matches!(path.iter().next_back(), Some(Segment::Map { key }) if key == field);
         if !last {
             key = join(&key, field);
@@ -285,6 +290,47 @@ mod tests {
             !message.contains("sk_live_variant") && message.contains("`fast`"),
             "{message}"
         );
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(tag = "flow", rename_all = "snake_case", deny_unknown_fields)]
+    #[allow(dead_code)]
+    enum Flow {
+        Password { user: String },
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Nested {
+        auth: Flow,
+        #[serde(default)]
+        pages: Vec<Selection>,
+    }
+
+    #[test]
+    fn unknown_keys_are_named_by_their_path_at_any_depth() {
+        for (value, want) in [
+            (
+                serde_json::json!({"auth": {"flow": "password", "user": "u"}, "extra": 1}),
+                "extra",
+            ),
+            (
+                serde_json::json!({"auth": {"flow": "password", "user": "u"}, "pages": [{}, {"includ": []}]}),
+                "pages[1].includ",
+            ),
+            (
+                serde_json::json!({"auth": {"flow": "password", "user": "u", "usr": "x"}}),
+                "auth.usr",
+            ),
+        ] {
+            let err = from_value::<Nested>(value).unwrap_err();
+            let Error::Config { key, message } = err else {
+                panic!("{err}")
+            };
+            assert_eq!(key, want, "{message}");
+            assert!(message.starts_with("unknown field"), "{message}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
+use serde::Serialize;
 
 use crate::error::Result;
 
@@ -46,9 +47,9 @@ pub struct Record {
 pub struct Page {
     /// The records.
     pub records: Records,
-    /// The connector's cursor after this page: committed atomically with the page's rows,
-    /// and handed back in [`crate::ReadRequest::cursor`] on the next run. Every page's
-    /// cursor must be a valid place to resume.
+    /// The connector's cursor after this page, as JSON: committed atomically with the
+    /// page's rows, and handed back (decoded) in [`crate::ReadRequest::cursor`] on the next
+    /// run. Every page's cursor must be a valid place to resume.
     pub cursor: serde_json::Value,
     /// When the page was fetched; lands in `received_at`.
     pub received_at: DateTime<Utc>,
@@ -72,6 +73,13 @@ impl Page {
             received_at: Utc::now(),
             reset: false,
         }
+    }
+
+    /// A page fetched now that resumes at `cursor`, the connector's own
+    /// [`crate::Connector::Cursor`] (or `None` of it, for "no position yet"), encoded the
+    /// way the SDK decodes it for the next read (see [`crate::cursor`]).
+    pub fn with_cursor<C: Serialize + ?Sized>(records: Records, cursor: &C) -> Self {
+        Self::new(records, crate::cursor::encode(cursor))
     }
 
     /// Marks the page as the start of a snapshot (see [`Page::reset`]).

@@ -15,8 +15,8 @@
 //! require the documented shape of a page instead of taking a malformed one for an empty
 //! last page.
 //!
-//! These are the pieces the declarative connector will be assembled from, so they know
-//! nothing about any one vendor.
+//! They know nothing about any one vendor, so that any connector can be assembled from
+//! them.
 
 use std::collections::HashSet;
 use std::future::Future;

@@ -1,7 +1,7 @@
 //! Declared stream schemas: columns and their types, primary key, cursor field.
 //!
 //! A connector ships one JSON file per stream (`schemas/<vendor>/<stream>.json`, embedded
-//! with `include_str!`). Column names are the Segment-style flattened names
+//! with `include_str!`) and loads them all with [`load`]. Column names are the Segment-style flattened names
 //! (`billing_details_address_city`); nested objects not named as a column are flattened,
 //! arrays and maps declared as `json` are kept as JSON text. A field the vendor adds later
 //! becomes a new nullable column at sync time (see [`crate::convert`]).
@@ -192,6 +192,39 @@ impl StreamSchema {
     }
 }
 
+/// Loads a vendor's declared schemas from `files`, `(stream, text)` pairs, the text being
+/// that of `schemas/<vendor>/<stream>.json` (embedded with `include_str!`). Parses and
+/// validates each file and checks that it declares the stream it is filed under (its
+/// `name`) and that no stream comes twice. An error is an [`Error::Schema`] naming the
+/// stream and the file.
+pub fn load<'a>(
+    vendor: &str,
+    files: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<Vec<StreamSchema>> {
+    let mut schemas: Vec<StreamSchema> = Vec::new();
+    for (stream, text) in files {
+        let err = |message: String| Error::Schema {
+            stream: stream.to_owned(),
+            message: format!("schemas/{vendor}/{stream}.json: {message}"),
+        };
+        let schema = StreamSchema::from_json(text).map_err(|e| match e {
+            Error::Schema { message, .. } => err(message),
+            other => other,
+        })?;
+        if schema.name != stream {
+            return Err(err(format!(
+                "the schema file is named `{}`, not after its stream",
+                schema.name
+            )));
+        }
+        if schemas.iter().any(|s| s.name == stream) {
+            return Err(err("the stream has two schema files".to_owned()));
+        }
+        schemas.push(schema);
+    }
+    Ok(schemas)
+}
+
 /// The Arrow fields of the system columns.
 pub fn system_fields() -> Vec<Field> {
     vec![
@@ -269,6 +302,35 @@ mod tests {
             ColumnType::from_arrow(field.data_type()),
             Some(ColumnType::Date)
         );
+    }
+
+    #[test]
+    fn load_names_the_stream_and_file_in_errors() {
+        let good = r#"{"name":"charges","columns":[{"name":"id","type":"string"}]}"#;
+        let loaded = load("stripe", [("charges", good)]).unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].name, "charges");
+        let e = load("stripe", [("refunds", good)]).unwrap_err();
+        assert!(
+            matches!(&e, Error::Schema { stream, message } if stream == "refunds"
+                && message.contains("schemas/stripe/refunds.json")
+                && message.contains("`charges`")),
+            "{e}"
+        );
+        let e = load("stripe", [("charges", "{")]).unwrap_err();
+        assert!(
+            matches!(&e, Error::Schema { stream, message } if stream == "charges"
+                && message.contains("invalid schema file")),
+            "{e}"
+        );
+        let twice = r#"{"name":"charges","columns":[{"name":"id","type":"string"},{"name":"id","type":"string"}]}"#;
+        let e = load("stripe", [("charges", twice)]).unwrap_err();
+        assert!(
+            matches!(&e, Error::Schema { stream, .. } if stream == "charges"),
+            "{e}"
+        );
+        let e = load("stripe", [("charges", good), ("charges", good)]).unwrap_err();
+        assert!(e.to_string().contains("two schema files"), "{e}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use tributary_sdk::clock::ServerClock;
 use tributary_sdk::http::{HttpClient, HttpConfig, Response};
 use tributary_sdk::pagination::{Envelope, malformed_page, scan_envelope};
 use tributary_sdk::{Error, Result, Secret};
@@ -46,9 +47,9 @@ pub struct StripeClient {
     api_base: String,
     api_key: Secret,
     stripe_version: String,
-    /// The `Date` of the latest response: Stripe's clock, for retention decisions that
-    /// must not depend on the local clock.
-    server_date: Mutex<Option<DateTime<Utc>>>,
+    /// Stripe's clock (the `Date` of its answers), for retention decisions that must not
+    /// depend on the local clock.
+    clock: ServerClock,
 }
 
 impl StripeClient {
@@ -61,7 +62,7 @@ impl StripeClient {
             api_base: settings.api_base.clone(),
             api_key: settings.api_key.clone(),
             stripe_version: settings.stripe_version.clone(),
-            server_date: Mutex::new(None),
+            clock: ServerClock::new(),
         })
     }
 
@@ -99,7 +100,7 @@ impl StripeClient {
                 },
             )
             .await?;
-        self.observe_date(response.date);
+        self.clock.observe(response.date);
         let envelope = scanned
             .into_inner()
             .unwrap_or_else(PoisonError::into_inner)
@@ -145,7 +146,7 @@ impl StripeClient {
             }
             Err(e) => return Err(e),
         };
-        self.observe_date(response.date);
+        self.clock.observe(response.date);
         let object: serde_json::Value = serde_json::from_slice(&response.body)
             .map_err(|e| malformed_page(VENDOR, stream, &what, &e.to_string()))?;
         if object
@@ -168,24 +169,9 @@ impl StripeClient {
         &self.stripe_version
     }
 
-    /// Stripe's clock as of the latest response, or the local clock before any.
-    pub fn server_now(&self) -> DateTime<Utc> {
-        self.server_date
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .unwrap_or_else(Utc::now)
-    }
-
-    fn observe_date(&self, date: Option<DateTime<Utc>>) {
-        if let Some(date) = date {
-            let mut latest = self
-                .server_date
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if latest.is_none_or(|latest| latest < date) {
-                *latest = Some(date);
-            }
-        }
+    /// Stripe's clock as of the latest response (the local clock before any).
+    pub fn clock(&self) -> &ServerClock {
+        &self.clock
     }
 }
 

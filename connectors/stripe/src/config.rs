@@ -5,6 +5,7 @@
 //! [`Settings`] the client runs with, or an [`Error::Config`] naming the key to fix.
 
 use serde::Deserialize;
+use tributary_sdk::endpoint;
 use tributary_sdk::options::check_range;
 use tributary_sdk::{Error, Result, Secret};
 
@@ -122,7 +123,8 @@ impl StripeConfig {
         }
         let live_mode = prefix.ends_with("_live_");
 
-        let api_base = validate_api_base(&self.api_base)?;
+        // https, or http to a loopback simulator: the key goes wherever this points.
+        let api_base = endpoint::base_url("api_base", &self.api_base, "`api_key`")?;
 
         let stripe_version = self.stripe_version.trim();
         if stripe_version.is_empty() {
@@ -156,12 +158,6 @@ impl StripeConfig {
             live_mode,
         })
     }
-}
-
-/// Checks the API base: https, or http to a loopback simulator; see
-/// [`tributary_sdk::endpoint::base_url`].
-fn validate_api_base(raw: &str) -> Result<String> {
-    tributary_sdk::endpoint::base_url("api_base", raw, "`api_key`")
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use futures::StreamExt;
+use tributary_sdk::connector::find_stream;
 use tributary_sdk::convert::BatchBuilder;
+use tributary_sdk::cursor::{decode, encode};
 use tributary_sdk::http::vendor_message;
 use tributary_sdk::{Connector, Error, Page, ReadRequest, Records, Secret, SourceContext};
 
@@ -125,14 +127,13 @@ fn stripe(replay: &Replay, key: &str) -> Stripe {
 }
 
 async fn read(stripe: &Stripe, stream: &str, cursor: Option<serde_json::Value>) -> Vec<Page> {
-    let mut pages = stripe
-        .read(ReadRequest {
-            stream: stream.to_owned(),
-            cursor,
-            full_refresh: false,
-        })
-        .await
-        .unwrap();
+    let schemas = stripe.discover().await.unwrap();
+    let request = ReadRequest {
+        schema: find_stream(&schemas, stream).unwrap().clone(),
+        cursor,
+        full_refresh: false,
+    };
+    let mut pages = tributary_sdk::Source::read(stripe, request).await.unwrap();
     let mut out = Vec::new();
     while let Some(page) = pages.next().await {
         out.push(page.unwrap());
@@ -173,7 +174,7 @@ async fn contract_a_backfill_follows_stripes_list_pages_and_lands_the_documented
     );
     let first = &pages[0];
     assert_eq!(
-        Cursor::from_json("charges", first.cursor.clone()).unwrap(),
+        decode::<Cursor>("charges", Some(first.cursor.clone())).unwrap(),
         Some(Cursor::Backfill {
             starting_after: Some(CHARGE_ID.to_owned()),
             anchor: Some(EVENT_ID.to_owned()),
@@ -244,7 +245,7 @@ async fn contract_an_anchor_stripe_no_longer_knows_resyncs_the_stream() {
         since: now - 3600,
         pending_since: None,
     };
-    let pages = read(&source, "charges", Some(cursor.to_json())).await;
+    let pages = read(&source, "charges", Some(encode(&cursor))).await;
     // Stripe's `No such event` answer is recognised as a lost anchor: the stream is read
     // again in full and its first page replaces the table.
     assert!(pages[0].reset, "{:?}", pages[0].cursor);

@@ -12,10 +12,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tributary_sdk::connector::find_stream;
 use tributary_sdk::{
-    Connector, Error, Message, PageStream, ReadRequest, Result, SourceContext, SourceFactory,
-    StreamSchema,
+    Connector, Message, PageStream, ReadRequest, Result, SourceContext, SourceFactory, StreamSchema,
 };
 
 pub mod client;
@@ -57,6 +55,7 @@ impl Stripe {
 #[async_trait]
 impl Connector for Stripe {
     type Config = StripeConfig;
+    type Cursor = Cursor;
 
     const KIND: &'static str = "stripe";
 
@@ -82,22 +81,14 @@ impl Connector for Stripe {
         Ok(self.schemas.clone())
     }
 
-    async fn read(&self, request: ReadRequest) -> Result<PageStream> {
-        let schema = find_stream(&self.schemas, &request.stream)?;
-        let def = streams::stream(&schema.name).ok_or_else(|| Error::UnknownStream {
-            stream: request.stream.clone(),
-            available: String::new(),
-        })?;
-        let cursor = match request.cursor {
-            Some(cursor) if !request.full_refresh => Cursor::from_json(def.name, cursor)?,
-            _ => None,
-        };
+    async fn read(&self, request: ReadRequest<Cursor>) -> Result<PageStream> {
+        let def = streams::stream(request.stream())?;
         Ok(streams::read(
             Arc::clone(&self.client),
             def,
-            schema,
+            &request.schema,
             self.page_size,
-            cursor,
+            request.cursor,
             request.full_refresh,
         ))
     }

@@ -327,33 +327,14 @@ pub static STREAMS: &[StreamDef] = &[
     },
 ];
 
-/// The stream called `name`.
-pub fn stream(name: &str) -> Option<&'static StreamDef> {
-    STREAMS.iter().find(|s| s.name == name)
+/// The stream called `name`, or [`Error::UnknownStream`] listing them.
+pub fn stream(name: &str) -> Result<&'static StreamDef> {
+    tributary_sdk::connector::find_named(STREAMS, name, |s| s.name)
 }
 
-/// The parsed schemas of every stream; fails if a schema file is invalid or names
-/// another stream.
+/// The parsed schemas of every stream (see [`tributary_sdk::schema::load`]).
 pub fn schemas() -> Result<Vec<StreamSchema>> {
-    STREAMS
-        .iter()
-        .map(|def| {
-            let schema = StreamSchema::from_json(def.schema).map_err(|e| match e {
-                Error::Schema { message, .. } => Error::Schema {
-                    stream: def.name.to_owned(),
-                    message,
-                },
-                other => other,
-            })?;
-            if schema.name != def.name {
-                return Err(Error::Schema {
-                    stream: def.name.to_owned(),
-                    message: format!("the schema file is named `{}`", schema.name),
-                });
-            }
-            Ok(schema)
-        })
-        .collect()
+    tributary_sdk::schema::load("stripe", STREAMS.iter().map(|def| (def.name, def.schema)))
 }
 
 /// Where a read resumes: the cursor committed with every page.
@@ -387,26 +368,6 @@ pub enum Cursor {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pending_since: Option<i64>,
     },
-}
-
-impl Cursor {
-    /// Reads a committed cursor; `null` means none.
-    pub fn from_json(stream: &str, value: Value) -> Result<Option<Cursor>> {
-        if value.is_null() {
-            return Ok(None);
-        }
-        serde_json::from_value(value)
-            .map(Some)
-            .map_err(|e| Error::Cursor {
-                stream: stream.to_owned(),
-                message: e.to_string(),
-            })
-    }
-
-    /// The cursor as committed.
-    pub fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
-    }
 }
 
 /// Reads stream `def` (whose schema is `schema`) from `cursor` (or from scratch), fetching
@@ -609,7 +570,7 @@ impl Reader {
     /// Hands a page to the runtime; `false` when the read was cancelled.
     async fn emit(&self, records: Records, cursor: &Cursor, reset: bool) -> bool {
         self.tx
-            .send(Page::new(records, cursor.to_json()).resetting(reset))
+            .send(Page::with_cursor(records, cursor).resetting(reset))
             .await
     }
 
@@ -893,7 +854,9 @@ impl Reader {
         if matches!(self.def.feed, Feed::ListOnly) {
             return Ok(Outcome::Done);
         }
-        let now = date.unwrap_or_else(|| self.client.server_now()).timestamp();
+        let now = date
+            .unwrap_or_else(|| self.client.clock().now())
+            .timestamp();
         let reference = match at.anchor {
             Some(_) => at.anchor_created,
             None => at.since,
@@ -1126,7 +1089,7 @@ impl Reader {
         let Some(since) = at.pending_since else {
             return Ok(true);
         };
-        let floor = self.client.server_now().timestamp() - SETTLE_WINDOW_SECS;
+        let floor = self.client.clock().now().timestamp() - SETTLE_WINDOW_SECS;
         if since < floor {
             tracing::warn!(
                 stream = self.def.name,
@@ -1297,7 +1260,9 @@ impl Reader {
     /// Whether the events after `created` may be past Stripe's retention, by Stripe's
     /// clock (`date` of the latest response, else the client's latest, else local).
     fn expired(&self, created: i64, date: Option<DateTime<Utc>>) -> bool {
-        let now = date.unwrap_or_else(|| self.client.server_now()).timestamp();
+        let now = date
+            .unwrap_or_else(|| self.client.clock().now())
+            .timestamp();
         created < now - EVENT_RETENTION_SECS + RETENTION_MARGIN_SECS
     }
 
@@ -1516,6 +1481,7 @@ fn unix(date: Option<DateTime<Utc>>) -> i64 {
 mod tests {
     use super::*;
     use serde_json::json;
+    use tributary_sdk::cursor::{decode, encode};
 
     #[test]
     fn every_stream_has_a_schema_of_its_name() {
@@ -1532,7 +1498,13 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), 16);
-        assert!(stream("charges").is_some() && stream("nope").is_none());
+        assert!(stream("charges").is_ok());
+        let err = stream("nope").unwrap_err();
+        assert!(
+            matches!(&err, Error::UnknownStream { stream, available } if stream == "nope"
+                && available.split(", ").count() == 16),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1564,22 +1536,21 @@ mod tests {
             },
         ];
         for cursor in cursors {
-            let json = cursor.to_json();
+            let json = encode(&cursor);
             assert_eq!(serde_json::to_value(&cursor).unwrap(), json);
-            assert_eq!(Cursor::from_json("s", json).unwrap(), Some(cursor));
+            assert_eq!(decode::<Cursor>("s", Some(json)).unwrap(), Some(cursor));
         }
         assert_eq!(
-            Cursor::Backfill {
+            encode(&Cursor::Backfill {
                 starting_after: Some("ch_1".into()),
                 anchor: None,
                 since: 7,
                 pending_since: None,
-            }
-            .to_json(),
+            }),
             json!({"phase": "backfill", "starting_after": "ch_1", "anchor": null, "since": 7})
         );
-        assert_eq!(Cursor::from_json("s", Value::Null).unwrap(), None);
-        let err = Cursor::from_json("charges", json!({"phase": "later"})).unwrap_err();
+        assert_eq!(decode::<Cursor>("s", Some(Value::Null)).unwrap(), None);
+        let err = decode::<Cursor>("charges", Some(json!({"phase": "later"}))).unwrap_err();
         assert!(
             matches!(err, Error::Cursor { ref stream, .. } if stream == "charges"),
             "{err}"

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{Value, json};
+use tributary_sdk::connector::find_stream;
+use tributary_sdk::cursor::decode;
 use tributary_sdk::pagination::scan_envelope;
 use tributary_sdk::{Connector, Error, Page, ReadRequest, Records, Secret, SourceContext};
 
@@ -37,25 +39,35 @@ fn stripe(sandbox: &StripeSandbox, page_size: u32) -> Stripe {
     Stripe::new(config, SourceContext::default()).unwrap()
 }
 
+/// The read of `stream` the runtime would ask for: its schema as discovered, the committed
+/// cursor as JSON (decoded by the SDK on its way to the connector).
+async fn request(
+    stripe: &Stripe,
+    stream: &str,
+    cursor: Option<Value>,
+    full_refresh: bool,
+) -> ReadRequest {
+    let schemas = stripe.discover().await.unwrap();
+    ReadRequest {
+        schema: find_stream(&schemas, stream).unwrap().clone(),
+        cursor,
+        full_refresh,
+    }
+}
+
 async fn read(
     stripe: &Stripe,
     stream: &str,
     cursor: Option<Value>,
     full_refresh: bool,
 ) -> Vec<Page> {
-    let mut pages = stripe
-        .read(ReadRequest {
-            stream: stream.to_owned(),
-            cursor,
-            full_refresh,
-        })
-        .await
-        .unwrap();
+    let request = request(stripe, stream, cursor, full_refresh).await;
+    let mut pages = tributary_sdk::Source::read(stripe, request).await.unwrap();
     let mut out = Vec::new();
     while let Some(page) = pages.next().await {
         let page = page.unwrap();
         // Every cursor is one the next run can start from.
-        Cursor::from_json(stream, page.cursor.clone())
+        decode::<Cursor>(stream, Some(page.cursor.clone()))
             .unwrap()
             .unwrap();
         out.push(page);
@@ -743,14 +755,8 @@ async fn read_until_error(
     cursor: Option<Value>,
 ) -> (Vec<Page>, Error) {
     let walk = async {
-        let mut pages = stripe
-            .read(ReadRequest {
-                stream: stream.to_owned(),
-                cursor,
-                full_refresh: false,
-            })
-            .await
-            .unwrap();
+        let request = request(stripe, stream, cursor, false).await;
+        let mut pages = tributary_sdk::Source::read(stripe, request).await.unwrap();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
             match page {

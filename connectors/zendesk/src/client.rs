@@ -19,6 +19,7 @@ use std::sync::{Mutex, PoisonError};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use tributary_sdk::clock::ServerClock;
 use tributary_sdk::http::{HttpClient, HttpConfig, QuotaHeaders, Response};
 use tributary_sdk::pagination::{Envelope, malformed_page, scan_envelope};
 use tributary_sdk::{Error, Result};
@@ -77,9 +78,9 @@ pub struct ZendeskClient {
     export: HttpClient,
     api_base: String,
     auth: Auth,
-    /// The `Date` of the latest response: Zendesk's clock, for the export start times that
-    /// must be at least a minute in its past.
-    server_date: Mutex<Option<DateTime<Utc>>>,
+    /// Zendesk's clock (the `Date` of its answers), for the export start times that must
+    /// be at least a minute in its past.
+    clock: ServerClock,
 }
 
 impl ZendeskClient {
@@ -151,7 +152,7 @@ impl ZendeskClient {
             export,
             api_base: settings.api_base.clone(),
             auth: settings.auth.clone(),
-            server_date: Mutex::new(None),
+            clock: ServerClock::new(),
         })
     }
 
@@ -190,7 +191,7 @@ impl ZendeskClient {
                 },
             )
             .await?;
-        self.observe_date(response.date);
+        self.clock.observe(response.date);
         let envelope = scanned
             .into_inner()
             .unwrap_or_else(PoisonError::into_inner)
@@ -217,7 +218,7 @@ impl ZendeskClient {
             .api
             .send("GET /api/v2/users/me.json", |c| self.authorize(c.get(&url)))
             .await?;
-        self.observe_date(response.date);
+        self.clock.observe(response.date);
         let body: Value = response.json()?;
         let user = body.get("user").cloned().unwrap_or(Value::Null);
         if user.get("id").is_none_or(Value::is_null) {
@@ -278,24 +279,9 @@ impl ZendeskClient {
         }
     }
 
-    /// Zendesk's clock as of the latest response, or the local clock before any.
-    pub fn server_now(&self) -> DateTime<Utc> {
-        self.server_date
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .unwrap_or_else(Utc::now)
-    }
-
-    fn observe_date(&self, date: Option<DateTime<Utc>>) {
-        if let Some(date) = date {
-            let mut latest = self
-                .server_date
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if latest.is_none_or(|latest| latest < date) {
-                *latest = Some(date);
-            }
-        }
+    /// Zendesk's clock as of the latest response (the local clock before any).
+    pub fn clock(&self) -> &ServerClock {
+        &self.clock
     }
 }
 

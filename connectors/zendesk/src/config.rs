@@ -7,6 +7,7 @@
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use tributary_sdk::convert::parse_timestamp;
+use tributary_sdk::endpoint;
 use tributary_sdk::options::check_range;
 use tributary_sdk::{Error, Result, Secret};
 
@@ -161,7 +162,13 @@ impl ZendeskConfig {
         let subdomain = normalize_subdomain(&self.subdomain)?;
         let auth = self.auth()?;
         let api_base = match &self.api_base {
-            Some(base) => validate_api_base(base)?,
+            // https, or http to a loopback simulator: the credentials go wherever this
+            // points.
+            Some(base) => endpoint::base_url(
+                "api_base",
+                base,
+                "`email` with `api_token`, or `oauth_access_token`",
+            )?,
             None => format!("https://{subdomain}.zendesk.com"),
         };
         let start_date = match &self.start_date {
@@ -320,16 +327,6 @@ fn parse_start_date(text: &str, now: DateTime<Utc>) -> Result<i64> {
         return Err(Error::config("start_date", "is in the future"));
     }
     Ok(seconds)
-}
-
-/// Checks the API base: https, or http to a loopback simulator; see
-/// [`tributary_sdk::endpoint::base_url`].
-fn validate_api_base(raw: &str) -> Result<String> {
-    tributary_sdk::endpoint::base_url(
-        "api_base",
-        raw,
-        "`email` with `api_token`, or `oauth_access_token`",
-    )
 }
 
 #[cfg(test)]

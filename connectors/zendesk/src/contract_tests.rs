@@ -14,6 +14,7 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::TimestampMicrosecondType;
 use futures::StreamExt;
 use tributary_sdk::convert::BatchBuilder;
+use tributary_sdk::cursor::decode;
 use tributary_sdk::http::vendor_message;
 use tributary_sdk::{Connector, Error, Page, Records, Result, Secret, SourceContext, StreamSchema};
 
@@ -198,7 +199,7 @@ async fn contract_the_cursor_ticket_export_keeps_zendesks_after_cursor() {
     // `end_of_stream: true` ends the read after one page; its cursor is Zendesk's.
     assert_eq!(pages.len(), 1);
     assert_eq!(
-        Cursor::from_json("tickets", pages[0].cursor.clone()).unwrap(),
+        decode::<Cursor>("tickets", Some(pages[0].cursor.clone())).unwrap(),
         Some(Cursor::Export {
             after_cursor: AFTER_CURSOR.to_owned()
         })
@@ -262,7 +263,7 @@ async fn contract_the_time_based_organization_export_moves_to_end_time() {
     assert_eq!(pages.len(), 1);
     // The next start is the page's `end_time`; no id sits at that second.
     assert_eq!(
-        Cursor::from_json("organizations", pages[0].cursor.clone()).unwrap(),
+        decode::<Cursor>("organizations", Some(pages[0].cursor.clone())).unwrap(),
         Some(Cursor::Time {
             start_time: 1_601_357_503,
             seen: vec![]
@@ -302,7 +303,7 @@ async fn contract_a_cursor_paginated_list_follows_meta_after_cursor() {
     assert_eq!(pages.len(), 2);
     assert!(pages[0].reset, "a new snapshot replaces the table");
     assert_eq!(
-        Cursor::from_json("groups", pages[0].cursor.clone()).unwrap(),
+        decode::<Cursor>("groups", Some(pages[0].cursor.clone())).unwrap(),
         Some(Cursor::Snapshot {
             after: "xxx".to_owned()
         })

@@ -17,8 +17,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use tributary_sdk::connector::find_stream;
 use tributary_sdk::{
-    Connector, Error, Message, PageStream, ReadRequest, Result, SourceContext, SourceFactory,
-    StreamSchema,
+    Connector, Message, PageStream, ReadRequest, Result, SourceContext, SourceFactory, StreamSchema,
 };
 
 pub mod client;
@@ -122,6 +121,7 @@ impl Zendesk {
 #[async_trait]
 impl Connector for Zendesk {
     type Config = ZendeskConfig;
+    type Cursor = Cursor;
 
     const KIND: &'static str = "zendesk";
 
@@ -170,16 +170,8 @@ impl Connector for Zendesk {
             .collect())
     }
 
-    async fn read(&self, request: ReadRequest) -> Result<PageStream> {
-        let schema = find_stream(&self.schemas, &request.stream)?;
-        let def = streams::stream(&schema.name).ok_or_else(|| Error::UnknownStream {
-            stream: request.stream.clone(),
-            available: String::new(),
-        })?;
-        let cursor = match request.cursor {
-            Some(cursor) if !request.full_refresh => Cursor::from_json(def.name, cursor)?,
-            _ => None,
-        };
+    async fn read(&self, request: ReadRequest<Cursor>) -> Result<PageStream> {
+        let def = streams::stream(request.stream())?;
         let custom_fields = if def.shape == streams::Shape::Tickets {
             streams::by_id(&self.custom_fields(false).await?)
         } else {
@@ -190,7 +182,12 @@ impl Connector for Zendesk {
             settings: self.settings.clone(),
             custom_fields,
         };
-        Ok(streams::read(context, def, cursor, request.full_refresh))
+        Ok(streams::read(
+            context,
+            def,
+            request.cursor,
+            request.full_refresh,
+        ))
     }
 
     /// Ticket events map to `track` messages: see [`tracking`].

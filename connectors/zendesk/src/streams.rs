@@ -217,33 +217,15 @@ pub fn plan_note(stream: &str) -> Option<&'static str> {
     }
 }
 
-/// The stream called `name`.
-pub fn stream(name: &str) -> Option<&'static StreamDef> {
-    STREAMS.iter().find(|s| s.name == name)
+/// The stream called `name`, or [`Error::UnknownStream`] listing them.
+pub fn stream(name: &str) -> Result<&'static StreamDef> {
+    tributary_sdk::connector::find_named(STREAMS, name, |s| s.name)
 }
 
-/// The parsed schemas of every stream as declared (tickets without custom field columns);
-/// fails if a schema file is invalid or names another stream.
+/// The parsed schemas of every stream as declared (tickets without custom field columns;
+/// see [`tributary_sdk::schema::load`]).
 pub fn schemas() -> Result<Vec<StreamSchema>> {
-    STREAMS
-        .iter()
-        .map(|def| {
-            let schema = StreamSchema::from_json(def.schema).map_err(|e| match e {
-                Error::Schema { message, .. } => Error::Schema {
-                    stream: def.name.to_owned(),
-                    message,
-                },
-                other => other,
-            })?;
-            if schema.name != def.name {
-                return Err(Error::Schema {
-                    stream: def.name.to_owned(),
-                    message: format!("the schema file is named `{}`", schema.name),
-                });
-            }
-            Ok(schema)
-        })
-        .collect()
+    tributary_sdk::schema::load("zendesk", STREAMS.iter().map(|def| (def.name, def.schema)))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -467,24 +449,6 @@ pub enum Cursor {
 }
 
 impl Cursor {
-    /// Reads a committed cursor; `null` means none.
-    pub fn from_json(stream: &str, value: Value) -> Result<Option<Cursor>> {
-        if value.is_null() {
-            return Ok(None);
-        }
-        serde_json::from_value(value)
-            .map(Some)
-            .map_err(|e| Error::Cursor {
-                stream: stream.to_owned(),
-                message: e.to_string(),
-            })
-    }
-
-    /// The cursor as committed.
-    pub fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
-    }
-
     fn boundary(boundary: TimeBoundary) -> Cursor {
         Cursor::Time {
             start_time: boundary.start_time,
@@ -508,14 +472,14 @@ pub struct ReadContext {
     pub custom_fields: HashMap<i64, CustomField>,
 }
 
-/// Reads stream `def` from `cursor` (or from the start), fetching ahead of the consumer.
+/// Reads stream `def` from `cursor` (or from the start; `None` on a full refresh),
+/// fetching ahead of the consumer.
 pub fn read(
     context: ReadContext,
     def: &'static StreamDef,
     cursor: Option<Cursor>,
     full_refresh: bool,
 ) -> PageStream {
-    let cursor = if full_refresh { None } else { cursor };
     // An open snapshot resumed from its page cursor is a walk the endpoint already
     // answered: a 403 there is access lost part-way, not a plan without the endpoint.
     let resumes = matches!(cursor, Some(Cursor::Snapshot { .. }));
@@ -583,7 +547,7 @@ impl Reader {
     /// Hands a page to the runtime; `false` when the read was cancelled.
     async fn emit(&self, records: Records, cursor: &Cursor, reset: bool) -> bool {
         self.tx
-            .send(Page::new(records, cursor.to_json()).resetting(reset))
+            .send(Page::with_cursor(records, cursor).resetting(reset))
             .await
     }
 
@@ -593,7 +557,9 @@ impl Reader {
             message: format!(
                 "a `{}` cursor does not fit this stream (was it written by another version?); \
                  run `sync --full-refresh` for it",
-                cursor.to_json()["mode"].as_str().unwrap_or("?")
+                tributary_sdk::cursor::encode(cursor)["mode"]
+                    .as_str()
+                    .unwrap_or("?")
             ),
         }
     }
@@ -601,7 +567,7 @@ impl Reader {
     /// The `start_time` of a first export: `start_date`, or a year back, and at least a
     /// minute in Zendesk's past.
     fn initial_start(&self) -> i64 {
-        let now = self.client().server_now().timestamp();
+        let now = self.client().clock().now().timestamp();
         self.context
             .settings
             .start_date
@@ -1061,6 +1027,7 @@ pub fn by_id(fields: &[CustomField]) -> HashMap<i64, CustomField> {
 mod tests {
     use super::*;
     use serde_json::json;
+    use tributary_sdk::cursor::{decode, encode};
 
     #[test]
     fn every_stream_has_a_schema_of_its_name() {
@@ -1085,7 +1052,13 @@ mod tests {
                 def.name
             );
         }
-        assert!(stream("tickets").is_some() && stream("nope").is_none());
+        assert!(stream("tickets").is_ok());
+        let err = stream("nope").unwrap_err();
+        assert!(
+            matches!(&err, Error::UnknownStream { stream, available } if stream == "nope"
+                && available.split(", ").count() == STREAMS.len()),
+            "{err}"
+        );
     }
 
     fn field(id: i64, title: &str, kind: &str) -> Value {
@@ -1196,19 +1169,18 @@ mod tests {
             Cursor::SnapshotDone { completed_at: 9 },
         ];
         for cursor in cursors {
-            let json = cursor.to_json();
-            assert_eq!(Cursor::from_json("s", json).unwrap(), Some(cursor));
+            let json = encode(&cursor);
+            assert_eq!(decode::<Cursor>("s", Some(json)).unwrap(), Some(cursor));
         }
         assert_eq!(
-            Cursor::Time {
+            encode(&Cursor::Time {
                 start_time: 5,
                 seen: vec![]
-            }
-            .to_json(),
+            }),
             json!({"mode": "time", "start_time": 5})
         );
-        assert_eq!(Cursor::from_json("s", Value::Null).unwrap(), None);
-        let err = Cursor::from_json("tickets", json!({"mode": "later"})).unwrap_err();
+        assert_eq!(decode::<Cursor>("s", Some(Value::Null)).unwrap(), None);
+        let err = decode::<Cursor>("tickets", Some(json!({"mode": "later"}))).unwrap_err();
         assert!(
             matches!(err, Error::Cursor { ref stream, .. } if stream == "tickets"),
             "{err}"
