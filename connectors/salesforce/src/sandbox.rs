@@ -25,7 +25,10 @@
 //! - A request line and headers over 16,384 bytes are refused before the API, as
 //!   Salesforce's front end does: `414 URI Too Long` when the URI alone is that long, else
 //!   `431 Request Header Fields Too Large`.
-//! - Faults on demand: 503s, slow answers, bodies cut short, Bulk jobs refused.
+//! - Faults on demand (the sandbox kit's, seeded): 503s, 429s with `Retry-After`, slow
+//!   answers, bodies cut short, malformed JSON; and Salesforce's own ([`SalesforceFaults`]):
+//!   cursors that repeat or cycle, query pages of the wrong shape, Bulk jobs refused. An
+//!   optional rate limit (429 with `Retry-After`) and a clock tests can move forward.
 //!
 //! # The org
 //!
@@ -42,8 +45,12 @@
 //!
 //! # Control endpoints (no session needed)
 //!
-//! `GET /_sandbox/stats`, `POST /_sandbox/limits` `{"daily_api_limit": N, "reset_usage":
-//! true}`, `POST /_sandbox/expire_sessions`, `GET|POST /_sandbox/faults` (a [`Faults`] JSON).
+//! The sandbox kit's, as for every simulator (`tributary_sandbox_kit::control`):
+//! `GET /_sandbox/stats`, `POST /_sandbox/stats/reset`, `GET|POST /_sandbox/faults` (a
+//! [`Faults`] JSON), `POST /_sandbox/clock` `{"advance_seconds": N}`, `POST
+//! /_sandbox/rate_limit` `{"requests_per_second": x|null}`; and Salesforce's own `POST
+//! /_sandbox/limits` `{"daily_api_limit": N, "reset_usage": true}`, `POST
+//! /_sandbox/expire_sessions`.
 
 mod error;
 mod http;
@@ -55,14 +62,14 @@ mod tests;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+pub(crate) use tributary_sandbox_kit::lock;
+use tributary_sandbox_kit::{Kit, KitConfig, Measure, RateLimit, Server, StoreLock, server};
 
 use org::Org;
 pub use org::{WIDE_OBJECT, wide_field};
@@ -121,26 +128,21 @@ impl Default for SandboxConfig {
     }
 }
 
-/// Faults to inject into API answers. "next" counters apply to that many upcoming requests.
+/// Faults to inject into API answers: the kit's common ones (503 `SERVER_UNAVAILABLE`,
+/// 429 with `Retry-After`, slow answers, cut and malformed bodies; "next" counters apply to
+/// that many upcoming requests before the probabilities take over) and Salesforce's own
+/// ([`SalesforceFaults`]), in one JSON.
+pub type Faults = tributary_sandbox_kit::Faults<SalesforceFaults>;
+
+/// The faults only the Salesforce simulator has.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct Faults {
-    /// Answer the next N API requests with 503.
-    pub error_next: u32,
-    /// Delay every API answer by this many milliseconds.
-    pub slow_ms: u64,
-    /// Cut the next N successful bodies short (a full `Content-Length`, half the bytes).
-    pub truncate_next: u32,
-    /// An org that never stops: a `nextRecordsUrl` page names itself as the next page, a
-    /// Bulk results page requested with a locator names that locator as the next.
-    pub repeat_cursor: bool,
-    /// Cursors that cycle: the first `nextRecordsUrl` (or locator) requested is answered
-    /// properly, every later one names that first one as the next (A → B → A).
-    pub cycle_cursor: bool,
+pub struct SalesforceFaults {
+    // The kit's `repeat_cursor` makes a `nextRecordsUrl` page name itself as the next page
+    // and a Bulk results page name its own locator; `cycle_cursor` names the first one
+    // requested; `bad_shape_after` counts query pages, the `COUNT()` one included.
     /// Answer query pages with a body that is not the documented shape.
     pub bad_shape: Option<BadShape>,
-    /// Query pages (the `COUNT()` one included) answered intact before `bad_shape` applies.
-    pub bad_shape_after: u32,
     /// Refuse every Bulk API 2.0 query job creation (`POST …/jobs/query`) this way.
     pub bulk_refusal: Option<BulkRefusal>,
 }
@@ -170,15 +172,6 @@ pub enum BadShape {
     DoneMissing,
 }
 
-/// What the hostile faults remember between requests.
-#[derive(Debug, Default)]
-pub(crate) struct Hostile {
-    /// The first cursor requested since `cycle_cursor` was set.
-    pub(crate) cycle_first: Option<String>,
-    /// Query pages served since the faults were set.
-    pub(crate) queries_served: u32,
-}
-
 /// What the simulator saw, for tests to assert the connector's manners.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -203,6 +196,8 @@ pub struct Stats {
     pub bulk_result_pages: u64,
     /// Faults injected.
     pub faults_injected: u64,
+    /// Requests refused with 429 by the simulated rate limit (injected 429s not counted).
+    pub rate_limited: u64,
     /// Requests refused before the API for a request line and headers over 16,384 bytes
     /// (414 or 431).
     pub too_long: u64,
@@ -236,7 +231,7 @@ pub(crate) struct Sessions {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) url: String,
-    org: RwLock<Org>,
+    pub(crate) org: StoreLock<Org>,
     pub(crate) bulk_unsupported: Vec<String>,
     pub(crate) bulk_polls: u32,
     pub(crate) sessions: Mutex<Sessions>,
@@ -245,27 +240,13 @@ pub(crate) struct Shared {
     /// REST query cursors: locator → rendered records and how many fields they have.
     pub(crate) cursors: Mutex<HashMap<String, QueryCursor>>,
     pub(crate) jobs: Mutex<HashMap<String, Job>>,
-    pub(crate) faults: Mutex<Faults>,
-    pub(crate) hostile: Mutex<Hostile>,
+    /// Clock, rate limit, faults and the common counters.
+    pub(crate) kit: Kit<SalesforceFaults>,
     pub(crate) stats: Mutex<Stats>,
     pub(crate) counter: AtomicU64,
 }
 
-/// A poisoned lock only means another request panicked mid-way; the data is still usable
-/// for a simulator, and refusing every later request would hide the original failure.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Shared {
-    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Org> {
-        self.org.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Org> {
-        self.org.write().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// A fresh identifier with a Salesforce-like prefix.
     pub(crate) fn next_id(&self, prefix: &str) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
@@ -275,12 +256,26 @@ impl Shared {
     pub(crate) fn stat(&self, f: impl FnOnce(&mut Stats)) {
         f(&mut lock(&self.stats));
     }
-}
 
-/// Now, to the second (Salesforce's datetimes have second precision).
-pub(crate) fn now() -> DateTime<Utc> {
-    let now = Utc::now();
-    DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now)
+    /// Simulator time, to the second (Salesforce's datetimes have second precision).
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp(self.kit.now(), 0).unwrap_or_else(Utc::now)
+    }
+
+    /// What the simulator saw: its own counters and the kit's.
+    pub(crate) fn stats(&self) -> Stats {
+        let counters = self.kit.counters();
+        Stats {
+            faults_injected: counters.faults_injected,
+            rate_limited: counters.rate_limited,
+            ..lock(&self.stats).clone()
+        }
+    }
+
+    pub(crate) fn reset_stats(&self) {
+        self.kit.reset_stats();
+        *lock(&self.stats) = Stats::default();
+    }
 }
 
 /// A running simulator. Dropping it stops the server; [`SalesforceSandbox::shutdown`] also
@@ -288,22 +283,23 @@ pub(crate) fn now() -> DateTime<Utc> {
 #[derive(Debug)]
 pub struct SalesforceSandbox {
     shared: Arc<Shared>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    server: Server,
 }
 
 impl SalesforceSandbox {
     /// Seeds the org and serves it on `127.0.0.1:port` (0 = an ephemeral port).
     pub async fn start(config: SandboxConfig, port: u16) -> std::io::Result<SalesforceSandbox> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let listener = server::bind(port).await?;
         let addr = listener.local_addr()?;
         let (seed, records, wide) = (config.seed, config.records, config.wide_fields);
-        let org = tokio::task::spawn_blocking(move || Org::generate(seed, records, wide, now()))
+        let start = Utc::now();
+        let start = DateTime::from_timestamp(start.timestamp(), 0).unwrap_or(start);
+        let org = tokio::task::spawn_blocking(move || Org::generate(seed, records, wide, start))
             .await
             .map_err(std::io::Error::other)?;
         let shared = Arc::new(Shared {
             url: format!("http://{addr}"),
-            org: RwLock::new(org),
+            org: StoreLock::new(org),
             bulk_unsupported: config.bulk_unsupported,
             bulk_polls: config.bulk_polls,
             sessions: Mutex::new(Sessions {
@@ -314,33 +310,21 @@ impl SalesforceSandbox {
             api_limit: AtomicU64::new(config.daily_api_limit),
             cursors: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashMap::new()),
-            faults: Mutex::new(Faults::default()),
-            hostile: Mutex::new(Hostile::default()),
+            kit: Kit::new(KitConfig {
+                seed: config.seed,
+                rate_limit: None,
+                measure: Measure::Fixed(Duration::from_secs(1)),
+                // Salesforce answers an unavailable server with 503 SERVER_UNAVAILABLE.
+                error_statuses: &[503],
+            }),
             stats: Mutex::new(Stats::default()),
             counter: AtomicU64::new(0),
-        });
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
         });
         let router = axum::Router::new()
             .fallback(http::handle)
             .with_state(Arc::clone(&shared));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(error) = served {
-                tracing::warn!(%error, "Salesforce sandbox server stopped with an error.");
-            }
-        });
-        Ok(SalesforceSandbox {
-            shared,
-            stop: Some(stop),
-            task: Some(task),
-        })
+        let server = Server::serve(listener, router, "Salesforce")?;
+        Ok(SalesforceSandbox { shared, server })
     }
 
     /// The base URL (login URL and instance URL alike), `http://127.0.0.1:PORT`.
@@ -353,8 +337,9 @@ impl SalesforceSandbox {
     pub fn create(&self, object: &str, fields: Value) -> Result<String, String> {
         let fields = as_map(fields)?;
         self.shared
+            .org
             .write()
-            .create(object, fields, now())
+            .create(object, fields, self.shared.now())
             .map_err(|e| e.message)
     }
 
@@ -370,6 +355,7 @@ impl SalesforceSandbox {
         let fields = as_map(fields)?;
         let stamp = DateTime::from_timestamp(stamp.timestamp(), 0).unwrap_or(stamp);
         self.shared
+            .org
             .write()
             .create(object, fields, stamp)
             .map_err(|e| e.message)
@@ -379,28 +365,35 @@ impl SalesforceSandbox {
     pub fn update(&self, object: &str, id: &str, fields: Value) -> Result<(), String> {
         let fields = as_map(fields)?;
         self.shared
+            .org
             .write()
-            .update(object, id, fields, now())
+            .update(object, id, fields, self.shared.now())
             .map_err(|e| e.message)
     }
 
     /// Deletes a record (to the recycle bin: `queryAll` still returns it, `IsDeleted = true`).
     pub fn delete(&self, object: &str, id: &str) -> Result<(), String> {
         self.shared
+            .org
             .write()
-            .delete(object, id, now())
+            .delete(object, id, self.shared.now())
             .map_err(|e| e.message)
     }
 
     /// Deletes a record for good, as emptying the recycle bin does: not even `queryAll`
     /// returns it again.
     pub fn purge(&self, object: &str, id: &str) -> Result<(), String> {
-        self.shared.write().purge(object, id).map_err(|e| e.message)
+        self.shared
+            .org
+            .write()
+            .purge(object, id)
+            .map_err(|e| e.message)
     }
 
     /// Adds a custom field (`Name__c`, a Salesforce type such as `string` or `date`).
     pub fn add_field(&self, object: &str, name: &str, ty: &str) -> Result<(), String> {
         self.shared
+            .org
             .write()
             .add_field(object, name, ty)
             .map_err(|e| e.message)
@@ -409,6 +402,7 @@ impl SalesforceSandbox {
     /// Ids of the live (not deleted) records of `object`, in Id order.
     pub fn ids(&self, object: &str) -> Vec<String> {
         self.shared
+            .org
             .read()
             .table(object)
             .map(|t| {
@@ -424,6 +418,7 @@ impl SalesforceSandbox {
     /// Ids of every record of `object`, deleted ones included.
     pub fn all_ids(&self, object: &str) -> Vec<String> {
         self.shared
+            .org
             .read()
             .table(object)
             .map(|t| t.records.keys().cloned().collect())
@@ -433,6 +428,7 @@ impl SalesforceSandbox {
     /// A record's stored fields (API names).
     pub fn record(&self, object: &str, id: &str) -> Option<Value> {
         self.shared
+            .org
             .read()
             .table(object)
             .and_then(|t| t.records.get(id))
@@ -442,6 +438,7 @@ impl SalesforceSandbox {
     /// Every object's API name.
     pub fn objects(&self) -> Vec<String> {
         self.shared
+            .org
             .read()
             .tables
             .iter()
@@ -479,40 +476,41 @@ impl SalesforceSandbox {
 
     /// Replaces the injected faults.
     pub fn set_faults(&self, faults: Faults) {
-        *lock(&self.shared.hostile) = Hostile::default();
-        *lock(&self.shared.faults) = faults;
+        self.shared.kit.set_faults(faults);
+    }
+
+    /// Limits API requests to `rps` per second in any sliding window (`None` =
+    /// unlimited): past it, 429 with `Retry-After`.
+    pub fn set_rate_limit(&self, rps: Option<f64>) {
+        self.shared
+            .kit
+            .set_rate_limit(rps.map(RateLimit::per_second));
+    }
+
+    /// Moves the simulator clock forward: records created, changed or deleted from now on
+    /// carry the later time.
+    pub fn advance_clock(&self, by: Duration) {
+        self.shared.kit.clock.advance(by);
+    }
+
+    /// Simulator time, to the second.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.shared.now()
     }
 
     /// What the simulator saw.
     pub fn stats(&self) -> Stats {
-        lock(&self.shared.stats).clone()
+        self.shared.stats()
     }
 
     /// Zeroes the statistics.
     pub fn reset_stats(&self) {
-        *lock(&self.shared.stats) = Stats::default();
+        self.shared.reset_stats();
     }
 
     /// Stops accepting connections and waits (up to 5 s) for in-flight requests.
-    pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(mut task) = self.task.take()
-            && tokio::time::timeout(Duration::from_secs(5), &mut task)
-                .await
-                .is_err()
-        {
-            task.abort();
-        }
-    }
-}
-
-impl Drop for SalesforceSandbox {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
     }
 }
 

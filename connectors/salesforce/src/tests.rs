@@ -16,7 +16,9 @@ use tributary_sdk::connector::find_named;
 use tributary_sdk::cursor::decode;
 use tributary_sdk::{Connector, Error, Page, ReadRequest, Records, Secret, SourceContext};
 
-use crate::sandbox::{self as sf, BadShape, BulkRefusal, Faults, SalesforceSandbox, SandboxConfig};
+use crate::sandbox::{
+    self as sf, BadShape, BulkRefusal, Faults, SalesforceFaults, SalesforceSandbox, SandboxConfig,
+};
 use crate::streams::Cursor;
 use crate::{Salesforce, SalesforceConfig};
 
@@ -665,8 +667,11 @@ async fn query_pages_of_the_wrong_shape_fail_the_read_and_land_nothing() {
     ] {
         // The `COUNT()` query and the first page are intact; the second page is not.
         sandbox.set_faults(Faults {
-            bad_shape: Some(shape),
             bad_shape_after: 2,
+            vendor: SalesforceFaults {
+                bad_shape: Some(shape),
+                ..SalesforceFaults::default()
+            },
             ..Faults::default()
         });
         let before = sandbox.stats().query_more;
@@ -740,6 +745,26 @@ async fn server_errors_and_cut_bodies_are_retried() {
     let pages = read(&bulk, "account", None).await;
     assert_exactly_once(&ids(&pages), &sandbox.ids("Account"));
     assert_eq!(sandbox.stats().faults_injected, 5);
+}
+
+/// Faults the sandbox kit gave Salesforce: a seeded error rate, throttling with
+/// `Retry-After` and malformed bodies; the connector retries through all of them.
+#[tokio::test]
+async fn error_rates_throttling_and_malformed_bodies_are_retried() {
+    let sandbox = sandbox(450).await;
+    let sf = connector(config(&sandbox, &["Account"]));
+    sf.discover().await.unwrap();
+    sandbox.reset_stats();
+    sandbox.set_faults(Faults {
+        error_rate: 0.3,
+        throttle_next: 2,
+        malformed_next: 1,
+        ..Faults::default()
+    });
+    let pages = read(&sf, "account", None).await;
+    assert_exactly_once(&ids(&pages), &sandbox.ids("Account"));
+    let stats = sandbox.stats();
+    assert!(stats.faults_injected >= 3, "{stats:?}");
 }
 
 /// The conformance kit's view of the simulator.
@@ -1078,10 +1103,13 @@ async fn a_refused_bulk_job_falls_back_to_rest(refusal: BulkRefusal, needle: &st
     let mut c = config(&sandbox, &["Opportunity"]);
     c.bulk_threshold = 0;
     let sf = connector(c);
-    sandbox.set_faults(Faults {
-        bulk_refusal: Some(refusal),
-        ..Faults::default()
-    });
+    sandbox.set_faults(
+        SalesforceFaults {
+            bulk_refusal: Some(refusal),
+            ..SalesforceFaults::default()
+        }
+        .into(),
+    );
     let logs = Logs::default();
     let pages = {
         let _capture = tracing::subscriber::set_default(logs.clone());

@@ -22,7 +22,8 @@
 //! refused; `expand[]` is accepted and ignored.
 //! - Stripe's error JSON, 401 for a missing or non-test key, 429 + `Retry-After` above the
 //!   configured rate, a `Date` header from the simulator clock and a `Request-Id`.
-//! - Faults on demand: 500/503, slow responses, bodies cut short, malformed JSON.
+//! - Faults on demand (the sandbox kit's, seeded): 500/503, 429s, slow responses, bodies
+//!   cut short, malformed JSON; and Stripe's own ([`StripeFaults`]).
 //!
 //! Objects are Stripe's own fixture objects (`fixtures/fixtures3.json`) with ids, times,
 //! amounts, names and references varied. Like a real account, the seeded one has the
@@ -50,12 +51,13 @@
 //!
 //! # Control endpoints (no API key needed)
 //!
+//! The sandbox kit's, as for every simulator (`tributary_sandbox_kit::control`):
 //! `GET /_sandbox/stats`, `POST /_sandbox/stats/reset`, `GET|POST /_sandbox/faults` (a
 //! [`Faults`] JSON, missing fields default to off), `POST /_sandbox/clock`
-//! `{"advance_seconds": N}`, `POST /_sandbox/rate_limit` `{"requests_per_second": x|null}`,
-//! `POST /_sandbox/account` `{"api_version": "YYYY-MM-DD"}`.
+//! `{"advance_seconds": N}`, `POST /_sandbox/rate_limit` `{"requests_per_second": x|null}`
+//! (or `{"requests": n, "window_seconds": s}`); and Stripe's own `POST /_sandbox/account`
+//! `{"api_version": "YYYY-MM-DD"}`.
 
-mod control;
 mod error;
 mod generate;
 mod http;
@@ -65,17 +67,13 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tributary_sandbox_kit::{Kit, KitConfig, Measure, RateLimit, Server, StoreLock};
 
-use control::{After, Before, FaultState, Limiter};
 use error::ApiError;
 use kinds::Kind;
 use store::{Origin, Store};
@@ -105,37 +103,17 @@ impl Default for SandboxConfig {
     }
 }
 
-/// Faults to inject into `/v1` responses. Each "next" counter applies to that many upcoming
-/// requests before its probability (0..1) takes over.
+/// Faults to inject into `/v1` responses: the kit's common ones (errors answered with
+/// Stripe's `api_error` JSON, 429s, slow answers, cut and malformed bodies) and Stripe's
+/// own ([`StripeFaults`]), in one JSON.
+pub type Faults = tributary_sandbox_kit::Faults<StripeFaults>;
+
+/// The faults only the Stripe simulator has.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct Faults {
-    /// Probability of answering 500 or 503 with Stripe's `api_error` JSON.
-    pub error_rate: f64,
-    /// Answer the next N requests with 500 or 503.
-    pub error_next: u32,
-    /// Delay of a slow response, in milliseconds.
-    pub slow_ms: u64,
-    /// Probability that a response is delayed by `slow_ms` (which alone does nothing).
-    pub slow_rate: f64,
-    /// Probability that a successful body is cut in half after a full `Content-Length`.
-    pub truncate_rate: f64,
-    /// Truncate the next N successful bodies.
-    pub truncate_next: u32,
-    /// Probability that a successful response is 200 with a malformed JSON body.
-    pub malformed_rate: f64,
-    /// Malform the next N successful bodies.
-    pub malformed_next: u32,
-    /// A vendor that never stops: every list request's `starting_after` / `ending_before`
-    /// is ignored, so the walk gets its first page (with `has_more`) again and again.
-    pub repeat_cursor: bool,
-    /// A vendor whose cursors cycle: the first paginated list request is answered
-    /// properly, every later one as if it had no cursor, so a walk goes A → B → A → B.
-    pub cycle_cursor: bool,
+pub struct StripeFaults {
     /// Answer list pages with a body that is not Stripe's list object.
     pub bad_shape: Option<BadShape>,
-    /// List pages answered intact before `bad_shape` applies (to every later one).
-    pub bad_shape_after: u32,
     /// Answer 403 `permission_error` (not retried) to every list request past its first
     /// page (one with `starting_after`) until turned off: a walk that keeps failing
     /// part-way, as when a restricted key loses a permission during a run.
@@ -174,53 +152,20 @@ pub struct Stats {
 /// State shared by the HTTP handler and the Rust API.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    store: RwLock<Store>,
-    /// Simulator time minus real time, in milliseconds.
-    clock_offset_ms: AtomicI64,
-    limiter: Mutex<Limiter>,
-    faults: Mutex<FaultState>,
-    requests: AtomicU64,
-    rate_limited: AtomicU64,
-    faults_injected: AtomicU64,
-    request_counter: AtomicU64,
-    seed: u64,
+    pub(crate) store: StoreLock<Store>,
+    pub(crate) kit: Kit<StripeFaults>,
     gzip: bool,
 }
 
-/// A poisoned lock only means another request panicked mid-way; the data is still usable
-/// for a simulator, and refusing every later request would hide the original failure.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Shared {
-    fn now_ms(&self) -> i64 {
-        chrono::Utc::now().timestamp_millis() + self.clock_offset_ms.load(Ordering::Relaxed)
-    }
-
     pub(crate) fn now(&self) -> i64 {
-        self.now_ms().div_euclid(1000)
+        self.kit.now()
     }
 
-    /// The simulator clock in RFC 7231 format, for the `Date` header.
-    pub(crate) fn http_date(&self) -> String {
-        chrono::DateTime::from_timestamp(self.now(), 0)
-            .unwrap_or_default()
-            .format("%a, %d %b %Y %H:%M:%S GMT")
-            .to_string()
-    }
-
-    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Store> {
-        self.store.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Store> {
-        self.store.write().unwrap_or_else(|e| e.into_inner())
-    }
-
+    /// A Stripe-looking request id (`req_` and 14 characters), from the seed.
     pub(crate) fn next_request_id(&self) -> String {
-        let n = self.request_counter.fetch_add(1, Ordering::Relaxed);
-        let mut h = self.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let n = self.kit.next_request_number();
+        let mut h = self.kit.seed() ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let mut id = String::from("req_");
         for _ in 0..14 {
             h = h
@@ -234,85 +179,55 @@ impl Shared {
         id
     }
 
-    pub(crate) fn count_request(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn admit(&self, now: Instant) -> bool {
-        let admitted = lock(&self.limiter).admit(now);
-        if !admitted {
-            self.rate_limited.fetch_add(1, Ordering::Relaxed);
-        }
-        admitted
-    }
-
-    pub(crate) fn faults_before(&self) -> Before {
-        let before = lock(&self.faults).before();
-        let n = u64::from(before.error.is_some()) + u64::from(before.delay.is_some());
-        self.faults_injected.fetch_add(n, Ordering::Relaxed);
-        before
-    }
-
-    pub(crate) fn faults_after(&self) -> After {
-        let after = lock(&self.faults).after();
-        let n = u64::from(after.truncate) + u64::from(after.malformed);
-        self.faults_injected.fetch_add(n, Ordering::Relaxed);
-        after
-    }
-
-    pub(crate) fn faults(&self) -> Faults {
-        lock(&self.faults).get()
-    }
-
-    /// The list query as a hostile server reads it (see `Faults::repeat_cursor`).
+    /// The list query as a hostile server reads it: without its pagination cursor when a
+    /// cursor fault applies, so the walk gets its first page (with `has_more`) again
+    /// (`repeat_cursor`), or goes A → B → A → B (`cycle_cursor`).
     pub(crate) fn hostile_query(&self, query: &str) -> String {
-        let rewritten = lock(&self.faults).hostile_query(query);
-        if rewritten != query {
-            self.faults_injected.fetch_add(1, Ordering::Relaxed);
+        let is_cursor =
+            |pair: &str| pair.starts_with("starting_after=") || pair.starts_with("ending_before=");
+        let Some(cursor) = query.split('&').find(|p| is_cursor(p)) else {
+            return query.to_owned();
+        };
+        if self.kit.cursor_fault(cursor).is_none() {
+            return query.to_owned();
         }
-        rewritten
+        self.kit.inject(1);
+        query
+            .split('&')
+            .filter(|p| !is_cursor(p))
+            .collect::<Vec<_>>()
+            .join("&")
     }
 
     /// The shape fault to apply to this list body, if any.
     pub(crate) fn bad_shape(&self) -> Option<BadShape> {
-        let shape = lock(&self.faults).bad_shape();
+        let shape = self.kit.shape_fault(|f| f.bad_shape);
         if shape.is_some() {
-            self.faults_injected.fetch_add(1, Ordering::Relaxed);
+            self.kit.inject(1);
         }
         shape
     }
 
-    pub(crate) fn set_faults(&self, faults: Faults) {
-        lock(&self.faults).set(faults);
-    }
-
-    pub(crate) fn set_rate_limit(&self, rps: Option<f64>) {
-        lock(&self.limiter).set_rate(rps);
-    }
-
     pub(crate) fn advance_clock(&self, by: Duration) {
-        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX / 4);
-        self.clock_offset_ms.fetch_add(ms, Ordering::Relaxed);
-        let now = self.now();
-        let mut store = self.write();
+        self.kit.clock.advance(by);
+        self.clock_moved(self.now());
+    }
+
+    /// Events older than 30 days of the new time are forgotten; balances settle.
+    pub(crate) fn clock_moved(&self, now: i64) {
+        let mut store = self.store.write();
         store.prune_events(now);
         store.settle(now);
     }
 
     pub(crate) fn stats(&self) -> Stats {
+        let counters = self.kit.counters();
         Stats {
-            requests: self.requests.load(Ordering::Relaxed),
-            rate_limited: self.rate_limited.load(Ordering::Relaxed),
-            max_admitted_per_second: lock(&self.limiter).max_per_second(),
-            faults_injected: self.faults_injected.load(Ordering::Relaxed),
+            requests: counters.requests,
+            rate_limited: counters.rate_limited,
+            max_admitted_per_second: counters.max_admitted_per_window,
+            faults_injected: counters.faults_injected,
         }
-    }
-
-    pub(crate) fn reset_stats(&self) {
-        self.requests.store(0, Ordering::Relaxed);
-        self.rate_limited.store(0, Ordering::Relaxed);
-        self.faults_injected.store(0, Ordering::Relaxed);
-        lock(&self.limiter).reset_stats();
     }
 }
 
@@ -321,16 +236,13 @@ impl Shared {
 #[derive(Debug)]
 pub struct StripeSandbox {
     shared: Arc<Shared>,
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    server: Server,
 }
 
 impl StripeSandbox {
     /// Seeds the account and serves it on `127.0.0.1:port` (0 = an ephemeral port) from a
     /// tokio task. Seeding runs on a blocking thread: 100k charges take a moment.
     pub async fn start(config: SandboxConfig, port: u16) -> std::io::Result<StripeSandbox> {
-        let offset_ms = 0;
         let start = chrono::Utc::now().timestamp_millis().div_euclid(1000);
         let (seed, records) = (config.seed, config.records);
         let store = tokio::task::spawn_blocking(move || Store::generate(seed, start, records))
@@ -338,49 +250,25 @@ impl StripeSandbox {
             .map_err(std::io::Error::other)?
             .map_err(|e: ApiError| std::io::Error::other(e.message))?;
         let shared = Arc::new(Shared {
-            store: RwLock::new(store),
-            clock_offset_ms: AtomicI64::new(offset_ms),
-            limiter: Mutex::new(Limiter::new(config.rate_limit)),
-            faults: Mutex::new(FaultState::new(config.seed)),
-            requests: AtomicU64::new(0),
-            rate_limited: AtomicU64::new(0),
-            faults_injected: AtomicU64::new(0),
-            request_counter: AtomicU64::new(0),
-            seed: config.seed,
+            store: StoreLock::new(store),
+            kit: Kit::new(KitConfig {
+                seed: config.seed,
+                rate_limit: config.rate_limit.map(RateLimit::per_second),
+                measure: Measure::Fixed(Duration::from_secs(1)),
+                error_statuses: &[500, 503],
+            }),
             gzip: config.gzip,
-        });
-
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-        let addr = listener.local_addr()?;
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            // Small error responses must not wait for Nagle.
-            let _ = tcp.set_nodelay(true);
         });
         let router = axum::Router::new()
             .fallback(http::handle)
             .with_state(Arc::clone(&shared));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(error) = served {
-                tracing::warn!(%error, "Stripe sandbox server stopped with an error.");
-            }
-        });
-        Ok(StripeSandbox {
-            shared,
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        })
+        let server = Server::start(port, router, "Stripe").await?;
+        Ok(StripeSandbox { shared, server })
     }
 
     /// The base URL, `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     /// A key the sandbox accepts (any `sk_test_...` or `rk_test_...` key is accepted).
@@ -408,6 +296,7 @@ impl StripeSandbox {
             };
             let now = self.now();
             self.shared
+                .store
                 .write()
                 .create(kind, fields, now, &Origin::default())
         })();
@@ -424,6 +313,7 @@ impl StripeSandbox {
         };
         let now = self.now();
         self.shared
+            .store
             .write()
             .update(kind, id, |_| Ok(fields), now, &Origin::default())
             .ok()
@@ -437,6 +327,7 @@ impl StripeSandbox {
         };
         let now = self.now();
         self.shared
+            .store
             .write()
             .delete(kind, id, now, &Origin::default())
             .is_ok()
@@ -445,7 +336,7 @@ impl StripeSandbox {
     /// Live ids of a resource, newest first (empty for an unknown resource).
     pub fn ids(&self, resource: &str) -> Vec<String> {
         kind_of(resource)
-            .map(|k| self.shared.read().ids(k))
+            .map(|k| self.shared.store.read().ids(k))
             .unwrap_or_default()
     }
 
@@ -453,19 +344,19 @@ impl StripeSandbox {
     /// `{"id", "object", "deleted": true}` stub).
     pub fn get(&self, resource: &str, id: &str) -> Option<Value> {
         let kind = kind_of(resource).ok()?;
-        self.shared.read().get_value(kind, id, self.now())
+        self.shared.store.read().get_value(kind, id, self.now())
     }
 
     /// Forgets every event so far, for tests that count the events they cause themselves
     /// (a real account's feed is never empty for long: see the module docs).
     pub fn clear_events(&self) {
-        self.shared.write().clear_events();
+        self.shared.store.write().clear_events();
     }
 
     /// The newest `n` events (any age within retention), newest first, parsed.
     pub fn latest_events(&self, n: usize) -> Vec<Value> {
         let now = self.now();
-        let store = self.shared.read();
+        let store = self.shared.store.read();
         store
             .ids(Kind::Event)
             .into_iter()
@@ -476,12 +367,14 @@ impl StripeSandbox {
 
     /// Replaces the injected faults.
     pub fn set_faults(&self, faults: Faults) {
-        self.shared.set_faults(faults);
+        self.shared.kit.set_faults(faults);
     }
 
     /// Changes the admitted requests per second (`None` = unlimited).
     pub fn set_rate_limit(&self, rps: Option<f64>) {
-        self.shared.set_rate_limit(rps);
+        self.shared
+            .kit
+            .set_rate_limit(rps.map(RateLimit::per_second));
     }
 
     /// Moves the simulator clock forward; events older than 30 days of it are forgotten.
@@ -497,7 +390,7 @@ impl StripeSandbox {
             http::valid_api_version(version),
             "not a Stripe API version: {version}"
         );
-        self.shared.write().set_account_version(version);
+        self.shared.store.write().set_account_version(version);
     }
 
     /// Simulator time, unix seconds.
@@ -510,30 +403,12 @@ impl StripeSandbox {
     }
 
     pub fn reset_stats(&self) {
-        self.shared.reset_stats();
+        self.shared.kit.reset_stats();
     }
 
     /// Stops accepting connections and waits (up to 5 s) for in-flight requests.
-    pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(mut task) = self.task.take()
-            && tokio::time::timeout(Duration::from_secs(5), &mut task)
-                .await
-                .is_err()
-        {
-            // A client holding a keep-alive connection open must not hang the caller.
-            task.abort();
-        }
-    }
-}
-
-impl Drop for StripeSandbox {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
     }
 }
 

@@ -12,7 +12,7 @@ use tributary_sdk::cursor::decode;
 use tributary_sdk::pagination::scan_envelope;
 use tributary_sdk::{Connector, Error, Page, ReadRequest, Records, Secret, SourceContext};
 
-use crate::sandbox::{BadShape, Faults, SandboxConfig, StripeSandbox};
+use crate::sandbox::{BadShape, Faults, SandboxConfig, StripeFaults, StripeSandbox};
 use crate::streams::Cursor;
 use crate::{Stripe, StripeConfig};
 
@@ -885,10 +885,13 @@ async fn an_events_walk_with_empty_pages_that_say_more_stops() {
     let stripe = stripe(&sandbox, 5);
     let pages = read(&stripe, "events", None, false).await;
     let cursor = pages.last().unwrap().cursor.clone();
-    sandbox.set_faults(Faults {
-        bad_shape: Some(BadShape::EmptyHasMore),
-        ..Faults::default()
-    });
+    sandbox.set_faults(
+        StripeFaults {
+            bad_shape: Some(BadShape::EmptyHasMore),
+            ..StripeFaults::default()
+        }
+        .into(),
+    );
     sandbox.reset_stats();
     let (pages, err) = read_until_error(&stripe, "events", Some(cursor)).await;
     assert!(pages.is_empty());
@@ -916,8 +919,11 @@ async fn list_pages_of_the_wrong_shape_fail_the_stream_and_land_nothing() {
     ] {
         // The anchor request and the first page are intact; the second page is not.
         sandbox.set_faults(Faults {
-            bad_shape: Some(shape),
             bad_shape_after: 2,
+            vendor: StripeFaults {
+                bad_shape: Some(shape),
+                ..StripeFaults::default()
+            },
             ..Faults::default()
         });
         sandbox.reset_stats();

@@ -42,8 +42,9 @@
 //! - Plans: resources the account's plan does not include ([`SandboxConfig::unavailable`],
 //!   [`ZendeskSandbox::set_unavailable`]) answer 403 `Forbidden` with Zendesk's "You do
 //!   not have access to this page" description.
-//! - Faults on demand: 500/503, 429s, slow responses, bodies cut short, malformed JSON,
-//!   and lists that fail past their first page.
+//! - Faults on demand (the sandbox kit's, seeded): 500/503, 429s, slow responses, bodies
+//!   cut short, malformed JSON; and Zendesk's own ([`ZendeskFaults`]): cursors that repeat
+//!   or cycle, bodies of the wrong shape, lists that fail past their first page.
 //!
 //! Zendesk's own error JSON throughout, a `Date` header from the simulator's clock (which
 //! tests can move forward), and compact JSON bodies.
@@ -58,14 +59,14 @@
 //!
 //! # Control endpoints (no credentials needed)
 //!
-//! `GET /_sandbox/stats`, `POST /_sandbox/stats/reset`, `GET|POST /_sandbox/faults` (a
+//! The sandbox kit's, as for every simulator (`tributary_sandbox_kit::control`), with
+//! Zendesk's two limits in `rate_limit`: `GET /_sandbox/stats`, `POST /_sandbox/stats/reset`, `GET|POST /_sandbox/faults` (a
 //! [`Faults`] JSON, missing fields default to off), `POST /_sandbox/clock`
 //! `{"advance_seconds": N}`, `POST /_sandbox/rate_limit` `{"window_seconds": s,
 //! "requests": n, "export_requests": m}` (an empty object turns limiting off),
 //! `GET|POST /_sandbox/plan` `{"unavailable": ["ticket_forms"]}` (the resources the plan
 //! does not include; an empty list includes all).
 
-mod control;
 mod error;
 mod generate;
 mod http;
@@ -73,17 +74,16 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tributary_sandbox_kit::{
+    Kit, KitConfig, Measure, RateLimit, Refused, SandboxError, Server, StoreLock, Window, lock,
+};
 
-use control::{After, Before, FaultState, Limiter, Quota, Refused};
 use error::ApiError;
 use store::{Kind, Store};
 
@@ -110,7 +110,24 @@ impl RateLimits {
             export_requests: 10,
         }
     }
+
+    fn account(self) -> RateLimit {
+        RateLimit {
+            requests: self.requests,
+            window: self.window,
+        }
+    }
+
+    fn export(self) -> RateLimit {
+        RateLimit {
+            requests: self.export_requests,
+            window: self.window,
+        }
+    }
 }
+
+/// The window statistics are measured over when no limit is set.
+const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 
 /// How the simulated account is seeded and served.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,39 +155,17 @@ impl Default for SandboxConfig {
     }
 }
 
-/// Faults to inject into `/api/v2` responses. Each "next" counter applies to that many
-/// upcoming requests before its probability (0..1) takes over.
+/// Faults to inject into `/api/v2` responses: the kit's common ones (500/503 with
+/// Zendesk's `InternalError`, 429 `APIRateLimitExceeded` with `Retry-After: 1`, slow
+/// answers, cut and malformed bodies) and Zendesk's own ([`ZendeskFaults`]), in one JSON.
+pub type Faults = tributary_sandbox_kit::Faults<ZendeskFaults>;
+
+/// The faults only the Zendesk simulator has.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct Faults {
-    /// Probability of answering 500 or 503.
-    pub error_rate: f64,
-    /// Answer the next N requests with 500 or 503.
-    pub error_next: u32,
-    /// Answer the next N requests with 429 and `Retry-After: 1`, whatever the limits.
-    pub throttle_next: u32,
-    /// Delay of a slow response, in milliseconds.
-    pub slow_ms: u64,
-    /// Probability that a response is delayed by `slow_ms` (which alone does nothing).
-    pub slow_rate: f64,
-    /// Probability that a successful body is cut in half after a full `Content-Length`.
-    pub truncate_rate: f64,
-    /// Truncate the next N successful bodies.
-    pub truncate_next: u32,
-    /// Probability that a successful response is 200 with a malformed JSON body.
-    pub malformed_rate: f64,
-    /// Malform the next N successful bodies.
-    pub malformed_next: u32,
-    /// A vendor that never stops: a page requested with a cursor (an export's `cursor`, a
-    /// list's `page[after]`) names that same cursor as the next one and says there is more.
-    pub repeat_cursor: bool,
-    /// A vendor whose cursors cycle: the first page requested with a cursor is answered
-    /// properly, every later one names that first cursor as the next (A → B → A).
-    pub cycle_cursor: bool,
+pub struct ZendeskFaults {
     /// Answer list and export pages with a body that is not the documented shape.
     pub bad_shape: Option<BadShape>,
-    /// List and export pages answered intact before `bad_shape` applies (to every later one).
-    pub bad_shape_after: u32,
     /// Answer 403 `Forbidden` (not retried) to every cursor-paginated list request past
     /// its first page (one with `page[after]`) until turned off: a snapshot that keeps
     /// failing part-way, as when the token loses access during a run.
@@ -206,154 +201,191 @@ pub struct Stats {
     pub faults_injected: u64,
 }
 
+/// What the quota headers of an admitted request say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Quota {
+    /// The account's limit, remaining requests and seconds to a free slot
+    /// (`X-Rate-Limit`, `X-Rate-Limit-Remaining`, `ratelimit-limit`, `ratelimit-remaining`,
+    /// `ratelimit-reset`: Zendesk documents all of them as the account-wide limit).
+    pub(crate) account: Option<(u32, u32, u64)>,
+    /// On export requests, the exports' own limit, likewise
+    /// (`Zendesk-RateLimit-incremental-exports-cursor: total=; remaining=; resets=`).
+    pub(crate) export: Option<(u32, u32, u64)>,
+}
+
 /// State shared by the HTTP handler and the Rust API.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    store: RwLock<Store>,
-    /// Simulator time minus real time, in milliseconds.
-    clock_offset_ms: AtomicI64,
-    limiter: Mutex<Limiter>,
-    faults: Mutex<FaultState>,
+    pub(crate) store: StoreLock<Store>,
+    /// Clock, the account's rate limit, faults and the common counters.
+    pub(crate) kit: Kit<ZendeskFaults>,
+    /// The incremental exports' own, stricter limit (the account's is the kit's).
+    export_limit: Mutex<Window>,
     /// Resources the plan does not include.
-    unavailable: RwLock<Vec<String>>,
-    requests: AtomicU64,
+    unavailable: StoreLock<Vec<String>>,
     export_requests: AtomicU64,
-    rate_limited: AtomicU64,
-    faults_injected: AtomicU64,
-    request_counter: AtomicU64,
-}
-
-/// A poisoned lock only means another request panicked mid-way; the data is still usable
-/// for a simulator, and refusing every later request would hide the original failure.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Shared {
+    fn new(store: Store, config: SandboxConfig) -> Shared {
+        let measure = Measure::LimitWindow(DEFAULT_WINDOW);
+        Shared {
+            store: StoreLock::new(store),
+            kit: Kit::new(KitConfig {
+                seed: config.seed,
+                rate_limit: config.rate_limits.map(RateLimits::account),
+                measure,
+                error_statuses: &[500, 503],
+            }),
+            export_limit: Mutex::new(Window::new(
+                config.rate_limits.map(RateLimits::export),
+                measure,
+            )),
+            unavailable: StoreLock::new(config.unavailable),
+            export_requests: AtomicU64::new(0),
+        }
+    }
+
     pub(crate) fn now(&self) -> i64 {
-        (chrono::Utc::now().timestamp_millis() + self.clock_offset_ms.load(Ordering::Relaxed))
-            .div_euclid(1000)
-    }
-
-    /// The simulator clock in RFC 7231 format, for the `Date` header.
-    pub(crate) fn http_date(&self) -> String {
-        chrono::DateTime::from_timestamp(self.now(), 0)
-            .unwrap_or_default()
-            .format("%a, %d %b %Y %H:%M:%S GMT")
-            .to_string()
-    }
-
-    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Store> {
-        self.store.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Store> {
-        self.store.write().unwrap_or_else(|e| e.into_inner())
+        self.kit.now()
     }
 
     pub(crate) fn next_request_id(&self) -> String {
-        let n = self.request_counter.fetch_add(1, Ordering::Relaxed);
+        let n = self.kit.next_request_number();
         format!("{:016x}", n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
     }
 
     pub(crate) fn count_request(&self, export: bool) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.kit.count_request();
         if export {
             self.export_requests.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    pub(crate) fn admit(&self, export: bool) -> Result<Quota, Refused> {
-        let admitted = lock(&self.limiter).admit(export, Instant::now());
-        if admitted.is_err() {
-            self.rate_limited.fetch_add(1, Ordering::Relaxed);
+    /// Admits a request (counting it against both limits for an export request), or
+    /// refuses it without counting it: the export limit is checked first.
+    pub(crate) fn admit(&self, export: bool, now: Instant) -> Result<Quota, SandboxError> {
+        let refused = |r: Refused, limit| SandboxError::Throttled {
+            retry_after: r.retry_after,
+            injected: false,
+            limit,
+        };
+        let mut exports = lock(&self.export_limit);
+        if export && let Err(r) = exports.check(now) {
+            self.kit.count_rate_limited();
+            return Err(refused(r, "export"));
         }
-        admitted
+        let account = self.kit.admit(now).map_err(|r| refused(r, "account"))?;
+        if export {
+            exports.record(now);
+        }
+        Ok(Quota {
+            account,
+            export: if export { exports.quota(now) } else { None },
+        })
     }
 
-    pub(crate) fn faults_before(&self) -> Before {
-        let before = lock(&self.faults).before();
-        let n = u64::from(before.error.is_some()) + u64::from(before.delay.is_some());
-        self.faults_injected.fetch_add(n, Ordering::Relaxed);
-        before
-    }
-
-    pub(crate) fn faults_after(&self) -> After {
-        let after = lock(&self.faults).after();
-        let n = u64::from(after.truncate) + u64::from(after.malformed);
-        self.faults_injected.fetch_add(n, Ordering::Relaxed);
-        after
-    }
-
-    pub(crate) fn faults(&self) -> Faults {
-        lock(&self.faults).get()
-    }
-
-    /// A 200 list or export body as a hostile server sends it (see `Faults::repeat_cursor`
-    /// and `Faults::bad_shape`); `cursor` is the request's cursor, if it had one.
+    /// A 200 list or export body as a hostile server sends it (see the kit's cursor faults
+    /// and `ZendeskFaults::bad_shape`); `cursor` is the request's cursor, if it had one.
     pub(crate) fn hostile_body(&self, cursor: Option<&str>, body: Vec<u8>) -> Vec<u8> {
-        let (body, injected) = lock(&self.faults).hostile_body(cursor, body);
+        let (body, injected) = self.rewrite_page(cursor, body);
         if injected {
-            self.faults_injected.fetch_add(1, Ordering::Relaxed);
+            self.kit.inject(1);
         }
         body
     }
 
-    pub(crate) fn set_faults(&self, faults: Faults) {
-        lock(&self.faults).set(faults);
-    }
-
     /// Whether `resource` (`ticket_forms`, or an export's `tickets`) is off the plan.
     pub(crate) fn is_unavailable(&self, resource: &str) -> bool {
-        self.unavailable
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|r| r == resource)
+        self.unavailable.read().iter().any(|r| r == resource)
     }
 
     pub(crate) fn unavailable(&self) -> Vec<String> {
-        self.unavailable
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.unavailable.read().clone()
     }
 
     pub(crate) fn set_unavailable(&self, resources: Vec<String>) {
-        *self.unavailable.write().unwrap_or_else(|e| e.into_inner()) = resources;
+        *self.unavailable.write() = resources;
     }
 
     pub(crate) fn set_rate_limits(&self, limits: Option<RateLimits>) {
-        lock(&self.limiter).set(limits);
-    }
-
-    pub(crate) fn advance_clock(&self, by: Duration) {
-        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX / 4);
-        self.clock_offset_ms.fetch_add(ms, Ordering::Relaxed);
+        self.kit.set_rate_limit(limits.map(RateLimits::account));
+        lock(&self.export_limit).set(limits.map(RateLimits::export));
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        let (max, max_export) = lock(&self.limiter).max_in_window();
+        let counters = self.kit.counters();
         Stats {
-            requests: self.requests.load(Ordering::Relaxed),
+            requests: counters.requests,
             export_requests: self.export_requests.load(Ordering::Relaxed),
-            rate_limited: self.rate_limited.load(Ordering::Relaxed),
-            max_admitted_per_window: max,
-            max_export_admitted_per_window: max_export,
-            faults_injected: self.faults_injected.load(Ordering::Relaxed),
+            rate_limited: counters.rate_limited,
+            max_admitted_per_window: counters.max_admitted_per_window,
+            max_export_admitted_per_window: lock(&self.export_limit).max_in_window(),
+            faults_injected: counters.faults_injected,
         }
     }
 
-    pub(crate) fn reset_stats(&self) {
-        for counter in [
-            &self.requests,
-            &self.export_requests,
-            &self.rate_limited,
-            &self.faults_injected,
-        ] {
-            counter.store(0, Ordering::Relaxed);
+    /// Zeroes Zendesk's own statistics (the kit zeroes the common ones).
+    pub(crate) fn reset_own_stats(&self) {
+        self.export_requests.store(0, Ordering::Relaxed);
+        lock(&self.export_limit).reset_stats();
+    }
+}
+
+impl Shared {
+    /// Rewrites a 200 list or export body (one with an array of records, or an export
+    /// envelope) as the hostile faults say; whether anything was injected.
+    fn rewrite_page(&self, cursor: Option<&str>, body: Vec<u8>) -> (Vec<u8>, bool) {
+        let f = self.kit.faults();
+        if !f.repeat_cursor && !f.cycle_cursor && f.vendor.bad_shape.is_none() {
+            return (body, false);
         }
-        lock(&self.limiter).reset_stats();
+        let Ok(Value::Object(mut page)) = serde_json::from_slice::<Value>(&body) else {
+            return (body, false);
+        };
+        let is_export = page.contains_key("end_of_stream");
+        let is_list = page
+            .get("meta")
+            .is_some_and(|m| m.get("has_more").is_some());
+        if !is_export && !is_list {
+            return (body, false);
+        }
+        let mut injected = false;
+        if let Some(next) = cursor.and_then(|c| self.kit.cursor_fault(c)) {
+            injected = true;
+            if is_export {
+                page.insert("after_cursor".into(), Value::String(next));
+                page.insert("end_of_stream".into(), Value::Bool(false));
+            } else if let Some(Value::Object(meta)) = page.get_mut("meta") {
+                meta.insert("after_cursor".into(), Value::String(next));
+                meta.insert("has_more".into(), Value::Bool(true));
+            }
+        }
+        if let Some(shape) = self.kit.shape_fault(|f| f.bad_shape) {
+            injected = true;
+            match shape {
+                BadShape::RecordsObject => {
+                    let key = page
+                        .iter()
+                        .find(|(_, v)| v.is_array())
+                        .map(|(k, _)| k.clone());
+                    if let Some(key) = key {
+                        let first = page[&key].get(0).cloned().unwrap_or(Value::Null);
+                        page.insert(key, serde_json::json!({"0": first}));
+                    }
+                }
+                BadShape::EndOfStreamMissing => {
+                    page.remove("end_of_stream");
+                }
+                BadShape::HasMoreMissing => {
+                    if let Some(Value::Object(meta)) = page.get_mut("meta") {
+                        meta.remove("has_more");
+                    }
+                }
+            }
+        }
+        let body = serde_json::to_vec(&Value::Object(page)).unwrap_or_default();
+        (body, injected)
     }
 }
 
@@ -362,9 +394,7 @@ impl Shared {
 #[derive(Debug)]
 pub struct ZendeskSandbox {
     shared: Arc<Shared>,
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    server: Server,
 }
 
 impl ZendeskSandbox {
@@ -385,50 +415,17 @@ impl ZendeskSandbox {
         let store = tokio::task::spawn_blocking(move || generate::seed(seed, now, records))
             .await
             .map_err(std::io::Error::other)?;
-        let shared = Arc::new(Shared {
-            store: RwLock::new(store),
-            clock_offset_ms: AtomicI64::new(0),
-            limiter: Mutex::new(Limiter::new(config.rate_limits)),
-            faults: Mutex::new(FaultState::new(config.seed)),
-            unavailable: RwLock::new(config.unavailable),
-            requests: AtomicU64::new(0),
-            export_requests: AtomicU64::new(0),
-            rate_limited: AtomicU64::new(0),
-            faults_injected: AtomicU64::new(0),
-            request_counter: AtomicU64::new(0),
-        });
-
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-        let addr = listener.local_addr()?;
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            // Small error responses must not wait for Nagle.
-            let _ = tcp.set_nodelay(true);
-        });
+        let shared = Arc::new(Shared::new(store, config));
         let router = axum::Router::new()
             .fallback(http::handle)
             .with_state(Arc::clone(&shared));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(error) = served {
-                tracing::warn!(%error, "Zendesk sandbox server stopped with an error.");
-            }
-        });
-        Ok(ZendeskSandbox {
-            shared,
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        })
+        let server = Server::start(port, router, "Zendesk").await?;
+        Ok(ZendeskSandbox { shared, server })
     }
 
     /// The base URL, `http://127.0.0.1:PORT`, to configure as `api_base`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     /// Creates an object of `resource` (`"tickets"`, `"users"`, …): a generated one with the
@@ -440,7 +437,7 @@ impl ZendeskSandbox {
             let kind = kind_of(resource)?;
             let fields = as_map(fields)?;
             let now = self.now();
-            self.shared.write().create(kind, fields, now)
+            self.shared.store.write().create(kind, fields, now)
         })();
         match result {
             Ok(object) => Value::Object(object),
@@ -457,6 +454,7 @@ impl ZendeskSandbox {
         let fields = as_map(fields).ok()?;
         let now = self.now();
         self.shared
+            .store
             .write()
             .update(kind, id, fields, now)
             .ok()
@@ -471,13 +469,13 @@ impl ZendeskSandbox {
             return false;
         };
         let now = self.now();
-        self.shared.write().delete(kind, id, now).is_ok()
+        self.shared.store.write().delete(kind, id, now).is_ok()
     }
 
     /// Ids of the live (not deleted) objects of a resource, ascending; for
     /// `ticket_events`, every event id; for `tags`, the tags in use.
     pub fn ids(&self, resource: &str) -> Vec<String> {
-        let store = self.shared.read();
+        let store = self.shared.store.read();
         match resource {
             "ticket_events" => store
                 .events
@@ -495,12 +493,18 @@ impl ZendeskSandbox {
     pub fn get(&self, resource: &str, id: &str) -> Option<Value> {
         let kind = kind_of(resource).ok()?;
         let id = id.parse().ok()?;
-        self.shared.read().get(kind, id).cloned().map(Value::Object)
+        self.shared
+            .store
+            .read()
+            .get(kind, id)
+            .cloned()
+            .map(Value::Object)
     }
 
     /// The ticket events of ticket `id`, oldest first.
     pub fn ticket_events(&self, ticket: &str) -> Vec<Value> {
         self.shared
+            .store
             .read()
             .events
             .iter()
@@ -511,7 +515,7 @@ impl ZendeskSandbox {
 
     /// Replaces the injected faults.
     pub fn set_faults(&self, faults: Faults) {
-        self.shared.set_faults(faults);
+        self.shared.kit.set_faults(faults);
     }
 
     /// Sets the resources the account's plan does not include (replacing the list):
@@ -530,7 +534,7 @@ impl ZendeskSandbox {
     /// Moves the simulator clock forward, e.g. past the exports' one-minute exclusion
     /// window.
     pub fn advance_clock(&self, by: Duration) {
-        self.shared.advance_clock(by);
+        self.shared.kit.clock.advance(by);
     }
 
     /// Simulator time, Unix seconds.
@@ -545,30 +549,13 @@ impl ZendeskSandbox {
 
     /// Zeroes the statistics.
     pub fn reset_stats(&self) {
-        self.shared.reset_stats();
+        self.shared.kit.reset_stats();
+        self.shared.reset_own_stats();
     }
 
     /// Stops accepting connections and waits (up to 5 s) for in-flight requests.
-    pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(mut task) = self.task.take()
-            && tokio::time::timeout(Duration::from_secs(5), &mut task)
-                .await
-                .is_err()
-        {
-            // A client holding a keep-alive connection open must not hang the caller.
-            task.abort();
-        }
-    }
-}
-
-impl Drop for ZendeskSandbox {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
     }
 }
 

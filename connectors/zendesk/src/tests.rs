@@ -15,7 +15,7 @@ use tributary_sdk::cursor::{decode, encode};
 use tributary_sdk::schema::ColumnType;
 use tributary_sdk::{Connector, Error, Page, ReadRequest, Records, Secret, SourceContext};
 
-use crate::sandbox::{BadShape, Faults, SandboxConfig, ZendeskSandbox};
+use crate::sandbox::{BadShape, Faults, SandboxConfig, ZendeskFaults, ZendeskSandbox};
 use crate::streams::{Cursor, STREAMS};
 use crate::{Zendesk, ZendeskConfig};
 
@@ -708,8 +708,11 @@ async fn pages_of_the_wrong_shape_fail_the_stream_and_land_nothing() {
         ),
     ] {
         sandbox.set_faults(Faults {
-            bad_shape: Some(shape),
             bad_shape_after: 1,
+            vendor: ZendeskFaults {
+                bad_shape: Some(shape),
+                ..ZendeskFaults::default()
+            },
             ..Faults::default()
         });
         sandbox.reset_stats();
@@ -830,10 +833,13 @@ async fn a_403_to_the_credentials_themselves_stays_a_credentials_error() {
 async fn a_403_part_way_through_a_walk_is_a_failure_not_a_plan() {
     let sandbox = sandbox(40).await;
     let zendesk = zendesk(&sandbox, 1000, 2);
-    sandbox.set_faults(Faults {
-        forbid_after_first_page: true,
-        ..Faults::default()
-    });
+    sandbox.set_faults(
+        ZendeskFaults {
+            forbid_after_first_page: true,
+            ..ZendeskFaults::default()
+        }
+        .into(),
+    );
     let (pages, err) = read_until_error(&zendesk, "ticket_metrics", None).await;
     assert_eq!(pages.len(), 1, "the first page landed");
     assert!(matches!(err, Error::Auth { status: 403, .. }), "{err}");

@@ -325,6 +325,7 @@ async fn sigkill_at_random_moments_then_resume_lands_everything_exactly_once() {
     // Slow answers, so a whole sync takes a few seconds and the kills land inside it.
     env.sandbox.set_faults(Faults {
         slow_ms: 100,
+        slow_rate: 1.0,
         ..Faults::default()
     });
     let env = &env;

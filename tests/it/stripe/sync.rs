@@ -348,10 +348,13 @@ async fn an_interrupted_full_refresh_keeps_every_row_until_it_completes() {
     // A customer is deleted at Stripe; then a full refresh fails after its first page.
     let gone = before[before.len() / 2].clone();
     assert!(env.sandbox.delete("customers", &gone));
-    env.sandbox.set_faults(Faults {
-        forbid_after_first_page: true,
-        ..Default::default()
-    });
+    env.sandbox.set_faults(
+        tributary_stripe::sandbox::StripeFaults {
+            forbid_after_first_page: true,
+            ..Default::default()
+        }
+        .into(),
+    );
     let out = env.run(&["sync", "--full-refresh"]).await;
     assert_eq!(
         out.status.code(),

@@ -2,7 +2,7 @@
 //! leaves every earlier row in the table (updated in place where its first pages reached),
 //! and the next complete snapshot removes what the vendor no longer lists.
 
-use tributary_zendesk::sandbox::Faults;
+use tributary_zendesk::sandbox::{Faults, ZendeskFaults};
 
 use super::ZendeskEnv;
 use crate::common::{id_counts, latest_by_id, read_table};
@@ -46,10 +46,13 @@ async fn a_failed_snapshot_keeps_every_row_until_one_completes() {
     assert!(env.sandbox.delete("group_memberships", &gone));
     let deleted_group = env.sandbox.ids("groups")[0].clone();
     assert!(env.sandbox.delete("groups", &deleted_group));
-    env.sandbox.set_faults(Faults {
-        forbid_after_first_page: true,
-        ..Default::default()
-    });
+    env.sandbox.set_faults(
+        ZendeskFaults {
+            forbid_after_first_page: true,
+            ..Default::default()
+        }
+        .into(),
+    );
     let out = env.run(&["sync"]).await;
     assert_eq!(
         out.status.code(),

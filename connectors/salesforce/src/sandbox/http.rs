@@ -2,23 +2,23 @@
 //! fault injection, the REST and Bulk API 2.0 routes, and the `/_sandbox/...` control
 //! endpoints.
 
-use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::Instant;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::response::Response;
 use serde_json::{Value, json};
+use tributary_sandbox_kit::gzip::{self, accepts_gzip};
+use tributary_sandbox_kit::{Kit, SandboxError, Vendor, control, response};
 
 use super::error::{ApiError, OAuthError};
 use super::org::QueryResult;
 use super::soql::{self, Selection};
 use super::{
-    BadShape, BulkRefusal, CLIENT_ID, CLIENT_SECRET, Faults, JWT_PUBLIC_KEY, Job, REFRESH_TOKEN,
-    Shared, USERNAME, lock, now,
+    BadShape, BulkRefusal, CLIENT_ID, CLIENT_SECRET, JWT_PUBLIC_KEY, Job, REFRESH_TOKEN,
+    SalesforceFaults, Shared, Stats, USERNAME, lock,
 };
 use crate::auth::{Claims, JWT_BEARER_GRANT};
 
@@ -57,11 +57,27 @@ impl Answer {
         Answer {
             status: e.status,
             body: e.body(),
-            content_type: "application/json;charset=UTF-8",
+            content_type: JSON,
             headers: Vec::new(),
         }
     }
+
+    /// What the kit decided instead of the API, in Salesforce's error shape.
+    fn kit(shared: &Shared, e: &SandboxError) -> Answer {
+        Answer {
+            status: e.status(),
+            body: shared.error_body(e),
+            content_type: JSON,
+            headers: e
+                .retry_after()
+                .map(|s| ("Retry-After", s.to_string()))
+                .into_iter()
+                .collect(),
+        }
+    }
 }
+
+const JSON: &str = "application/json;charset=UTF-8";
 
 /// The single handler behind every path.
 pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
@@ -77,11 +93,16 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
     let query = parts.uri.query().unwrap_or_default().to_owned();
 
     if let Some(control) = path.strip_prefix("/_sandbox/") {
-        let answer = match control_endpoint(&shared, &parts.method, control, &body) {
-            Ok(value) => Answer::json(&value),
-            Err(e) => Answer::error(&e),
-        };
-        return respond(answer, false);
+        let (status, body) = control::control(&*shared, &parts.method, control, &body);
+        return respond(
+            Answer {
+                status,
+                body,
+                content_type: JSON,
+                headers: Vec::new(),
+            },
+            false,
+        );
     }
     if path == "/services/oauth2/token" {
         let answer = if parts.method == Method::POST {
@@ -105,17 +126,20 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
     answer
         .headers
         .push(("Sforce-Limit-Info", format!("api-usage={used}/{limit}")));
-    let truncate = answer.status == 200 && {
-        let mut faults = lock(&shared.faults);
-        let hit = faults.truncate_next > 0;
-        if hit {
-            faults.truncate_next -= 1;
-        }
-        hit
+    let after = if answer.status == 200 {
+        shared.kit.after()
+    } else {
+        Default::default()
     };
-    if truncate {
-        shared.stat(|s| s.faults_injected += 1);
-        return truncated(answer);
+    if after.malformed {
+        response::malform(
+            &mut answer.body,
+            b"\n<html><body>503 Service Unavailable</body></html>",
+        );
+    }
+    if after.truncate {
+        let headers = headers_of(answer.content_type, &answer.headers, false);
+        return response::truncated(answer.status, headers, answer.body);
     }
     respond(answer, gzip)
 }
@@ -157,8 +181,8 @@ fn too_long(parts: &axum::http::request::Parts) -> Option<Response> {
 /// Breaks a 200 query page or Bulk results page the way the hostile faults say. `rest` is
 /// the path below `/services/data/v`.
 fn hostile(shared: &Shared, rest: &str, query: &str, answer: &mut Answer) {
-    let faults = lock(&shared.faults).clone();
-    if !faults.repeat_cursor && !faults.cycle_cursor && faults.bad_shape.is_none() {
+    let faults = shared.kit.faults();
+    if !faults.repeat_cursor && !faults.cycle_cursor && faults.vendor.bad_shape.is_none() {
         return;
     }
     let segments: Vec<&str> = rest.split('/').skip(1).collect();
@@ -173,15 +197,7 @@ fn hostile(shared: &Shared, rest: &str, query: &str, answer: &mut Answer) {
         ),
         _ => return,
     };
-    let mut state = lock(&shared.hostile);
-    let next = match &cursor {
-        Some(c) if faults.repeat_cursor => Some(c.clone()),
-        Some(c) if faults.cycle_cursor => {
-            let first = state.cycle_first.get_or_insert_with(|| c.clone());
-            (first != c).then(|| first.clone())
-        }
-        _ => None,
-    };
+    let next = cursor.and_then(|c| shared.kit.cursor_fault(&c));
     let mut injected = next.is_some();
     if is_query {
         let Ok(Value::Object(mut page)) = serde_json::from_slice::<Value>(&answer.body) else {
@@ -191,10 +207,7 @@ fn hostile(shared: &Shared, rest: &str, query: &str, answer: &mut Answer) {
             page.insert("nextRecordsUrl".into(), Value::String(next));
             page.insert("done".into(), Value::Bool(false));
         }
-        state.queries_served = state.queries_served.saturating_add(1);
-        if let Some(shape) = faults.bad_shape
-            && state.queries_served > faults.bad_shape_after
-        {
+        if let Some(shape) = shared.kit.shape_fault(|f| f.bad_shape) {
             injected = true;
             match shape {
                 BadShape::RecordsObject => {
@@ -214,7 +227,7 @@ fn hostile(shared: &Shared, rest: &str, query: &str, answer: &mut Answer) {
         }
     }
     if injected {
-        shared.stat(|s| s.faults_injected += 1);
+        shared.kit.inject(1);
     }
 }
 
@@ -268,24 +281,11 @@ async fn api(
     }
     shared.stat(|s| s.api_requests += 1);
 
-    let (slow, fail) = {
-        let mut faults = lock(&shared.faults);
-        let fail = faults.error_next > 0;
-        if fail {
-            faults.error_next -= 1;
-        }
-        (faults.slow_ms, fail)
-    };
-    if slow > 0 {
-        tokio::time::sleep(Duration::from_millis(slow)).await;
+    if let Err(e) = shared.kit.admit_request(Instant::now()) {
+        return Answer::kit(shared, &e);
     }
-    if fail {
-        shared.stat(|s| s.faults_injected += 1);
-        return Answer::error(&ApiError::new(
-            503,
-            "SERVER_UNAVAILABLE",
-            "The server is temporarily unavailable. Please try again later.",
-        ));
+    if let Some(e) = shared.kit.before_answer("account").await {
+        return Answer::kit(shared, &e);
     }
 
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
@@ -318,7 +318,7 @@ async fn api(
 }
 
 fn describe_global(shared: &Shared) -> Answer {
-    let org = shared.read();
+    let org = shared.org.read();
     let sobjects: Vec<Value> = org
         .tables
         .iter()
@@ -339,7 +339,7 @@ fn describe_global(shared: &Shared) -> Answer {
 }
 
 fn describe(shared: &Shared, object: &str) -> Result<Answer, ApiError> {
-    let org = shared.read();
+    let org = shared.org.read();
     let table = org
         .table(object)
         .ok_or_else(|| ApiError::not_found_object(object))?;
@@ -393,7 +393,7 @@ fn batch_size(headers: &HeaderMap) -> usize {
 
 fn run_query(shared: &Shared, soql_text: &str, all: bool) -> Result<QueryResult, ApiError> {
     let q = soql::parse(soql_text).map_err(ApiError::malformed)?;
-    shared.read().query(&q, all)
+    shared.org.read().query(&q, all)
 }
 
 fn start_query(
@@ -527,9 +527,9 @@ fn render_record(version: &str, result: &QueryResult, row: &[Value]) -> String {
 }
 
 fn create_job(shared: &Shared, body: &[u8]) -> Result<Answer, ApiError> {
-    let refusal = lock(&shared.faults).bulk_refusal;
+    let refusal = shared.kit.faults().vendor.bulk_refusal;
     if let Some(refusal) = refusal {
-        shared.stat(|s| s.faults_injected += 1);
+        shared.kit.inject(1);
         return Err(match refusal {
             BulkRefusal::DailyJobLimit => ApiError::new(
                 400,
@@ -584,7 +584,7 @@ fn create_job(shared: &Shared, body: &[u8]) -> Result<Answer, ApiError> {
             format!("Entity '{}' is not supported by the Bulk API.", q.object),
         ));
     }
-    let result = shared.read().query(&q, operation == "queryAll")?;
+    let result = shared.org.read().query(&q, operation == "queryAll")?;
     if result.compound_selected {
         return Err(ApiError::new(
             400,
@@ -593,7 +593,7 @@ fn create_job(shared: &Shared, body: &[u8]) -> Result<Answer, ApiError> {
         ));
     }
     let types: Vec<String> = {
-        let org = shared.read();
+        let org = shared.org.read();
         let meta = org.table(&result.object).map(|t| t.meta.clone());
         result
             .select
@@ -622,7 +622,7 @@ fn create_job(shared: &Shared, body: &[u8]) -> Result<Answer, ApiError> {
         operation,
         state: "UploadComplete".into(),
         polls_left: shared.bulk_polls,
-        created: super::org::format_datetime(now()),
+        created: super::org::format_datetime(shared.now()),
         header: result.select.clone(),
         rows,
     };
@@ -902,88 +902,104 @@ fn verify_assertion(shared: &Shared, assertion: &str) -> Result<(), OAuthError> 
     Ok(())
 }
 
-fn control_endpoint(
-    shared: &Shared,
-    method: &Method,
-    path: &str,
-    body: &[u8],
-) -> Result<Value, ApiError> {
-    let parse = || -> Result<Value, ApiError> {
-        if body.is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::new(400, "JSON_PARSER_ERROR", e.to_string()))
-    };
-    match (method, path) {
-        (&Method::GET, "stats") => Ok(json!(*lock(&shared.stats))),
-        (&Method::POST, "limits") => {
-            let request = parse()?;
-            if let Some(limit) = request["daily_api_limit"].as_u64() {
-                shared.api_limit.store(limit, Ordering::Relaxed);
+/// The kit's control API answers in Salesforce's shapes; `/_sandbox/limits` and
+/// `/_sandbox/expire_sessions` are Salesforce's own.
+impl Vendor for Shared {
+    type Faults = SalesforceFaults;
+
+    fn kit(&self) -> &Kit<SalesforceFaults> {
+        &self.kit
+    }
+
+    fn error_body(&self, error: &SandboxError) -> Vec<u8> {
+        let e = match error {
+            SandboxError::Injected { status } => ApiError::new(
+                *status,
+                "SERVER_UNAVAILABLE",
+                "The server is temporarily unavailable. Please try again later.",
+            ),
+            // Salesforce meters an org by its daily limit (403 REQUEST_LIMIT_EXCEEDED, which
+            // the connector defers on); this is the kit's generic throttle, which a client
+            // must wait out and retry, so it has its own code.
+            SandboxError::Throttled { retry_after, .. } => ApiError::new(
+                429,
+                "TOO_MANY_REQUESTS",
+                format!("Too many requests; retry after {retry_after} seconds."),
+            ),
+            SandboxError::BadControl { message, .. } => {
+                ApiError::new(400, "JSON_PARSER_ERROR", message.clone())
             }
-            if request["reset_usage"].as_bool() == Some(true) {
-                shared.api_used.store(0, Ordering::Relaxed);
+            SandboxError::UnknownControl { .. } => ApiError::not_found(),
+        };
+        e.body()
+    }
+
+    fn stats(&self) -> Value {
+        json!(Shared::stats(self))
+    }
+
+    fn reset_stats(&self) {
+        *lock(&self.stats) = Stats::default();
+    }
+
+    fn control(
+        &self,
+        method: &Method,
+        path: &str,
+        body: &[u8],
+    ) -> Option<Result<Value, SandboxError>> {
+        match (method, path) {
+            (&Method::POST, "limits") => Some(control::parse_body(body).map(|request| {
+                if let Some(limit) = request["daily_api_limit"].as_u64() {
+                    self.api_limit.store(limit, Ordering::Relaxed);
+                }
+                if request["reset_usage"].as_bool() == Some(true) {
+                    self.api_used.store(0, Ordering::Relaxed);
+                }
+                json!({
+                    "used": self.api_used.load(Ordering::Relaxed),
+                    "limit": self.api_limit.load(Ordering::Relaxed),
+                })
+            })),
+            (&Method::POST, "expire_sessions") => {
+                lock(&self.sessions).tokens.clear();
+                Some(Ok(json!({"expired": true})))
             }
-            Ok(json!({
-                "used": shared.api_used.load(Ordering::Relaxed),
-                "limit": shared.api_limit.load(Ordering::Relaxed),
-            }))
+            _ => None,
         }
-        (&Method::POST, "expire_sessions") => {
-            lock(&shared.sessions).tokens.clear();
-            Ok(json!({"expired": true}))
-        }
-        (&Method::GET, "faults") => Ok(json!(*lock(&shared.faults))),
-        (&Method::POST, "faults") => {
-            let faults: Faults = serde_json::from_value(parse()?)
-                .map_err(|e| ApiError::new(400, "JSON_PARSER_ERROR", e.to_string()))?;
-            *lock(&shared.faults) = faults.clone();
-            Ok(json!(faults))
-        }
-        _ => Err(ApiError::not_found()),
     }
 }
 
-fn accepts_gzip(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("gzip"))
-}
-
+/// Salesforce compresses Bulk results (and anything else) when the client accepts it.
 fn respond(answer: Answer, gzip: bool) -> Response {
-    // Salesforce compresses Bulk results (and anything else) when the client accepts it.
-    let compress = gzip && answer.body.len() > 256;
-    let body = if compress {
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        match encoder
-            .write_all(&answer.body)
-            .and_then(|()| encoder.finish())
-        {
-            Ok(bytes) => bytes,
-            Err(_) => {
-                return build(
-                    answer.status,
-                    answer.content_type,
-                    &answer.headers,
-                    false,
-                    answer.body,
-                );
-            }
-        }
-    } else {
-        answer.body
-    };
-    build(
-        answer.status,
-        answer.content_type,
-        &answer.headers,
-        compress,
-        body,
-    )
+    let packed = (gzip && answer.body.len() > 256)
+        .then(|| gzip::compress(&answer.body))
+        .flatten();
+    let compressed = packed.is_some();
+    let headers = headers_of(answer.content_type, &answer.headers, compressed);
+    response::build(answer.status, headers, packed.unwrap_or(answer.body))
 }
 
+fn headers_of(content_type: &str, extra: &[(&'static str, String)], gzip: bool) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(content_type) {
+        headers.insert(header::CONTENT_TYPE, value);
+    }
+    for (name, value) in extra {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    if gzip {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    headers
+}
+
+/// A response with a header set and a body, as the front end sends it.
 fn build(
     status: u16,
     content_type: &str,
@@ -991,37 +1007,5 @@ fn build(
     gzip: bool,
     body: Vec<u8>,
 ) -> Response {
-    let mut builder = Response::builder()
-        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
-        .header(header::CONTENT_TYPE, content_type);
-    for (name, value) in headers {
-        builder = builder.header(*name, value.as_str());
-    }
-    if gzip {
-        builder = builder.header(header::CONTENT_ENCODING, "gzip");
-    }
-    builder
-        .body(Body::from(body))
-        .unwrap_or_else(|_| Response::new(Body::empty()))
-}
-
-/// A body that promises all its bytes and delivers half.
-fn truncated(answer: Answer) -> Response {
-    let full = answer.body.len();
-    let mut body = answer.body;
-    body.truncate(full / 2);
-    let stream =
-        futures::stream::iter(vec![Ok::<_, std::io::Error>(axum::body::Bytes::from(body))]);
-    let mut response = build(
-        answer.status,
-        answer.content_type,
-        &answer.headers,
-        false,
-        Vec::new(),
-    );
-    *response.body_mut() = Body::from_stream(stream);
-    if let Ok(len) = header::HeaderValue::from_str(&full.to_string()) {
-        response.headers_mut().insert(header::CONTENT_LENGTH, len);
-    }
-    response
+    response::build(status, headers_of(content_type, headers, gzip), body)
 }

@@ -428,10 +428,13 @@ async fn bulk_job_refusals_are_salesforce_shaped() {
             "permission",
         ),
     ] {
-        sandbox.set_faults(super::Faults {
-            bulk_refusal: Some(refusal),
-            ..Default::default()
-        });
+        sandbox.set_faults(
+            super::SalesforceFaults {
+                bulk_refusal: Some(refusal),
+                ..Default::default()
+            }
+            .into(),
+        );
         let response = client
             .post(format!("{url}/services/data/v62.0/jobs/query"))
             .bearer_auth(&token)
@@ -454,4 +457,86 @@ async fn bulk_job_refusals_are_salesforce_shaped() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
+}
+
+/// What the sandbox kit gave Salesforce: an error rate, throttling with `Retry-After`,
+/// malformed bodies, a rate limit and a clock, all over the one control API.
+#[tokio::test]
+async fn the_kits_faults_rate_limit_and_clock_work_for_salesforce() {
+    let sandbox = sandbox().await;
+    let client = reqwest::Client::new();
+    let url = sandbox.url();
+    let token = login(&client, &url).await;
+    let query = format!("{url}/services/data/v62.0/query?q=SELECT+Id+FROM+Account+LIMIT+5");
+    let get = || client.get(&query).bearer_auth(&token).send();
+    let control = |path: &str, body: &str| {
+        client
+            .post(format!("{url}/_sandbox/{path}"))
+            .body(body.to_owned())
+            .send()
+    };
+
+    let set: Value = control("faults", r#"{"error_rate": 1.0}"#)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(set["error_rate"], 1.0);
+    for _ in 0..3 {
+        let failed = get().await.unwrap();
+        assert_eq!(failed.status(), 503);
+        let body: Value = failed.json().await.unwrap();
+        assert_eq!(body[0]["errorCode"], "SERVER_UNAVAILABLE");
+    }
+
+    control("faults", r#"{"throttle_next": 1, "malformed_next": 1}"#)
+        .await
+        .unwrap();
+    let throttled = get().await.unwrap();
+    assert_eq!(throttled.status(), 429);
+    assert_eq!(throttled.headers()["retry-after"], "1");
+    let malformed = get().await.unwrap();
+    assert_eq!(malformed.status(), 200);
+    let text = malformed.text().await.unwrap();
+    assert!(serde_json::from_str::<Value>(&text).is_err(), "{text}");
+    assert_eq!(get().await.unwrap().status(), 200);
+    assert_eq!(sandbox.stats().faults_injected, 5);
+
+    control("rate_limit", r#"{"requests": 1, "window_seconds": 30}"#)
+        .await
+        .unwrap();
+    // The requests of the last moments count too: the second request at the latest is
+    // refused, with the seconds until the oldest leaves the 30-second window.
+    let first = get().await.unwrap().status();
+    let refused = get().await.unwrap();
+    assert!(first == 200 || first == 429, "{first}");
+    assert_eq!(refused.status(), 429);
+    let wait: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&wait), "{wait}");
+    assert!(sandbox.stats().rate_limited >= 1);
+    sandbox.set_rate_limit(None);
+    assert_eq!(get().await.unwrap().status(), 200);
+
+    let before = sandbox.now();
+    let now: Value = control("clock", r#"{"advance_seconds": 86400}"#)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(now["now"].as_i64().unwrap() >= before.timestamp() + 86_400);
+    let id = sandbox
+        .create("Account", json!({"Name": "Tomorrow"}))
+        .unwrap();
+    let stamp = sandbox.record("Account", &id).unwrap()["SystemModstamp"].clone();
+    let stamp =
+        chrono::DateTime::parse_from_str(stamp.as_str().unwrap(), "%Y-%m-%dT%H:%M:%S%.3f%z")
+            .unwrap();
+    assert!(stamp.timestamp() >= before.timestamp() + 86_400, "{stamp}");
+    sandbox.shutdown().await;
 }

@@ -2,22 +2,23 @@
 //! of `/v1/...` to the store, Stripe's parameter parsing (query strings and form bodies
 //! with `a[b]` nesting), and the `/_sandbox/...` control endpoints.
 
-use std::io::Write;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::Response;
-use futures::StreamExt as _;
 use serde_json::{Map, Value, json};
+use tributary_sandbox_kit::base64;
+use tributary_sandbox_kit::form::{self, parse_pairs};
+use tributary_sandbox_kit::gzip::{self, accepts_gzip};
+use tributary_sandbox_kit::{Kit, SandboxError, Vendor, control, response, to_json};
 
 use super::error::ApiError;
 use super::kinds::{DeleteMode, Kind, known_event_type};
 use super::render::render_top;
 use super::store::{Cursor, ListQuery, Origin, Page};
-use super::{BadShape, Faults, Shared};
+use super::{BadShape, Shared, StripeFaults};
 
 /// Request bodies are small forms; anything bigger is refused before parsing.
 const MAX_BODY: usize = 1 << 20;
@@ -34,14 +35,11 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
     let gzip = shared.gzip && accepts_gzip(&parts.headers);
 
     if let Some(control) = path.strip_prefix("/_sandbox/") {
-        let (status, body) = match sandbox_control(&shared, &parts.method, control, &body) {
-            Ok(value) => (200, render_json(&value)),
-            Err(e) => (e.status, e.body()),
-        };
+        let (status, body) = control::control(&*shared, &parts.method, control, &body);
         return respond(&shared, status, body, &request_id, gzip, &[]);
     }
 
-    shared.count_request();
+    shared.kit.count_request();
     if let Err(e) = authorize(&parts.headers) {
         return respond(
             &shared,
@@ -49,30 +47,14 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
             e.body(),
             &request_id,
             gzip,
-            &[(header::WWW_AUTHENTICATE, "Basic realm=\"Stripe\"")],
+            &[(header::WWW_AUTHENTICATE, "Basic realm=\"Stripe\"".into())],
         );
     }
-    if !shared.admit(Instant::now()) {
-        let e = ApiError {
-            status: 429,
-            kind: "invalid_request_error",
-            code: Some("rate_limit"),
-            message: "Request rate limit exceeded. Learn more about rate limits here \
-                      https://stripe.com/docs/rate-limits."
-                .to_owned(),
-            param: None,
-        };
-        return respond(
-            &shared,
-            429,
-            e.body(),
-            &request_id,
-            gzip,
-            &[(header::RETRY_AFTER, "1")],
-        );
+    if let Err(e) = shared.kit.admit_request(Instant::now()) {
+        return refuse(&shared, &e, &request_id, gzip);
     }
 
-    if shared.faults().forbid_after_first_page
+    if shared.kit.faults().vendor.forbid_after_first_page
         && parse_pairs(&query)
             .iter()
             .any(|(k, v)| k == "starting_after" && !v.is_empty())
@@ -87,23 +69,8 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         };
         return respond(&shared, 403, e.body(), &request_id, gzip, &[]);
     }
-    let before = shared.faults_before();
-    if let Some(delay) = before.delay {
-        tokio::time::sleep(delay).await;
-    }
-    if let Some(status) = before.error {
-        let e = ApiError {
-            status,
-            kind: "api_error",
-            code: None,
-            message: if status == 503 {
-                "The server is temporarily unavailable. Please try again later.".to_owned()
-            } else {
-                "An unknown error occurred".to_owned()
-            },
-            param: None,
-        };
-        return respond(&shared, status, e.body(), &request_id, gzip, &[]);
+    if let Some(e) = shared.kit.before_answer("account").await {
+        return refuse(&shared, &e, &request_id, gzip);
     }
 
     let origin = Origin {
@@ -125,20 +92,38 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         Err(e) => (e.status, e.body()),
     };
     let after = if status == 200 {
-        shared.faults_after()
+        shared.kit.after()
     } else {
         Default::default()
     };
     if after.malformed {
-        // Valid-looking start, broken end: the client must reject it, not land half a page.
-        payload.truncate(payload.len() / 2);
-        payload.extend_from_slice(b"\n<!-- upstream connect error -->");
+        response::malform(&mut payload, b"\n<!-- upstream connect error -->");
     }
-    let payload = if gzip { gzip_bytes(&payload) } else { payload };
+    let payload = if gzip {
+        gzip::compress(&payload).unwrap_or_default()
+    } else {
+        payload
+    };
     if after.truncate {
-        return truncated(&shared, payload, &request_id, gzip);
+        return response::truncated(200, base_headers(&shared, &request_id, gzip), payload);
     }
     respond(&shared, status, payload, &request_id, gzip, &[])
+}
+
+/// Answers what the kit decided instead of the API, in Stripe's error shape.
+fn refuse(shared: &Shared, e: &SandboxError, request_id: &str, gzip: bool) -> Response {
+    let retry_after = e
+        .retry_after()
+        .map(|s| (header::RETRY_AFTER, s.to_string()));
+    let body = shared.error_body(e);
+    respond(
+        shared,
+        e.status(),
+        body,
+        request_id,
+        gzip,
+        retry_after.as_slice(),
+    )
 }
 
 fn route(
@@ -156,35 +141,35 @@ fn route(
         .next()
         .and_then(Kind::from_resource)
         .ok_or_else(unrecognized)?;
-    let id = segments.next().map(percent_decode);
+    let id = segments.next().map(form::percent_decode);
     if segments.next().is_some() || id.as_deref() == Some("") {
         return Err(unrecognized());
     }
     let now = shared.now();
     if kind == Kind::BalanceTransaction && method == Method::GET {
-        shared.write().settle(now);
+        shared.store.write().settle(now);
     }
     match (method, id) {
         (&Method::GET, None) => {
             let q = list_query(kind, &parse_pairs(query))?;
-            let page = shared.read().list(kind, &q, now)?;
+            let page = shared.store.read().list(kind, &q, now)?;
             let body = list_body(kind, &page);
             Ok(match shared.bad_shape() {
                 Some(shape) => misshapen(&body, shape),
                 None => body,
             })
         }
-        (&Method::GET, Some(id)) => shared.read().get_body(kind, &id, now),
+        (&Method::GET, Some(id)) => shared.store.read().get_body(kind, &id, now),
         (&Method::POST, None) if kind.http_writable() => {
             let params = parse_pairs(&String::from_utf8_lossy(body));
-            let mut store = shared.write();
+            let mut store = shared.store.write();
             let fields = form_changes(kind, &params, store.fixture(kind), true)?;
             let object = store.create(kind, fields, now, origin)?;
             Ok(with_newline(render_top(&object)))
         }
         (&Method::POST, Some(id)) if kind.http_writable() => {
             let params = parse_pairs(&String::from_utf8_lossy(body));
-            let object = shared.write().update(
+            let object = shared.store.write().update(
                 kind,
                 &id,
                 |current| form_changes(kind, &params, current, false),
@@ -194,7 +179,7 @@ fn route(
             Ok(with_newline(render_top(&object)))
         }
         (&Method::DELETE, Some(id)) if kind.delete_mode() != DeleteMode::Unsupported => {
-            let object = shared.write().delete(kind, &id, now, origin)?;
+            let object = shared.store.write().delete(kind, &id, now, origin)?;
             Ok(with_newline(render_top(&object)))
         }
         _ => Err(unrecognized()),
@@ -387,7 +372,7 @@ pub(crate) fn form_changes(
 ) -> Result<Map<String, Value>, ApiError> {
     let mut changes = Map::new();
     for (name, raw) in params {
-        let path = split_param(name);
+        let path = form::split_key(name);
         let Some((top, rest)) = path.split_first() else {
             continue;
         };
@@ -507,60 +492,6 @@ fn convert(name: &str, raw: &str, existing: Option<&Value>) -> Result<Value, Api
     }
 }
 
-/// `metadata[order][id]` → `["metadata", "order", "id"]`; `types[]` → `["types", ""]`.
-fn split_param(name: &str) -> Vec<String> {
-    let (head, mut rest) = match name.find('[') {
-        Some(at) => (&name[..at], &name[at..]),
-        None => return vec![name.to_owned()],
-    };
-    let mut path = vec![head.to_owned()];
-    while let Some(inner) = rest.strip_prefix('[') {
-        let Some(end) = inner.find(']') else {
-            break;
-        };
-        path.push(inner[..end].to_owned());
-        rest = &inner[end + 1..];
-    }
-    path
-}
-
-/// `a=1&b=x+y` → pairs, percent-decoded, in order (repeated keys kept).
-pub(crate) fn parse_pairs(input: &str) -> Vec<(String, String)> {
-    input
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'%' {
-            let digits = bytes
-                .get(i + 1..i + 3)
-                .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
-            if let Some(byte) = digits
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                out.push(byte);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(if b == b'+' { b' ' } else { b });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Accepts `Bearer <key>` or Basic with the key as user name, for test-mode keys only.
 fn authorize(headers: &HeaderMap) -> Result<(), ApiError> {
     let unauthorized = |message: String| ApiError {
@@ -586,7 +517,7 @@ fn authorize(headers: &HeaderMap) -> Result<(), ApiError> {
     let key = if scheme.eq_ignore_ascii_case("bearer") {
         credential.trim().to_owned()
     } else if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64_decode(credential.trim()).unwrap_or_default();
+        let decoded = base64::decode(credential).unwrap_or_default();
         let decoded = String::from_utf8_lossy(&decoded).into_owned();
         decoded.split(':').next().unwrap_or_default().to_owned()
     } else {
@@ -623,87 +554,25 @@ pub(crate) fn mask_key(key: &str) -> String {
     }
 }
 
-fn base64_decode(input: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(input.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in input.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            b'=' => break,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
-}
-
-fn accepts_gzip(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|coding| {
-            let mut parts = coding.trim().split(';');
-            let name = parts.next().unwrap_or_default().trim();
-            let refused = parts.any(|p| matches!(p.trim(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
-            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
-        })
-}
-
-fn gzip_bytes(body: &[u8]) -> Vec<u8> {
-    // Fast compression: the sandbox must not become the bottleneck it is measuring.
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(body.len() / 4),
-        flate2::Compression::fast(),
+fn base_headers(shared: &Shared, request_id: &str, gzip: bool) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
-    if encoder.write_all(body).is_err() {
-        return Vec::new();
-    }
-    encoder.finish().unwrap_or_default()
-}
-
-fn base_headers(
-    shared: &Shared,
-    request_id: &str,
-    gzip: bool,
-) -> Vec<(header::HeaderName, HeaderValue)> {
-    let mut headers = vec![
-        (
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        ),
-        (
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-cache, no-store"),
-        ),
-        (
-            header::DATE,
-            HeaderValue::from_str(&shared.http_date()).unwrap_or(HeaderValue::from_static("")),
-        ),
-        (
-            header::HeaderName::from_static("request-id"),
-            HeaderValue::from_str(request_id).unwrap_or(HeaderValue::from_static("")),
-        ),
-        (
-            header::HeaderName::from_static("stripe-version"),
-            HeaderValue::from_static(super::store::API_VERSION),
-        ),
-    ];
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store"),
+    );
+    response::set_header(&mut headers, "date", &shared.kit.clock.http_date());
+    response::set_header(&mut headers, "request-id", request_id);
+    headers.insert(
+        header::HeaderName::from_static("stripe-version"),
+        HeaderValue::from_static(super::store::API_VERSION),
+    );
     if gzip {
-        headers.push((header::CONTENT_ENCODING, HeaderValue::from_static("gzip")));
-        headers.push((header::VARY, HeaderValue::from_static("Accept-Encoding")));
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     }
     headers
 }
@@ -714,23 +583,19 @@ fn respond(
     body: Vec<u8>,
     request_id: &str,
     gzip: bool,
-    extra: &[(header::HeaderName, &'static str)],
+    extra: &[(header::HeaderName, String)],
 ) -> Response {
     // Control responses and errors are compressed too when the client asked for it.
-    let body = if gzip && !is_gzip(&body) {
-        gzip_bytes(&body)
+    let body = if gzip && !gzip::is_gzip(&body) {
+        gzip::compress(&body).unwrap_or_default()
     } else {
         body
     };
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() =
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let headers = response.headers_mut();
-    for (name, value) in base_headers(shared, request_id, gzip) {
-        headers.insert(name, value);
-    }
+    let mut headers = base_headers(shared, request_id, gzip);
     for (name, value) in extra {
-        headers.insert(name.clone(), HeaderValue::from_static(value));
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name.clone(), value);
+        }
     }
     if status >= 500 || status == 429 {
         headers.insert(
@@ -738,104 +603,87 @@ fn respond(
             HeaderValue::from_static("true"),
         );
     }
-    response
+    response::build(status, headers, body)
 }
 
-fn is_gzip(body: &[u8]) -> bool {
-    body.starts_with(&[0x1f, 0x8b])
-}
+/// The kit's control API answers in Stripe's shapes; `/_sandbox/account` is Stripe's own.
+impl Vendor for Shared {
+    type Faults = StripeFaults;
 
-/// A response that announces the full length and delivers half before the connection
-/// drops, the way a reset mid-transfer looks to the client.
-fn truncated(shared: &Shared, body: Vec<u8>, request_id: &str, gzip: bool) -> Response {
-    let full = body.len();
-    let half = Bytes::from(body).slice(..full / 2);
-    let stream = futures::stream::iter([Ok::<Bytes, std::io::Error>(half)]).chain(
-        futures::stream::once(async {
-            // Give hyper time to flush the half before the error aborts the connection.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            Err(std::io::Error::other("sandbox fault: truncated body"))
-        }),
-    );
-    let mut response = Response::new(Body::from_stream(stream));
-    let headers = response.headers_mut();
-    for (name, value) in base_headers(shared, request_id, gzip) {
-        headers.insert(name, value);
+    fn kit(&self) -> &Kit<StripeFaults> {
+        &self.kit
     }
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(full));
-    response
-}
 
-/// `/_sandbox/...`: stats, faults, clock and rate limit, for tests driving the binary.
-fn sandbox_control(
-    shared: &Shared,
-    method: &Method,
-    path: &str,
-    body: &[u8],
-) -> Result<Value, ApiError> {
-    let parse = |body: &[u8]| -> Result<Value, ApiError> {
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(json!({}));
-        }
-        serde_json::from_slice(body).map_err(|e| {
-            ApiError::invalid("parameter_invalid", format!("Invalid JSON body: {e}"), None)
-        })
-    };
-    match (method, path) {
-        (&Method::GET, "stats") => Ok(to_json(&shared.stats())),
-        (&Method::POST, "stats/reset") => {
-            shared.reset_stats();
-            Ok(to_json(&shared.stats()))
-        }
-        (&Method::GET, "faults") => Ok(to_json(&shared.faults())),
-        (&Method::POST, "faults") => {
-            let faults: Faults = serde_json::from_value(parse(body)?).map_err(|e| {
-                ApiError::invalid("parameter_invalid", format!("Invalid faults: {e}"), None)
-            })?;
-            shared.set_faults(faults);
-            Ok(to_json(&shared.faults()))
-        }
-        (&Method::POST, "clock") => {
-            let request = parse(body)?;
-            let seconds = request
-                .get("advance_seconds")
-                .and_then(Value::as_u64)
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "parameter_invalid_integer",
-                        "advance_seconds must be a non-negative integer.",
-                        "advance_seconds".to_owned(),
-                    )
-                })?;
-            shared.advance_clock(Duration::from_secs(seconds));
-            Ok(json!({"now": shared.now()}))
-        }
-        (&Method::POST, "account") => {
-            let request = parse(body)?;
+    fn error_body(&self, error: &SandboxError) -> Vec<u8> {
+        let e = match error {
+            SandboxError::Injected { status } => ApiError {
+                status: *status,
+                kind: "api_error",
+                code: None,
+                message: if *status == 503 {
+                    "The server is temporarily unavailable. Please try again later.".to_owned()
+                } else {
+                    "An unknown error occurred".to_owned()
+                },
+                param: None,
+            },
+            SandboxError::Throttled { .. } => ApiError {
+                status: 429,
+                kind: "invalid_request_error",
+                code: Some("rate_limit"),
+                message: "Request rate limit exceeded. Learn more about rate limits here \
+                          https://stripe.com/docs/rate-limits."
+                    .to_owned(),
+                param: None,
+            },
+            SandboxError::BadControl { message, param } => {
+                let code = if *param == Some("advance_seconds") {
+                    "parameter_invalid_integer"
+                } else {
+                    "parameter_invalid"
+                };
+                ApiError::invalid(code, message.clone(), param.map(str::to_owned))
+            }
+            SandboxError::UnknownControl { method, path } => {
+                ApiError::unrecognized_url(method, path)
+            }
+        };
+        e.body()
+    }
+
+    fn stats(&self) -> Value {
+        to_json(&Shared::stats(self))
+    }
+
+    fn clock_advanced(&self, now: i64) {
+        self.clock_moved(now);
+    }
+
+    fn control(
+        &self,
+        method: &Method,
+        path: &str,
+        body: &[u8],
+    ) -> Option<Result<Value, SandboxError>> {
+        (method == Method::POST && path == "account").then(|| {
+            let request = control::parse_body(body)?;
             let version = request
                 .get("api_version")
                 .and_then(Value::as_str)
                 .filter(|v| valid_api_version(v))
                 .ok_or_else(|| {
-                    ApiError::invalid(
-                        "parameter_invalid",
+                    SandboxError::bad(
                         "api_version must be a Stripe API version such as 2024-06-20.",
-                        "api_version".to_owned(),
+                        Some("api_version"),
                     )
                 })?;
-            shared.write().set_account_version(version);
+            self.store.write().set_account_version(version);
             Ok(json!({"api_version": version}))
-        }
-        (&Method::POST, "rate_limit") => {
-            let request = parse(body)?;
-            let rps = request.get("requests_per_second").and_then(Value::as_f64);
-            shared.set_rate_limit(rps);
-            Ok(json!({"requests_per_second": rps}))
-        }
-        _ => Err(ApiError::unrecognized_url(
-            method.as_str(),
-            &format!("/_sandbox/{path}"),
-        )),
+        })
+    }
+
+    fn render(&self, value: &Value) -> Vec<u8> {
+        render_json(value)
     }
 }
 
@@ -846,10 +694,6 @@ pub(crate) fn valid_api_version(v: &str) -> bool {
         && date.len() == 10
         && !name.is_empty()
         && name.bytes().all(|b| b.is_ascii_lowercase())
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Value {
-    serde_json::to_value(value).unwrap_or(Value::Null)
 }
 
 #[cfg(test)]
@@ -871,10 +715,10 @@ mod tests {
                 ("empty".to_owned(), String::new()),
             ]
         );
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-        assert_eq!(split_param("a[b][c]"), vec!["a", "b", "c"]);
-        assert_eq!(split_param("types[]"), vec!["types", ""]);
+        assert_eq!(form::percent_decode("100%"), "100%");
+        assert_eq!(form::percent_decode("%zz"), "%zz");
+        assert_eq!(form::split_key("a[b][c]"), vec!["a", "b", "c"]);
+        assert_eq!(form::split_key("types[]"), vec!["types", ""]);
     }
 
     #[test]
@@ -967,21 +811,5 @@ mod tests {
             mask_key("sk_live_0123456789abcdef"),
             "sk_live_************cdef"
         );
-    }
-
-    #[test]
-    fn gzip_negotiation() {
-        let mut headers = HeaderMap::new();
-        assert!(!accepts_gzip(&headers));
-        headers.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("br, gzip;q=0.8"),
-        );
-        assert!(accepts_gzip(&headers));
-        headers.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("gzip;q=0"),
-        );
-        assert!(!accepts_gzip(&headers));
     }
 }

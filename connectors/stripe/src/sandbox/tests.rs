@@ -649,3 +649,72 @@ async fn hundred_thousand_charges() {
     assert_eq!(total, 100_000);
     sandbox.shutdown().await;
 }
+
+/// Throttling came with the sandbox kit: injected 429s in Stripe's `rate_limit` shape with
+/// `Retry-After`, set over the one control API like every other fault.
+#[tokio::test]
+async fn injected_throttling_answers_429_with_retry_after() {
+    let sandbox = start(10).await;
+    let set = request(
+        &sandbox,
+        "POST",
+        "/_sandbox/faults",
+        None,
+        Some("{\"throttle_next\": 2}"),
+        &[("Content-Type", "application/json")],
+    )
+    .await;
+    assert_eq!(set.json()["throttle_next"], 2);
+    for _ in 0..2 {
+        let throttled = get(&sandbox, "/v1/charges?limit=1").await;
+        assert_eq!(throttled.status, 429);
+        assert_eq!(throttled.header("retry-after"), Some("1"));
+        assert_eq!(throttled.header("stripe-should-retry"), Some("true"));
+        assert_eq!(throttled.json()["error"]["code"], "rate_limit");
+    }
+    assert_eq!(get(&sandbox, "/v1/charges?limit=1").await.status, 200);
+    let stats = sandbox.stats();
+    assert_eq!((stats.faults_injected, stats.rate_limited), (2, 0));
+
+    sandbox.set_faults(Faults {
+        throttle_rate: 1.0,
+        ..Faults::default()
+    });
+    assert_eq!(get(&sandbox, "/v1/charges?limit=1").await.status, 429);
+    sandbox.set_faults(Faults::default());
+    assert_eq!(get(&sandbox, "/v1/charges?limit=1").await.status, 200);
+    sandbox.shutdown().await;
+}
+
+/// The kit's rate limit over the control API: one request a second, the second refused
+/// with the seconds to wait.
+#[tokio::test]
+async fn the_rate_limit_is_set_over_the_control_api() {
+    let sandbox = start(10).await;
+    let set = request(
+        &sandbox,
+        "POST",
+        "/_sandbox/rate_limit",
+        None,
+        Some("{\"requests_per_second\": 1}"),
+        &[],
+    )
+    .await;
+    assert_eq!(set.json()["requests_per_second"], 1.0);
+    assert_eq!(get(&sandbox, "/v1/charges?limit=1").await.status, 200);
+    let refused = get(&sandbox, "/v1/charges?limit=1").await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(sandbox.stats().rate_limited, 1);
+    request(
+        &sandbox,
+        "POST",
+        "/_sandbox/rate_limit",
+        None,
+        Some("{}"),
+        &[],
+    )
+    .await;
+    assert_eq!(get(&sandbox, "/v1/charges?limit=1").await.status, 200);
+    sandbox.shutdown().await;
+}

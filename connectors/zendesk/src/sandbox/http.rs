@@ -3,19 +3,19 @@
 //! and the `/_sandbox/...` control endpoints.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
-use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::response::Response;
-use futures::StreamExt as _;
 use serde_json::{Map, Value, json};
+use tributary_sandbox_kit::base64;
+use tributary_sandbox_kit::form::parse_pairs;
+use tributary_sandbox_kit::{Kit, SandboxError, Vendor, control, response, to_json};
 
-use super::control::Quota;
 use super::error::ApiError;
 use super::store::{Kind, Store};
-use super::{Faults, RateLimits, Shared, ZendeskSandbox};
+use super::{Quota, RateLimits, Shared, ZendeskFaults, ZendeskSandbox};
 
 /// Request bodies are small JSON objects; anything bigger is refused before parsing.
 const MAX_BODY: usize = 1 << 20;
@@ -46,10 +46,7 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         .unwrap_or_default();
 
     if let Some(control) = path.strip_prefix("/_sandbox/") {
-        let (status, body) = match sandbox_control(&shared, &parts.method, control, &body) {
-            Ok(value) => (200, to_vec(&value)),
-            Err(e) => (e.status, e.body()),
-        };
+        let (status, body) = control::control(&*shared, &parts.method, control, &body);
         return respond(&shared, status, body, &request_id, Quota::default(), &[]);
     }
 
@@ -69,47 +66,26 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
             )],
         );
     }
-    let quota = match shared.admit(export) {
+    let quota = match shared.admit(export, Instant::now()) {
         // Zendesk documents its export header on the cursor-based exports only.
         Ok(quota) if !path.contains("/cursor") => Quota {
             export: None,
             ..quota
         },
         Ok(quota) => quota,
-        Err(refused) => {
-            let e = ApiError::rate_limited(refused.export);
-            return respond(
-                &shared,
-                429,
-                e.body(),
-                &request_id,
-                Quota::default(),
-                &[(header::RETRY_AFTER, refused.retry_after.to_string())],
-            );
-        }
+        Err(e) => return refuse(&shared, &e, &request_id, Quota::default()),
     };
 
     if resource_of(&path).is_some_and(|resource| shared.is_unavailable(resource))
-        || (shared.faults().forbid_after_first_page
+        || (shared.kit.faults().vendor.forbid_after_first_page
             && parse_pairs(&query).iter().any(|(k, _)| k == "page[after]"))
     {
         let e = ApiError::forbidden();
         return respond(&shared, e.status, e.body(), &request_id, quota, &[]);
     }
-    let before = shared.faults_before();
-    if let Some(delay) = before.delay {
-        tokio::time::sleep(delay).await;
-    }
-    if let Some(status) = before.error {
-        let (e, extra) = if status == 429 {
-            (
-                ApiError::rate_limited(export),
-                vec![(header::RETRY_AFTER, "1".to_owned())],
-            )
-        } else {
-            (ApiError::internal(status), Vec::new())
-        };
-        return respond(&shared, status, e.body(), &request_id, quota, &extra);
+    let limit = if export { "export" } else { "account" };
+    if let Some(e) = shared.kit.before_answer(limit).await {
+        return refuse(&shared, &e, &request_id, quota);
     }
 
     let result = route(&shared, &parts.method, &path, &query, &body, &base);
@@ -126,19 +102,35 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         payload = shared.hostile_body(cursor, payload);
     }
     let after = if status == 200 {
-        shared.faults_after()
+        shared.kit.after()
     } else {
         Default::default()
     };
     if after.malformed {
-        // Valid-looking start, broken end: the client must reject it, not land half a page.
-        payload.truncate(payload.len() / 2);
-        payload.extend_from_slice(b"\n<html>502 Bad Gateway</html>");
+        response::malform(&mut payload, b"\n<html>502 Bad Gateway</html>");
     }
     if after.truncate {
-        return truncated(&shared, payload, &request_id);
+        let mut headers = HeaderMap::new();
+        base_headers(&shared, &request_id, Quota::default(), &mut headers);
+        return response::truncated(200, headers, payload);
     }
     respond(&shared, status, payload, &request_id, quota, &[])
+}
+
+/// Answers what the kit decided instead of the API, in Zendesk's error shape.
+fn refuse(shared: &Shared, e: &SandboxError, request_id: &str, quota: Quota) -> Response {
+    let retry_after = e
+        .retry_after()
+        .map(|s| (header::RETRY_AFTER, s.to_string()));
+    let body = shared.error_body(e);
+    respond(
+        shared,
+        e.status(),
+        body,
+        request_id,
+        quota,
+        retry_after.as_slice(),
+    )
 }
 
 type Answer = Result<(u16, Vec<u8>), ApiError>;
@@ -187,7 +179,7 @@ fn route(
             time_export(shared, None, &params, now, base)
         }
         (&Method::GET, ["users", "me"]) => {
-            let store = shared.read();
+            let store = shared.store.read();
             let admin = store.admin_id;
             ok(json!({"user": store.get(Kind::User, admin).cloned().unwrap_or_default()}))
         }
@@ -200,7 +192,7 @@ fn route(
         (&Method::GET, [resource, id]) => {
             let kind = Kind::from_resource(resource).ok_or_else(ApiError::invalid_endpoint)?;
             let id: u64 = id.parse().map_err(|_| ApiError::not_found())?;
-            let store = shared.read();
+            let store = shared.store.read();
             let value = store
                 .get(kind, id)
                 .filter(|v| kind != Kind::Ticket || !Store::is_deleted(kind, v))
@@ -210,20 +202,20 @@ fn route(
         (&Method::POST, [resource]) => {
             let kind = Kind::from_resource(resource).ok_or_else(ApiError::invalid_endpoint)?;
             let fields = object_body(kind, body)?;
-            let created = shared.write().create(kind, fields, now)?;
+            let created = shared.store.write().create(kind, fields, now)?;
             Ok((201, to_vec(&json!({kind.singular(): created}))))
         }
         (&Method::PUT, [resource, id]) => {
             let kind = Kind::from_resource(resource).ok_or_else(ApiError::invalid_endpoint)?;
             let id: u64 = id.parse().map_err(|_| ApiError::not_found())?;
             let fields = object_body(kind, body)?;
-            let updated = shared.write().update(kind, id, fields, now)?;
+            let updated = shared.store.write().update(kind, id, fields, now)?;
             ok(json!({kind.singular(): updated}))
         }
         (&Method::DELETE, [resource, id]) => {
             let kind = Kind::from_resource(resource).ok_or_else(ApiError::invalid_endpoint)?;
             let id: u64 = id.parse().map_err(|_| ApiError::not_found())?;
-            shared.write().delete(kind, id, now)?;
+            shared.store.write().delete(kind, id, now)?;
             Ok((204, Vec::new()))
         }
         _ => Err(ApiError::invalid_endpoint()),
@@ -304,7 +296,7 @@ fn cursor_export(
         },
     };
     let exclude_deleted = param(params, "exclude_deleted") == Some("true");
-    let store = shared.read();
+    let store = shared.store.read();
     let page = store.cursor_export(kind, position, per_page, now - EXCLUSION_SECS);
     let cursor = encode_export_cursor(page.after);
     let items = page
@@ -338,7 +330,7 @@ fn time_export(
     let per_page = per_page(params)?;
     let start = start_time(params, now)?
         .ok_or_else(|| ApiError::invalid_value("start_time is required"))?;
-    let store = shared.read();
+    let store = shared.store.read();
     let horizon = now - EXCLUSION_SECS;
     let (key, page) = match kind {
         Some(kind) => (
@@ -366,7 +358,7 @@ fn time_export(
 /// A list: cursor pagination with `page[size]`/`page[after]`, else offset pagination
 /// (`page`, `per_page`).
 fn list(shared: &Shared, kind: Kind, params: &[(String, String)], base: &str) -> Answer {
-    let store = shared.read();
+    let store = shared.store.read();
     let resource = kind.resource();
     let cursor_mode =
         param(params, "page[size]").is_some() || param(params, "page[after]").is_some();
@@ -443,7 +435,7 @@ fn tags(shared: &Shared, params: &[(String, String)], base: &str) -> Answer {
                 .ok_or_else(|| ApiError::invalid_pagination("page[after] is not a valid cursor"))
         })
         .transpose()?;
-    let all = shared.read().tags();
+    let all = shared.store.read().tags();
     let mut rest = all
         .iter()
         .filter(|(name, _)| after.as_ref().is_none_or(|a| name.as_str() > a.as_str()));
@@ -533,7 +525,7 @@ fn show_many(shared: &Shared, params: &[(String, String)]) -> Answer {
     if ids.len() > 100 {
         return Err(ApiError::invalid_value("ids takes at most 100 ids"));
     }
-    let store = shared.read();
+    let store = shared.store.read();
     let tickets = ids
         .iter()
         .filter_map(|id| store.get(Kind::Ticket, *id))
@@ -584,53 +576,14 @@ fn decode_list_cursor(cursor: &str) -> Option<String> {
     decode(cursor)
 }
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
 /// Standard base64 with padding.
 pub(crate) fn encode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> shift) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    base64::encode(text.as_bytes())
 }
 
 /// Decodes standard or URL-safe base64 into UTF-8 text.
 pub(crate) fn decode(input: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(input.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in input.trim().bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            b'=' => break,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    String::from_utf8(base64::decode(input)?).ok()
 }
 
 /// Basic `<email>/token:<API_TOKEN>` or `Bearer <OAUTH_TOKEN>`.
@@ -660,40 +613,6 @@ fn authorized(headers: &HeaderMap) -> bool {
     }
 }
 
-/// `a=1&b=x+y` → pairs, percent-decoded, in order (repeated keys kept).
-pub(crate) fn parse_pairs(input: &str) -> Vec<(String, String)> {
-    input
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'%'
-            && let Some(byte) = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(byte);
-            i += 3;
-            continue;
-        }
-        out.push(if b == b'+' { b' ' } else { b });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn respond(
     shared: &Shared,
     status: u16,
@@ -702,17 +621,14 @@ fn respond(
     quota: Quota,
     extra: &[(HeaderName, String)],
 ) -> Response {
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() =
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let headers = response.headers_mut();
-    base_headers(shared, request_id, quota, headers);
+    let mut headers = HeaderMap::new();
+    base_headers(shared, request_id, quota, &mut headers);
     for (name, value) in extra {
         if let Ok(value) = HeaderValue::from_str(value) {
             headers.insert(name.clone(), value);
         }
     }
-    response
+    response::build(status, headers, body)
 }
 
 fn base_headers(shared: &Shared, request_id: &str, quota: Quota, headers: &mut HeaderMap) {
@@ -722,7 +638,7 @@ fn base_headers(shared: &Shared, request_id: &str, quota: Quota, headers: &mut H
         }
     };
     set("content-type", "application/json; charset=utf-8".into());
-    set("date", shared.http_date());
+    set("date", shared.kit.clock.http_date());
     set("x-request-id", request_id.to_owned());
     set("x-zendesk-api-version", "v2".into());
     // The account-wide limit, under both of Zendesk's names:
@@ -744,119 +660,90 @@ fn base_headers(shared: &Shared, request_id: &str, quota: Quota, headers: &mut H
     }
 }
 
-/// A response that announces the full length and delivers half before the connection
-/// drops, the way a reset mid-transfer looks to the client.
-fn truncated(shared: &Shared, body: Vec<u8>, request_id: &str) -> Response {
-    let full = body.len();
-    let half = Bytes::from(body).slice(..full / 2);
-    let stream = futures::stream::iter([Ok::<Bytes, std::io::Error>(half)]).chain(
-        futures::stream::once(async {
-            // Give hyper time to flush the half before the error aborts the connection.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            Err(std::io::Error::other("sandbox fault: truncated body"))
-        }),
-    );
-    let mut response = Response::new(Body::from_stream(stream));
-    let headers = response.headers_mut();
-    base_headers(shared, request_id, Quota::default(), headers);
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(full));
-    response
-}
+/// The kit's control API answers in Zendesk's shapes; `/_sandbox/plan` and the export
+/// limit of `/_sandbox/rate_limit` are Zendesk's own.
+impl Vendor for Shared {
+    type Faults = ZendeskFaults;
 
-/// `/_sandbox/...`: stats, faults, clock and rate limits, for tests driving the binary.
-fn sandbox_control(
-    shared: &Shared,
-    method: &Method,
-    path: &str,
-    body: &[u8],
-) -> Result<Value, ApiError> {
-    let parse = |body: &[u8]| -> Result<Value, ApiError> {
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(json!({}));
+    fn kit(&self) -> &Kit<ZendeskFaults> {
+        &self.kit
+    }
+
+    fn error_body(&self, error: &SandboxError) -> Vec<u8> {
+        let e = match error {
+            SandboxError::Injected { status } => ApiError::internal(*status),
+            SandboxError::Throttled { limit, .. } => ApiError::rate_limited(*limit == "export"),
+            SandboxError::BadControl { message, .. } => ApiError::invalid_value(message.clone()),
+            SandboxError::UnknownControl { .. } => ApiError::invalid_endpoint(),
+        };
+        e.body()
+    }
+
+    fn stats(&self) -> Value {
+        to_json(&Shared::stats(self))
+    }
+
+    fn reset_stats(&self) {
+        self.reset_own_stats();
+    }
+
+    /// `{"window_seconds": s, "requests": n, "export_requests": m}`; `{}` turns both
+    /// limits off.
+    fn rate_limit(&self, request: &Value) -> Option<Result<Value, SandboxError>> {
+        let number = |key: &str| request.get(key).and_then(Value::as_u64);
+        let limits = match (number("requests"), number("export_requests")) {
+            (Some(requests), Some(export_requests)) => Some(RateLimits {
+                window: control::window_of(request, 60.0),
+                requests: u32::try_from(requests).unwrap_or(u32::MAX),
+                export_requests: u32::try_from(export_requests).unwrap_or(u32::MAX),
+            }),
+            (None, None) => None,
+            _ => {
+                return Some(Err(SandboxError::bad(
+                    "give both requests and export_requests, or neither to turn limits off",
+                    None,
+                )));
+            }
+        };
+        self.set_rate_limits(limits);
+        Some(Ok(json!({"rate_limits": limits.map(|l| json!({
+            "window_seconds": l.window.as_secs_f64(),
+            "requests": l.requests,
+            "export_requests": l.export_requests,
+        }))})))
+    }
+
+    fn control(
+        &self,
+        method: &Method,
+        path: &str,
+        body: &[u8],
+    ) -> Option<Result<Value, SandboxError>> {
+        match (method, path) {
+            (&Method::GET, "plan") => Some(Ok(json!({"unavailable": self.unavailable()}))),
+            (&Method::POST, "plan") => Some(self.set_plan(body)),
+            _ => None,
         }
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::invalid_value(format!("Invalid JSON body: {e}")))
-    };
-    match (method, path) {
-        (&Method::GET, "stats") => Ok(to_json(&shared.stats())),
-        (&Method::POST, "stats/reset") => {
-            shared.reset_stats();
-            Ok(to_json(&shared.stats()))
-        }
-        (&Method::GET, "faults") => Ok(to_json(&shared.faults())),
-        (&Method::POST, "faults") => {
-            let faults: Faults = serde_json::from_value(parse(body)?)
-                .map_err(|e| ApiError::invalid_value(format!("Invalid faults: {e}")))?;
-            shared.set_faults(faults);
-            Ok(to_json(&shared.faults()))
-        }
-        (&Method::POST, "clock") => {
-            let seconds = parse(body)?
-                .get("advance_seconds")
-                .and_then(Value::as_u64)
-                .ok_or_else(|| {
-                    ApiError::invalid_value("advance_seconds must be a non-negative integer")
-                })?;
-            shared.advance_clock(Duration::from_secs(seconds));
-            Ok(json!({"now": shared.now()}))
-        }
-        (&Method::GET, "plan") => Ok(json!({"unavailable": shared.unavailable()})),
-        (&Method::POST, "plan") => {
-            let request = parse(body)?;
-            let unavailable = match request.get("unavailable") {
-                None => Vec::new(),
-                Some(Value::Array(list)) => list
-                    .iter()
-                    .map(|v| v.as_str().map(str::to_owned))
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| {
-                        ApiError::invalid_value("unavailable must be a list of resource names")
-                    })?,
-                Some(_) => {
-                    return Err(ApiError::invalid_value(
-                        "unavailable must be a list of resource names",
-                    ));
-                }
-            };
-            shared.set_unavailable(unavailable);
-            Ok(json!({"unavailable": shared.unavailable()}))
-        }
-        (&Method::POST, "rate_limit") => {
-            let request = parse(body)?;
-            let number = |key: &str| request.get(key).and_then(Value::as_u64);
-            let limits = match (number("requests"), number("export_requests")) {
-                (Some(requests), Some(export_requests)) => {
-                    let window = request
-                        .get("window_seconds")
-                        .and_then(Value::as_f64)
-                        .filter(|w| *w > 0.0 && w.is_finite())
-                        .unwrap_or(60.0);
-                    Some(RateLimits {
-                        window: Duration::from_secs_f64(window),
-                        requests: u32::try_from(requests).unwrap_or(u32::MAX),
-                        export_requests: u32::try_from(export_requests).unwrap_or(u32::MAX),
-                    })
-                }
-                (None, None) => None,
-                _ => {
-                    return Err(ApiError::invalid_value(
-                        "give both requests and export_requests, or neither to turn limits off",
-                    ));
-                }
-            };
-            shared.set_rate_limits(limits);
-            Ok(json!({"rate_limits": limits.map(|l| json!({
-                "window_seconds": l.window.as_secs_f64(),
-                "requests": l.requests,
-                "export_requests": l.export_requests,
-            }))}))
-        }
-        _ => Err(ApiError::invalid_endpoint()),
     }
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Value {
-    serde_json::to_value(value).unwrap_or(Value::Null)
+impl Shared {
+    /// `POST /_sandbox/plan` `{"unavailable": [...]}`.
+    fn set_plan(&self, body: &[u8]) -> Result<Value, SandboxError> {
+        let request = control::parse_body(body)?;
+        let invalid = || SandboxError::bad("unavailable must be a list of resource names", None);
+        let unavailable = match request.get("unavailable") {
+            None => Vec::new(),
+            Some(Value::Array(list)) => list
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(invalid)?,
+            Some(_) => return Err(invalid()),
+        };
+        self.set_unavailable(unavailable);
+        Ok(json!({"unavailable": self.unavailable()}))
+    }
 }
 
 #[cfg(test)]

@@ -602,3 +602,164 @@ async fn writes_over_http() {
     );
     assert_eq!(sandbox.ticket_events(&id).len(), 3);
 }
+
+/// The kit gave Zendesk a throttle probability next to its `throttle_next`; an injected
+/// 429 on an export names the exports' limit, as Zendesk's own refusal does.
+#[tokio::test]
+async fn throttle_rate_answers_429_in_zendesks_shape() {
+    let sandbox = sandbox(5).await;
+    sandbox.set_faults(Faults {
+        throttle_rate: 1.0,
+        ..Faults::default()
+    });
+    let (status, headers, body) = get(&sandbox, "/api/v2/groups.json").await;
+    assert_eq!(status, 429);
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(body["error"], "APIRateLimitExceeded");
+    assert!(
+        !body["description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("export"),
+        "{body}"
+    );
+    let start = long_ago(&sandbox);
+    let (status, _, body) = get(
+        &sandbox,
+        &format!("/api/v2/incremental/organizations.json?start_time={start}"),
+    )
+    .await;
+    assert_eq!(status, 429);
+    assert!(
+        body["description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("export"),
+        "{body}"
+    );
+    let stats = sandbox.stats();
+    assert_eq!((stats.faults_injected, stats.rate_limited), (2, 0));
+    sandbox.set_faults(Faults::default());
+    assert_eq!(get(&sandbox, "/api/v2/groups.json").await.0, 200);
+    sandbox.shutdown().await;
+}
+
+/// Zendesk's two limits on the kit: the exports' own window is checked first and counts
+/// only export requests; the account's counts every request.
+mod limits {
+    use std::time::{Duration, Instant};
+
+    use super::super::{Quota, RateLimits, SandboxConfig, Shared, generate};
+
+    fn shared(limits: Option<RateLimits>) -> Shared {
+        let config = SandboxConfig {
+            records: 1,
+            rate_limits: limits,
+            ..SandboxConfig::default()
+        };
+        Shared::new(generate::seed(1, 1_700_000_000, 1), config)
+    }
+
+    fn limits(requests: u32, export_requests: u32) -> Option<RateLimits> {
+        Some(RateLimits {
+            window: Duration::from_secs(1),
+            requests,
+            export_requests,
+        })
+    }
+
+    fn refused_by(e: tributary_sandbox_kit::SandboxError) -> (&'static str, u64) {
+        match e {
+            tributary_sandbox_kit::SandboxError::Throttled {
+                limit, retry_after, ..
+            } => (limit, retry_after),
+            other => panic!("not a throttle: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn exports_have_their_own_stricter_window() {
+        let shared = shared(limits(5, 2));
+        let t0 = Instant::now() + Duration::from_secs(10);
+        let q = shared.admit(true, t0).unwrap();
+        assert_eq!(q.export, Some((2, 1, 1)));
+        assert_eq!(q.account, Some((5, 4, 1)));
+        let q = shared.admit(false, t0 + Duration::from_millis(5)).unwrap();
+        assert_eq!(q.export, None, "only exports report the export limit");
+        assert_eq!(q.account, Some((5, 3, 1)));
+        shared.admit(true, t0 + Duration::from_millis(10)).unwrap();
+        let refused = shared
+            .admit(true, t0 + Duration::from_millis(20))
+            .unwrap_err();
+        assert_eq!(refused_by(refused), ("export", 1));
+        // Other endpoints still have the account's room.
+        for i in 0..2 {
+            shared
+                .admit(false, t0 + Duration::from_millis(30 + i))
+                .unwrap();
+        }
+        let refused = shared
+            .admit(false, t0 + Duration::from_millis(40))
+            .unwrap_err();
+        assert_eq!(refused_by(refused).0, "account");
+        // A window later, both have room again.
+        assert!(shared.admit(true, t0 + Duration::from_millis(1100)).is_ok());
+        let stats = shared.stats();
+        assert_eq!(
+            (
+                stats.max_admitted_per_window,
+                stats.max_export_admitted_per_window,
+                stats.rate_limited
+            ),
+            (5, 2, 2)
+        );
+    }
+
+    #[test]
+    fn a_refused_request_is_not_counted() {
+        let shared = shared(limits(1, 1));
+        let t0 = Instant::now() + Duration::from_secs(10);
+        shared.admit(false, t0).unwrap();
+        for i in 1..5 {
+            assert!(shared.admit(true, t0 + Duration::from_millis(i)).is_err());
+        }
+        let stats = shared.stats();
+        assert_eq!(
+            (
+                stats.max_admitted_per_window,
+                stats.max_export_admitted_per_window
+            ),
+            (1, 0)
+        );
+    }
+
+    #[test]
+    fn unlimited_still_measures() {
+        let shared = shared(None);
+        let t0 = Instant::now() + Duration::from_secs(10);
+        for i in 0..30 {
+            let q = shared
+                .admit(i % 3 == 0, t0 + Duration::from_millis(i))
+                .unwrap();
+            assert_eq!(q, Quota::default());
+        }
+        let stats = shared.stats();
+        assert_eq!(
+            (
+                stats.max_admitted_per_window,
+                stats.max_export_admitted_per_window
+            ),
+            (30, 10)
+        );
+        shared.kit.reset_stats();
+        shared.reset_own_stats();
+        let stats = shared.stats();
+        assert_eq!(
+            (
+                stats.max_admitted_per_window,
+                stats.max_export_admitted_per_window
+            ),
+            (0, 0)
+        );
+    }
+}
