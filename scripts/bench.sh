@@ -10,7 +10,7 @@ records="${1:-100000}"
 port="${BENCH_PORT:-12199}"
 command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time; }
 cargo build --release --quiet
-bin=target/release/tributary
+bin="${CARGO_TARGET_DIR:-target}/release/tributary"
 work="$(mktemp -d)"
 trap 'kill $sandbox_pid 2>/dev/null || true; rm -rf "$work"' EXIT
 
