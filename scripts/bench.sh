@@ -28,7 +28,7 @@ url = "$work/warehouse"
 type = "stripe"
 api_key = "sk_test_tributary_sandbox"
 api_base = "http://127.0.0.1:$port"
-requests_per_second = 100000
+requests_per_second = 10000
 streams = ["charges"]
 TOML
 
