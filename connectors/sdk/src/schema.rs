@@ -238,12 +238,14 @@ pub fn system_fields() -> Vec<Field> {
 /// Whether `name` is a column name Segment would produce: lowercase ASCII letters, digits
 /// and underscores, not starting with a digit.
 pub fn is_column_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    match chars.next() {
-        Some(c) if c.is_ascii_lowercase() || c == '_' => {}
+    // Bytes, not chars: every allowed character is ASCII, and this runs for every key of
+    // every record the converter reads.
+    let mut bytes = name.bytes();
+    match bytes.next() {
+        Some(b) if b.is_ascii_lowercase() || b == b'_' => {}
         _ => return false,
     }
-    chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// Turns a vendor field name into a Segment-style column name: snake_case, ASCII, with
