@@ -32,6 +32,24 @@ pub struct ApiBudget {
 }
 
 impl ApiBudget {
+    /// [`Error::Deferred`] when the org's usage, as last reported, is past `percent` of
+    /// its daily limit; `what` is what is left for a later run.
+    pub fn check(&self, percent: f64, what: &str) -> Result<()> {
+        let Some((used, limit)) = self.usage() else {
+            return Ok(());
+        };
+        let share = used as f64 * 100.0 / limit as f64;
+        if share > percent {
+            return Err(Error::Deferred {
+                reason: format!(
+                    "the org has used {used} of its {limit} daily API requests ({share:.0}%), past \
+                     `api_budget_percent` = {percent}; {what} is left for a later run"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Records a `Sforce-Limit-Info` header value.
     pub fn observe(&self, header: &str) {
         if let Some((used, limit)) = parse_limit_info(header) {

@@ -141,24 +141,6 @@ impl Salesforce {
         }
         Ok(plans)
     }
-
-    /// Fails with [`Error::Deferred`] when the org's API usage is past the budget.
-    fn check_budget(&self, object: &str) -> Result<()> {
-        let Some((used, limit)) = self.client.budget().usage() else {
-            return Ok(());
-        };
-        let percent = used as f64 * 100.0 / limit as f64;
-        if percent > self.settings.api_budget_percent {
-            return Err(Error::Deferred {
-                reason: format!(
-                    "the org has used {used} of its {limit} daily API requests ({percent:.0}%), past \
-                     `api_budget_percent` = {}; {object} is left for a later run",
-                    self.settings.api_budget_percent
-                ),
-            });
-        }
-        Ok(())
-    }
 }
 
 #[async_trait]
@@ -197,7 +179,9 @@ impl Connector for Salesforce {
         // source; the stream is the plan's table.
         let plans = self.plans().await?;
         let plan = Arc::clone(find_named(plans, request.stream(), |p| &p.schema.name)?);
-        self.check_budget(&plan.object)?;
+        self.client
+            .budget()
+            .check(self.settings.api_budget_percent, &plan.object)?;
         let s = &self.settings;
         let options = ReadOptions {
             bulk_threshold: s.bulk_threshold,
@@ -205,6 +189,7 @@ impl Connector for Salesforce {
             bulk_poll: Duration::from_millis(s.bulk_poll_ms),
             bulk_timeout: Duration::from_secs(s.bulk_timeout_seconds),
             lookback_seconds: s.lookback_seconds,
+            api_budget_percent: s.api_budget_percent,
         };
         Ok(streams::read(
             Arc::clone(&self.client),

@@ -121,6 +121,8 @@ pub struct ReadOptions {
     pub bulk_timeout: Duration,
     /// The lookback window, in seconds.
     pub lookback_seconds: u64,
+    /// The share of the org's daily API requests past which no further page is read.
+    pub api_budget_percent: f64,
 }
 
 /// Reads `plan`'s object from `cursor` (or from scratch), fetching ahead of the consumer.
@@ -679,7 +681,17 @@ impl Reader {
             }
             reset = false;
             match (done, page.next_records_url.take()) {
-                (false, Some(next)) => page = self.client.query_more(self.stream(), &next).await?,
+                (false, Some(next)) => {
+                    // A long REST read (a large object Bulk refused, or a wide one read in
+                    // chunks of fields) checks the budget before each page, not only at
+                    // its start: past it, the read stops here, its pages committed, and
+                    // the next run resumes from its cursor.
+                    self.client.budget().check(
+                        self.options.api_budget_percent,
+                        &format!("the rest of {}", self.object()),
+                    )?;
+                    page = self.client.query_more(self.stream(), &next).await?
+                }
                 _ => return Ok(()),
             }
         }

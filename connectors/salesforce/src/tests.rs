@@ -540,6 +540,40 @@ async fn the_api_budget_defers_new_objects() {
     }
 }
 
+#[tokio::test]
+async fn a_long_rest_read_stops_at_the_budget_and_resumes_from_its_cursor() {
+    let sandbox = sandbox(400).await;
+    let mut c = config(&sandbox, &["Contact"]);
+    c.api_budget_percent = 50.0;
+    let sf = connector(c);
+    sf.discover().await.unwrap();
+    let (used, _) = sandbox.api_usage();
+    // Under half of the limit when the read starts; past it after its count and first
+    // page, so the budget stops it before the second page.
+    sandbox.set_daily_api_limit(2 * used + 2);
+    let (pages, err) = read_until_error(&sf, "contact").await;
+    match err {
+        Error::Deferred { reason } => assert!(
+            reason.contains("api_budget_percent") && reason.contains("the rest of Contact"),
+            "{reason}"
+        ),
+        other => panic!("expected a deferral, got {other}"),
+    }
+    let first = ids(&pages);
+    assert_eq!(first.len(), 200, "the first page landed");
+    // The next run (a new process), with requests to spare, resumes from the committed
+    // cursor.
+    sandbox.reset_api_usage();
+    sandbox.set_daily_api_limit(1_000_000);
+    let sf = connector(config(&sandbox, &["Contact"]));
+    let rest = read(&sf, "contact", Some(pages.last().unwrap().cursor.clone())).await;
+    let mut all: Vec<String> = first.into_iter().chain(ids(&rest)).collect();
+    all.sort();
+    let mut want = sandbox.all_ids("Contact");
+    want.sort();
+    assert_eq!(all, want, "every contact once");
+}
+
 /// Reads `stream` until it fails, within a deadline (today's code would walk a hostile org
 /// forever): the pages delivered and the error.
 async fn read_until_error(source: &Salesforce, stream: &str) -> (Vec<Page>, Error) {
