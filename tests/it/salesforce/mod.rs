@@ -282,8 +282,10 @@ async fn an_org_out_of_requests_mid_object_commits_what_was_read_and_defers() {
             ..Default::default()
         },
         "",
+        // A budget of 100%: Salesforce's own refusal stops the read, not the budget check
+        // before each page.
         &format!(
-            "{}objects = [\"Contact\"]\nbulk_threshold = 1000000\n",
+            "{}objects = [\"Contact\"]\nbulk_threshold = 1000000\napi_budget_percent = 100\n",
             refresh_token_auth()
         ),
     )
