@@ -7,9 +7,7 @@
 //! connector's real client: token exchange, describe, `queryAll` paging, Bulk job state and
 //! CSV result pages with their locator, and each documented error body.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-
+use tributary_sandbox_kit::replay::{Replay, Route};
 use tributary_sdk::{ColumnType, Error, Secret};
 
 use crate::SalesforceConfig;
@@ -32,106 +30,28 @@ const ERROR_MALFORMED_ID: &str = include_str!("../fixtures/contract/error_malfor
 /// address there, since the client only sends the token to the instance it was given.
 const DOCUMENTED_INSTANCE: &str = "https://yourInstance.salesforce.com";
 
-/// One recorded answer: the first unused route whose path matches, and whose `query` (if
-/// any) occurs in the decoded query string, answers. A `once` route answers one request.
-struct Route {
-    path: String,
-    query: Option<&'static str>,
-    status: u16,
-    headers: Vec<(&'static str, &'static str)>,
-    body: &'static str,
-    once: bool,
-    used: AtomicBool,
-}
-
 fn route(path: &str, status: u16, body: &'static str) -> Route {
-    Route {
-        path: path.to_owned(),
-        query: None,
-        status,
-        headers: Vec::new(),
-        body,
-        once: false,
-        used: AtomicBool::new(false),
-    }
+    Route::new(path, None, body).status(status)
 }
 
 /// A replay server that also serves the OAuth token endpoint, with the documented token
 /// answer pointing at itself.
-struct Replay {
-    url: String,
-    log: Arc<Mutex<Vec<String>>>,
+async fn start(mut routes: Vec<Route>) -> Replay {
+    routes.push(route("/services/oauth2/token", 200, TOKEN_REFRESH));
+    Replay::start_as(routes, Some(DOCUMENTED_INSTANCE)).await
 }
 
-impl Replay {
-    async fn start(mut routes: Vec<Route>) -> Replay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        routes.push(route("/services/oauth2/token", 200, TOKEN_REFRESH));
-        let routes = Arc::new(routes);
-        let log: Arc<Mutex<Vec<String>>> = Arc::default();
-        let seen = Arc::clone(&log);
-        let own = url.clone();
-        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-            let routes = Arc::clone(&routes);
-            let seen = Arc::clone(&seen);
-            let own = own.clone();
-            async move {
-                let path = req.uri().path().to_owned();
-                let query: String =
-                    url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join("&");
-                seen.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(format!("{} {path}?{query}", req.method()));
-                let found = routes.iter().find(|r| {
-                    r.path == path
-                        && r.query.is_none_or(|q| query.contains(q))
-                        && !(r.once && r.used.swap(true, Ordering::SeqCst))
-                });
-                let mut response = axum::http::Response::builder();
-                let body = match found {
-                    Some(r) => {
-                        response = response.status(r.status);
-                        for (name, value) in &r.headers {
-                            response = response.header(*name, *value);
-                        }
-                        r.body.replace(DOCUMENTED_INSTANCE, &own)
-                    }
-                    None => {
-                        response = response.status(500);
-                        format!("no recorded response for {path}?{query}")
-                    }
-                };
-                response
-                    .body(axum::body::Body::from(body))
-                    .unwrap_or_default()
-            }
-        });
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Replay { url, log }
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.log
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn client(&self) -> SalesforceClient {
-        let mut config = SalesforceConfig::refresh_token(
-            "contract-client",
-            Secret::new("contract-secret"),
-            Secret::new("contract-refresh-token"),
-        );
-        config.login_url = self.url.clone();
-        config.requests_per_second = 2000.0;
-        let settings = config.validate().unwrap();
-        SalesforceClient::new(&settings).unwrap()
-    }
+/// A client signing in at `replay`.
+fn client(replay: &Replay) -> SalesforceClient {
+    let mut config = SalesforceConfig::refresh_token(
+        "contract-client",
+        Secret::new("contract-secret"),
+        Secret::new("contract-refresh-token"),
+    );
+    config.login_url = replay.url().to_owned();
+    config.requests_per_second = 2000.0;
+    let settings = config.validate().unwrap();
+    SalesforceClient::new(&settings).unwrap()
 }
 
 fn data_path(rest: &str) -> String {
@@ -143,13 +63,13 @@ fn data_path(rest: &str) -> String {
 
 #[tokio::test]
 async fn contract_a_describe_with_an_address_compound_plans_its_component_columns() {
-    let replay = Replay::start(vec![route(
+    let replay = start(vec![route(
         &data_path("/sobjects/Account/describe"),
         200,
         DESCRIBE_ACCOUNT,
     )])
     .await;
-    let describe = replay.client().describe("Account").await.unwrap();
+    let describe = client(&replay).describe("Account").await.unwrap();
     assert_eq!(describe.name, "Account");
     assert_eq!(describe.fields.len(), 19);
     let city = describe
@@ -199,7 +119,7 @@ async fn contract_a_describe_with_an_address_compound_plans_its_component_column
 
 #[tokio::test]
 async fn contract_query_pages_follow_next_records_url_until_done() {
-    let replay = Replay::start(vec![
+    let replay = start(vec![
         route(&data_path("/queryAll"), 200, QUERY_PAGE_1),
         route(
             "/services/data/v62.0/query/01gD0000002HU6KIAW-2000",
@@ -208,7 +128,7 @@ async fn contract_query_pages_follow_next_records_url_until_done() {
         ),
     ])
     .await;
-    let client = replay.client();
+    let client = client(&replay);
     let first = client
         .query_all("contact", "SELECT Name FROM Contact")
         .await
@@ -240,32 +160,27 @@ async fn contract_query_pages_follow_next_records_url_until_done() {
 async fn contract_bulk_job_state_and_csv_pages_with_their_locator() {
     let job = "750R0000000zlh9IAA";
     let results = data_path(&format!("/jobs/query/{job}/results"));
-    let replay = Replay::start(vec![
+    let replay = start(vec![
         route(
             &data_path(&format!("/jobs/query/{job}")),
             200,
             BULK_QUERY_JOB_COMPLETE,
         ),
-        Route {
-            query: Some("locator=MTAwMDA"),
-            headers: vec![
-                ("content-type", "text/csv"),
-                ("sforce-locator", "null"),
-                ("sforce-numberofrecords", "3"),
-            ],
-            ..route(&results, 200, BULK_RESULTS_PAGE_1)
-        },
-        Route {
-            headers: vec![
-                ("content-type", "text/csv"),
-                ("sforce-locator", "MTAwMDA"),
-                ("sforce-numberofrecords", "3"),
-            ],
-            ..route(&results, 200, BULK_RESULTS_PAGE_1)
-        },
+        Route::new(
+            results.clone(),
+            Some("locator=MTAwMDA"),
+            BULK_RESULTS_PAGE_1,
+        )
+        .header("content-type", "text/csv")
+        .header("sforce-locator", "null")
+        .header("sforce-numberofrecords", "3"),
+        route(&results, 200, BULK_RESULTS_PAGE_1)
+            .header("content-type", "text/csv")
+            .header("sforce-locator", "MTAwMDA")
+            .header("sforce-numberofrecords", "3"),
     ])
     .await;
-    let client = replay.client();
+    let client = client(&replay);
     let info = client.bulk_job(job).await.unwrap();
     assert_eq!(info.id, job);
     assert_eq!(info.state, "JobComplete");
@@ -290,22 +205,19 @@ async fn contract_bulk_job_state_and_csv_pages_with_their_locator() {
 #[tokio::test]
 async fn contract_an_expired_session_gets_a_new_token_once() {
     let describe = data_path("/sobjects/Account/describe");
-    let replay = Replay::start(vec![
-        Route {
-            once: true,
-            ..route(&describe, 401, ERROR_INVALID_SESSION)
-        },
+    let replay = start(vec![
+        route(&describe, 401, ERROR_INVALID_SESSION).once(),
         route(&describe, 200, DESCRIBE_ACCOUNT),
     ])
     .await;
-    let client = replay.client();
+    let client = client(&replay);
     client.describe("Account").await.unwrap();
     assert_eq!(client.tokens_fetched(), 2, "{:?}", replay.requests());
 }
 
 #[tokio::test]
 async fn contract_error_bodies_yield_salesforces_message_and_code() {
-    let replay = Replay::start(vec![
+    let replay = start(vec![
         route(
             &data_path("/sobjects/Account/describe"),
             403,
@@ -318,7 +230,7 @@ async fn contract_error_bodies_yield_salesforces_message_and_code() {
         ),
     ])
     .await;
-    let client = replay.client();
+    let client = client(&replay);
     // An org out of requests defers the stream rather than failing it.
     let err = client.describe("Account").await.unwrap_err();
     match &err {

@@ -23,6 +23,7 @@ pub mod form;
 pub mod gzip;
 pub mod kit;
 pub mod limiter;
+pub mod replay;
 pub mod response;
 pub mod server;
 

@@ -6,11 +6,10 @@
 //! connector's real path: the HTTP client, the envelope scan, the cursor logic and the
 //! conversion into Arrow. A parser that only accepts the simulator's shapes fails here.
 
-use std::sync::{Arc, Mutex, PoisonError};
-
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use futures::StreamExt;
+use tributary_sandbox_kit::replay::{Replay, Route};
 use tributary_sdk::connector::find_stream;
 use tributary_sdk::convert::BatchBuilder;
 use tributary_sdk::cursor::{decode, encode};
@@ -36,91 +35,9 @@ const EVENT_ID: &str = "evt_1Pgc76B7WZ01zgkWwyRHS12y";
 /// The anchor named by the recorded `resource_missing` error.
 const LOST_ANCHOR: &str = "evt_1OldAnchorB7WZ01zgkW0000";
 
-/// One recorded answer: the first route whose method and path match, and whose `query`
-/// (if any) occurs in the decoded query string, answers.
-struct Route {
-    path: &'static str,
-    query: Option<&'static str>,
-    status: u16,
-    headers: Vec<(&'static str, &'static str)>,
-    body: &'static str,
-}
-
-fn route(path: &'static str, query: Option<&'static str>, body: &'static str) -> Route {
-    Route {
-        path,
-        query,
-        status: 200,
-        headers: Vec::new(),
-        body,
-    }
-}
-
-/// A replay server: answers GETs with recorded bodies and logs every request it saw.
-struct Replay {
-    url: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Replay {
-    async fn start(routes: Vec<Route>) -> Replay {
-        let routes = Arc::new(routes);
-        let log: Arc<Mutex<Vec<String>>> = Arc::default();
-        let seen = Arc::clone(&log);
-        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-            let routes = Arc::clone(&routes);
-            let seen = Arc::clone(&seen);
-            async move {
-                let path = req.uri().path().to_owned();
-                let query: String =
-                    url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join("&");
-                seen.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(format!("{} {path}?{query}", req.method()));
-                let found = routes
-                    .iter()
-                    .find(|r| r.path == path && r.query.is_none_or(|q| query.contains(q)));
-                let mut response = axum::http::Response::builder();
-                let body = match found {
-                    Some(r) => {
-                        response = response
-                            .status(r.status)
-                            .header("content-type", "application/json");
-                        for (name, value) in &r.headers {
-                            response = response.header(*name, *value);
-                        }
-                        r.body.to_owned()
-                    }
-                    None => {
-                        response = response.status(500);
-                        format!("no recorded response for {path}?{query}")
-                    }
-                };
-                response
-                    .body(axum::body::Body::from(body))
-                    .unwrap_or_default()
-            }
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Replay { url, log }
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.log
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
-
 fn stripe(replay: &Replay, key: &str) -> Stripe {
     let mut config = StripeConfig::new(Secret::new(key));
-    config.api_base = replay.url.clone();
+    config.api_base = replay.url().to_owned();
     config.requests_per_second = Some(10_000.0);
     config.page_size = 100;
     Stripe::new(config, SourceContext::default()).unwrap()
@@ -143,18 +60,18 @@ async fn read(stripe: &Stripe, stream: &str, cursor: Option<serde_json::Value>) 
 
 fn charges_routes() -> Vec<Route> {
     vec![
-        route(
+        Route::new(
             "/v1/events",
             Some("ending_before=evt_1Pgc76B7WZ01zgkWwyRHS12y"),
             EVENTS_LIST_EMPTY,
         ),
-        route("/v1/events", None, EVENTS_LIST),
-        route(
+        Route::new("/v1/events", None, EVENTS_LIST),
+        Route::new(
             "/v1/charges",
             Some("starting_after=ch_1PgafuB7WZ01zgkWXYmPNZs8"),
             CHARGES_LIST_LAST,
         ),
-        route("/v1/charges", None, CHARGES_LIST),
+        Route::new("/v1/charges", None, CHARGES_LIST),
     ]
 }
 
@@ -228,13 +145,14 @@ async fn contract_a_backfill_follows_stripes_list_pages_and_lands_the_documented
 
 #[tokio::test]
 async fn contract_an_anchor_stripe_no_longer_knows_resyncs_the_stream() {
-    let mut routes = vec![Route {
-        path: "/v1/events",
-        query: Some("ending_before=evt_1OldAnchorB7WZ01zgkW0000"),
-        status: 400,
-        headers: Vec::new(),
-        body: ERROR_RESOURCE_MISSING,
-    }];
+    let mut routes = vec![
+        Route::new(
+            "/v1/events",
+            Some("ending_before=evt_1OldAnchorB7WZ01zgkW0000"),
+            ERROR_RESOURCE_MISSING,
+        )
+        .status(400),
+    ];
     routes.extend(charges_routes());
     let replay = Replay::start(routes).await;
     let source = stripe(&replay, "sk_test_contract_b");
@@ -258,13 +176,9 @@ async fn contract_an_anchor_stripe_no_longer_knows_resyncs_the_stream() {
 
 #[tokio::test]
 async fn contract_a_bad_key_fails_check_with_stripes_message() {
-    let replay = Replay::start(vec![Route {
-        path: "/v1/events",
-        query: None,
-        status: 401,
-        headers: Vec::new(),
-        body: ERROR_INVALID_API_KEY,
-    }])
+    let replay = Replay::start(vec![
+        Route::new("/v1/events", None, ERROR_INVALID_API_KEY).status(401),
+    ])
     .await;
     let err = stripe(&replay, "sk_test_contract_c")
         .check()
@@ -288,13 +202,11 @@ async fn contract_a_bad_key_fails_check_with_stripes_message() {
 
 #[tokio::test]
 async fn contract_a_rate_limit_answer_is_retried_then_reported() {
-    let replay = Replay::start(vec![Route {
-        path: "/v1/events",
-        query: None,
-        status: 429,
-        headers: vec![("retry-after", "0")],
-        body: ERROR_RATE_LIMIT,
-    }])
+    let replay = Replay::start(vec![
+        Route::new("/v1/events", None, ERROR_RATE_LIMIT)
+            .status(429)
+            .header("retry-after", "0"),
+    ])
     .await;
     let err = stripe(&replay, "sk_test_contract_d")
         .check()

@@ -8,11 +8,12 @@
 //! conversion into Arrow. A parser that only accepts the simulator's shapes fails here.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::TimestampMicrosecondType;
 use futures::StreamExt;
+use tributary_sandbox_kit::replay::{Replay, Route};
 use tributary_sdk::convert::BatchBuilder;
 use tributary_sdk::cursor::decode;
 use tributary_sdk::http::vendor_message;
@@ -38,91 +39,9 @@ const ERROR_RECORD_NOT_FOUND: &str =
 /// The `after_cursor` of the documented ticket export page.
 const AFTER_CURSOR: &str = "MTU3NjYxMzUzOS4wfHw0Njd8";
 
-/// One recorded answer: the first route whose method and path match, and whose `query`
-/// (if any) occurs in the decoded query string, answers.
-struct Route {
-    path: &'static str,
-    query: Option<&'static str>,
-    status: u16,
-    headers: Vec<(&'static str, &'static str)>,
-    body: &'static str,
-}
-
-fn route(path: &'static str, query: Option<&'static str>, body: &'static str) -> Route {
-    Route {
-        path,
-        query,
-        status: 200,
-        headers: Vec::new(),
-        body,
-    }
-}
-
-/// A replay server: answers GETs with recorded bodies and logs every request it saw.
-struct Replay {
-    url: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Replay {
-    async fn start(routes: Vec<Route>) -> Replay {
-        let routes = Arc::new(routes);
-        let log: Arc<Mutex<Vec<String>>> = Arc::default();
-        let seen = Arc::clone(&log);
-        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-            let routes = Arc::clone(&routes);
-            let seen = Arc::clone(&seen);
-            async move {
-                let path = req.uri().path().to_owned();
-                let query: String =
-                    url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join("&");
-                seen.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(format!("{} {path}?{query}", req.method()));
-                let found = routes
-                    .iter()
-                    .find(|r| r.path == path && r.query.is_none_or(|q| query.contains(q)));
-                let mut response = axum::http::Response::builder();
-                let body = match found {
-                    Some(r) => {
-                        response = response
-                            .status(r.status)
-                            .header("content-type", "application/json");
-                        for (name, value) in &r.headers {
-                            response = response.header(*name, *value);
-                        }
-                        r.body.to_owned()
-                    }
-                    None => {
-                        response = response.status(500);
-                        format!("no recorded response for {path}?{query}")
-                    }
-                };
-                response
-                    .body(axum::body::Body::from(body))
-                    .unwrap_or_default()
-            }
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Replay { url, log }
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.log
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
-
 fn config(replay: &Replay) -> ZendeskConfig {
     let mut config = ZendeskConfig::new("acme", "admin@example.com", Secret::new("contract-token"));
-    config.api_base = Some(replay.url.clone());
+    config.api_base = Some(replay.url().to_owned());
     // Before every documented record, so the first export asks from there.
     config.start_date = Some("2008-01-01".to_owned());
     config.requests_per_minute = 600_000;
@@ -189,7 +108,7 @@ fn micros(batch: &arrow::record_batch::RecordBatch, column: &str, row: usize) ->
 
 #[tokio::test]
 async fn contract_the_cursor_ticket_export_keeps_zendesks_after_cursor() {
-    let replay = Replay::start(vec![route(
+    let replay = Replay::start(vec![Route::new(
         "/api/v2/incremental/tickets/cursor.json",
         None,
         TICKETS_CURSOR_EXPORT,
@@ -253,7 +172,7 @@ async fn contract_the_cursor_ticket_export_keeps_zendesks_after_cursor() {
 
 #[tokio::test]
 async fn contract_the_time_based_organization_export_moves_to_end_time() {
-    let replay = Replay::start(vec![route(
+    let replay = Replay::start(vec![Route::new(
         "/api/v2/incremental/organizations.json",
         None,
         ORGANIZATIONS_TIME_EXPORT,
@@ -291,12 +210,12 @@ async fn contract_the_time_based_organization_export_moves_to_end_time() {
 #[tokio::test]
 async fn contract_a_cursor_paginated_list_follows_meta_after_cursor() {
     let replay = Replay::start(vec![
-        route(
+        Route::new(
             "/api/v2/groups.json",
             Some("page[after]=xxx"),
             GROUPS_PAGE_2,
         ),
-        route("/api/v2/groups.json", None, GROUPS_PAGE_1),
+        Route::new("/api/v2/groups.json", None, GROUPS_PAGE_1),
     ])
     .await;
     let pages = read(&replay, "groups", None).await.unwrap();
@@ -329,7 +248,7 @@ async fn contract_the_documented_ticket_event_example_is_refused_not_misread() {
     // example of the ticket event export; real ticket events carry `timestamp`, which the
     // time-based export pages on. The connector must say so rather than land it at a
     // made-up time.
-    let replay = Replay::start(vec![route(
+    let replay = Replay::start(vec![Route::new(
         "/api/v2/incremental/ticket_events.json",
         None,
         TICKET_EVENTS_REFERENCE_EXAMPLE,
@@ -345,20 +264,8 @@ async fn contract_the_documented_ticket_event_example_is_refused_not_misread() {
 #[tokio::test]
 async fn contract_error_bodies_yield_zendesks_message() {
     let replay = Replay::start(vec![
-        Route {
-            path: "/api/v2/users/me.json",
-            query: None,
-            status: 401,
-            headers: Vec::new(),
-            body: ERROR_COULDNT_AUTHENTICATE,
-        },
-        Route {
-            path: "/api/v2/brands.json",
-            query: None,
-            status: 404,
-            headers: Vec::new(),
-            body: ERROR_RECORD_NOT_FOUND,
-        },
+        Route::new("/api/v2/users/me.json", None, ERROR_COULDNT_AUTHENTICATE).status(401),
+        Route::new("/api/v2/brands.json", None, ERROR_RECORD_NOT_FOUND).status(404),
     ])
     .await;
     let source = Zendesk::new(config(&replay), SourceContext::default()).unwrap();
@@ -391,18 +298,12 @@ async fn contract_error_bodies_yield_zendesks_message() {
     // example, https://developer.zendesk.com/api-reference/ticketing/users/users/#show-self,
     // as an admin.)
     let replay = Replay::start(vec![
-        route(
+        Route::new(
             "/api/v2/users/me.json",
             None,
             r#"{"user":{"id":35436,"name":"Johnny Admin","role":"admin"}}"#,
         ),
-        Route {
-            path: "/api/v2/groups.json",
-            query: None,
-            status: 403,
-            headers: Vec::new(),
-            body: ERROR_FORBIDDEN,
-        },
+        Route::new("/api/v2/groups.json", None, ERROR_FORBIDDEN).status(403),
     ])
     .await;
     match read(&replay, "groups", None).await.unwrap_err() {
