@@ -577,43 +577,13 @@ async fn a_long_rest_read_stops_at_the_budget_and_resumes_from_its_cursor() {
 /// Reads `stream` until it fails, within a deadline (today's code would walk a hostile org
 /// forever): the pages delivered and the error.
 async fn read_until_error(source: &Salesforce, stream: &str) -> (Vec<Page>, Error) {
-    let walk = async {
-        let request = request(source, stream, None, false).await.unwrap();
-        let mut pages = tributary_sdk::Source::read(source, request).await.unwrap();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            match page {
-                Ok(page) => out.push(page),
-                Err(e) => return (out, e),
-            }
-        }
-        panic!(
-            "{stream}: the read ended without an error after {} pages",
-            out.len()
-        );
-    };
-    tokio::time::timeout(Duration::from_secs(30), walk)
-        .await
-        .unwrap_or_else(|_| panic!("{stream}: the read did not stop within 30 s"))
+    let request = request(source, stream, None, false).await.unwrap();
+    tributary_sdk::conformance::read_until_error(source, request).await
 }
 
 /// Asserts `err` is a protocol error of Salesforce about `stream` whose message has `needle`.
 fn assert_protocol(err: &Error, stream: &str, needle: &str) {
-    match err {
-        Error::Protocol {
-            vendor,
-            stream: s,
-            message,
-        } => {
-            assert_eq!(
-                (vendor.as_str(), s.as_str()),
-                ("Salesforce", stream),
-                "{err}"
-            );
-            assert!(message.contains(needle), "wanted `{needle}` in: {message}");
-        }
-        other => panic!("expected a protocol error, got: {other}"),
-    }
+    tributary_sdk::conformance::assert_protocol(err, "Salesforce", stream, needle);
 }
 
 #[tokio::test]

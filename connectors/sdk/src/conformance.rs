@@ -77,6 +77,48 @@ impl ReadLog {
     }
 }
 
+/// Reads `request` until the read fails, for tests of hostile vendors: the pages delivered
+/// before the error, and the error. Panics if the read ends without one, or does not stop
+/// within 30 s (a walk that never ends is the failure such tests look for).
+pub async fn read_until_error(
+    source: &dyn Source,
+    request: ReadRequest,
+) -> (Vec<crate::Page>, crate::Error) {
+    let stream = request.schema.name.clone();
+    let walk = async {
+        let mut pages = source.read(request).await.expect("the read starts");
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            match page {
+                Ok(page) => out.push(page),
+                Err(e) => return (out, e),
+            }
+        }
+        panic!(
+            "{stream}: the read ended without an error after {} pages",
+            out.len()
+        );
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), walk)
+        .await
+        .unwrap_or_else(|_| panic!("{stream}: the read did not stop within 30 s"))
+}
+
+/// Asserts `err` is a protocol error of `vendor` about `stream` whose message has `needle`.
+pub fn assert_protocol(err: &crate::Error, vendor: &str, stream: &str, needle: &str) {
+    match err {
+        crate::Error::Protocol {
+            vendor: v,
+            stream: s,
+            message,
+        } => {
+            assert_eq!((v.as_str(), s.as_str()), (vendor, stream), "{err}");
+            assert!(message.contains(needle), "wanted `{needle}` in: {message}");
+        }
+        other => panic!("expected a protocol error, got: {other}"),
+    }
+}
+
 /// Reads `stream` from `cursor` to its end, converting every page like the runtime does.
 pub async fn read_all(
     source: &dyn Source,

@@ -754,39 +754,13 @@ async fn read_until_error(
     stream: &str,
     cursor: Option<Value>,
 ) -> (Vec<Page>, Error) {
-    let walk = async {
-        let request = request(stripe, stream, cursor, false).await;
-        let mut pages = tributary_sdk::Source::read(stripe, request).await.unwrap();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            match page {
-                Ok(page) => out.push(page),
-                Err(e) => return (out, e),
-            }
-        }
-        panic!(
-            "{stream}: the read ended without an error after {} pages",
-            out.len()
-        );
-    };
-    tokio::time::timeout(Duration::from_secs(30), walk)
-        .await
-        .unwrap_or_else(|_| panic!("{stream}: the read did not stop within 30 s"))
+    let request = request(stripe, stream, cursor, false).await;
+    tributary_sdk::conformance::read_until_error(stripe, request).await
 }
 
 /// Asserts `err` is a protocol error of Stripe about `stream` whose message has `needle`.
 fn assert_protocol(err: &Error, stream: &str, needle: &str) {
-    match err {
-        Error::Protocol {
-            vendor,
-            stream: s,
-            message,
-        } => {
-            assert_eq!((vendor.as_str(), s.as_str()), ("Stripe", stream), "{err}");
-            assert!(message.contains(needle), "wanted `{needle}` in: {message}");
-        }
-        other => panic!("expected a protocol error, got: {other}"),
-    }
+    tributary_sdk::conformance::assert_protocol(err, "Stripe", stream, needle);
 }
 
 #[tokio::test]

@@ -547,40 +547,12 @@ async fn read_until_error(
     stream: &str,
     cursor: Option<Value>,
 ) -> (Vec<Page>, Error) {
-    let walk = async {
-        let mut pages = tributary_sdk::Source::read(zendesk, request(stream, cursor, false))
-            .await
-            .unwrap();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            match page {
-                Ok(page) => out.push(page),
-                Err(e) => return (out, e),
-            }
-        }
-        panic!(
-            "{stream}: the read ended without an error after {} pages",
-            out.len()
-        );
-    };
-    tokio::time::timeout(Duration::from_secs(30), walk)
-        .await
-        .unwrap_or_else(|_| panic!("{stream}: the read did not stop within 30 s"))
+    tributary_sdk::conformance::read_until_error(zendesk, request(stream, cursor, false)).await
 }
 
 /// Asserts `err` is a protocol error of Zendesk about `stream` whose message has `needle`.
 fn assert_protocol(err: &Error, stream: &str, needle: &str) {
-    match err {
-        Error::Protocol {
-            vendor,
-            stream: s,
-            message,
-        } => {
-            assert_eq!((vendor.as_str(), s.as_str()), ("Zendesk", stream), "{err}");
-            assert!(message.contains(needle), "wanted `{needle}` in: {message}");
-        }
-        other => panic!("expected a protocol error, got: {other}"),
-    }
+    tributary_sdk::conformance::assert_protocol(err, "Zendesk", stream, needle);
 }
 
 #[tokio::test]
