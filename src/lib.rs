@@ -11,6 +11,7 @@ pub mod logging;
 pub mod orchestrator;
 pub mod registry;
 pub mod runs;
+pub mod scaffold;
 pub mod scheduler;
 pub mod sink;
 pub mod tracking;

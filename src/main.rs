@@ -100,6 +100,11 @@ enum Command {
         #[arg(long)]
         rate_limit: Option<f64>,
     },
+    /// Connectors: scaffold a new vendor, or list the vendors this build knows.
+    Connector {
+        #[command(subcommand)]
+        action: ConnectorAction,
+    },
     /// Start the simulators, sync them into ./warehouse, and show what landed.
     Demo {
         /// Where the tables land.
@@ -108,6 +113,31 @@ enum Command {
         /// Objects per stream in the simulators.
         #[arg(long, default_value_t = 200)]
         records: usize,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ConnectorAction {
+    /// Scaffold connectors/NAME (config, client, streams, a simulator on the sandbox kit,
+    /// tests) and schemas/NAME from the template connector, and register it here.
+    New {
+        /// The vendor's name as configs write it (`type = "NAME"`), e.g. `widget_co`.
+        name: String,
+        /// The workspace to write into (this repository's root).
+        #[arg(long, default_value = ".")]
+        root: std::path::PathBuf,
+        /// The simulator's default port (default: one above the known vendors').
+        #[arg(long)]
+        port: Option<u16>,
+        /// Write the crate only; do not edit Cargo.toml and src/registry.rs.
+        #[arg(long)]
+        no_register: bool,
+    },
+    /// The vendors this build knows (`--markdown`: README's vendor table).
+    List {
+        /// As the Markdown table README holds.
+        #[arg(long)]
+        markdown: bool,
     },
 }
 
@@ -169,6 +199,19 @@ fn main() -> ExitCode {
                 rate_limit,
             } => demo::sandbox(&vendor, port, records, rate_limit).await,
             Command::Demo { warehouse, records } => demo::demo(&warehouse, records).await,
+            Command::Connector { action } => match action {
+                ConnectorAction::New {
+                    name,
+                    root,
+                    port,
+                    no_register,
+                } => tributary::scaffold::new_connector(&root, &name, port, !no_register)
+                    .map(|()| ExitCode::SUCCESS),
+                ConnectorAction::List { markdown } => {
+                    print!("{}", tributary::scaffold::list(markdown));
+                    Ok(ExitCode::SUCCESS)
+                }
+            },
         }
     });
     match result {

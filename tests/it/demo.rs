@@ -31,19 +31,36 @@ async fn demo_lands_every_vendor_and_leaves_a_config_to_go_on_with() {
         assert!(stdout.contains(table), "{table} in\n{stdout}");
     }
     assert!(stdout.contains("syncing again, incrementally"), "{stdout}");
-    // Every vendor's tables landed.
     for table in ["stripe/charges", "zendesk/tickets", "salesforce/account"] {
         let rows = read_table(&dir.path().join("warehouse").join(table)).await;
         assert!(!id_counts(&rows).is_empty(), "{table}");
     }
+    // Every vendor the registry knows (a newly registered one included) has
+    // its section in the config and tables with rows, and every one of its tables is in
+    // the summary.
     let config = std::fs::read_to_string(dir.path().join("tributary.demo.toml"))
         .expect("demo leaves its config");
-    for section in [
-        "[sources.stripe]",
-        "[sources.zendesk]",
-        "[sources.salesforce]",
-    ] {
-        assert!(config.contains(section), "{section} in\n{config}");
+    for vendor in tributary::registry::vendors() {
+        let kind = vendor.source.kind;
+        let section = format!("[sources.{kind}]");
+        assert!(config.contains(&section), "{section} in\n{config}");
+        let root = dir.path().join("warehouse").join(kind);
+        let mut rows = 0;
+        for table in std::fs::read_dir(&root)
+            .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.join("_delta_log").is_dir())
+        {
+            let name = format!("{kind}.{}", table.file_name().unwrap().to_string_lossy());
+            if !name.ends_with("_history") {
+                assert!(
+                    stdout.contains(&name),
+                    "{name} not in the summary\n{stdout}"
+                );
+            }
+            rows += id_counts(&read_table(&table).await).len();
+        }
+        assert!(rows > 0, "no rows landed for {kind}");
     }
     // The command that serves the simulators again, as printed.
     let line = stdout
@@ -62,7 +79,8 @@ async fn demo_lands_every_vendor_and_leaves_a_config_to_go_on_with() {
         .spawn()
         .expect("sandbox all starts");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    for p in port..port + 3 {
+    let vendors = u16::try_from(tributary::registry::vendors().len()).unwrap();
+    for p in port..port + vendors {
         while tokio::net::TcpStream::connect(("127.0.0.1", p))
             .await
             .is_err()

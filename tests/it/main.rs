@@ -17,5 +17,6 @@ mod s3;
 mod s3_faults;
 mod s3_writers;
 mod salesforce;
+mod scaffold;
 mod stripe;
 mod zendesk;

@@ -11,10 +11,13 @@
 //!   `/_sandbox/rate_limit`, `/_sandbox/clock`, `/_sandbox/stats`, `/_sandbox/stats/reset`),
 //!   with the [`Vendor`] trait supplying the vendor's error bodies, its statistics and its
 //!   own control endpoints.
+//! - [`api`]: the whole request pipeline for a simulator that only writes its routes
+//!   ([`api::Api`]).
 //! - [`form`]: query strings and form bodies (percent-decoding, `a[b][c]` keys);
 //!   [`gzip`]: negotiation and compression; [`response`]: cut and malformed bodies;
 //!   [`base64`]: Basic credentials and opaque cursors.
 
+pub mod api;
 pub mod base64;
 pub mod clock;
 pub mod control;

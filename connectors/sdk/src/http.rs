@@ -160,6 +160,28 @@ impl HttpConfig {
     }
 }
 
+/// One page of a JSON list (see [`HttpClient::list`]): the response, its body untouched,
+/// and what a scan of the body found.
+#[derive(Clone, Debug)]
+pub struct Listing {
+    /// The response (status, headers, the whole body, the vendor's `Date`).
+    pub response: Response,
+    /// Record count, first and last ids, and the envelope's scalars.
+    pub envelope: crate::pagination::Envelope,
+}
+
+/// The key under which every source of one vendor account shares a limiter
+/// ([`HttpClient::shared`]): `vendor:` and a short, non-reversible digest (FNV-1a) of
+/// `credential`, never the credential itself.
+pub fn account_key(vendor: &str, credential: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in credential.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{vendor}:{:012x}", hash >> 16)
+}
+
 /// A successful (2xx) response, with its body read in full.
 #[derive(Clone, Debug)]
 pub struct Response {
@@ -299,6 +321,40 @@ enum Failure {
 }
 
 impl HttpClient {
+    /// GETs one page of a JSON list whose records sit in the top-level array
+    /// `records_key`, each identified by `id_field`, built by `build` (called once per
+    /// attempt). A body that is not one complete JSON object (cut short, garbled) is
+    /// retried like a transport failure; the page comes back untouched with what
+    /// [`scan_envelope`](crate::pagination::scan_envelope) found in it, so the caller reads
+    /// its cursor and flags without parsing the records (and checks the documented shape
+    /// with [`Envelope::require_records_array`](crate::pagination::Envelope::require_records_array)
+    /// and friends).
+    pub async fn list<F>(
+        &self,
+        what: &str,
+        records_key: &str,
+        id_field: &str,
+        build: F,
+    ) -> Result<Listing>
+    where
+        F: Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    {
+        // The check already scans the body; keep what it found instead of scanning twice.
+        let scanned: Mutex<Option<crate::pagination::Envelope>> = Mutex::new(None);
+        let response = self
+            .send_checked(what, build, |r: &Response| {
+                let envelope = crate::pagination::scan_envelope(&r.body, records_key, id_field)?;
+                *scanned.lock().unwrap_or_else(PoisonError::into_inner) = Some(envelope);
+                Ok(())
+            })
+            .await?;
+        let envelope = scanned
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ok_or_else(|| Error::decode(format!("{what} response"), "the body was not scanned"))?;
+        Ok(Listing { response, envelope })
+    }
+
     /// A client with its own limiter, not shared with any other client (clones excepted).
     pub fn new(config: HttpConfig) -> Result<Self> {
         let account = Arc::new(Account::new(&config)?);

@@ -204,12 +204,7 @@ pub fn is_missing(err: &Error, id: &str) -> bool {
 /// The key under which all sources of one Stripe account share a limiter: a short,
 /// non-reversible digest of the API key (FNV-1a), never the key itself.
 pub fn account_key(api_key: &Secret) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in api_key.expose().bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("stripe:{:012x}", hash >> 16)
+    tributary_sdk::http::account_key("stripe", api_key.expose())
 }
 
 #[cfg(test)]
