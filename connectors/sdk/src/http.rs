@@ -225,6 +225,8 @@ struct Account {
     /// stricter per-endpoint limit inside its account-wide one), see
     /// [`HttpClient::shared_within`].
     parent: Option<Arc<Account>>,
+    /// 429 answers seen by any client of the account (see [`HttpClient::throttled`]).
+    throttled: std::sync::atomic::AtomicU64,
 }
 
 impl Account {
@@ -235,6 +237,7 @@ impl Account {
             requests_per_second: config.requests_per_second,
             burst: config.burst,
             parent: None,
+            throttled: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -450,6 +453,16 @@ impl HttpClient {
         })
     }
 
+    /// How many 429 answers the clients of this account have had so far: a caller that
+    /// keeps several requests in flight (a concurrent backfill) watches it to back off,
+    /// since the retries that follow a 429 are otherwise invisible to it.
+    pub fn throttled(&self) -> u64 {
+        self.inner
+            .account
+            .throttled
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The config this client was built with.
     pub fn config(&self) -> &HttpConfig {
         &self.inner.config
@@ -479,6 +492,12 @@ impl HttpClient {
     {
         let config = &self.inner.config;
         let mut retries = 0u32;
+        // 429s that said how long to wait are the vendor pacing the account: with several
+        // requests in flight sharing its budget, one request can lose the race a few times
+        // in a row. They get four times `max_retries`, and `max_retry_after` of waiting in
+        // total, before the request fails.
+        let mut throttled_for = Duration::ZERO;
+        let mut paced_retries = 0u32;
         loop {
             let (client, request) = build(&self.inner.client).build_split();
             let request = request.map_err(|err| Error::Transport {
@@ -548,7 +567,21 @@ impl HttpClient {
                 }
             };
 
-            if retries >= config.max_retries {
+            let paced = matches!(
+                failure,
+                Failure::Status {
+                    status: 429,
+                    retry_after: Some(_),
+                    ..
+                }
+            );
+            let exhausted = if paced {
+                throttled_for >= config.max_retry_after
+                    || paced_retries >= config.max_retries.saturating_mul(4)
+            } else {
+                retries >= config.max_retries
+            };
+            if exhausted {
                 return Err(match failure {
                     Failure::Status {
                         status: 429,
@@ -583,6 +616,12 @@ impl HttpClient {
                 } => (Some(*status), *retry_after, None),
                 Failure::Transport(message) => (None, None, Some(message.as_str())),
             };
+            if status == Some(429) {
+                self.inner
+                    .account
+                    .throttled
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             let delay = match retry_after {
                 Some(retry_after) => {
                     if status == Some(429) {
@@ -605,7 +644,12 @@ impl HttpClient {
                 "Retrying request."
             );
             tokio::time::sleep(delay).await;
-            retries += 1;
+            if paced {
+                throttled_for += delay;
+                paced_retries += 1;
+            } else {
+                retries += 1;
+            }
         }
     }
 
@@ -1103,6 +1147,41 @@ mod tests {
         );
         headers.insert(RETRY_AFTER, HeaderValue::from_static("garbage"));
         assert_eq!(retry_after(&headers, None), None);
+    }
+
+    #[tokio::test]
+    async fn paced_429s_get_four_times_the_retries_and_are_counted() {
+        // Five 429s with `Retry-After: 0` then success: more than `max_retries` (3), as a
+        // request sharing the account's budget with others may lose the race that often.
+        let (url, count) = counting(|n| {
+            if n < 5 {
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::RETRY_AFTER, "0")],
+                    "wait",
+                )
+            } else {
+                (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")], "ok")
+            }
+        })
+        .await;
+        let client = HttpClient::new(config()).unwrap();
+        let response = client.send("test", |c| c.get(&url)).await.unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(client.throttled(), 5);
+        // A vendor that never stops pacing: 4 × 3 retries, then the request fails.
+        let (url, count_forever) = counting(|_| {
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, "0")],
+                "wait",
+            )
+        })
+        .await;
+        let err = client.send("test", |c| c.get(&url)).await.unwrap_err();
+        assert!(matches!(err, Error::RateLimited { .. }), "{err:?}");
+        assert_eq!(count_forever.load(Ordering::SeqCst), 13);
+        assert_eq!(count.load(Ordering::SeqCst), 6);
     }
 
     #[tokio::test]

@@ -66,6 +66,16 @@ impl StripeClient {
         })
     }
 
+    /// How many 429s the account has had (see `HttpClient::throttled`).
+    pub fn throttled(&self) -> u64 {
+        self.http.throttled()
+    }
+
+    /// The account's request rate this client keeps to.
+    pub fn requests_per_second(&self) -> f64 {
+        self.http.config().requests_per_second
+    }
+
     /// GETs one page of the list endpoint `path` (e.g. `/v1/charges`) with `query`, for
     /// `stream` (named in errors). A body that is not one complete JSON object (cut short,
     /// garbled) is retried like a transport failure; a complete one that is not Stripe's

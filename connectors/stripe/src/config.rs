@@ -62,6 +62,21 @@ pub struct StripeConfig {
     /// Objects fetched per list request, from 1 to 100.
     #[serde(default = "default_page_size")]
     pub page_size: u32,
+
+    /// Most list requests one stream's backfill keeps in flight, from 1 to 64 (1 reads
+    /// one page after another). A first sync splits the stream by `created` into ranges
+    /// read at once, as many in flight as `requests_per_second` × Stripe's answer time
+    /// needs, never more than this; the rate limit still bounds the requests per second.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: u32,
+}
+
+/// The default of `max_concurrency`: 100 requests a second (a live key's limit) at a
+/// typical 300 ms list answer need 30 in flight.
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 32;
+
+fn default_max_concurrency() -> u32 {
+    DEFAULT_MAX_CONCURRENCY
 }
 
 fn default_api_base() -> String {
@@ -89,6 +104,8 @@ pub struct Settings {
     pub requests_per_second: f64,
     /// `limit` of list requests.
     pub page_size: u32,
+    /// Most list requests in flight for one stream's backfill.
+    pub max_concurrency: u32,
     /// Whether the key is a live-mode key.
     pub live_mode: bool,
 }
@@ -102,6 +119,7 @@ impl StripeConfig {
             stripe_version: default_stripe_version(),
             requests_per_second: None,
             page_size: default_page_size(),
+            max_concurrency: default_max_concurrency(),
         }
     }
 
@@ -148,6 +166,7 @@ impl StripeConfig {
         // Stripe's list endpoints take `limit` from 1 to 100
         // (https://docs.stripe.com/api/pagination).
         check_range("page_size", self.page_size, 1, MAX_PAGE_SIZE)?;
+        check_range("max_concurrency", self.max_concurrency, 1, 64)?;
 
         Ok(Settings {
             api_key: Secret::new(key),
@@ -155,6 +174,7 @@ impl StripeConfig {
             stripe_version: stripe_version.to_owned(),
             requests_per_second,
             page_size: self.page_size,
+            max_concurrency: self.max_concurrency,
             live_mode,
         })
     }

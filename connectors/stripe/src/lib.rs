@@ -41,6 +41,7 @@ use streams::Cursor;
 pub struct Stripe {
     client: Arc<StripeClient>,
     page_size: u32,
+    max_concurrency: u32,
     schemas: Vec<StreamSchema>,
     ctx: SourceContext,
 }
@@ -64,6 +65,7 @@ impl Connector for Stripe {
         Ok(Stripe {
             client: Arc::new(StripeClient::new(&settings)?),
             page_size: settings.page_size,
+            max_concurrency: settings.max_concurrency,
             schemas: streams::schemas()?,
             ctx,
         })
@@ -88,6 +90,7 @@ impl Connector for Stripe {
             def,
             &request.schema,
             self.page_size,
+            self.max_concurrency,
             request.cursor,
             request.full_refresh,
         ))

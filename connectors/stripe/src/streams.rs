@@ -352,6 +352,10 @@ pub enum Cursor {
         /// `created` of the oldest object landed still `pending` (streams that settle).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pending_since: Option<i64>,
+        /// A backfill read as `created` ranges at once: the ranges not finished yet, each
+        /// where its last landed page ended (`starting_after` is then unused).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ranges: Option<Vec<Range>>,
     },
     /// Following the feed forward from `anchor`.
     Changes {
@@ -370,6 +374,22 @@ pub enum Cursor {
     },
 }
 
+/// One `created` range of a concurrent backfill: the objects created in `[gte, lt)`,
+/// walked newest-first like the whole list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Range {
+    /// Objects created at or after this (Unix seconds; `created[gte]`).
+    pub gte: i64,
+    /// Objects created before this (`created[lt]`).
+    pub lt: i64,
+    /// The last object landed from this range; the walk goes on after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starting_after: Option<String>,
+    /// That object's `created`: where the range restarts if Stripe no longer knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_created: Option<i64>,
+}
+
 /// Reads stream `def` (whose schema is `schema`) from `cursor` (or from scratch), fetching
 /// ahead of the consumer.
 pub fn read(
@@ -377,6 +397,7 @@ pub fn read(
     def: &'static StreamDef,
     schema: &StreamSchema,
     page_size: u32,
+    max_concurrency: u32,
     cursor: Option<Cursor>,
     full_refresh: bool,
 ) -> PageStream {
@@ -387,6 +408,7 @@ pub fn read(
             def,
             declared,
             page_size,
+            max_concurrency: max_concurrency.max(1) as usize,
             tx,
         };
         reader.run(if full_refresh { None } else { cursor }, full_refresh)
@@ -402,6 +424,8 @@ struct BackfillAt {
     anchor_created: Option<i64>,
     since: i64,
     pending_since: Option<i64>,
+    /// The open ranges of a concurrent backfill.
+    ranges: Option<Vec<Range>>,
 }
 
 /// A changes phase in progress.
@@ -483,6 +507,8 @@ struct Reader {
     /// cut down to (see [`Reader::latest_objects`]).
     declared: Vec<String>,
     page_size: u32,
+    /// Most list requests in flight in a concurrent backfill.
+    max_concurrency: usize,
     tx: PageSender,
 }
 
@@ -498,12 +524,14 @@ impl Reader {
                 anchor,
                 since,
                 pending_since,
+                ranges,
             }) => Step::Backfill(BackfillAt {
                 starting_after,
                 anchor,
                 anchor_created: None,
                 since,
                 pending_since,
+                ranges,
             }),
             Some(Cursor::Changes {
                 anchor,
@@ -588,9 +616,19 @@ impl Reader {
                 anchor_created: None,
                 since: Utc::now().timestamp(),
                 pending_since: None,
+                ranges: None,
             },
-            None => self.begin_backfill().await?,
+            None => {
+                let mut at = self.begin_backfill().await?;
+                if self.concurrent() {
+                    at.ranges = Some(initial_ranges(at.since, self.max_concurrency));
+                }
+                at
+            }
         };
+        if let Some(ranges) = at.ranges.take() {
+            return self.backfill_ranges(at, ranges, reset).await;
+        }
         let mut guard = self.list_guard();
         if let Some(after) = &at.starting_after {
             guard.start_at(after);
@@ -642,6 +680,7 @@ impl Reader {
                     anchor: at.anchor.clone(),
                     since: at.since,
                     pending_since: at.pending_since,
+                    ranges: None,
                 };
                 if !self.emit(records, &cursor, reset).await {
                     return Ok(Outcome::Done);
@@ -662,6 +701,236 @@ impl Reader {
         }
     }
 
+    /// Whether this stream's backfill is read as `created` ranges at once: streams whose
+    /// changes come from events (their list is only the backfill, every object has a
+    /// `created`, and the anchor fixed before the backfill covers what changes during
+    /// it). The events feed, immutable lists, subscription items and invoice items (listed
+    /// by `date` in older API versions) stay one walk.
+    fn concurrent(&self) -> bool {
+        self.max_concurrency > 1 && matches!(self.def.feed, Feed::Events(_)) && !self.def.settles
+    }
+
+    /// A backfill read as `created` ranges at once (see [`Range`]).
+    ///
+    /// Every range is walked newest-first with `starting_after`, one request at a time;
+    /// the ranges run at once, up to as many requests in flight as Stripe's answer time ×
+    /// the account's rate needs, never more than `max_concurrency` (the account's limiter
+    /// still spaces the requests out, so more in flight never means more per second).
+    /// Pages are emitted as they arrive, each with a cursor holding every open range as of
+    /// the pages emitted so far: the runtime commits pages in order, so a committed cursor
+    /// says exactly what has landed, and a killed backfill resumes each range after its
+    /// last committed page, reading nothing twice and skipping nothing. A range with more
+    /// time left to read than it has read is split at the middle of what is left: the walk
+    /// goes on in the newer half (Stripe's `starting_after` stays valid as the object it
+    /// names is in it), the older half becomes a range of its own. The anchor was fixed before the first range was read, so changes made
+    /// while the backfill runs come from the events afterwards.
+    async fn backfill_ranges(
+        &self,
+        at: BackfillAt,
+        ranges: Vec<Range>,
+        mut reset: bool,
+    ) -> Result<Outcome> {
+        let stream = self.def.name;
+        let mut open: Vec<(u64, Range)> = Vec::new();
+        let mut next_id = 0u64;
+        for range in ranges {
+            open.push((next_id, range));
+            next_id += 1;
+        }
+        // One guard for every range: an object is in one range only, so a page leading
+        // to an id any range has followed (or one outside the range) is a hostile answer.
+        let mut guard = self.list_guard();
+        for (_, range) in &open {
+            if let Some(after) = &range.starting_after {
+                guard.start_at(after);
+            }
+        }
+        let mut in_flight: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        let mut tasks: tokio::task::JoinSet<(u64, Result<Listing>, std::time::Duration)> =
+            tokio::task::JoinSet::new();
+        let mut pending_since = at.pending_since;
+        // The answer time, smoothed; the rate, as the account's limiter allows it.
+        let mut latency = 0.3_f64;
+        let rate = self.client.requests_per_second();
+        let max_ranges = self.max_concurrency * 2;
+        // Additive increase, multiplicative decrease on 429s: the ceiling on requests in
+        // flight halves when the account is throttled and grows by one per page.
+        let mut ceiling = self.max_concurrency as f64;
+        let mut throttled = self.client.throttled();
+        loop {
+            // As many in flight as latency × rate needs (plus one), within the ceiling.
+            let wanted = ((latency * rate).ceil() as usize + 1)
+                .min(ceiling as usize)
+                .clamp(1, self.max_concurrency);
+            for (id, range) in &open {
+                if in_flight.len() >= wanted {
+                    break;
+                }
+                if in_flight.contains(id) {
+                    continue;
+                }
+                let mut query = self.list_query();
+                query.push(("created[gte]", range.gte.to_string()));
+                query.push(("created[lt]", range.lt.to_string()));
+                if let Some(after) = &range.starting_after {
+                    query.push(("starting_after", after.clone()));
+                }
+                let client = Arc::clone(&self.client);
+                let (id, path) = (*id, self.def.list_path);
+                tasks.spawn(async move {
+                    let started = std::time::Instant::now();
+                    let listing = client.list(stream, path, &query).await;
+                    (id, listing, started.elapsed())
+                });
+                in_flight.insert(id);
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            let (id, listing, took) = joined.map_err(|e| {
+                Error::protocol(VENDOR, stream, format!("a list request task failed: {e}"))
+            })?;
+            in_flight.remove(&id);
+            latency = 0.8 * latency + 0.2 * took.as_secs_f64();
+            let now_throttled = self.client.throttled();
+            if now_throttled > throttled {
+                ceiling = (ceiling / 2.0).max(1.0);
+                throttled = now_throttled;
+            } else {
+                ceiling = (ceiling + 1.0).min(self.max_concurrency as f64);
+            }
+            let Some(index) = open.iter().position(|(i, _)| *i == id) else {
+                continue;
+            };
+            let listing = match listing {
+                Ok(listing) => listing,
+                Err(e) => {
+                    let range = &mut open[index].1;
+                    if let Some(after) = range.starting_after.clone()
+                        && is_missing(&e, &after)
+                    {
+                        // Stripe no longer knows the object the range was to continue
+                        // after (deleted): list the range again from that object's second.
+                        tracing::warn!(
+                            stream,
+                            "The object a backfill range was to continue after no longer exists; reading the range again from its time."
+                        );
+                        if let Some(created) = range.last_created {
+                            range.lt = range.lt.min(created + 1);
+                        }
+                        range.starting_after = None;
+                        range.last_created = None;
+                        continue;
+                    }
+                    tasks.abort_all();
+                    return Err(e);
+                }
+            };
+            let has_more = listing.has_more();
+            if self.def.settles {
+                pending_since = older(pending_since, oldest_pending(&listing.body));
+            }
+            if has_more {
+                let next = match self.next_after(&mut guard, &listing) {
+                    Ok(next) => next,
+                    Err(e) => {
+                        tasks.abort_all();
+                        return Err(e);
+                    }
+                };
+                let last = last_created(&listing.body);
+                let range = &mut open[index].1;
+                if last.is_some_and(|c| c < range.gte || c >= range.lt) {
+                    tasks.abort_all();
+                    return Err(Error::protocol(
+                        VENDOR,
+                        stream,
+                        format!(
+                            "Stripe answered a list of objects created in [{}, {}) with one \
+                             created outside it; stopping so nothing lands twice. Nothing past \
+                             the last good page is committed.",
+                            range.gte, range.lt
+                        ),
+                    ));
+                }
+                range.starting_after = Some(next);
+                range.last_created = last;
+                // Split a range with more left to read than it has read, while there is
+                // room for more ranges: every page of a dense range can split it, so the
+                // ranges double each round trip until there are enough to keep the
+                // requests in flight that the rate needs.
+                if let Some(last) = last
+                    && open.len() < max_ranges
+                {
+                    let range = &mut open[index].1;
+                    let covered = (range.lt - last).max(1);
+                    let left = last - range.gte;
+                    if left > covered {
+                        let mid = range.gte + left / 2;
+                        let older_half = Range {
+                            gte: range.gte,
+                            lt: mid,
+                            starting_after: None,
+                            last_created: None,
+                        };
+                        range.gte = mid;
+                        open.insert(index + 1, (next_id, older_half));
+                        next_id += 1;
+                    }
+                }
+            } else {
+                open.remove(index);
+            }
+            let records = if listing.envelope.count == 0 {
+                Records::Values(Vec::new())
+            } else {
+                Records::Json {
+                    body: listing.body,
+                    path: &["data"],
+                }
+            };
+            if open.is_empty() {
+                let next = ChangesAt {
+                    anchor: at.anchor.clone(),
+                    anchor_created: at.anchor_created.unwrap_or(at.since),
+                    since: at.since,
+                    pending_since,
+                };
+                if !self.emit(records, &next.cursor(), reset).await {
+                    return Ok(Outcome::Done);
+                }
+                return Ok(Outcome::Changes(next));
+            }
+            let cursor = Cursor::Backfill {
+                starting_after: None,
+                anchor: at.anchor.clone(),
+                since: at.since,
+                pending_since,
+                ranges: Some(open.iter().map(|(_, r)| r.clone()).collect()),
+            };
+            if !self.emit(records, &cursor, reset).await {
+                tasks.abort_all();
+                return Ok(Outcome::Done);
+            }
+            reset = false;
+        }
+        // Only reached with no range open, which returns above; a backfill resumed with
+        // an empty list of ranges is complete.
+        let next = ChangesAt {
+            anchor: at.anchor.clone(),
+            anchor_created: at.anchor_created.unwrap_or(at.since),
+            since: at.since,
+            pending_since,
+        };
+        if !self
+            .emit(Records::Values(Vec::new()), &next.cursor(), reset)
+            .await
+        {
+            return Ok(Outcome::Done);
+        }
+        Ok(Outcome::Changes(next))
+    }
+
     /// Notes the newest event of the stream's feed and Stripe's clock.
     async fn begin_backfill(&self) -> Result<BackfillAt> {
         let (path, mut query) = self.feed_query();
@@ -677,6 +946,7 @@ impl Reader {
             anchor_created,
             since: unix(listing.date),
             pending_since: None,
+            ranges: None,
         })
     }
 
@@ -1459,6 +1729,45 @@ fn id_and_created(object: &Value) -> Option<(String, i64)> {
     ))
 }
 
+/// No Stripe object is older than Stripe (its API opened in 2011): where the first
+/// backfill ranges start.
+pub const FLOOR: i64 = 1_293_840_000;
+
+/// The first ranges of a concurrent backfill whose anchor was noted at `since`: `[FLOOR,
+/// since + 1)` cut into `n` equal ranges, newest first. Empty ones cost one request each;
+/// dense ones split further as they are read.
+fn initial_ranges(since: i64, n: usize) -> Vec<Range> {
+    let (lo, hi) = (FLOOR.min(since), since + 1);
+    let n = n.clamp(1, 64) as i64;
+    let step = ((hi - lo) / n).max(1);
+    let mut ranges = Vec::new();
+    let mut top = hi;
+    while top > lo {
+        let bottom = if ranges.len() as i64 == n - 1 {
+            lo
+        } else {
+            (top - step).max(lo)
+        };
+        ranges.push(Range {
+            gte: bottom,
+            lt: top,
+            starting_after: None,
+            last_created: None,
+        });
+        top = bottom;
+    }
+    ranges
+}
+
+/// The `created` of the last object of a list page.
+fn last_created(body: &[u8]) -> Option<i64> {
+    serde_json::from_slice::<List<Created>>(body)
+        .ok()?
+        .data
+        .last()?
+        .created
+}
+
 /// The `created` of the first object of a list page.
 fn first_created(body: &[u8]) -> Option<i64> {
     serde_json::from_slice::<List<Created>>(body)
@@ -1515,12 +1824,34 @@ mod tests {
                 anchor: Some("evt_1".into()),
                 since: 1_700_000_000,
                 pending_since: None,
+                ranges: None,
             },
             Cursor::Backfill {
                 starting_after: None,
                 anchor: None,
                 since: 1,
                 pending_since: Some(0),
+                ranges: None,
+            },
+            Cursor::Backfill {
+                starting_after: None,
+                anchor: Some("evt_1".into()),
+                since: 1_700_000_000,
+                pending_since: None,
+                ranges: Some(vec![
+                    Range {
+                        gte: 1_650_000_000,
+                        lt: 1_700_000_001,
+                        starting_after: Some("ch_9".into()),
+                        last_created: Some(1_690_000_000),
+                    },
+                    Range {
+                        gte: FLOOR,
+                        lt: 1_650_000_000,
+                        starting_after: None,
+                        last_created: None,
+                    },
+                ]),
             },
             Cursor::Changes {
                 anchor: Some("evt_2".into()),
@@ -1546,6 +1877,7 @@ mod tests {
                 anchor: None,
                 since: 7,
                 pending_since: None,
+                ranges: None,
             }),
             json!({"phase": "backfill", "starting_after": "ch_1", "anchor": null, "since": 7})
         );

@@ -31,11 +31,22 @@ async fn sandbox(records: usize) -> StripeSandbox {
 }
 
 fn stripe(sandbox: &StripeSandbox, page_size: u32) -> Stripe {
+    stripe_with(sandbox, page_size, crate::config::DEFAULT_MAX_CONCURRENCY)
+}
+
+/// A source whose backfills walk one page after another (`max_concurrency = 1`): the
+/// tests of one walk's order, cursors and guards.
+fn serial(sandbox: &StripeSandbox, page_size: u32) -> Stripe {
+    stripe_with(sandbox, page_size, 1)
+}
+
+fn stripe_with(sandbox: &StripeSandbox, page_size: u32, max_concurrency: u32) -> Stripe {
     let mut config = StripeConfig::new(Secret::new(StripeSandbox::api_key()));
     config.api_base = sandbox.url();
     // All sandboxes share a key, hence a limiter: keep it out of the way.
     config.requests_per_second = Some(10_000.0);
     config.page_size = page_size;
+    config.max_concurrency = max_concurrency;
     Stripe::new(config, SourceContext::default()).unwrap()
 }
 
@@ -300,7 +311,7 @@ async fn changes_span_several_pages_in_order() {
 #[tokio::test]
 async fn resuming_mid_backfill_lands_exactly_the_rest() {
     let sandbox = sandbox(100).await;
-    let stripe = stripe(&sandbox, 9);
+    let stripe = serial(&sandbox, 9);
     let pages = read(&stripe, "charges", None, false).await;
     assert!(pages.len() > 4);
     let all = ids(&pages);
@@ -766,7 +777,7 @@ fn assert_protocol(err: &Error, stream: &str, needle: &str) {
 #[tokio::test]
 async fn a_list_that_repeats_its_cursor_stops_after_the_good_page() {
     let sandbox = sandbox(60).await;
-    let stripe = stripe(&sandbox, 10);
+    let stripe = serial(&sandbox, 10);
     sandbox.set_faults(Faults {
         repeat_cursor: true,
         ..Faults::default()
@@ -795,7 +806,7 @@ async fn a_list_that_repeats_its_cursor_stops_after_the_good_page() {
 #[tokio::test]
 async fn a_list_whose_cursors_cycle_stops_at_the_cycle() {
     let sandbox = sandbox(60).await;
-    let stripe = stripe(&sandbox, 10);
+    let stripe = serial(&sandbox, 10);
     sandbox.set_faults(Faults {
         cycle_cursor: true,
         ..Faults::default()
@@ -876,7 +887,7 @@ async fn an_events_walk_with_empty_pages_that_say_more_stops() {
 #[tokio::test]
 async fn list_pages_of_the_wrong_shape_fail_the_stream_and_land_nothing() {
     let sandbox = sandbox(60).await;
-    let stripe = stripe(&sandbox, 10);
+    let stripe = serial(&sandbox, 10);
     let want = ids(&read(&stripe, "charges", None, false).await[..1]);
     for (shape, needle) in [
         (BadShape::DataObject, "`data` is an object, not an array"),
@@ -981,4 +992,139 @@ async fn conformance_kit_passes() {
             panic!("conformance of `{stream}`: {e}");
         }
     }
+}
+
+#[tokio::test]
+async fn a_concurrent_backfill_splits_by_created_and_lands_every_object_once() {
+    let sandbox = sandbox(300).await;
+    let stripe = stripe(&sandbox, 10);
+    let pages = read(&stripe, "charges", None, false).await;
+    assert_exactly_once("charges", &ids(&pages), &sandbox.ids("charges"));
+    // The ranges were read at once: many were open, and every request was of a range.
+    let most = pages
+        .iter()
+        .filter_map(|p| p.cursor["ranges"].as_array().map(Vec::len))
+        .max()
+        .unwrap_or(0);
+    assert!(most >= 8, "at most {most} ranges open");
+    assert_eq!(phase(pages.last().unwrap()), "changes");
+    let changes = read(
+        &stripe,
+        "charges",
+        Some(pages.last().unwrap().cursor.clone()),
+        false,
+    )
+    .await;
+    assert!(
+        ids(&changes).is_empty(),
+        "nothing changed: {:?}",
+        ids(&changes)
+    );
+}
+
+#[tokio::test]
+async fn resuming_a_concurrent_backfill_from_any_page_lands_exactly_the_rest() {
+    let sandbox = sandbox(150).await;
+    let stripe = stripe(&sandbox, 10);
+    let pages = read(&stripe, "charges", None, false).await;
+    let everything = sandbox.ids("charges");
+    for k in [0, 3, pages.len() / 2, pages.len() - 2] {
+        let cursor = pages[k].cursor.clone();
+        assert_eq!(cursor["phase"], "backfill", "page {k}");
+        assert!(cursor["ranges"].is_array(), "page {k}: {cursor}");
+        let rest = read(&stripe, "charges", Some(cursor), false).await;
+        let mut landed = ids(&pages[..=k]);
+        landed.extend(ids(&rest));
+        assert_exactly_once("charges", &landed, &everything);
+        assert_eq!(phase(rest.last().unwrap()), "changes");
+    }
+}
+
+#[tokio::test]
+async fn a_concurrent_backfill_stops_on_a_repeated_cursor_without_landing_twice() {
+    let sandbox = sandbox(60).await;
+    let stripe = stripe(&sandbox, 10);
+    sandbox.set_faults(Faults {
+        repeat_cursor: true,
+        ..Faults::default()
+    });
+    let (pages, err) = read_until_error(&stripe, "charges", None).await;
+    assert_protocol(
+        &err,
+        "charges",
+        "repeated the pagination cursor `starting_after`",
+    );
+    let landed = ids(&pages);
+    let unique: HashSet<_> = landed.iter().collect();
+    assert_eq!(unique.len(), landed.len(), "no object twice");
+    assert!(pages.iter().all(|p| phase(p) == "backfill"));
+}
+
+/// Customers created, renamed and deleted while a concurrent backfill runs: the backfill
+/// and the next incremental run together bring the table to Stripe's state.
+#[tokio::test]
+async fn changes_during_a_concurrent_backfill_land_with_the_next_run() {
+    let sandbox = sandbox(200).await;
+    let stripe = stripe(&sandbox, 5);
+    let request = request(&stripe, "customers", None, false).await;
+    let mut stream = tributary_sdk::Source::read(&stripe, request).await.unwrap();
+    let mut table: HashMap<String, bool> = HashMap::new();
+    let mut last = None;
+    let mut n = 0;
+    while let Some(page) = stream.next().await {
+        let page = page.unwrap();
+        for (id, deleted) in records(&page) {
+            table.insert(id, deleted);
+        }
+        last = Some(page.cursor.clone());
+        n += 1;
+        if n == 3 {
+            sandbox.advance_clock(Duration::from_secs(1));
+            let all = sandbox.ids("customers");
+            sandbox.create("customers", json!({"name": "Made mid-backfill"}));
+            for id in all.iter().step_by(17) {
+                sandbox.update("customers", id, json!({"name": "Renamed mid-backfill"}));
+            }
+            for id in all.iter().skip(5).step_by(23) {
+                assert!(sandbox.delete("customers", id));
+            }
+        }
+    }
+    assert!(n > 3, "the backfill took {n} pages");
+    let changes = read(&stripe, "customers", last, false).await;
+    for page in &changes {
+        for (id, deleted) in records(page) {
+            table.insert(id, deleted);
+        }
+    }
+    let mut live: Vec<String> = table
+        .into_iter()
+        .filter(|(_, deleted)| !deleted)
+        .map(|(id, _)| id)
+        .collect();
+    live.sort();
+    let mut want = sandbox.ids("customers");
+    want.sort();
+    assert_eq!(live, want);
+}
+
+#[tokio::test]
+async fn a_concurrent_backfill_stops_when_cursors_cycle_across_ranges() {
+    let sandbox = sandbox(200).await;
+    let stripe = stripe(&sandbox, 10);
+    sandbox.set_faults(Faults {
+        cycle_cursor: true,
+        ..Faults::default()
+    });
+    let (pages, err) = read_until_error(&stripe, "charges", None).await;
+    // The first range to follow a cursor gets it answered; any other that is led back to
+    // it (its own range or another's) stops the backfill.
+    assert_protocol(
+        &err,
+        "charges",
+        "repeated the pagination cursor `starting_after`",
+    );
+    let landed = ids(&pages);
+    let unique: HashSet<_> = landed.iter().collect();
+    assert_eq!(unique.len(), landed.len(), "no object twice");
 }

@@ -81,7 +81,8 @@ async fn sigterm_commits_what_is_complete_and_stops() {
             records: 2000,
             ..Default::default()
         },
-        "streams = [\"charges\"]\npage_size = 20",
+        // One page at a time, so the sync is still running when SIGTERM comes.
+        "streams = [\"charges\"]\npage_size = 20\nmax_concurrency = 1",
     )
     .await;
     let text = std::fs::read_to_string(&env.config)
