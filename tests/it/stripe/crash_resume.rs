@@ -24,19 +24,22 @@ async fn sigkill_at_random_moments_then_resume_lands_everything_exactly_once() {
         .unwrap()
         .replace("batch_size = 500", "batch_size = 40\ncommit_every = 100");
     std::fs::write(&env.config, text).unwrap();
-    // Slow the simulator down so a full sync takes several seconds.
+    // Answers take as long as a real vendor's, so the concurrent backfill (32 ranges in
+    // flight) takes a few seconds and the kills fall inside it.
     env.sandbox.set_faults(Faults {
-        slow_ms: 40,
+        slow_ms: 300,
         slow_rate: 1.0,
         ..Default::default()
     });
 
     let env = &env;
+    let saw_ranges = std::sync::atomic::AtomicUsize::new(0);
+    let saw_ranges = &saw_ranges;
     let killed_mid_run = sigkill_until_done(
         &env.config,
         12,
         0x5eed_1234_abcd_9876,
-        (150, 900),
+        (400, 2000),
         async |round| {
             // After every kill the tables are readable and have no duplicate.
             for table in ["charges", "charges_history"] {
@@ -48,12 +51,21 @@ async fn sigkill_at_random_moments_then_resume_lands_everything_exactly_once() {
                     );
                 }
             }
+            // The committed cursor of a kill inside the backfill holds its open ranges.
+            let state = env.run(&["state"]).await;
+            if String::from_utf8_lossy(&state.stdout).contains("\"ranges\"") {
+                saw_ranges.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         },
     )
     .await;
     assert!(
         killed_mid_run >= 3,
         "the kills must interrupt running syncs ({killed_mid_run})"
+    );
+    assert!(
+        saw_ranges.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "a kill must fall inside the concurrent backfill"
     );
 
     env.sandbox.set_faults(Faults::default());
