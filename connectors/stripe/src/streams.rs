@@ -720,8 +720,8 @@ impl Reader {
     /// the pages emitted so far: the runtime commits pages in order, so a committed cursor
     /// says exactly what has landed, and a killed backfill resumes each range after its
     /// last committed page, reading nothing twice and skipping nothing. A range with more
-    /// time left to read than it has read is split at the middle of what is left: the walk
-    /// goes on in the newer half (Stripe's `starting_after` stays valid as the object it
+    /// than two pages left (at the density of its last page) is split at the middle of
+    /// what is left: the walk goes on in the newer half (Stripe's `starting_after` stays valid as the object it
     /// names is in it), the older half becomes a range of its own. The anchor was fixed before the first range was read, so changes made
     /// while the backfill runs come from the events afterwards.
     async fn backfill_ranges(
@@ -757,6 +757,10 @@ impl Reader {
         // flight halves when the account is throttled and grows by one per page.
         let mut ceiling = self.max_concurrency as f64;
         let mut throttled = self.client.throttled();
+        // Pages each open range has left, estimated from its last page's density.
+        let mut estimates: HashMap<u64, i64> = HashMap::new();
+        // For the log line at the end.
+        let (mut requests, mut part_full) = (0u64, 0u64);
         loop {
             // As many in flight as latency × rate needs (plus one), within the ceiling.
             let wanted = ((latency * rate).ceil() as usize + 1)
@@ -853,34 +857,65 @@ impl Reader {
                         ),
                     ));
                 }
+                // The seconds this page spanned: from where the range stood to its last
+                // object.
+                let page_top = range.last_created.unwrap_or(range.lt);
                 range.starting_after = Some(next);
                 range.last_created = last;
-                // Split a range with more left to read than it has read, while there is
-                // room for more ranges: every page of a dense range can split it, so the
-                // ranges double each round trip until there are enough to keep the
-                // requests in flight that the rate needs.
-                if let Some(last) = last
-                    && open.len() < max_ranges
+                // Split the ranges with much more than their share of what is left, so
+                // that each open range holds about as many pages as the others: the
+                // requests in flight stay at what the rate needs until the end (no long
+                // tail of one range read page after page), and few ranges are made (each
+                // ends with a part-full page, a request that lands less).
+                let page_span = last.map(|last| (page_top - last).max(1));
+                let pages_left = match (last, page_span) {
+                    (Some(last), Some(span)) => (last - open[index].1.gte) / span,
+                    _ => 0,
+                };
+                estimates.insert(id, pages_left);
+                let total: i64 = open
+                    .iter()
+                    .map(|(i, _)| estimates.get(i).copied().unwrap_or(1))
+                    .sum();
+                let share = (total / wanted as i64).max(2);
+                let room = max_ranges.saturating_sub(open.len()) as i64;
+                if let (Some(last), Some(span)) = (last, page_span)
+                    && room > 0
+                    && pages_left > 2 * share
                 {
+                    let parts = (pages_left / share).clamp(2, room + 1);
                     let range = &mut open[index].1;
-                    let covered = (range.lt - last).max(1);
-                    let left = last - range.gte;
-                    if left > covered {
-                        let mid = range.gte + left / 2;
-                        let older_half = Range {
-                            gte: range.gte,
-                            lt: mid,
-                            starting_after: None,
-                            last_created: None,
+                    let (gte, step) = (range.gte, ((last - range.gte) / parts).max(1));
+                    range.gte = last - step;
+                    estimates.insert(id, step / span);
+                    let mut lt = range.gte;
+                    let mut new = Vec::new();
+                    while lt > gte {
+                        let bottom = if new.len() as i64 == parts - 2 {
+                            gte
+                        } else {
+                            (lt - step).max(gte)
                         };
-                        range.gte = mid;
-                        open.insert(index + 1, (next_id, older_half));
+                        estimates.insert(next_id, (lt - bottom) / span);
+                        new.push((
+                            next_id,
+                            Range {
+                                gte: bottom,
+                                lt,
+                                starting_after: None,
+                                last_created: None,
+                            },
+                        ));
                         next_id += 1;
+                        lt = bottom;
                     }
+                    open.splice(index + 1..index + 1, new);
                 }
             } else {
                 open.remove(index);
+                estimates.remove(&id);
             }
+            let listing_count = listing.envelope.count;
             let records = if listing.envelope.count == 0 {
                 Records::Values(Vec::new())
             } else {
@@ -889,7 +924,18 @@ impl Reader {
                     path: &["data"],
                 }
             };
+            requests += 1;
+            if listing_count < self.page_size as usize {
+                part_full += 1;
+            }
             if open.is_empty() {
+                tracing::info!(
+                    stream,
+                    ranges = next_id,
+                    requests,
+                    part_full_pages = part_full,
+                    "Concurrent backfill complete."
+                );
                 let next = ChangesAt {
                     anchor: at.anchor.clone(),
                     anchor_created: at.anchor_created.unwrap_or(at.since),
@@ -1734,19 +1780,20 @@ fn id_and_created(object: &Value) -> Option<(String, i64)> {
 pub const FLOOR: i64 = 1_293_840_000;
 
 /// The first ranges of a concurrent backfill whose anchor was noted at `since`: `[FLOOR,
-/// since + 1)` cut into `n` equal ranges, newest first. Empty ones cost one request each;
-/// dense ones split further as they are read.
+/// since + 1)` cut at a day, two, four, … before `since` (an account's objects crowd
+/// towards the present), newest first, at most `n`. Empty ranges cost one request each;
+/// dense ones split as they are read.
 fn initial_ranges(since: i64, n: usize) -> Vec<Range> {
     let (lo, hi) = (FLOOR.min(since), since + 1);
-    let n = n.clamp(1, 64) as i64;
-    let step = ((hi - lo) / n).max(1);
+    let n = n.clamp(1, 64);
     let mut ranges = Vec::new();
     let mut top = hi;
+    let mut width: i64 = 86_400;
     while top > lo {
-        let bottom = if ranges.len() as i64 == n - 1 {
+        let bottom = if ranges.len() + 1 == n {
             lo
         } else {
-            (top - step).max(lo)
+            (top - width).max(lo)
         };
         ranges.push(Range {
             gte: bottom,
@@ -1755,6 +1802,7 @@ fn initial_ranges(since: i64, n: usize) -> Vec<Range> {
             last_created: None,
         });
         top = bottom;
+        width = width.saturating_mul(2);
     }
     ranges
 }
@@ -1814,6 +1862,33 @@ mod tests {
                 && available.split(", ").count() == 16),
             "{err}"
         );
+    }
+
+    #[test]
+    fn initial_ranges_cover_floor_to_since_newest_first() {
+        for (since, n) in [
+            (1_800_000_000, 32),
+            (1_800_000_000, 3),
+            (FLOOR + 10, 32),
+            (FLOOR, 1),
+        ] {
+            let ranges = initial_ranges(since, n);
+            assert!(
+                !ranges.is_empty() && ranges.len() <= n,
+                "{n}: {}",
+                ranges.len()
+            );
+            assert_eq!(ranges[0].lt, since + 1);
+            assert_eq!(ranges.last().unwrap().gte, FLOOR);
+            for pair in ranges.windows(2) {
+                assert_eq!(pair[0].gte, pair[1].lt, "contiguous");
+                assert!(pair[0].gte < pair[0].lt);
+            }
+        }
+        // A day, two, four, ... back.
+        let ranges = initial_ranges(1_800_000_000, 32);
+        assert_eq!(ranges[0].gte, 1_800_000_001 - 86_400);
+        assert_eq!(ranges[1].gte, 1_800_000_001 - 3 * 86_400);
     }
 
     #[test]
