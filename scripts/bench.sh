@@ -65,10 +65,14 @@ export_requests_per_minute = $per_minute"
     ;;
   *) echo "BENCH_VENDOR must be stripe or zendesk" >&2; exit 2 ;;
 esac
-for _ in $(seq 1 600); do
-  curl -sf -o /dev/null "${probe[@]}" && break
+# Seeding a large account takes a while; the sync must not start (and retry) before.
+up=""
+for _ in $(seq 1 3000); do
+  curl -sf -o /dev/null "${probe[@]}" && { up=1; break; }
+  kill -0 "$sandbox_pid" 2>/dev/null || break
   sleep 0.1
 done
+[ -n "$up" ] || { echo "the $vendor simulator did not start:" >&2; cat "$work/sandbox.log" >&2; exit 1; }
 
 cat >"$work/bench.toml" <<TOML
 [warehouse]
@@ -78,11 +82,14 @@ $source_config
 streams = ["$stream"]
 TOML
 
+# The simulator shares the two cores with the sync: its CPU seconds during the sync.
+sim_cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14+$15)/hz}' "/proc/$sandbox_pid/stat"; }
+sim_cpu_before=$(sim_cpu)
 run=("$bin" --config "$work/bench.toml" sync --stream "$stream")
 if [ -n "${BENCH_PERF:-}" ]; then
   run=(perf record -g -o "$BENCH_PERF" -- "${run[@]}")
 fi
-/usr/bin/time -f "peak_rss_kb=%M elapsed_s=%e" -o "$work/time.txt" \
+/usr/bin/time -f "peak_rss_kb=%M elapsed_s=%e user_s=%U sys_s=%S" -o "$work/time.txt" \
   "${run[@]}" >"$work/summary.txt" 2>"$work/sync.log"
 cat "$work/summary.txt"
 rss_kb=$(sed -n 's/.*peak_rss_kb=\([0-9]*\).*/\1/p' "$work/time.txt")
@@ -91,4 +98,7 @@ landed=$(awk -v s="$vendor.$stream" '$1==s{print $2}' "$work/summary.txt")
 throttled=$(curl -s "http://127.0.0.1:$port/_sandbox/stats" | python3 -c "import json,sys; print(json.load(sys.stdin).get('rate_limited', '?'))" 2>/dev/null || echo "?")
 echo "vendor=$vendor stream=$stream latency_ms=$latency rate_limit=${rate_limit:-none} records=$landed elapsed_s=$elapsed records_per_s=$(python3 -c "print(round($landed/$elapsed))") peak_rss_mb=$(python3 -c "print(round($rss_kb/1024,1))") throttled=$throttled"
 du -sh "$work/warehouse/$vendor/$stream" | awk '{print "table_size="$1}'
+sim_cpu_after=$(sim_cpu)
+sync_cpu=$(sed -n 's/.*user_s=\([0-9.]*\) sys_s=\([0-9.]*\).*/\1 \2/p' "$work/time.txt" | awk '{printf "%.2f", $1+$2}')
+echo "sync_cpu_s=$sync_cpu simulator_cpu_s_during_sync=$(python3 -c "print(round($sim_cpu_after-$sim_cpu_before,2))")"
 echo "load: $(uptime | sed 's/.*load average: //')"
