@@ -87,7 +87,7 @@ sim_cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14+$15)/hz}' "/pro
 sim_cpu_before=$(sim_cpu)
 run=("$bin" --config "$work/bench.toml" sync --stream "$stream")
 if [ -n "${BENCH_PERF:-}" ]; then
-  run=(perf record -g -o "$BENCH_PERF" -- "${run[@]}")
+  run=(perf record ${BENCH_PERF_ARGS:--g} -o "$BENCH_PERF" -- "${run[@]}")
 fi
 /usr/bin/time -f "peak_rss_kb=%M elapsed_s=%e user_s=%U sys_s=%S" -o "$work/time.txt" \
   "${run[@]}" >"$work/summary.txt" 2>"$work/sync.log"

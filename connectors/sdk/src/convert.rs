@@ -410,14 +410,23 @@ impl BatchBuilder {
         let before = self.inner.rows;
         match &page.records {
             Records::Json { body, path } => {
-                let mut de = serde_json::Deserializer::from_slice(body);
-                PathSeed {
+                let seed = PathSeed {
                     inner: &mut self.inner,
                     path,
-                }
-                .deserialize(&mut de)
-                .and_then(|()| de.end())
-                .map_err(|e| self.decode_error(e))?;
+                };
+                // A body that is valid UTF-8 as a whole (every vendor's) is checked once
+                // here, not string by string while parsing.
+                let parsed = match std::str::from_utf8(body) {
+                    Ok(text) => {
+                        let mut de = serde_json::Deserializer::from_str(text);
+                        seed.deserialize(&mut de).and_then(|()| de.end())
+                    }
+                    Err(_) => {
+                        let mut de = serde_json::Deserializer::from_slice(body);
+                        seed.deserialize(&mut de).and_then(|()| de.end())
+                    }
+                };
+                parsed.map_err(|e| self.decode_error(e))?;
             }
             Records::Values(records) => {
                 let mut buf = Vec::new();
