@@ -17,6 +17,8 @@
 #   BENCH_PORT         the simulator's port (default 12199)
 #   BENCH_PERF         a file: record the sync with `perf record -g` into it
 #   BENCH_KEEP         a directory: keep the run's logs and table there
+#   BENCH_BIN          a tributary binary to run instead of building this tree's (for
+#                      A/B runs against an older build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 records="${1:-100000}"
@@ -26,8 +28,12 @@ latency="${BENCH_LATENCY_MS:-0}"
 rate_limit="${BENCH_RATE_LIMIT:-}"
 client_rps="${BENCH_CLIENT_RPS:-${rate_limit:-10000}}"
 command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time; }
-cargo build --release --quiet
-bin="${CARGO_TARGET_DIR:-target}/release/tributary"
+if [ -n "${BENCH_BIN:-}" ]; then
+  bin="$BENCH_BIN"
+else
+  cargo build --release --quiet
+  bin="${CARGO_TARGET_DIR:-target}/release/tributary"
+fi
 work="$(mktemp -d)"
 cleanup() {
   kill "$sandbox_pid" 2>/dev/null || true
@@ -36,7 +42,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-sandbox_args=(--port "$port" --records "$records" --latency-ms "$latency")
+sandbox_args=(--port "$port" --records "$records")
+[ "$latency" != 0 ] && sandbox_args+=(--latency-ms "$latency")
 [ -n "${BENCH_JITTER_MS:-}" ] && sandbox_args+=(--latency-jitter-ms "$BENCH_JITTER_MS")
 [ -n "$rate_limit" ] && sandbox_args+=(--rate-limit "$rate_limit")
 "$bin" sandbox "$vendor" "${sandbox_args[@]}" >"$work/sandbox.log" 2>&1 &
