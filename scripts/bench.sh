@@ -19,6 +19,7 @@
 #   BENCH_KEEP         a directory: keep the run's logs and table there
 #   BENCH_BIN          a tributary binary to run instead of building this tree's (for
 #                      A/B runs against an older build)
+#   BENCH_SANDBOX_BIN  the binary serving the simulator (default: the same)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 records="${1:-100000}"
@@ -46,7 +47,7 @@ sandbox_args=(--port "$port" --records "$records")
 [ "$latency" != 0 ] && sandbox_args+=(--latency-ms "$latency")
 [ -n "${BENCH_JITTER_MS:-}" ] && sandbox_args+=(--latency-jitter-ms "$BENCH_JITTER_MS")
 [ -n "$rate_limit" ] && sandbox_args+=(--rate-limit "$rate_limit")
-"$bin" sandbox "$vendor" "${sandbox_args[@]}" >"$work/sandbox.log" 2>&1 &
+"${BENCH_SANDBOX_BIN:-$bin}" sandbox "$vendor" "${sandbox_args[@]}" >"$work/sandbox.log" 2>&1 &
 sandbox_pid=$!
 
 case "$vendor" in
