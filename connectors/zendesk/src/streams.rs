@@ -438,18 +438,55 @@ pub fn custom_columns_of(
             mut map: A,
         ) -> std::result::Result<Self::Value, A::Error> {
             let (mut custom, mut taken) = (None, Vec::new());
-            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                if key == "custom_fields" {
+            while let Some(key) = map.next_key_seed(KeyKind {
+                columns: self.columns,
+            })? {
+                match key {
                     // The last one, as a parsed map keeps it.
-                    custom = Some(map.next_value::<Value>()?);
-                    continue;
+                    Key::CustomFields => custom = Some(map.next_value::<Value>()?),
+                    Key::Column(column) => {
+                        taken.push(column);
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                    Key::Other => {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
                 }
-                if self.columns.contains(key.as_ref()) {
-                    taken.push(key.into_owned());
-                }
-                map.next_value::<serde::de::IgnoredAny>()?;
             }
             Ok((custom, taken))
+        }
+    }
+    /// What a ticket's key is to us, read without allocating it (most keys are neither).
+    enum Key {
+        CustomFields,
+        Column(String),
+        Other,
+    }
+    struct KeyKind<'c> {
+        columns: &'c HashSet<&'c str>,
+    }
+    impl<'de> serde::de::DeserializeSeed<'de> for KeyKind<'_> {
+        type Value = Key;
+        fn deserialize<D: serde::Deserializer<'de>>(
+            self,
+            d: D,
+        ) -> std::result::Result<Key, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl<'de> serde::de::Visitor<'de> for KeyKind<'_> {
+        type Value = Key;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a field name")
+        }
+        fn visit_str<E: serde::de::Error>(self, key: &str) -> std::result::Result<Key, E> {
+            Ok(if key == "custom_fields" {
+                Key::CustomFields
+            } else if self.columns.contains(key) {
+                Key::Column(key.to_owned())
+            } else {
+                Key::Other
+            })
         }
     }
     let mut de = serde_json::Deserializer::from_str(ticket);
