@@ -1,42 +1,112 @@
 #!/usr/bin/env bash
-# Benchmark: sync N Stripe charges (~4.3 KB of pretty-printed JSON each) from the local
-# simulator into a Delta table; report records/s and the sync process's peak RSS.
-# Results go into BENCHMARKS.md by hand, with the machine and the command.
+# Benchmark: sync N records of one stream from a local simulator into a Delta table;
+# report records/s and the sync process's peak RSS. By default N Stripe charges (~4.3 KB
+# of pretty-printed JSON each), answered at once with no rate limit.
+# Results go into BENCHMARKS.md by hand, with the machine, the command and the load.
 #
 # Usage: scripts/bench.sh [records=100000]
+#
+# Environment (all optional):
+#   BENCH_VENDOR       stripe (default) or zendesk
+#   BENCH_STREAM       the stream to sync (default: charges for Stripe, tickets for Zendesk)
+#   BENCH_LATENCY_MS   the simulator's response latency per request (default 0)
+#   BENCH_JITTER_MS    its jitter, ± (default: 20% of the latency)
+#   BENCH_RATE_LIMIT   the simulator's limit in requests/s, 429 past it (default: none)
+#   BENCH_CLIENT_RPS   the source's own request rate (default: the simulator's limit, else
+#                      10000 requests/s, the highest Stripe accepts)
+#   BENCH_PORT         the simulator's port (default 12199)
+#   BENCH_PERF         a file: record the sync with `perf record -g` into it
+#   BENCH_KEEP         a directory: keep the run's logs and table there
+#   BENCH_BIN          a tributary binary to run instead of building this tree's (for
+#                      A/B runs against an older build)
+#   BENCH_SANDBOX_BIN  the binary serving the simulator (default: the same)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 records="${1:-100000}"
 port="${BENCH_PORT:-12199}"
+vendor="${BENCH_VENDOR:-stripe}"
+latency="${BENCH_LATENCY_MS:-0}"
+rate_limit="${BENCH_RATE_LIMIT:-}"
+client_rps="${BENCH_CLIENT_RPS:-${rate_limit:-10000}}"
 command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time; }
-cargo build --release --quiet
-bin="${CARGO_TARGET_DIR:-target}/release/tributary"
+if [ -n "${BENCH_BIN:-}" ]; then
+  bin="$BENCH_BIN"
+else
+  cargo build --release --quiet
+  bin="${CARGO_TARGET_DIR:-target}/release/tributary"
+fi
 work="$(mktemp -d)"
-trap 'kill $sandbox_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+cleanup() {
+  kill "$sandbox_pid" 2>/dev/null || true
+  if [ -n "${BENCH_KEEP:-}" ]; then mkdir -p "$BENCH_KEEP" && cp -r "$work"/. "$BENCH_KEEP"/; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
 
-"$bin" sandbox stripe --port "$port" --records "$records" >"$work/sandbox.log" 2>&1 &
+sandbox_args=(--port "$port" --records "$records")
+[ "$latency" != 0 ] && sandbox_args+=(--latency-ms "$latency")
+[ -n "${BENCH_JITTER_MS:-}" ] && sandbox_args+=(--latency-jitter-ms "$BENCH_JITTER_MS")
+[ -n "$rate_limit" ] && sandbox_args+=(--rate-limit "$rate_limit")
+"${BENCH_SANDBOX_BIN:-$bin}" sandbox "$vendor" "${sandbox_args[@]}" >"$work/sandbox.log" 2>&1 &
 sandbox_pid=$!
-for _ in $(seq 1 600); do
-  curl -sf -o /dev/null -H "Authorization: Bearer sk_test_tributary_sandbox" "http://127.0.0.1:$port/v1/charges?limit=1" && break
+
+case "$vendor" in
+  stripe)
+    stream="${BENCH_STREAM:-charges}"
+    probe=(-H "Authorization: Bearer sk_test_tributary_sandbox" "http://127.0.0.1:$port/v1/charges?limit=1")
+    source_config="type = \"stripe\"
+api_key = \"sk_test_tributary_sandbox\"
+api_base = \"http://127.0.0.1:$port\"
+requests_per_second = $client_rps"
+    ;;
+  zendesk)
+    stream="${BENCH_STREAM:-tickets}"
+    probe=(-u "admin@tributary.example/token:tributary-sandbox-token" "http://127.0.0.1:$port/api/v2/groups?page%5Bsize%5D=1")
+    per_minute=$(python3 -c "print(min(1000000, round($client_rps * 60)))")
+    source_config="type = \"zendesk\"
+subdomain = \"tributary\"
+email = \"admin@tributary.example\"
+api_token = \"tributary-sandbox-token\"
+api_base = \"http://127.0.0.1:$port\"
+requests_per_minute = $per_minute
+export_requests_per_minute = $per_minute"
+    ;;
+  *) echo "BENCH_VENDOR must be stripe or zendesk" >&2; exit 2 ;;
+esac
+# Seeding a large account takes a while; the sync must not start (and retry) before.
+up=""
+for _ in $(seq 1 3000); do
+  curl -sf -o /dev/null "${probe[@]}" && { up=1; break; }
+  kill -0 "$sandbox_pid" 2>/dev/null || break
   sleep 0.1
 done
+[ -n "$up" ] || { echo "the $vendor simulator did not start:" >&2; cat "$work/sandbox.log" >&2; exit 1; }
 
 cat >"$work/bench.toml" <<TOML
 [warehouse]
 url = "$work/warehouse"
-[sources.stripe]
-type = "stripe"
-api_key = "sk_test_tributary_sandbox"
-api_base = "http://127.0.0.1:$port"
-requests_per_second = 10000
-streams = ["charges"]
+[sources.$vendor]
+$source_config
+streams = ["$stream"]
 TOML
 
-/usr/bin/time -f "peak_rss_kb=%M elapsed_s=%e" -o "$work/time.txt" \
-  "$bin" --config "$work/bench.toml" sync --stream charges >"$work/summary.txt" 2>"$work/sync.log"
+# The simulator shares the two cores with the sync: its CPU seconds during the sync.
+sim_cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14+$15)/hz}' "/proc/$sandbox_pid/stat"; }
+sim_cpu_before=$(sim_cpu)
+run=("$bin" --config "$work/bench.toml" sync --stream "$stream")
+if [ -n "${BENCH_PERF:-}" ]; then
+  run=(perf record ${BENCH_PERF_ARGS:--g} -o "$BENCH_PERF" -- "${run[@]}")
+fi
+/usr/bin/time -f "peak_rss_kb=%M elapsed_s=%e user_s=%U sys_s=%S" -o "$work/time.txt" \
+  "${run[@]}" >"$work/summary.txt" 2>"$work/sync.log"
 cat "$work/summary.txt"
 rss_kb=$(sed -n 's/.*peak_rss_kb=\([0-9]*\).*/\1/p' "$work/time.txt")
 elapsed=$(sed -n 's/.*elapsed_s=\([0-9.]*\).*/\1/p' "$work/time.txt")
-landed=$(awk '$1=="stripe.charges"{print $2}' "$work/summary.txt")
-echo "records=$landed elapsed_s=$elapsed records_per_s=$(python3 -c "print(round($landed/$elapsed))") peak_rss_mb=$(python3 -c "print(round($rss_kb/1024,1))")"
-du -sh "$work/warehouse/stripe/charges" | awk '{print "table_size="$1}'
+landed=$(awk -v s="$vendor.$stream" '$1==s{print $2}' "$work/summary.txt")
+throttled=$(curl -s "http://127.0.0.1:$port/_sandbox/stats" | python3 -c "import json,sys; print(json.load(sys.stdin).get('rate_limited', '?'))" 2>/dev/null || echo "?")
+echo "vendor=$vendor stream=$stream latency_ms=$latency rate_limit=${rate_limit:-none} records=$landed elapsed_s=$elapsed records_per_s=$(python3 -c "print(round($landed/$elapsed))") peak_rss_mb=$(python3 -c "print(round($rss_kb/1024,1))") throttled=$throttled"
+du -sh "$work/warehouse/$vendor/$stream" | awk '{print "table_size="$1}'
+sim_cpu_after=$(sim_cpu)
+sync_cpu=$(sed -n 's/.*user_s=\([0-9.]*\) sys_s=\([0-9.]*\).*/\1 \2/p' "$work/time.txt" | awk '{printf "%.2f", $1+$2}')
+echo "sync_cpu_s=$sync_cpu simulator_cpu_s_during_sync=$(python3 -c "print(round($sim_cpu_after-$sim_cpu_before,2))")"
+echo "load: $(uptime | sed 's/.*load average: //')"

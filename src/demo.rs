@@ -71,6 +71,8 @@ pub async fn sandbox(
     port: Option<u16>,
     records: usize,
     rate_limit: Option<f64>,
+    latency_ms: u64,
+    latency_jitter_ms: Option<u64>,
 ) -> Result<ExitCode> {
     let mut running: Vec<(SimulatorFactory, Box<dyn Simulator>)> = Vec::new();
     for (factory, port) in selected(name, port)? {
@@ -82,6 +84,8 @@ pub async fn sandbox(
         let options = SimulatorOptions {
             records,
             rate_limit,
+            latency_ms,
+            latency_jitter_ms,
             port,
             ..SimulatorOptions::default()
         };

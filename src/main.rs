@@ -99,6 +99,14 @@ enum Command {
         /// Requests per second above which it answers 429 with Retry-After.
         #[arg(long)]
         rate_limit: Option<f64>,
+        /// Milliseconds every API request takes to answer, as a real vendor's round trip
+        /// (requests wait in parallel); `demo` answers at once.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// The most a request's latency departs from `--latency-ms`, either way (default:
+        /// 20% of it), drawn from a seeded RNG.
+        #[arg(long)]
+        latency_jitter_ms: Option<u64>,
     },
     /// Connectors: scaffold a new vendor, or list the vendors this build knows.
     Connector {
@@ -197,7 +205,19 @@ fn main() -> ExitCode {
                 port,
                 records,
                 rate_limit,
-            } => demo::sandbox(&vendor, port, records, rate_limit).await,
+                latency_ms,
+                latency_jitter_ms,
+            } => {
+                demo::sandbox(
+                    &vendor,
+                    port,
+                    records,
+                    rate_limit,
+                    latency_ms,
+                    latency_jitter_ms,
+                )
+                .await
+            }
             Command::Demo { warehouse, records } => demo::demo(&warehouse, records).await,
             Command::Connector { action } => match action {
                 ConnectorAction::New {

@@ -322,6 +322,10 @@ impl SalesforceSandbox {
         });
         let router = axum::Router::new()
             .fallback(http::handle)
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&shared),
+                tributary_sandbox_kit::latency::delay::<Shared>,
+            ))
             .with_state(Arc::clone(&shared));
         let server = Server::serve(listener, router, "Salesforce")?;
         Ok(SalesforceSandbox { shared, server })
@@ -477,6 +481,12 @@ impl SalesforceSandbox {
     /// Replaces the injected faults.
     pub fn set_faults(&self, faults: Faults) {
         self.shared.kit.set_faults(faults);
+    }
+
+    /// Answers every API request no sooner than `latency` after it arrived (the control
+    /// endpoints at once); requests wait in parallel.
+    pub fn set_latency(&self, latency: tributary_sandbox_kit::Latency) {
+        self.shared.kit.set_latency(latency);
     }
 
     /// Limits API requests to `rps` per second in any sliding window (`None` =

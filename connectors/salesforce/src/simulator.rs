@@ -2,6 +2,7 @@
 //! `demo`).
 
 use async_trait::async_trait;
+use tributary_sandbox_kit::Latency;
 use tributary_sdk::simulator::{Simulator, SimulatorFactory, SimulatorOptions, Started};
 
 use crate::sandbox::{self as sf, SalesforceSandbox, SandboxConfig};
@@ -25,6 +26,13 @@ fn start(options: SimulatorOptions) -> Started {
             ..Default::default()
         };
         let sandbox = SalesforceSandbox::start(config, options.port).await?;
+        sandbox.set_latency(match options.latency_jitter_ms {
+            Some(jitter_ms) => Latency {
+                latency_ms: options.latency_ms,
+                jitter_ms,
+            },
+            None => Latency::with_default_jitter(options.latency_ms),
+        });
         // Requests per second, answered 429 above it; the org's daily API budget is the
         // other limit (`POST /_sandbox/limits`).
         sandbox.set_rate_limit(options.rate_limit);

@@ -7,6 +7,9 @@
 //! - `POST /_sandbox/rate_limit`: `{"requests_per_second": x}` or `{"requests": n,
 //!   "window_seconds": s}`; `{}` or `{"requests_per_second": null}` turns limiting off. A
 //!   vendor with more than one limit reads its own fields ([`Vendor::rate_limit`]).
+//! - `GET|POST /_sandbox/latency`: `{"latency_ms": L, "jitter_ms": J}`, how long every
+//!   vendor request takes to answer, ±J (20% of L when `jitter_ms` is absent); `{}` turns
+//!   it off. Requests wait their latencies in parallel.
 //!
 //! Any other `/_sandbox/...` path is the vendor's ([`Vendor::control`]).
 
@@ -18,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::kit::Kit;
+use crate::latency::Latency;
 use crate::limiter::RateLimit;
 use crate::to_json;
 
@@ -191,6 +195,11 @@ fn answer<V: Vendor>(
             kit.set_rate_limit(limit);
             Ok(rate_limit_json(&request, limit))
         }
+        (&Method::GET, "latency") => Ok(to_json(&kit.latency())),
+        (&Method::POST, "latency") => {
+            kit.set_latency(latency_of(&parse_body(body)?)?);
+            Ok(to_json(&kit.latency()))
+        }
         _ => vendor.control(method, path, body).unwrap_or_else(|| {
             Err(SandboxError::UnknownControl {
                 method: method.to_string(),
@@ -222,6 +231,28 @@ pub fn rate_limit_of(request: &Value) -> Result<Option<RateLimit>, SandboxError>
         requests: u32::try_from(requests).unwrap_or(u32::MAX),
         window: window_of(request, 1.0),
     }))
+}
+
+/// The latency a `POST /_sandbox/latency` asks for: `latency_ms` (absent or null: none) and
+/// `jitter_ms` (absent or null: 20% of `latency_ms`).
+pub fn latency_of(request: &Value) -> Result<Latency, SandboxError> {
+    let field = |name: &'static str| match request.get(name).filter(|v| !v.is_null()) {
+        None => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            SandboxError::bad(
+                format!("{name} must be a non-negative integer (milliseconds) or null."),
+                Some(name),
+            )
+        }),
+    };
+    let latency_ms = field("latency_ms")?.unwrap_or(0);
+    Ok(match field("jitter_ms")? {
+        Some(jitter_ms) => Latency {
+            latency_ms,
+            jitter_ms,
+        },
+        None => Latency::with_default_jitter(latency_ms),
+    })
 }
 
 /// `window_seconds` of a rate limit request (positive and finite), else `default` seconds.

@@ -1,4 +1,5 @@
-//! The state every simulator's handler consults: clock, rate limit, faults and counters.
+//! The state every simulator's handler consults: clock, rate limit, faults, latency and
+//! counters.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Clock;
 use crate::control::SandboxError;
 use crate::faults::{After, Before, FaultState, Faults};
+use crate::latency::{Latency, LatencyState};
 use crate::limiter::{Measure, RateLimit, Refused, Window};
 use crate::lock;
 
@@ -57,6 +59,7 @@ pub struct Kit<X> {
     pub clock: Clock,
     limiter: Mutex<Window>,
     faults: Mutex<FaultState<X>>,
+    latency: Mutex<LatencyState>,
     requests: AtomicU64,
     rate_limited: AtomicU64,
     faults_injected: AtomicU64,
@@ -71,6 +74,7 @@ impl<X: Default + Clone> Kit<X> {
             clock: Clock::new(),
             limiter: Mutex::new(Window::new(config.rate_limit, config.measure)),
             faults: Mutex::new(FaultState::new(config.seed, config.error_statuses)),
+            latency: Mutex::new(LatencyState::new(config.seed)),
             requests: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
             faults_injected: AtomicU64::new(0),
@@ -183,6 +187,21 @@ impl<X: Default + Clone> Kit<X> {
     /// Counts `n` faults the vendor injected itself.
     pub fn inject(&self, n: u64) {
         self.faults_injected.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Replaces the response latency of vendor requests (see [`crate::latency`]).
+    pub fn set_latency(&self, latency: Latency) {
+        lock(&self.latency).set(latency);
+    }
+
+    /// The configured response latency.
+    pub fn latency(&self) -> Latency {
+        lock(&self.latency).get()
+    }
+
+    /// The latency of the next vendor request, jitter drawn (zero when none is set).
+    pub fn draw_latency(&self) -> Duration {
+        lock(&self.latency).draw()
     }
 
     /// The configured faults.

@@ -6,9 +6,10 @@
 //! - [`Kit`]: the state every simulator's handler consults: the simulated [`Clock`], a
 //!   sliding-window rate limit ([`Window`]) answered with 429 and `Retry-After`, seeded
 //!   fault injection ([`Faults`]: errors, throttling, slow answers, cut bodies, malformed
-//!   JSON) and the counters behind `/_sandbox/stats`.
+//!   JSON), a response [`Latency`] with seeded jitter (installed on a router with
+//!   [`latency::delay`]) and the counters behind `/_sandbox/stats`.
 //! - [`Kit::control`]: the one control API of every simulator (`/_sandbox/faults`,
-//!   `/_sandbox/rate_limit`, `/_sandbox/clock`, `/_sandbox/stats`, `/_sandbox/stats/reset`),
+//!   `/_sandbox/rate_limit`, `/_sandbox/latency`, `/_sandbox/clock`, `/_sandbox/stats`, `/_sandbox/stats/reset`),
 //!   with the [`Vendor`] trait supplying the vendor's error bodies, its statistics and its
 //!   own control endpoints.
 //! - [`api`]: the whole request pipeline for a simulator that only writes its routes
@@ -25,6 +26,7 @@ pub mod faults;
 pub mod form;
 pub mod gzip;
 pub mod kit;
+pub mod latency;
 pub mod limiter;
 pub mod replay;
 pub mod response;
@@ -34,6 +36,7 @@ pub use clock::Clock;
 pub use control::{SandboxError, Vendor};
 pub use faults::{After, Before, Faults, NoExtra};
 pub use kit::{Counters, Kit, KitConfig};
+pub use latency::Latency;
 pub use limiter::{Measure, RateLimit, Refused, Window};
 pub use server::Server;
 

@@ -128,7 +128,17 @@ struct Inner {
     /// Rows and text bytes in `sealed`.
     sealed_rows: usize,
     sealed_bytes: usize,
+    /// The paths of the last record's fields in the order met, with their columns: the
+    /// records of a page share their fields' order, so the next field is nearly always the
+    /// one met at the same position last time, and comparing its path is cheaper than
+    /// hashing it. Cleared whenever a column is added (a cached `None` would go stale).
+    seen: Vec<(String, Option<usize>)>,
+    /// The position of the next field in `seen`.
+    seen_pos: usize,
 }
+
+/// The most field positions [`Inner::seen`] remembers per record.
+const SEEN_FIELDS: usize = 4_096;
 
 enum RescueKey {
     Col(usize),
@@ -374,6 +384,8 @@ impl BatchBuilder {
                 capped_example: None,
                 oversized_total: 0,
                 sealed: Vec::new(),
+                seen: Vec::new(),
+                seen_pos: 0,
                 sealed_rows: 0,
                 sealed_bytes: 0,
             },
@@ -410,14 +422,23 @@ impl BatchBuilder {
         let before = self.inner.rows;
         match &page.records {
             Records::Json { body, path } => {
-                let mut de = serde_json::Deserializer::from_slice(body);
-                PathSeed {
+                let seed = PathSeed {
                     inner: &mut self.inner,
                     path,
-                }
-                .deserialize(&mut de)
-                .and_then(|()| de.end())
-                .map_err(|e| self.decode_error(e))?;
+                };
+                // A body that is valid UTF-8 as a whole (every vendor's) is checked once
+                // here, not string by string while parsing.
+                let parsed = match std::str::from_utf8(body) {
+                    Ok(text) => {
+                        let mut de = serde_json::Deserializer::from_str(text);
+                        seed.deserialize(&mut de).and_then(|()| de.end())
+                    }
+                    Err(_) => {
+                        let mut de = serde_json::Deserializer::from_slice(body);
+                        seed.deserialize(&mut de).and_then(|()| de.end())
+                    }
+                };
+                parsed.map_err(|e| self.decode_error(e))?;
             }
             Records::Values(records) => {
                 let mut buf = Vec::new();
@@ -502,6 +523,7 @@ impl Inner {
             self.seal()?;
         }
         self.path.clear();
+        self.seen_pos = 0;
         self.row_deleted = false;
         self.row_rescued.clear();
         Ok(())
@@ -532,6 +554,26 @@ impl Inner {
             self.put(sys.rescued, Cell::Owned(obj));
         }
         self.rows += 1;
+    }
+
+    /// The column of the current path, if it has one.
+    fn column(&mut self) -> Option<usize> {
+        let pos = self.seen_pos;
+        self.seen_pos += 1;
+        if let Some((path, col)) = self.seen.get(pos)
+            && *path == self.path
+        {
+            return *col;
+        }
+        let col = self.index.get(self.path.as_str()).copied();
+        if let Some((path, cached)) = self.seen.get_mut(pos) {
+            path.clear();
+            path.push_str(&self.path);
+            *cached = col;
+        } else if pos == self.seen.len() && pos < SEEN_FIELDS {
+            self.seen.push((self.path.clone(), col));
+        }
+        col
     }
 
     /// Appends `key` to the current path; returns the length to truncate back to.
@@ -565,6 +607,7 @@ impl Inner {
             return None;
         }
         let i = self.cols.len();
+        self.seen.clear();
         self.cols.push(Col::new(name.clone(), ty));
         self.index.insert(name.clone().into_boxed_str(), i);
         self.added_columns += 1;
@@ -1022,7 +1065,7 @@ impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         let inner = self.inner;
-        if let Some(&col) = inner.index.get(inner.path.as_str()) {
+        if let Some(col) = inner.column() {
             let raw: &'de RawValue = serde::Deserialize::deserialize(d)?;
             inner.put_raw(col, raw.get());
             Ok(())

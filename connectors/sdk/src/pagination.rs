@@ -271,6 +271,27 @@ pub fn scan_envelope(body: &[u8], records_key: &str, id_field: &str) -> Result<E
     let n = body.len();
     while i < n {
         let b = body[i];
+        if b == b' ' || b == b'\n' {
+            // Pretty-printed bodies are mostly indentation: skip a run of it at once.
+            i += 1;
+            while i + 8 <= n {
+                let word = u64::from_le_bytes([
+                    body[i],
+                    body[i + 1],
+                    body[i + 2],
+                    body[i + 3],
+                    body[i + 4],
+                    body[i + 5],
+                    body[i + 6],
+                    body[i + 7],
+                ]);
+                if word != u64::from_le_bytes([b' '; 8]) {
+                    break;
+                }
+                i += 8;
+            }
+            continue;
+        }
         if b.is_ascii_whitespace() || b == b',' || b == b':' {
             if b == b','
                 && let Some(top) = stack.last_mut()

@@ -18,6 +18,13 @@ pub struct SimulatorOptions {
     pub records: usize,
     /// Requests per second above which it answers 429 with Retry-After (`None`: no limit).
     pub rate_limit: Option<f64>,
+    /// Milliseconds every API request takes to answer (0: at once, as the demo runs), so
+    /// a benchmark on loopback is bound by round trips as against the vendor. Requests
+    /// wait their latencies in parallel.
+    pub latency_ms: u64,
+    /// The most a request's latency departs from `latency_ms`, either way (`None`: 20% of
+    /// `latency_ms`); drawn from an RNG seeded with `seed`.
+    pub latency_jitter_ms: Option<u64>,
     /// The port on 127.0.0.1 (0 picks a free one).
     pub port: u16,
     /// Seed of the generated data, for repeatable accounts.
@@ -29,6 +36,8 @@ impl Default for SimulatorOptions {
         SimulatorOptions {
             records: 200,
             rate_limit: None,
+            latency_ms: 0,
+            latency_jitter_ms: None,
             port: 0,
             seed: 42,
         }

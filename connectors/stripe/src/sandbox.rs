@@ -261,6 +261,10 @@ impl StripeSandbox {
         });
         let router = axum::Router::new()
             .fallback(http::handle)
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&shared),
+                tributary_sandbox_kit::latency::delay::<Shared>,
+            ))
             .with_state(Arc::clone(&shared));
         let server = Server::start(port, router, "Stripe").await?;
         Ok(StripeSandbox { shared, server })
@@ -368,6 +372,12 @@ impl StripeSandbox {
     /// Replaces the injected faults.
     pub fn set_faults(&self, faults: Faults) {
         self.shared.kit.set_faults(faults);
+    }
+
+    /// Answers every API request no sooner than `latency` after it arrived (the control
+    /// endpoints at once); requests wait in parallel.
+    pub fn set_latency(&self, latency: tributary_sandbox_kit::Latency) {
+        self.shared.kit.set_latency(latency);
     }
 
     /// Changes the admitted requests per second (`None` = unlimited).

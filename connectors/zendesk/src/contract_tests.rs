@@ -129,14 +129,16 @@ async fn contract_the_cursor_ticket_export_keeps_zendesks_after_cursor() {
         requests[0].contains("start_time=1199145600"),
         "{requests:?}"
     );
-    let Records::Values(records) = &pages[0].records else {
-        panic!("tickets are shaped records");
+    // Converted straight from the body, custom columns appended to each ticket.
+    let Records::Json { path, .. } = &pages[0].records else {
+        panic!("tickets are converted from the body");
     };
-    assert_eq!(records.len(), 1);
-    assert!(!records[0].is_deleted);
+    assert_eq!(*path, ["tickets"]);
 
     let batch = convert("tickets", &pages);
     assert_eq!(batch.num_rows(), 1);
+    let deleted = batch.column_by_name("is_deleted").unwrap().as_boolean();
+    assert!(!deleted.value(0));
     assert_eq!(text(&batch, "id", 0), "35436");
     assert_eq!(text(&batch, "requester_id", 0), "20978392");
     assert_eq!(text(&batch, "subject", 0), "Help, my printer is on fire!");

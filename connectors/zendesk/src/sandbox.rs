@@ -418,6 +418,10 @@ impl ZendeskSandbox {
         let shared = Arc::new(Shared::new(store, config));
         let router = axum::Router::new()
             .fallback(http::handle)
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&shared),
+                tributary_sandbox_kit::latency::delay::<Shared>,
+            ))
             .with_state(Arc::clone(&shared));
         let server = Server::start(port, router, "Zendesk").await?;
         Ok(ZendeskSandbox { shared, server })
@@ -516,6 +520,12 @@ impl ZendeskSandbox {
     /// Replaces the injected faults.
     pub fn set_faults(&self, faults: Faults) {
         self.shared.kit.set_faults(faults);
+    }
+
+    /// Answers every API request no sooner than `latency` after it arrived (the control
+    /// endpoints at once); requests wait in parallel.
+    pub fn set_latency(&self, latency: tributary_sandbox_kit::Latency) {
+        self.shared.kit.set_latency(latency);
     }
 
     /// Sets the resources the account's plan does not include (replacing the list):

@@ -1,6 +1,7 @@
 //! The Zendesk simulator as the runtime drives it (`tributary sandbox zendesk`, `demo`).
 
 use async_trait::async_trait;
+use tributary_sandbox_kit::Latency;
 use tributary_sdk::simulator::{Simulator, SimulatorFactory, SimulatorOptions, Started};
 
 use crate::sandbox::{RateLimits, SandboxConfig, ZendeskSandbox};
@@ -30,6 +31,13 @@ fn start(options: SimulatorOptions) -> Started {
             ..Default::default()
         };
         let sandbox = ZendeskSandbox::start(config, options.port).await?;
+        sandbox.set_latency(match options.latency_jitter_ms {
+            Some(jitter_ms) => Latency {
+                latency_ms: options.latency_ms,
+                jitter_ms,
+            },
+            None => Latency::with_default_jitter(options.latency_ms),
+        });
         Ok(Box::new(Running(sandbox)) as Box<dyn Simulator>)
     })
 }

@@ -31,6 +31,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tributary_sdk::incremental::{CursorExport, TimeBoundary};
+use tributary_sdk::page::{AddedFields, append_fields};
 use tributary_sdk::pagination::{PageSender, ProgressGuard, malformed_page, spawn_pages};
 use tributary_sdk::schema::{Column, ColumnType, to_column_name};
 use tributary_sdk::{Error, Page, PageStream, Record, Records, Result, StreamSchema};
@@ -413,6 +414,101 @@ pub fn with_custom_columns(mut ticket: Value, fields: &HashMap<i64, CustomField>
         }
     }
     ticket
+}
+
+/// The custom columns of one ticket (its JSON text), as [`with_custom_columns`] adds them,
+/// for [`append_fields`]: a column per known field of its `custom_fields` list (the first
+/// entry of a field wins, its value coerced to the column's type), except a column the
+/// ticket already has as a field of its own. Only `custom_fields` is parsed.
+pub fn custom_columns_of(
+    ticket: &str,
+    fields: &HashMap<i64, CustomField>,
+    columns: &HashSet<&str>,
+) -> serde_json::Result<AddedFields> {
+    struct Visit<'c> {
+        columns: &'c HashSet<&'c str>,
+    }
+    impl<'de> serde::de::Visitor<'de> for Visit<'_> {
+        type Value = (Option<Value>, Vec<String>);
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a ticket object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let (mut custom, mut taken) = (None, Vec::new());
+            while let Some(key) = map.next_key_seed(KeyKind {
+                columns: self.columns,
+            })? {
+                match key {
+                    // The last one, as a parsed map keeps it.
+                    Key::CustomFields => custom = Some(map.next_value::<Value>()?),
+                    Key::Column(column) => {
+                        taken.push(column);
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                    Key::Other => {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok((custom, taken))
+        }
+    }
+    /// What a ticket's key is to us, read without allocating it (most keys are neither).
+    enum Key {
+        CustomFields,
+        Column(String),
+        Other,
+    }
+    struct KeyKind<'c> {
+        columns: &'c HashSet<&'c str>,
+    }
+    impl<'de> serde::de::DeserializeSeed<'de> for KeyKind<'_> {
+        type Value = Key;
+        fn deserialize<D: serde::Deserializer<'de>>(
+            self,
+            d: D,
+        ) -> std::result::Result<Key, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl<'de> serde::de::Visitor<'de> for KeyKind<'_> {
+        type Value = Key;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a field name")
+        }
+        fn visit_str<E: serde::de::Error>(self, key: &str) -> std::result::Result<Key, E> {
+            Ok(if key == "custom_fields" {
+                Key::CustomFields
+            } else if self.columns.contains(key) {
+                Key::Column(key.to_owned())
+            } else {
+                Key::Other
+            })
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(ticket);
+    let (custom, taken) = serde::Deserializer::deserialize_map(&mut de, Visit { columns })?;
+    let mut added: AddedFields = Vec::new();
+    let Some(Value::Array(list)) = custom else {
+        return Ok(added);
+    };
+    for entry in &list {
+        let Some(id) = entry.get("id").and_then(Value::as_i64) else {
+            continue;
+        };
+        let Some(field) = fields.get(&id) else {
+            continue;
+        };
+        if taken.contains(&field.column) || added.iter().any(|(c, _)| *c == field.column) {
+            continue;
+        }
+        let value = coerce(field.ty, entry.get("value").unwrap_or(&Value::Null));
+        added.push((field.column.clone(), serde_json::to_string(&value)?));
+    }
+    Ok(added)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -799,6 +895,24 @@ impl Reader {
                 }
             });
         }
+        if self.def.shape == Shape::Tickets {
+            // Converted straight from the body with the custom columns appended to each
+            // ticket; `status: deleted` flags the row by the schema's deletion rule.
+            if listing.envelope.count == 0 {
+                return Ok(Records::Values(Vec::new()));
+            }
+            let fields = &self.context.custom_fields;
+            let columns: HashSet<&str> = fields.values().map(|f| f.column.as_str()).collect();
+            let key = self.def.records_key();
+            let body = append_fields(&listing.body, key, |ticket| {
+                custom_columns_of(ticket, fields, &columns)
+            })
+            .map_err(|e| Error::decode(format!("Zendesk `{key}` response"), e))?;
+            return Ok(Records::Json {
+                body: body.into(),
+                path: self.def.records,
+            });
+        }
         let records = listing.records(self.def.records_key())?;
         Ok(Records::Values(self.shape(records).await?))
     }
@@ -1147,6 +1261,50 @@ mod tests {
         schema.validate().unwrap();
         // Text that is not a number stays as it is, to be rescued, not lost.
         assert_eq!(coerce(ColumnType::Integer, &json!("n/a")), json!("n/a"));
+    }
+
+    #[test]
+    fn custom_columns_appended_to_the_body_match_the_shaped_ticket() {
+        let fields = by_id(&custom_fields(
+            &[
+                field(1, "Seats", "integer"),
+                field(2, "Refund", "decimal"),
+                field(3, "VIP", "checkbox"),
+                field(4, "Parts", "multiselect"),
+                field(5, "Mine", "text"),
+            ],
+            &[],
+        ));
+        let columns: HashSet<&str> = fields.values().map(|f| f.column.as_str()).collect();
+        // The first entry of a field wins, even null; a column the ticket has is kept.
+        let ticket = json!({"id": 9, "custom_mine": "own", "custom_fields": [
+            {"id": 1, "value": "12"}, {"id": 1, "value": "13"}, {"id": 2, "value": "19.50"},
+            {"id": 3, "value": null}, {"id": 3, "value": true}, {"id": 4, "value": ["a", "b"]},
+            {"id": 5, "value": "theirs"}, {"id": 99, "value": "unknown field"}, 7, {"id": "1"}
+        ]});
+        let body = serde_json::to_vec(
+            &json!({"tickets": [ticket, {"id": 10}, {}], "end_of_stream": true}),
+        )
+        .unwrap();
+        let out = append_fields(&body, "tickets", |raw| {
+            custom_columns_of(raw, &fields, &columns)
+        })
+        .unwrap();
+        let out: Value = serde_json::from_slice(&out).unwrap();
+        let shaped: Vec<Value> = body_tickets(&body)
+            .into_iter()
+            .map(|t| with_custom_columns(t, &fields))
+            .collect();
+        assert_eq!(out["tickets"], Value::Array(shaped));
+        assert_eq!(out["tickets"][0]["custom_seats"], 12);
+        assert_eq!(out["tickets"][0]["custom_vip"], Value::Null);
+        assert_eq!(out["tickets"][0]["custom_mine"], "own");
+        assert_eq!(out["end_of_stream"], true);
+    }
+
+    fn body_tickets(body: &[u8]) -> Vec<Value> {
+        let root: Value = serde_json::from_slice(body).unwrap();
+        root["tickets"].as_array().unwrap().clone()
     }
 
     #[test]

@@ -94,6 +94,18 @@ async fn read(
 fn values(page: &Page) -> Vec<(Value, bool)> {
     match &page.records {
         Records::Json { body, path } => {
+            // The converter flags deletions of a body by the stream's schema rule
+            // (tickets: `status: deleted`).
+            let rule = crate::streams::STREAMS
+                .iter()
+                .find(|def| def.records == *path)
+                .and_then(|def| {
+                    crate::streams::schemas()
+                        .unwrap()
+                        .into_iter()
+                        .find(|schema| schema.name == def.name)
+                })
+                .and_then(|schema| schema.deletion);
             let root: Value = serde_json::from_slice(body).unwrap();
             let mut list = &root;
             for key in path.iter() {
@@ -102,7 +114,12 @@ fn values(page: &Page) -> Vec<(Value, bool)> {
             list.as_array()
                 .unwrap()
                 .iter()
-                .map(|v| (v.clone(), false))
+                .map(|v| {
+                    let deleted = rule
+                        .as_ref()
+                        .is_some_and(|r| v.get(&r.field) == Some(&r.equals));
+                    (v.clone(), deleted)
+                })
                 .collect()
         }
         Records::Values(records) => records

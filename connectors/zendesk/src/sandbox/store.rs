@@ -232,6 +232,16 @@ impl Store {
         }
     }
 
+    /// The lowest id of an object of `kind` that is not deleted (without collecting them
+    /// all: the seed asks once per membership).
+    pub(crate) fn first_live_id(&self, kind: Kind) -> Option<u64> {
+        self.table(kind)
+            .objects
+            .iter()
+            .find(|(_, o)| !Self::is_deleted(kind, &o.value))
+            .map(|(id, _)| *id)
+    }
+
     /// Ids of the objects of `kind` that are not deleted, ascending.
     pub(crate) fn live_ids(&self, kind: Kind) -> Vec<u64> {
         self.table(kind)
