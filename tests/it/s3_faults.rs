@@ -50,7 +50,9 @@ impl Faulty {
                 records,
                 ..Default::default()
             },
-            "streams = [\"charges\"]\npage_size = 100",
+            // Full pages read in order, so commits hold 100 records each and the tests can
+            // say which commits landed (a concurrent backfill's ranges end part-full).
+            "streams = [\"charges\"]\npage_size = 100\nmax_concurrency = 1",
         )
         .await;
         env.use_s3(&s3_warehouse(

@@ -26,13 +26,7 @@ fn start(options: SimulatorOptions) -> Started {
             ..Default::default()
         };
         let sandbox = SalesforceSandbox::start(config, options.port).await?;
-        sandbox.set_latency(match options.latency_jitter_ms {
-            Some(jitter_ms) => Latency {
-                latency_ms: options.latency_ms,
-                jitter_ms,
-            },
-            None => Latency::with_default_jitter(options.latency_ms),
-        });
+        sandbox.set_latency(Latency::of(options.latency_ms, options.latency_jitter_ms));
         // Requests per second, answered 429 above it; the org's daily API budget is the
         // other limit (`POST /_sandbox/limits`).
         sandbox.set_rate_limit(options.rate_limit);

@@ -93,17 +93,32 @@ pub async fn handle<A: Api>(State(api): State<Arc<A>>, request: Request) -> Resp
         let (status, body) = control::control(&*api, &parts.method, control, &body);
         return answer(&*api, status, body, None, None, &parts.headers);
     }
+    // Answered no sooner than the simulator's latency after the request arrived (see
+    // `crate::latency`); the work of answering counts towards it.
+    let arrived = tokio::time::Instant::now();
+    let latency = api.kit().draw_latency();
+    let response = serve(&*api, parts, body, path).await;
+    tokio::time::sleep_until(arrived + latency).await;
+    response
+}
+
+async fn serve<A: Api>(
+    api: &A,
+    parts: axum::http::request::Parts,
+    body: Bytes,
+    path: String,
+) -> Response {
     let kit = api.kit();
     kit.count_request();
     if let Err((status, body)) = api.authenticate(&parts.headers) {
-        return answer(&*api, status, body, None, None, &parts.headers);
+        return answer(api, status, body, None, None, &parts.headers);
     }
     let quota = match kit.admit_request(Instant::now()) {
         Ok(quota) => quota,
-        Err(e) => return refuse(&*api, &e, None, &parts.headers),
+        Err(e) => return refuse(api, &e, None, &parts.headers),
     };
     if let Some(e) = kit.before_answer("account").await {
-        return refuse(&*api, &e, quota, &parts.headers);
+        return refuse(api, &e, quota, &parts.headers);
     }
     let request = ApiRequest {
         method: parts.method,
@@ -114,7 +129,7 @@ pub async fn handle<A: Api>(State(api): State<Arc<A>>, request: Request) -> Resp
     };
     let (status, mut body) = api.route(&request);
     if !(200..300).contains(&status) {
-        return answer(&*api, status, body, quota, None, &request.headers);
+        return answer(api, status, body, quota, None, &request.headers);
     }
     let after = kit.after();
     if after.malformed {
@@ -122,10 +137,10 @@ pub async fn handle<A: Api>(State(api): State<Arc<A>>, request: Request) -> Resp
     }
     if after.truncate {
         let mut headers = HeaderMap::new();
-        common_headers(&*api, quota, &mut headers);
+        common_headers(api, quota, &mut headers);
         return response::truncated(status, headers, body);
     }
-    answer(&*api, status, body, quota, None, &request.headers)
+    answer(api, status, body, quota, None, &request.headers)
 }
 
 /// The answer to a refusal the kit decided (429 with `Retry-After`, an injected 5xx).
@@ -278,6 +293,21 @@ mod tests {
             .unwrap();
         assert_eq!(stats["requests"], 4);
         assert_eq!(stats["rate_limited"], 1);
+        // The simulator's latency applies to API requests (a 429 too), not to control ones.
+        echo.kit.set_latency(crate::Latency {
+            latency_ms: 150,
+            jitter_ms: 0,
+        });
+        let started = std::time::Instant::now();
+        assert_eq!(get("/v1/items", "good").await.unwrap().status(), 429);
+        assert!(started.elapsed() >= std::time::Duration::from_millis(140));
+        let started = std::time::Instant::now();
+        client
+            .get(format!("{}/_sandbox/stats", server.url()))
+            .send()
+            .await
+            .unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_millis(140));
         server.shutdown().await;
     }
 }

@@ -45,6 +45,18 @@ impl Latency {
         }
     }
 
+    /// `ms` milliseconds with `jitter_ms` of jitter, or the default ±20% when `None` (how
+    /// `tributary sandbox --latency-ms L [--latency-jitter-ms J]` asks for it).
+    pub fn of(ms: u64, jitter_ms: Option<u64>) -> Latency {
+        match jitter_ms {
+            Some(jitter_ms) => Latency {
+                latency_ms: ms,
+                jitter_ms,
+            },
+            None => Latency::with_default_jitter(ms),
+        }
+    }
+
     /// No latency.
     pub fn is_zero(&self) -> bool {
         self.latency_ms == 0 && self.jitter_ms == 0

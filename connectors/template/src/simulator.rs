@@ -1,6 +1,7 @@
 //! The Acme simulator as the runtime drives it (`tributary sandbox acme`, `demo`).
 
 use async_trait::async_trait;
+use tributary_sandbox_kit::Latency;
 use tributary_sdk::simulator::{Simulator, SimulatorFactory, SimulatorOptions, Started};
 
 use crate::sandbox::{AcmeSandbox, SandboxConfig};
@@ -26,6 +27,9 @@ fn start(options: SimulatorOptions) -> Started {
             seed: options.seed,
         };
         let sandbox = AcmeSandbox::start(config, options.port).await?;
+        sandbox
+            .kit()
+            .set_latency(Latency::of(options.latency_ms, options.latency_jitter_ms));
         Ok(Box::new(Running(sandbox)) as Box<dyn Simulator>)
     })
 }

@@ -31,13 +31,7 @@ fn start(options: SimulatorOptions) -> Started {
             ..Default::default()
         };
         let sandbox = ZendeskSandbox::start(config, options.port).await?;
-        sandbox.set_latency(match options.latency_jitter_ms {
-            Some(jitter_ms) => Latency {
-                latency_ms: options.latency_ms,
-                jitter_ms,
-            },
-            None => Latency::with_default_jitter(options.latency_ms),
-        });
+        sandbox.set_latency(Latency::of(options.latency_ms, options.latency_jitter_ms));
         Ok(Box::new(Running(sandbox)) as Box<dyn Simulator>)
     })
 }
