@@ -63,7 +63,7 @@ pub struct StripeConfig {
     #[serde(default = "default_page_size")]
     pub page_size: u32,
 
-    /// Most list requests one stream's backfill keeps in flight, from 1 to 64 (1 reads
+    /// Most list requests one stream's backfill keeps in flight, from 1 to 128 (1 reads
     /// one page after another). A first sync splits the stream by `created` into ranges
     /// read at once, as many in flight as `requests_per_second` × Stripe's answer time
     /// needs, never more than this; the rate limit still bounds the requests per second.
@@ -72,8 +72,9 @@ pub struct StripeConfig {
 }
 
 /// The default of `max_concurrency`: 100 requests a second (a live key's limit) at a
-/// typical 300 ms list answer need 30 in flight.
-pub const DEFAULT_MAX_CONCURRENCY: u32 = 32;
+/// typical 300 ms list answer need 30 in flight, and more while answers vary or take
+/// longer (the limiter keeps the rate whatever is in flight).
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 64;
 
 fn default_max_concurrency() -> u32 {
     DEFAULT_MAX_CONCURRENCY
@@ -166,7 +167,7 @@ impl StripeConfig {
         // Stripe's list endpoints take `limit` from 1 to 100
         // (https://docs.stripe.com/api/pagination).
         check_range("page_size", self.page_size, 1, MAX_PAGE_SIZE)?;
-        check_range("max_concurrency", self.max_concurrency, 1, 64)?;
+        check_range("max_concurrency", self.max_concurrency, 1, 128)?;
 
         Ok(Settings {
             api_key: Secret::new(key),

@@ -762,8 +762,10 @@ impl Reader {
         // For the log line at the end.
         let (mut requests, mut part_full) = (0u64, 0u64);
         loop {
-            // As many in flight as latency × rate needs (plus one), within the ceiling.
-            let wanted = ((latency * rate).ceil() as usize + 1)
+            // As many in flight as latency × rate needs, a quarter more for answers slower
+            // than the average (each request in flight is one request per answer time),
+            // within the ceiling.
+            let wanted = ((latency * rate * 1.25).ceil() as usize + 1)
                 .min(ceiling as usize)
                 .clamp(1, self.max_concurrency);
             for (id, range) in &open {
@@ -1785,7 +1787,7 @@ pub const FLOOR: i64 = 1_293_840_000;
 /// dense ones split as they are read.
 fn initial_ranges(since: i64, n: usize) -> Vec<Range> {
     let (lo, hi) = (FLOOR.min(since), since + 1);
-    let n = n.clamp(1, 64);
+    let n = n.clamp(1, 128);
     let mut ranges = Vec::new();
     let mut top = hi;
     let mut width: i64 = 86_400;
