@@ -762,10 +762,8 @@ impl Reader {
         // For the log line at the end.
         let (mut requests, mut part_full) = (0u64, 0u64);
         loop {
-            // As many in flight as latency × rate needs, a quarter more for answers slower
-            // than the average (each request in flight is one request per answer time),
-            // within the ceiling.
-            let wanted = ((latency * rate * 1.25).ceil() as usize + 1)
+            // As many in flight as latency × rate needs (plus one), within the ceiling.
+            let wanted = ((latency * rate).ceil() as usize + 1)
                 .min(ceiling as usize)
                 .clamp(1, self.max_concurrency);
             for (id, range) in &open {
