@@ -6,13 +6,11 @@
 //! [`HttpClient::shared`] under a hash of the key), so their streams together stay within
 //! the account's rate.
 
-use std::sync::{Mutex, PoisonError};
-
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tributary_sdk::clock::ServerClock;
 use tributary_sdk::http::{HttpClient, HttpConfig, Response};
-use tributary_sdk::pagination::{Envelope, malformed_page, scan_envelope};
+use tributary_sdk::pagination::{Envelope, malformed_page};
 use tributary_sdk::{Error, Result, Secret};
 
 use crate::config::Settings;
@@ -91,30 +89,17 @@ impl StripeClient {
     ) -> Result<Listing> {
         let url = format!("{}{path}", self.api_base);
         let what = format!("GET {path}");
-        // The check already scans the body; keep what it found instead of scanning twice.
-        let scanned: Mutex<Option<Envelope>> = Mutex::new(None);
-        let response = self
+        let listing = self
             .http
-            .send_checked(
-                &what,
-                |c| {
-                    c.get(&url)
-                        .bearer_auth(self.api_key.expose())
-                        .header("Stripe-Version", &self.stripe_version)
-                        .query(query)
-                },
-                |r: &Response| {
-                    let envelope = scan_envelope(&r.body, "data", "id")?;
-                    *scanned.lock().unwrap_or_else(PoisonError::into_inner) = Some(envelope);
-                    Ok(())
-                },
-            )
+            .list(&what, "data", "id", |c| {
+                c.get(&url)
+                    .bearer_auth(self.api_key.expose())
+                    .header("Stripe-Version", &self.stripe_version)
+                    .query(query)
+            })
             .await?;
+        let (response, envelope) = (listing.response, listing.envelope);
         self.clock.observe(response.date);
-        let envelope = scanned
-            .into_inner()
-            .unwrap_or_else(PoisonError::into_inner)
-            .ok_or_else(|| Error::decode(format!("{what} response"), "the body was not scanned"))?;
         check_list_shape(&envelope)
             .map_err(|problem| malformed_page(VENDOR, stream, &what, &problem))?;
         Ok(Listing {
@@ -220,6 +205,7 @@ pub fn account_key(api_key: &Secret) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tributary_sdk::pagination::scan_envelope;
 
     #[test]
     fn account_keys_are_stable_distinct_and_secret_free() {

@@ -14,14 +14,12 @@
 //! first request is refused that way becomes [`Error::Unavailable`] once `users/me` shows
 //! the credentials are an admin's (see [`ZendeskClient::forbidden`]).
 
-use std::sync::{Mutex, PoisonError};
-
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tributary_sdk::clock::ServerClock;
-use tributary_sdk::http::{HttpClient, HttpConfig, QuotaHeaders, Response};
-use tributary_sdk::pagination::{Envelope, malformed_page, scan_envelope};
+use tributary_sdk::http::{HttpClient, HttpConfig, QuotaHeaders};
+use tributary_sdk::pagination::{Envelope, malformed_page};
 use tributary_sdk::{Error, Result};
 
 use crate::config::{Auth, Settings};
@@ -175,27 +173,17 @@ impl ZendeskClient {
     ) -> Result<Listing> {
         let url = format!("{}{path}", self.api_base);
         let what = format!("GET {path}");
-        let scanned: Mutex<Option<Envelope>> = Mutex::new(None);
         let http = match limit {
             Limit::Api => &self.api,
             Limit::Export => &self.export,
         };
-        let response = http
-            .send_checked(
-                &what,
-                |c| self.authorize(c.get(&url).query(query)),
-                |r: &Response| {
-                    let envelope = scan_envelope(&r.body, records_key, "id")?;
-                    *scanned.lock().unwrap_or_else(PoisonError::into_inner) = Some(envelope);
-                    Ok(())
-                },
-            )
+        let listing = http
+            .list(&what, records_key, "id", |c| {
+                self.authorize(c.get(&url).query(query))
+            })
             .await?;
+        let (response, envelope) = (listing.response, listing.envelope);
         self.clock.observe(response.date);
-        let envelope = scanned
-            .into_inner()
-            .unwrap_or_else(PoisonError::into_inner)
-            .ok_or_else(|| Error::decode(format!("{what} response"), "the body was not scanned"))?;
         envelope
             .require_records_array(records_key)
             .map_err(|problem| malformed_page(VENDOR, stream, &what, &problem))?;
