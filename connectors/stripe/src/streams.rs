@@ -712,6 +712,12 @@ impl Reader {
 
     /// A backfill read as `created` ranges at once (see [`Range`]).
     ///
+    /// Stripe's list endpoints filter on `created[gte]`/`created[lt]` and page newest first
+    /// with `starting_after`, "an object ID that defines your place in the list"
+    /// (https://docs.stripe.com/api/pagination, https://docs.stripe.com/api/charges/list):
+    /// a place in the list, so it stays valid when a range's lower bound moves up past
+    /// objects the walk has not reached.
+    ///
     /// Every range is walked newest-first with `starting_after`, one request at a time;
     /// the ranges run at once, up to as many requests in flight as Stripe's answer time ×
     /// the account's rate needs, never more than `max_concurrency` (the account's limiter
