@@ -227,6 +227,11 @@ struct Account {
     parent: Option<Arc<Account>>,
     /// 429 answers seen by any client of the account (see [`HttpClient::throttled`]).
     throttled: std::sync::atomic::AtomicU64,
+    /// The vendor's answer time, smoothed, in microseconds (0: none yet); see
+    /// [`HttpClient::answer_time`].
+    answer_micros: std::sync::atomic::AtomicU64,
+    /// Concurrent readers sharing the account (see [`HttpClient::join_readers`]).
+    readers: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Account {
@@ -238,7 +243,25 @@ impl Account {
             burst: config.burst,
             parent: None,
             throttled: std::sync::atomic::AtomicU64::new(0),
+            answer_micros: std::sync::atomic::AtomicU64::new(0),
+            readers: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         })
+    }
+
+    /// Folds one answer time into the smoothed one (a fifth of each new sample).
+    fn observe_answer(&self, took: Duration) {
+        let sample = took.as_micros().min(u128::from(u64::MAX / 8)) as u64;
+        let old = self
+            .answer_micros
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let new = if old == 0 {
+            sample.max(1)
+        } else {
+            ((old * 4 + sample) / 5).max(1)
+        };
+        // Racing updates lose a sample at worst.
+        self.answer_micros
+            .store(new, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Waits out any pause, then for the limiter, of the parent account (if any) and then
@@ -277,6 +300,20 @@ impl Account {
         if paused.is_none_or(|current| current < until) {
             *paused = Some(until);
         }
+    }
+}
+
+/// A concurrent reader's place among the account's readers ([`HttpClient::join_readers`]);
+/// it leaves when dropped.
+#[derive(Debug)]
+pub struct ReaderSlot {
+    readers: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for ReaderSlot {
+    fn drop(&mut self) {
+        self.readers
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -463,6 +500,42 @@ impl HttpClient {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// How long the vendor takes to answer, smoothed over the account's recent successful
+    /// requests: from sending to the whole body, without the wait at the account's
+    /// limiter or pause (which a caller keeping requests in flight would otherwise count
+    /// as latency and answer with even more requests in flight). `None` before the first.
+    pub fn answer_time(&self) -> Option<Duration> {
+        match self
+            .inner
+            .account
+            .answer_micros
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => None,
+            micros => Some(Duration::from_micros(micros)),
+        }
+    }
+
+    /// Counts a reader that keeps several requests in flight (a concurrent backfill) as
+    /// sharing the account until the returned slot is dropped; see
+    /// [`HttpClient::readers`].
+    pub fn join_readers(&self) -> ReaderSlot {
+        let readers = Arc::clone(&self.inner.account.readers);
+        readers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ReaderSlot { readers }
+    }
+
+    /// How many concurrent readers share the account now (at least one): each takes its
+    /// share of the requests in flight the account's rate needs, so two streams of one
+    /// account backfilling at once split it instead of each asking for all of it.
+    pub fn readers(&self) -> usize {
+        self.inner
+            .account
+            .readers
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(1)
+    }
+
     /// The config this client was built with.
     pub fn config(&self) -> &HttpConfig {
         &self.inner.config
@@ -544,6 +617,9 @@ impl HttpClient {
                         Ok(body) => {
                             let date = header_date(&headers);
                             self.observe_quota(&headers, date);
+                            if (200..300).contains(&status) {
+                                self.inner.account.observe_answer(started.elapsed());
+                            }
                             tracing::debug!(
                                 vendor = %config.vendor,
                                 what,

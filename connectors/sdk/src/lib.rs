@@ -21,6 +21,7 @@ pub mod incremental;
 pub mod options;
 pub mod page;
 pub mod pagination;
+pub mod ranges;
 pub mod schema;
 pub mod secret;
 pub mod simulator;

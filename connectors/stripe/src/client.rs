@@ -69,6 +69,12 @@ impl StripeClient {
         self.http.throttled()
     }
 
+    /// The account's HTTP client (its limiter, 429 count and answer time), for a reader
+    /// that keeps several requests in flight.
+    pub fn http(&self) -> &HttpClient {
+        &self.http
+    }
+
     /// The account's request rate this client keeps to.
     pub fn requests_per_second(&self) -> f64 {
         self.http.config().requests_per_second

@@ -28,6 +28,7 @@ use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tributary_sdk::pagination::{PageSender, ProgressGuard, spawn_pages};
+use tributary_sdk::ranges::{self, Answer, Fetch, Fetched, Order, RangeReader};
 use tributary_sdk::{Error, Page, PageStream, Record, Records, Result, StreamSchema};
 
 use crate::client::{Listing, StripeClient, VENDOR, is_missing};
@@ -390,6 +391,27 @@ pub struct Range {
     pub last_created: Option<i64>,
 }
 
+impl Range {
+    /// The SDK's range, the walk's position being the `starting_after` id.
+    fn into_sdk(self) -> ranges::Range<String> {
+        ranges::Range {
+            gte: self.gte,
+            lt: self.lt,
+            position: self.starting_after,
+            last: self.last_created,
+        }
+    }
+
+    fn from_sdk(range: ranges::Range<String>) -> Self {
+        Range {
+            gte: range.gte,
+            lt: range.lt,
+            starting_after: range.position,
+            last_created: range.last,
+        }
+    }
+}
+
 /// Reads stream `def` (whose schema is `schema`) from `cursor` (or from scratch), fetching
 /// ahead of the consumer.
 pub fn read(
@@ -710,26 +732,17 @@ impl Reader {
         self.max_concurrency > 1 && matches!(self.def.feed, Feed::Events(_)) && !self.def.settles
     }
 
-    /// A backfill read as `created` ranges at once (see [`Range`]).
+    /// A backfill read as `created` ranges at once (see [`Range`]), by the SDK's
+    /// [`RangeReader`] (how many requests are in flight, how ranges split, and why a
+    /// committed cursor is exact are documented there).
     ///
     /// Stripe's list endpoints filter on `created[gte]`/`created[lt]` and page newest first
     /// with `starting_after`, "an object ID that defines your place in the list"
     /// (https://docs.stripe.com/api/pagination, https://docs.stripe.com/api/charges/list):
     /// a place in the list, so it stays valid when a range's lower bound moves up past
-    /// objects the walk has not reached.
-    ///
-    /// Every range is walked newest-first with `starting_after`, one request at a time;
-    /// the ranges run at once, up to as many requests in flight as Stripe's answer time ×
-    /// the account's rate needs, never more than `max_concurrency` (the account's limiter
-    /// still spaces the requests out, so more in flight never means more per second).
-    /// Pages are emitted as they arrive, each with a cursor holding every open range as of
-    /// the pages emitted so far: the runtime commits pages in order, so a committed cursor
-    /// says exactly what has landed, and a killed backfill resumes each range after its
-    /// last committed page, reading nothing twice and skipping nothing. A range with more
-    /// than two pages left (at the density of its last page) is split at the middle of
-    /// what is left: the walk goes on in the newer half (Stripe's `starting_after` stays valid as the object it
-    /// names is in it), the older half becomes a range of its own. The anchor was fixed before the first range was read, so changes made
-    /// while the backfill runs come from the events afterwards.
+    /// objects the walk has not reached (a split keeps the walk in the newer part). The
+    /// anchor was fixed before the first range was read, so changes made while the
+    /// backfill runs come from the events afterwards.
     async fn backfill_ranges(
         &self,
         at: BackfillAt,
@@ -737,250 +750,124 @@ impl Reader {
         mut reset: bool,
     ) -> Result<Outcome> {
         let stream = self.def.name;
-        let mut open: Vec<(u64, Range)> = Vec::new();
-        let mut next_id = 0u64;
-        for range in ranges {
-            open.push((next_id, range));
-            next_id += 1;
-        }
-        // One guard for every range: an object is in one range only, so a page leading
-        // to an id any range has followed (or one outside the range) is a hostile answer.
-        let mut guard = self.list_guard();
-        for (_, range) in &open {
-            if let Some(after) = &range.starting_after {
-                guard.start_at(after);
-            }
-        }
-        let mut in_flight: std::collections::HashSet<u64> = std::collections::HashSet::new();
-        let mut tasks: tokio::task::JoinSet<(u64, Result<Listing>, std::time::Duration)> =
-            tokio::task::JoinSet::new();
-        let mut pending_since = at.pending_since;
-        // The answer time, smoothed; the rate, as the account's limiter allows it.
-        let mut latency = 0.3_f64;
-        let rate = self.client.requests_per_second();
-        let max_ranges = self.max_concurrency * 2;
-        // Additive increase, multiplicative decrease on 429s: the ceiling on requests in
-        // flight halves when the account is throttled and grows by one per page.
-        let mut ceiling = self.max_concurrency as f64;
-        let mut throttled = self.client.throttled();
-        // Pages each open range has left, estimated from its last page's density.
-        let mut estimates: HashMap<u64, i64> = HashMap::new();
-        // For the log line at the end.
-        let (mut requests, mut part_full) = (0u64, 0u64);
-        loop {
-            // As many in flight as latency × rate needs (plus one), within the ceiling.
-            let wanted = ((latency * rate).ceil() as usize + 1)
-                .min(ceiling as usize)
-                .clamp(1, self.max_concurrency);
-            for (id, range) in &open {
-                if in_flight.len() >= wanted {
-                    break;
-                }
-                if in_flight.contains(id) {
-                    continue;
-                }
-                let mut query = self.list_query();
+        let mut settings = ranges::settings(
+            VENDOR,
+            stream,
+            Order::Descending,
+            self.page_size as usize,
+            self.max_concurrency,
+        );
+        settings.position_name = "pagination cursor `starting_after`".to_owned();
+        settings.still = "has_more stayed true".to_owned();
+        let client = Arc::clone(&self.client);
+        let (path, base) = (self.def.list_path, self.list_query());
+        let fetch: Fetch<String, Listing> = Box::new(move |range: ranges::Range<String>| {
+            let (client, mut query) = (Arc::clone(&client), base.clone());
+            Box::pin(async move {
                 query.push(("created[gte]", range.gte.to_string()));
                 query.push(("created[lt]", range.lt.to_string()));
-                if let Some(after) = &range.starting_after {
+                if let Some(after) = &range.position {
                     query.push(("starting_after", after.clone()));
                 }
-                let client = Arc::clone(&self.client);
-                let (id, path) = (*id, self.def.list_path);
-                tasks.spawn(async move {
-                    let started = std::time::Instant::now();
-                    let listing = client.list(stream, path, &query).await;
-                    (id, listing, started.elapsed())
-                });
-                in_flight.insert(id);
-            }
-            let Some(joined) = tasks.join_next().await else {
-                break;
-            };
-            let (id, listing, took) = joined.map_err(|e| {
-                Error::protocol(VENDOR, stream, format!("a list request task failed: {e}"))
-            })?;
-            in_flight.remove(&id);
-            latency = 0.8 * latency + 0.2 * took.as_secs_f64();
-            let now_throttled = self.client.throttled();
-            if now_throttled > throttled {
-                ceiling = (ceiling / 2.0).max(1.0);
-                throttled = now_throttled;
-            } else {
-                ceiling = (ceiling + 1.0).min(self.max_concurrency as f64);
-            }
-            let Some(index) = open.iter().position(|(i, _)| *i == id) else {
-                continue;
-            };
-            let listing = match listing {
-                Ok(listing) => listing,
-                Err(e) => {
-                    let range = &mut open[index].1;
-                    if let Some(after) = range.starting_after.clone()
-                        && is_missing(&e, &after)
-                    {
-                        // Stripe no longer knows the object the range was to continue
-                        // after (deleted): list the range again from that object's second.
-                        tracing::warn!(
-                            stream,
-                            "The object a backfill range was to continue after no longer exists; reading the range again from its time."
-                        );
-                        if let Some(created) = range.last_created {
-                            range.lt = range.lt.min(created + 1);
-                        }
-                        range.starting_after = None;
-                        range.last_created = None;
-                        continue;
-                    }
-                    tasks.abort_all();
-                    return Err(e);
-                }
-            };
-            let has_more = listing.has_more();
-            if self.def.settles {
-                pending_since = older(pending_since, oldest_pending(&listing.body));
-            }
-            if has_more {
-                let next = match self.next_after(&mut guard, &listing) {
-                    Ok(next) => next,
+                let listing = match client.list(stream, path, &query).await {
+                    Ok(listing) => listing,
                     Err(e) => {
-                        tasks.abort_all();
-                        return Err(e);
-                    }
-                };
-                let last = last_created(&listing.body);
-                let range = &mut open[index].1;
-                if last.is_some_and(|c| c < range.gte || c >= range.lt) {
-                    tasks.abort_all();
-                    return Err(Error::protocol(
-                        VENDOR,
-                        stream,
-                        format!(
-                            "Stripe answered a list of objects created in [{}, {}) with one \
-                             created outside it; stopping so nothing lands twice. Nothing past \
-                             the last good page is committed.",
-                            range.gte, range.lt
-                        ),
-                    ));
-                }
-                // The seconds this page spanned: from where the range stood to its last
-                // object.
-                let page_top = range.last_created.unwrap_or(range.lt);
-                range.starting_after = Some(next);
-                range.last_created = last;
-                // Split the ranges with much more than their share of what is left, so
-                // that each open range holds about as many pages as the others: the
-                // requests in flight stay at what the rate needs until the end (no long
-                // tail of one range read page after page), and few ranges are made (each
-                // ends with a part-full page, a request that lands less).
-                let page_span = last.map(|last| (page_top - last).max(1));
-                let pages_left = match (last, page_span) {
-                    (Some(last), Some(span)) => (last - open[index].1.gte) / span,
-                    _ => 0,
-                };
-                estimates.insert(id, pages_left);
-                let total: i64 = open
-                    .iter()
-                    .map(|(i, _)| estimates.get(i).copied().unwrap_or(1))
-                    .sum();
-                let share = (total / wanted as i64).max(2);
-                let room = max_ranges.saturating_sub(open.len()) as i64;
-                if let (Some(last), Some(span)) = (last, page_span)
-                    && room > 0
-                    && pages_left > 2 * share
-                {
-                    let parts = (pages_left / share).clamp(2, room + 1);
-                    let range = &mut open[index].1;
-                    let (gte, step) = (range.gte, ((last - range.gte) / parts).max(1));
-                    range.gte = last - step;
-                    estimates.insert(id, step / span);
-                    let mut lt = range.gte;
-                    let mut new = Vec::new();
-                    while lt > gte {
-                        let bottom = if new.len() as i64 == parts - 2 {
-                            gte
-                        } else {
-                            (lt - step).max(gte)
+                        return match &range.position {
+                            // Stripe no longer knows the object the range was to continue
+                            // after (deleted): list the range again from that object's
+                            // second.
+                            Some(after) if is_missing(&e, after) => {
+                                tracing::warn!(
+                                    stream,
+                                    "The object a backfill range was to continue after no longer exists; reading the range again from its time."
+                                );
+                                let lt = range.last.map_or(range.lt, |c| range.lt.min(c + 1));
+                                Ok(Answer::Restart(ranges::Range::new(range.gte, lt)))
+                            }
+                            _ => Err(e),
                         };
-                        estimates.insert(next_id, (lt - bottom) / span);
-                        new.push((
-                            next_id,
-                            Range {
-                                gte: bottom,
-                                lt,
-                                starting_after: None,
-                                last_created: None,
-                            },
-                        ));
-                        next_id += 1;
-                        lt = bottom;
                     }
-                    open.splice(index + 1..index + 1, new);
-                }
-            } else {
-                open.remove(index);
-                estimates.remove(&id);
-            }
-            let listing_count = listing.envelope.count;
-            let records = if listing.envelope.count == 0 {
-                Records::Values(Vec::new())
-            } else {
-                Records::Json {
-                    body: listing.body,
-                    path: &["data"],
-                }
-            };
-            requests += 1;
-            if listing_count < self.page_size as usize {
-                part_full += 1;
-            }
-            if open.is_empty() {
-                tracing::info!(
-                    stream,
-                    ranges = next_id,
-                    requests,
-                    part_full_pages = part_full,
-                    "Concurrent backfill complete."
-                );
-                let next = ChangesAt {
-                    anchor: at.anchor.clone(),
-                    anchor_created: at.anchor_created.unwrap_or(at.since),
-                    since: at.since,
-                    pending_since,
                 };
-                if !self.emit(records, &next.cursor(), reset).await {
-                    return Ok(Outcome::Done);
-                }
-                return Ok(Outcome::Changes(next));
-            }
-            let cursor = Cursor::Backfill {
-                starting_after: None,
-                anchor: at.anchor.clone(),
-                since: at.since,
-                pending_since,
-                ranges: Some(open.iter().map(|(_, r)| r.clone()).collect()),
-            };
-            if !self.emit(records, &cursor, reset).await {
-                tasks.abort_all();
-                return Ok(Outcome::Done);
-            }
-            reset = false;
-        }
-        // Only reached with no range open, which returns above; a backfill resumed with
-        // an empty list of ranges is complete.
-        let next = ChangesAt {
+                let next = if listing.has_more() {
+                    match &listing.envelope.last_id {
+                        Some(id) => Some(id.clone()),
+                        // `has_more` with no objects: the reader refuses a page that
+                        // promises more and moves nothing.
+                        None if listing.envelope.count == 0 => Some(String::new()),
+                        None => {
+                            return Err(Error::decode(
+                                format!("GET {path} response"),
+                                "the last object of a page has no `id`",
+                            ));
+                        }
+                    }
+                } else {
+                    None
+                };
+                Ok(Answer::Page(Fetched {
+                    last: last_created(&listing.body),
+                    count: listing.envelope.count,
+                    next,
+                    page: listing,
+                }))
+            })
+        });
+        let mut reader = RangeReader::new(
+            settings,
+            self.client.http().clone(),
+            ranges.into_iter().map(Range::into_sdk).collect(),
+            fetch,
+        );
+        let done = ChangesAt {
             anchor: at.anchor.clone(),
             anchor_created: at.anchor_created.unwrap_or(at.since),
             since: at.since,
-            pending_since,
+            pending_since: at.pending_since,
         };
+        while let Some(step) = reader.next().await? {
+            let records = if step.count == 0 {
+                Records::Values(Vec::new())
+            } else {
+                Records::Json {
+                    body: step.page.body,
+                    path: &["data"],
+                }
+            };
+            let cursor = if reader.is_done() {
+                let stats = reader.stats();
+                tracing::info!(
+                    stream,
+                    ranges = stats.ranges,
+                    requests = stats.requests,
+                    part_full_pages = stats.part_full,
+                    "Concurrent backfill complete."
+                );
+                done.cursor()
+            } else {
+                Cursor::Backfill {
+                    starting_after: None,
+                    anchor: at.anchor.clone(),
+                    since: at.since,
+                    pending_since: at.pending_since,
+                    ranges: Some(reader.open().cloned().map(Range::from_sdk).collect()),
+                }
+            };
+            if !self.emit(records, &cursor, reset).await {
+                return Ok(Outcome::Done);
+            }
+            if reader.is_done() {
+                return Ok(Outcome::Changes(done));
+            }
+            reset = false;
+        }
+        // A backfill resumed with an empty list of ranges is complete.
         if !self
-            .emit(Records::Values(Vec::new()), &next.cursor(), reset)
+            .emit(Records::Values(Vec::new()), &done.cursor(), reset)
             .await
         {
             return Ok(Outcome::Done);
         }
-        Ok(Outcome::Changes(next))
+        Ok(Outcome::Changes(done))
     }
 
     /// Notes the newest event of the stream's feed and Stripe's clock.
@@ -1790,27 +1677,21 @@ pub const FLOOR: i64 = 1_293_840_000;
 /// towards the present), newest first, at most `n`. Empty ranges cost one request each;
 /// dense ones split as they are read.
 fn initial_ranges(since: i64, n: usize) -> Vec<Range> {
-    let (lo, hi) = (FLOOR.min(since), since + 1);
-    let n = n.clamp(1, 128);
-    let mut ranges = Vec::new();
-    let mut top = hi;
-    let mut width: i64 = 86_400;
-    while top > lo {
-        let bottom = if ranges.len() + 1 == n {
-            lo
-        } else {
-            (top - width).max(lo)
-        };
-        ranges.push(Range {
-            gte: bottom,
-            lt: top,
-            starting_after: None,
-            last_created: None,
-        });
-        top = bottom;
-        width = width.saturating_mul(2);
-    }
-    ranges
+    ranges::geometric(
+        FLOOR.min(since),
+        since + 1,
+        86_400,
+        n.clamp(1, 128),
+        Order::Descending,
+    )
+    .into_iter()
+    .map(|(gte, lt)| Range {
+        gte,
+        lt,
+        starting_after: None,
+        last_created: None,
+    })
+    .collect()
 }
 
 /// The `created` of the last object of a list page.

@@ -1,0 +1,771 @@
+//! One list read as many ranges at once: the concurrent backfill.
+//!
+//! A vendor answers a list page in a few hundred milliseconds, so a list read one page
+//! after another moves a page per round trip, however high the account's rate limit. Where
+//! the vendor filters a list by an ordered key (Stripe's `created[gte]`/`created[lt]`, a
+//! SOQL `WHERE SystemModstamp >= … AND SystemModstamp < …`), the list can be cut into
+//! ranges of that key, each walked page by page on its own, all at once. [`RangeReader`]
+//! runs such a read for a connector:
+//!
+//! - **In flight**: as many requests as the account's rate × the vendor's answer time
+//!   needs, plus one ([`HttpClient::answer_time`] measures the answer without the wait at
+//!   the limiter, so a queue at the limiter does not ask for more requests still); that
+//!   need is split between the readers sharing the account ([`HttpClient::readers`]), so
+//!   two streams of one account backfilling at once share the rate instead of each
+//!   queueing all of it. Never more than `max_concurrency`; the ceiling halves on a 429
+//!   and grows by one per page (additive increase, multiplicative decrease). The
+//!   account's limiter still spaces the requests: more in flight never means more per
+//!   second.
+//! - **Splitting**: a range with more than twice its share of the pages left (estimated
+//!   from its last page's density) is cut into parts of about a share: the walk goes on in
+//!   the part next to where it stands, the rest become ranges of their own. Dense stretches
+//!   split until there are enough ranges, and the read does not end with one long range
+//!   read page after page.
+//! - **Exactly once**: pages come out as they arrive, each with the open ranges as of the
+//!   pages handed out so far ([`RangeReader::open`]). The runtime commits pages in order,
+//!   so the connector's cursor built from them says exactly what has landed, and a killed
+//!   read resumes every range after its last committed page.
+//! - **Hostile answers**: one [`ProgressGuard`] over every range (an object lies in one
+//!   range only, so a position any range has followed cannot come back), and a page whose
+//!   last key lies outside its range stops the read (the vendor ignored the filter; a page
+//!   landed from it could repeat another range's objects).
+//!
+//! The connector supplies the fetch of one page of one range ([`Fetch`]) and builds its
+//! cursor; see the Stripe connector's `backfill_ranges` for a complete use.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Display;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+
+use crate::http::{HttpClient, ReaderSlot};
+use crate::pagination::ProgressGuard;
+use crate::{Error, Result};
+
+/// Which way a range is walked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Largest key first (Stripe's lists: newest first).
+    Descending,
+    /// Smallest key first (a SOQL `ORDER BY … ASC`).
+    Ascending,
+}
+
+/// One range of the list: the items whose key is in `[gte, lt)`, and where its walk
+/// stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Range<P> {
+    /// Items with a key at or above this.
+    pub gte: i64,
+    /// Items with a key below this.
+    pub lt: i64,
+    /// Where the walk goes on (the vendor's page token, or the last item landed); `None`
+    /// before its first page.
+    pub position: Option<P>,
+    /// The key of the last item landed from this range.
+    pub last: Option<i64>,
+}
+
+impl<P> Range<P> {
+    /// A range not walked yet.
+    pub fn new(gte: i64, lt: i64) -> Self {
+        Range {
+            gte,
+            lt,
+            position: None,
+            last: None,
+        }
+    }
+}
+
+/// What the vendor answered for one page of one range.
+#[derive(Debug)]
+pub enum Answer<P, T> {
+    /// A page.
+    Page(Fetched<P, T>),
+    /// No page: walk the range again as this (e.g. the object a walk was to continue
+    /// after was deleted, so the vendor no longer knows the position).
+    Restart(Range<P>),
+}
+
+/// A page of one range.
+#[derive(Debug)]
+pub struct Fetched<P, T> {
+    /// The page, handed back by [`RangeReader::next`] as it is.
+    pub page: T,
+    /// Where the walk goes on, `None` when the range is finished.
+    pub next: Option<P>,
+    /// The key of the page's last item (`None` for an empty page).
+    pub last: Option<i64>,
+    /// The items on the page.
+    pub count: usize,
+}
+
+/// The fetch of one page of `range`, run on its own task.
+pub type Fetch<P, T> = Box<
+    dyn Fn(Range<P>) -> Pin<Box<dyn Future<Output = Result<Answer<P, T>>> + Send>> + Send + Sync,
+>;
+
+/// The settings of one concurrent read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The vendor and stream, for errors and logs.
+    pub vendor: String,
+    pub stream: String,
+    /// What the position is called and what kept promising more, for the
+    /// [`ProgressGuard`]'s errors (e.g. "pagination cursor `starting_after`", "has_more
+    /// stayed true").
+    pub position_name: String,
+    pub still: String,
+    /// Which way each range is walked.
+    pub order: Order,
+    /// Items on a full page.
+    pub page_size: usize,
+    /// The most requests in flight, at least 1.
+    pub max_concurrency: usize,
+    /// The most ranges open at once (splitting stops there).
+    pub max_ranges: usize,
+    /// The answer time assumed before the account has measured one.
+    pub first_latency: Duration,
+}
+
+/// One page out of [`RangeReader::next`].
+#[derive(Debug)]
+pub struct Step<T> {
+    /// The page, as the fetch returned it.
+    pub page: T,
+    /// Its items.
+    pub count: usize,
+}
+
+/// What a finished read did, for its log line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Ranges the read had, first ones and splits.
+    pub ranges: u64,
+    /// Pages read.
+    pub requests: u64,
+    /// Pages with fewer items than a full page (the end of each range, and empty ones).
+    pub part_full: u64,
+}
+
+type Joined<P, T> = (u64, Result<Answer<P, T>>);
+
+/// A read of ranges at once; see the module docs. Dropping it aborts the requests in
+/// flight (their `JoinSet` does).
+pub struct RangeReader<P, T> {
+    settings: Settings,
+    client: HttpClient,
+    fetch: std::sync::Arc<Fetch<P, T>>,
+    /// The open ranges in key order of the list (newest first for `Descending`), by id.
+    open: Vec<(u64, Range<P>)>,
+    next_id: u64,
+    in_flight: HashSet<u64>,
+    tasks: JoinSet<Joined<P, T>>,
+    guard: ProgressGuard,
+    ceiling: f64,
+    throttled: u64,
+    /// Pages each open range has left, estimated from its last page's density.
+    estimates: HashMap<u64, i64>,
+    stats: Stats,
+    _slot: ReaderSlot,
+}
+
+impl<P, T> RangeReader<P, T>
+where
+    P: Clone + Display + Send + Sync + 'static,
+    T: Send + 'static,
+{
+    /// A read of `ranges` (ordered as the list is, and not overlapping), each page fetched
+    /// by `fetch`, its requests sent through (and paced by) `client`'s account.
+    pub fn new(
+        settings: Settings,
+        client: HttpClient,
+        ranges: Vec<Range<P>>,
+        fetch: Fetch<P, T>,
+    ) -> Self {
+        let mut guard = ProgressGuard::new(
+            settings.vendor.clone(),
+            settings.stream.clone(),
+            settings.position_name.clone(),
+            settings.still.clone(),
+        );
+        let mut open = Vec::with_capacity(ranges.len());
+        for (id, range) in ranges.into_iter().enumerate() {
+            if let Some(position) = &range.position {
+                guard.start_at(&position.to_string());
+            }
+            open.push((id as u64, range));
+        }
+        let next_id = open.len() as u64;
+        let throttled = client.throttled();
+        let _slot = client.join_readers();
+        let settings = Settings {
+            max_concurrency: settings.max_concurrency.max(1),
+            max_ranges: settings.max_ranges.max(1),
+            page_size: settings.page_size.max(1),
+            ..settings
+        };
+        RangeReader {
+            ceiling: settings.max_concurrency as f64,
+            stats: Stats {
+                ranges: next_id,
+                ..Stats::default()
+            },
+            settings,
+            client,
+            fetch: std::sync::Arc::new(fetch),
+            open,
+            next_id,
+            in_flight: HashSet::new(),
+            tasks: JoinSet::new(),
+            guard,
+            throttled,
+            estimates: HashMap::new(),
+            _slot,
+        }
+    }
+
+    /// The ranges still open, in the list's order, as of the pages handed out so far:
+    /// what the connector's cursor holds.
+    pub fn open(&self) -> impl Iterator<Item = &Range<P>> {
+        self.open.iter().map(|(_, r)| r)
+    }
+
+    /// Whether every range is read.
+    pub fn is_done(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// What the read did so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The requests in flight now wanted: the account's rate × the vendor's answer time,
+    /// split between the readers sharing the account, plus one; within the ceiling.
+    fn wanted(&self) -> usize {
+        let latency = self
+            .client
+            .answer_time()
+            .unwrap_or(self.settings.first_latency)
+            .as_secs_f64();
+        let rate = self.client.config().requests_per_second;
+        let share = latency * rate / self.client.readers() as f64;
+        ((share.ceil() as usize).saturating_add(1))
+            .min(self.ceiling as usize)
+            .clamp(1, self.settings.max_concurrency)
+    }
+
+    fn spawn_wanted(&mut self) {
+        let wanted = self.wanted();
+        for (id, range) in &self.open {
+            if self.in_flight.len() >= wanted {
+                break;
+            }
+            if self.in_flight.contains(id) {
+                continue;
+            }
+            let fetch = std::sync::Arc::clone(&self.fetch);
+            let (id, range) = (*id, range.clone());
+            self.tasks.spawn(async move { (id, fetch(range).await) });
+            self.in_flight.insert(id);
+        }
+    }
+
+    /// The next page in the order the pages arrive, `None` once every range is read.
+    /// After a page, [`RangeReader::open`] is the cursor that covers it. An error stops
+    /// the read (the requests still in flight are dropped).
+    pub async fn next(&mut self) -> Result<Option<Step<T>>> {
+        loop {
+            if self.open.is_empty() {
+                self.tasks.abort_all();
+                return Ok(None);
+            }
+            self.spawn_wanted();
+            let Some(joined) = self.tasks.join_next().await else {
+                return Ok(None);
+            };
+            let (id, answer) =
+                joined.map_err(|e| self.error(format!("a list request task failed: {e}")))?;
+            self.in_flight.remove(&id);
+            let now_throttled = self.client.throttled();
+            if now_throttled > self.throttled {
+                self.ceiling = (self.ceiling / 2.0).max(1.0);
+                self.throttled = now_throttled;
+            } else {
+                self.ceiling = (self.ceiling + 1.0).min(self.settings.max_concurrency as f64);
+            }
+            let Some(index) = self.open.iter().position(|(i, _)| *i == id) else {
+                continue;
+            };
+            let fetched = match answer {
+                Ok(Answer::Page(fetched)) => fetched,
+                Ok(Answer::Restart(range)) => {
+                    self.open[index].1 = range;
+                    continue;
+                }
+                Err(e) => {
+                    self.tasks.abort_all();
+                    return Err(e);
+                }
+            };
+            if let Err(e) = self.advance(index, id, &fetched) {
+                self.tasks.abort_all();
+                return Err(e);
+            }
+            self.stats.requests += 1;
+            if fetched.count < self.settings.page_size {
+                self.stats.part_full += 1;
+            }
+            return Ok(Some(Step {
+                page: fetched.page,
+                count: fetched.count,
+            }));
+        }
+    }
+
+    /// Moves range `id` (at `index`) past `fetched`, checking the answer, and splits it
+    /// when it holds much more than its share of what is left.
+    fn advance(&mut self, index: usize, id: u64, fetched: &Fetched<P, T>) -> Result<()> {
+        let order = self.settings.order;
+        let range = &self.open[index].1;
+        if let Some(last) = fetched.last
+            && (last < range.gte || last >= range.lt)
+        {
+            return Err(self.error(format!(
+                "{} answered a list of the items with a key in [{}, {}) with one at {last}, \
+                 outside it; stopping so nothing lands twice. Nothing past the last good page \
+                 is committed.",
+                self.settings.vendor, range.gte, range.lt
+            )));
+        }
+        let Some(next) = &fetched.next else {
+            self.open.remove(index);
+            self.estimates.remove(&id);
+            return Ok(());
+        };
+        if fetched.count == 0 {
+            return Err(self.guard.no_progress("no items"));
+        }
+        self.guard.follow(&next.to_string())?;
+        let range = &mut self.open[index].1;
+        // Where the range stood before this page, and the key span the page covered.
+        let before = range.last.unwrap_or(match order {
+            Order::Descending => range.lt,
+            Order::Ascending => range.gte,
+        });
+        range.position = Some(next.clone());
+        range.last = fetched.last.or(range.last);
+        let Some(last) = fetched.last else {
+            return Ok(());
+        };
+        let span = (before - last).abs().max(1);
+        // The keys still to walk: below `last` going down, above it going up (inclusive:
+        // items sharing `last`'s key may follow).
+        let left = match order {
+            Order::Descending => last - range.gte,
+            Order::Ascending => range.lt - last,
+        };
+        let pages_left = left / span;
+        self.estimates.insert(id, pages_left);
+        let wanted = self.wanted() as i64;
+        let total: i64 = self
+            .open
+            .iter()
+            .map(|(i, _)| self.estimates.get(i).copied().unwrap_or(1))
+            .sum();
+        let share = (total / wanted.max(1)).max(2);
+        let room = self.settings.max_ranges.saturating_sub(self.open.len()) as i64;
+        if room <= 0 || pages_left <= 2 * share {
+            return Ok(());
+        }
+        let parts = (pages_left / share).clamp(2, room + 1);
+        let step = (left / parts).max(1);
+        let range = &mut self.open[index].1;
+        // The walk keeps the part next to where it stands; the rest, in list order, become
+        // new ranges right after it.
+        let mut new = Vec::new();
+        match order {
+            Order::Descending => {
+                let floor = range.gte;
+                range.gte = last - step;
+                let mut lt = range.gte;
+                while lt > floor {
+                    let gte = if new.len() as i64 == parts - 2 {
+                        floor
+                    } else {
+                        (lt - step).max(floor)
+                    };
+                    new.push(Range::new(gte, lt));
+                    lt = gte;
+                }
+            }
+            Order::Ascending => {
+                let ceiling = range.lt;
+                range.lt = last + step;
+                let mut gte = range.lt;
+                while gte < ceiling {
+                    let lt = if new.len() as i64 == parts - 2 {
+                        ceiling
+                    } else {
+                        (gte + step).min(ceiling)
+                    };
+                    new.push(Range::new(gte, lt));
+                    gte = lt;
+                }
+            }
+        }
+        self.estimates.insert(id, step / span);
+        let new: Vec<(u64, Range<P>)> = new
+            .into_iter()
+            .map(|r| {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.estimates.insert(id, (r.lt - r.gte) / span);
+                (id, r)
+            })
+            .collect();
+        self.stats.ranges += new.len() as u64;
+        self.open.splice(index + 1..index + 1, new);
+        Ok(())
+    }
+
+    fn error(&self, message: String) -> Error {
+        Error::protocol(&self.settings.vendor, &self.settings.stream, message)
+    }
+}
+
+/// `n` contiguous ranges over `[lo, hi)`, the list's order (`Descending`: the first range
+/// is the top), widening geometrically away from `hi` from `first` wide: an account's items
+/// crowd towards the present, so the newest ranges are the narrowest. The last range
+/// reaches `lo` whatever its width.
+pub fn geometric(lo: i64, hi: i64, first: i64, n: usize, order: Order) -> Vec<(i64, i64)> {
+    let n = n.max(1);
+    let mut ranges = Vec::new();
+    let mut top = hi;
+    let mut width = first.max(1);
+    while top > lo {
+        let bottom = if ranges.len() + 1 == n {
+            lo
+        } else {
+            (top - width).max(lo)
+        };
+        ranges.push((bottom, top));
+        top = bottom;
+        width = width.saturating_mul(2);
+    }
+    if order == Order::Ascending {
+        ranges.reverse();
+    }
+    ranges
+}
+
+/// Settings with the common defaults: a 300 ms first guess at the answer time, and twice
+/// `max_concurrency` ranges at most (each range ends with a part-full page, so more ranges
+/// than requests in flight only add requests).
+pub fn settings(
+    vendor: &str,
+    stream: &str,
+    order: Order,
+    page_size: usize,
+    max_concurrency: usize,
+) -> Settings {
+    Settings {
+        vendor: vendor.to_owned(),
+        stream: stream.to_owned(),
+        position_name: "page position".to_owned(),
+        still: "more pages were promised".to_owned(),
+        order,
+        page_size,
+        max_concurrency,
+        max_ranges: max_concurrency.saturating_mul(2),
+        first_latency: Duration::from_millis(300),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::HttpConfig;
+    use std::sync::{Arc, Mutex};
+
+    /// A list of items `(key, id)` sorted by key then id, paged like a vendor that filters
+    /// by key range and continues after an id.
+    #[derive(Clone)]
+    struct List {
+        items: Arc<Vec<(i64, u64)>>,
+        page_size: usize,
+        /// Requests seen, for the share test.
+        requests: Arc<Mutex<u64>>,
+        /// A hostile vendor: answers every range with this page.
+        hostile: Option<Vec<(i64, u64)>>,
+    }
+
+    impl List {
+        fn new(keys: impl IntoIterator<Item = i64>, page_size: usize) -> Self {
+            let mut items: Vec<(i64, u64)> = keys
+                .into_iter()
+                .enumerate()
+                .map(|(i, k)| (k, i as u64))
+                .collect();
+            items.sort();
+            List {
+                items: Arc::new(items),
+                page_size,
+                requests: Arc::default(),
+                hostile: None,
+            }
+        }
+
+        fn page(&self, range: &Range<String>, order: Order) -> Fetched<String, Vec<u64>> {
+            *self.requests.lock().unwrap() += 1;
+            let after: Option<u64> = range.position.as_ref().map(|p| p.parse().unwrap());
+            let mut inside: Vec<(i64, u64)> = self
+                .items
+                .iter()
+                .copied()
+                .filter(|(k, _)| *k >= range.gte && *k < range.lt)
+                .collect();
+            if order == Order::Descending {
+                inside.reverse();
+            }
+            let start = match after {
+                Some(id) => inside.iter().position(|(_, i)| *i == id).unwrap() + 1,
+                None => 0,
+            };
+            let page: Vec<(i64, u64)> = self.hostile.clone().unwrap_or_else(|| {
+                inside
+                    .iter()
+                    .skip(start)
+                    .take(self.page_size)
+                    .copied()
+                    .collect()
+            });
+            let more = self.hostile.is_some() || start + page.len() < inside.len();
+            Fetched {
+                next: more.then(|| {
+                    page.last()
+                        .map(|(_, id)| id.to_string())
+                        .unwrap_or_default()
+                }),
+                last: page.last().map(|(k, _)| *k),
+                count: page.len(),
+                page: page.iter().map(|(_, id)| *id).collect(),
+            }
+        }
+
+        fn fetch(&self, order: Order) -> Fetch<String, Vec<u64>> {
+            let list = self.clone();
+            Box::new(move |range| {
+                let list = list.clone();
+                Box::pin(async move {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    Ok(Answer::Page(list.page(&range, order)))
+                })
+            })
+        }
+    }
+
+    fn client() -> HttpClient {
+        HttpClient::new(HttpConfig::new("test", 10_000.0)).unwrap()
+    }
+
+    fn split(lo: i64, hi: i64, n: usize, order: Order) -> Vec<Range<String>> {
+        geometric(lo, hi, 10, n, order)
+            .into_iter()
+            .map(|(gte, lt)| Range::new(gte, lt))
+            .collect()
+    }
+
+    /// Reads everything, stopping (as a kill would) after `stop_after` pages and
+    /// resuming from the open ranges, as often as it takes.
+    async fn read_all(
+        list: &List,
+        order: Order,
+        max_concurrency: usize,
+        stop_after: Option<usize>,
+    ) -> Result<Vec<u64>> {
+        let mut ranges = split(0, 100_000, 4, order);
+        let mut got = Vec::new();
+        loop {
+            let mut reader = RangeReader::new(
+                settings("test", "items", order, list.page_size, max_concurrency),
+                client(),
+                ranges,
+                list.fetch(order),
+            );
+            let mut pages = 0;
+            while let Some(step) = reader.next().await? {
+                assert_eq!(step.count, step.page.len());
+                got.extend(step.page);
+                pages += 1;
+                if stop_after.is_some_and(|n| pages == n) {
+                    break;
+                }
+            }
+            if reader.is_done() {
+                let stats = reader.stats();
+                assert!(stats.requests >= 1 && stats.ranges >= 1, "{stats:?}");
+                return Ok(got);
+            }
+            ranges = reader.open().cloned().collect();
+            // Ranges stay contiguous, ordered and inside the list.
+            for pair in ranges.windows(2) {
+                match order {
+                    Order::Descending => assert!(pair[0].gte >= pair[1].lt),
+                    Order::Ascending => assert!(pair[0].lt <= pair[1].gte),
+                }
+            }
+        }
+    }
+
+    fn keys() -> Vec<i64> {
+        // Dense towards the top, duplicates included (items sharing a key).
+        (0..3_000)
+            .map(|i: i64| 100_000 - 1 - (i * i) % 90_000 / (1 + i % 7))
+            .collect()
+    }
+
+    fn assert_exactly_once(list: &List, mut got: Vec<u64>) {
+        got.sort_unstable();
+        let mut want: Vec<u64> = list.items.iter().map(|(_, id)| *id).collect();
+        want.sort_unstable();
+        assert_eq!(got.len(), want.len(), "every item exactly once");
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn every_item_lands_once_in_either_order_at_any_concurrency() {
+        for order in [Order::Descending, Order::Ascending] {
+            for max_concurrency in [1, 3, 32] {
+                let list = List::new(keys(), 25);
+                let got = read_all(&list, order, max_concurrency, None).await.unwrap();
+                assert_exactly_once(&list, got);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_stopped_after_any_page_resumes_from_its_open_ranges() {
+        for order in [Order::Descending, Order::Ascending] {
+            for stop in [1, 2, 7] {
+                let list = List::new(keys(), 25);
+                let got = read_all(&list, order, 8, Some(stop)).await.unwrap();
+                assert_exactly_once(&list, got);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn dense_ranges_split_up_to_the_cap() {
+        // Everything in the first range: it must split so pages run at once.
+        let list = List::new((0..2_000).map(|i| 99_000 + i / 2), 10);
+        let mut reader = RangeReader::new(
+            settings("test", "items", Order::Descending, 10, 8),
+            client(),
+            split(0, 100_000, 2, Order::Descending),
+            list.fetch(Order::Descending),
+        );
+        let mut got = Vec::new();
+        let mut most_open = 0;
+        while let Some(step) = reader.next().await.unwrap() {
+            got.extend(step.page);
+            most_open = most_open.max(reader.open().count());
+        }
+        assert!(most_open > 2 && most_open <= 16, "{most_open}");
+        assert_exactly_once(&list, got);
+        assert!(reader.stats().ranges > 2);
+    }
+
+    #[tokio::test]
+    async fn a_repeated_position_or_a_key_outside_the_range_stops_the_read() {
+        let mut list = List::new(keys(), 25);
+        list.hostile = Some(vec![(99_999, 1), (99_998, 2)]);
+        let mut reader = RangeReader::new(
+            settings("test", "items", Order::Descending, 25, 1),
+            client(),
+            vec![Range::new(0, 100_000)],
+            list.fetch(Order::Descending),
+        );
+        assert!(reader.next().await.unwrap().is_some());
+        let err = reader.next().await.unwrap_err().to_string();
+        assert!(err.contains("repeated the page position `2`"), "{err}");
+
+        let mut reader = RangeReader::new(
+            settings("test", "items", Order::Descending, 25, 1),
+            client(),
+            vec![Range::new(0, 50_000)],
+            list.fetch(Order::Descending),
+        );
+        let err = reader.next().await.unwrap_err().to_string();
+        assert!(err.contains("with one at 99998, outside it"), "{err}");
+
+        list.hostile = Some(Vec::new());
+        let mut reader = RangeReader::new(
+            settings("test", "items", Order::Ascending, 25, 1),
+            client(),
+            vec![Range::new(0, 100_000)],
+            list.fetch(Order::Ascending),
+        );
+        let err = reader.next().await.unwrap_err().to_string();
+        assert!(err.contains("adds nothing"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_restart_walks_the_range_again() {
+        let list = List::new([5, 6, 7], 2);
+        let restarted = Arc::new(Mutex::new(false));
+        let (inner, flag) = (list.fetch(Order::Ascending), Arc::clone(&restarted));
+        let fetch: Fetch<String, Vec<u64>> = Box::new(move |range: Range<String>| {
+            let first = !std::mem::replace(&mut *flag.lock().unwrap(), true);
+            if first {
+                Box::pin(async move { Ok(Answer::Restart(Range::new(range.gte, 7))) })
+            } else {
+                inner(range)
+            }
+        });
+        let mut reader = RangeReader::new(
+            settings("test", "items", Order::Ascending, 2, 1),
+            client(),
+            vec![Range::new(0, 10)],
+            fetch,
+        );
+        let mut got = Vec::new();
+        while let Some(step) = reader.next().await.unwrap() {
+            got.extend(step.page);
+        }
+        // The restart narrowed the range to [0, 7).
+        assert_eq!(got, vec![0, 1]);
+    }
+
+    #[test]
+    fn readers_of_one_account_share_its_rate() {
+        let client = client();
+        assert_eq!(client.readers(), 1);
+        let a = client.join_readers();
+        let b = client.clone().join_readers();
+        assert_eq!(client.readers(), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(client.readers(), 1);
+    }
+
+    #[test]
+    fn geometric_ranges_cover_the_whole_span_narrowest_at_the_top() {
+        let down = geometric(0, 1_000, 10, 5, Order::Descending);
+        assert_eq!(down[0], (990, 1_000));
+        assert_eq!(down[1], (970, 990));
+        assert_eq!(down.last().unwrap().0, 0);
+        assert_eq!(down.len(), 5);
+        let up = geometric(0, 1_000, 10, 5, Order::Ascending);
+        let mut reversed = down.clone();
+        reversed.reverse();
+        assert_eq!(up, reversed);
+        assert_eq!(geometric(5, 5, 10, 3, Order::Ascending), vec![]);
+    }
+}
