@@ -248,6 +248,12 @@ impl SalesforceClient {
         })
     }
 
+    /// The org's HTTP client (its limiter, 429 count and answer time), for a reader that
+    /// keeps several queries in flight.
+    pub fn http(&self) -> &HttpClient {
+        &self.http
+    }
+
     /// The org's API usage as last reported.
     pub fn budget(&self) -> &ApiBudget {
         &self.budget

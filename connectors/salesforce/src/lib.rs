@@ -190,6 +190,8 @@ impl Connector for Salesforce {
             bulk_timeout: Duration::from_secs(s.bulk_timeout_seconds),
             lookback_seconds: s.lookback_seconds,
             api_budget_percent: s.api_budget_percent,
+            page_size: s.page_size,
+            max_concurrency: s.max_concurrency,
         };
         Ok(streams::read(
             Arc::clone(&self.client),

@@ -49,6 +49,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tributary_sdk::convert::parse_timestamp;
 use tributary_sdk::pagination::{PageSender, ProgressGuard, spawn_pages};
+use tributary_sdk::ranges::{self, Answer, Fetch, Fetched, Order, RangeReader};
 use tributary_sdk::schema::to_column_name;
 use tributary_sdk::{Error, Page, PageStream, Record, Records, Result};
 
@@ -92,6 +93,22 @@ pub enum Cursor {
         /// Whether the snapshot is finished (the next run starts a new one).
         complete: bool,
     },
+    /// A first read split into time ranges of the cursor field, read at once (see
+    /// [`Reader::rest_ranges`]).
+    Ranges {
+        /// The cursor field.
+        field: String,
+        /// Salesforce's clock when the read began: every range lies below it.
+        upper: String,
+        /// The ranges not finished, in whole seconds of the cursor field, each with the
+        /// last `(stamp, Id)` landed from it.
+        ranges: Vec<ranges::Range<Keyset>>,
+        /// The greatest `(stamp, Id)` landed so far.
+        max: Option<(String, String)>,
+        /// `[Id, stamp]` of records landed within the lookback window of `max`.
+        #[serde(default)]
+        recent: Vec<(String, String)>,
+    },
     /// A Bulk API 2.0 job whose results are being landed.
     Bulk {
         /// The job's id.
@@ -106,6 +123,21 @@ pub enum Cursor {
         #[serde(default)]
         recent: Vec<(String, String)>,
     },
+}
+
+/// A place in a read ordered by `(stamp, Id)`: the last record landed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Keyset {
+    /// Its cursor field, canonical (`YYYY-MM-DDTHH:MM:SS.sssZ`).
+    pub stamp: String,
+    /// Its Id.
+    pub id: String,
+}
+
+impl std::fmt::Display for Keyset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.stamp, self.id)
+    }
 }
 
 /// The knobs of a read, from the source's settings.
@@ -123,6 +155,10 @@ pub struct ReadOptions {
     pub lookback_seconds: u64,
     /// The share of the org's daily API requests past which no further page is read.
     pub api_budget_percent: f64,
+    /// Records per REST page (`batchSize`, and the `LIMIT` of a range's query).
+    pub page_size: u32,
+    /// Most REST queries in flight for one object's concurrent first read.
+    pub max_concurrency: u32,
 }
 
 /// Reads `plan`'s object from `cursor` (or from scratch), fetching ahead of the consumer.
@@ -264,6 +300,18 @@ struct Start {
     base: Option<Cursor>,
 }
 
+/// Where a concurrent first read stands, besides its ranges.
+#[derive(Debug)]
+struct RangeRead {
+    /// Salesforce's clock when the read began.
+    upper: String,
+    recent: Recent,
+    /// The greatest `(stamp, Id)` landed so far.
+    max: Option<(String, String)>,
+    /// The next page replaces the table.
+    reset: bool,
+}
+
 /// How a Bulk attempt ended.
 enum BulkOutcome {
     Done,
@@ -322,6 +370,22 @@ impl Reader {
                 }
                 base.map(|b| *b)
             }
+            Some(Cursor::Ranges {
+                field,
+                upper,
+                ranges,
+                max,
+                recent,
+            }) if self.plan.cursor_field.as_deref() == Some(field.as_str()) => {
+                tracing::info!(object = %self.object(), ranges = ranges.len(), "Resuming a concurrent first read.");
+                let read = RangeRead {
+                    upper,
+                    recent: Recent::from_pairs(&recent),
+                    max,
+                    reset: false,
+                };
+                return self.rest_ranges(read, ranges).await;
+            }
             other => other,
         };
         let start = self.start(cursor, full_refresh);
@@ -354,7 +418,264 @@ impl Reader {
         } else {
             start
         };
+        if let Some(upper) = upper.as_deref()
+            && self.concurrent(&start, count)
+        {
+            return self.rest_ranges_from_scratch(start, upper).await;
+        }
         self.rest(start, upper.as_deref()).await
+    }
+
+    /// Whether a REST read from `start` of `count` records is read as time ranges at once:
+    /// a first read (or a full refresh) of an object with a cursor field and more than a
+    /// page of records. Later runs read only what changed since the cursor, in one walk.
+    fn concurrent(&self, start: &Start, count: u64) -> bool {
+        self.options.max_concurrency > 1
+            && self.plan.cursor_field.is_some()
+            && matches!(start.lower, Lower::All)
+            && count > u64::from(self.options.page_size)
+    }
+
+    /// Plans the ranges of a concurrent first read from the object's oldest stamp to
+    /// `upper` (Salesforce's clock at the start of the read, so what changes during the
+    /// read is left to the next run, whose lookback window starts at or before `upper`).
+    async fn rest_ranges_from_scratch(&mut self, start: Start, upper: &str) -> Result<()> {
+        let field = self.plan.cursor_field.clone().unwrap_or_default();
+        let soql = format!(
+            "SELECT {field} FROM {} WHERE {field} < {} ORDER BY {field} ASC LIMIT 1",
+            self.object(),
+            soql_datetime(upper)
+        );
+        let first = self.client.query_all(self.stream(), &soql).await?;
+        let oldest = first
+            .records
+            .first()
+            .and_then(|r| r.get(&field))
+            .and_then(Value::as_str)
+            .and_then(parse_stamp);
+        let (Some(oldest), Some(top)) = (oldest, parse_stamp(upper)) else {
+            // Nothing below the clock: the walk lands the empty read (and resets).
+            return self.rest(start, Some(upper)).await;
+        };
+        let (lo, hi) = (
+            oldest.timestamp(),
+            top.timestamp().max(oldest.timestamp() + 1),
+        );
+        // Even slices of the span, one per request wanted in flight; the dense ones split
+        // as they are read.
+        let n = self.options.max_concurrency.max(1) as i64;
+        let width = ((hi - lo) / n).max(1);
+        let mut planned = Vec::new();
+        let mut gte = lo;
+        while gte < hi {
+            let lt = if planned.len() as i64 + 1 == n {
+                hi
+            } else {
+                (gte + width).min(hi)
+            };
+            planned.push(ranges::Range::new(gte, lt));
+            gte = lt;
+        }
+        tracing::info!(object = %self.object(), ranges = planned.len(), "Reading the object's first read as time ranges at once.");
+        let read = RangeRead {
+            upper: upper.to_owned(),
+            recent: start.recent,
+            max: None,
+            reset: start.reset,
+        };
+        self.rest_ranges(read, planned).await
+    }
+
+    /// A REST read of time ranges of the cursor field at once, by the SDK's
+    /// [`RangeReader`]. Each range is queried with keyset pages: `WHERE field >= lo AND
+    /// field < hi AND (field, Id) > last ORDER BY field, Id LIMIT page_size`. Each page is
+    /// a query of its own (no `nextRecordsUrl`): Salesforce keeps at most 10 query cursors
+    /// open per user and releases the oldest when an 11th opens
+    /// (https://help.salesforce.com/s/articleView?id=000385767&type=1), which would break
+    /// walks in flight; a query whose whole answer fits its first batch holds none. The
+    /// cursor holds every open range where its last committed page ended; the last page
+    /// turns it into the usual incremental position (the greatest `(stamp, Id)` landed,
+    /// `complete`), so the next run reads from there with the lookback window.
+    async fn rest_ranges(
+        &mut self,
+        mut read: RangeRead,
+        planned: Vec<ranges::Range<Keyset>>,
+    ) -> Result<()> {
+        let field = self.plan.cursor_field.clone().unwrap_or_default();
+        let page_size = self.options.page_size.max(1) as usize;
+        let mut settings = ranges::settings(
+            VENDOR,
+            self.stream(),
+            Order::Ascending,
+            page_size,
+            self.options.max_concurrency as usize,
+        );
+        settings.position_name = format!("position ({field}, Id)");
+        settings.still = "a full page kept coming".to_owned();
+        let keys: Vec<String> = vec!["Id".to_owned(), field.clone()];
+        let mut always = keys.clone();
+        if self.plan.has_is_deleted {
+            always.push(DELETED_FIELD.to_owned());
+        }
+        let (client, plan) = (Arc::clone(&self.client), Arc::clone(&self.plan));
+        let stream = self.stream().to_owned();
+        let fetch: Fetch<Keyset, Vec<Map<String, Value>>> =
+            Box::new(move |range: ranges::Range<Keyset>| {
+                let (client, plan, stream) =
+                    (Arc::clone(&client), Arc::clone(&plan), stream.clone());
+                let (field, keys, always) = (field.clone(), keys.clone(), always.clone());
+                Box::pin(async move {
+                    let bound = |seconds: i64| {
+                        DateTime::from_timestamp(seconds, 0)
+                            .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                            .unwrap_or_default()
+                    };
+                    let mut tail = format!(
+                        " WHERE {field} >= {} AND {field} < {}",
+                        bound(range.gte),
+                        bound(range.lt)
+                    );
+                    if let Some(at) = &range.position {
+                        let stamp = soql_datetime(&at.stamp);
+                        tail.push_str(&format!(
+                            " AND ({field} > {stamp} OR ({field} = {stamp} AND Id > {}))",
+                            soql_string(&at.id)
+                        ));
+                    }
+                    tail.push_str(&format!(" ORDER BY {field} ASC, Id ASC LIMIT {page_size}"));
+                    let chunks = ChunkPlan::new(
+                        &plan.object,
+                        &plan.select,
+                        &always,
+                        keys,
+                        tail,
+                        client.query_all_prefix_len(),
+                        URI_BUDGET,
+                    )
+                    .map_err(|message| chunks::plan_error(&stream, message))?;
+                    let page = client.query_all(&stream, &chunks.driving_soql()).await?;
+                    let done = page.done && page.records.len() < page_size;
+                    let last = match page.records.last() {
+                        None => None,
+                        Some(raw) => {
+                            let id = raw.get("Id").and_then(Value::as_str);
+                            let stamp = raw
+                                .get(&field)
+                                .and_then(Value::as_str)
+                                .and_then(canonical_stamp);
+                            match (id, stamp) {
+                                (Some(id), Some(stamp)) => Some(Keyset {
+                                    stamp,
+                                    id: id.to_owned(),
+                                }),
+                                _ => {
+                                    return Err(Error::decode(
+                                        format!("a {} record", plan.object),
+                                        format!("the last of a page has no Id or no valid {field}"),
+                                    ));
+                                }
+                            }
+                        }
+                    };
+                    // The position comes from the page as Salesforce answered it: the fill below may
+                    // leave out a record hidden since, which the next query must not return to.
+                    let mut records = page.records;
+                    if chunks.is_chunked() {
+                        chunks::fill(
+                            &chunks,
+                            &client,
+                            &stream,
+                            Some(&field),
+                            plan.has_is_deleted,
+                            &mut records,
+                            |_| true,
+                        )
+                        .await?;
+                    }
+                    let key = last
+                        .as_ref()
+                        .and_then(|k| parse_stamp(&k.stamp))
+                        .map(|t| t.timestamp());
+                    Ok(Answer::Page(Fetched {
+                        count: records.len().max(usize::from(last.is_some())),
+                        next: if done {
+                            None
+                        } else {
+                            last.or_else(|| range.position.clone())
+                        },
+                        last: key,
+                        page: records,
+                    }))
+                })
+            });
+        let field = self.plan.cursor_field.clone().unwrap_or_default();
+        let mut reader = RangeReader::new(settings, self.client.http().clone(), planned, fetch);
+        while let Some(step) = reader.next().await? {
+            let mut records = Vec::with_capacity(step.count);
+            for raw in step.page {
+                let (id, stamp, record) = self.convert(raw)?;
+                if let Some(stamp) = stamp {
+                    if read.recent.contains(&id, &stamp) {
+                        continue;
+                    }
+                    read.recent.insert(&id, &stamp);
+                    let at = (stamp, id);
+                    if read.max.as_ref().is_none_or(|max| at > *max) {
+                        read.max = Some(at);
+                    }
+                }
+                records.push(record);
+            }
+            read.recent.prune(&self.floor(&read.max));
+            let cursor = if reader.is_done() {
+                let stats = reader.stats();
+                tracing::info!(
+                    object = %self.object(),
+                    ranges = stats.ranges,
+                    requests = stats.requests,
+                    part_full_pages = stats.part_full,
+                    "Concurrent first read complete."
+                );
+                read.max.as_ref().map(|(stamp, id)| Cursor::Incremental {
+                    field: field.clone(),
+                    stamp: stamp.clone(),
+                    id: id.clone(),
+                    complete: true,
+                    recent: read.recent.pairs(),
+                })
+            } else {
+                Some(Cursor::Ranges {
+                    field: field.clone(),
+                    upper: read.upper.clone(),
+                    ranges: reader.open().cloned().collect(),
+                    max: read.max.clone(),
+                    recent: read.recent.pairs(),
+                })
+            };
+            if !self.emit(records, cursor.as_ref(), read.reset).await {
+                return Ok(());
+            }
+            read.reset = false;
+            if reader.is_done() {
+                return Ok(());
+            }
+            // Past the org's API budget the read stops here, its pages committed; the next
+            // run resumes every range from its cursor.
+            self.client.budget().check(
+                self.options.api_budget_percent,
+                &format!("the rest of {}", self.object()),
+            )?;
+        }
+        // Resumed with every range finished.
+        let cursor = read.max.as_ref().map(|(stamp, id)| Cursor::Incremental {
+            field: field.clone(),
+            stamp: stamp.clone(),
+            id: id.clone(),
+            complete: true,
+            recent: read.recent.pairs(),
+        });
+        self.emit(Vec::new(), cursor.as_ref(), read.reset).await;
+        Ok(())
     }
 
     /// Where to start from `cursor`.

@@ -48,6 +48,15 @@ fn config(sandbox: &SalesforceSandbox, objects: &[&str]) -> SalesforceConfig {
     c.bulk_poll_ms = 10;
     c.requests_per_second = 2000.0;
     c.bulk_threshold = crate::config::MAX_BULK_THRESHOLD;
+    // One page after another: these tests check the walk itself (its pages, its cursor
+    // after each); the concurrent first read has its own tests (`concurrent`).
+    c.max_concurrency = 1;
+    c
+}
+
+/// `c` with first reads split into time ranges read at once.
+fn concurrent(mut c: SalesforceConfig) -> SalesforceConfig {
+    c.max_concurrency = 8;
     c
 }
 
@@ -775,6 +784,7 @@ async fn error_rates_throttling_and_malformed_bodies_are_retried() {
 struct Kit {
     sandbox: SalesforceSandbox,
     bulk: bool,
+    concurrent: bool,
 }
 
 #[async_trait]
@@ -783,6 +793,9 @@ impl Harness for Kit {
         let mut c = config(&self.sandbox, &["Account", "Lead"]);
         if self.bulk {
             c.bulk_threshold = 0;
+        }
+        if self.concurrent {
+            c = concurrent(c);
         }
         Arc::new(connector(c))
     }
@@ -824,6 +837,7 @@ async fn conformance_rest() {
     let kit = Kit {
         sandbox: sandbox(450).await,
         bulk: false,
+        concurrent: false,
     };
     conformance::run(&kit, "account").await.unwrap();
 }
@@ -833,6 +847,7 @@ async fn conformance_bulk() {
     let kit = Kit {
         sandbox: sandbox(250).await,
         bulk: true,
+        concurrent: false,
     };
     conformance::run(&kit, "account").await.unwrap();
 }
@@ -1149,4 +1164,217 @@ async fn past_the_daily_bulk_job_limit_objects_are_read_with_rest() {
 #[tokio::test]
 async fn a_user_without_bulk_permission_is_read_with_rest_not_told_its_credentials_are_bad() {
     a_refused_bulk_job_falls_back_to_rest(BulkRefusal::NoPermission, "InvalidUser").await;
+}
+
+#[tokio::test]
+async fn conformance_rest_concurrent() {
+    let kit = Kit {
+        sandbox: sandbox(1_200).await,
+        bulk: false,
+        concurrent: true,
+    };
+    conformance::run(&kit, "account").await.unwrap();
+}
+
+/// The first `k` pages of a read from `cursor`; the read is then dropped, as a killed
+/// sync's is.
+async fn first_pages(
+    source: &Salesforce,
+    stream: &str,
+    cursor: Option<Value>,
+    k: usize,
+) -> Vec<Page> {
+    let request = request(source, stream, cursor, false).await.unwrap();
+    let mut pages = tributary_sdk::Source::read(source, request).await.unwrap();
+    let mut out = Vec::new();
+    while out.len() < k {
+        match pages.next().await {
+            Some(page) => out.push(page.unwrap()),
+            None => break,
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_first_read_splits_by_time_and_lands_every_record_once() {
+    let sandbox = sandbox(3_000).await;
+    let sf = connector(concurrent(config(&sandbox, &["Contact"])));
+    let pages = read(&sf, "contact", None).await;
+    assert_exactly_once(&ids(&pages), &sandbox.ids("Contact"));
+    // Every page but the last carries the open ranges; the last is the usual position.
+    let (last, rest) = pages.split_last().unwrap();
+    assert!(
+        rest.iter().all(|p| phase(p) == "ranges"),
+        "{:?}",
+        rest.iter().map(phase).collect::<Vec<_>>()
+    );
+    assert_eq!(phase(last), "incremental");
+    assert_eq!(last.cursor["complete"], json!(true));
+    // The position is the greatest (stamp, Id) landed.
+    let greatest = records_of(&pages)
+        .into_iter()
+        .map(|r| {
+            (
+                r.value["system_modstamp"].as_str().unwrap().to_owned(),
+                r.value["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .max()
+        .unwrap();
+    assert_eq!(
+        (
+            last.cursor["stamp"].as_str().unwrap(),
+            last.cursor["id"].as_str().unwrap()
+        ),
+        (canonical(&greatest.0).as_str(), greatest.1.as_str())
+    );
+    // Pages of at most 200, and no nextRecordsUrl: every page is a query of its own.
+    assert!(
+        rest.iter()
+            .all(|p| ids(std::slice::from_ref(p)).len() <= 200)
+    );
+    assert_eq!(sandbox.stats().query_more, 0, "{:?}", sandbox.stats());
+    // The next run reads only the lookback window, and lands nothing again.
+    settle().await;
+    let idle = read(&sf, "contact", Some(last.cursor.clone())).await;
+    assert!(ids(&idle).is_empty(), "{:?}", ids(&idle));
+}
+
+fn records_of(pages: &[Page]) -> Vec<tributary_sdk::Record> {
+    pages
+        .iter()
+        .flat_map(|p| match &p.records {
+            Records::Values(values) => values.clone(),
+            Records::Json { .. } => Vec::new(),
+        })
+        .collect()
+}
+
+fn canonical(stamp: &str) -> String {
+    crate::streams::canonical_stamp(stamp).unwrap()
+}
+
+#[tokio::test]
+async fn resuming_a_concurrent_first_read_from_any_page_lands_exactly_the_rest() {
+    let sandbox = sandbox(3_000).await;
+    let sf = connector(concurrent(config(&sandbox, &["Contact"])));
+    let all = sandbox.ids("Contact");
+    for k in [1, 4, 11] {
+        let first = first_pages(&sf, "contact", None, k).await;
+        assert_eq!(first.len(), k);
+        assert_eq!(phase(&first[k - 1]), "ranges");
+        // A new process resumes from the committed cursor.
+        let sf = connector(concurrent(config(&sandbox, &["Contact"])));
+        let rest = read(&sf, "contact", Some(first[k - 1].cursor.clone())).await;
+        assert!(rest.iter().all(|p| !p.reset));
+        let landed: Vec<String> = ids(&first).into_iter().chain(ids(&rest)).collect();
+        assert_exactly_once(&landed, &all);
+        assert_eq!(phase(rest.last().unwrap()), "incremental");
+    }
+}
+
+#[tokio::test]
+async fn changes_during_a_concurrent_first_read_land_with_the_next_run() {
+    let sandbox = sandbox(2_000).await;
+    let sf = connector(concurrent(config(&sandbox, &["Contact"])));
+    let first = first_pages(&sf, "contact", None, 3).await;
+    // While the read is interrupted (or still running): one new, one changed, one deleted.
+    let existing = sandbox.ids("Contact");
+    let landed: HashSet<String> = ids(&first).into_iter().collect();
+    let unread = existing
+        .iter()
+        .find(|id| !landed.contains(*id))
+        .unwrap()
+        .clone();
+    let read_already = ids(&first)[0].clone();
+    let created = sandbox
+        .create("Contact", json!({"LastName": "Newcomer"}))
+        .unwrap();
+    sandbox
+        .update(
+            "Contact",
+            &unread,
+            json!({"LastName": "Changed while unread"}),
+        )
+        .unwrap();
+    sandbox
+        .update(
+            "Contact",
+            &read_already,
+            json!({"LastName": "Changed after landing"}),
+        )
+        .unwrap();
+    let deleted = existing
+        .iter()
+        .find(|id| **id != unread && **id != read_already)
+        .unwrap()
+        .clone();
+    sandbox.delete("Contact", &deleted).unwrap();
+    let rest = read(&sf, "contact", Some(first.last().unwrap().cursor.clone())).await;
+    settle().await;
+    let next = read(&sf, "contact", Some(rest.last().unwrap().cursor.clone())).await;
+    // Replaying every page in order gives the org's state.
+    let mut table: HashMap<String, tributary_sdk::Record> = HashMap::new();
+    for record in records_of(&first)
+        .into_iter()
+        .chain(records_of(&rest))
+        .chain(records_of(&next))
+    {
+        table.insert(record.value["id"].as_str().unwrap().to_owned(), record);
+    }
+    let live: Vec<String> = table
+        .iter()
+        .filter(|(_, r)| !r.is_deleted)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_exactly_once(&live, &sandbox.ids("Contact"));
+    assert!(table[&deleted].is_deleted);
+    assert!(table.contains_key(&created));
+    assert_eq!(table[&unread].value["last_name"], "Changed while unread");
+    assert_eq!(
+        table[&read_already].value["last_name"],
+        "Changed after landing"
+    );
+}
+
+#[tokio::test]
+async fn a_concurrent_first_read_renews_expired_sessions() {
+    let sandbox = sandbox(3_000).await;
+    let sf = connector(concurrent(config(&sandbox, &["Contact"])));
+    sf.discover().await.unwrap();
+    // Sessions good for 40 requests: several queries in flight see one expire at once.
+    sandbox.set_session_ttl(Some(40));
+    sandbox.expire_sessions();
+    let pages = read(&sf, "contact", None).await;
+    assert_exactly_once(&ids(&pages), &sandbox.ids("Contact"));
+    assert!(
+        sandbox.stats().invalid_sessions >= 1,
+        "{:?}",
+        sandbox.stats()
+    );
+}
+
+#[tokio::test]
+async fn wide_objects_are_read_concurrently_in_chunks_of_fields() {
+    let sandbox = sandbox_with(SandboxConfig {
+        records: 600,
+        wide_fields: 800,
+        ..Default::default()
+    })
+    .await;
+    let sf = connector(concurrent(config(&sandbox, &[sf::WIDE_OBJECT])));
+    let pages = read(&sf, "wide_object__c", None).await;
+    assert_eq!(
+        sandbox.stats().too_long,
+        0,
+        "no URL over Salesforce's limit"
+    );
+    assert!(pages.iter().any(|p| phase(p) == "ranges"));
+    let all = sandbox.ids(sf::WIDE_OBJECT);
+    assert_exactly_once(&ids(&pages), &all);
+    let landed = by_id(&pages);
+    for id in &all {
+        assert_wide_record(&sandbox, id, &landed[id]);
+    }
 }

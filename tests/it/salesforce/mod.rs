@@ -209,8 +209,11 @@ async fn a_session_expiring_mid_sync_is_renewed_and_the_sync_succeeds() {
             ..Default::default()
         },
         "",
+        // One query at a time: a token that dies after three requests is not a real
+        // session (those expire by time, all queries in flight at once, and one renewal
+        // serves them all), and would outlive no eight queries in flight.
         &format!(
-            "{}objects = [\"Contact\"]\nbulk_threshold = 1000000\n",
+            "{}objects = [\"Contact\"]\nbulk_threshold = 1000000\nmax_concurrency = 1\n",
             refresh_token_auth()
         ),
     )
@@ -283,9 +286,9 @@ async fn an_org_out_of_requests_mid_object_commits_what_was_read_and_defers() {
         },
         "",
         // A budget of 100%: Salesforce's own refusal stops the read, not the budget check
-        // before each page.
+        // before each page. One page after another, so exactly two pages fit.
         &format!(
-            "{}objects = [\"Contact\"]\nbulk_threshold = 1000000\napi_budget_percent = 100\n",
+            "{}objects = [\"Contact\"]\nbulk_threshold = 1000000\napi_budget_percent = 100\nmax_concurrency = 1\n",
             refresh_token_auth()
         ),
     )
