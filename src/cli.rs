@@ -227,6 +227,8 @@ pub async fn compact(
     if only_stream.is_some() && only_source.is_none() && config.sources.len() > 1 {
         bail!("--stream needs --source when several sources are configured");
     }
+    // Compaction commits too: the same guard as a sync's.
+    warehouse.check_conditional_put().await?;
     let sources: Vec<&str> = match only_source {
         Some(name) => vec![config.source(name)?.name.as_str()],
         None => config.sources.iter().map(|s| s.name.as_str()).collect(),

@@ -60,6 +60,14 @@ pub struct WarehouseConfig {
     /// Delta reader, e.g. Snowflake and BigQuery).
     #[serde(default)]
     pub merge: crate::warehouse::MergeMode,
+    /// Commit without checking that the store refuses to overwrite an object that exists.
+    /// Before its first commit, `sync` and `compact` check that the store turns down a
+    /// create-if-absent put of an existing object (what keeps two writers from overwriting
+    /// each other's commit), and refuse to write when it does not. `true` skips the check:
+    /// only for a store known to lack conditional puts that one process at a time writes.
+    /// Default `false`.
+    #[serde(default)]
+    pub allow_unsafe_commits: bool,
 }
 
 impl Default for WarehouseConfig {
@@ -68,6 +76,7 @@ impl Default for WarehouseConfig {
             url: default_warehouse_url(),
             options: HashMap::new(),
             merge: Default::default(),
+            allow_unsafe_commits: false,
         }
     }
 }
@@ -530,6 +539,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.warehouse.url, "s3://bucket/prefix");
+        assert!(
+            !c.warehouse.allow_unsafe_commits,
+            "commits are checked by default"
+        );
         assert_eq!(c.sync.batch_size, 100);
         let s = &c.sources[0];
         assert_eq!((s.name.as_str(), s.kind.as_str()), ("stripe", "stripe"));

@@ -68,6 +68,8 @@ pub async fn sync_sources(
     // is touched.
     let prepared = registry::prepare_all(config, source)?;
     let warehouse = Warehouse::new(&config.warehouse)?;
+    // Before anything is written: a store whose commits would not be atomic stops the run.
+    warehouse.check_conditional_put().await?;
     let (sources, mut failed_sources) =
         registry::discover_all(config, prepared, stream, &cancel).await;
     if cancel.is_cancelled() {

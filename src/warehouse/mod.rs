@@ -17,6 +17,11 @@
 //!   metadata update inside the same commit as the first rows that carry it; an integer
 //!   column that starts receiving fractions is widened to float, its files rewritten in
 //!   that same commit.
+//! - **No unsafe commits.** A commit is a create-if-absent put of the next log version, so
+//!   it is only as safe as the store's conditional put. Before writing to a remote store,
+//!   [`Warehouse::check_conditional_put`] proves that the store refuses to overwrite an
+//!   object that exists, and the run stops if it does not (some emulators accept the
+//!   precondition and ignore it), unless `allow_unsafe_commits` says otherwise.
 
 pub mod compact;
 pub mod datafile;
@@ -36,8 +41,8 @@ use arrow::datatypes::{DataType as ArrowType, Schema as ArrowSchema, TimeUnit};
 use deltalake::kernel::StructField;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
-use object_store::ObjectStore;
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::Deserialize;
@@ -74,6 +79,7 @@ pub struct Warehouse {
     root: Url,
     options: HashMap<String, String>,
     merge: MergeMode,
+    allow_unsafe_commits: bool,
 }
 
 impl Warehouse {
@@ -115,6 +121,7 @@ impl Warehouse {
             root,
             options: config.options.clone(),
             merge: config.merge,
+            allow_unsafe_commits: config.allow_unsafe_commits,
         })
     }
 
@@ -140,6 +147,21 @@ impl Warehouse {
             .map_err(|e| anyhow!("cannot open the warehouse at {}: {e}", self.root))?
             .object_store(None);
         Ok((store, Path::default()))
+    }
+
+    /// Checks that the store refuses a create-if-absent put of an object that exists, which
+    /// is what makes a commit atomic (of two writers committing one version, exactly one
+    /// lands). Puts a probe object under `_tributary/conditional_put/` twice, the second
+    /// time expecting "already exists", then deletes it. A local directory always refuses
+    /// (object_store links the file into place) and is not probed; nor is any store when
+    /// `allow_unsafe_commits` is set. Errors when the store overwrote the probe or does
+    /// not support the put at all, naming what to fix.
+    pub async fn check_conditional_put(&self) -> Result<()> {
+        if self.allow_unsafe_commits || matches!(self.root.scheme(), "file" | "memory") {
+            return Ok(());
+        }
+        let (store, root) = self.store()?;
+        check_conditional_put(store.as_ref(), &root, &self.root).await
     }
 
     /// The URL of the table at `parts` below the root.
@@ -215,6 +237,46 @@ impl Warehouse {
     }
 }
 
+fn no_conditional_put(url: &Url) -> anyhow::Error {
+    anyhow!(
+        "the object store at {url} does not support create-if-absent puts, which commits need to stay atomic when two runs write one table; enable them (on S3: `aws_conditional_put = \"etag\"` in `[warehouse.options]`)"
+    )
+}
+
+/// [`Warehouse::check_conditional_put`] on `store`, whose root `root` is `url`.
+async fn check_conditional_put(store: &dyn ObjectStore, root: &Path, url: &Url) -> Result<()> {
+    let probe = root
+        .clone()
+        .join("_tributary")
+        .join("conditional_put")
+        .join(format!("{}.json", uuid::Uuid::new_v4()));
+    let create = || PutOptions::from(PutMode::Create);
+    match store.put_opts(&probe, "{}".into(), create()).await {
+        // A fresh name exists only if this very put landed and its answer was lost.
+        Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+        Err(object_store::Error::NotImplemented { .. }) => return Err(no_conditional_put(url)),
+        Err(e) => bail!(
+            "cannot write to the warehouse at {url} (checking its conditional puts): {}",
+            store_error(&e)
+        ),
+    }
+    let second = store.put_opts(&probe, "{}".into(), create()).await;
+    if let Err(e) = store.delete(&probe).await {
+        tracing::warn!(path = %probe, error = %store_error(&e), "Could not delete the conditional-put probe.");
+    }
+    match second {
+        Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+        Ok(_) => bail!(
+            "the object store at {url} overwrote an object that a create-if-absent put must leave alone: it ignores the precondition, so two runs committing to one table could overwrite each other's commit and lose data. Nothing was written. Use a store that honours conditional puts; only if a single process ever writes this warehouse, set `warehouse.allow_unsafe_commits = true`"
+        ),
+        Err(object_store::Error::NotImplemented { .. }) => Err(no_conditional_put(url)),
+        Err(e) => bail!(
+            "the object store at {url} answered a create-if-absent put of an existing object with an error instead of \"already exists\", so commits cannot tell a lost race from a failure: {}",
+            store_error(&e)
+        ),
+    }
+}
+
 /// Delta fields for an Arrow schema made by the converter.
 pub fn delta_fields(schema: &ArrowSchema) -> Result<Vec<StructField>> {
     use deltalake::kernel::DataType as D;
@@ -268,6 +330,135 @@ pub fn store_error(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::store_error;
+
+    mod conditional_put {
+        use std::sync::Arc;
+
+        use futures::stream::BoxStream;
+        use object_store::memory::InMemory;
+        use object_store::path::Path;
+        use object_store::{
+            CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
+            ObjectStore, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+        };
+        use url::Url;
+
+        /// A store that takes every put as an overwrite, as emulators that accept a
+        /// precondition header and ignore it do.
+        #[derive(Debug)]
+        struct IgnoresPreconditions(InMemory);
+
+        impl std::fmt::Display for IgnoresPreconditions {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("IgnoresPreconditions")
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl ObjectStore for IgnoresPreconditions {
+            async fn put_opts(
+                &self,
+                location: &Path,
+                payload: PutPayload,
+                opts: PutOptions,
+            ) -> Result<PutResult> {
+                let opts = PutOptions {
+                    mode: PutMode::Overwrite,
+                    ..opts
+                };
+                self.0.put_opts(location, payload, opts).await
+            }
+            async fn put_multipart_opts(
+                &self,
+                location: &Path,
+                opts: PutMultipartOptions,
+            ) -> Result<Box<dyn MultipartUpload>> {
+                self.0.put_multipart_opts(location, opts).await
+            }
+            async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+                self.0.get_opts(location, options).await
+            }
+            fn delete_stream(
+                &self,
+                locations: BoxStream<'static, Result<Path>>,
+            ) -> BoxStream<'static, Result<Path>> {
+                self.0.delete_stream(locations)
+            }
+            fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+                self.0.list(prefix)
+            }
+            async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+                self.0.list_with_delimiter(prefix).await
+            }
+            async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+                self.0.copy_opts(from, to, options).await
+            }
+        }
+
+        fn url() -> Url {
+            Url::parse("gs://lake/raw/").unwrap()
+        }
+
+        async fn leftovers(store: &dyn ObjectStore) -> usize {
+            use futures::TryStreamExt;
+            store
+                .list(None)
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap()
+                .len()
+        }
+
+        #[tokio::test]
+        async fn a_store_that_refuses_to_overwrite_passes_and_keeps_nothing() {
+            let store = InMemory::new();
+            super::super::check_conditional_put(&store, &Path::from("raw"), &url())
+                .await
+                .unwrap();
+            assert_eq!(leftovers(&store).await, 0, "the probe is deleted");
+        }
+
+        #[tokio::test]
+        async fn a_store_that_ignores_the_precondition_is_refused_by_name() {
+            let store = Arc::new(IgnoresPreconditions(InMemory::new()));
+            let e = super::super::check_conditional_put(store.as_ref(), &Path::from("raw"), &url())
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("gs://lake/raw/")
+                    && e.contains("ignores the precondition")
+                    && e.contains("warehouse.allow_unsafe_commits"),
+                "{e}"
+            );
+            assert_eq!(leftovers(store.as_ref()).await, 0, "the probe is deleted");
+        }
+
+        #[tokio::test]
+        async fn local_warehouses_and_the_opt_out_are_not_probed() {
+            let dir = tempfile::tempdir().unwrap();
+            let local = super::super::Warehouse::new(&crate::config::WarehouseConfig {
+                url: dir.path().to_string_lossy().into(),
+                ..Default::default()
+            })
+            .unwrap();
+            local.check_conditional_put().await.unwrap();
+            assert!(!dir.path().join("_tributary").exists());
+            // An S3 bucket nobody can reach: only skipping the probe can pass.
+            let opted_out = super::super::Warehouse::new(&crate::config::WarehouseConfig {
+                url: "s3://nowhere/raw".into(),
+                options: [
+                    ("aws_endpoint".to_owned(), "http://127.0.0.1:9".to_owned()),
+                    ("aws_region".to_owned(), "us-east-1".to_owned()),
+                ]
+                .into(),
+                allow_unsafe_commits: true,
+                ..Default::default()
+            })
+            .unwrap();
+            opted_out.check_conditional_put().await.unwrap();
+        }
+    }
 
     #[derive(Debug)]
     struct E(&'static str, Option<Box<E>>);

@@ -2,10 +2,10 @@
 //! readers see or where syncs resume; unreferenced files past the retention removed; safe
 //! while a sync runs.
 
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use crate::common::{Env, assert_success, id_counts, latest_by_id, read_table, spawn};
+use crate::common::{Env, assert_success, id_counts, latest_by_id, read_table, strings};
+use crate::stores::compact_while_a_sync_runs;
 
 fn data_files(dir: &std::path::Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -169,57 +169,13 @@ async fn compact_removes_only_unreferenced_files_past_the_retention() {
 #[tokio::test(flavor = "multi_thread")]
 async fn compact_while_a_sync_runs_loses_and_duplicates_nothing() {
     let env = Env::stripe(3000, "streams = [\"customers\"]").await;
-    env.add_sync_option("commit_every = 50");
-    env.sync_ok(&[]).await;
-    let ids = env.sandbox.ids("customers");
-    let mut want: HashMap<String, String> = HashMap::new();
-    for (i, id) in ids.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
-        let name = format!("R{i}");
-        env.sandbox
-            .update("customers", id, serde_json::json!({"name": name}))
-            .unwrap();
-        want.insert(id.clone(), name);
-    }
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    // Slow the simulator so the sync's commits interleave with compactions.
-    env.sandbox.set_faults(tributary_stripe::sandbox::Faults {
-        slow_ms: 300,
-        slow_rate: 1.0,
-        ..Default::default()
-    });
-    let sync = spawn(&env, "sync");
-    for _ in 0..6 {
-        let out = env.run(&["compact", "--target-file-mb", "1"]).await;
-        // A round that lost to the sync says so and changes nothing; both outcomes are fine.
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() || err.contains("compact again"),
-            "{err}"
-        );
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
-    let out = tokio::time::timeout(Duration::from_secs(120), sync.wait_with_output())
-        .await
-        .expect("the sync ends")
-        .expect("output");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    env.sandbox.set_faults(Default::default());
-    env.sync_ok(&[]).await;
-    assert_success(&env.run(&["compact", "--target-file-mb", "1"]).await);
-
-    let rows = read_table(&env.table("customers")).await;
-    let counts = id_counts(&rows);
-    assert_eq!(counts.len(), ids.len());
-    assert!(
-        counts.values().all(|&n| n == 1),
-        "every customer exactly once"
-    );
-    let names = latest_by_id(&rows, "name");
-    for (id, name) in &want {
-        assert_eq!(&names[id], name);
-    }
+    let table = env.table("customers");
+    compact_while_a_sync_runs(&env, async || {
+        let rows = read_table(&table).await;
+        strings(&rows, "id")
+            .into_iter()
+            .zip(strings(&rows, "name"))
+            .collect()
+    })
+    .await;
 }

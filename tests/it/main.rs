@@ -1,12 +1,15 @@
-//! End-to-end tests: the real `tributary` binary against the simulators on 127.0.0.1 and a
-//! real S3-compatible server (`moto`, also behind the fault-injecting `proxy`), with the
-//! tables read back (by deltalake here, and by Python's `deltalake` in `readback` and the
-//! S3 tests). One test binary, a module per topic.
+//! End-to-end tests: the real `tributary` binary against the simulators on 127.0.0.1 and
+//! real object-store servers (`moto` for S3, also behind the fault-injecting `proxy`;
+//! Azurite for Azure; fake-gcs-server for GCS; see `stores`), with the tables read back (by
+//! deltalake here, and by Python's `deltalake` in `readback` and the store tests). One test
+//! binary, a module per topic.
 
+mod azure;
 mod common;
 mod compact;
 mod config_errors;
 mod demo;
+mod gcs;
 mod hostile;
 mod hostile_records;
 mod moto;
@@ -18,5 +21,6 @@ mod s3_faults;
 mod s3_writers;
 mod salesforce;
 mod scaffold;
+mod stores;
 mod stripe;
 mod zendesk;

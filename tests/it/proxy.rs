@@ -8,6 +8,9 @@
 //!
 //! It also records every request and what was answered, for assertions about what the
 //! client did (and serializes create-if-absent puts, see [`FaultProxy::start`]).
+//!
+//! In front of fake-gcs-server it also translates the one request that emulator lacks, see
+//! [`Upstream::FakeGcs`].
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -154,6 +157,31 @@ impl RuleState {
     }
 }
 
+/// What the proxy forwards to, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// moto: create-if-absent puts are forwarded one at a time (see [`FaultProxy::start`]).
+    Moto,
+    /// A server that decides its own races (Azurite): everything forwarded as it came.
+    AsIs,
+    /// fake-gcs-server, which has no XML API upload (fsouza/fake-gcs-server#331, open),
+    /// the single `PUT /<bucket>/<object>` object_store sends for every write, and whose
+    /// XML API listing ignores `start-after` (object_store's `list_with_offset`, which
+    /// Delta readers use to find new commits). A listing's answer loses the keys up to
+    /// `start-after`, as GCS leaves them out. A put
+    /// is forwarded as the JSON API's multipart upload of the same bytes, its
+    /// `x-goog-if-generation-match` as the upload's `ifGenerationMatch` (GCS's one
+    /// precondition, in its two spellings), and the answer's generation and etag as the
+    /// XML API's headers. The emulator checks the precondition and decides races; the
+    /// proxy takes no lock. Everything else (reads, listings, deletes) is forwarded as is.
+    FakeGcs {
+        /// `false`: the upload goes as a media upload, whose `ifGenerationMatch`
+        /// fake-gcs-server 1.54 accepts and ignores, as stores that lack conditional
+        /// puts do.
+        preconditions: bool,
+    },
+}
+
 /// A request the proxy saw and how it was answered.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -163,12 +191,14 @@ pub struct Seen {
     /// The status the store answered (`None`: not forwarded, or no answer).
     pub upstream: Option<u16>,
     pub fault: Option<Fault>,
-    /// Whether it was a create-if-absent put (`If-None-Match: *`).
+    /// Whether it was a create-if-absent put (`If-None-Match: *`, or GCS's
+    /// `x-goog-if-generation-match: 0`).
     pub create: bool,
 }
 
 struct Shared {
     upstream: String,
+    kind: Upstream,
     client: reqwest::Client,
     rules: Mutex<Vec<RuleState>>,
     seen: Mutex<Vec<Seen>>,
@@ -200,6 +230,11 @@ impl FaultProxy {
     /// that the key is absent and then writes it without a lock, so two racing commits of
     /// the same version could both "win" there, where S3 lets exactly one.
     pub async fn start(upstream: &str) -> FaultProxy {
+        Self::start_for(upstream, Upstream::Moto).await
+    }
+
+    /// Starts a proxy in front of `upstream`, a server of the `kind` given.
+    pub async fn start_for(upstream: &str, kind: Upstream) -> FaultProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("the proxy binds");
@@ -212,6 +247,7 @@ impl FaultProxy {
             .expect("a client");
         let shared = Arc::new(Shared {
             upstream: upstream.trim_end_matches('/').to_owned(),
+            kind,
             client,
             rules: Mutex::new(Vec::new()),
             seen: Mutex::new(Vec::new()),
@@ -302,7 +338,10 @@ fn s3_error(status: u16) -> Response<Body> {
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, BoxError> {
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // Decoded: GCS clients send an object's `/` as `%2F`.
+    let path = object_store::path::Path::from_url_path(req.uri().path())
+        .map(|p| format!("/{p}"))
+        .unwrap_or_else(|_| req.uri().path().to_owned());
     let query = req.uri().query().unwrap_or_default().to_owned();
     let fault = lock(&shared.rules)
         .iter_mut()
@@ -313,7 +352,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             let due = r.pick();
             picked.or(due.then_some(r.rule.fault))
         });
-    let create = req.headers().get("if-none-match").is_some_and(|v| v == "*");
+    let create = req.headers().get("if-none-match").is_some_and(|v| v == "*")
+        || req
+            .headers()
+            .get("x-goog-if-generation-match")
+            .is_some_and(|v| v == "0");
     let record = |upstream: Option<u16>| {
         lock(&shared.seen).push(Seen {
             method: method.clone(),
@@ -334,21 +377,39 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
 
     let (parts, body) = req.into_parts();
     let body = body.collect().await?.to_bytes();
-    let url = format!("{}{}", shared.upstream, parts.uri);
-    let mut forward = shared.client.request(parts.method.clone(), url);
-    for (name, value) in &parts.headers {
-        // The client sets the length of the body it sends; the Host header stays the
-        // client's (it is part of the request's signature).
-        if !hop_by_hop(name) && name != "content-length" {
-            forward = forward.header(name, value);
+    let xml_put = match shared.kind {
+        Upstream::FakeGcs { preconditions }
+            if parts.method == Method::PUT
+                && query.is_empty()
+                && !parts.headers.contains_key("x-goog-copy-source") =>
+        {
+            Some(preconditions)
         }
-    }
-    let guard = if create {
+        _ => None,
+    };
+    let forward = match xml_put {
+        Some(preconditions) => {
+            json_api_upload(&shared, &path, &parts.headers, body, preconditions)?
+        }
+        None => {
+            let url = format!("{}{}", shared.upstream, parts.uri);
+            let mut forward = shared.client.request(parts.method.clone(), url);
+            for (name, value) in &parts.headers {
+                // The client sets the length of the body it sends; the Host header stays
+                // the client's (it is part of the request's signature).
+                if !hop_by_hop(name) && name != "content-length" {
+                    forward = forward.header(name, value);
+                }
+            }
+            forward.body(body)
+        }
+    };
+    let guard = if create && shared.kind == Upstream::Moto {
         Some(shared.creates.lock().await)
     } else {
         None
     };
-    let answer = forward.body(body).send().await;
+    let answer = forward.send().await;
     let answer = match answer {
         Ok(a) => {
             let status = a.status();
@@ -359,6 +420,25 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         Err(e) => Err(e),
     };
     drop(guard);
+    let start_after = match shared.kind {
+        Upstream::FakeGcs { .. } if parts.method == Method::GET => {
+            url::form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == "start-after")
+                .map(|(_, v)| v.into_owned())
+        }
+        _ => None,
+    };
+    let answer = match (xml_put, answer) {
+        (Some(_), Ok(a)) => Ok(xml_put_answer(a)),
+        (None, Ok((status, headers, bytes))) if start_after.is_some() => {
+            let listing = String::from_utf8_lossy(&bytes);
+            let cut = listing_after(&listing, start_after.as_deref().unwrap_or_default());
+            let mut headers = headers;
+            headers.remove("content-length");
+            Ok((status, headers, Bytes::from(cut)))
+        }
+        (_, a) => a,
+    };
     let (status, headers, bytes) = match answer {
         Ok(a) => a,
         Err(e) => {
@@ -405,6 +485,111 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     };
     record(upstream);
     Ok(response.body(body)?)
+}
+
+/// The JSON API upload that does what the XML API's `PUT <path>` asks (see
+/// [`Upstream::FakeGcs`]).
+fn json_api_upload(
+    shared: &Shared,
+    path: &str,
+    headers: &hyper::HeaderMap,
+    body: Bytes,
+    preconditions: bool,
+) -> Result<reqwest::RequestBuilder, BoxError> {
+    let (bucket, object) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .ok_or("an XML API put names a bucket and an object")?;
+    let name = object_store::path::Path::from_url_path(object)?.to_string();
+    let generation = headers
+        .get("x-goog-if-generation-match")
+        .map(|v| v.to_str())
+        .transpose()?;
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream");
+    let upload = format!("{}/upload/storage/v1/b/{bucket}/o", shared.upstream);
+    Ok(match (preconditions, generation) {
+        (true, generation) => {
+            let boundary = format!("tributary-{}", uuid::Uuid::new_v4().simple());
+            let metadata = serde_json::json!({"name": name, "contentType": content_type});
+            let mut multipart = format!(
+                "--{boundary}\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n{metadata}\r\n--{boundary}\r\ncontent-type: {content_type}\r\n\r\n"
+            )
+            .into_bytes();
+            multipart.extend_from_slice(&body);
+            multipart.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+            let mut query = vec![("uploadType", "multipart".to_owned())];
+            query.extend(generation.map(|g| ("ifGenerationMatch", g.to_owned())));
+            shared
+                .client
+                .post(upload)
+                .query(&query)
+                .header(
+                    "content-type",
+                    format!("multipart/related; boundary={boundary}"),
+                )
+                .body(multipart)
+        }
+        (false, generation) => {
+            let mut query = vec![("uploadType", "media".to_owned()), ("name", name)];
+            query.extend(generation.map(|g| ("ifGenerationMatch", g.to_owned())));
+            shared
+                .client
+                .post(upload)
+                .query(&query)
+                .header("content-type", content_type)
+                .body(body)
+        }
+    })
+}
+
+/// An XML API listing without the objects whose key is not after `offset`.
+fn listing_after(listing: &str, offset: &str) -> String {
+    let mut out = String::with_capacity(listing.len());
+    let mut rest = listing;
+    while let Some(start) = rest.find("<Contents>") {
+        out.push_str(&rest[..start]);
+        let Some(len) = rest[start..].find("</Contents>") else {
+            break;
+        };
+        let end = start + len + "</Contents>".len();
+        let entry = &rest[start..end];
+        let key = entry
+            .split_once("<Key>")
+            .and_then(|(_, k)| k.split_once("</Key>"))
+            .map(|(k, _)| k)
+            .unwrap_or_default();
+        if key > offset {
+            out.push_str(entry);
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The XML API's answer to a put, from the JSON API's answer to the upload: the status,
+/// and on success the object's etag and generation as headers, with no body.
+fn xml_put_answer(
+    (status, headers, bytes): (reqwest::StatusCode, hyper::HeaderMap, Bytes),
+) -> (reqwest::StatusCode, hyper::HeaderMap, Bytes) {
+    if !status.is_success() {
+        return (status, headers, bytes);
+    }
+    let object: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let mut out = hyper::HeaderMap::new();
+    let field = |f: &str| object[f].as_str().unwrap_or_default().to_owned();
+    for (name, value) in [
+        ("etag", format!("\"{}\"", field("etag"))),
+        ("x-goog-generation", field("generation")),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            out.insert(name, v);
+        }
+    }
+    (status, out, Bytes::new())
 }
 
 /// The proxy itself: each fault does to an object_store client what it says.

@@ -15,8 +15,9 @@ use hyper::Method;
 use tributary_stripe::sandbox::SandboxConfig;
 
 use crate::common::Env;
-use crate::moto::{Moto, assert_backfilled_exactly_once, s3_warehouse};
+use crate::moto::{Moto, s3_warehouse};
 use crate::proxy::{Fault, FaultProxy, Rule, Target};
+use crate::stores::{Bucket, Kind, assert_backfilled_exactly_once};
 
 /// object_store's retry and timeout options (documented in config.example.toml): at most
 /// `retries` retries, 10–100 ms apart, and requests given up after `timeout`.
@@ -55,7 +56,7 @@ impl Faulty {
             "streams = [\"charges\"]\npage_size = 100\nmax_concurrency = 1",
         )
         .await;
-        env.use_s3(&s3_warehouse(
+        env.use_bucket(&s3_warehouse(
             &proxy.endpoint,
             "s3://lake/raw",
             &client_options(retries, timeout),
@@ -82,8 +83,13 @@ impl Faulty {
     /// and that its cursor finished the backfill.
     async fn assert_complete(&self) {
         let want = self.env.sandbox.ids("charges");
-        let cursor =
-            assert_backfilled_exactly_once(&self.moto.endpoint, "lake", TABLE, APP_ID, &want).await;
+        let cursor = assert_backfilled_exactly_once(
+            &Bucket::new(Kind::S3, &self.moto.endpoint),
+            TABLE,
+            APP_ID,
+            &want,
+        )
+        .await;
         assert_eq!(
             cursor["phase"], "changes",
             "the backfill finished: {cursor}"
