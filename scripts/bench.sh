@@ -7,8 +7,10 @@
 # Usage: scripts/bench.sh [records=100000]
 #
 # Environment (all optional):
-#   BENCH_VENDOR       stripe (default) or zendesk
-#   BENCH_STREAM       the stream to sync (default: charges for Stripe, tickets for Zendesk)
+#   BENCH_VENDOR       stripe (default), zendesk or salesforce (N accounts, read with REST)
+#   BENCH_STREAM       the stream to sync (default: charges for Stripe, tickets for Zendesk,
+#                      account for Salesforce)
+#   BENCH_MAX_CONCURRENCY  the source's max_concurrency (Stripe, Salesforce; default: its own)
 #   BENCH_LATENCY_MS   the simulator's response latency per request (default 0)
 #   BENCH_JITTER_MS    its jitter, ± (default: 20% of the latency)
 #   BENCH_RATE_LIMIT   the simulator's limit in requests/s, 429 past it (default: none)
@@ -71,8 +73,25 @@ api_base = \"http://127.0.0.1:$port\"
 requests_per_minute = $per_minute
 export_requests_per_minute = $per_minute"
     ;;
-  *) echo "BENCH_VENDOR must be stripe or zendesk" >&2; exit 2 ;;
+  salesforce)
+    stream="${BENCH_STREAM:-account}"
+    probe=(-X POST "http://127.0.0.1:$port/services/oauth2/token" -d "grant_type=refresh_token&client_id=tributary-sandbox-client&client_secret=tributary-sandbox-secret&refresh_token=tributary-sandbox-refresh-token")
+    object=$(python3 -c "print(''.join(w.capitalize() for w in '$stream'.split('_')))")
+    source_config="type = \"salesforce\"
+login_url = \"http://127.0.0.1:$port\"
+client_id = \"tributary-sandbox-client\"
+client_secret = \"tributary-sandbox-secret\"
+refresh_token = \"tributary-sandbox-refresh-token\"
+objects = [\"$object\"]
+bulk_threshold = 1000000000
+requests_per_second = $client_rps"
+    ;;
+  *) echo "BENCH_VENDOR must be stripe, zendesk or salesforce" >&2; exit 2 ;;
 esac
+if [ -n "${BENCH_MAX_CONCURRENCY:-}" ]; then
+  source_config="$source_config
+max_concurrency = $BENCH_MAX_CONCURRENCY"
+fi
 # Seeding a large account takes a while; the sync must not start (and retry) before.
 up=""
 for _ in $(seq 1 3000); do
@@ -87,7 +106,7 @@ cat >"$work/bench.toml" <<TOML
 url = "$work/warehouse"
 [sources.$vendor]
 $source_config
-streams = ["$stream"]
+$( [ "$vendor" = salesforce ] || echo "streams = [\"$stream\"]" )
 TOML
 
 # The simulator shares the two cores with the sync: its CPU seconds during the sync.
