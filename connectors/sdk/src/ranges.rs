@@ -8,7 +8,7 @@
 //! runs such a read for a connector:
 //!
 //! - **In flight**: as many requests as the account's rate × the vendor's answer time
-//!   needs, plus one ([`HttpClient::answer_time`] measures the answer without the wait at
+//!   needs (and a tenth), plus one ([`HttpClient::answer_time`] measures the answer without the wait at
 //!   the limiter, so a queue at the limiter does not ask for more requests still); that
 //!   need is split between the readers sharing the account ([`HttpClient::readers`]), so
 //!   two streams of one account backfilling at once share the rate instead of each
@@ -17,7 +17,9 @@
 //!   account's limiter still spaces the requests: more in flight never means more per
 //!   second.
 //! - **Splitting**: a range with more than twice its share of the pages left (estimated
-//!   from its last page's density) is cut into parts of about a share: the walk goes on in
+//!   from its last page's density) is cut into parts of about a share, and while fewer
+//!   ranges are open than requests are wanted in flight, any range with four pages or more
+//!   left is cut to make up the difference: the walk goes on in
 //!   the part next to where it stands, the rest become ranges of their own. Dense stretches
 //!   split until there are enough ranges, and the read does not end with one long range
 //!   read page after page.
@@ -255,7 +257,9 @@ where
             .unwrap_or(self.settings.first_latency)
             .as_secs_f64();
         let rate = self.client.config().requests_per_second;
-        let share = latency * rate / self.client.readers() as f64;
+        // A tenth more than the average needs: answers vary, and a request waiting at
+        // the limiter costs nothing while a slot left empty costs a page.
+        let share = latency * rate * 1.1 / self.client.readers() as f64;
         ((share.ceil() as usize).saturating_add(1))
             .min(self.ceiling as usize)
             .clamp(1, self.settings.max_concurrency)
@@ -322,6 +326,14 @@ where
             if fetched.count < self.settings.page_size {
                 self.stats.part_full += 1;
             }
+            tracing::debug!(
+                stream = %self.settings.stream,
+                items = fetched.count,
+                in_flight = self.in_flight.len(),
+                open = self.open.len(),
+                wanted = self.wanted(),
+                "Range page."
+            );
             return Ok(Some(Step {
                 page: fetched.page,
                 count: fetched.count,
@@ -381,10 +393,21 @@ where
             .sum();
         let share = (total / wanted.max(1)).max(2);
         let room = self.settings.max_ranges.saturating_sub(self.open.len()) as i64;
-        if room <= 0 || pages_left <= 2 * share {
+        // Fewer ranges open than requests wanted in flight: split whatever has pages to
+        // spare, or the end of the read runs with requests missing (every range about as
+        // long as the others never has twice its share).
+        let missing = wanted - self.open.len() as i64;
+        let parts = if missing > 0 && pages_left >= 4 {
+            (missing + 1).min(pages_left / 2)
+        } else if pages_left > 2 * share {
+            pages_left / share
+        } else {
+            return Ok(());
+        };
+        if room <= 0 {
             return Ok(());
         }
-        let parts = (pages_left / share).clamp(2, room + 1);
+        let parts = parts.clamp(2, room + 1);
         let step = (left / parts).max(1);
         let range = &mut self.open[index].1;
         // The walk keeps the part next to where it stands; the rest, in list order, become
