@@ -273,23 +273,7 @@ pub fn scan_envelope(body: &[u8], records_key: &str, id_field: &str) -> Result<E
         let b = body[i];
         if b == b' ' || b == b'\n' {
             // Pretty-printed bodies are mostly indentation: skip a run of it at once.
-            i += 1;
-            while i + 8 <= n {
-                let word = u64::from_le_bytes([
-                    body[i],
-                    body[i + 1],
-                    body[i + 2],
-                    body[i + 3],
-                    body[i + 4],
-                    body[i + 5],
-                    body[i + 6],
-                    body[i + 7],
-                ]);
-                if word != u64::from_le_bytes([b' '; 8]) {
-                    break;
-                }
-                i += 8;
-            }
+            i = skip_spaces(body, i + 1);
             continue;
         }
         if b.is_ascii_whitespace() || b == b',' || b == b':' {
@@ -409,6 +393,24 @@ pub fn scan_envelope(body: &[u8], records_key: &str, id_field: &str) -> Result<E
         return Err("the body ends before the JSON does (truncated?)".into());
     }
     Ok(env)
+}
+
+/// The index of the first byte at or after `i` that is not a space: eight bytes at a time,
+/// jumping straight to the first non-space of a word (indentation runs are long).
+#[inline]
+fn skip_spaces(body: &[u8], mut i: usize) -> usize {
+    const SPACES: u64 = u64::from_le_bytes([b' '; 8]);
+    while let Some(word) = body.get(i..).and_then(|rest| rest.first_chunk::<8>()) {
+        let diff = u64::from_le_bytes(*word) ^ SPACES;
+        if diff != 0 {
+            return i + (diff.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while body.get(i) == Some(&b' ') {
+        i += 1;
+    }
+    i
 }
 
 fn key_is(body: &[u8], frame: &Frame, key: &str) -> bool {
