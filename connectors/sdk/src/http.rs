@@ -782,7 +782,13 @@ async fn read_body(mut response: reqwest::Response, cap: u64) -> Result<Bytes, B
     if response.content_length().is_some_and(|len| len > cap) && !is_compressed(&response) {
         return Err(BodyError::TooLarge);
     }
-    let mut body = bytes::BytesMut::new();
+    // Sized from the announced length: a list page is hundreds of KB, and growing by
+    // doubling copies it over and over and can hold twice its size. Not more than
+    // `PRESIZE_MAX` up front, whatever a (maybe lying) header says; past it, it grows.
+    const PRESIZE_MAX: u64 = 16 << 20;
+    let announced = response.content_length().filter(|_| !is_compressed(&response));
+    let presize = announced.map_or(0, |len| len.min(cap).min(PRESIZE_MAX));
+    let mut body = bytes::BytesMut::with_capacity(presize as usize);
     while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
         if (body.len() + chunk.len()) as u64 > cap {
             return Err(BodyError::TooLarge);
