@@ -2,11 +2,10 @@
 //!
 //! A bounded pipeline. The connector fetches pages ahead on its own task (a few pages at
 //! most); this task converts each page into Arrow builders and hands full batches to the
-//! Parquet writer, which encodes and uploads them on a thread of its own (at most
-//! [`WRITE_AHEAD`] batches waiting, see [`FileWriter`]) while this task converts the next
-//! pages; every `commit_every` rows it waits for the writer to finish the files and commits
-//! them with the cursor of the last page those rows came from. Nothing holds a whole
-//! stream.
+//! Parquet writer, which encodes and uploads each on a thread of its own (see
+//! [`FileWriter`]) while this task converts the next; every `commit_every` rows it waits
+//! for the writer to finish the files and commits them with the cursor of the last page
+//! those rows came from. Nothing holds a whole stream.
 //!
 //! Event streams of a source with tracking enabled also map each page's records to
 //! Tracking-API messages; the messages of a commit's rows are written to the stream's
@@ -34,10 +33,6 @@ use crate::config::SyncConfig;
 use crate::sink::{Commit, StreamSink};
 use crate::tracking::outbox::Outbox;
 use crate::warehouse::{FileWriter, NewFile, SnapshotStep, StreamTable, Warehouse};
-
-/// Batches that may wait for the Parquet writer thread while it encodes one: one keeps it
-/// busy while the next is converted, and each costs a batch's memory.
-const WRITE_AHEAD: usize = 1;
 
 /// A cancellation signal shared by every task of a run.
 #[derive(Clone)]
@@ -328,7 +323,7 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
         .with_context(|| format!("starting to read `{stream}`"))?;
     let mut p = Pending {
         files: Vec::new(),
-        writer: FileWriter::spawn(WRITE_AHEAD),
+        writer: FileWriter::spawn(),
         flushed_records: 0,
         flushed_cursor: None,
         open_records: 0,

@@ -3,9 +3,11 @@
 //!
 //! Encoding a batch into Parquet is CPU work (a tenth of a Stripe sync's time); done on the
 //! engine's task it stalls conversion, and the two never overlap. [`FileWriter`] hands
-//! batches through a bounded channel to a blocking thread that owns the open
-//! [`DataFile`]: at most `capacity` batches wait there, so memory stays bounded, and the
-//! engine waits when the writer falls behind.
+//! batches through a channel to a blocking thread that owns the open [`DataFile`], and
+//! [`FileWriter::write`] returns once that thread has taken the batch: one batch is
+//! encoded while the next is converted, never more, so memory holds two batches as it
+//! did when both ran on one task (the writer is the faster side, so the hand-over rarely
+//! waits).
 //!
 //! Guarantees: batches are written in the order given, into the file open when they were
 //! given; [`FileWriter::finish`] returns only once every batch given before it is in a
@@ -42,9 +44,9 @@ pub struct FileWriter {
 }
 
 impl FileWriter {
-    /// Starts the writer thread; at most `capacity` batches (at least one) wait for it.
-    pub fn spawn(capacity: usize) -> Self {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+    /// Starts the writer thread.
+    pub fn spawn() -> Self {
+        let (tx, rx) = mpsc::channel(1);
         let handle = tokio::runtime::Handle::current();
         // A blocking thread, not a runtime worker: encoding a batch takes milliseconds of
         // CPU, which would stall the fetch tasks on a worker. `block_on` still drives the
@@ -59,7 +61,8 @@ impl FileWriter {
 
     /// Appends `batch` to the open data file of `table`, or to a new one when none is open
     /// or the batch's schema differs from the open file's (the stream gained a column).
-    /// Returns once the writer has room for it, not once it is written.
+    /// Returns once the writer thread has taken the batch (after the one before it is
+    /// written), not once this one is written.
     pub async fn write(&mut self, table: &StreamTable, batch: RecordBatch) -> Result<()> {
         let schema = batch.schema();
         if self.open.as_ref() != Some(&schema) {
@@ -67,7 +70,16 @@ impl FileWriter {
             self.send(Msg::Open(file)).await?;
             self.open = Some(schema);
         }
-        self.send(Msg::Write(batch)).await
+        self.send(Msg::Write(batch)).await?;
+        // The channel holds one message: room again means the thread took the batch.
+        let taken = match &self.tx {
+            Some(tx) => tx.reserve().await.is_ok(),
+            None => false,
+        };
+        if !taken {
+            return Err(self.failure().await);
+        }
+        Ok(())
     }
 
     /// Finishes the open data file and returns every file finished since the last call,
@@ -85,7 +97,9 @@ impl FileWriter {
 
     async fn send(&mut self, msg: Msg) -> Result<()> {
         let Some(tx) = &self.tx else {
-            return Err(anyhow!("the data file writer stopped after an earlier error"));
+            return Err(anyhow!(
+                "the data file writer stopped after an earlier error"
+            ));
         };
         if tx.send(msg).await.is_err() {
             return Err(self.failure().await);
