@@ -110,7 +110,9 @@ pub(crate) struct Obj {
 impl Obj {
     pub(crate) fn new(value: Map<String, Value>, ts: i64) -> Obj {
         // Serialising a map of JSON values cannot fail.
-        let json = serde_json::to_vec(&value).unwrap_or_default().into_boxed_slice();
+        let json = serde_json::to_vec(&value)
+            .unwrap_or_default()
+            .into_boxed_slice();
         Obj { value, ts, json }
     }
 }
