@@ -28,7 +28,7 @@ use super::{DataFile, NewFile, StreamTable};
 /// What the engine asks the writer thread to do, in order.
 enum Msg {
     /// Finish the open file (if any) and write into this one from now on.
-    Open(DataFile),
+    Open(Box<DataFile>),
     /// Append a batch to the open file.
     Write(RecordBatch),
     /// Finish the open file and hand back every file finished since the last `Finish`.
@@ -67,7 +67,7 @@ impl FileWriter {
         let schema = batch.schema();
         if self.open.as_ref() != Some(&schema) {
             let file = table.new_file(schema.clone())?;
-            self.send(Msg::Open(file)).await?;
+            self.send(Msg::Open(Box::new(file))).await?;
             self.open = Some(schema);
         }
         self.send(Msg::Write(batch)).await?;
@@ -130,7 +130,7 @@ async fn run(mut rx: mpsc::Receiver<Msg>) -> Result<()> {
         match msg {
             Msg::Open(next) => {
                 close(&mut file, &mut finished).await?;
-                file = Some(next);
+                file = Some(*next);
             }
             Msg::Write(batch) => {
                 if let Some(f) = file.as_mut() {
