@@ -22,6 +22,8 @@
 #   BENCH_BIN          a tributary binary to run instead of building this tree's (for
 #                      A/B runs against an older build)
 #   BENCH_SANDBOX_BIN  the binary serving the simulator (default: the same)
+#   BENCH_SOURCE_TOML  extra lines for the source's table (e.g. "max_concurrency = 1")
+#   BENCH_SYNC_TOML    lines for a [sync] table (e.g. "row_group_size = 32768")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 records="${1:-100000}"
@@ -107,7 +109,9 @@ url = "$work/warehouse"
 [sources.$vendor]
 $source_config
 $( [ "$vendor" = salesforce ] || echo "streams = [\"$stream\"]" )
+${BENCH_SOURCE_TOML:-}
 TOML
+if [ -n "${BENCH_SYNC_TOML:-}" ]; then printf '[sync]\n%s\n' "$BENCH_SYNC_TOML" >>"$work/bench.toml"; fi
 
 # The simulator shares the two cores with the sync: its CPU seconds during the sync.
 sim_cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14+$15)/hz}' "/proc/$sandbox_pid/stat"; }

@@ -1,9 +1,11 @@
 //! The sync engine: one stream from its committed cursor into its table.
 //!
 //! A bounded pipeline. The connector fetches pages ahead on its own task (a few pages at
-//! most); this task converts each page into Arrow builders, hands full batches to the
-//! Parquet writer (which uploads as it goes), and commits every `commit_every` rows with
-//! the cursor of the last page those rows came from. Nothing holds a whole stream.
+//! most); this task converts each page into Arrow builders and hands full batches to the
+//! Parquet writer, which encodes and uploads each on a thread of its own (see
+//! [`FileWriter`]) while this task converts the next; every `commit_every` rows it waits
+//! for the writer to finish the files and commits them with the cursor of the last page
+//! those rows came from. Nothing holds a whole stream.
 //!
 //! Event streams of a source with tracking enabled also map each page's records to
 //! Tracking-API messages; the messages of a commit's rows are written to the stream's
@@ -21,7 +23,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use indicatif::ProgressBar;
 use tokio::sync::watch;
@@ -31,7 +32,7 @@ use tributary_sdk::{Page, ReadRequest, Records, Source, StreamSchema};
 use crate::config::SyncConfig;
 use crate::sink::{Commit, StreamSink};
 use crate::tracking::outbox::Outbox;
-use crate::warehouse::{DataFile, NewFile, SnapshotStep, StreamTable, Warehouse};
+use crate::warehouse::{FileWriter, NewFile, SnapshotStep, StreamTable, Warehouse};
 
 /// A cancellation signal shared by every task of a run.
 #[derive(Clone)]
@@ -203,18 +204,21 @@ pub struct StreamJob<'a> {
 
 /// Rows converted but not committed yet.
 struct Pending {
+    /// Files the writer finished, not committed yet.
     files: Vec<NewFile>,
-    file: Option<DataFile>,
-    /// Rows in `files` and `file`, and the cursor they reach.
+    /// The Parquet writer, with the rows flushed since `files` in its open file.
+    writer: FileWriter,
+    /// Rows in `files` and the writer's open file, and the cursor they reach.
     flushed_records: u64,
     flushed_cursor: Option<serde_json::Value>,
     /// Rows in the builder, and the cursor of the last page appended to it.
     open_records: u64,
     open_cursor: Option<serde_json::Value>,
-    /// Tracking-API messages of the rows in `files`/`file`, and of the rows in the builder.
+    /// Tracking-API messages of the rows in `files`/the writer, and of the rows in the
+    /// builder.
     flushed_messages: Vec<serde_json::Value>,
     open_messages: Vec<serde_json::Value>,
-    /// When a page of the rows in `files`/`file` started a snapshot: the latest such
+    /// When a page of the rows in `files`/the writer started a snapshot: the latest such
     /// page's `received_at`; likewise for the rows in the builder.
     snapshot_start: Option<chrono::DateTime<chrono::Utc>>,
     open_snapshot_start: Option<chrono::DateTime<chrono::Utc>>,
@@ -319,7 +323,7 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
         .with_context(|| format!("starting to read `{stream}`"))?;
     let mut p = Pending {
         files: Vec::new(),
-        file: None,
+        writer: FileWriter::spawn(),
         flushed_records: 0,
         flushed_cursor: None,
         open_records: 0,
@@ -386,7 +390,8 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
     Ok(true)
 }
 
-/// Moves the builder's rows into the current data file (a new file when the schema grew).
+/// Hands the builder's rows to the writer, for the current data file (a new file when the
+/// schema grew).
 async fn flush(
     table: &StreamTable,
     builder: &mut BatchBuilder,
@@ -403,8 +408,8 @@ async fn flush(
             out.capped_example = report.capped_example;
         }
         out.oversized_values += report.oversized_values;
-        for batch in &batches {
-            write_batch(table, p, out, batch).await?;
+        for batch in batches {
+            p.writer.write(table, batch).await?;
         }
     }
     p.flushed_records += p.open_records;
@@ -419,32 +424,9 @@ async fn flush(
     Ok(())
 }
 
-async fn write_batch(
-    table: &StreamTable,
-    p: &mut Pending,
-    out: &mut StreamOutcome,
-    batch: &RecordBatch,
-) -> Result<()> {
-    if p.file
-        .as_ref()
-        .is_some_and(|f| f.schema() != &batch.schema())
-    {
-        close_file(p, out).await?;
-    }
-    if p.file.is_none() {
-        p.file = Some(table.new_file(batch.schema())?);
-    }
-    if let Some(f) = p.file.as_mut() {
-        f.write(batch).await?;
-    }
-    Ok(())
-}
-
-async fn close_file(p: &mut Pending, out: &mut StreamOutcome) -> Result<()> {
-    if let Some(f) = p.file.take()
-        && f.rows() > 0
-    {
-        let file = f.finish().await?;
+/// Waits for the writer to finish every file of the rows flushed so far.
+async fn close_files(p: &mut Pending, out: &mut StreamOutcome) -> Result<()> {
+    for file in p.writer.finish().await? {
         out.files += 1;
         out.bytes += file.add.size as u64;
         p.files.push(file);
@@ -476,7 +458,7 @@ async fn land_flushed(
     out: &mut StreamOutcome,
     complete: bool,
 ) -> Result<()> {
-    close_file(p, out).await?;
+    close_files(p, out).await?;
     let snapshot = SnapshotStep {
         since: match p.snapshot_start {
             Some(start) => SnapshotStep::starting(start).since,

@@ -29,9 +29,11 @@ pub mod dv;
 pub mod history;
 pub mod merge;
 pub mod table;
+pub mod writer;
 
 pub use datafile::{DataFile, NewFile};
 pub use table::{CommitMeta, Landed, SnapshotStep, StreamTable, read_position};
+pub use writer::FileWriter;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -128,13 +128,32 @@ struct Inner {
     /// Rows and text bytes in `sealed`.
     sealed_rows: usize,
     sealed_bytes: usize,
-    /// The paths of the last record's fields in the order met, with their columns: the
-    /// records of a page share their fields' order, so the next field is nearly always the
-    /// one met at the same position last time, and comparing its path is cheaper than
-    /// hashing it. Cleared whenever a column is added (a cached `None` would go stale).
-    seen: Vec<(String, Option<usize>)>,
+    /// The fields of the last records in the order met, with their columns: the records
+    /// of a page share their fields' order, so the next field is nearly always the one met
+    /// at the same position last time, and comparing its key (or path) is cheaper than
+    /// hashing its path. Cleared whenever a column is added (a cached `None` would go
+    /// stale).
+    seen: Vec<Seen>,
     /// The position of the next field in `seen`.
     seen_pos: usize,
+    /// Whether every field of this record so far was the one cached at its position, by
+    /// key and parent path length (see [`Inner::enter`]).
+    seen_all: bool,
+    /// The number of the record being appended (counts every record of the builder).
+    record: u64,
+}
+
+/// A field met at one position of a record (see [`Inner::seen`]).
+struct Seen {
+    /// The vendor's key, as it came.
+    key: String,
+    /// The length of the parent's path when it was met.
+    mark: usize,
+    /// Its flattened path.
+    path: String,
+    col: Option<usize>,
+    /// The number of the record it was last met in.
+    record: u64,
 }
 
 /// The most field positions [`Inner::seen`] remembers per record.
@@ -386,6 +405,8 @@ impl BatchBuilder {
                 sealed: Vec::new(),
                 seen: Vec::new(),
                 seen_pos: 0,
+                seen_all: true,
+                record: 0,
                 sealed_rows: 0,
                 sealed_bytes: 0,
             },
@@ -524,6 +545,8 @@ impl Inner {
         }
         self.path.clear();
         self.seen_pos = 0;
+        self.seen_all = true;
+        self.record += 1;
         self.row_deleted = false;
         self.row_rescued.clear();
         Ok(())
@@ -556,24 +579,60 @@ impl Inner {
         self.rows += 1;
     }
 
-    /// The column of the current path, if it has one.
-    fn column(&mut self) -> Option<usize> {
+    /// Enters field `key` of the object at the current path: appends it to the path and
+    /// returns the length to truncate back to, and the field's column, if it has one.
+    ///
+    /// While every field of this record so far was the one the previous record had at its
+    /// position (same key, same parent-path length), a field with the previous record's key
+    /// and parent length at its position has its path too: that sequence of (key, parent
+    /// length) pairs fixes every path met (each open object's path has a length of its
+    /// own, so a parent length names one parent). Past the first difference, the full path
+    /// is compared with the one cached at the position, and past that, hashed.
+    fn enter(&mut self, key: &str) -> (usize, Option<usize>) {
+        let mark = self.path.len();
         let pos = self.seen_pos;
         self.seen_pos += 1;
-        if let Some((path, col)) = self.seen.get(pos)
-            && *path == self.path
-        {
-            return *col;
+        let record = self.record;
+        if self.seen_all {
+            if let Some(seen) = self.seen.get_mut(pos)
+                && seen.record + 1 == record
+                && seen.mark == mark
+                && seen.key == key
+                && let Some(rest) = seen.path.get(mark..)
+            {
+                seen.record = record;
+                self.path.push_str(rest);
+                return (mark, seen.col);
+            }
+            self.seen_all = false;
+        }
+        self.push_key(key);
+        if let Some(seen) = self.seen.get_mut(pos) {
+            // Whatever it held, the entry now describes this record's field.
+            if seen.path != self.path {
+                seen.path.clear();
+                seen.path.push_str(&self.path);
+                seen.col = self.index.get(self.path.as_str()).copied();
+            }
+            if seen.key != key {
+                seen.key.clear();
+                seen.key.push_str(key);
+            }
+            seen.mark = mark;
+            seen.record = record;
+            return (mark, seen.col);
         }
         let col = self.index.get(self.path.as_str()).copied();
-        if let Some((path, cached)) = self.seen.get_mut(pos) {
-            path.clear();
-            path.push_str(&self.path);
-            *cached = col;
-        } else if pos == self.seen.len() && pos < SEEN_FIELDS {
-            self.seen.push((self.path.clone(), col));
+        if pos == self.seen.len() && pos < SEEN_FIELDS {
+            self.seen.push(Seen {
+                key: key.to_owned(),
+                mark,
+                path: self.path.clone(),
+                col,
+                record,
+            });
         }
-        col
+        (mark, col)
     }
 
     /// Appends `key` to the current path; returns the length to truncate back to.
@@ -1035,7 +1094,7 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
                     .deletion
                     .as_ref()
                     .is_some_and(|(field, _)| field == key);
-            let mark = inner.push_key(key);
+            let (mark, col) = inner.enter(key);
             if is_deletion_field {
                 let raw: &'de RawValue = map.next_value()?;
                 let text = minify(raw.get());
@@ -1044,11 +1103,14 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
                 }
                 // The flag itself lands in `is_deleted`; it only gets a column of its
                 // own when the schema declares one.
-                if let Some(&col) = inner.index.get(inner.path.as_str()) {
+                if let Some(col) = col {
                     inner.put_raw(col, raw.get());
                 }
             } else {
-                map.next_value_seed(FieldSeed { inner: &mut *inner })?;
+                map.next_value_seed(FieldSeed {
+                    inner: &mut *inner,
+                    col,
+                })?;
             }
             inner.path.truncate(mark);
         }
@@ -1059,13 +1121,15 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
 /// One field's value at the current path.
 struct FieldSeed<'a> {
     inner: &'a mut Inner,
+    /// The field's column, if it has one.
+    col: Option<usize>,
 }
 
 impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         let inner = self.inner;
-        if let Some(col) = inner.column() {
+        if let Some(col) = self.col {
             let raw: &'de RawValue = serde::Deserialize::deserialize(d)?;
             inner.put_raw(col, raw.get());
             Ok(())

@@ -364,8 +364,10 @@ impl HttpClient {
     /// GETs one page of a JSON list whose records sit in the top-level array
     /// `records_key`, each identified by `id_field`, built by `build` (called once per
     /// attempt). A body that is not one complete JSON object (cut short, garbled) is
-    /// retried like a transport failure; the page comes back untouched with what
-    /// [`scan_envelope`](crate::pagination::scan_envelope) found in it, so the caller reads
+    /// retried like a transport failure; the page comes back with what
+    /// [`scan_envelope`](crate::pagination::scan_envelope) found in it (and without its
+    /// insignificant whitespace, the same JSON: see
+    /// [`scan_and_compact`](crate::pagination::scan_and_compact)), so the caller reads
     /// its cursor and flags without parsing the records (and checks the documented shape
     /// with [`Envelope::require_records_array`](crate::pagination::Envelope::require_records_array)
     /// and friends).
@@ -379,19 +381,24 @@ impl HttpClient {
     where
         F: Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     {
-        // The check already scans the body; keep what it found instead of scanning twice.
-        let scanned: Mutex<Option<crate::pagination::Envelope>> = Mutex::new(None);
-        let response = self
+        // The check already scans the body; keep what it found instead of scanning twice,
+        // and the body without its indentation (see `scan_and_compact`).
+        type Scanned = (crate::pagination::Envelope, Option<Vec<u8>>);
+        let scanned: Mutex<Option<Scanned>> = Mutex::new(None);
+        let mut response = self
             .send_checked(what, build, |r: &Response| {
-                let envelope = crate::pagination::scan_envelope(&r.body, records_key, id_field)?;
-                *scanned.lock().unwrap_or_else(PoisonError::into_inner) = Some(envelope);
+                let found = crate::pagination::scan_and_compact(&r.body, records_key, id_field)?;
+                *scanned.lock().unwrap_or_else(PoisonError::into_inner) = Some(found);
                 Ok(())
             })
             .await?;
-        let envelope = scanned
+        let (envelope, compact) = scanned
             .into_inner()
             .unwrap_or_else(PoisonError::into_inner)
             .ok_or_else(|| Error::decode(format!("{what} response"), "the body was not scanned"))?;
+        if let Some(compact) = compact {
+            response.body = Bytes::from(compact);
+        }
         Ok(Listing { response, envelope })
     }
 
@@ -858,7 +865,15 @@ async fn read_body(mut response: reqwest::Response, cap: u64) -> Result<Bytes, B
     if response.content_length().is_some_and(|len| len > cap) && !is_compressed(&response) {
         return Err(BodyError::TooLarge);
     }
-    let mut body = bytes::BytesMut::new();
+    // Sized from the announced length: a list page is hundreds of KB, and growing by
+    // doubling copies it over and over and can hold twice its size. Not more than
+    // `PRESIZE_MAX` up front, whatever a (maybe lying) header says; past it, it grows.
+    const PRESIZE_MAX: u64 = 16 << 20;
+    let announced = response
+        .content_length()
+        .filter(|_| !is_compressed(&response));
+    let presize = announced.map_or(0, |len| len.min(cap).min(PRESIZE_MAX));
+    let mut body = bytes::BytesMut::with_capacity(presize as usize);
     while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
         if (body.len() + chunk.len()) as u64 > cap {
             return Err(BodyError::TooLarge);

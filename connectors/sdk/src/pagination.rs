@@ -262,6 +262,58 @@ struct Frame {
 /// (e.g. `data` for Stripe, `tickets` for Zendesk), reading each record's `id_field`.
 /// Fails if the body is not one complete JSON object (a truncated body, say).
 pub fn scan_envelope(body: &[u8], records_key: &str, id_field: &str) -> Result<Envelope, String> {
+    scan(body, records_key, id_field, None)
+}
+
+/// [`scan_envelope`], also returning the body without its insignificant whitespace when
+/// it had any (`None`: it had none). The same JSON, a third shorter when pretty-printed
+/// (Stripe's): the fetch task drops the indentation while it walks the bytes anyway, so
+/// the converter, the slower side of the pipeline, does not skip it byte by byte.
+/// Whitespace inside strings is kept; only JSON's own (space, tab, CR, LF) is dropped.
+pub fn scan_and_compact(
+    body: &[u8],
+    records_key: &str,
+    id_field: &str,
+) -> Result<(Envelope, Option<Vec<u8>>), String> {
+    let mut compact = Compact {
+        out: Vec::new(),
+        from: 0,
+    };
+    let env = scan(body, records_key, id_field, Some(&mut compact))?;
+    if compact.from == 0 {
+        return Ok((env, None));
+    }
+    compact.out.extend_from_slice(&body[compact.from..]);
+    // Pages wait in the fetch-ahead queue: hold only what is left.
+    compact.out.shrink_to_fit();
+    Ok((env, Some(compact.out)))
+}
+
+/// The body as [`scan_and_compact`] builds it: `out` holds `body[..from]` without the
+/// whitespace dropped so far.
+struct Compact {
+    out: Vec<u8>,
+    from: usize,
+}
+
+impl Compact {
+    /// Drops `body[start..end]`.
+    #[inline]
+    fn drop_range(&mut self, body: &[u8], start: usize, end: usize) {
+        if self.from == 0 {
+            self.out.reserve(body.len());
+        }
+        self.out.extend_from_slice(&body[self.from..start]);
+        self.from = end;
+    }
+}
+
+fn scan(
+    body: &[u8],
+    records_key: &str,
+    id_field: &str,
+    mut compact: Option<&mut Compact>,
+) -> Result<Envelope, String> {
     let mut env = Envelope::default();
     let mut stack: Vec<Frame> = Vec::with_capacity(16);
     let mut records_array_depth: Option<usize> = None;
@@ -273,26 +325,20 @@ pub fn scan_envelope(body: &[u8], records_key: &str, id_field: &str) -> Result<E
         let b = body[i];
         if b == b' ' || b == b'\n' {
             // Pretty-printed bodies are mostly indentation: skip a run of it at once.
-            i += 1;
-            while i + 8 <= n {
-                let word = u64::from_le_bytes([
-                    body[i],
-                    body[i + 1],
-                    body[i + 2],
-                    body[i + 3],
-                    body[i + 4],
-                    body[i + 5],
-                    body[i + 6],
-                    body[i + 7],
-                ]);
-                if word != u64::from_le_bytes([b' '; 8]) {
-                    break;
-                }
-                i += 8;
+            let end = skip_spaces(body, i + 1);
+            if let Some(c) = compact.as_deref_mut() {
+                c.drop_range(body, i, end);
             }
+            i = end;
             continue;
         }
         if b.is_ascii_whitespace() || b == b',' || b == b':' {
+            // Form feed is not JSON whitespace: it stays, for the parser to refuse.
+            if (b == b'\t' || b == b'\r')
+                && let Some(c) = compact.as_deref_mut()
+            {
+                c.drop_range(body, i, i + 1);
+            }
             if b == b','
                 && let Some(top) = stack.last_mut()
                 && top.is_object
@@ -411,6 +457,24 @@ pub fn scan_envelope(body: &[u8], records_key: &str, id_field: &str) -> Result<E
     Ok(env)
 }
 
+/// The index of the first byte at or after `i` that is not a space: eight bytes at a time,
+/// jumping straight to the first non-space of a word (indentation runs are long).
+#[inline]
+fn skip_spaces(body: &[u8], mut i: usize) -> usize {
+    const SPACES: u64 = u64::from_le_bytes([b' '; 8]);
+    while let Some(word) = body.get(i..).and_then(|rest| rest.first_chunk::<8>()) {
+        let diff = u64::from_le_bytes(*word) ^ SPACES;
+        if diff != 0 {
+            return i + (diff.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while body.get(i) == Some(&b' ') {
+        i += 1;
+    }
+    i
+}
+
 fn key_is(body: &[u8], frame: &Frame, key: &str) -> bool {
     frame.is_object && &body[frame.key.0..frame.key.1] == key.as_bytes()
 }
@@ -486,6 +550,26 @@ mod tests {
         assert_eq!(env.string("url").as_deref(), Some("/v1/charges"));
         assert_eq!(env.string("meta.after_cursor").as_deref(), Some("abc"));
         assert_eq!(env.string("meta.n"), None);
+    }
+
+    #[test]
+    fn compaction_drops_whitespace_outside_strings_only() {
+        let body = b"{\n  \"data\": [\n    {\"id\": \"a b\",\t\"x\": [1, 2]},\r\n    {\"id\": \"c\\\" \"}\n  ],\n  \"has_more\": false\n}\n";
+        let (env, compact) = scan_and_compact(body, "data", "id").unwrap();
+        assert_eq!(env, scan_envelope(body, "data", "id").unwrap());
+        let compact = compact.unwrap();
+        assert_eq!(
+            std::str::from_utf8(&compact).unwrap(),
+            r#"{"data":[{"id":"a b","x":[1,2]},{"id":"c\" "}],"has_more":false}"#
+        );
+        let a: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let b: serde_json::Value = serde_json::from_slice(&compact).unwrap();
+        assert_eq!(a, b);
+        let tight = br#"{"data":[{"id":"a"}],"has_more":false}"#;
+        assert_eq!(scan_and_compact(tight, "data", "id").unwrap().1, None);
+        // A form feed is not JSON whitespace: kept, so the parser still refuses it.
+        let feed = b"{\"data\":[],\x0c\"has_more\":false}";
+        assert_eq!(scan_and_compact(feed, "data", "id").unwrap().1, None);
     }
 
     #[test]

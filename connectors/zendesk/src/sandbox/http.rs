@@ -14,7 +14,7 @@ use tributary_sandbox_kit::form::parse_pairs;
 use tributary_sandbox_kit::{Kit, SandboxError, Vendor, control, response, to_json};
 
 use super::error::ApiError;
-use super::store::{Kind, Store};
+use super::store::{Kind, Obj, Store};
 use super::{Quota, RateLimits, Shared, ZendeskFaults, ZendeskSandbox};
 
 /// Request bodies are small JSON objects; anything bigger is refused before parsing.
@@ -303,10 +303,11 @@ fn cursor_export(
         .items
         .iter()
         .copied()
-        .filter(|v| !(exclude_deleted && Store::is_deleted(kind, v)));
-    let mut out = Vec::with_capacity(page.items.len() * 1024 + 256);
+        .filter(|o| !(exclude_deleted && Store::is_deleted(kind, &o.value)));
+    let size: usize = page.items.iter().map(|o| o.json.len() + 1).sum();
+    let mut out = Vec::with_capacity(size + 512);
     out.extend_from_slice(format!("{{\"{}\":[", kind.resource()).as_bytes());
-    push_items(&mut out, items);
+    push_rendered(&mut out, items);
     let after_url = format!(
         "{base}/api/v2/incremental/{}/cursor.json?cursor={cursor}&per_page={per_page}",
         kind.resource()
@@ -377,7 +378,7 @@ fn list(shared: &Shared, kind: Kind, params: &[(String, String)], base: &str) ->
         let count = all.len();
         let items = all.values().skip((page - 1) * per_page).take(per_page);
         let mut out = format!("{{\"{resource}\":[").into_bytes();
-        push_items(&mut out, items.map(|o| &o.value));
+        push_rendered(&mut out, items);
         let next = (page * per_page < count).then(|| {
             format!(
                 "{base}/api/v2/{resource}.json?page={}&per_page={per_page}",
@@ -534,6 +535,16 @@ fn show_many(shared: &Shared, params: &[(String, String)]) -> Answer {
     push_items(&mut out, tickets);
     close_with(&mut out, &json!({"next_page": null, "previous_page": null}));
     Ok((200, out))
+}
+
+/// Writes stored objects' pre-rendered JSON separated by commas.
+fn push_rendered<'a>(out: &mut Vec<u8>, items: impl Iterator<Item = &'a Obj>) {
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&item.json);
+    }
 }
 
 /// Writes objects separated by commas.
