@@ -9,8 +9,10 @@
 //!
 //! - **In flight**: as many requests as the account's rate × the vendor's answer time
 //!   needs (and a tenth), plus one ([`HttpClient::answer_time`] measures the answer without the wait at
-//!   the limiter, so a queue at the limiter does not ask for more requests still); that
-//!   need is split between the readers sharing the account ([`HttpClient::readers`]), so
+//!   the limiter, so a queue at the limiter does not ask for more requests still). When
+//!   pages arrive faster than the consumer takes them (a vendor that answers at once), half
+//!   again the consumer's pace stands in for the rate, so finished pages do not pile up in
+//!   memory. That need is split between the readers sharing the account ([`HttpClient::readers`]), so
 //!   two streams of one account backfilling at once share the rate instead of each
 //!   queueing all of it. Never more than `max_concurrency`; the ceiling halves on a 429
 //!   and grows by one per page (additive increase, multiplicative decrease). The
@@ -174,8 +176,14 @@ pub struct RangeReader<P, T> {
     /// Pages each open range has left, estimated from its last page's density.
     estimates: HashMap<u64, i64>,
     stats: Stats,
+    /// When the last pages were handed out (at most [`PACE_WINDOW`]): how fast the
+    /// consumer takes them.
+    handed: std::collections::VecDeque<std::time::Instant>,
     _slot: ReaderSlot,
 }
+
+/// Pages over which the consumer's pace is measured.
+const PACE_WINDOW: usize = 64;
 
 impl<P, T> RangeReader<P, T>
 where
@@ -228,6 +236,7 @@ where
             guard,
             throttled,
             estimates: HashMap::new(),
+            handed: std::collections::VecDeque::with_capacity(PACE_WINDOW),
             _slot,
         }
     }
@@ -256,7 +265,18 @@ where
             .answer_time()
             .unwrap_or(self.settings.first_latency)
             .as_secs_f64();
-        let rate = self.client.config().requests_per_second;
+        let mut rate = self.client.config().requests_per_second;
+        // When the vendor answers at once, the consumer (conversion, writing) is the
+        // bound, not the account's rate: pages fetched faster than it takes them only wait
+        // in memory. Ask for half again the pace it has kept, so a read held back by too
+        // few requests in flight still grows (each round trip by half) to the rate.
+        if let (Some(first), Some(last)) = (self.handed.front(), self.handed.back()) {
+            let span = last.duration_since(*first).as_secs_f64();
+            if self.handed.len() >= 16 && span > 0.0 {
+                let pace = (self.handed.len() - 1) as f64 / span;
+                rate = rate.min(pace * 1.5);
+            }
+        }
         // A tenth more than the average needs: answers vary, and a request waiting at
         // the limiter costs nothing while a slot left empty costs a page.
         let share = latency * rate * 1.1 / self.client.readers() as f64;
@@ -323,6 +343,10 @@ where
                 return Err(e);
             }
             self.stats.requests += 1;
+            if self.handed.len() == PACE_WINDOW {
+                self.handed.pop_front();
+            }
+            self.handed.push_back(std::time::Instant::now());
             if fetched.count < self.settings.page_size {
                 self.stats.part_full += 1;
             }
@@ -764,6 +788,59 @@ mod tests {
         }
         // The restart narrowed the range to [0, 7).
         assert_eq!(got, vec![0, 1]);
+    }
+
+    #[tokio::test]
+    async fn a_slow_consumer_keeps_few_finished_pages_waiting() {
+        // The vendor answers in 2 ms at 10,000 requests/s, which would ask for all 32 in
+        // flight; the consumer takes a page every 10 ms, so after its pace is known only
+        // a few requests are kept going.
+        let list = List::new((0..20_000).map(|i| 100_000 - 1 - i), 25);
+        let (in_flight, most) = (
+            Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        );
+        let (counter, peak, inner) = (
+            Arc::clone(&in_flight),
+            Arc::clone(&most),
+            list.fetch(Order::Descending),
+        );
+        let fetch: Fetch<String, Vec<u64>> = Box::new(move |range: Range<String>| {
+            let (counter, peak) = (Arc::clone(&counter), Arc::clone(&peak));
+            let answer = inner(range);
+            Box::pin(async move {
+                let now = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                peak.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                let answer = answer.await;
+                counter.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                answer
+            })
+        });
+        // No HTTP here: the answer time is the settings' first guess.
+        let mut fast = settings("test", "items", Order::Descending, 25, 32);
+        fast.first_latency = Duration::from_millis(2);
+        let mut reader = RangeReader::new(
+            fast,
+            client(),
+            split(0, 100_000, 32, Order::Descending),
+            fetch,
+        );
+        let (mut got, mut pages) = (Vec::new(), 0);
+        while let Some(step) = reader.next().await.unwrap() {
+            got.extend(step.page);
+            pages += 1;
+            if pages == 40 {
+                // The pace is known by now: from here on, few requests at once.
+                most.store(0, std::sync::atomic::Ordering::SeqCst);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_exactly_once(&list, got);
+        let most = most.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            most <= 8,
+            "{most} requests in flight for a consumer of 100 pages/s"
+        );
     }
 
     #[test]
