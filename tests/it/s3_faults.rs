@@ -1,5 +1,5 @@
-//! Object-store faults between the runtime and S3: syncs through the test proxy in front of
-//! moto, with errors, lost answers, closed connections, cut bodies and answers slower than
+//! Object-store faults between the runtime and S3 (and, for commit puts, Azure and GCS):
+//! syncs through the test proxy in front of moto (Azurite, fake-gcs-server), with errors, lost answers, closed connections, cut bodies and answers slower than
 //! the client's timeout injected into data-file uploads (single and multipart), commit-file
 //! puts and reads. Whatever happens, nothing is lost or landed twice: a sync either gets
 //! through with object_store's retries, or fails with a message naming the store's
@@ -16,8 +16,8 @@ use tributary_stripe::sandbox::SandboxConfig;
 
 use crate::common::Env;
 use crate::moto::{Moto, s3_warehouse};
-use crate::proxy::{Fault, FaultProxy, Rule, Target};
-use crate::stores::{Bucket, Kind, assert_backfilled_exactly_once};
+use crate::proxy::{Fault, FaultProxy, Rule, Target, Upstream};
+use crate::stores::{Azurite, Bucket, FakeGcs, Kind, assert_backfilled_exactly_once};
 
 /// object_store's retry and timeout options (documented in config.example.toml): at most
 /// `retries` retries, 10–100 ms apart, and requests given up after `timeout`.
@@ -36,16 +36,62 @@ const TABLE: &str = "raw/stripe/charges";
 /// `s3://lake/raw` through the proxy with `sync` as the `[sync]` tuning, and the client's
 /// [`client_options`].
 struct Faulty {
-    moto: Moto,
+    /// The store's server, stopped on drop.
+    _server: StoreServer,
+    /// The bucket as a reader outside the test's faults reaches it.
+    direct: Bucket,
     proxy: FaultProxy,
     env: Env,
 }
 
+/// The server behind a [`Faulty`] store.
+enum StoreServer {
+    S3(#[allow(dead_code)] Moto),
+    Azure(#[allow(dead_code)] Azurite),
+    Gcs(#[allow(dead_code)] FakeGcs),
+}
+
 impl Faulty {
     async fn start(records: usize, sync: &str, retries: u32, timeout: &str) -> Faulty {
-        let moto = Moto::start().await;
-        moto.create_bucket("lake", true).await;
-        let proxy = FaultProxy::start(&moto.endpoint).await;
+        Faulty::start_on(Kind::S3, records, sync, retries, timeout).await
+    }
+
+    /// [`Faulty::start`] on any store: S3 (moto), Azure (Azurite) or GCS (fake-gcs-server
+    /// behind its translating proxy, which is then also the fault proxy).
+    async fn start_on(
+        kind: Kind,
+        records: usize,
+        sync: &str,
+        retries: u32,
+        timeout: &str,
+    ) -> Faulty {
+        let (server, direct, proxy) = match kind {
+            Kind::S3 => {
+                let moto = Moto::start().await;
+                moto.create_bucket("lake", true).await;
+                let proxy = FaultProxy::start(&moto.endpoint).await;
+                let direct = Bucket::new(Kind::S3, &moto.endpoint);
+                (StoreServer::S3(moto), direct, proxy)
+            }
+            Kind::Azure => {
+                let azurite = Azurite::start().await;
+                let proxy = FaultProxy::start_for(&azurite.server.endpoint, Upstream::AsIs).await;
+                let direct = Bucket::new(Kind::Azure, &azurite.server.endpoint);
+                (StoreServer::Azure(azurite), direct, proxy)
+            }
+            Kind::Gcs => {
+                let fake = FakeGcs::start().await;
+                let proxy = FaultProxy::start_for(
+                    &fake.server.endpoint,
+                    Upstream::FakeGcs {
+                        preconditions: true,
+                    },
+                )
+                .await;
+                let direct = Bucket::new(Kind::Gcs, &proxy.endpoint);
+                (StoreServer::Gcs(fake), direct, proxy)
+            }
+        };
         let env = Env::stripe_with(
             SandboxConfig {
                 records,
@@ -56,16 +102,21 @@ impl Faulty {
             "streams = [\"charges\"]\npage_size = 100\nmax_concurrency = 1",
         )
         .await;
-        env.use_bucket(&s3_warehouse(
-            &proxy.endpoint,
-            "s3://lake/raw",
-            &client_options(retries, timeout),
-        ));
+        let options = client_options(retries, timeout);
+        env.use_bucket(&match kind {
+            Kind::S3 => s3_warehouse(&proxy.endpoint, "s3://lake/raw", &options),
+            other => Bucket::new(other, &proxy.endpoint).warehouse_section("raw", &options),
+        });
         let text = std::fs::read_to_string(&env.config)
             .unwrap()
             .replace("batch_size = 500", sync);
         std::fs::write(&env.config, text).unwrap();
-        Faulty { moto, proxy, env }
+        Faulty {
+            _server: server,
+            direct,
+            proxy,
+            env,
+        }
     }
 
     /// Runs a sync; its exit code and stdout + stderr.
@@ -83,13 +134,7 @@ impl Faulty {
     /// and that its cursor finished the backfill.
     async fn assert_complete(&self) {
         let want = self.env.sandbox.ids("charges");
-        let cursor = assert_backfilled_exactly_once(
-            &Bucket::new(Kind::S3, &self.moto.endpoint),
-            TABLE,
-            APP_ID,
-            &want,
-        )
-        .await;
+        let cursor = assert_backfilled_exactly_once(&self.direct, TABLE, APP_ID, &want).await;
         assert_eq!(
             cursor["phase"], "changes",
             "the backfill finished: {cursor}"
@@ -127,7 +172,21 @@ fn failed_line(text: &str) -> &str {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn data_file_upload_and_read_faults_are_retried() {
-    let f = Faulty::start(600, "batch_size = 50\ncommit_every = 100", 3, "5s").await;
+    data_file_faults_on(Kind::S3).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn data_file_upload_and_read_faults_on_azure_are_retried() {
+    data_file_faults_on(Kind::Azure).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn data_file_upload_and_read_faults_on_gcs_are_retried() {
+    data_file_faults_on(Kind::Gcs).await;
+}
+
+async fn data_file_faults_on(kind: Kind) {
+    let f = Faulty::start_on(kind, 600, "batch_size = 50\ncommit_every = 100", 3, "5s").await;
     // Data files: refused twice, then one landed whose answer is lost, then one whose
     // connection is closed after it landed. Reads of log files: every third body cut short
     // (object_store reads the rest again), 3 times.
@@ -170,7 +229,24 @@ async fn listings_cut_short_fail_the_sync_and_the_next_one_lands_the_rest() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn commit_put_faults_are_retried_and_a_landed_commit_is_recognised() {
-    let f = Faulty::start(600, "batch_size = 50\ncommit_every = 100", 3, "5s").await;
+    commit_put_faults_on(Kind::S3).await;
+}
+
+/// The same on Azure: a retried commit put answered 409 `BlobAlreadyExists` after a lost
+/// answer is recognised as the run's own.
+#[tokio::test(flavor = "multi_thread")]
+async fn commit_put_faults_on_azure_are_retried_and_a_landed_commit_is_recognised() {
+    commit_put_faults_on(Kind::Azure).await;
+}
+
+/// The same on GCS: 412 to the retried create-if-absent upload.
+#[tokio::test(flavor = "multi_thread")]
+async fn commit_put_faults_on_gcs_are_retried_and_a_landed_commit_is_recognised() {
+    commit_put_faults_on(Kind::Gcs).await;
+}
+
+async fn commit_put_faults_on(kind: Kind) {
+    let f = Faulty::start_on(kind, 600, "batch_size = 50\ncommit_every = 100", 3, "5s").await;
     // A commit refused before it reaches S3 is simply put again. A commit that landed but
     // whose answer was lost (an error status, or the connection closed) is put again too,
     // and S3 refuses the second put because the version exists: the run must see that the
