@@ -14,8 +14,8 @@
 //!   again the consumer's pace stands in for the rate, so finished pages do not pile up in
 //!   memory. That need is split between the readers sharing the account ([`HttpClient::readers`]), so
 //!   two streams of one account backfilling at once share the rate instead of each
-//!   queueing all of it. Never more than `max_concurrency`; the ceiling halves on a 429
-//!   and grows by one per page (additive increase, multiplicative decrease). The
+//!   queueing all of it. Never more than `max_concurrency`; the ceiling starts at 12
+//!   (slow start), halves on a 429 and grows by one per page (additive increase, multiplicative decrease). The
 //!   account's limiter still spaces the requests: more in flight never means more per
 //!   second.
 //! - **Splitting**: a range with more than twice its share of the pages left (estimated
@@ -182,6 +182,9 @@ pub struct RangeReader<P, T> {
     _slot: ReaderSlot,
 }
 
+/// The ceiling on requests in flight a read starts with.
+const SLOW_START: usize = 12;
+
 /// Pages over which the consumer's pace is measured.
 const PACE_WINDOW: usize = 64;
 
@@ -221,7 +224,11 @@ where
             ..settings
         };
         RangeReader {
-            ceiling: settings.max_concurrency as f64,
+            // Slow start: the ceiling begins at 12 and grows by one per page (doubling each
+            // round trip) until the reader knows the answer time and the sync's pace; a
+            // first burst of `max_concurrency` answers would otherwise wait in memory when
+            // the vendor answers at once.
+            ceiling: settings.max_concurrency.min(SLOW_START) as f64,
             stats: Stats {
                 ranges: next_id,
                 ..Stats::default()

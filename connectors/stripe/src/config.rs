@@ -71,11 +71,12 @@ pub struct StripeConfig {
     pub max_concurrency: u32,
 }
 
-/// The default of `max_concurrency`: 100 requests a second (a live key's limit) at a
-/// typical 300 ms list answer need 30 in flight. More in flight made more ranges (each
-/// ending part-full) and measured slower at 0–300 ms; raise it for slower answers (at
-/// 1,000 ms, 64 gave 4,371 records/s against 2,379 with 32).
-pub const DEFAULT_MAX_CONCURRENCY: u32 = 32;
+/// The default of `max_concurrency`: 100 requests a second (a live key's limit) need 30 in
+/// flight at a 300 ms list answer and 60 at 600 ms, the slow end of Stripe's answers. The
+/// reader asks for no more than rate × answer time (and starts at 12, growing per page),
+/// so a higher cap costs nothing at fast answers: measured 8,130 records/s at 300 ms (32:
+/// 7,930) and 4,365 at 1,000 ms (32: 2,671), BENCHMARKS.md.
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 64;
 
 fn default_max_concurrency() -> u32 {
     DEFAULT_MAX_CONCURRENCY
