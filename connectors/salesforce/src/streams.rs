@@ -489,10 +489,12 @@ impl Reader {
     /// A REST read of time ranges of the cursor field at once, by the SDK's
     /// [`RangeReader`]. Each range is queried with keyset pages: `WHERE field >= lo AND
     /// field < hi AND (field, Id) > last ORDER BY field, Id LIMIT page_size`. Each page is
-    /// a query of its own (no `nextRecordsUrl`): Salesforce keeps at most 10 query cursors
-    /// open per user and releases the oldest when an 11th opens
-    /// (https://help.salesforce.com/s/articleView?id=000385767&type=1), which would break
-    /// walks in flight; a query whose whole answer fits its first batch holds none. The
+    /// a query of its own (no `nextRecordsUrl`): a page resumes from the committed
+    /// position alone, and holds no server-side cursor. Before API version 56.0 Salesforce
+    /// kept at most 10 query cursors per user and released the oldest when an 11th opened
+    /// (https://developer.salesforce.com/docs/platform/salesforce-app-limits-cheatsheet/guide/salesforce-app-limits-platform-apicursors.html;
+    /// the limit is gone since), which would break walks in flight on the older versions
+    /// `api_version` accepts (47.0 and later). The
     /// cursor holds every open range where its last committed page ended; the last page
     /// turns it into the usual incremental position (the greatest `(stamp, Id)` landed,
     /// `complete`), so the next run reads from there with the lookback window.
@@ -555,6 +557,9 @@ impl Reader {
                     .map_err(|message| chunks::plan_error(&stream, message))?;
                     let page = client.query_all(&stream, &chunks.driving_soql()).await?;
                     let done = page.done && page.records.len() < page_size;
+                    // What Salesforce answered, before the fill below may leave out a record:
+                    // the reader's progress checks count the page as answered.
+                    let answered = page.records.len();
                     let last = match page.records.last() {
                         None => None,
                         Some(raw) => {
@@ -597,7 +602,7 @@ impl Reader {
                         .and_then(|k| parse_stamp(&k.stamp))
                         .map(|t| t.timestamp());
                     Ok(Answer::Page(Fetched {
-                        count: records.len().max(usize::from(last.is_some())),
+                        count: answered,
                         next: if done {
                             None
                         } else {
