@@ -33,7 +33,10 @@ pub const EXIT_DEFERRED: u8 = 3;
 pub async fn check(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
     let config = config::load(config_path)?;
     Warehouse::new(&config.warehouse)?;
-    let prepared = registry::prepare_all(&config, only)?;
+    let prepared = match config.selects_cloud(only) {
+        true => registry::prepare_all(&config, only)?,
+        false => Vec::new(),
+    };
     let cancel = cancel_on_signal();
     let checks = prepared.into_iter().map(|p| {
         let (config, cancel) = (&config, &cancel);
@@ -79,6 +82,22 @@ pub async fn check(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
             }
         }
         if let Some((line, collector_failed)) = collector {
+            println!("{:<20} {line}", "");
+            failed += usize::from(collector_failed);
+        }
+    }
+    // Reverse-ETL sources: every model's query or table is opened and its columns checked
+    // against its id and mapping (nothing is read past that).
+    for source in config.selected_retl(only) {
+        let (line, source_failed) = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => ("cancelled".to_owned(), true),
+            r = crate::retl::check(source) => r,
+        };
+        println!("{:<20} {line}", source.name);
+        failed += usize::from(source_failed);
+        if source.tracking.enabled {
+            let (line, collector_failed) = crate::tracking::check_line(&source.tracking).await;
             println!("{:<20} {line}", "");
             failed += usize::from(collector_failed);
         }
@@ -142,7 +161,10 @@ pub async fn sync(
 /// and it exits with 1 when stopped.
 pub async fn run(config_path: &Path) -> Result<ExitCode> {
     let config = config::load(config_path)?;
-    let prepared = registry::prepare_all(&config, None)?;
+    let prepared = match config.selects_cloud(None) {
+        true => registry::prepare_all(&config, None)?,
+        false => Vec::new(),
+    };
     Warehouse::new(&config.warehouse)?;
     let cancel = cancel_on_signal();
     let (_, failures) = registry::discover_all(&config, prepared, None, &cancel).await;
@@ -168,9 +190,17 @@ pub async fn state(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
         "{:<32} {:>8} {:>5} {:<26} cursor",
         "stream", "version", "seq", "last commit"
     );
-    let prepared = registry::prepare_all(&config, only)?;
+    let prepared = match config.selects_cloud(only) {
+        true => registry::prepare_all(&config, only)?,
+        false => Vec::new(),
+    };
     let cancel = cancel_on_signal();
     let (sources, failures) = registry::discover_all(&config, prepared, None, &cancel).await;
+    for source in config.selected_retl(only) {
+        for line in crate::retl::state_lines(&warehouse, source).await? {
+            println!("{line}");
+        }
+    }
     for s in sources {
         for stream in &s.streams {
             let name = format!("{}.{}", s.config.name, stream.name);
@@ -325,4 +355,41 @@ pub async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// `retl preview`: what the next run of a model would send, without sending or recording
+/// anything: the counts, then up to `limit` calls as JSON, one per line.
+pub async fn retl_preview(
+    config_path: &Path,
+    source: &str,
+    model: &str,
+    limit: usize,
+) -> Result<ExitCode> {
+    let config = config::load(config_path)?;
+    let Some(retl) = config.retl_source(source) else {
+        let names: Vec<&str> = config.retl.iter().map(|s| s.name.as_str()).collect();
+        bail!(
+            "{}: `{source}` is not a reverse-ETL source (type \"postgres\" or \"delta\"); {}",
+            config.path.display(),
+            match names.is_empty() {
+                true => "none is configured".to_owned(),
+                false => format!("configured: {}", names.join(", ")),
+            }
+        );
+    };
+    let model = retl
+        .model(model)
+        .map_err(|e| anyhow!("{}: {e}", config.path.display()))?;
+    let warehouse = Warehouse::new(&config.warehouse)?;
+    let cancel = cancel_on_signal();
+    let preview = crate::retl::preview(&warehouse, retl, model, limit, &cancel).await?;
+    println!(
+        "{source}.{}: {} would be sent (preview: nothing sent, nothing recorded)",
+        model.name,
+        preview.changes.line()
+    );
+    for message in &preview.sample {
+        println!("{message}");
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -277,11 +277,35 @@ pub struct Loaded {
     pub warehouse: WarehouseConfig,
     /// `[sync]`.
     pub sync: SyncConfig,
-    /// The sources, in name order.
+    /// The cloud-app sources, in name order.
     pub sources: Vec<SourceConfig>,
+    /// The reverse-ETL sources (`type = "postgres"` or `"delta"`), in name order.
+    pub retl: Vec<crate::retl::config::RetlSource>,
 }
 
 impl Loaded {
+    /// Whether a command over `only` (or every source) covers cloud-app sources: not when
+    /// `only` is a reverse-ETL source, nor when every configured source is one.
+    pub fn selects_cloud(&self, only: Option<&str>) -> bool {
+        match only {
+            Some(name) => self.retl_source(name).is_none(),
+            None => !self.sources.is_empty() || self.retl.is_empty(),
+        }
+    }
+
+    /// The reverse-ETL sources a command over `only` (or every source) covers.
+    pub fn selected_retl(&self, only: Option<&str>) -> Vec<&crate::retl::config::RetlSource> {
+        match only {
+            Some(name) => self.retl_source(name).into_iter().collect(),
+            None => self.retl.iter().collect(),
+        }
+    }
+
+    /// The reverse-ETL source called `name`, if it is one.
+    pub fn retl_source(&self, name: &str) -> Option<&crate::retl::config::RetlSource> {
+        self.retl.iter().find(|s| s.name == name)
+    }
+
     /// The source called `name`, or an error listing the ones that exist.
     pub fn source(&self, name: &str) -> Result<&SourceConfig> {
         self.sources.iter().find(|s| s.name == name).ok_or_else(|| {
@@ -345,6 +369,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded> {
     check_range("sync.max_new_columns", sync.max_new_columns, 0, 100_000)
         .map_err(|e| anyhow!("{file}: {e}"))?;
     let mut sources = Vec::new();
+    let mut retl = Vec::new();
     for (name, mut table) in config.sources {
         let at = format!("sources.{name}");
         if !crate::warehouse::is_path_segment(&name) {
@@ -364,6 +389,34 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded> {
             Some(_) => bail!("{file}: `{at}.schedule` must be a cron expression in a string"),
             None => Schedule::parse(DEFAULT_SCHEDULE).map_err(|e| anyhow!(e))?,
         };
+        if crate::retl::config::KINDS.contains(&kind.as_str()) {
+            for key in ["streams", "history"] {
+                if table.contains_key(key) {
+                    bail!(
+                        "{file}: `{at}.{key}` is for cloud-app sources; a reverse-ETL source (type \"{kind}\") has `models`"
+                    );
+                }
+            }
+            let tracking = match table.remove("tracking") {
+                Some(value) => Some(parse_tracking(
+                    value,
+                    &format!("{at}.tracking"),
+                    &file.to_string(),
+                )?),
+                None => None,
+            };
+            let options = resolve_value(toml::Value::Table(table), &at, &file.to_string())?;
+            retl.push(crate::retl::config::parse(
+                name,
+                &kind,
+                schedule,
+                tracking,
+                options,
+                &warehouse,
+                &file.to_string(),
+            )?);
+            continue;
+        }
         let streams = match table.remove("streams") {
             Some(toml::Value::Array(items)) => {
                 let mut out = Vec::new();
@@ -410,6 +463,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded> {
         warehouse,
         sync,
         sources,
+        retl,
     })
 }
 

@@ -147,11 +147,38 @@ pub struct StreamOutcome {
     pub messages_queued: u64,
     /// What delivering the stream's outbox did, for tracked event streams.
     pub tracking: Option<TrackingOutcome>,
+    /// What a reverse-ETL model's run found (`stream` is then the model).
+    pub changes: Option<crate::retl::Changes>,
     /// How it ended.
     pub status: Status,
 }
 
 impl StreamOutcome {
+    /// An outcome of `source`'s `stream` that started at `started_at`, nothing done yet.
+    pub fn new(source: &str, stream: &str, started_at: chrono::DateTime<chrono::Utc>) -> Self {
+        StreamOutcome {
+            source: source.to_owned(),
+            stream: stream.to_owned(),
+            records: 0,
+            files: 0,
+            bytes: 0,
+            commits: 0,
+            started_at,
+            ended_at: started_at,
+            new_columns: Vec::new(),
+            rescued_values: 0,
+            widened_columns: Vec::new(),
+            capped_fields: 0,
+            capped_example: None,
+            oversized_values: 0,
+            replaced: 0,
+            messages_queued: 0,
+            tracking: None,
+            changes: None,
+            status: Status::Succeeded,
+        }
+    }
+
     /// Seconds the stream took.
     pub fn seconds(&self) -> f64 {
         (self.ended_at - self.started_at).num_milliseconds() as f64 / 1000.0
@@ -227,26 +254,7 @@ struct Pending {
 /// Runs one stream and reports what it did; never panics on vendor or storage errors.
 pub async fn sync_stream(job: StreamJob<'_>) -> StreamOutcome {
     let started_at = chrono::Utc::now();
-    let mut outcome = StreamOutcome {
-        source: job.source_name.to_owned(),
-        stream: job.schema.name.clone(),
-        records: 0,
-        files: 0,
-        bytes: 0,
-        commits: 0,
-        started_at,
-        ended_at: started_at,
-        new_columns: Vec::new(),
-        rescued_values: 0,
-        widened_columns: Vec::new(),
-        capped_fields: 0,
-        capped_example: None,
-        oversized_values: 0,
-        replaced: 0,
-        messages_queued: 0,
-        tracking: None,
-        status: Status::Succeeded,
-    };
+    let mut outcome = StreamOutcome::new(job.source_name, &job.schema.name, started_at);
     let result = run(&job, &mut outcome).await;
     outcome.ended_at = chrono::Utc::now();
     match result {

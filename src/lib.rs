@@ -10,6 +10,7 @@ pub mod engine;
 pub mod logging;
 pub mod orchestrator;
 pub mod registry;
+pub mod retl;
 pub mod runs;
 pub mod scaffold;
 pub mod scheduler;

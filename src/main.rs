@@ -108,6 +108,11 @@ enum Command {
         #[arg(long)]
         latency_jitter_ms: Option<u64>,
     },
+    /// Reverse-ETL sources (`type = "postgres"` or `"delta"`).
+    Retl {
+        #[command(subcommand)]
+        action: RetlAction,
+    },
     /// Connectors: scaffold a new vendor, or list the vendors this build knows.
     Connector {
         #[command(subcommand)]
@@ -121,6 +126,23 @@ enum Command {
         /// Objects per stream in the simulators.
         #[arg(long, default_value_t = 200)]
         records: usize,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum RetlAction {
+    /// Print what the next run of a model would send: the counts of added, updated and
+    /// deleted rows and the first calls. Sends nothing, records nothing.
+    Preview {
+        /// The reverse-ETL source.
+        #[arg(long)]
+        source: String,
+        /// The model.
+        #[arg(long)]
+        model: String,
+        /// How many calls to print.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
     },
 }
 
@@ -219,6 +241,14 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Demo { warehouse, records } => demo::demo(&warehouse, records).await,
+            Command::Retl {
+                action:
+                    RetlAction::Preview {
+                        source,
+                        model,
+                        limit,
+                    },
+            } => cli::retl_preview(&args.config, &source, &model, limit).await,
             Command::Connector { action } => match action {
                 ConnectorAction::New {
                     name,

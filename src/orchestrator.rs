@@ -61,12 +61,22 @@ pub async fn sync_sources(
     full_refresh: bool,
     cancel: Cancel,
 ) -> Result<RunOutcome> {
-    if stream.is_some() && source.is_none() && config.sources.len() > 1 {
+    if stream.is_some() && source.is_none() && config.sources.len() + config.retl.len() > 1 {
         bail!("--stream needs --source when several sources are configured");
+    }
+    // Reverse-ETL sources run after the cloud-app ones; `--stream` names a model there.
+    let retl = config.selected_retl(source);
+    let cloud = config.selects_cloud(source);
+    if let (Some(model), [only]) = (stream, retl.as_slice()) {
+        only.model(model)
+            .map_err(|e| anyhow!("{}: {e}", config.path.display()))?;
     }
     // Config errors first: a source's bad option must stop the run before the warehouse
     // is touched.
-    let prepared = registry::prepare_all(config, source)?;
+    let prepared = match cloud {
+        true => registry::prepare_all(config, source)?,
+        false => Vec::new(),
+    };
     let warehouse = Warehouse::new(&config.warehouse)?;
     // Before anything is written: a store whose commits would not be atomic stops the run.
     warehouse.check_conditional_put().await?;
@@ -99,6 +109,12 @@ pub async fn sync_sources(
             )
             .await?,
         );
+    }
+    for r in retl {
+        if cancel.is_cancelled() {
+            break;
+        }
+        outcomes.extend(crate::retl::run_source(&warehouse, r, stream, &run_id, &cancel).await?);
     }
     if let Some(bars) = progress {
         // The summary table says the same; leave the terminal clean for it.
@@ -282,6 +298,9 @@ pub fn print_summary(run: &RunOutcome) {
                 "    {} values were too large for a batch (over 2 GiB of text) and were left null",
                 o.oversized_values
             );
+        }
+        if let Some(changes) = &o.changes {
+            println!("    reverse ETL: {}", changes.line());
         }
         if let Status::Failed(e) = &o.status {
             println!("    error: {e}");

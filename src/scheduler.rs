@@ -17,10 +17,17 @@ use crate::orchestrator::sync_sources;
 pub async fn run(config: Arc<Loaded>, cancel: Cancel) -> Result<()> {
     let mut running: HashMap<String, JoinHandle<()>> = HashMap::new();
     let mut next: HashMap<String, chrono::DateTime<Utc>> = HashMap::new();
-    for s in &config.sources {
-        if let Some(t) = s.schedule.cron.upcoming(Utc).next() {
-            tracing::info!(source = %s.name, schedule = %s.schedule.text, next = %t, "Scheduled source.");
-            next.insert(s.name.clone(), t);
+    // Cloud-app and reverse-ETL sources alike.
+    let schedules: Vec<(&str, &crate::config::Schedule)> = config
+        .sources
+        .iter()
+        .map(|s| (s.name.as_str(), &s.schedule))
+        .chain(config.retl.iter().map(|s| (s.name.as_str(), &s.schedule)))
+        .collect();
+    for (name, schedule) in &schedules {
+        if let Some(t) = schedule.cron.upcoming(Utc).next() {
+            tracing::info!(source = %name, schedule = %schedule.text, next = %t, "Scheduled source.");
+            next.insert((*name).to_owned(), t);
         }
     }
     loop {
@@ -65,11 +72,10 @@ pub async fn run(config: Arc<Loaded>, cancel: Cancel) -> Result<()> {
                 }),
             );
         }
-        let schedule = config
-            .sources
+        let schedule = schedules
             .iter()
-            .find(|s| s.name == name)
-            .map(|s| s.schedule.cron.clone());
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| s.cron.clone());
         match schedule.and_then(|c| c.after(&Utc::now()).next()) {
             Some(t) => {
                 next.insert(name, t);
