@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need, then runs formatting,
 # lints and every test (unit, SDK conformance, end-to-end against the simulators and the
-# object-store servers (moto, Azurite, fake-gcs-server), and the read-back of the tables by
+# object-store servers (moto, Azurite, fake-gcs-server), a PostgreSQL server for the
+# reverse-ETL sources, and the read-back of the tables by
 # independent readers: DuckDB with its delta extension, and Python's `deltalake`).
 #
 # Usage: scripts/test.sh            (from anywhere in the repository)
@@ -30,6 +31,19 @@ if ! [ -x "$node_prefix/node_modules/.bin/azurite-blob" ] ||
   npm install --prefix "$node_prefix" --no-audit --no-fund --silent "azurite@$azurite_version"
 fi
 export TRIBUTARY_AZURITE="$PWD/$node_prefix/node_modules/.bin/azurite-blob"
+
+# PostgreSQL, Debian's package, for the reverse-ETL tests (each test starts its own
+# server on 127.0.0.1 on a free port and stops it).
+pg_bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+if [ -z "$pg_bin" ] || ! [ -x "$pg_bin/postgres" ]; then
+  echo "Installing PostgreSQL (Debian's postgresql package) ..."
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq postgresql >/dev/null
+  pg_bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+fi
+export TRIBUTARY_PG_BIN="$pg_bin"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

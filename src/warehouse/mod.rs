@@ -190,6 +190,10 @@ impl Warehouse {
     /// Opens the table at `parts` if it exists.
     pub async fn open(&self, parts: &[&str]) -> Result<Option<DeltaTable>> {
         let url = self.table_url(parts)?;
+        // A local table that is not there is not created by looking (previews read only).
+        if url.scheme() == "file" && url.to_file_path().is_ok_and(|p| !p.exists()) {
+            return Ok(None);
+        }
         let builder = self.builder(&url)?;
         // Ask first, so a table that does not exist yet is not an error in the logs.
         let exists = builder
