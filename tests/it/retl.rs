@@ -227,9 +227,7 @@ async fn a_failing_model_sends_and_records_nothing() {
             "model `users`: the query failed: relation \"userz\" does not exist (42P01)",
         ),
         (
-            format!(
-                "query = \"SELECT id AS uid, email FROM users\"\nid = \"uid\"\n\n[sources.app_db.models.users.mapping]\ncall = \"identify\"\nuser_id = \"id\"\n"
-            ),
+            "query = \"SELECT id AS uid, email FROM users\"\nid = \"uid\"\n\n[sources.app_db.models.users.mapping]\ncall = \"identify\"\nuser_id = \"id\"\n".to_owned(),
             "model `users`: mapping.user_id names the column `id`, which the model does not have (its columns: uid, email)",
         ),
         (
@@ -256,9 +254,7 @@ async fn a_failing_model_sends_and_records_nothing() {
             "mapping.traits names the column `nickname`, which the model does not have",
         ),
         (
-            format!(
-                "query = \"SELECT id, email, name FROM users\"\nid = \"id\"\n\n[sources.app_db.models.users.mapping]\ncall = \"identify\"\nuser_id = \"name\"\n"
-            ),
+            "query = \"SELECT id, email, name FROM users\"\nid = \"id\"\n\n[sources.app_db.models.users.mapping]\ncall = \"identify\"\nuser_id = \"name\"\n".to_owned(),
             "has no value in `name` (mapped to userId/anonymousId)",
         ),
     ] {
