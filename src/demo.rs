@@ -127,6 +127,52 @@ fn free_base_port(n: u16) -> Option<u16> {
 
 /// `demo`: every simulator → a local warehouse, then an incremental run of a few changes,
 /// and how to query what landed and go on from here.
+/// The reverse-ETL model the demo previews: the synced Stripe customers, as identify calls.
+const DEMO_RETL: &str = r#"
+[sources.lake]
+type = "delta"
+
+[sources.lake.tracking]
+write_key = "demo-write-key"
+
+[sources.lake.models.customers]
+table = "stripe/customers"
+columns = ["id", "email", "name", "is_deleted"]
+filter = "email IS NOT NULL AND is_deleted = false"
+id = "id"
+
+[sources.lake.models.customers.mapping]
+call = "identify"
+user_id = "id"
+traits = ["email", "name"]
+"#;
+
+/// Shows what a reverse-ETL model over the demo's Stripe customers would send (a preview:
+/// nothing is sent or recorded).
+async fn retl_preview(config: &config::Loaded, warehouse_dir: &str) {
+    let text = format!("[warehouse]\nurl = {:?}\n{DEMO_RETL}", config.warehouse.url);
+    let result = async {
+        let loaded = config::parse(&text, Path::new("(demo)"))?;
+        let source = &loaded.retl[0];
+        let warehouse = Warehouse::new(&loaded.warehouse)?;
+        crate::retl::preview(&warehouse, source, &source.models[0], 2, &Cancel::never()).await
+    }
+    .await;
+    println!();
+    match result {
+        Ok(preview) => {
+            println!(
+                "Reverse ETL: a `delta` model over {warehouse_dir}/stripe/customers would send {} (preview; see README \"Reverse ETL sources\"), e.g.:",
+                preview.changes.line()
+            );
+            for call in preview.sample {
+                println!("    {call}");
+            }
+        }
+        Err(e) => println!("Reverse ETL preview failed: {e:#}"),
+    }
+}
+
 pub async fn demo(warehouse_dir: &str, records: usize) -> Result<ExitCode> {
     let factories: Vec<SimulatorFactory> = registry::vendors()
         .into_iter()
@@ -207,6 +253,7 @@ pub async fn demo(warehouse_dir: &str, records: usize) -> Result<ExitCode> {
     println!(
         "Every run is logged in the table {root}_tributary/sync_runs; `tributary state` shows the cursors."
     );
+    retl_preview(&config, warehouse_dir).await;
     let written = std::fs::write(DEMO_CONFIG, &text);
     println!();
     match (written, base) {

@@ -211,6 +211,16 @@ pub struct Mapping {
     pub send: Vec<Change>,
 }
 
+impl Model {
+    /// The SQL of a `postgres` model.
+    pub fn query_text(&self) -> Option<&str> {
+        match &self.query {
+            Query::Sql(sql) => Some(sql),
+            Query::Table { .. } => None,
+        }
+    }
+}
+
 impl Mapping {
     /// Every column the mapping names, with the key that names it.
     pub fn columns(&self) -> Vec<(&'static str, &str)> {
@@ -591,4 +601,198 @@ fn parse_model(at: &str, kind: &str, name: String, o: ModelOptions, file: &str) 
             send,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    const BASE: &str = "[sources.db]\ntype = \"postgres\"\nurl = \"postgres://app@127.0.0.1:5432/app\"\n\n[sources.db.tracking]\nwrite_key = \"wk_test_1234\"\n\n[sources.db.models.users]\nquery = \"SELECT id, email FROM users;\"\nid = \"id\"\n\n[sources.db.models.users.mapping]\n";
+
+    fn parse(mapping: &str) -> anyhow::Result<crate::config::Loaded> {
+        crate::config::parse(&format!("{BASE}{mapping}"), Path::new("t.toml"))
+    }
+
+    fn error(text: &str) -> String {
+        match crate::config::parse(text, Path::new("t.toml")) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn the_example_reverse_etl_source_parses() {
+        let example = include_str!("../../config.example.toml");
+        let start = example
+            .find("# [sources.app_db]")
+            .expect("the example has it");
+        let text: String = example[start..]
+            .lines()
+            .filter(|l| !l.contains("ca_file"))
+            .map(|l| l.trim_start_matches('#').trim_start())
+            .collect::<Vec<_>>()
+            .join("\n")
+            .replace("${PG_PASSWORD}", "pw-123456")
+            .replace("${SEGMENT_WRITE_KEY}", "wk-123456");
+        let loaded = crate::config::parse(&text, Path::new("example")).unwrap();
+        assert!(loaded.sources.is_empty());
+        let source = &loaded.retl[0];
+        assert_eq!(source.name, "app_db");
+        let model = source.model("users").unwrap();
+        assert_eq!(model.id, "id");
+        assert_eq!(model.mapping.call, super::Call::Identify);
+        assert_eq!(
+            model.mapping.send,
+            [super::Change::Added, super::Change::Updated]
+        );
+        assert_eq!(source.schedule.text, "*/30 * * * *");
+        // The password is a secret: masked in anything printed.
+        assert_eq!(tributary_sdk::secret::scrub("x pw-123456 y"), "x *** y");
+        assert!(!format!("{source:?}").contains("pw-123456"));
+    }
+
+    #[test]
+    fn mappings_are_checked_when_the_config_loads() {
+        let ok = parse("call = \"track\"\nevent = \"Plan Changed\"\nanonymous_id = \"id\"\nproperties = [\"email\"]\nsend = [\"deleted\", \"added\", \"added\"]\n").unwrap();
+        let m = &ok.retl[0].models[0];
+        assert_eq!(
+            m.mapping.call,
+            super::Call::Track(super::EventName::Fixed("Plan Changed".into()))
+        );
+        assert_eq!(
+            m.mapping.send,
+            [super::Change::Added, super::Change::Deleted]
+        );
+        // The query's trailing semicolon is dropped (it is wrapped in a cursor).
+        assert_eq!(m.query_text(), Some("SELECT id, email FROM users"));
+        for (mapping, says) in [
+            ("call = \"identify\"\n", "map `user_id` or `anonymous_id`"),
+            (
+                "call = \"group\"\nuser_id = \"id\"\n",
+                "a group call needs `group_id`",
+            ),
+            (
+                "call = \"track\"\nuser_id = \"id\"\n",
+                "a track call needs `event`",
+            ),
+            (
+                "call = \"track\"\nuser_id = \"id\"\nevent = \"A\"\nevent_column = \"b\"\n",
+                "not both",
+            ),
+            (
+                "call = \"identify\"\nuser_id = \"id\"\nproperties = [\"a\"]\n",
+                "carry `traits`",
+            ),
+            (
+                "call = \"identify\"\nuser_id = \"id\"\nsend = []\n",
+                "`sources.db.models.users.mapping.send` is empty",
+            ),
+            (
+                "call = \"identify\"\nuser_id = \"id\"\nsend = [\"changed\"]\n",
+                "sources.db.models.users.mapping.send",
+            ),
+            (
+                "call = \"alias\"\nuser_id = \"id\"\n",
+                "sources.db.models.users.mapping.call",
+            ),
+            (
+                "call = \"identify\"\nuser_id = \"id\"\ncolour = \"red\"\n",
+                "colour",
+            ),
+        ] {
+            let e = format!("{:#}", parse(mapping).unwrap_err());
+            assert!(e.contains(says), "{mapping}: {e}");
+        }
+    }
+
+    #[test]
+    fn source_errors_name_the_key() {
+        let no_tracking = BASE.replace("[sources.db.tracking]\nwrite_key = \"wk_test_1234\"\n", "");
+        assert!(
+            error(&format!(
+                "{no_tracking}call = \"identify\"\nuser_id = \"id\"\n"
+            ))
+            .contains("needs `[sources.db.tracking]`")
+        );
+        let with = |from: &str, to: &str| {
+            format!(
+                "{}call = \"identify\"\nuser_id = \"id\"\n",
+                BASE.replace(from, to)
+            )
+        };
+        for (text, says) in [
+            (
+                with("postgres://app@127.0.0.1:5432/app", "mysql://nope"),
+                "`sources.db.url` is not a PostgreSQL connection URL",
+            ),
+            (
+                with(
+                    "postgres://app@127.0.0.1:5432/app",
+                    "postgres://127.0.0.1/app",
+                ),
+                "names no user",
+            ),
+            (
+                with(
+                    "type = \"postgres\"\n",
+                    "type = \"postgres\"\ntls = \"maybe\"\n",
+                ),
+                "sources.db.tls",
+            ),
+            (
+                with(
+                    "type = \"postgres\"\n",
+                    "type = \"postgres\"\ncommit_every = 0\n",
+                ),
+                "sources.db.commit_every",
+            ),
+            (
+                with(
+                    "type = \"postgres\"\n",
+                    "type = \"postgres\"\nca_file = \"/nonexistent/ca.pem\"\n",
+                ),
+                "is not a readable file",
+            ),
+            (
+                with(
+                    "type = \"postgres\"\n",
+                    "type = \"postgres\"\nstreams = [\"a\"]\n",
+                ),
+                "`sources.db.streams` is for cloud-app sources",
+            ),
+            (
+                with(
+                    "query = \"SELECT id, email FROM users;\"\n",
+                    "table = \"users\"\n",
+                ),
+                "`table`, `columns` and `filter` are for `delta` sources",
+            ),
+            (
+                with("query = \"SELECT id, email FROM users;\"\n", ""),
+                "`sources.db.models.users.query` is missing",
+            ),
+            (
+                with("[sources.db.models.users", "[sources.db.models.Users"),
+                "a model name must be lowercase",
+            ),
+            (
+                with("type = \"postgres\"", "type = \"delta\""),
+                "a `delta` model reads a `table`",
+            ),
+            (
+                with(
+                    "type = \"postgres\"\nurl = \"postgres://app@127.0.0.1:5432/app\"",
+                    "type = \"delta\"",
+                )
+                .replace(
+                    "query = \"SELECT id, email FROM users;\"",
+                    "table = \"t\"\nfilter = \"a = 1 OR b = 2\"",
+                ),
+                "`sources.db.models.users.filter`: conditions are joined by AND",
+            ),
+        ] {
+            let e = error(&text);
+            assert!(e.contains(says), "{says}\n{e}");
+        }
+    }
 }

@@ -31,6 +31,23 @@ async fn demo_lands_every_vendor_and_leaves_a_config_to_go_on_with() {
         assert!(stdout.contains(table), "{table} in\n{stdout}");
     }
     assert!(stdout.contains("syncing again, incrementally"), "{stdout}");
+    // The reverse-ETL preview over the synced customers: one identify call per customer
+    // with an email that is not deleted, none sent, nothing recorded.
+    let customers = read_table(&dir.path().join("warehouse/stripe/customers")).await;
+    let deleted = crate::common::strings(&customers, "is_deleted");
+    let with_email = crate::common::strings(&customers, "email")
+        .iter()
+        .zip(&deleted)
+        .filter(|(e, d)| !e.is_empty() && d.as_str() == "false")
+        .count();
+    assert!(
+        stdout.contains(&format!(
+            "would send {with_email} rows: {with_email} added, 0 updated, 0 deleted; {with_email} calls (preview"
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"type\":\"identify\""), "{stdout}");
+    assert!(!dir.path().join("warehouse/_tributary/retl").exists());
     for table in ["stripe/charges", "zendesk/tickets", "salesforce/account"] {
         let rows = read_table(&dir.path().join("warehouse").join(table)).await;
         assert!(!id_counts(&rows).is_empty(), "{table}");
