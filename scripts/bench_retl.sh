@@ -87,11 +87,15 @@ user_id = "id"
 traits = ["email", "name", "plan", "country", "seats"]
 timestamp = "signed_up_at"
 EOF
+echo 0 >"$work/received"
 run() {
-  echo 0 >"$work/received"
+  local before
+  before="$(cat "$work/received")"
   /usr/bin/time -f "%e %M" -o "$work/time.$1" "$bin" sync --config "$work/tributary.toml" >"$work/summary.$1" 2>"$work/log.$1"
   read -r seconds rss_kb <"$work/time.$1"
-  echo "run $1: $(grep 'reverse ETL' "$work/summary.$1" | sed 's/^ *//'); $seconds s, peak RSS $((rss_kb / 1024)) MB, collector received $(cat "$work/received") calls"
+  echo "run $1: $(grep 'reverse ETL' "$work/summary.$1" | sed 's/^ *//'); $seconds s, peak RSS $((rss_kb / 1024)) MB, collector received $(($(cat "$work/received") - before)) calls"
+  # When the model was read and committed (the rest is delivery to the collector).
+  grep -o 'Reverse-ETL model read.*commits=[0-9]*' "$work/log.$1" | sed 's/^/    /' || true
 }
 run 1
 psql -h 127.0.0.1 -p "$pg_port" -U tributary -d app -qc "UPDATE users SET plan = 'pro' WHERE id % 100 = 0"
