@@ -281,7 +281,7 @@ async fn detect(
                     } else {
                         Change::Updated
                     };
-                    (change, p.version + 1)
+                    (change, i64::from(p.version) + 1)
                 }
             };
             match change {

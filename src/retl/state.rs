@@ -8,7 +8,8 @@
 //! id (newer versions replace older ones, as object streams' tables do).
 //!
 //! Memory: the comparison holds 32 bytes per id (a 128-bit hash of the id, a 64-bit
-//! checksum, the version and two flags), ~40 MB for a million rows; ids and their `ids`
+//! checksum, the change number and two flags), ~64 MB for a million rows with the hash
+//! map's spare room; ids and their `ids`
 //! are read again only for the rows found deleted.
 
 use std::collections::{HashMap, HashSet};
@@ -63,13 +64,14 @@ pub fn checksum(json: &str) -> u64 {
     h.finish()
 }
 
-/// What was recorded of one id.
+/// What was recorded of one id: 16 bytes, so the comparison of a million ids holds ~32 MB
+/// of entries (with their 128-bit keys) plus the hash map's spare room.
 #[derive(Debug, Clone, Copy)]
 pub struct Prior {
     /// The row's checksum when recorded.
     pub checksum: u64,
-    /// Changes recorded.
-    pub version: i64,
+    /// Changes recorded (saturating at `u32::MAX`).
+    pub version: u32,
     /// It left the model.
     pub deleted: bool,
     /// Seen in this run (a second sighting is a duplicate id).
@@ -132,7 +134,7 @@ pub async fn load(table: &DeltaTable) -> Result<HashMap<u128, Prior>> {
                 id_hash(ids.value(i)),
                 Prior {
                     checksum,
-                    version: versions.value(i),
+                    version: u32::try_from(versions.value(i).max(0)).unwrap_or(u32::MAX),
                     deleted: deleted.value(i),
                     seen: false,
                 },
