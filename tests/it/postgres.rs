@@ -58,6 +58,26 @@ pub struct Postgres {
 impl Postgres {
     /// Starts a server with a database `app`.
     pub async fn start() -> Postgres {
+        Self::start_with(false).await
+    }
+
+    /// Starts a server that also accepts TLS (`ssl = on`), its certificate for 127.0.0.1
+    /// signed by a CA of its own, at [`Postgres::ca_file`].
+    pub async fn start_with_tls() -> Postgres {
+        Self::start_with(true).await
+    }
+
+    /// What the server logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("postgres.log")).unwrap_or_default()
+    }
+
+    /// The PEM file of the CA that signed a TLS server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self._dir.path().join("ca.pem")
+    }
+
+    async fn start_with(tls: bool) -> Postgres {
         let bin = bin_dir();
         let root = is_root();
         let dir = tempfile::tempdir().expect("temp dir");
@@ -82,6 +102,53 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let mut tls_args: Vec<String> = Vec::new();
+        if tls {
+            let d = dir.path();
+            std::fs::write(
+                d.join("server.ext"),
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+            )
+            .unwrap();
+            for args in [
+                "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=tributary-test-ca",
+                "req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1",
+                "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile server.ext",
+            ] {
+                let out = Command::new("openssl")
+                    .args(args.split(' '))
+                    .current_dir(d)
+                    .output()
+                    .expect("openssl runs");
+                assert!(
+                    out.status.success(),
+                    "openssl {args}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            // The server refuses a key file others can read.
+            let key = d.join("server.key");
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            if root {
+                let status = Command::new("chown")
+                    .arg("postgres")
+                    .arg(&key)
+                    .status()
+                    .unwrap();
+                assert!(status.success());
+            }
+            tls_args = vec![
+                "-c".into(),
+                "log_connections=on".into(),
+                "-c".into(),
+                "ssl=on".into(),
+                "-c".into(),
+                format!("ssl_cert_file={}", d.join("server.pem").display()),
+                "-c".into(),
+                format!("ssl_key_file={}", key.display()),
+            ];
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -102,6 +169,7 @@ impl Postgres {
                 "-c",
                 "full_page_writes=off",
             ])
+            .args(&tls_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

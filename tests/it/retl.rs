@@ -463,3 +463,82 @@ async fn a_delta_model_over_synced_stripe_customers_sends_identify_calls() {
     assert_eq!(update[id]["traits"]["name"], "Renamed Customer");
     assert!(collector.violations.lock().unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_is_verified_against_the_ca_given() {
+    let pg = Postgres::start_with_tls().await;
+    pg.execute(&format!(
+        "{USERS} INSERT INTO users SELECT g, 'u' || g || '@example.com', 'User ' || g, 'free' FROM generate_series(1, 3) g;"
+    ))
+    .await;
+    let collector = Arc::new(Collector::default());
+    let url = start(Arc::clone(&collector)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &pg, &url, 100, IDENTIFY);
+    let with_tls = |lines: &str| {
+        let text = std::fs::read_to_string(&config).unwrap();
+        let text = text.replace("tls = \"disable\"\n", lines);
+        std::fs::write(dir.path().join("tls.toml"), text).unwrap();
+        dir.path().join("tls.toml")
+    };
+    // The server's certificate is signed by a CA the system does not trust.
+    let untrusted = with_tls("tls = \"require\"\n");
+    let out = run_binary(&untrusted, &["sync"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("certificate") && stdout.contains("ca_file"),
+        "{stdout}"
+    );
+    assert!(collector.ids().is_empty());
+    // With `ca_file` naming that CA, the connection is verified and encrypted.
+    let trusted = with_tls(&format!(
+        "tls = \"require\"\nca_file = {:?}\n",
+        pg.ca_file().display().to_string()
+    ));
+    let summary = sync(&trusted).await;
+    assert!(summary.contains("3 rows: 3 added"), "{summary}");
+    assert_eq!(collector.ids().len(), 3);
+    // The server logged the sync's connection as encrypted.
+    let log = pg.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("application_name=tributary") && l.contains("SSL enabled")),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_required_of_a_server_without_it_is_a_clear_error() {
+    let pg = Postgres::start().await;
+    pg.execute(&format!(
+        "{USERS} INSERT INTO users VALUES (1, 'a@example.com', 'A', 'free');"
+    ))
+    .await;
+    let collector = Arc::new(Collector::default());
+    let url = start(Arc::clone(&collector)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &pg, &url, 100, IDENTIFY);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("tls = \"disable\"", "tls = \"require\""),
+    )
+    .unwrap();
+    let out = run_binary(&config, &["check"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("app_db") && stdout.contains("FAILED") && stdout.contains("TLS"),
+        "{stdout}"
+    );
+    // `prefer` falls back to plain TCP, as libpq's default does.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("tls = \"require\"", "tls = \"prefer\""),
+    )
+    .unwrap();
+    let summary = sync(&config).await;
+    assert!(summary.contains("1 rows: 1 added"), "{summary}");
+}
