@@ -30,6 +30,7 @@ use tributary_sdk::convert::{BatchBuilder, Limits, MAX_COLUMN_NAME_BYTES};
 use tributary_sdk::{Page, ReadRequest, Records, Source, StreamSchema};
 
 use crate::config::SyncConfig;
+use crate::lease::LeaseCheck;
 use crate::sink::{Commit, StreamSink};
 use crate::tracking::outbox::Outbox;
 use crate::warehouse::{FileWriter, NewFile, SnapshotStep, StreamTable, Warehouse};
@@ -94,6 +95,9 @@ pub enum Status {
     /// The account cannot read this stream (e.g. not on its plan); skipped with a warning.
     /// Not a failure.
     Skipped(String),
+    /// Another worker holds the stream's lease (who, and until when): not synced by this
+    /// run, and not a failure (see [`crate::lease`]).
+    Leased(String),
 }
 
 impl Status {
@@ -105,6 +109,7 @@ impl Status {
             Status::Failed(_) => "failed",
             Status::Deferred(_) => "deferred",
             Status::Skipped(_) => "skipped",
+            Status::Leased(_) => "leased",
         }
     }
 }
@@ -152,6 +157,31 @@ pub struct StreamOutcome {
 }
 
 impl StreamOutcome {
+    /// An outcome with nothing done yet, started now.
+    pub fn new(source: &str, stream: &str, status: Status) -> Self {
+        let now = chrono::Utc::now();
+        StreamOutcome {
+            source: source.to_owned(),
+            stream: stream.to_owned(),
+            records: 0,
+            files: 0,
+            bytes: 0,
+            commits: 0,
+            started_at: now,
+            ended_at: now,
+            new_columns: Vec::new(),
+            rescued_values: 0,
+            widened_columns: Vec::new(),
+            capped_fields: 0,
+            capped_example: None,
+            oversized_values: 0,
+            replaced: 0,
+            messages_queued: 0,
+            tracking: None,
+            status,
+        }
+    }
+
     /// Seconds the stream took.
     pub fn seconds(&self) -> f64 {
         (self.ended_at - self.started_at).num_milliseconds() as f64 / 1000.0
@@ -200,6 +230,9 @@ pub struct StreamJob<'a> {
     /// Keep every version in `<stream>_history` too (object streams of sources with
     /// `history = true`).
     pub history: bool,
+    /// The stream's lease, when the run holds one: a lost lease stops the stream before
+    /// its next commit, without committing.
+    pub lease: Option<LeaseCheck>,
 }
 
 /// Rows converted but not committed yet.
@@ -226,27 +259,7 @@ struct Pending {
 
 /// Runs one stream and reports what it did; never panics on vendor or storage errors.
 pub async fn sync_stream(job: StreamJob<'_>) -> StreamOutcome {
-    let started_at = chrono::Utc::now();
-    let mut outcome = StreamOutcome {
-        source: job.source_name.to_owned(),
-        stream: job.schema.name.clone(),
-        records: 0,
-        files: 0,
-        bytes: 0,
-        commits: 0,
-        started_at,
-        ended_at: started_at,
-        new_columns: Vec::new(),
-        rescued_values: 0,
-        widened_columns: Vec::new(),
-        capped_fields: 0,
-        capped_example: None,
-        oversized_values: 0,
-        replaced: 0,
-        messages_queued: 0,
-        tracking: None,
-        status: Status::Succeeded,
-    };
+    let mut outcome = StreamOutcome::new(job.source_name, &job.schema.name, Status::Succeeded);
     let result = run(&job, &mut outcome).await;
     outcome.ended_at = chrono::Utc::now();
     match result {
@@ -337,6 +350,10 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
     loop {
         let next = tokio::select! {
             biased;
+            reason = lease_lost(job) => {
+                // Another worker may be syncing the stream now: commit nothing.
+                anyhow::bail!("{reason}; stopped before the next commit (what was committed before stays)");
+            }
             _ = job.cancel.cancelled() => {
                 tracing::info!(stream, "Stop requested; committing what is complete.");
                 commit(job, &mut sink, &mut builder, &mut p, out, false).await?;
@@ -388,6 +405,14 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
     // The read ended normally: a snapshot it was in is complete.
     commit(job, &mut sink, &mut builder, &mut p, out, true).await?;
     Ok(true)
+}
+
+/// Resolves with the reason once the job's lease is lost; never without a lease.
+async fn lease_lost(job: &StreamJob<'_>) -> String {
+    match &job.lease {
+        Some(lease) => lease.lost().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Hands the builder's rows to the writer, for the current data file (a new file when the
@@ -478,6 +503,13 @@ async fn land_flushed(
     let unchanged = sink.cursor().as_ref() == Some(&cursor);
     if p.files.is_empty() && p.snapshot_start.is_none() && !completes && unchanged {
         return Ok(());
+    }
+    if let Some(lease) = &job.lease {
+        lease.check().map_err(|reason| {
+            anyhow::anyhow!(
+                "{reason}; stopped before the next commit (what was committed before stays)"
+            )
+        })?;
     }
     let started = Instant::now();
     let files = std::mem::take(&mut p.files);

@@ -67,6 +67,11 @@ enum Command {
         #[arg(long)]
         source: Option<String>,
     },
+    /// Stream leases: free one by hand.
+    Lease {
+        #[command(subcommand)]
+        action: LeaseAction,
+    },
     /// Merge small files and remove unreferenced files older than the retention period.
     /// Safe while syncs run.
     Compact {
@@ -121,6 +126,23 @@ enum Command {
         /// Objects per stream in the simulators.
         #[arg(long, default_value_t = 200)]
         records: usize,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum LeaseAction {
+    /// Free a stream's lease. Refused while the lease is live, unless --force.
+    Release {
+        /// The source.
+        #[arg(long)]
+        source: String,
+        /// The stream.
+        #[arg(long)]
+        stream: String,
+        /// Free it even while it is live (only when its worker is gone; a live holder
+        /// stops before its next commit).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -200,6 +222,14 @@ fn main() -> ExitCode {
                 cli::compact(&args.config, source.as_deref(), stream.as_deref(), &options).await
             }
             Command::State { source } => cli::state(&args.config, source.as_deref()).await,
+            Command::Lease {
+                action:
+                    LeaseAction::Release {
+                        source,
+                        stream,
+                        force,
+                    },
+            } => cli::lease_release(&args.config, &source, &stream, force).await,
             Command::Sandbox {
                 vendor,
                 port,

@@ -12,6 +12,7 @@ mod demo;
 mod gcs;
 mod hostile;
 mod hostile_records;
+mod leases;
 mod moto;
 mod proxy;
 mod readback;
