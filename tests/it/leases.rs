@@ -322,3 +322,37 @@ async fn on_s3_a_second_sync_meets_the_first_ones_lease() {
     let state = stdout(&env.run(&["state"]).await);
     assert!(!state.contains("lease:"), "released at the end:\n{state}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_whose_lease_is_freed_by_force_stops_before_its_next_commit() {
+    let records = 3000;
+    let env = slow_stripe(records, 300, "commit_every = 100\nlease_seconds = 3").await;
+    let child = spawn(&env, "sync");
+    let table = env.table("charges");
+    wait_for("a commit of the sync", || committed_versions(&table) >= 3).await;
+    let args = [
+        "lease", "release", "--source", "stripe", "--stream", "charges", "--force",
+    ];
+    let forced = env.run(&args).await;
+    assert!(forced.status.success(), "{}", stdout(&forced));
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("the sync ends")
+        .expect("output");
+    let text = stdout(&out);
+    // It ran past its next renewal (a second) after the release; had it finished first,
+    // make the simulator slower.
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        summary_line(&text, "stripe.charges").ends_with(" failed")
+            && text.contains("lost the lease on stripe.charges")
+            && text.contains("stopped before the next commit"),
+        "{text}"
+    );
+    let versions = committed_versions(&table);
+    // The next sync lands the rest, every charge once.
+    let synced = env.run(&["sync"]).await;
+    assert!(synced.status.success(), "{}", stdout(&synced));
+    assert!(committed_versions(&table) > versions);
+    assert_every_charge_once(&env, records).await;
+}
