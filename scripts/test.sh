@@ -31,6 +31,14 @@ if ! [ -x "$node_prefix/node_modules/.bin/azurite-blob" ] ||
 fi
 export TRIBUTARY_AZURITE="$PWD/$node_prefix/node_modules/.bin/azurite-blob"
 
+# Prometheus (Debian's package), which scrapes `run --metrics` in the metrics test.
+if ! command -v prometheus >/dev/null; then
+  echo "Installing Prometheus (apt) ..."
+  if [ "$(id -u)" = 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi
+  DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y --no-install-recommends prometheus
+fi
+export TRIBUTARY_PROMETHEUS="${TRIBUTARY_PROMETHEUS:-$(command -v prometheus)}"
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --all-targets

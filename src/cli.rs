@@ -141,11 +141,18 @@ pub async fn sync(
 /// at start so a broken one shows now, not at its first slot: it is a FAILED line, the
 /// daemon still runs every source on its schedule (a vendor that comes back is synced),
 /// and it exits with 1 when stopped.
-pub async fn run(config_path: &Path) -> Result<ExitCode> {
+///
+/// With `metrics`, serves Prometheus metrics on that address (see [`crate::metrics`]):
+/// `/readyz` answers 200 once the sources are discovered and the scheduler runs.
+pub async fn run(config_path: &Path, metrics: Option<std::net::SocketAddr>) -> Result<ExitCode> {
     let config = config::load(config_path)?;
     let prepared = registry::prepare_all(&config, None)?;
     Warehouse::new(&config.warehouse)?;
     let cancel = cancel_on_signal();
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(addr) = metrics {
+        crate::metrics::serve(addr, Arc::clone(&ready), cancel.clone()).await?;
+    }
     let (_, failures) = registry::discover_all(&config, prepared, None, &cancel).await;
     for f in &failures {
         println!("{:<20} {}", f.source, f.describe());
@@ -153,6 +160,7 @@ pub async fn run(config_path: &Path) -> Result<ExitCode> {
     if cancel.is_cancelled() {
         return Ok(ExitCode::from(EXIT_ERROR));
     }
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
     crate::scheduler::run(Arc::new(config), cancel).await?;
     Ok(if failures.is_empty() {
         ExitCode::SUCCESS

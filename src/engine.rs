@@ -514,6 +514,7 @@ async fn land_flushed(
     let started = Instant::now();
     let files = std::mem::take(&mut p.files);
     let nfiles = files.len();
+    let files_bytes: u64 = files.iter().map(|f| f.add.size as u64).sum();
     let records = p.flushed_records;
     let messages = std::mem::take(&mut p.flushed_messages);
     let schema = builder.schema();
@@ -531,6 +532,14 @@ async fn land_flushed(
     if sink.has_outbox() {
         out.messages_queued += messages.len() as u64;
     }
+    let landed_bytes = files_bytes + landed.rewritten_bytes + landed.dv_bytes;
+    crate::metrics::commit(
+        job.source_name,
+        &job.schema.name,
+        records,
+        landed_bytes,
+        started.elapsed().as_secs_f64(),
+    );
     tracing::info!(source = %job.source_name, stream = %job.schema.name, version = landed.version, records, files = nfiles, replaced = landed.replaced, swept = landed.swept, rewritten_bytes = landed.rewritten_bytes, snapshot_started = p.snapshot_start.is_some(), snapshot_completed = completes, ms = started.elapsed().as_millis() as u64, "Committed batch.");
     out.records += records;
     out.replaced += landed.replaced;

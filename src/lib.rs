@@ -9,6 +9,7 @@ pub mod demo;
 pub mod engine;
 pub mod lease;
 pub mod logging;
+pub mod metrics;
 pub mod orchestrator;
 pub mod registry;
 pub mod runs;

@@ -60,7 +60,12 @@ enum Command {
         full_refresh: bool,
     },
     /// Run as a daemon: sync every source on its cron schedule until SIGTERM/SIGINT.
-    Run,
+    Run {
+        /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464): /metrics,
+        /// /healthz and /readyz.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
+    },
     /// Show each stream's cursor and last commit.
     State {
         /// Only this source.
@@ -201,7 +206,7 @@ fn main() -> ExitCode {
                 )
                 .await
             }
-            Command::Run => cli::run(&args.config).await,
+            Command::Run { metrics } => cli::run(&args.config, metrics).await,
             Command::Compact {
                 source,
                 stream,

@@ -188,7 +188,9 @@ async fn sync_source(
                         if let Some(pb) = &job.progress {
                             pb.finish_with_message("leased");
                         }
-                        return StreamOutcome::new(name, &schema.name, Status::Leased(holder.describe()));
+                        let outcome = StreamOutcome::new(name, &schema.name, Status::Leased(holder.describe()));
+                        crate::metrics::stream_finished(&outcome);
+                        return outcome;
                     }
                     Err(e) => {
                         let e = e.context(format!("taking the lease on {name}.{}", schema.name));
@@ -199,6 +201,7 @@ async fn sync_source(
                         return StreamOutcome::new(name, &schema.name, Status::Failed(scrubbed(&e)));
                     }
                 };
+                crate::metrics::lease_held(name, &schema.name, 1);
                 let check = lease.check();
                 job.lease = Some(check.clone());
                 let mut outcome = engine::sync_stream(job).await;
@@ -235,6 +238,8 @@ async fn sync_source(
                     });
                 }
                 lease.release().await;
+                crate::metrics::lease_held(name, &schema.name, -1);
+                crate::metrics::stream_finished(&outcome);
                 outcome
             }
             .boxed()

@@ -13,6 +13,7 @@ mod gcs;
 mod hostile;
 mod hostile_records;
 mod leases;
+mod metrics;
 mod moto;
 mod proxy;
 mod readback;
