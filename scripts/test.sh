@@ -44,6 +44,13 @@ if [ -z "$pg_bin" ] || ! [ -x "$pg_bin/postgres" ]; then
   pg_bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
 fi
 export TRIBUTARY_PG_BIN="$pg_bin"
+# Prometheus (Debian's package), which scrapes `run --metrics` in the metrics test.
+if ! command -v prometheus >/dev/null; then
+  echo "Installing Prometheus (apt) ..."
+  if [ "$(id -u)" = 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi
+  DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y --no-install-recommends prometheus
+fi
+export TRIBUTARY_PROMETHEUS="${TRIBUTARY_PROMETHEUS:-$(command -v prometheus)}"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

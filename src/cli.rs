@@ -1,5 +1,5 @@
-//! The commands: check, discover, sync, run, state, compact (`sandbox` and `demo` are in
-//! [`crate::demo`], one sync run in [`crate::orchestrator`]).
+//! The commands: check, discover, sync, run, state, lease release, compact (`sandbox` and
+//! `demo` are in [`crate::demo`], one sync run in [`crate::orchestrator`]).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -9,6 +9,7 @@ use anyhow::{Result, anyhow, bail};
 
 use crate::config;
 use crate::engine::{Cancel, Status};
+use crate::lease::{HandRelease, Leases};
 use crate::logging::scrubbed;
 use crate::orchestrator::{print_summary, run_exit_code, sync_sources};
 use crate::registry::{self, SourceFailure};
@@ -159,7 +160,10 @@ pub async fn sync(
 /// at start so a broken one shows now, not at its first slot: it is a FAILED line, the
 /// daemon still runs every source on its schedule (a vendor that comes back is synced),
 /// and it exits with 1 when stopped.
-pub async fn run(config_path: &Path) -> Result<ExitCode> {
+///
+/// With `metrics`, serves Prometheus metrics on that address (see [`crate::metrics`]):
+/// `/readyz` answers 200 once the sources are discovered and the scheduler runs.
+pub async fn run(config_path: &Path, metrics: Option<std::net::SocketAddr>) -> Result<ExitCode> {
     let config = config::load(config_path)?;
     let prepared = match config.selects_cloud(None) {
         true => registry::prepare_all(&config, None)?,
@@ -167,6 +171,10 @@ pub async fn run(config_path: &Path) -> Result<ExitCode> {
     };
     Warehouse::new(&config.warehouse)?;
     let cancel = cancel_on_signal();
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(addr) = metrics {
+        crate::metrics::serve(addr, Arc::clone(&ready), cancel.clone()).await?;
+    }
     let (_, failures) = registry::discover_all(&config, prepared, None, &cancel).await;
     for f in &failures {
         println!("{:<20} {}", f.source, f.describe());
@@ -174,6 +182,7 @@ pub async fn run(config_path: &Path) -> Result<ExitCode> {
     if cancel.is_cancelled() {
         return Ok(ExitCode::from(EXIT_ERROR));
     }
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
     crate::scheduler::run(Arc::new(config), cancel).await?;
     Ok(if failures.is_empty() {
         ExitCode::SUCCESS
@@ -182,10 +191,12 @@ pub async fn run(config_path: &Path) -> Result<ExitCode> {
     })
 }
 
-/// `state`: each stream's committed cursor and last commit.
+/// `state`: each stream's committed cursor and last commit, and its lease while one is
+/// live (or expired without being released: a worker that died).
 pub async fn state(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
     let config = config::load(config_path)?;
     let warehouse = Warehouse::new(&config.warehouse)?;
+    let leases = crate::lease::for_warehouse(&warehouse, config.sync.lease_seconds)?;
     println!(
         "{:<32} {:>8} {:>5} {:<26} cursor",
         "stream", "version", "seq", "last commit"
@@ -232,6 +243,9 @@ pub async fn state(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
                     }
                 }
             }
+            if let Some(line) = lease_line(&leases, &s.config.name, &stream.name).await? {
+                println!("    {line}");
+            }
         }
     }
     for f in &failures {
@@ -242,6 +256,65 @@ pub async fn state(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_ERROR)
     })
+}
+
+/// The `state` line of a stream's lease: live, or expired without release; `None` when
+/// free.
+async fn lease_line(leases: &Leases, source: &str, stream: &str) -> Result<Option<String>> {
+    let Some(current) = leases.current(source, stream).await? else {
+        return Ok(None);
+    };
+    Ok(match current.record {
+        Err(reason) => Some(format!("lease: unreadable: {reason}")),
+        Ok(r) if r.released => None,
+        Ok(r) if r.is_live(chrono::Utc::now()) => Some(format!(
+            "lease: live, {} (since {})",
+            r.describe(),
+            r.acquired_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )),
+        Ok(r) => Some(format!(
+            "lease: expired at {}, not released by {} (a worker that stopped; the next sync takes it over)",
+            r.expires_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            r.owner
+        )),
+    })
+}
+
+/// `lease release`: frees a stream's lease by hand. A live lease is refused (exit 1, naming
+/// its holder) unless `force`.
+pub async fn lease_release(
+    config_path: &Path,
+    source: &str,
+    stream: &str,
+    force: bool,
+) -> Result<ExitCode> {
+    let config = config::load(config_path)?;
+    config.source(source)?;
+    crate::lease::check_names(source, stream)?;
+    let warehouse = Warehouse::new(&config.warehouse)?;
+    let leases = crate::lease::for_warehouse(&warehouse, config.sync.lease_seconds)?;
+    match leases.release_by_hand(source, stream, force).await? {
+        HandRelease::NoLease => println!("{source}.{stream}: no lease to release"),
+        HandRelease::WasFree(r) if r.released => {
+            println!(
+                "{source}.{stream}: the lease is free already (released by {})",
+                r.owner
+            )
+        }
+        HandRelease::WasFree(r) => println!(
+            "{source}.{stream}: released the lease, which had expired at {} ({})",
+            r.expires_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            r.owner
+        ),
+        HandRelease::Forced(r) => println!(
+            "{source}.{stream}: released a live lease by force, it was {}; if that worker still runs, it stops before its next commit",
+            r.describe()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `compact`: merge small files of the selected tables and remove unreferenced files older

@@ -23,6 +23,8 @@ pub const MAX_BATCH_SIZE: u64 = 1_048_576;
 pub const MAX_ROW_GROUP_SIZE: u64 = 1_048_576;
 /// The most rows `sync.commit_every` accepts.
 pub const MAX_COMMIT_EVERY: u64 = 100_000_000;
+/// The longest `sync.lease_seconds` (a day).
+pub const MAX_LEASE_SECONDS: u64 = 86_400;
 /// The most streams `sync.concurrency` runs at once.
 pub const MAX_CONCURRENCY: u64 = 64;
 
@@ -115,6 +117,13 @@ pub struct SyncConfig {
     /// 256): a larger one fails its stream instead of exhausting memory.
     #[serde(default = "default_max_response_mb")]
     pub max_response_mb: u64,
+    /// Seconds a stream's lease lives without renewal, from 1 to 86400 (default 300).
+    /// Before syncing a stream a worker takes its lease in the warehouse and renews it
+    /// every third of this; another worker skips the stream (status `leased`) while the
+    /// lease is live. A killed worker's streams wait this long before another takes them
+    /// over. Must be well above the clock differences between workers.
+    #[serde(default = "default_lease_seconds")]
+    pub lease_seconds: u64,
 }
 
 impl Default for SyncConfig {
@@ -126,6 +135,7 @@ impl Default for SyncConfig {
             commit_every: default_commit_every(),
             concurrency: default_concurrency(),
             max_response_mb: default_max_response_mb(),
+            lease_seconds: default_lease_seconds(),
         }
     }
 }
@@ -144,6 +154,9 @@ fn default_commit_every() -> u64 {
 }
 fn default_concurrency() -> usize {
     4
+}
+fn default_lease_seconds() -> u64 {
+    crate::lease::DEFAULT_LEASE_SECONDS
 }
 fn default_max_response_mb() -> u64 {
     tributary_sdk::http::DEFAULT_MAX_BODY_BYTES / (1024 * 1024)
@@ -366,6 +379,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded> {
     in_range("sync.concurrency", sync.concurrency as u64, MAX_CONCURRENCY)?;
     // MiB after decompression; see the SDK's `http::set_max_body_bytes`.
     in_range("sync.max_response_mb", sync.max_response_mb, 4096)?;
+    in_range("sync.lease_seconds", sync.lease_seconds, MAX_LEASE_SECONDS)?;
     check_range("sync.max_new_columns", sync.max_new_columns, 0, 100_000)
         .map_err(|e| anyhow!("{file}: {e}"))?;
     let mut sources = Vec::new();
@@ -651,6 +665,16 @@ mod tests {
             ),
             ("concurrency = 0", "sync.concurrency", "between 1 and 64"),
             ("concurrency = 1000", "sync.concurrency", "between 1 and 64"),
+            (
+                "lease_seconds = 0",
+                "sync.lease_seconds",
+                "between 1 and 86400",
+            ),
+            (
+                "lease_seconds = 100000",
+                "sync.lease_seconds",
+                "between 1 and 86400",
+            ),
         ] {
             let e = err(&format!("[sync]\n{line}\n"));
             assert!(

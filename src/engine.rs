@@ -30,6 +30,7 @@ use tributary_sdk::convert::{BatchBuilder, Limits, MAX_COLUMN_NAME_BYTES};
 use tributary_sdk::{Page, ReadRequest, Records, Source, StreamSchema};
 
 use crate::config::SyncConfig;
+use crate::lease::LeaseCheck;
 use crate::sink::{Commit, StreamSink};
 use crate::tracking::outbox::Outbox;
 use crate::warehouse::{FileWriter, NewFile, SnapshotStep, StreamTable, Warehouse};
@@ -94,6 +95,9 @@ pub enum Status {
     /// The account cannot read this stream (e.g. not on its plan); skipped with a warning.
     /// Not a failure.
     Skipped(String),
+    /// Another worker holds the stream's lease (who, and until when): not synced by this
+    /// run, and not a failure (see [`crate::lease`]).
+    Leased(String),
 }
 
 impl Status {
@@ -105,6 +109,7 @@ impl Status {
             Status::Failed(_) => "failed",
             Status::Deferred(_) => "deferred",
             Status::Skipped(_) => "skipped",
+            Status::Leased(_) => "leased",
         }
     }
 }
@@ -154,8 +159,9 @@ pub struct StreamOutcome {
 }
 
 impl StreamOutcome {
-    /// An outcome of `source`'s `stream` that started at `started_at`, nothing done yet.
-    pub fn new(source: &str, stream: &str, started_at: chrono::DateTime<chrono::Utc>) -> Self {
+    /// An outcome with nothing done yet, started now.
+    pub fn new(source: &str, stream: &str, status: Status) -> Self {
+        let now = chrono::Utc::now();
         StreamOutcome {
             source: source.to_owned(),
             stream: stream.to_owned(),
@@ -163,8 +169,8 @@ impl StreamOutcome {
             files: 0,
             bytes: 0,
             commits: 0,
-            started_at,
-            ended_at: started_at,
+            started_at: now,
+            ended_at: now,
             new_columns: Vec::new(),
             rescued_values: 0,
             widened_columns: Vec::new(),
@@ -175,7 +181,7 @@ impl StreamOutcome {
             messages_queued: 0,
             tracking: None,
             changes: None,
-            status: Status::Succeeded,
+            status,
         }
     }
 
@@ -227,6 +233,9 @@ pub struct StreamJob<'a> {
     /// Keep every version in `<stream>_history` too (object streams of sources with
     /// `history = true`).
     pub history: bool,
+    /// The stream's lease, when the run holds one: a lost lease stops the stream before
+    /// its next commit, without committing.
+    pub lease: Option<LeaseCheck>,
 }
 
 /// Rows converted but not committed yet.
@@ -253,8 +262,7 @@ struct Pending {
 
 /// Runs one stream and reports what it did; never panics on vendor or storage errors.
 pub async fn sync_stream(job: StreamJob<'_>) -> StreamOutcome {
-    let started_at = chrono::Utc::now();
-    let mut outcome = StreamOutcome::new(job.source_name, &job.schema.name, started_at);
+    let mut outcome = StreamOutcome::new(job.source_name, &job.schema.name, Status::Succeeded);
     let result = run(&job, &mut outcome).await;
     outcome.ended_at = chrono::Utc::now();
     match result {
@@ -345,6 +353,10 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
     loop {
         let next = tokio::select! {
             biased;
+            reason = lease_lost(job) => {
+                // Another worker may be syncing the stream now: commit nothing.
+                anyhow::bail!("{reason}; stopped before the next commit (what was committed before stays)");
+            }
             _ = job.cancel.cancelled() => {
                 tracing::info!(stream, "Stop requested; committing what is complete.");
                 commit(job, &mut sink, &mut builder, &mut p, out, false).await?;
@@ -396,6 +408,14 @@ async fn run(job: &StreamJob<'_>, out: &mut StreamOutcome) -> Result<bool> {
     // The read ended normally: a snapshot it was in is complete.
     commit(job, &mut sink, &mut builder, &mut p, out, true).await?;
     Ok(true)
+}
+
+/// Resolves with the reason once the job's lease is lost; never without a lease.
+async fn lease_lost(job: &StreamJob<'_>) -> String {
+    match &job.lease {
+        Some(lease) => lease.lost().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Hands the builder's rows to the writer, for the current data file (a new file when the
@@ -487,9 +507,17 @@ async fn land_flushed(
     if p.files.is_empty() && p.snapshot_start.is_none() && !completes && unchanged {
         return Ok(());
     }
+    if let Some(lease) = &job.lease {
+        lease.check().map_err(|reason| {
+            anyhow::anyhow!(
+                "{reason}; stopped before the next commit (what was committed before stays)"
+            )
+        })?;
+    }
     let started = Instant::now();
     let files = std::mem::take(&mut p.files);
     let nfiles = files.len();
+    let files_bytes: u64 = files.iter().map(|f| f.add.size as u64).sum();
     let records = p.flushed_records;
     let messages = std::mem::take(&mut p.flushed_messages);
     let schema = builder.schema();
@@ -507,6 +535,14 @@ async fn land_flushed(
     if sink.has_outbox() {
         out.messages_queued += messages.len() as u64;
     }
+    let landed_bytes = files_bytes + landed.rewritten_bytes + landed.dv_bytes;
+    crate::metrics::commit(
+        job.source_name,
+        &job.schema.name,
+        records,
+        landed_bytes,
+        started.elapsed().as_secs_f64(),
+    );
     tracing::info!(source = %job.source_name, stream = %job.schema.name, version = landed.version, records, files = nfiles, replaced = landed.replaced, swept = landed.swept, rewritten_bytes = landed.rewritten_bytes, snapshot_started = p.snapshot_start.is_some(), snapshot_completed = completes, ms = started.elapsed().as_millis() as u64, "Committed batch.");
     out.records += records;
     out.replaced += landed.replaced;

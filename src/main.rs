@@ -60,12 +60,22 @@ enum Command {
         full_refresh: bool,
     },
     /// Run as a daemon: sync every source on its cron schedule until SIGTERM/SIGINT.
-    Run,
+    Run {
+        /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464): /metrics,
+        /// /healthz and /readyz.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
+    },
     /// Show each stream's cursor and last commit.
     State {
         /// Only this source.
         #[arg(long)]
         source: Option<String>,
+    },
+    /// Stream leases: free one by hand.
+    Lease {
+        #[command(subcommand)]
+        action: LeaseAction,
     },
     /// Merge small files and remove unreferenced files older than the retention period.
     /// Safe while syncs run.
@@ -147,6 +157,23 @@ enum RetlAction {
 }
 
 #[derive(clap::Subcommand, Debug)]
+enum LeaseAction {
+    /// Free a stream's lease. Refused while the lease is live, unless --force.
+    Release {
+        /// The source.
+        #[arg(long)]
+        source: String,
+        /// The stream.
+        #[arg(long)]
+        stream: String,
+        /// Free it even while it is live (only when its worker is gone; a live holder
+        /// stops before its next commit).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
 enum ConnectorAction {
     /// Scaffold connectors/NAME (config, client, streams, a simulator on the sandbox kit,
     /// tests) and schemas/NAME from the template connector, and register it here.
@@ -201,7 +228,7 @@ fn main() -> ExitCode {
                 )
                 .await
             }
-            Command::Run => cli::run(&args.config).await,
+            Command::Run { metrics } => cli::run(&args.config, metrics).await,
             Command::Compact {
                 source,
                 stream,
@@ -222,6 +249,14 @@ fn main() -> ExitCode {
                 cli::compact(&args.config, source.as_deref(), stream.as_deref(), &options).await
             }
             Command::State { source } => cli::state(&args.config, source.as_deref()).await,
+            Command::Lease {
+                action:
+                    LeaseAction::Release {
+                        source,
+                        stream,
+                        force,
+                    },
+            } => cli::lease_release(&args.config, &source, &stream, force).await,
             Command::Sandbox {
                 vendor,
                 port,

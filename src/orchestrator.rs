@@ -14,6 +14,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use crate::cli::{EXIT_DEFERRED, EXIT_ERROR};
 use crate::config::Loaded;
 use crate::engine::{self, Cancel, Status, StreamJob, StreamOutcome, TrackingOutcome};
+use crate::lease::Acquired;
 use crate::logging::{progress_bars, scrubbed};
 use crate::registry::{self, BuiltSource, SourceFailure};
 use crate::runs;
@@ -110,11 +111,16 @@ pub async fn sync_sources(
             .await?,
         );
     }
-    for r in retl {
-        if cancel.is_cancelled() {
-            break;
+    if !retl.is_empty() {
+        let leases = crate::lease::for_warehouse(&warehouse, config.sync.lease_seconds)?;
+        for r in retl {
+            if cancel.is_cancelled() {
+                break;
+            }
+            outcomes.extend(
+                crate::retl::run_source(&warehouse, &leases, r, stream, &run_id, &cancel).await?,
+            );
         }
-        outcomes.extend(crate::retl::run_source(&warehouse, r, stream, &run_id, &cancel).await?);
     }
     if let Some(bars) = progress {
         // The summary table says the same; leave the terminal clean for it.
@@ -147,6 +153,7 @@ async fn sync_source(
         }
         None => None,
     };
+    let leases = crate::lease::for_warehouse(warehouse, config.sync.lease_seconds)?;
     let jobs: Vec<futures::future::BoxFuture<'_, StreamOutcome>> = s
         .streams
         .iter()
@@ -178,7 +185,7 @@ async fn sync_source(
                     let outbox = Outbox::new(Arc::clone(store), root, name, &schema.name);
                     (Arc::clone(client), outbox)
                 });
-            let job = StreamJob {
+            let mut job = StreamJob {
                 warehouse,
                 source_name: name,
                 source: Arc::clone(&s.source),
@@ -190,8 +197,34 @@ async fn sync_source(
                 progress: pb,
                 outbox: tracked.as_ref().map(|(_, outbox)| outbox.clone()),
                 history: s.config.history,
+                lease: None,
             };
+            let leases = &leases;
             async move {
+                // The stream and its outbox are this worker's only under its lease.
+                let lease = match leases.acquire(name, &schema.name).await {
+                    Ok(Acquired::Taken(lease)) => lease,
+                    Ok(Acquired::Held(holder)) => {
+                        tracing::info!(source = %name, stream = %schema.name, owner = %holder.owner, expires_at = %holder.expires_at, "Another worker holds the stream's lease; skipping it.");
+                        if let Some(pb) = &job.progress {
+                            pb.finish_with_message("leased");
+                        }
+                        let outcome = StreamOutcome::new(name, &schema.name, Status::Leased(holder.describe()));
+                        crate::metrics::stream_finished(&outcome);
+                        return outcome;
+                    }
+                    Err(e) => {
+                        let e = e.context(format!("taking the lease on {name}.{}", schema.name));
+                        tracing::error!(source = %name, stream = %schema.name, error = %scrubbed(&e), "Could not take the stream's lease; not synced.");
+                        if let Some(pb) = &job.progress {
+                            pb.finish_with_message("failed");
+                        }
+                        return StreamOutcome::new(name, &schema.name, Status::Failed(scrubbed(&e)));
+                    }
+                };
+                crate::metrics::lease_held(name, &schema.name, 1);
+                let check = lease.check();
+                job.lease = Some(check.clone());
                 let mut outcome = engine::sync_stream(job).await;
                 // After the stream's commits, and for any backlog of earlier runs.
                 if let Some((client, outbox)) = tracked
@@ -203,6 +236,7 @@ async fn sync_source(
                         &outcome.stream,
                         &outbox,
                         &client,
+                        Some(&check),
                     )
                     .await;
                     let unverified = client.accepts_any_write_key();
@@ -224,6 +258,9 @@ async fn sync_source(
                         }
                     });
                 }
+                lease.release().await;
+                crate::metrics::lease_held(name, &schema.name, -1);
+                crate::metrics::stream_finished(&outcome);
                 outcome
             }
             .boxed()
@@ -311,6 +348,9 @@ pub fn print_summary(run: &RunOutcome) {
         if let Status::Skipped(reason) = &o.status {
             println!("    warning: skipped, not available on this account's plan: {reason}");
         }
+        if let Status::Leased(holder) = &o.status {
+            println!("    leased: another worker syncs it now, {holder}; not synced by this run");
+        }
     }
     // One line per source with tracking: what reached the collector and what waits.
     let mut tracked: Vec<(&str, TrackingOutcome, u64)> = Vec::new();
@@ -390,6 +430,16 @@ pub fn print_summary(run: &RunOutcome) {
         println!(
             "{skipped} streams skipped: the account's plan does not include them (drop them \
              from `streams` to silence this)"
+        );
+    }
+    let leased = outcomes
+        .iter()
+        .filter(|o| matches!(o.status, Status::Leased(_)))
+        .count();
+    if leased > 0 {
+        println!(
+            "{leased} streams leased: another worker holds their lease and syncs them; not a \
+             failure (exit code 0)"
         );
     }
 }

@@ -80,9 +80,10 @@ pub async fn record(warehouse: &Warehouse, run_id: &str, outcomes: &[StreamOutco
                     .iter()
                     .map(|o| match &o.status {
                         // Why it failed, or why it was deferred or skipped.
-                        Status::Failed(e) | Status::Deferred(e) | Status::Skipped(e) => {
-                            Some(e.as_str())
-                        }
+                        Status::Failed(e)
+                        | Status::Deferred(e)
+                        | Status::Skipped(e)
+                        | Status::Leased(e) => Some(e.as_str()),
                         _ => None,
                     })
                     .collect::<Vec<_>>(),

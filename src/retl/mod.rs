@@ -33,6 +33,7 @@ use chrono::Utc;
 use serde_json::{Map, Value, json};
 
 use crate::engine::{Cancel, Status, StreamOutcome, TrackingOutcome};
+use crate::lease::{Acquired, LeaseCheck, Leases};
 use crate::tracking::client::TrackingClient;
 use crate::tracking::outbox::Outbox;
 use crate::warehouse::{NewFile, SnapshotStep, StreamTable, Warehouse};
@@ -149,6 +150,9 @@ enum Sink<'a> {
 
 /// The parts of a run, written but not yet committed.
 struct Stager<'a> {
+    /// The model's lease: a part is written only while it is held (another worker's
+    /// staged outbox file of the same seq must not be replaced).
+    lease: &'a LeaseCheck,
     table: &'a StreamTable,
     outbox: &'a Outbox,
     commit_every: usize,
@@ -164,6 +168,9 @@ impl Stager<'_> {
         if self.rows.is_empty() {
             return Ok(());
         }
+        self.lease
+            .check()
+            .map_err(|reason| anyhow!("{reason}; stopped before writing"))?;
         let seq = self.table.seq() + self.parts.len() as i64 + 1;
         self.outbox.write(seq, &self.messages).await?;
         self.messages.clear();
@@ -376,20 +383,41 @@ pub async fn preview(
     Ok(Preview { changes, sample })
 }
 
-/// Runs one model: detects its changes, commits them with their calls, delivers the
-/// model's outbox. Never fails as a whole: the outcome's status says what went wrong.
+/// Runs one model under its lease (`_tributary/leases/<source>/<model>`, as a stream's):
+/// detects its changes, commits them with their calls, delivers the model's outbox. A model
+/// another worker holds is `leased`, not run. Never fails as a whole: the outcome's status
+/// says what went wrong.
 pub async fn run_model(
     warehouse: &Warehouse,
+    leases: &Leases,
     source: &RetlSource,
     model: &Model,
     client: Option<&TrackingClient>,
     run_id: &str,
     cancel: &Cancel,
 ) -> StreamOutcome {
-    let started_at = Utc::now();
-    let mut outcome = StreamOutcome::new(&source.name, &model.name, started_at);
+    let mut outcome = StreamOutcome::new(&source.name, &model.name, Status::Succeeded);
+    let lease = match leases.acquire(&source.name, &model.name).await {
+        Ok(Acquired::Taken(lease)) => lease,
+        Ok(Acquired::Held(holder)) => {
+            tracing::info!(source = %source.name, model = %model.name, owner = %holder.owner, expires_at = %holder.expires_at, "Another worker holds the model's lease; skipping it.");
+            outcome.status = Status::Leased(holder.describe());
+            return outcome;
+        }
+        Err(e) => {
+            let e = e.context(format!(
+                "taking the lease on {}.{}",
+                source.name, model.name
+            ));
+            outcome.status = Status::Failed(crate::logging::scrubbed(&e));
+            return outcome;
+        }
+    };
+    crate::metrics::lease_held(&source.name, &model.name, 1);
+    let check = lease.check();
     match run_inner(
         warehouse,
+        &check,
         source,
         model,
         client,
@@ -406,12 +434,17 @@ pub async fn run_model(
             outcome.status = Status::Failed(e);
         }
     }
+    lease.release().await;
+    crate::metrics::lease_held(&source.name, &model.name, -1);
     outcome.ended_at = Utc::now();
+    crate::metrics::stream_finished(&outcome);
     outcome
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_inner(
     warehouse: &Warehouse,
+    lease: &LeaseCheck,
     source: &RetlSource,
     model: &Model,
     client: Option<&TrackingClient>,
@@ -433,6 +466,7 @@ async fn run_inner(
     let outbox = outbox(warehouse, &source.name, &model.name)?;
     let delta = table.delta().clone();
     let mut stager = Stager {
+        lease,
         table: &table,
         outbox: &outbox,
         commit_every: source.commit_every as usize,
@@ -457,6 +491,9 @@ async fn run_inner(
     let total = staged.len();
     let base = table.seq();
     for (i, (file, records)) in staged.into_iter().enumerate() {
+        lease
+            .check()
+            .map_err(|reason| anyhow!("{reason}; stopped before committing part {}", i + 1))?;
         outcome.files += 1;
         outcome.bytes += file.add.size.max(0) as u64;
         let cursor = json!({
@@ -494,7 +531,8 @@ async fn run_inner(
     let Some(client) = client else {
         return Ok(Status::Succeeded);
     };
-    let delivered = outbox.deliver(client, table.seq()).await;
+    let hold = || lease.check();
+    let delivered = outbox.deliver(client, table.seq(), &hold).await;
     let unverified = client.accepts_any_write_key();
     outcome.tracking = Some(match delivered {
         Ok(d) => TrackingOutcome {
@@ -516,6 +554,7 @@ async fn run_inner(
 /// Runs the selected models of a reverse-ETL source, one after another.
 pub async fn run_source(
     warehouse: &Warehouse,
+    leases: &Leases,
     source: &RetlSource,
     only_model: Option<&str>,
     run_id: &str,
@@ -537,7 +576,18 @@ pub async fn run_source(
         if cancel.is_cancelled() {
             break;
         }
-        out.push(run_model(warehouse, source, model, client.as_ref(), run_id, cancel).await);
+        out.push(
+            run_model(
+                warehouse,
+                leases,
+                source,
+                model,
+                client.as_ref(),
+                run_id,
+                cancel,
+            )
+            .await,
+        );
     }
     Ok(out)
 }

@@ -55,16 +55,19 @@ pub async fn committed_seq(warehouse: &Warehouse, source: &str, stream: &str) ->
     }
 }
 
-/// Delivers the committed backlog of one stream's outbox.
+/// Delivers the committed backlog of one stream's outbox, under the stream's lease when
+/// the run holds one (it stops before the next batch once the lease is lost).
 pub async fn deliver_stream(
     warehouse: &Warehouse,
     source: &str,
     stream: &str,
     outbox: &Outbox,
     client: &TrackingClient,
+    lease: Option<&crate::lease::LeaseCheck>,
 ) -> Result<Delivery> {
     let committed = committed_seq(warehouse, source, stream).await?;
-    let delivery = outbox.deliver(client, committed).await?;
+    let hold = || lease.map_or(Ok(()), |l| l.check());
+    let delivery = outbox.deliver(client, committed, &hold).await?;
     match &delivery.error {
         Some(error) => {
             tracing::warn!(source, stream, sent = delivery.sent, pending = delivery.pending, error = %error, "Tracking delivery stopped; the rest stays in the outbox for the next run.")

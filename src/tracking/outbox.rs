@@ -170,8 +170,15 @@ impl Outbox {
 
     /// Delivers every waiting file up to commit `committed`, in order, moving the ack marker
     /// after each acknowledged batch. A collector failure stops the pass and is reported in
-    /// [`Delivery::error`]; what is left stays for the next run.
-    pub async fn deliver(&self, client: &TrackingClient, committed: i64) -> Result<Delivery> {
+    /// [`Delivery::error`]; what is left stays for the next run. `hold` is asked before
+    /// every batch is sent (the stream's lease): an `Err` stops the pass the same way, so a
+    /// worker that lost the stream's lease sends nothing more.
+    pub async fn deliver(
+        &self,
+        client: &TrackingClient,
+        committed: i64,
+        hold: &(dyn Fn() -> Result<(), String> + Sync),
+    ) -> Result<Delivery> {
         let mut delivery = Delivery::default();
         let mut ack = self.read_ack().await?;
         let files = self.pending_files(committed).await?;
@@ -203,6 +210,10 @@ impl Outbox {
             }
             let mut done = start;
             for range in batches(&fitted) {
+                if let Err(reason) = hold() {
+                    delivery.error = Some(reason);
+                    break;
+                }
                 match client.send(&fitted[range.clone()]).await {
                     Ok(report) => {
                         delivery.sent += report.delivered;

@@ -132,6 +132,10 @@ impl Env<Stripe> {
 /// (`base_ms` plus up to `spread_ms`, from `seed`), until a run completes on its own (at
 /// most `rounds` runs); after every kill `after_kill(round)` checks the tables. Returns how
 /// many runs were killed mid-way. Fails, with the run's log, if a run fails on its own.
+///
+/// A killed run leaves its streams' leases behind, live for `sync.lease_seconds`: after
+/// each kill this waits that long (so give such configs `lease_seconds = 1`), and a run
+/// that still meets a lease (a `leased` stream) fails the test.
 pub async fn sigkill_until_done(
     config: &Path,
     rounds: u32,
@@ -139,6 +143,12 @@ pub async fn sigkill_until_done(
     (base_ms, spread_ms): (u64, u64),
     mut after_kill: impl AsyncFnMut(u32),
 ) -> u32 {
+    let lease = std::time::Duration::from_secs(
+        tributary::config::load(config)
+            .expect("the config loads")
+            .sync
+            .lease_seconds,
+    );
     let mut killed = 0;
     for round in 0..rounds {
         seed ^= seed << 13;
@@ -146,10 +156,11 @@ pub async fn sigkill_until_done(
         seed ^= seed << 17;
         let delay = std::time::Duration::from_millis(base_ms + seed % spread_ms);
         let log = config.with_file_name(format!("sync-round-{round}.log"));
+        let out = config.with_file_name(format!("sync-round-{round}.out"));
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
             .args(["sync", "--config"])
             .arg(config)
-            .stdout(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("output file"))
             .stderr(std::fs::File::create(&log).expect("log file"))
             .kill_on_drop(true)
             .spawn()
@@ -161,12 +172,19 @@ pub async fn sigkill_until_done(
                     "round {round}: the sync failed on its own:\n{}",
                     std::fs::read_to_string(&log).unwrap_or_default()
                 );
+                let summary = std::fs::read_to_string(&out).unwrap_or_default();
+                assert!(
+                    !summary.contains(" leased"),
+                    "round {round}: a killed run's lease outlived its wait:\n{summary}"
+                );
                 return killed;
             }
             _ = tokio::time::sleep(delay) => {
                 child.start_kill().expect("SIGKILL");
                 let _ = child.wait().await;
                 killed += 1;
+                // Its leases expire before the next run.
+                tokio::time::sleep(lease + std::time::Duration::from_millis(200)).await;
             }
         }
         after_kill(round).await;

@@ -12,6 +12,8 @@ mod demo;
 mod gcs;
 mod hostile;
 mod hostile_records;
+mod leases;
+mod metrics;
 mod moto;
 mod postgres;
 mod proxy;

@@ -28,7 +28,7 @@ fn write_config(
     std::fs::write(
         &config,
         format!(
-            "[warehouse]\nurl = {:?}\n\n[sources.app_db]\ntype = \"postgres\"\nurl = \"{}\"\ntls = \"disable\"\ncommit_every = {commit_every}\n\n[sources.app_db.tracking]\nendpoint = \"{collector}\"\nwrite_key = \"wk\"\n\n[sources.app_db.models.users]\n{model}",
+            "[warehouse]\nurl = {:?}\n\n[sync]\nlease_seconds = 1\n\n[sources.app_db]\ntype = \"postgres\"\nurl = \"{}\"\ntls = \"disable\"\ncommit_every = {commit_every}\n\n[sources.app_db.tracking]\nendpoint = \"{collector}\"\nwrite_key = \"wk\"\n\n[sources.app_db.models.users]\n{model}",
             dir.join("warehouse").display().to_string(),
             pg.url("app"),
         ),
@@ -541,4 +541,44 @@ async fn tls_required_of_a_server_without_it_is_a_clear_error() {
     .unwrap();
     let summary = sync(&config).await;
     assert!(summary.contains("1 rows: 1 added"), "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_held_by_another_worker_is_leased_not_run() {
+    let pg = Postgres::start().await;
+    pg.execute(&format!(
+        "{USERS} INSERT INTO users SELECT g, 'u' || g || '@example.com', 'User ' || g, 'free' FROM generate_series(1, 5) g;"
+    ))
+    .await;
+    let collector = Arc::new(Collector::default());
+    let url = start(Arc::clone(&collector)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &pg, &url, 100, IDENTIFY);
+    // Another worker's live lease on the model, as `tributary::lease` writes it.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("lease_seconds = 1", "lease_seconds = 120"),
+    )
+    .unwrap();
+    let warehouse = tributary::warehouse::Warehouse::new(&tributary::config::WarehouseConfig {
+        url: dir.path().join("warehouse").display().to_string(),
+        ..Default::default()
+    })
+    .unwrap();
+    let leases = tributary::lease::for_warehouse(&warehouse, 120).unwrap();
+    let tributary::lease::Acquired::Taken(held) = leases.acquire("app_db", "users").await.unwrap()
+    else {
+        panic!("the lease is free")
+    };
+    let summary = sync(&config).await;
+    assert!(
+        summary.contains("app_db.users") && summary.contains("leased"),
+        "{summary}"
+    );
+    assert!(collector.ids().is_empty());
+    held.release().await;
+    let summary = sync(&config).await;
+    assert!(summary.contains("5 rows: 5 added"), "{summary}");
+    assert_eq!(collector.ids().len(), 5);
 }

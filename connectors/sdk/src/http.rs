@@ -589,9 +589,16 @@ impl HttpClient {
             let method = request.method().to_string();
             let mut url = redact_url(request.url());
 
+            let waiting = Instant::now();
             self.inner.account.ready().await;
+            crate::stats::limiter_wait(&config.vendor, waiting.elapsed());
             let started = Instant::now();
-            let failure = match client.execute(request).await {
+            let executed = client.execute(request).await;
+            crate::stats::request(
+                &config.vendor,
+                executed.as_ref().ok().map(|r| r.status().as_u16()),
+            );
+            let failure = match executed {
                 Err(err) if err.is_builder() || err.is_redirect() => {
                     // Retrying cannot help a request that cannot be built or that loops.
                     return Err(Error::Transport {
@@ -715,6 +722,7 @@ impl HttpClient {
                 }
                 None => self.backoff(retries),
             };
+            crate::stats::retry(&config.vendor);
             tracing::warn!(
                 vendor = %config.vendor,
                 what,

@@ -25,6 +25,7 @@ pub mod ranges;
 pub mod schema;
 pub mod secret;
 pub mod simulator;
+pub mod stats;
 pub mod tracking;
 
 pub use connector::{Connector, ReadRequest, Source, SourceContext, SourceFactory, factory};

@@ -317,8 +317,9 @@ async fn sigkill_at_random_moments_then_resume_lands_everything_exactly_once() {
             bulk_unsupported: vec!["Task".into()],
             ..Default::default()
         },
-        // Small commits, so kills land between, during and after them.
-        "commit_every = 50",
+        // Small commits, so kills land between, during and after them; a killed run's
+        // leases expire in a second.
+        "commit_every = 50\nlease_seconds = 1",
         // Contacts (800) over the threshold: Bulk, 50 rows a page; tasks (800) too, but
         // Bulk refuses them: REST, 200 a page.
         &format!(

@@ -20,9 +20,10 @@ async fn sigkill_at_random_moments_then_resume_lands_everything_exactly_once() {
     )
     .await;
     // Small batches and commits, so kills land between, during and after commits.
-    let text = std::fs::read_to_string(&env.config)
-        .unwrap()
-        .replace("batch_size = 500", "batch_size = 40\ncommit_every = 100");
+    let text = std::fs::read_to_string(&env.config).unwrap().replace(
+        "batch_size = 500",
+        "batch_size = 40\ncommit_every = 100\nlease_seconds = 1",
+    );
     std::fs::write(&env.config, text).unwrap();
     // Answers take as long as a real vendor's, so the concurrent backfill (32 ranges in
     // flight) takes a few seconds and the kills fall inside it.

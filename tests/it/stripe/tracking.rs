@@ -337,6 +337,7 @@ async fn a_kill_mid_delivery_resends_only_unacknowledged_messages() {
     // The second batch is never answered: the binary is killed while waiting for it.
     *collector.hold.lock().unwrap() = Some(1);
     let env = env_with(&collector).await;
+    env.add_sync_option("lease_seconds = 1");
     // ~15 KB identifies: about 32 to a 500 KB batch, so 100 of them take four batches.
     let name = "k".repeat(15_000);
     for i in 0..100 {
@@ -368,6 +369,8 @@ async fn a_kill_mid_delivery_resends_only_unacknowledged_messages() {
     child.kill().await.expect("kill");
     let first = collector.ids();
     assert!(!first.is_empty() && first.len() < 100, "{}", first.len());
+    // The killed worker's lease on the stream (and so its outbox) expires first.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
 
     env.sync_ok(&[]).await;
     let ids = collector.ids();

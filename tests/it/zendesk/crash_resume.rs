@@ -16,9 +16,10 @@ async fn sigkill_at_random_moments_then_resume_lands_everything_exactly_once() {
     )
     .await;
     // Small batches and commits, so kills land between, during and after commits.
-    let text = std::fs::read_to_string(&env.config)
-        .unwrap()
-        .replace("batch_size = 500", "batch_size = 30\ncommit_every = 60");
+    let text = std::fs::read_to_string(&env.config).unwrap().replace(
+        "batch_size = 500",
+        "batch_size = 30\ncommit_every = 60\nlease_seconds = 1",
+    );
     std::fs::write(&env.config, text).unwrap();
     // Slow the simulator down: 100 pages of each stream take four seconds or more.
     env.sandbox.set_faults(Faults {
