@@ -9,6 +9,7 @@ pub mod demo;
 pub mod engine;
 pub mod logging;
 pub mod orchestrator;
+pub mod plan;
 pub mod registry;
 pub mod runs;
 pub mod scaffold;

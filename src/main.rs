@@ -61,6 +61,9 @@ enum Command {
     },
     /// Run as a daemon: sync every source on its cron schedule until SIGTERM/SIGINT.
     Run,
+    /// Print the units of work and their schedules for another scheduler: an Airflow DAG
+    /// file, Kubernetes CronJobs or crontab lines. Reads the config without its secrets.
+    Plan(tributary::plan::PlanArgs),
     /// Show each stream's cursor and last commit.
     State {
         /// Only this source.
@@ -180,6 +183,7 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Run => cli::run(&args.config).await,
+            Command::Plan(plan) => tributary::plan::command(&args.config, &plan),
             Command::Compact {
                 source,
                 stream,
