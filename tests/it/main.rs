@@ -13,6 +13,7 @@ mod gcs;
 mod hostile;
 mod hostile_records;
 mod moto;
+mod plan;
 mod proxy;
 mod readback;
 mod resilience;
