@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it: installs what the tests need, then runs formatting,
 # lints and every test (unit, SDK conformance, end-to-end against the simulators and the
 # object-store servers (moto, Azurite, fake-gcs-server), and the read-back of the tables by
-# independent readers: DuckDB with its delta extension, and Python's `deltalake`).
+# independent readers: DuckDB with its delta extension, and Python's `deltalake`; `plan`'s
+# output is run by a real Apache Airflow and checked against the Kubernetes API schemas).
 #
 # Usage: scripts/test.sh            (from anywhere in the repository)
 set -euo pipefail

@@ -555,7 +555,8 @@ fn cron_field(spec: &impl TimeUnitSpec, shift: u32, min: u32, max: u32) -> Strin
 /// A set of values as a cron field: `*/15` or `5-59/15` for a progression that runs to the
 /// end of the field's range, else a list of values and `a-b` ranges.
 fn compact_field(values: &[u32], min: u32, max: u32) -> String {
-    if values.len() >= 3 {
+    // Two values make a progression only from the start (`*/30`, not `6-23/12` for 6,18).
+    if values.len() >= 3 || (values.len() == 2 && values[0] == min) {
         let step = values[1] - values[0];
         let progression = step > 1 && values.windows(2).all(|w| w[1] - w[0] == step);
         let last = values[values.len() - 1];
@@ -677,6 +678,12 @@ fn pool_name(source: &str) -> String {
 
 /// The Airflow DAG file: one DAG per source (sources have their own schedules), one
 /// BashOperator per unit.
+///
+/// BashOperator without `env` inherits the worker's environment (where the secrets are),
+/// and ends a task whose command exits with `skip_on_exit_code` as skipped
+/// (https://airflow.apache.org/docs/apache-airflow/2.9.3/_api/airflow/operators/bash/index.html).
+/// Pools bound how many tasks of a set run at once; a pool's tasks queue while its slots are
+/// taken (https://airflow.apache.org/docs/apache-airflow/stable/administration-and-deployment/pools.html).
 fn airflow(plan: &Plan, target: &Target) -> Result<String> {
     let a = &target.args;
     let per = match plan.per {
@@ -808,8 +815,8 @@ with DAG(
 /// Where the config's ConfigMap is mounted by default.
 pub const K8S_CONFIG_PATH: &str = "/etc/tributary/tributary.toml";
 
-/// A CronJob name: a DNS subdomain of at most 52 characters (the controller appends 11 to
-/// name each Job; see "Writing a CronJob spec" in the Kubernetes docs).
+/// A CronJob name: a DNS subdomain of at most 52 characters, as the controller appends 11 to
+/// name each Job (https://kubernetes.io/docs/concepts/workloads/controllers/cron-jobs/).
 fn k8s_name(slug: &str) -> String {
     let mut name: String = format!("tributary-{slug}")
         .chars()
@@ -855,7 +862,9 @@ fn label_value(s: &str) -> String {
 /// retries and spends more of the vendor's budget.
 pub const K8S_WRAPPER: &str = r#""$@" & pid=$!; term=0; trap 'term=1; kill -TERM "$pid" 2>/dev/null' TERM INT; wait "$pid"; rc=$?; while [ "$term" = 1 ] && [ "$rc" -gt 128 ]; do term=0; wait "$pid"; rc=$?; done; if [ "$rc" -eq 3 ]; then exit 0; fi; exit "$rc""#;
 
-/// Kubernetes batch/v1 CronJobs, one per unit.
+/// Kubernetes batch/v1 CronJobs, one per unit. Fields as in the API reference
+/// (https://kubernetes.io/docs/reference/kubernetes-api/workload-resources/cron-job-v1/);
+/// `kubernetes-validate` checks them against its schemas in tests/it/plan.rs.
 fn k8s(plan: &Plan, target: &Target) -> Result<String> {
     let a = &target.args;
     let config = Path::new(&target.config);

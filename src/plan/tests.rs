@@ -129,11 +129,14 @@ fn schedules_become_standard_cron_that_fires_when_run_does() {
     for (written, expected) in [
         ("*/15 * * * *", "*/15 * * * *"),
         ("0 */3 * * *", "0 */3 * * *"),
+        ("*/30 * * * *", "*/30 * * * *"),
+        ("0 6,18 * * *", "0 6,18 * * *"),
+        ("5,10 * * * *", "5,10 * * * *"),
         ("30 */3 * * *", "30 */3 * * *"),
         ("0 0 */6 * * *", "0 */6 * * *"),
         ("5-59/15 9-17 * * *", "5-59/15 9-17 * * *"),
-        ("0,30 6,18 1 * *", "0,30 6,18 1 * *"),
-        ("0 4 * JAN,JUL *", "0 4 * 1,7 *"),
+        ("0,30 6,18 1 * *", "*/30 6,18 1 * *"),
+        ("0 4 * JAN,JUL *", "0 4 * */6 *"),
         // `run` reads weekdays as the `cron` crate does, 1 = Sunday: the plan keeps the days
         // `run` fires on, written as standard cron writes them.
         ("0 9 * * 2-6", "0 9 * * 1-5"),
