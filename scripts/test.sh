@@ -3,7 +3,8 @@
 # lints and every test (unit, SDK conformance, end-to-end against the simulators and the
 # object-store servers (moto, Azurite, fake-gcs-server), a PostgreSQL server for the
 # reverse-ETL sources, and the read-back of the tables by
-# independent readers: DuckDB with its delta extension, and Python's `deltalake`).
+# independent readers: DuckDB with its delta extension, and Python's `deltalake`; `plan`'s
+# output is run by a real Apache Airflow and checked against the Kubernetes API schemas).
 #
 # Usage: scripts/test.sh            (from anywhere in the repository)
 set -euo pipefail
@@ -51,6 +52,20 @@ if ! command -v prometheus >/dev/null; then
   DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y --no-install-recommends prometheus
 fi
 export TRIBUTARY_PROMETHEUS="${TRIBUTARY_PROMETHEUS:-$(command -v prometheus)}"
+# Apache Airflow (standalone on SQLite, for the `plan --format airflow` test) and
+# kubernetes-validate (the Kubernetes API's JSON schemas, for `plan --format k8s`), from PyPI
+# into their own virtualenv, every package pinned by scripts/airflow-constraints.txt.
+airflow_venv="${TRIBUTARY_TEST_AIRFLOW:-target/test-airflow}"
+airflow_version=3.3.2
+if ! "$airflow_venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('apache-airflow') != '$airflow_version')" 2>/dev/null ||
+  ! [ -x "$airflow_venv/bin/kubernetes-validate" ]; then
+  echo "Installing Apache Airflow $airflow_version and kubernetes-validate into $airflow_venv ..."
+  python3 -m venv "$airflow_venv"
+  "$airflow_venv/bin/pip" install --quiet --disable-pip-version-check -c scripts/airflow-constraints.txt \
+    "apache-airflow==$airflow_version" 'kubernetes-validate==1.37.0'
+fi
+export TRIBUTARY_AIRFLOW="$PWD/$airflow_venv/bin/airflow"
+export TRIBUTARY_KUBERNETES_VALIDATE="$PWD/$airflow_venv/bin/kubernetes-validate"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

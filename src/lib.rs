@@ -11,6 +11,7 @@ pub mod lease;
 pub mod logging;
 pub mod metrics;
 pub mod orchestrator;
+pub mod plan;
 pub mod registry;
 pub mod retl;
 pub mod runs;

@@ -66,6 +66,9 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
     },
+    /// Print the units of work and their schedules for another scheduler: an Airflow DAG
+    /// file, Kubernetes CronJobs or crontab lines. Reads the config without its secrets.
+    Plan(tributary::plan::PlanArgs),
     /// Show each stream's cursor and last commit.
     State {
         /// Only this source.
@@ -229,6 +232,7 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Run { metrics } => cli::run(&args.config, metrics).await,
+            Command::Plan(plan) => tributary::plan::command(&args.config, &plan),
             Command::Compact {
                 source,
                 stream,

@@ -1,8 +1,9 @@
 //! End-to-end tests: the real `tributary` binary against the simulators on 127.0.0.1 and
 //! real object-store servers (`moto` for S3, also behind the fault-injecting `proxy`;
 //! Azurite for Azure; fake-gcs-server for GCS; see `stores`), with the tables read back (by
-//! deltalake here, and by Python's `deltalake` in `readback` and the store tests). One test
-//! binary, a module per topic.
+//! deltalake here, and by Python's `deltalake` in `readback` and the store tests), and
+//! `plan`'s output run by Apache Airflow and validated against the Kubernetes schemas
+//! (`plan`). One test binary, a module per topic.
 
 mod azure;
 mod common;
@@ -15,6 +16,7 @@ mod hostile_records;
 mod leases;
 mod metrics;
 mod moto;
+mod plan;
 mod postgres;
 mod proxy;
 mod readback;
