@@ -124,6 +124,13 @@ pub struct SyncConfig {
     /// over. Must be well above the clock differences between workers.
     #[serde(default = "default_lease_seconds")]
     pub lease_seconds: u64,
+    /// Take a lease on each stream (and reverse-ETL model) before syncing it. Default
+    /// `true`. `false` skips the lease objects, for a scheduler that never starts two runs
+    /// of one stream at once (one `run` daemon; Kubernetes `concurrencyPolicy: Forbid`):
+    /// overlapping runs are then not skipped, and the commits still refuse the second
+    /// writer of a version (it fails with "another writer committed").
+    #[serde(default = "default_leases")]
+    pub leases: bool,
 }
 
 impl Default for SyncConfig {
@@ -136,6 +143,7 @@ impl Default for SyncConfig {
             concurrency: default_concurrency(),
             max_response_mb: default_max_response_mb(),
             lease_seconds: default_lease_seconds(),
+            leases: true,
         }
     }
 }
@@ -154,6 +162,9 @@ fn default_commit_every() -> u64 {
 }
 fn default_concurrency() -> usize {
     4
+}
+fn default_leases() -> bool {
+    true
 }
 fn default_lease_seconds() -> u64 {
     crate::lease::DEFAULT_LEASE_SECONDS

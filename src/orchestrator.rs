@@ -112,13 +112,20 @@ pub async fn sync_sources(
         );
     }
     if !retl.is_empty() {
-        let leases = crate::lease::for_warehouse(&warehouse, config.sync.lease_seconds)?;
+        let leases = match config.sync.leases {
+            true => Some(crate::lease::for_warehouse(
+                &warehouse,
+                config.sync.lease_seconds,
+            )?),
+            false => None,
+        };
         for r in retl {
             if cancel.is_cancelled() {
                 break;
             }
             outcomes.extend(
-                crate::retl::run_source(&warehouse, &leases, r, stream, &run_id, &cancel).await?,
+                crate::retl::run_source(&warehouse, leases.as_ref(), r, stream, &run_id, &cancel)
+                    .await?,
             );
         }
     }
@@ -153,7 +160,13 @@ async fn sync_source(
         }
         None => None,
     };
-    let leases = crate::lease::for_warehouse(warehouse, config.sync.lease_seconds)?;
+    let leases = match config.sync.leases {
+        true => Some(crate::lease::for_warehouse(
+            warehouse,
+            config.sync.lease_seconds,
+        )?),
+        false => None,
+    };
     let jobs: Vec<futures::future::BoxFuture<'_, StreamOutcome>> = s
         .streams
         .iter()
@@ -199,12 +212,17 @@ async fn sync_source(
                 history: s.config.history,
                 lease: None,
             };
-            let leases = &leases;
+            let leases = leases.as_ref();
             async move {
                 // The stream and its outbox are this worker's only under its lease.
-                let lease = match leases.acquire(name, &schema.name).await {
-                    Ok(Acquired::Taken(lease)) => lease,
-                    Ok(Acquired::Held(holder)) => {
+                let acquired = match leases {
+                    Some(leases) => leases.acquire(name, &schema.name).await.map(Some),
+                    None => Ok(None),
+                };
+                let lease = match acquired {
+                    Ok(None) => None,
+                    Ok(Some(Acquired::Taken(lease))) => Some(lease),
+                    Ok(Some(Acquired::Held(holder))) => {
                         tracing::info!(source = %name, stream = %schema.name, owner = %holder.owner, expires_at = %holder.expires_at, "Another worker holds the stream's lease; skipping it.");
                         if let Some(pb) = &job.progress {
                             pb.finish_with_message("leased");
@@ -222,9 +240,11 @@ async fn sync_source(
                         return StreamOutcome::new(name, &schema.name, Status::Failed(scrubbed(&e)));
                     }
                 };
-                crate::metrics::lease_held(name, &schema.name, 1);
-                let check = lease.check();
-                job.lease = Some(check.clone());
+                let check = lease.as_ref().map(|lease| {
+                    crate::metrics::lease_held(name, &schema.name, 1);
+                    lease.check()
+                });
+                job.lease = check.clone();
                 let mut outcome = engine::sync_stream(job).await;
                 // After the stream's commits, and for any backlog of earlier runs.
                 if let Some((client, outbox)) = tracked
@@ -236,7 +256,7 @@ async fn sync_source(
                         &outcome.stream,
                         &outbox,
                         &client,
-                        Some(&check),
+                        check.as_ref(),
                     )
                     .await;
                     let unverified = client.accepts_any_write_key();
@@ -258,8 +278,10 @@ async fn sync_source(
                         }
                     });
                 }
-                lease.release().await;
-                crate::metrics::lease_held(name, &schema.name, -1);
+                if let Some(lease) = lease {
+                    lease.release().await;
+                    crate::metrics::lease_held(name, &schema.name, -1);
+                }
                 crate::metrics::stream_finished(&outcome);
                 outcome
             }

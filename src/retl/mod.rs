@@ -152,7 +152,7 @@ enum Sink<'a> {
 struct Stager<'a> {
     /// The model's lease: a part is written only while it is held (another worker's
     /// staged outbox file of the same seq must not be replaced).
-    lease: &'a LeaseCheck,
+    lease: Option<&'a LeaseCheck>,
     table: &'a StreamTable,
     outbox: &'a Outbox,
     commit_every: usize,
@@ -168,9 +168,11 @@ impl Stager<'_> {
         if self.rows.is_empty() {
             return Ok(());
         }
-        self.lease
-            .check()
-            .map_err(|reason| anyhow!("{reason}; stopped before writing"))?;
+        if let Some(lease) = self.lease {
+            lease
+                .check()
+                .map_err(|reason| anyhow!("{reason}; stopped before writing"))?;
+        }
         let seq = self.table.seq() + self.parts.len() as i64 + 1;
         self.outbox.write(seq, &self.messages).await?;
         self.messages.clear();
@@ -389,7 +391,7 @@ pub async fn preview(
 /// says what went wrong.
 pub async fn run_model(
     warehouse: &Warehouse,
-    leases: &Leases,
+    leases: Option<&Leases>,
     source: &RetlSource,
     model: &Model,
     client: Option<&TrackingClient>,
@@ -397,9 +399,14 @@ pub async fn run_model(
     cancel: &Cancel,
 ) -> StreamOutcome {
     let mut outcome = StreamOutcome::new(&source.name, &model.name, Status::Succeeded);
-    let lease = match leases.acquire(&source.name, &model.name).await {
-        Ok(Acquired::Taken(lease)) => lease,
-        Ok(Acquired::Held(holder)) => {
+    let acquired = match leases {
+        Some(leases) => leases.acquire(&source.name, &model.name).await.map(Some),
+        None => Ok(None),
+    };
+    let lease = match acquired {
+        Ok(None) => None,
+        Ok(Some(Acquired::Taken(lease))) => Some(lease),
+        Ok(Some(Acquired::Held(holder))) => {
             tracing::info!(source = %source.name, model = %model.name, owner = %holder.owner, expires_at = %holder.expires_at, "Another worker holds the model's lease; skipping it.");
             outcome.status = Status::Leased(holder.describe());
             return outcome;
@@ -413,11 +420,13 @@ pub async fn run_model(
             return outcome;
         }
     };
-    crate::metrics::lease_held(&source.name, &model.name, 1);
-    let check = lease.check();
+    let check = lease.as_ref().map(|lease| {
+        crate::metrics::lease_held(&source.name, &model.name, 1);
+        lease.check()
+    });
     match run_inner(
         warehouse,
-        &check,
+        check.as_ref(),
         source,
         model,
         client,
@@ -434,8 +443,10 @@ pub async fn run_model(
             outcome.status = Status::Failed(e);
         }
     }
-    lease.release().await;
-    crate::metrics::lease_held(&source.name, &model.name, -1);
+    if let Some(lease) = lease {
+        lease.release().await;
+        crate::metrics::lease_held(&source.name, &model.name, -1);
+    }
     outcome.ended_at = Utc::now();
     crate::metrics::stream_finished(&outcome);
     outcome
@@ -444,7 +455,7 @@ pub async fn run_model(
 #[allow(clippy::too_many_arguments)]
 async fn run_inner(
     warehouse: &Warehouse,
-    lease: &LeaseCheck,
+    lease: Option<&LeaseCheck>,
     source: &RetlSource,
     model: &Model,
     client: Option<&TrackingClient>,
@@ -491,9 +502,11 @@ async fn run_inner(
     let total = staged.len();
     let base = table.seq();
     for (i, (file, records)) in staged.into_iter().enumerate() {
-        lease
-            .check()
-            .map_err(|reason| anyhow!("{reason}; stopped before committing part {}", i + 1))?;
+        if let Some(lease) = lease {
+            lease
+                .check()
+                .map_err(|reason| anyhow!("{reason}; stopped before committing part {}", i + 1))?;
+        }
         outcome.files += 1;
         outcome.bytes += file.add.size.max(0) as u64;
         let cursor = json!({
@@ -531,7 +544,7 @@ async fn run_inner(
     let Some(client) = client else {
         return Ok(Status::Succeeded);
     };
-    let hold = || lease.check();
+    let hold = || lease.map_or(Ok(()), |l| l.check());
     let delivered = outbox.deliver(client, table.seq(), &hold).await;
     let unverified = client.accepts_any_write_key();
     outcome.tracking = Some(match delivered {
@@ -554,7 +567,7 @@ async fn run_inner(
 /// Runs the selected models of a reverse-ETL source, one after another.
 pub async fn run_source(
     warehouse: &Warehouse,
-    leases: &Leases,
+    leases: Option<&Leases>,
     source: &RetlSource,
     only_model: Option<&str>,
     run_id: &str,

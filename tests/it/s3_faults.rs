@@ -207,12 +207,18 @@ async fn data_file_faults_on(kind: Kind) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn listings_cut_short_fail_the_sync_and_the_next_one_lands_the_rest() {
-    let f = Faulty::start(600, "batch_size = 50\ncommit_every = 100", 3, "5s").await;
+    let f = Faulty::start(
+        600,
+        "batch_size = 50\ncommit_every = 100\nlease_seconds = 1",
+        3,
+        "5s",
+    )
+    .await;
     // object_store reads an object again when its body is cut short, but not a listing:
     // once listings break (after the first commits), the sync stops and names the
     // listing, keeping what it committed.
     f.proxy
-        .inject(Rule::new(Target::List, Fault::CutBody).skip(14).times(20));
+        .inject(Rule::new(Target::List, Fault::CutBody).skip(24).times(20));
     let (code, text) = f.sync().await;
     assert_eq!(code, Some(1), "{text}");
     let error = failed_line(&text);
@@ -222,8 +228,11 @@ async fn listings_cut_short_fail_the_sync_and_the_next_one_lands_the_rest() {
         "commits before the failure stay:\n{text}"
     );
     f.proxy.clear();
+    // A lease the failed run could not release (its listing broke too) expires first.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
     let (code, text) = f.sync().await;
     assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains(" leased"), "{text}");
     f.assert_complete().await;
 }
 

@@ -626,7 +626,12 @@ pub async fn racing_env(records: usize, bucket: &Bucket, prefix: &str) -> Env {
     env.use_bucket(&bucket.warehouse_section(prefix, ""));
     let text = std::fs::read_to_string(&env.config)
         .unwrap()
-        .replace("batch_size = 500", "batch_size = 50\ncommit_every = 100");
+        // Leases off: two writers of one stream reach the commits, which alone must keep
+        // them apart (as when a worker's lease ran out while it still wrote).
+        .replace(
+            "batch_size = 500",
+            "batch_size = 50\ncommit_every = 100\nleases = false",
+        );
     std::fs::write(&env.config, text).unwrap();
     env.sandbox.set_faults(tributary_stripe::sandbox::Faults {
         slow_ms: 15,

@@ -13,7 +13,7 @@ use tributary_stripe::sandbox::{Faults, SandboxConfig};
 async fn sigkill_at_random_moments_then_resume_lands_everything_exactly_once() {
     let env = Env::stripe_with(
         SandboxConfig {
-            records: 3000,
+            records: 6000,
             ..Default::default()
         },
         "streams = [\"charges\"]\npage_size = 25\nhistory = true",
