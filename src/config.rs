@@ -276,7 +276,14 @@ impl Schedule {
     pub fn parse(text: &str) -> Result<Self, String> {
         let fields = text.split_whitespace().count();
         let full = match fields {
-            5 => format!("0 {text}"),
+            5 => {
+                // Standard cron (crontab(5)) numbers the days of the week 0-7 with Sunday 0
+                // and 7; the `cron` crate 1-7 with Sunday 1. Five fields are standard cron.
+                let parts: Vec<&str> = text.split_whitespace().collect();
+                let dow = standard_days_of_week(parts[4])
+                    .map_err(|e| format!("`{text}`: the day of the week: {e}"))?;
+                format!("0 {} {dow}", parts[..4].join(" "))
+            }
             6 | 7 => text.to_owned(),
             _ => {
                 return Err(format!(
@@ -290,6 +297,60 @@ impl Schedule {
             cron,
         })
     }
+}
+
+/// A standard-cron day-of-week field (`1-5`, `0,6`, `MON-FRI`, `*/2`, `5-7`; Sunday is 0
+/// or 7) as the `cron` crate reads it (Sunday 1): the days it names, as a list.
+fn standard_days_of_week(field: &str) -> Result<String, String> {
+    if field == "*" || field == "?" {
+        return Ok(field.to_owned());
+    }
+    const NAMES: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+    let day = |s: &str| -> Result<u32, String> {
+        if let Some(i) = NAMES.iter().position(|n| n.eq_ignore_ascii_case(s)) {
+            return Ok(i as u32);
+        }
+        match s.parse::<u32>() {
+            Ok(n) if n <= 7 => Ok(n),
+            _ => Err(format!(
+                "`{s}` is not a day (0-7 with Sunday 0 or 7, or SUN-SAT)"
+            )),
+        }
+    };
+    let mut days = [false; 7];
+    for item in field.split(',') {
+        let (range, step) = match item.split_once('/') {
+            Some((r, s)) => (
+                r,
+                s.parse::<u32>()
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .ok_or_else(|| format!("`{item}`: the step must be a positive number"))?,
+            ),
+            None => (item, 1),
+        };
+        let (from, to) = match range {
+            "*" => (0, 6),
+            r => match r.split_once('-') {
+                Some((a, b)) => (day(a)?, day(b)?),
+                None if step > 1 => (day(r)?, 6),
+                None => (day(r)?, day(r)?),
+            },
+        };
+        if from > to {
+            return Err(format!("`{item}`: the range runs backwards"));
+        }
+        for d in (from..=to).step_by(step as usize) {
+            days[(d % 7) as usize] = true;
+        }
+    }
+    Ok(days
+        .iter()
+        .enumerate()
+        .filter(|(_, on)| **on)
+        .map(|(d, _)| (d + 1).to_string())
+        .collect::<Vec<_>>()
+        .join(","))
 }
 
 /// A loaded configuration: the file's path (for error messages) and its parts.
@@ -853,6 +914,51 @@ mod example_tests {
                 "line {}: `{}` has no comment above it",
                 n + 1,
                 key_of(line).unwrap()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+    use chrono::{Datelike, TimeZone, Utc};
+
+    /// The weekdays (0 = Sunday) a schedule fires on in a week of January 2025.
+    fn weekdays(text: &str) -> Vec<u32> {
+        let s = Schedule::parse(text).unwrap();
+        let start = Utc.with_ymd_and_hms(2025, 1, 5, 0, 0, 0).unwrap(); // a Sunday
+        let mut out: Vec<u32> = s
+            .cron
+            .after(&(start - chrono::Duration::seconds(1)))
+            .take_while(|t| *t < start + chrono::Duration::days(7))
+            .map(|t| t.weekday().num_days_from_sunday())
+            .collect();
+        out.dedup();
+        out
+    }
+
+    #[test]
+    fn five_fields_are_standard_cron_with_sunday_zero() {
+        assert_eq!(weekdays("0 9 * * 1-5"), [1, 2, 3, 4, 5]);
+        assert_eq!(weekdays("0 9 * * MON-FRI"), [1, 2, 3, 4, 5]);
+        assert_eq!(weekdays("0 9 * * 0"), [0]);
+        assert_eq!(weekdays("0 9 * * 7"), [0]);
+        assert_eq!(weekdays("0 9 * * 5-7"), [0, 5, 6]);
+        assert_eq!(weekdays("0 9 * * 0,6"), [0, 6]);
+        assert_eq!(weekdays("0 9 * * */3"), [0, 3, 6]);
+        assert_eq!(weekdays("0 9 * * 1/2"), [1, 3, 5]);
+        assert_eq!(weekdays("0 9 * * *"), [0, 1, 2, 3, 4, 5, 6]);
+        for (bad, says) in [
+            ("0 9 * * 8", "not a day"),
+            ("0 9 * * 5-2", "backwards"),
+            ("0 9 * * */0", "positive"),
+            ("0 9 * * FUNDAY", "not a day"),
+        ] {
+            let e = Schedule::parse(bad).unwrap_err();
+            assert!(
+                e.contains(says) && e.contains("day of the week"),
+                "{bad}: {e}"
             );
         }
     }

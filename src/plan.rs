@@ -513,9 +513,8 @@ fn syntax_error(file: &str, text: &str, e: &toml::de::Error) -> anyhow::Error {
 }
 
 /// A schedule in standard cron as crontab(5), Kubernetes and Airflow read it: 5 fields,
-/// day of week 0-6 from Sunday. Built from the parsed schedule, not the text: the `cron`
-/// crate `run` uses counts weekdays 1-7 from Sunday, so `1-5` in the config is Sunday to
-/// Thursday for `run`, and stays so here (`0-4`).
+/// day of week 0-6 from Sunday. Built from the parsed schedule, not the text, so it fires
+/// exactly when `run` does (a 6-field schedule is the `cron` crate's own, Sunday 1).
 ///
 /// Refused: a schedule with seconds other than 0 or with years (the targets schedule to
 /// the minute), and one restricting both the day of month and the day of week, which

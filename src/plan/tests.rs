@@ -137,12 +137,16 @@ fn schedules_become_standard_cron_that_fires_when_run_does() {
         ("5-59/15 9-17 * * *", "5-59/15 9-17 * * *"),
         ("0,30 6,18 1 * *", "*/30 6,18 1 * *"),
         ("0 4 * JAN,JUL *", "0 4 * */6 *"),
-        // `run` reads weekdays as the `cron` crate does, 1 = Sunday: the plan keeps the days
-        // `run` fires on, written as standard cron writes them.
-        ("0 9 * * 2-6", "0 9 * * 1-5"),
+        // Five fields are standard cron, Sunday 0 (or 7), as `run` reads them.
+        ("0 9 * * 1-5", "0 9 * * 1-5"),
         ("0 9 * * MON-FRI", "0 9 * * 1-5"),
         ("0 9 * * SUN", "0 9 * * 0"),
-        ("0 9 * * 1-7", "0 9 * * *"),
+        ("0 9 * * 7", "0 9 * * 0"),
+        ("0 9 * * 5-7", "0 9 * * 0,5,6"),
+        ("0 9 * * 0-6", "0 9 * * *"),
+        ("0 9 * * */2", "0 9 * * */2"),
+        // Six fields are the `cron` crate's own, Sunday 1.
+        ("0 0 9 * * 2-6", "0 9 * * 1-5"),
     ] {
         let cron = standard(written).unwrap();
         assert_eq!(cron, expected, "{written}");
