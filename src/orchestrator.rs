@@ -226,6 +226,7 @@ async fn sync_source(
                 let check = lease.check();
                 job.lease = Some(check.clone());
                 let mut outcome = engine::sync_stream(job).await;
+                outcome.worker = Some(lease.record().owner);
                 // After the stream's commits, and for any backlog of earlier runs.
                 if let Some((client, outbox)) = tracked
                     && !cancel.is_cancelled()

@@ -414,6 +414,7 @@ pub async fn run_model(
         }
     };
     crate::metrics::lease_held(&source.name, &model.name, 1);
+    outcome.worker = Some(lease.record().owner);
     let check = lease.check();
     match run_inner(
         warehouse,
