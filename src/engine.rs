@@ -156,6 +156,9 @@ pub struct StreamOutcome {
     pub changes: Option<crate::retl::Changes>,
     /// How it ended.
     pub status: Status,
+    /// The owner id of the lease this run of the stream held (`host:pid:random`), if it
+    /// took one: which worker synced the stream, in the run log.
+    pub worker: Option<String>,
 }
 
 impl StreamOutcome {
@@ -182,6 +185,7 @@ impl StreamOutcome {
             tracking: None,
             changes: None,
             status,
+            worker: None,
         }
     }
 

@@ -246,6 +246,7 @@ async fn sync_source(
                 });
                 job.lease = check.clone();
                 let mut outcome = engine::sync_stream(job).await;
+                outcome.worker = lease.as_ref().map(|lease| lease.record().owner);
                 // After the stream's commits, and for any backlog of earlier runs.
                 if let Some((client, outbox)) = tracked
                     && !cancel.is_cancelled()

@@ -1,7 +1,9 @@
 //! The run log: every stream run (source, stream, start, end, records, bytes, status, and
-//! the error, or why it was deferred or skipped) appended to a Delta table at
-//! `<warehouse>/_tributary/sync_runs/`, queryable like any other table, so volume over
-//! time and failures have history from day one.
+//! the error, or why it was deferred or skipped, and the worker that held the stream's
+//! lease) appended to a Delta table at `<warehouse>/_tributary/sync_runs/`, queryable like
+//! any other table, so volume over time and failures have history from day one. With
+//! several workers on one warehouse, `worker` and the start and end times show who synced
+//! a stream when (the fleet test proves from them that no two workers overlapped).
 
 use std::sync::Arc;
 
@@ -9,12 +11,12 @@ use anyhow::Result;
 use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
-use deltalake::kernel::Action;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, MetadataExt, StructType};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 
 use crate::engine::{Status, StreamOutcome};
-use crate::warehouse::{DataFile, Warehouse, writer_properties};
+use crate::warehouse::{DataFile, Warehouse, delta_fields, writer_properties};
 
 /// The run log table's path below the warehouse root.
 pub const RUNS_TABLE: [&str; 2] = ["_tributary", "sync_runs"];
@@ -33,6 +35,9 @@ fn schema() -> Arc<Schema> {
         Field::new("bytes", DataType::Int64, true),
         Field::new("status", DataType::Utf8, true),
         Field::new("error", DataType::Utf8, true),
+        // Added after the first release: a run log created before it gains the column
+        // (null in older rows) with the first append that carries it.
+        Field::new("worker", DataType::Utf8, true),
     ]))
 }
 
@@ -88,16 +93,50 @@ pub async fn record(warehouse: &Warehouse, run_id: &str, outcomes: &[StreamOutco
                     })
                     .collect::<Vec<_>>(),
             )),
+            Arc::new(StringArray::from(
+                outcomes
+                    .iter()
+                    .map(|o| o.worker.as_deref())
+                    .collect::<Vec<_>>(),
+            )),
         ],
     )?;
     let table = warehouse.open_or_create(&RUNS_TABLE, &schema).await?;
-    let mut file = DataFile::create(&table, schema, writer_properties(65_536)?, None)?;
+    let mut file = DataFile::create(&table, schema.clone(), writer_properties(65_536)?, None)?;
     file.write(&batch).await?;
     let add = file.finish().await?.add;
+    let snapshot = table.snapshot()?;
+    let mut actions = Vec::with_capacity(2);
+    let current = snapshot.snapshot().arrow_schema();
+    if schema
+        .fields()
+        .iter()
+        .any(|f| current.field_with_name(f.name()).is_err())
+    {
+        // A run log of an older release: the columns it lacks join in this commit.
+        let mut fields: Vec<Field> = current
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.extend(
+            schema
+                .fields()
+                .iter()
+                .filter(|f| current.field_with_name(f.name()).is_err())
+                .map(|f| f.as_ref().clone()),
+        );
+        let metadata = snapshot
+            .metadata()
+            .clone()
+            .with_schema(&StructType::try_new(delta_fields(&Schema::new(fields))?)?)?;
+        actions.push(Action::Metadata(metadata));
+    }
+    actions.push(Action::Add(add));
     CommitBuilder::from(CommitProperties::default())
-        .with_actions(vec![Action::Add(add)])
+        .with_actions(actions)
         .build(
-            Some(table.snapshot()?),
+            Some(snapshot),
             table.log_store(),
             DeltaOperation::Write {
                 mode: SaveMode::Append,
@@ -107,4 +146,92 @@ pub async fn record(warehouse: &Warehouse, run_id: &str, outcomes: &[StreamOutco
         )
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::WarehouseConfig;
+    use arrow::array::{Array, AsArray};
+
+    fn outcome(stream: &str, worker: Option<&str>) -> StreamOutcome {
+        let mut o = StreamOutcome::new("stripe", stream, Status::Succeeded);
+        o.worker = worker.map(str::to_owned);
+        o
+    }
+
+    /// The `worker` of every row, read from the table's data files.
+    async fn workers(warehouse: &Warehouse, dir: &std::path::Path) -> Vec<Option<String>> {
+        let table = warehouse.open(&RUNS_TABLE).await.unwrap().unwrap();
+        let root = dir.join("_tributary/sync_runs");
+        let mut out = Vec::new();
+        let mut files: Vec<String> = table
+            .snapshot()
+            .unwrap()
+            .log_data()
+            .iter()
+            .map(|f| f.path().to_string())
+            .collect();
+        files.sort();
+        for f in files {
+            let file = std::fs::File::open(root.join(f)).unwrap();
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(file, 1024)
+                    .unwrap();
+            for b in reader {
+                let b = b.unwrap();
+                match b.column_by_name("worker") {
+                    Some(c) => {
+                        let c = c.as_string::<i32>();
+                        out.extend(
+                            (0..c.len()).map(|i| (!c.is_null(i)).then(|| c.value(i).to_owned())),
+                        );
+                    }
+                    None => out.extend(std::iter::repeat_n(None, b.num_rows())),
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn the_run_log_names_the_worker_and_an_older_log_gains_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Warehouse::new(&WarehouseConfig {
+            url: dir.path().to_string_lossy().into(),
+            ..Default::default()
+        })
+        .unwrap();
+        // A run log as an older release created it: no `worker` column.
+        let old = schema();
+        let old = Arc::new(Schema::new(
+            old.fields()
+                .iter()
+                .filter(|f| f.name() != "worker")
+                .map(|f| f.as_ref().clone())
+                .collect::<Vec<_>>(),
+        ));
+        w.open_or_create(&RUNS_TABLE, &old).await.unwrap();
+
+        record(
+            &w,
+            "run-1",
+            &[outcome("charges", Some("h:1:a")), outcome("events", None)],
+        )
+        .await
+        .unwrap();
+        let table = w.open(&RUNS_TABLE).await.unwrap().unwrap();
+        let fields = table.snapshot().unwrap().snapshot().arrow_schema();
+        assert!(fields.field_with_name("worker").is_ok(), "{fields:?}");
+        // A second append needs no schema change.
+        record(&w, "run-2", &[outcome("charges", Some("h:2:b"))])
+            .await
+            .unwrap();
+        let mut got = workers(&w, dir.path()).await;
+        got.sort();
+        assert_eq!(
+            got,
+            vec![None, Some("h:1:a".to_owned()), Some("h:2:b".to_owned())]
+        );
+    }
 }

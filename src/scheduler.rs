@@ -57,7 +57,13 @@ pub async fn run(config: Arc<Loaded>, cancel: Cancel) -> Result<()> {
                     match sync_sources(&config, Some(&source), None, false, cancel).await {
                         Ok(run) => {
                             for f in &run.failed_sources {
-                                tracing::error!(source = %f.source, status = %f.describe(), "Scheduled run could not sync the source.");
+                                // Stopped by SIGTERM/SIGINT before its streams started: the
+                                // daemon is shutting down, nothing failed.
+                                if matches!(f.status, Status::Cancelled) {
+                                    tracing::info!(source = %f.source, "Scheduled run stopped before syncing the source: shutting down.");
+                                } else {
+                                    tracing::error!(source = %f.source, status = %f.describe(), "Scheduled run could not sync the source.");
+                                }
                             }
                             let outcomes = run.streams;
                             let failed = outcomes

@@ -424,6 +424,7 @@ pub async fn run_model(
         crate::metrics::lease_held(&source.name, &model.name, 1);
         lease.check()
     });
+    outcome.worker = lease.as_ref().map(|lease| lease.record().owner);
     match run_inner(
         warehouse,
         check.as_ref(),

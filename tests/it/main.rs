@@ -3,13 +3,15 @@
 //! Azurite for Azure; fake-gcs-server for GCS; see `stores`), with the tables read back (by
 //! deltalake here, and by Python's `deltalake` in `readback` and the store tests), and
 //! `plan`'s output run by Apache Airflow and validated against the Kubernetes schemas
-//! (`plan`). One test binary, a module per topic.
+//! (`plan`), and four `run` daemons sharing one bucket (`fleet`). One test binary, a module
+//! per topic.
 
 mod azure;
 mod common;
 mod compact;
 mod config_errors;
 mod demo;
+mod fleet;
 mod gcs;
 mod hostile;
 mod hostile_records;
