@@ -49,6 +49,7 @@ export TRIBUTARY_PG_BIN="$pg_bin"
 if ! command -v prometheus >/dev/null; then
   echo "Installing Prometheus (apt) ..."
   if [ "$(id -u)" = 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi
+  "${apt_get[@]}" update -qq
   DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y --no-install-recommends prometheus
 fi
 export TRIBUTARY_PROMETHEUS="${TRIBUTARY_PROMETHEUS:-$(command -v prometheus)}"
