@@ -71,7 +71,7 @@ url = "$work/warehouse"
 type = "postgres"
 url = "postgres://tributary@127.0.0.1:$pg_port/app"
 tls = "disable"
-commit_every = ${BENCH_COMMIT_EVERY:-20000}
+commit_every = ${BENCH_COMMIT_EVERY:-10000}
 
 [sources.app_db.tracking]
 endpoint = "http://127.0.0.1:$collector_port"

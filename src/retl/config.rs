@@ -22,7 +22,7 @@ pub const KINDS: [&str; 2] = ["postgres", "delta"];
 const DEFAULT_SEND: [Change; 2] = [Change::Added, Change::Updated];
 
 /// Changed rows per commit (and per outbox file) by default.
-pub const DEFAULT_COMMIT_EVERY: u64 = 20_000;
+pub const DEFAULT_COMMIT_EVERY: u64 = 10_000;
 /// The most changed rows per commit: a commit's messages are held in memory while its
 /// outbox file is written, and read back whole when it is delivered.
 pub const MAX_COMMIT_EVERY: u64 = 100_000;
