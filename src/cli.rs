@@ -327,12 +327,16 @@ pub async fn compact(
 ) -> Result<ExitCode> {
     let config = config::load(config_path)?;
     let warehouse = Warehouse::new(&config.warehouse)?;
-    if only_stream.is_some() && only_source.is_none() && config.sources.len() > 1 {
+    if only_stream.is_some()
+        && only_source.is_none()
+        && config.sources.len() + config.retl.len() > 1
+    {
         bail!("--stream needs --source when several sources are configured");
     }
     // Compaction commits too: the same guard as a sync's.
     warehouse.check_conditional_put().await?;
     let sources: Vec<&str> = match only_source {
+        Some(name) if config.retl_source(name).is_some() => Vec::new(),
         Some(name) => vec![config.source(name)?.name.as_str()],
         None => config.sources.iter().map(|s| s.name.as_str()).collect(),
     };
@@ -352,12 +356,37 @@ pub async fn compact(
         names.sort();
         tables.extend(names.into_iter().map(|n| vec![source.to_string(), n]));
     }
+    // Reverse-ETL models' state tables (`--stream` names a model), once they exist.
+    for source in config.selected_retl(only_source) {
+        for model in &source.models {
+            let parts = [
+                "_tributary",
+                "retl",
+                source.name.as_str(),
+                model.name.as_str(),
+            ];
+            if only_stream.is_none_or(|s| s == model.name)
+                && warehouse.open(&parts).await?.is_some()
+            {
+                tables.push(parts.iter().map(|p| p.to_string()).collect());
+            }
+        }
+    }
     if let Some(stream) = only_stream
         && tables.is_empty()
     {
         bail!(
             "there is no table for stream `{stream}` of source `{}` in {} (has it been synced?)",
-            sources.join(", "),
+            match only_source {
+                Some(name) => name.to_owned(),
+                None => config
+                    .sources
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .chain(config.retl.iter().map(|s| s.name.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            },
             warehouse.root()
         );
     }
