@@ -475,6 +475,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded> {
             Some(_) => bail!("{file}: `{at}.schedule` must be a cron expression in a string"),
             None => Schedule::parse(DEFAULT_SCHEDULE).map_err(|e| anyhow!(e))?,
         };
+        let tracking = match table.remove("tracking") {
+            Some(value) => Some(parse_tracking(
+                value,
+                &format!("{at}.tracking"),
+                &file.to_string(),
+            )?),
+            None => None,
+        };
         if crate::retl::config::KINDS.contains(&kind.as_str()) {
             for key in ["streams", "history"] {
                 if table.contains_key(key) {
@@ -483,14 +491,6 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded> {
                     );
                 }
             }
-            let tracking = match table.remove("tracking") {
-                Some(value) => Some(parse_tracking(
-                    value,
-                    &format!("{at}.tracking"),
-                    &file.to_string(),
-                )?),
-                None => None,
-            };
             let options = resolve_value(toml::Value::Table(table), &at, &file.to_string())?;
             retl.push(crate::retl::config::parse(
                 name,
@@ -524,14 +524,6 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded> {
             Some(toml::Value::Boolean(b)) => b,
             Some(_) => bail!("{file}: `{at}.history` must be true or false"),
             None => false,
-        };
-        let tracking = match table.remove("tracking") {
-            Some(value) => Some(parse_tracking(
-                value,
-                &format!("{at}.tracking"),
-                &file.to_string(),
-            )?),
-            None => None,
         };
         let options = resolve_value(toml::Value::Table(table), &at, &file.to_string())?;
         sources.push(SourceConfig {

@@ -212,6 +212,30 @@ pub struct TrackingOutcome {
     pub error: Option<String>,
 }
 
+impl TrackingOutcome {
+    /// What a delivery pass did (or why it could not read the outbox), for a collector
+    /// that accepts any write key when `unverified`.
+    pub fn of(
+        delivered: &anyhow::Result<crate::tracking::outbox::Delivery>,
+        unverified: bool,
+    ) -> Self {
+        match delivered {
+            Ok(d) => TrackingOutcome {
+                unverified,
+                sent: d.sent,
+                pending: d.pending,
+                rejected: d.rejected.len() as u64,
+                error: d.error.clone(),
+            },
+            Err(e) => TrackingOutcome {
+                unverified,
+                error: Some(crate::logging::scrubbed(e)),
+                ..TrackingOutcome::default()
+            },
+        }
+    }
+}
+
 /// What to do in one stream run.
 pub struct StreamJob<'a> {
     /// Where the table lives.

@@ -260,24 +260,13 @@ async fn sync_source(
                         check.as_ref(),
                     )
                     .await;
-                    let unverified = client.accepts_any_write_key();
-                    outcome.tracking = Some(match delivered {
-                        Ok(d) => TrackingOutcome {
-                            unverified,
-                            sent: d.sent,
-                            pending: d.pending,
-                            rejected: d.rejected.len() as u64,
-                            error: d.error,
-                        },
-                        Err(e) => {
-                            tracing::warn!(source = %name, stream = %outcome.stream, error = %format!("{e:#}"), "Could not read the tracking outbox; it stays for the next run.");
-                            TrackingOutcome {
-                                unverified,
-                                error: Some(scrubbed(&e)),
-                                ..TrackingOutcome::default()
-                            }
-                        }
-                    });
+                    if let Err(e) = &delivered {
+                        tracing::warn!(source = %name, stream = %outcome.stream, error = %format!("{e:#}"), "Could not read the tracking outbox; it stays for the next run.");
+                    }
+                    outcome.tracking = Some(TrackingOutcome::of(
+                        &delivered,
+                        client.accepts_any_write_key(),
+                    ));
                 }
                 if let Some(lease) = lease {
                     lease.release().await;

@@ -547,21 +547,13 @@ async fn run_inner(
     };
     let hold = || lease.map_or(Ok(()), |l| l.check());
     let delivered = outbox.deliver(client, table.seq(), &hold).await;
-    let unverified = client.accepts_any_write_key();
-    outcome.tracking = Some(match delivered {
-        Ok(d) => TrackingOutcome {
-            unverified,
-            sent: d.sent,
-            pending: d.pending,
-            rejected: d.rejected.len() as u64,
-            error: d.error,
-        },
-        Err(e) => TrackingOutcome {
-            unverified,
-            error: Some(crate::logging::scrubbed(&e)),
-            ..TrackingOutcome::default()
-        },
-    });
+    if let Err(e) = &delivered {
+        tracing::warn!(source = %source.name, model = %model.name, error = %format!("{e:#}"), "Could not read the model's outbox; it stays for the next run.");
+    }
+    outcome.tracking = Some(TrackingOutcome::of(
+        &delivered,
+        client.accepts_any_write_key(),
+    ));
     Ok(Status::Succeeded)
 }
 

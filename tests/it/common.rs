@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+use object_store::ObjectStoreExt as _;
 use std::process::Output;
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -219,6 +221,12 @@ pub fn assert_success(out: &Output) {
 pub async fn read_table(path: &Path) -> Vec<RecordBatch> {
     let url = url::Url::from_directory_path(path).expect("absolute path");
     let table = deltalake::open_table(url).await.expect("table opens");
+    live_batches(&table).await
+}
+
+/// Every live row of `table` (any store): its snapshot's data files read through the
+/// table's object store, less the rows their deletion vectors mark.
+pub async fn live_batches(table: &deltalake::DeltaTable) -> Vec<RecordBatch> {
     let store = table.object_store();
     let mut batches = Vec::new();
     let files: Vec<_> = table
@@ -235,8 +243,14 @@ pub async fn read_table(path: &Path) -> Vec<RecordBatch> {
                 .expect("deletion vector reads"),
             None => Default::default(),
         };
-        let f = std::fs::File::open(path.join(&file)).expect("data file exists");
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(f, 8192)
+        let bytes = store
+            .get(&object_store::path::Path::from(file.as_str()))
+            .await
+            .expect("data file exists")
+            .bytes()
+            .await
+            .expect("data file reads");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(bytes, 8192)
             .expect("parquet reads");
         let mut offset = 0u64;
         for b in reader {

@@ -114,45 +114,10 @@ async fn leases(bucket: &Bucket) -> BTreeMap<String, serde_json::Value> {
 /// Every live row of the Delta table at `parts` of the warehouse (deletion vectors
 /// applied), read through deltalake and object_store; empty when there is no table yet.
 async fn read(warehouse: &Warehouse, parts: &[&str]) -> Vec<RecordBatch> {
-    let Some(table) = warehouse.open(parts).await.expect("the table opens") else {
-        return Vec::new();
-    };
-    let store = table.object_store();
-    let files: Vec<_> = table
-        .snapshot()
-        .expect("snapshot")
-        .log_data()
-        .iter()
-        .map(|f| (f.path().to_string(), f.deletion_vector_descriptor()))
-        .collect();
-    let mut batches = Vec::new();
-    for (file, dv) in files {
-        let deleted = match dv {
-            Some(dv) => tributary::warehouse::dv::read(store.as_ref(), &dv)
-                .await
-                .expect("deletion vector reads"),
-            None => Default::default(),
-        };
-        let bytes = store
-            .get(&object_store::path::Path::from(file.as_str()))
-            .await
-            .expect("data file exists")
-            .bytes()
-            .await
-            .expect("data file reads");
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(bytes, 8192)
-            .expect("parquet reads");
-        let mut offset = 0u64;
-        for b in reader {
-            let b = b.expect("batch");
-            let keep: arrow::array::BooleanArray = (offset..offset + b.num_rows() as u64)
-                .map(|i| Some(!deleted.contains(i)))
-                .collect();
-            offset += b.num_rows() as u64;
-            batches.push(arrow::compute::filter_record_batch(&b, &keep).expect("filter"));
-        }
+    match warehouse.open(parts).await.expect("the table opens") {
+        Some(table) => crate::common::live_batches(&table).await,
+        None => Vec::new(),
     }
-    batches
 }
 
 /// A timestamp column as microseconds.
