@@ -18,7 +18,9 @@ use crate::config::{Schedule, TrackingConfig};
 /// The source types that are reverse-ETL sources.
 pub const KINDS: [&str; 2] = ["postgres", "delta"];
 
-/// Changes a model sends by default: Segment's "Added or updated records".
+/// Changes a model sends by default: Segment's "Added or updated records" (its Reverse ETL
+/// mappings offer added, updated, added or updated, and deleted records:
+/// https://segment.com/docs/connections/reverse-etl/setup/).
 const DEFAULT_SEND: [Change; 2] = [Change::Added, Change::Updated];
 
 /// Changed rows per commit (and per outbox file) by default.
