@@ -191,7 +191,7 @@ pub struct SourceConfig {
     /// source only lands tables.
     pub tracking: Option<TrackingConfig>,
     /// `history = true`: besides the latest-state table, each object stream keeps every
-    /// version it landed in an append-only `<stream>_history` table.
+    /// distinct version it landed in an append-only `<stream>_history` table.
     pub history: bool,
 }
 
@@ -560,8 +560,12 @@ fn syntax_error(file: &dyn std::fmt::Display, text: &str, e: &toml::de::Error) -
     }
 }
 
+/// The keys of a `[sources.<name>]` section the runtime reads; the rest are the connector's
+/// options.
+pub(crate) const RUNTIME_KEYS: [&str; 5] = ["type", "schedule", "tracking", "streams", "history"];
+
 /// Converts TOML to JSON as written (no `${…}` resolution).
-fn plain_json(value: toml::Value) -> serde_json::Value {
+pub(crate) fn plain_json(value: toml::Value) -> serde_json::Value {
     match value {
         toml::Value::String(s) => serde_json::Value::String(s),
         toml::Value::Integer(i) => serde_json::Value::from(i),

@@ -122,6 +122,7 @@ impl StreamSink {
                     commit.cursor.clone(),
                     commit.records,
                     commit.run_id,
+                    &self.table,
                 )
                 .await?;
         }

@@ -201,6 +201,41 @@ pub async fn live_rows(
     }))
 }
 
+/// The rows of data file `path` at the positions in `keep` (and no other), in `schema`.
+pub async fn rows_at(
+    store: &Arc<dyn ObjectStore>,
+    path: &str,
+    size: i64,
+    keep: &RoaringTreemap,
+    schema: Arc<ArrowSchema>,
+) -> Result<Vec<RecordBatch>> {
+    let mut batches = ParquetRecordBatchStreamBuilder::new(reader(store, path, size))
+        .await
+        .with_context(|| format!("opening the data file {path}"))?
+        .with_batch_size(READ_BATCH)
+        .build()
+        .with_context(|| format!("reading the data file {path}"))?;
+    let mut out = Vec::new();
+    let mut offset = 0u64;
+    while let Some(batch) = batches
+        .try_next()
+        .await
+        .with_context(|| format!("reading the data file {path}"))?
+    {
+        let start = offset;
+        offset += batch.num_rows() as u64;
+        if keep.range_cardinality(start..offset) == 0 {
+            continue;
+        }
+        let picked: BooleanArray = (start..offset).map(|i| Some(keep.contains(i))).collect();
+        out.push(conform(&filter_record_batch(&batch, &picked)?, &schema)?);
+        if keep.max().is_some_and(|m| m < offset) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// `batch` in `schema`: missing columns null, differing types cast.
 pub fn conform(batch: &RecordBatch, schema: &Arc<ArrowSchema>) -> Result<RecordBatch> {
     if batch.schema().as_ref() == schema.as_ref() {

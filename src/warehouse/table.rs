@@ -33,6 +33,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use arrow::datatypes::Schema as ArrowSchema;
+use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Utc};
 use deltalake::kernel::transaction::{
     CommitBuilder, CommitConflictError, CommitProperties, TransactionError,
@@ -48,7 +49,7 @@ use tributary_sdk::schema::RECEIVED_AT;
 
 use super::datafile::{DataFile, NewFile, key_range, received_range};
 use super::dv::{self, DvFile};
-use super::merge::{live_rows, rows_received_before, rows_with_keys};
+use super::merge::{live_rows, rows_at, rows_received_before, rows_with_keys};
 use super::{COMMIT_INFO_KEY, MergeMode, Warehouse, delta_fields, writer_properties};
 
 /// How many times a commit is re-planned after conflicting with a concurrent one.
@@ -82,6 +83,11 @@ pub struct CommitMeta {
     pub snapshot_completed: Option<DateTime<Utc>>,
     /// When it was committed (RFC 3339).
     pub committed_at: String,
+    /// On a history commit that left out versions the table already held (see
+    /// `warehouse::history`): the files as the latest-state table receives them, so a run
+    /// that died before that commit lands them whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_files: Option<Vec<Add>>,
 }
 
 /// What a commit does to the stream's snapshot (see the module docs).
@@ -193,6 +199,11 @@ impl StreamTable {
         })
     }
 
+    /// The table's application id (`tributary/<source>/<stream>`), as its commits record it.
+    pub fn app_id(&self) -> &str {
+        &self.app_id
+    }
+
     /// The column that identifies a row of an object table (`None`: append-only).
     pub fn key(&self) -> Option<&str> {
         self.key.as_deref()
@@ -269,6 +280,22 @@ impl StreamTable {
         records: u64,
         run_id: &str,
     ) -> Result<Landed> {
+        self.commit_recording(files, schema, snapshot, cursor, records, run_id, None)
+            .await
+    }
+
+    /// [`StreamTable::commit`], recording `latest_files` in the commit's metadata.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn commit_recording(
+        &mut self,
+        files: Vec<NewFile>,
+        schema: &ArrowSchema,
+        snapshot: SnapshotStep,
+        cursor: serde_json::Value,
+        records: u64,
+        run_id: &str,
+        latest_files: Option<Vec<Add>>,
+    ) -> Result<Landed> {
         let since = snapshot.since.map(micros);
         let complete = snapshot.complete && since.is_some();
         let sweep_before = since
@@ -287,6 +314,7 @@ impl StreamTable {
                 snapshot_since: if complete { None } else { since },
                 snapshot_completed: if complete { since } else { None },
                 committed_at: chrono::Utc::now().to_rfc3339(),
+                latest_files: latest_files.clone(),
             };
             let operation = if planned.removes {
                 DeltaOperation::Update { predicate: None }
@@ -361,6 +389,53 @@ impl StreamTable {
                 e => bail!("committing to the table of `{}`: {e}", self.app_id),
             }
         }
+    }
+
+    /// The live rows whose key is one of `keys`, in the table's current schema (none for a
+    /// table without a key). Reads the key column of the files whose key statistics may
+    /// hold one of them, then those rows.
+    pub async fn live_rows_with_keys(&self, keys: &HashSet<&str>) -> Result<Vec<RecordBatch>> {
+        let Some(key) = self.key.as_deref() else {
+            return Ok(Vec::new());
+        };
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let schema = self.arrow_schema()?;
+        let store = self.table.object_store();
+        let mut sorted: Vec<&str> = keys.iter().copied().collect();
+        sorted.sort_unstable();
+        let sorted = &sorted;
+        let store = &store;
+        let schema = &schema;
+        let adds: Vec<Add> = self
+            .table
+            .snapshot()?
+            .log_data()
+            .iter()
+            .map(|f| LiveFile::of(&f).add)
+            .collect();
+        let batches: Vec<Vec<RecordBatch>> = futures::stream::iter(adds)
+            .map(|add| async move {
+                if let Some((min, max)) = key_range(add.stats.as_deref(), key) {
+                    let i = sorted.partition_point(|k| *k < min.as_str());
+                    if sorted.get(i).is_none_or(|k| *k > max.as_str()) {
+                        return Ok(Vec::new());
+                    }
+                }
+                let mut found = rows_with_keys(store, &add.path, add.size, key, keys).await?;
+                if let Some(d) = &add.deletion_vector {
+                    found -= dv::read(store.as_ref(), d).await?;
+                }
+                if found.is_empty() {
+                    return Ok(Vec::new());
+                }
+                rows_at(store, &add.path, add.size, &found, schema.clone()).await
+            })
+            .buffered(SCAN_PARALLELISM)
+            .try_collect()
+            .await?;
+        Ok(batches.into_iter().flatten().collect())
     }
 
     /// Whether the stream's last commit in the table is exactly `meta`'s, re-reading the
