@@ -361,8 +361,7 @@ fn stream_list(
     section: &toml::Table,
     configured: Option<Vec<String>>,
 ) -> Result<Vec<String>> {
-    let known = static_streams(kind, section)
-        .map_err(|e| anyhow!("{file}: `[{at}]`: the connector's streams: {e}"))?;
+    let known = static_streams(kind, section).map_err(|e| anyhow!("{file}: `[{at}]`: {e}"))?;
     let mut streams = match (configured, known) {
         (Some(wanted), Some(known)) => {
             for (i, stream) in wanted.iter().enumerate() {
@@ -397,39 +396,30 @@ fn stream_list(
     Ok(streams)
 }
 
-/// The stream names a connector has whatever the vendor answers, when it has such a list:
-/// Stripe's and Zendesk's streams are fixed; Salesforce's are the tables of its `objects`
-/// when written (without them, the default objects the org lacks are skipped at run time).
-///
-/// A connector added later plans `--per stream` from its `streams` key until it is listed
-/// here.
+/// The stream names a source has whatever the vendor answers, when its connector knows
+/// them without a network call ([`tributary_sdk::Connector::known_streams`]; Salesforce's
+/// only when `objects` is written); a reverse-ETL source's are its models.
 fn static_streams(kind: &str, section: &toml::Table) -> Result<Option<Vec<String>>> {
-    let names = |schemas: tributary_sdk::Result<Vec<tributary_sdk::StreamSchema>>| {
-        schemas
-            .map(|s| Some(s.into_iter().map(|s| s.name).collect()))
-            .map_err(|e| anyhow!("{e}"))
-    };
-    match kind {
-        "stripe" => names(tributary_stripe::streams::schemas()),
-        "zendesk" => names(tributary_zendesk::streams::schemas()),
-        "salesforce" => match section.get("objects") {
-            Some(toml::Value::Array(objects)) => objects
-                .iter()
-                .map(|o| match o {
-                    toml::Value::String(o) => Ok(tributary_salesforce::describe::table_name(o)),
-                    _ => Err(anyhow!("`objects` must be a list of object API names")),
-                })
-                .collect::<Result<Vec<_>>>()
-                .map(Some),
-            _ => Ok(None),
-        },
-        // A reverse-ETL source's units are its models (`sync --stream` names a model).
-        kind if crate::retl::config::KINDS.contains(&kind) => match section.get("models") {
+    // A reverse-ETL source's units are its models (`sync --stream` names a model).
+    if crate::retl::config::KINDS.contains(&kind) {
+        return match section.get("models") {
             Some(toml::Value::Table(models)) => Ok(Some(models.keys().cloned().collect())),
             _ => Err(anyhow!("a reverse-ETL source needs `models`")),
-        },
-        _ => Ok(None),
+        };
     }
+    let Some(factory) = crate::registry::factories()
+        .into_iter()
+        .find(|f| f.kind == kind)
+    else {
+        return Ok(None);
+    };
+    let mut options = section.clone();
+    for key in crate::config::RUNTIME_KEYS {
+        options.remove(key);
+    }
+    factory
+        .known_streams(crate::config::plain_json(toml::Value::Table(options)))
+        .map_err(|e| anyhow!("{e}"))
 }
 
 /// The `${…}` references of a config section.

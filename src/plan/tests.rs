@@ -259,7 +259,7 @@ fn mistakes_name_what_to_fix() {
         "{e}"
     );
     let e = err(
-        "[sources.s]\ntype = \"stripe\"\nstreams = [\"charges\", \"chargez\"]\n",
+        "[sources.s]\ntype = \"stripe\"\napi_key = \"${K}\"\nstreams = [\"charges\", \"chargez\"]\n",
         Per::Stream,
         None,
     );
@@ -268,15 +268,27 @@ fn mistakes_name_what_to_fix() {
         "{e}"
     );
     assert!(!e.contains("chargez"), "values are not quoted: {e}");
+    // --per stream reads the connector's options (its streams may depend on them): a
+    // mistake there is named.
+    let e = err(
+        "[sources.s]\ntype = \"stripe\"\napi_kee = \"${K}\"\n",
+        Per::Stream,
+        None,
+    );
+    assert!(e.contains("`[sources.s]`") && e.contains("api_kee"), "{e}");
     // Salesforce without `objects`: the org decides which default objects exist.
-    let e = err("[sources.sf]\ntype = \"salesforce\"\n", Per::Stream, None);
+    let e = err(
+        "[sources.sf]\ntype = \"salesforce\"\nclient_id = \"${ID}\"\n",
+        Per::Stream,
+        None,
+    );
     assert!(
         e.contains("`sources.sf.streams`") && e.contains("objects") && e.contains("--per source"),
         "{e}"
     );
     // ... with `streams`, it plans.
     build(
-        "[sources.sf]\ntype = \"salesforce\"\nstreams = [\"account\"]\n",
+        "[sources.sf]\ntype = \"salesforce\"\nclient_id = \"${ID}\"\nstreams = [\"account\"]\n",
         Path::new("t.toml"),
         Per::Stream,
         None,

@@ -150,6 +150,15 @@ impl Connector for Salesforce {
 
     const KIND: &'static str = "salesforce";
 
+    fn known_streams(config: &SalesforceConfig) -> Option<Vec<String>> {
+        // The tables of the objects written; without them, the default objects the org
+        // lacks are skipped at run time, so only the org can tell.
+        config
+            .objects
+            .as_ref()
+            .map(|o| o.iter().map(|o| describe::table_name(o)).collect())
+    }
+
     fn new(config: SalesforceConfig, ctx: SourceContext) -> Result<Self> {
         let settings = config.validate()?;
         Ok(Salesforce {

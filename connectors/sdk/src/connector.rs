@@ -90,6 +90,15 @@ pub trait Connector: Send + Sync + Sized + 'static {
     /// Builds a source from its options. Validates them; makes no network call.
     fn new(config: Self::Config, ctx: SourceContext) -> Result<Self>;
 
+    /// The streams a source with these options has whatever the vendor answers (a fixed
+    /// list, or the ones the options name), when there is such a list; `None` (the default)
+    /// when only the vendor can tell. `tributary plan --per stream` plans one unit of work
+    /// per stream from it, without a network call.
+    fn known_streams(config: &Self::Config) -> Option<Vec<String>> {
+        let _ = config;
+        None
+    }
+
     /// Verifies the credentials and reachability with one cheap call.
     async fn check(&self) -> Result<()>;
 
@@ -147,12 +156,16 @@ impl<C: Connector> Source for C {
 /// The constructor a [`SourceFactory`] holds.
 type BuildFn = dyn Fn(serde_json::Value, SourceContext) -> Result<Arc<dyn Source>> + Send + Sync;
 
+/// What a [`SourceFactory`] calls for [`Connector::known_streams`].
+type KnownStreamsFn = dyn Fn(serde_json::Value) -> Result<Option<Vec<String>>> + Send + Sync;
+
 /// Builds sources of one connector type from their options.
 #[derive(Clone)]
 pub struct SourceFactory {
     /// The connector's `type`.
     pub kind: &'static str,
     build: Arc<BuildFn>,
+    known_streams: Arc<KnownStreamsFn>,
 }
 
 impl std::fmt::Debug for SourceFactory {
@@ -170,6 +183,12 @@ impl SourceFactory {
     pub fn build(&self, options: serde_json::Value, ctx: SourceContext) -> Result<Arc<dyn Source>> {
         (self.build)(options, ctx)
     }
+
+    /// See [`Connector::known_streams`]; `options` as for [`SourceFactory::build`] (`${ENV}`
+    /// references may be left unresolved: no option is used to reach the vendor).
+    pub fn known_streams(&self, options: serde_json::Value) -> Result<Option<Vec<String>>> {
+        (self.known_streams)(options)
+    }
 }
 
 /// The factory of connector `C`: what a vendor crate's `factory()` returns.
@@ -179,6 +198,10 @@ pub fn factory<C: Connector>() -> SourceFactory {
         build: Arc::new(|options, ctx| {
             let config: C::Config = crate::options::from_value(options)?;
             Ok(Arc::new(C::new(config, ctx)?) as Arc<dyn Source>)
+        }),
+        known_streams: Arc::new(|options| {
+            let config: C::Config = crate::options::from_value(options)?;
+            Ok(C::known_streams(&config))
         }),
     }
 }

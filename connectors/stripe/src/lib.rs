@@ -60,6 +60,13 @@ impl Connector for Stripe {
 
     const KIND: &'static str = "stripe";
 
+    fn known_streams(_config: &StripeConfig) -> Option<Vec<String>> {
+        // Every Stripe stream exists in every account.
+        streams::schemas()
+            .ok()
+            .map(|s| s.into_iter().map(|s| s.name).collect())
+    }
+
     fn new(config: StripeConfig, ctx: SourceContext) -> Result<Self> {
         let settings = config.validate()?;
         Ok(Stripe {

@@ -125,6 +125,13 @@ impl Connector for Zendesk {
 
     const KIND: &'static str = "zendesk";
 
+    fn known_streams(_config: &ZendeskConfig) -> Option<Vec<String>> {
+        // Every Zendesk stream exists in every account.
+        streams::schemas()
+            .ok()
+            .map(|s| s.into_iter().map(|s| s.name).collect())
+    }
+
     fn new(config: ZendeskConfig, ctx: SourceContext) -> Result<Self> {
         let settings = config.validate()?;
         Ok(Zendesk {
