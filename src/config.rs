@@ -384,7 +384,7 @@ impl Loaded {
             Some(name) => {
                 self.retl_source(name).is_none() && !self.events.iter().any(|e| e.name == name)
             }
-            None => !self.sources.is_empty() || self.retl.is_empty(),
+            None => !self.sources.is_empty() || (self.retl.is_empty() && self.events.is_empty()),
         }
     }
 

@@ -89,13 +89,15 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let bound = listener.local_addr()?;
+    // Installed before saying so on stdout: a SIGTERM right after must stop gracefully.
+    let shutdown = shutdown_signal()?;
     tracing::info!(address = %bound, collector = %collector_id, spool = %spool_dir.display(), "Collector listening.");
     println!("Collector listening on http://{bound}");
     let sources: Vec<&str> = config.events.iter().map(|s| s.name.as_str()).collect();
     println!("Sources: {}", sources.join(", "));
     let app = server::router(shared);
     axum::serve(listener, app)
-        .with_graceful_shutdown(crate::cli::wait_for_signal())
+        .with_graceful_shutdown(shutdown)
         .await
         .context("the collector's HTTP server failed")?;
     tracing::info!(
@@ -112,6 +114,26 @@ pub async fn serve(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or SIGINT; the handlers are installed when this is called.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(crate::cli::wait_for_signal())
+    }
 }
 
 /// One line of `sources list`.

@@ -352,7 +352,9 @@ async fn pixel(
         base64::engine::general_purpose::STANDARD_NO_PAD,
         base64::engine::general_purpose::URL_SAFE_NO_PAD,
     ];
-    let Some(json) = engines.iter().find_map(|e| e.decode(data.trim()).ok()) else {
+    // A `+` of standard base64 sent unescaped in a query string arrives as a space.
+    let data = data.trim().replace(' ', "+");
+    let Some(json) = engines.iter().find_map(|e| e.decode(&data).ok()) else {
         return refuse(StatusCode::BAD_REQUEST, "`data` is not base64");
     };
     let accepted = match message::read_single(&json, call, chrono::Utc::now()) {
