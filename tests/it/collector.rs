@@ -776,3 +776,152 @@ async fn sources_create_appends_a_key_and_list_shows_only_its_prefix() {
         "{plan}"
     );
 }
+
+/// Asserts that each `(table, id)` landed exactly once in source `web`.
+async fn landed_once(s: &Setup, expect: &[(&str, &str)]) {
+    for (table, id) in expect {
+        let rows = read_table(&s.table("web", table)).await;
+        let n = strings(&rows, "id").iter().filter(|x| x == id).count();
+        assert_eq!(n, 1, "`{id}` in {table}: {n} rows");
+    }
+}
+
+const PY_CLIENT: &str = r#"
+import sys
+import segment.analytics as analytics
+analytics.write_key = sys.argv[1]
+analytics.host = sys.argv[2]
+errors = []
+analytics.on_error = lambda e, batch: errors.append(repr(e))
+analytics.identify(user_id="py-user", traits={"email": "py@example.com", "plan": "pro"}, message_id="py-identify")
+analytics.track(user_id="py-user", event="Order Completed", properties={"total": 9.5, "sku": "A-1"}, message_id="py-track")
+analytics.page(user_id="py-user", category="Docs", name="Install", properties={"url": "http://x/docs"}, message_id="py-page")
+analytics.screen(user_id="py-user", name="Home", message_id="py-screen")
+analytics.group(user_id="py-user", group_id="py-group", traits={"employees": 12}, message_id="py-group")
+analytics.alias(previous_id="py-anon", user_id="py-user", message_id="py-alias")
+analytics.flush()
+analytics.shutdown()
+if errors:
+    print(errors)
+    sys.exit(1)
+print("sent")
+"#;
+
+#[tokio::test]
+async fn segments_python_library_lands_every_call_once() {
+    let Ok(python) = std::env::var("TRIBUTARY_SEGMENT_PYTHON") else {
+        eprintln!(
+            "skipped: TRIBUTARY_SEGMENT_PYTHON is not set (scripts/test.sh installs segment-analytics-python)"
+        );
+        return;
+    };
+    let s = Setup::new("");
+    let c = s.start("spool").await;
+    let out = tokio::process::Command::new(python)
+        .args(["-c", PY_CLIENT, KEY, &c.url])
+        .output()
+        .await
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.stop().await;
+    landed_once(
+        &s,
+        &[
+            ("identifies", "py-identify"),
+            ("tracks", "py-track"),
+            ("order_completed", "py-track"),
+            ("pages", "py-page"),
+            ("screens", "py-screen"),
+            ("groups", "py-group"),
+            ("aliases", "py-alias"),
+        ],
+    )
+    .await;
+    let orders = read_table(&s.table("web", "order_completed")).await;
+    assert_eq!(by_id(&orders, "sku")["py-track"], "A-1");
+    assert_eq!(
+        by_id(&orders, "context_library_name")["py-track"],
+        "analytics-python"
+    );
+    assert!(!by_id(&orders, "sent_at")["py-track"].is_empty());
+    let identifies = read_table(&s.table("web", "identifies")).await;
+    assert_eq!(by_id(&identifies, "email")["py-identify"], "py@example.com");
+    assert_eq!(
+        by_id(&read_table(&s.table("web", "pages")).await, "name")["py-page"],
+        "Install"
+    );
+    assert_eq!(
+        by_id(&read_table(&s.table("web", "aliases")).await, "previous_id")["py-alias"],
+        "py-anon"
+    );
+}
+
+const NODE_CLIENT: &str = r#"
+const [modules, writeKey, host] = process.argv.slice(1)
+const { Analytics } = require(modules + '/@segment/analytics-node')
+const analytics = new Analytics({ writeKey, host, flushAt: 3, maxRetries: 2 })
+let failed = false
+analytics.on('error', (e) => { console.error(e); failed = true })
+analytics.identify({ userId: 'node-user', messageId: 'node-identify', traits: { email: 'node@example.com' } })
+analytics.track({ userId: 'node-user', messageId: 'node-track', event: 'Order Completed', properties: { total: 4, sku: 'N-1' } })
+analytics.page({ userId: 'node-user', messageId: 'node-page', name: 'Pricing', properties: { url: 'http://x/pricing' } })
+analytics.screen({ anonymousId: 'node-anon', messageId: 'node-screen', name: 'Home' })
+analytics.group({ userId: 'node-user', messageId: 'node-group', groupId: 'node-group', traits: { plan: 'team' } })
+analytics.alias({ userId: 'node-user', previousId: 'node-anon', messageId: 'node-alias' })
+analytics.closeAndFlush({ timeout: 20000 }).then(() => {
+  if (failed) process.exit(1)
+  console.log('sent')
+})
+"#;
+
+#[tokio::test]
+async fn segments_node_library_lands_every_call_once() {
+    let Ok(modules) = std::env::var("TRIBUTARY_SEGMENT_NODE_MODULES") else {
+        eprintln!(
+            "skipped: TRIBUTARY_SEGMENT_NODE_MODULES is not set (scripts/test.sh installs @segment/analytics-node)"
+        );
+        return;
+    };
+    let s = Setup::new("");
+    let c = s.start("spool").await;
+    let out = tokio::process::Command::new("node")
+        .args(["-e", NODE_CLIENT, &modules, KEY, &c.url])
+        .output()
+        .await
+        .expect("node runs");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("sent"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.stop().await;
+    landed_once(
+        &s,
+        &[
+            ("identifies", "node-identify"),
+            ("tracks", "node-track"),
+            ("order_completed", "node-track"),
+            ("pages", "node-page"),
+            ("screens", "node-screen"),
+            ("groups", "node-group"),
+            ("aliases", "node-alias"),
+        ],
+    )
+    .await;
+    let orders = read_table(&s.table("web", "order_completed")).await;
+    assert_eq!(by_id(&orders, "sku")["node-track"], "N-1");
+    assert_eq!(
+        by_id(&orders, "context_library_name")["node-track"],
+        "@segment/analytics-node"
+    );
+    assert_eq!(
+        by_id(&read_table(&s.table("web", "groups")).await, "plan")["node-group"],
+        "team"
+    );
+}
