@@ -27,7 +27,8 @@
 //!
 //! **Deduplication.** A message whose `messageId` (per source) this collector saw within
 //! the last 24 hours lands once; ids are remembered in memory (at most
-//! `serve.dedupe_capacity`) and, across restarts, for the messages still in the spool.
+//! `serve.dedupe_capacity`) and, across restarts, in the spool's `seen-<hour>.ids` files
+//! (24 bytes a message, written after each round, deleted after 25 hours).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -279,16 +280,22 @@ impl Dedupe {
         }
     }
 
-    /// Whether another record (not `seq`) carried this id within the window; remembers it
-    /// otherwise.
-    fn is_duplicate(&mut self, source: &str, id: &str, seq: u64, at: i64) -> bool {
-        if self.capacity == 0 || id.is_empty() {
-            return false;
-        }
-        let mut h = std::collections::hash_map::DefaultHasher::new();
+    /// The key of a messageId in a source (stable across processes and builds: it is
+    /// kept in the spool's `seen-*.ids` files).
+    fn key(source: &str, id: &str) -> u64 {
+        let mut h =
+            siphasher::sip::SipHasher::new_with_keys(0x7472_6962_7574_6172, 0x636f_6c6c_6563_746f);
         source.hash(&mut h);
         id.hash(&mut h);
-        let key = h.finish();
+        h.finish()
+    }
+
+    /// Whether another record (not `seq`) carried this key within the window; remembers
+    /// it otherwise.
+    fn is_duplicate(&mut self, key: u64, seq: u64, at: i64) -> bool {
+        if self.capacity == 0 {
+            return false;
+        }
         while let Some(&(k, t)) = self.order.front() {
             if self.order.len() >= self.capacity || at - t > DEDUPE_WINDOW_MICROS {
                 self.order.pop_front();
@@ -309,6 +316,62 @@ impl Dedupe {
             }
         }
     }
+
+    /// Loads the ids landed in the last 24 hours from the spool's `seen-*.ids` files (and
+    /// deletes older files).
+    fn load(&mut self, dir: &std::path::Path) {
+        let now = Utc::now();
+        let oldest = (now - chrono::Duration::hours(25))
+            .format("seen-%Y%m%d%H.ids")
+            .to_string();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut files: Vec<_> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("seen-") && n.ends_with(".ids"))
+            .collect();
+        files.sort();
+        for name in files {
+            let path = dir.join(&name);
+            if name < oldest {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            for e in bytes.chunks_exact(24) {
+                let n = |i: usize| u64::from_le_bytes(e[i..i + 8].try_into().unwrap_or_default());
+                let (key, seq, at) = (n(0), n(8), n(16) as i64);
+                if now.timestamp_micros() - at <= DEDUPE_WINDOW_MICROS {
+                    self.is_duplicate(key, seq, at);
+                }
+            }
+        }
+    }
+}
+
+/// Appends landed ids to this hour's `seen-*.ids` file of the spool.
+fn remember_landed(dir: &std::path::Path, landed: &[(u64, u64, i64)]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    if landed.is_empty() {
+        return Ok(());
+    }
+    let mut buf = Vec::with_capacity(landed.len() * 24);
+    for (key, seq, at) in landed {
+        buf.extend_from_slice(&key.to_le_bytes());
+        buf.extend_from_slice(&seq.to_le_bytes());
+        buf.extend_from_slice(&at.to_le_bytes());
+    }
+    let path = dir.join(Utc::now().format("seen-%Y%m%d%H.ids").to_string());
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    f.write_all(&buf)?;
+    f.sync_data()
 }
 
 /// A row for a table: its record's sequence number, receivedAt and the row.
@@ -343,11 +406,13 @@ impl Committer {
         reader: Reader,
         progress: Arc<Progress>,
     ) -> Self {
+        let mut dedupe = Dedupe::new(config.dedupe_capacity);
+        dedupe.load(&spool_dir);
         Committer {
             warehouse,
             collector_id,
             spool_dir,
-            dedupe: Dedupe::new(config.dedupe_capacity),
+            dedupe,
             config,
             row_group_size: sync.row_group_size,
             max_new_columns: sync.max_new_columns,
@@ -440,6 +505,7 @@ impl Committer {
         // (source, table) → (call, rows as (seq, received_at, row))
         let mut by_table: BTreeMap<(String, String), (Call, Vec<Row>)> = BTreeMap::new();
         let mut counted: Vec<(u64, VolumeKey)> = Vec::new();
+        let mut remembered: Vec<(u64, u64, i64)> = Vec::new();
         for r in records {
             let m: Map<String, Value> = match serde_json::from_slice(&r.json) {
                 Ok(m) => m,
@@ -455,8 +521,12 @@ impl Committer {
             let at = parse_time(m.get("receivedAt"))
                 .unwrap_or_else(Utc::now)
                 .timestamp_micros();
-            if self.dedupe.is_duplicate(&r.source, id, r.seq, at) {
-                continue;
+            let key = (!id.is_empty()).then(|| Dedupe::key(&r.source, id));
+            if let Some(key) = key {
+                if self.dedupe.is_duplicate(key, r.seq, at) {
+                    continue;
+                }
+                remembered.push((key, r.seq, at));
             }
             let tables = self.event_tables.entry(r.source.clone()).or_default();
             let mut event_ok = |t: &str| {
@@ -591,6 +661,9 @@ impl Committer {
             )
             .await?;
             tracing::debug!(source = %source, table = %table, rows = count, "Committed collected messages.");
+        }
+        if let Err(e) = remember_landed(&self.spool_dir, &remembered) {
+            tracing::warn!(error = %e, "Could not record the landed messageIds; a restart forgets them for deduplication.");
         }
         if let Some(hook) = &self.on_volume {
             let counts = volume_counts(

@@ -554,6 +554,13 @@ async fn a_repeated_message_id_lands_once() {
         200
     );
     c.stop().await;
+    // And after a restart on the same spool, the id is still known.
+    let c = s.start("spool").await;
+    assert_eq!(
+        post(&c.url, "/v1/track", Some(KEY), m.to_string()).await.0,
+        200
+    );
+    c.stop().await;
     let mut ids = strings(&read_table(&s.table("web", "tracks")).await, "id");
     ids.sort();
     assert_eq!(ids, vec!["dup-1", "dup-2"]);
