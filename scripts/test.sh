@@ -33,6 +33,22 @@ if ! [ -x "$node_prefix/node_modules/.bin/azurite-blob" ] ||
 fi
 export TRIBUTARY_AZURITE="$PWD/$node_prefix/node_modules/.bin/azurite-blob"
 
+# Segment's own libraries, pointed at `tributary serve` by the collector tests:
+# analytics-python (PyPI) in its own virtualenv, analytics-node (npm) in its own prefix.
+segment_venv="${TRIBUTARY_TEST_SEGMENT_VENV:-target/test-segment-py}"
+if ! "$segment_venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('segment-analytics-python') != '2.4.0')" 2>/dev/null; then
+  echo "Installing segment-analytics-python into $segment_venv ..."
+  python3 -m venv "$segment_venv"
+  "$segment_venv/bin/pip" install --quiet --disable-pip-version-check 'segment-analytics-python==2.4.0'
+fi
+export TRIBUTARY_SEGMENT_PYTHON="$PWD/$segment_venv/bin/python"
+segment_node="${TRIBUTARY_TEST_SEGMENT_NODE:-target/test-segment-node}"
+if ! grep -q '"version": "3.1.0"' "$segment_node/node_modules/@segment/analytics-node/package.json" 2>/dev/null; then
+  echo "Installing @segment/analytics-node into $segment_node ..."
+  npm install --prefix "$segment_node" --no-audit --no-fund --silent "@segment/analytics-node@3.1.0"
+fi
+export TRIBUTARY_SEGMENT_NODE_MODULES="$PWD/$segment_node/node_modules"
+
 # PostgreSQL, Debian's package, for the reverse-ETL tests (each test starts its own
 # server on 127.0.0.1 on a free port and stops it).
 pg_bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"

@@ -41,6 +41,9 @@ pub struct Config {
     /// The sources, by name.
     #[serde(default)]
     pub sources: BTreeMap<String, toml::Table>,
+    /// `[serve]`: the event collector.
+    #[serde(default)]
+    pub serve: crate::collector::config::ServeConfig,
 }
 
 /// `[warehouse]`: where the tables land.
@@ -366,6 +369,11 @@ pub struct Loaded {
     pub sources: Vec<SourceConfig>,
     /// The reverse-ETL sources (`type = "postgres"` or `"delta"`), in name order.
     pub retl: Vec<crate::retl::config::RetlSource>,
+    /// The event-stream sources (`type = "http"`, …), in name order: `serve` collects
+    /// their messages; the sync commands pass them by.
+    pub events: Vec<crate::collector::config::EventSource>,
+    /// `[serve]`.
+    pub serve: crate::collector::config::ServeConfig,
 }
 
 impl Loaded {
@@ -373,8 +381,10 @@ impl Loaded {
     /// `only` is a reverse-ETL source, nor when every configured source is one.
     pub fn selects_cloud(&self, only: Option<&str>) -> bool {
         match only {
-            Some(name) => self.retl_source(name).is_none(),
-            None => !self.sources.is_empty() || self.retl.is_empty(),
+            Some(name) => {
+                self.retl_source(name).is_none() && !self.events.iter().any(|e| e.name == name)
+            }
+            None => !self.sources.is_empty() || (self.retl.is_empty() && self.events.is_empty()),
         }
     }
 
@@ -454,8 +464,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded> {
     in_range("sync.lease_seconds", sync.lease_seconds, MAX_LEASE_SECONDS)?;
     check_range("sync.max_new_columns", sync.max_new_columns, 0, 100_000)
         .map_err(|e| anyhow!("{file}: {e}"))?;
+    config.serve.validate(&file.to_string())?;
     let mut sources = Vec::new();
     let mut retl = Vec::new();
+    let mut events = Vec::new();
     for (name, mut table) in config.sources {
         let at = format!("sources.{name}");
         if !crate::warehouse::is_path_segment(&name) {
@@ -468,6 +480,18 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded> {
             Some(_) => bail!("{file}: `{at}.type` must be a string such as \"stripe\""),
             None => bail!("{file}: `[{at}]` has no `type`; add e.g. type = \"stripe\""),
         };
+        if crate::collector::config::KINDS.contains(&kind.as_str()) {
+            let file = file.to_string();
+            events.push(crate::collector::config::parse(
+                name.clone(),
+                kind,
+                table,
+                &at,
+                &file,
+                |s, here| resolve_str(s, here, &file),
+            )?);
+            continue;
+        }
         let schedule = match table.remove("schedule") {
             Some(toml::Value::String(s)) => {
                 Schedule::parse(&s).map_err(|e| anyhow!("{file}: `{at}.schedule`: {e}"))?
@@ -542,6 +566,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded> {
         sync,
         sources,
         retl,
+        events,
+        serve: config.serve,
     })
 }
 

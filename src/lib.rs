@@ -4,6 +4,7 @@
 //! (`main.rs`) is a thin shell over [`cli`] and [`demo`].
 
 pub mod cli;
+pub mod collector;
 pub mod config;
 pub mod demo;
 pub mod engine;

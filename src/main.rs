@@ -35,6 +35,21 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Collect Segment Tracking-API messages for the event-stream sources (HTTP API,
+    /// Pixel API) and land them in the warehouse, until SIGTERM/SIGINT.
+    Serve {
+        /// The address to listen on (default `[serve] listen`, 127.0.0.1:8088).
+        #[arg(long)]
+        listen: Option<String>,
+        /// The spool directory (default `[serve] spool`, ./spool).
+        #[arg(long)]
+        spool: Option<PathBuf>,
+    },
+    /// Create and list sources.
+    Sources {
+        #[command(subcommand)]
+        action: SourcesAction,
+    },
     /// Verify every source's credentials and reachability.
     Check {
         /// Only this source.
@@ -160,6 +175,21 @@ enum RetlAction {
 }
 
 #[derive(clap::Subcommand, Debug)]
+enum SourcesAction {
+    /// Add an event-stream source with a new random write key to the config (or print the
+    /// section to paste), and print the key.
+    Create {
+        /// The source's name (lowercase letters, digits, `_`, `-`).
+        name: String,
+        /// `http`, or the labels `javascript`, `server`, `mobile` of the same kind.
+        #[arg(long = "type", default_value = "http")]
+        kind: String,
+    },
+    /// Every source with its type, write-key prefix and schedule.
+    List,
+}
+
+#[derive(clap::Subcommand, Debug)]
 enum LeaseAction {
     /// Free a stream's lease. Refused while the lease is live, unless --force.
     Release {
@@ -216,6 +246,15 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match args.command {
+            Command::Serve { listen, spool } => {
+                tributary::collector::serve(&args.config, listen.as_deref(), spool.as_deref()).await
+            }
+            Command::Sources { action } => match action {
+                SourcesAction::Create { name, kind } => {
+                    tributary::collector::create(&args.config, &name, &kind)
+                }
+                SourcesAction::List => tributary::collector::list(&args.config),
+            },
             Command::Check { source } => cli::check(&args.config, source.as_deref()).await,
             Command::Discover { source } => cli::discover(&args.config, source.as_deref()).await,
             Command::Sync {

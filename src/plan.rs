@@ -298,6 +298,10 @@ pub fn build(text: &str, path: &Path, per: Per, only: Option<&str>) -> Result<Pl
             Some(_) => bail!("{file}: `{at}.type` must be a string such as \"stripe\""),
             None => bail!("{file}: `[{at}]` has no `type`; add e.g. type = \"stripe\""),
         };
+        // Event-stream sources have no schedule: `tributary serve` collects them.
+        if crate::collector::config::KINDS.contains(&kind.as_str()) {
+            continue;
+        }
         if !known.contains(&kind.as_str()) {
             bail!(
                 "{file}: `{at}.type` is not a connector this build knows; known types: {}",

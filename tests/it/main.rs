@@ -7,6 +7,7 @@
 //! per topic.
 
 mod azure;
+mod collector;
 mod common;
 mod compact;
 mod config_errors;
