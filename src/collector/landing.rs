@@ -733,13 +733,16 @@ mod tests {
     #[test]
     fn dedupe_forgets_after_a_day_and_keeps_the_same_record() {
         let mut d = Dedupe::new(10);
-        assert!(!d.is_duplicate("web", "m", 1, 0));
+        assert!(!d.is_duplicate(Dedupe::key("web", "m"), 1, 0));
         assert!(
-            !d.is_duplicate("web", "m", 1, 5),
+            !d.is_duplicate(Dedupe::key("web", "m"), 1, 5),
             "the same record replayed"
         );
-        assert!(d.is_duplicate("web", "m", 2, 10));
-        assert!(!d.is_duplicate("app", "m", 3, 10), "per source");
-        assert!(!d.is_duplicate("web", "m", 4, DEDUPE_WINDOW_MICROS + 100));
+        assert!(d.is_duplicate(Dedupe::key("web", "m"), 2, 10));
+        assert!(
+            !d.is_duplicate(Dedupe::key("app", "m"), 3, 10),
+            "per source"
+        );
+        assert!(!d.is_duplicate(Dedupe::key("web", "m"), 4, DEDUPE_WINDOW_MICROS + 100));
     }
 }
