@@ -333,12 +333,19 @@ async fn four_run_daemons_on_one_bucket_with_a_kill_sync_every_stream_once() {
             // A request the collector had fully received still finishes being accepted.
             tokio::time::sleep(Duration::from_millis(200)).await;
             let accepted_before = collector.ids().len();
-            // What it left behind: its leases as the bucket has them after its death.
-            let orphans: BTreeMap<String, serde_json::Value> = leases(&bucket)
-                .await
+            // What it left behind: its leases as the bucket has them after its death. A
+            // request it sent just before the kill (a release, say) may still land at the
+            // store after a first read, so only a lease that reads the same twice, half a
+            // second apart, is an orphan (its expiry is 2-3 s out: renewed every second).
+            let first = leases(&bucket).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let second = leases(&bucket).await;
+            let orphans: BTreeMap<String, serde_json::Value> = first
                 .into_iter()
-                .filter(|(_, r)| {
-                    r["released"] != true && r["owner"].as_str().and_then(pid_of) == Some(victim)
+                .filter(|(stream, r)| {
+                    r["released"] != true
+                        && r["owner"].as_str().and_then(pid_of) == Some(victim)
+                        && second.get(stream) == Some(r)
                 })
                 .collect();
             killed = Some((victim, at, accepted_before, orphans));
