@@ -77,6 +77,7 @@ finish() {
   landed_end=$(date +%s.%N)
   out=$(rows "$run")
   rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+  curl -s "http://127.0.0.1:$((port + 1))/metrics" | grep '^tributary_collector_busy_total' || true
   kill -TERM "$pid"; wait "$pid" || true; pid=""
   awk -v a="$accepted" -v o="$out" -v s="$start" -v e="$sent_end" -v l="$landed_end" -v r="$rss" -v n="$refused" 'BEGIN {
     printf "events in (acknowledged): %d\nrefused requests:     %d\nrows out (tracks):    %d\n", a, n, o
