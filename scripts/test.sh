@@ -48,6 +48,15 @@ if ! grep -q '"version": "3.1.0"' "$segment_node/node_modules/@segment/analytics
   npm install --prefix "$segment_node" --no-audit --no-fund --silent "@segment/analytics-node@3.1.0"
 fi
 export TRIBUTARY_SEGMENT_NODE_MODULES="$PWD/$segment_node/node_modules"
+# analytics.js (@segment/analytics-next, npm): its browser bundle (dist/umd) runs in headless
+# Chromium against the collector in the analytics.js test.
+ajs_prefix="${TRIBUTARY_TEST_ANALYTICS_NEXT:-target/test-analytics-next}"
+ajs_version=1.84.3
+if ! grep -q "\"version\": \"$ajs_version\"" "$ajs_prefix/node_modules/@segment/analytics-next/package.json" 2>/dev/null; then
+  echo "Installing @segment/analytics-next $ajs_version into $ajs_prefix ..."
+  npm install --prefix "$ajs_prefix" --no-audit --no-fund --silent "@segment/analytics-next@$ajs_version"
+fi
+export TRIBUTARY_ANALYTICS_NEXT_UMD="$PWD/$ajs_prefix/node_modules/@segment/analytics-next/dist/umd"
 
 # PostgreSQL, Debian's package, for the reverse-ETL tests (each test starts its own
 # server on 127.0.0.1 on a free port and stops it).
@@ -70,7 +79,8 @@ if ! command -v prometheus >/dev/null; then
 fi
 export TRIBUTARY_PROMETHEUS="${TRIBUTARY_PROMETHEUS:-$(command -v prometheus)}"
 # Chromium (Debian's package), which loads the Source Overview page headless in the
-# overview test (no network needed: the page is self-contained).
+# overview test (no network needed: the page is self-contained) and runs analytics.js
+# against the collector in the analytics.js test.
 chromium_bin="$(command -v chromium || true)"
 if [ -z "$chromium_bin" ]; then
   echo "Installing Chromium (apt) ..."

@@ -44,6 +44,10 @@ enum Command {
         /// The spool directory (default `[serve] spool`, ./spool).
         #[arg(long)]
         spool: Option<PathBuf>,
+        /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464): /metrics,
+        /// /healthz and /readyz.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Create and list sources.
     Sources {
@@ -246,8 +250,18 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match args.command {
-            Command::Serve { listen, spool } => {
-                tributary::collector::serve(&args.config, listen.as_deref(), spool.as_deref()).await
+            Command::Serve {
+                listen,
+                spool,
+                metrics,
+            } => {
+                tributary::collector::serve(
+                    &args.config,
+                    listen.as_deref(),
+                    spool.as_deref(),
+                    metrics,
+                )
+                .await
             }
             Command::Sources { action } => match action {
                 SourcesAction::Create { name, kind } => {

@@ -1,10 +1,14 @@
-//! Prometheus metrics of this process, and the HTTP endpoint `run --metrics ADDR` serves
-//! them on (`/metrics` in the text exposition format 0.0.4, `/healthz`, `/readyz`).
+//! Prometheus metrics of this process, and the HTTP endpoint `run --metrics ADDR` and
+//! `serve --metrics ADDR` serve them on (`/metrics` in the text exposition format 0.0.4,
+//! `/healthz`, `/readyz`).
 //!
 //! Counters only grow for the life of the process (Prometheus' `rate()` handles restarts);
 //! gauges hold the latest value. Durations are in seconds, times in Unix seconds. Labels
 //! are the source and stream names (lowercase path segments) and, for vendor requests, the
-//! vendor and HTTP status (`error` when there was no answer).
+//! vendor and HTTP status (`error` when there was no answer). The collector's table commits
+//! count in the same families as a sync's (`tributary_records_total`, ...), with the table
+//! (`tracks`, `order_completed`, ...) as the `stream`; its HTTP side has the
+//! `tributary_collector_*` families.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -49,6 +53,20 @@ struct State {
     outbox_backlog: BTreeMap<Key, u64>,
     messages_sent: BTreeMap<Key, u64>,
     leases_held: BTreeMap<Key, i64>,
+    collector: Collector,
+}
+
+/// The collector's own families.
+#[derive(Default)]
+struct Collector {
+    /// (source, HTTP status) → requests answered.
+    requests: BTreeMap<(String, u16), u64>,
+    accepted: BTreeMap<String, u64>,
+    landed: BTreeMap<String, u64>,
+    duplicates: BTreeMap<String, u64>,
+    busy: BTreeMap<&'static str, u64>,
+    /// Messages acknowledged and not landed yet, read at each scrape.
+    pending: Option<Box<dyn Fn() -> u64 + Send>>,
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -105,6 +123,42 @@ pub fn stream_finished(o: &StreamOutcome) {
 /// This process took (`+1`) or gave up (`-1`) a stream's lease.
 pub fn lease_held(source: &str, stream: &str, delta: i64) {
     with(|s| *s.leases_held.entry(key(source, stream)).or_default() += delta);
+}
+
+/// The collector answered a request with `status`; `source` is empty when the request
+/// named no known source (a 401, an unknown endpoint).
+pub fn collector_request(source: &str, status: u16) {
+    with(|s| {
+        *s.collector
+            .requests
+            .entry((source.to_owned(), status))
+            .or_default() += 1
+    });
+}
+
+/// The collector acknowledged (spooled) `messages` messages of `source`.
+pub fn collector_accepted(source: &str, messages: u64) {
+    with(|s| *s.collector.accepted.entry(source.to_owned()).or_default() += messages);
+}
+
+/// A landing round put `messages` new messages of `source` in their call type's table,
+/// and dropped `duplicates` whose messageId had landed already.
+pub fn collector_landed(source: &str, messages: u64, duplicates: u64) {
+    with(|s| {
+        *s.collector.landed.entry(source.to_owned()).or_default() += messages;
+        *s.collector.duplicates.entry(source.to_owned()).or_default() += duplicates;
+    });
+}
+
+/// The collector answered 503: `reason` is `behind` (`serve.max_pending` messages not
+/// landed yet) or `spool_busy` (the spool writer's queue was full).
+pub fn collector_busy(reason: &'static str) {
+    with(|s| *s.collector.busy.entry(reason).or_default() += 1);
+}
+
+/// Where the collector's backlog (acknowledged, not landed) is read at each scrape.
+pub fn collector_backlog(pending: impl Fn() -> u64 + Send + 'static) {
+    with(|s| s.collector.pending = Some(Box::new(pending)));
 }
 
 fn escape(v: &str) -> String {
@@ -233,6 +287,7 @@ pub fn render() -> String {
             "Stream leases this process holds (1 while it syncs the stream).",
             &s.leases_held,
         );
+        render_collector(&mut out, &s.collector);
     });
     let vendors = tributary_sdk::stats::snapshot();
     header(
@@ -279,10 +334,70 @@ pub fn render() -> String {
     out
 }
 
+fn render_collector(out: &mut String, c: &Collector) {
+    header(
+        out,
+        "tributary_collector_requests_total",
+        "counter",
+        "Tracking-API requests the collector answered, by source and HTTP status (source \"\": no known write key).",
+    );
+    for ((source, status), n) in &c.requests {
+        let _ = writeln!(
+            out,
+            "tributary_collector_requests_total{{source=\"{}\",status=\"{status}\"}} {n}",
+            escape(source)
+        );
+    }
+    let per_source = [
+        (
+            "tributary_collector_messages_accepted_total",
+            "Messages the collector acknowledged (fsynced in its spool).",
+            &c.accepted,
+        ),
+        (
+            "tributary_collector_messages_landed_total",
+            "Messages landed in their call type's table (tracks, pages, ...).",
+            &c.landed,
+        ),
+        (
+            "tributary_collector_duplicates_total",
+            "Messages not landed because their messageId landed within the last 24 hours.",
+            &c.duplicates,
+        ),
+    ];
+    for (name, help, values) in per_source {
+        header(out, name, "counter", help);
+        for (source, n) in values {
+            let _ = writeln!(out, "{name}{{source=\"{}\"}} {n}", escape(source));
+        }
+    }
+    header(
+        out,
+        "tributary_collector_busy_total",
+        "counter",
+        "503 answers by reason: behind (serve.max_pending messages not landed) or spool_busy.",
+    );
+    for (reason, n) in &c.busy {
+        let _ = writeln!(
+            out,
+            "tributary_collector_busy_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    if let Some(pending) = &c.pending {
+        header(
+            out,
+            "tributary_collector_pending_messages",
+            "gauge",
+            "Messages acknowledged and not landed yet (the spool's backlog).",
+        );
+        let _ = writeln!(out, "tributary_collector_pending_messages {}", pending());
+    }
+}
+
 /// Serves `/metrics`, `/healthz` (200 while the process runs) and `/readyz` (200 once
-/// `ready` is set, 503 before) on `addr` until `cancel` fires. Binding fails at once with
-/// an error naming the address.
-pub async fn serve(addr: SocketAddr, ready: Arc<AtomicBool>, cancel: Cancel) -> Result<()> {
+/// `ready` is set, 503 before) on `addr` until `cancel` fires; returns the address bound
+/// (port 0 picks a free one). Binding fails at once with an error naming the address.
+pub async fn serve(addr: SocketAddr, ready: Arc<AtomicBool>, cancel: Cancel) -> Result<SocketAddr> {
     use axum::http::{StatusCode, header};
     use axum::routing::get;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -315,6 +430,9 @@ pub async fn serve(addr: SocketAddr, ready: Arc<AtomicBool>, cancel: Cancel) -> 
                 }
             }),
         );
+    let addr = listener
+        .local_addr()
+        .map_err(|e| anyhow!("cannot listen on --metrics {addr}: {e}"))?;
     tracing::info!(addr = %addr, "Serving metrics on /metrics, /healthz and /readyz.");
     tokio::spawn(async move {
         let stop = async move { cancel.cancelled().await };
@@ -325,7 +443,7 @@ pub async fn serve(addr: SocketAddr, ready: Arc<AtomicBool>, cancel: Cancel) -> 
             tracing::error!(error = %e, "The metrics endpoint stopped.");
         }
     });
-    Ok(())
+    Ok(addr)
 }
 
 #[cfg(test)]
@@ -352,5 +470,30 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn collector_families_count_by_source_status_and_reason() {
+        collector_request("m_web", 200);
+        collector_request("m_web", 200);
+        collector_request("", 401);
+        collector_accepted("m_web", 150);
+        collector_landed("m_web", 149, 1);
+        collector_busy("behind");
+        collector_backlog(|| 7);
+        let text = render();
+        for line in [
+            "# TYPE tributary_collector_requests_total counter",
+            "tributary_collector_requests_total{source=\"m_web\",status=\"200\"} 2",
+            "tributary_collector_requests_total{source=\"\",status=\"401\"} 1",
+            "tributary_collector_messages_accepted_total{source=\"m_web\"} 150",
+            "tributary_collector_messages_landed_total{source=\"m_web\"} 149",
+            "tributary_collector_duplicates_total{source=\"m_web\"} 1",
+            "tributary_collector_busy_total{reason=\"behind\"} 1",
+            "# TYPE tributary_collector_pending_messages gauge",
+            "tributary_collector_pending_messages 7",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
     }
 }

@@ -506,6 +506,7 @@ impl Committer {
         let mut by_table: BTreeMap<(String, String), (Call, Vec<Row>)> = BTreeMap::new();
         let mut counted: Vec<(u64, VolumeKey)> = Vec::new();
         let mut remembered: Vec<(u64, u64, i64)> = Vec::new();
+        let mut duplicates: BTreeMap<String, u64> = BTreeMap::new();
         for r in records {
             let m: Map<String, Value> = match serde_json::from_slice(&r.json) {
                 Ok(m) => m,
@@ -524,6 +525,7 @@ impl Committer {
             let key = (!id.is_empty()).then(|| Dedupe::key(&r.source, id));
             if let Some(key) = key {
                 if self.dedupe.is_duplicate(key, r.seq, at) {
+                    *duplicates.entry(r.source.clone()).or_default() += 1;
                     continue;
                 }
                 remembered.push((key, r.seq, at));
@@ -603,6 +605,7 @@ impl Committer {
                 continue;
             }
             let count = rows.len() as u64;
+            let started = std::time::Instant::now();
             let declared = schema(&table, call);
             let existing = st.arrow_schema()?;
             let mut builder = BatchBuilder::with_limits(
@@ -651,19 +654,46 @@ impl Committer {
                 file.write(&b).await?;
             }
             let file = file.finish().await?;
-            st.commit(
-                vec![file],
-                &schema,
-                SnapshotStep::default(),
-                json!({ "spool_seq": last }),
+            let bytes = file.add.size.max(0) as u64;
+            let landed = st
+                .commit(
+                    vec![file],
+                    &schema,
+                    SnapshotStep::default(),
+                    json!({ "spool_seq": last }),
+                    count,
+                    &format!("collector-{}", self.collector_id),
+                )
+                .await?;
+            crate::metrics::commit(
+                &source,
+                &table,
                 count,
-                &format!("collector-{}", self.collector_id),
-            )
-            .await?;
+                bytes + landed.rewritten_bytes + landed.dv_bytes,
+                started.elapsed().as_secs_f64(),
+            );
             tracing::debug!(source = %source, table = %table, rows = count, "Committed collected messages.");
         }
         if let Err(e) = remember_landed(&self.spool_dir, &remembered) {
             tracing::warn!(error = %e, "Could not record the landed messageIds; a restart forgets them for deduplication.");
+        }
+        let mut landed: BTreeMap<&str, u64> = BTreeMap::new();
+        for (seq, k) in &counted {
+            if fresh.contains(seq) {
+                *landed.entry(k.source.as_str()).or_default() += 1;
+            }
+        }
+        let sources: std::collections::BTreeSet<&str> = landed
+            .keys()
+            .copied()
+            .chain(duplicates.keys().map(String::as_str))
+            .collect();
+        for source in sources {
+            crate::metrics::collector_landed(
+                source,
+                landed.get(source).copied().unwrap_or(0),
+                duplicates.get(source).copied().unwrap_or(0),
+            );
         }
         if let Some(hook) = &self.on_volume {
             let counts = volume_counts(
@@ -733,16 +763,11 @@ mod tests {
     #[test]
     fn dedupe_forgets_after_a_day_and_keeps_the_same_record() {
         let mut d = Dedupe::new(10);
-        assert!(!d.is_duplicate(Dedupe::key("web", "m"), 1, 0));
-        assert!(
-            !d.is_duplicate(Dedupe::key("web", "m"), 1, 5),
-            "the same record replayed"
-        );
-        assert!(d.is_duplicate(Dedupe::key("web", "m"), 2, 10));
-        assert!(
-            !d.is_duplicate(Dedupe::key("app", "m"), 3, 10),
-            "per source"
-        );
-        assert!(!d.is_duplicate(Dedupe::key("web", "m"), 4, DEDUPE_WINDOW_MICROS + 100));
+        let (web, app) = (Dedupe::key("web", "m"), Dedupe::key("app", "m"));
+        assert!(!d.is_duplicate(web, 1, 0));
+        assert!(!d.is_duplicate(web, 1, 5), "the same record replayed");
+        assert!(d.is_duplicate(web, 2, 10));
+        assert!(!d.is_duplicate(app, 3, 10), "per source");
+        assert!(!d.is_duplicate(web, 4, DEDUPE_WINDOW_MICROS + 100));
     }
 }

@@ -26,10 +26,15 @@ use crate::warehouse::Warehouse;
 
 /// `serve`: collects messages for the configured event-stream sources until SIGTERM or
 /// SIGINT, then stops taking requests, lands what the spool holds and exits.
+///
+/// With `metrics`, serves Prometheus metrics on that address (see [`crate::metrics`]):
+/// `/readyz` answers 200 while the collector takes requests, 503 before and while it
+/// stops.
 pub async fn serve(
     config_path: &Path,
     listen: Option<&str>,
     spool_dir: Option<&Path>,
+    metrics: Option<SocketAddr>,
 ) -> Result<ExitCode> {
     let config = crate::config::load(config_path)?;
     if config.events.is_empty() {
@@ -72,6 +77,14 @@ pub async fn serve(
         progress.clone(),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (metrics_stop, metrics_cancel) = crate::engine::Cancel::new();
+    if let Some(addr) = metrics {
+        let bound = crate::metrics::serve(addr, ready.clone(), metrics_cancel).await?;
+        println!("Metrics on http://{bound}/metrics");
+        let progress = progress.clone();
+        crate::metrics::collector_backlog(move || progress.pending());
+    }
     let committing = tokio::spawn(committer.run(stop_rx));
 
     let shared = Arc::new(server::Shared {
@@ -96,8 +109,16 @@ pub async fn serve(
     let sources: Vec<&str> = config.events.iter().map(|s| s.name.as_str()).collect();
     println!("Sources: {}", sources.join(", "));
     let app = server::router(shared);
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    let stopping = {
+        let ready = ready.clone();
+        async move {
+            shutdown.await;
+            ready.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(stopping)
         .await
         .context("the collector's HTTP server failed")?;
     tracing::info!(
@@ -106,6 +127,7 @@ pub async fn serve(
     );
     let _ = stop_tx.send(true);
     let _ = committing.await;
+    metrics_stop.cancel();
     let left = progress.pending();
     if left > 0 {
         eprintln!(

@@ -5,7 +5,9 @@
 //!   `/v1/import` (`{"batch": [...]}`), and analytics.js's short paths `/v1/i|t|p|s|g|a`
 //!   and `/v1/b`
 //!   (<https://segment.com/docs/connections/sources/catalog/libraries/server/http-api/>).
-//!   The write key is the Basic-auth user name or `writeKey` in the body; bodies may be
+//!   The write key is the Basic-auth user name or `writeKey` in the body; a body is JSON
+//!   whatever its `Content-Type` (analytics.js sends `text/plain`, which spares the
+//!   browser a CORS preflight when no other header needs one); bodies may be
 //!   gzip-compressed (`Content-Encoding: gzip`), and are decompressed no further than the
 //!   size limit, so a gzip bomb costs 500 KB, not the machine.
 //! - `GET /v1/pixel/<call>?data=<base64 JSON>`: the Pixel API, answered with a 1×1 GIF
@@ -32,7 +34,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
@@ -105,9 +107,11 @@ async fn preflight() -> Response {
         header::ACCESS_CONTROL_ALLOW_METHODS,
         HeaderValue::from_static("GET, POST, OPTIONS"),
     );
+    // analytics.js sends `Authorization` (Basic, its write key) and, on a retry,
+    // `X-Retry-Count` (analytics-next src/plugins/segmentio/fetch-dispatcher.ts).
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("Content-Type, Authorization, Content-Encoding"),
+        HeaderValue::from_static("Content-Type, Authorization, Content-Encoding, X-Retry-Count"),
     );
     h.insert(
         header::ACCESS_CONTROL_MAX_AGE,
@@ -235,7 +239,9 @@ fn source_of(shared: &Shared, key: Option<&str>) -> Result<Arc<str>, Response> {
     }
 }
 
-fn busy(message: &str) -> Response {
+/// A 503; `reason` labels it in the metrics (`behind` or `spool_busy`).
+fn busy(reason: &'static str, message: &str) -> Response {
+    crate::metrics::collector_busy(reason);
     let mut r = refuse(StatusCode::SERVICE_UNAVAILABLE, message);
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -252,9 +258,15 @@ async fn accept(shared: &Shared, source: Arc<str>, accepted: Accepted) -> Respon
     if records.is_empty() {
         return answer(StatusCode::OK, serde_json::json!({"success": true}));
     }
+    let n = records.len() as u64;
     match shared.appender.append(records).await {
-        Ok(_) => answer(StatusCode::OK, serde_json::json!({"success": true})),
-        Err(AppendError::Busy) => busy("the collector's spool is busy; retry shortly"),
+        Ok(_) => {
+            crate::metrics::collector_accepted(&source, n);
+            answer(StatusCode::OK, serde_json::json!({"success": true}))
+        }
+        Err(AppendError::Busy) => {
+            busy("spool_busy", "the collector's spool is busy; retry shortly")
+        }
         Err(AppendError::Failed(e)) => {
             tracing::error!(error = %e, "A request's messages could not be spooled.");
             refuse(
@@ -269,15 +281,32 @@ fn overloaded(shared: &Shared) -> bool {
     shared.progress.pending() >= shared.max_pending
 }
 
+/// Counts an answer in `tributary_collector_requests_total`.
+fn counted(source: Option<Arc<str>>, r: Response) -> Response {
+    crate::metrics::collector_request(source.as_deref().unwrap_or(""), r.status().as_u16());
+    r
+}
+
 async fn collect(
     State(shared): State<Arc<Shared>>,
     Path(call): Path<String>,
-    method: Method,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let _ = method;
-    let Some(kind) = endpoint(&call) else {
+    let mut source = None;
+    let r = collect_into(&shared, &call, &headers, body, &mut source).await;
+    counted(source, r)
+}
+
+/// [`collect`], setting `source` once the write key names one.
+async fn collect_into(
+    shared: &Shared,
+    call: &str,
+    headers: &HeaderMap,
+    body: Body,
+    known: &mut Option<Arc<str>>,
+) -> Response {
+    let Some(kind) = endpoint(call) else {
         return refuse(
             StatusCode::NOT_FOUND,
             format!(
@@ -285,13 +314,19 @@ async fn collect(
             ),
         );
     };
-    if overloaded(&shared) {
-        return busy("the collector is behind landing messages; retry shortly");
+    let header_key = basic_user(headers);
+    *known = header_key
+        .as_deref()
+        .and_then(|k| shared.keys.get(k).cloned());
+    if overloaded(shared) {
+        return busy(
+            "behind",
+            "the collector is behind landing messages; retry shortly",
+        );
     }
-    let header_key = basic_user(&headers);
     // A key in the header is checked before the body is read.
     let header_source = match header_key.as_deref() {
-        Some(k) => match source_of(&shared, Some(k)) {
+        Some(k) => match source_of(shared, Some(k)) {
             Ok(s) => Some(s),
             Err(r) => return r,
         },
@@ -301,7 +336,7 @@ async fn collect(
         Some(_) => MAX_MESSAGE_BYTES,
         None => MAX_BATCH_BYTES,
     };
-    let body = match read_body(&shared, &headers, body, limit).await {
+    let body = match read_body(shared, headers, body, limit).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -316,12 +351,13 @@ async fn collect(
     };
     let source = match header_source {
         Some(s) => s,
-        None => match source_of(&shared, accepted.write_key.as_deref()) {
+        None => match source_of(shared, accepted.write_key.as_deref()) {
             Ok(s) => s,
             Err(r) => return r,
         },
     };
-    accept(&shared, source, accepted).await
+    *known = Some(source.clone());
+    accept(shared, source, accepted).await
 }
 
 async fn pixel(
@@ -329,7 +365,19 @@ async fn pixel(
     Path(call): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(call) = Call::parse(&call) else {
+    let mut source = None;
+    let r = pixel_into(&shared, &call, &query, &mut source).await;
+    counted(source, r)
+}
+
+/// [`pixel`], setting `source` once the write key names one.
+async fn pixel_into(
+    shared: &Shared,
+    call: &str,
+    query: &HashMap<String, String>,
+    known: &mut Option<Arc<str>>,
+) -> Response {
+    let Some(call) = Call::parse(call) else {
         return refuse(
             StatusCode::NOT_FOUND,
             format!(
@@ -337,8 +385,11 @@ async fn pixel(
             ),
         );
     };
-    if overloaded(&shared) {
-        return busy("the collector is behind landing messages; retry shortly");
+    if overloaded(shared) {
+        return busy(
+            "behind",
+            "the collector is behind landing messages; retry shortly",
+        );
     }
     let Some(data) = query.get("data") else {
         return refuse(
@@ -361,11 +412,12 @@ async fn pixel(
         Ok(a) => a,
         Err(Invalid(reason)) => return refuse(StatusCode::BAD_REQUEST, reason),
     };
-    let source = match source_of(&shared, accepted.write_key.as_deref()) {
+    let source = match source_of(shared, accepted.write_key.as_deref()) {
         Ok(s) => s,
         Err(r) => return r,
     };
-    let r = accept(&shared, source, accepted).await;
+    *known = Some(source.clone());
+    let r = accept(shared, source, accepted).await;
     if r.status() != StatusCode::OK {
         return r;
     }

@@ -53,10 +53,16 @@ impl Setup {
     }
 
     async fn start(&self, spool: &str) -> Collector {
+        self.start_with(spool, &[]).await
+    }
+
+    /// [`Setup::start`] with more arguments to `serve`.
+    async fn start_with(&self, spool: &str, args: &[&str]) -> Collector {
         Collector::start(
             &self.config,
             &self.spool(spool),
             &self.dir.path().join(format!("{spool}.log")),
+            args,
         )
         .await
     }
@@ -66,17 +72,20 @@ impl Setup {
 struct Collector {
     child: tokio::process::Child,
     url: String,
+    /// The metrics endpoint's base URL, with `--metrics`.
+    metrics: Option<String>,
     log: PathBuf,
 }
 
 impl Collector {
-    async fn start(config: &Path, spool: &Path, log: &Path) -> Collector {
+    async fn start(config: &Path, spool: &Path, log: &Path, args: &[&str]) -> Collector {
         let err = std::fs::File::create(log).expect("log file");
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
             .args(["serve", "--listen", "127.0.0.1:0", "--spool"])
             .arg(spool)
             .arg("--config")
             .arg(config)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::piped())
             .stderr(err)
@@ -85,8 +94,12 @@ impl Collector {
             .expect("the binary starts");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
+        let mut metrics = None;
         let url = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await.expect("stdout reads") {
+                if let Some(url) = line.strip_prefix("Metrics on ") {
+                    metrics = url.strip_suffix("/metrics").map(str::to_owned);
+                }
                 if let Some(url) = line.strip_prefix("Collector listening on ") {
                     return url.to_owned();
                 }
@@ -103,6 +116,7 @@ impl Collector {
         Collector {
             child,
             url,
+            metrics,
             log: log.to_owned(),
         }
     }
@@ -579,7 +593,7 @@ async fn backpressure_answers_503_with_retry_after_and_loses_nothing() {
     // Nothing lands until the stop: the committer waits ten minutes between rounds.
     let s =
         Setup::new("max_pending = 1000\ncommit_messages = 1000000\ncommit_interval_ms = 600000");
-    let c = s.start("spool").await;
+    let c = s.start_with("spool", &["--metrics", "127.0.0.1:0"]).await;
     let mut accepted = 0;
     let mut refused = None;
     for i in 0..30 {
@@ -607,6 +621,26 @@ async fn backpressure_answers_503_with_retry_after_and_loses_nothing() {
     }
     assert_eq!(refused, Some((503, Some("1".to_owned()))));
     assert_eq!(accepted, 1000);
+    // The metrics show the backlog and why the collector refused.
+    let samples = scrape(c.metrics.as_deref().expect("metrics address")).await;
+    for (name, value) in [
+        ("tributary_collector_pending_messages", 1000.0),
+        (r#"tributary_collector_busy_total{reason="behind"}"#, 1.0),
+        (
+            r#"tributary_collector_requests_total{source="web",status="503"}"#,
+            1.0,
+        ),
+        (
+            r#"tributary_collector_requests_total{source="web",status="200"}"#,
+            10.0,
+        ),
+        (
+            r#"tributary_collector_messages_accepted_total{source="web"}"#,
+            1000.0,
+        ),
+    ] {
+        assert_eq!(sample(&samples, name), value, "{name} in {samples:?}");
+    }
     c.stop().await;
     assert_eq!(
         strings(&read_table(&s.table("web", "tracks")).await, "id").len(),
@@ -930,5 +964,353 @@ async fn segments_node_library_lands_every_call_once() {
     assert_eq!(
         by_id(&read_table(&s.table("web", "groups")).await, "plan")["node-group"],
         "team"
+    );
+}
+
+/// The page analytics.js runs in: loads the analytics-next UMD bundle from the static
+/// server, its settings from the collector (`cdnURL`), sends a page and a track call, and
+/// writes whether each was delivered into `#out`.
+const AJS_PAGE: &str = r#"<!doctype html>
+<html><head><title>Install guide</title>
+<script>
+// The UMD bundle loads its lazy chunks from `<cdn>/analytics-next/bundles/`, the cdn
+// being `window.analytics._cdn` when set (analytics-next src/browser/browser-umd.ts and
+// src/lib/parse-cdn.ts): here, this static server, not cdn.segment.com.
+window.analytics = { _cdn: location.origin }
+</script>
+<script src="/analytics-next/bundles/index.js"></script>
+</head><body><pre id="out">loading</pre>
+<script>
+const out = document.getElementById('out')
+const analytics = AnalyticsNext.AnalyticsBrowser.load(
+  { writeKey: 'WRITE_KEY', cdnURL: 'COLLECTOR' },
+  { disableClientPersistence: true })
+Promise.all([
+  analytics.page('Docs', 'Install', { plan: 'pro' }, { messageId: 'ajs-page' }),
+  analytics.track('Order Completed', { total: 12.5, sku: 'W-1' }, { messageId: 'ajs-track' }),
+]).then(
+  (ctxs) => { out.textContent = 'RESULT ' + ctxs.map((c) => c.failedDelivery() ? 'failed:' + c.failedDelivery().reason : 'delivered').join(' ') },
+  (e) => { out.textContent = 'RESULT error ' + e })
+</script></body></html>
+"#;
+
+/// Serves `page` at `/` and the files of `umd` (analytics-next's dist/umd) under
+/// `/analytics-next/bundles/` on 127.0.0.1; its base URL, and the paths it was asked for.
+async fn static_server(
+    page: String,
+    umd: PathBuf,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::extract::Path as UrlPath;
+    use axum::http::{StatusCode, Uri, header};
+    use axum::response::IntoResponse;
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = asked.clone();
+    let app = axum::Router::new()
+        .route(
+            "/",
+            axum::routing::get(move || async move {
+                ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page)
+            }),
+        )
+        .route(
+            "/analytics-next/bundles/{file}",
+            axum::routing::get(move |UrlPath(file): UrlPath<String>| async move {
+                if file.contains('/') || file.starts_with('.') {
+                    return StatusCode::NOT_FOUND.into_response();
+                }
+                match tokio::fs::read(umd.join(&file)).await {
+                    Ok(bytes) => (
+                        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                        bytes,
+                    )
+                        .into_response(),
+                    Err(_) => StatusCode::NOT_FOUND.into_response(),
+                }
+            }),
+        )
+        .layer(axum::middleware::from_fn(
+            move |uri: Uri, req: axum::extract::Request, next: axum::middleware::Next| {
+                log.lock().expect("log").push(uri.path().to_owned());
+                next.run(req)
+            },
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), asked)
+}
+
+#[tokio::test]
+async fn analytics_js_in_headless_chromium_lands_page_and_track() {
+    let (Ok(chromium), Ok(umd)) = (
+        std::env::var("TRIBUTARY_CHROMIUM"),
+        std::env::var("TRIBUTARY_ANALYTICS_NEXT_UMD"),
+    ) else {
+        eprintln!(
+            "skipped: TRIBUTARY_CHROMIUM or TRIBUTARY_ANALYTICS_NEXT_UMD is not set (scripts/test.sh installs Chromium and @segment/analytics-next)"
+        );
+        return;
+    };
+    let s = Setup::new("");
+    let c = s.start("spool").await;
+    let page = AJS_PAGE
+        .replace("WRITE_KEY", KEY)
+        .replace("COLLECTOR", &c.url);
+    let (site, asked) = static_server(page, PathBuf::from(umd)).await;
+    let profile = tempfile::tempdir().expect("profile dir");
+    let browser = tokio::process::Command::new(&chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            // Virtual time only advances while no request is pending, so the budget
+            // covers the settings fetch and both sends however slow the machine is.
+            "--virtual-time-budget=30000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("{site}/"))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), browser)
+        .await
+        .expect("Chromium exits within 120 s")
+        .expect("Chromium runs");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("<pre id=\"out\">RESULT delivered delivered</pre>"),
+        "the page did not deliver both calls; asked {:?}\n{dom}\n{}\ncollector log:\n{}",
+        asked.lock().expect("log"),
+        String::from_utf8_lossy(&out.stderr),
+        c.log()
+    );
+    c.stop().await;
+    landed_once(&s, &[("pages", "ajs-page"), ("tracks", "ajs-track")]).await;
+    let pages = read_table(&s.table("web", "pages")).await;
+    let tracks = read_table(&s.table("web", "tracks")).await;
+    assert_eq!(by_id(&pages, "name")["ajs-page"], "Install");
+    assert_eq!(by_id(&pages, "category")["ajs-page"], "Docs");
+    assert_eq!(by_id(&pages, "plan")["ajs-page"], "pro");
+    // analytics.js fills the page's properties and context from the document.
+    assert_eq!(by_id(&pages, "title")["ajs-page"], "Install guide");
+    assert_eq!(by_id(&pages, "url")["ajs-page"], format!("{site}/"));
+    assert_eq!(by_id(&pages, "path")["ajs-page"], "/");
+    assert_eq!(
+        by_id(&tracks, "context_page_url")["ajs-track"],
+        format!("{site}/")
+    );
+    assert_eq!(by_id(&tracks, "event")["ajs-track"], "order_completed");
+    assert_eq!(by_id(&tracks, "event_text")["ajs-track"], "Order Completed");
+    for table in [&pages, &tracks] {
+        assert_eq!(
+            by_id(table, "context_library_name")
+                .values()
+                .collect::<Vec<_>>(),
+            ["analytics.js"]
+        );
+        assert!(
+            by_id(table, "context_library_version")
+                .values()
+                .all(|v| v.starts_with("next-")),
+            "{:?}",
+            by_id(table, "context_library_version")
+        );
+        assert!(
+            by_id(table, "context_user_agent")
+                .values()
+                .all(|ua| ua.contains("HeadlessChrome")),
+            "{:?}",
+            by_id(table, "context_user_agent")
+        );
+        assert!(!by_id(table, "sent_at").values().any(String::is_empty));
+    }
+    // One visitor: analytics.js gave both calls the same anonymous id, and no user id.
+    let anonymous = by_id(&pages, "anonymous_id")["ajs-page"].clone();
+    assert!(!anonymous.is_empty());
+    assert_eq!(by_id(&tracks, "anonymous_id")["ajs-track"], anonymous);
+    assert_eq!(by_id(&tracks, "user_id")["ajs-track"], "");
+    let orders = read_table(&s.table("web", "order_completed")).await;
+    assert_eq!(by_id(&orders, "sku")["ajs-track"], "W-1");
+    assert_eq!(by_id(&orders, "total")["ajs-track"], "12.5");
+}
+
+/// The samples of a Prometheus text exposition: `name{labels}` → value.
+async fn scrape(metrics: &str) -> HashMap<String, f64> {
+    let resp = client()
+        .get(format!("{metrics}/metrics"))
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = resp.text().await.expect("body");
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').expect("a sample line");
+            (name.to_owned(), value.parse().expect("a number"))
+        })
+        .collect()
+}
+
+fn sample(samples: &HashMap<String, f64>, name: &str) -> f64 {
+    samples.get(name).copied().unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn serve_metrics_count_requests_messages_and_commits() {
+    let s = Setup::new("");
+    let c = s.start_with("spool", &["--metrics", "127.0.0.1:0"]).await;
+    let m = c.metrics.clone().expect("serve prints its metrics address");
+    assert_eq!(
+        client()
+            .get(format!("{m}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let u = c.url.clone();
+    let batch = json!({"batch": [
+        {"type": "track", "userId": "u1", "event": "Order Completed", "messageId": "mx1", "properties": {"total": 1}},
+        {"type": "track", "userId": "u1", "event": "Order Completed", "messageId": "mx2", "properties": {"total": 2}},
+        {"type": "page", "userId": "u1", "name": "Home", "messageId": "mx3"},
+    ]});
+    assert_eq!(
+        post(&u, "/v1/batch", Some(KEY), batch.to_string()).await.0,
+        200
+    );
+    // A repeated messageId is acknowledged and counted as a duplicate when it lands.
+    let again = json!({"userId": "u1", "event": "Order Completed", "messageId": "mx1"});
+    assert_eq!(
+        post(&u, "/v1/track", Some(KEY), again.to_string()).await.0,
+        200
+    );
+    let identify = json!({"writeKey": OTHER_KEY, "userId": "u2", "messageId": "mx4"});
+    assert_eq!(
+        post(&u, "/v1/identify", None, identify.to_string()).await.0,
+        200
+    );
+    assert_eq!(post(&u, "/v1/track", Some(KEY), "{not json").await.0, 400);
+    assert_eq!(
+        post(&u, "/v1/track", Some("not-a-key-0123456789"), "{}")
+            .await
+            .0,
+        401
+    );
+
+    // Until every acknowledged message has landed (or been dropped as a duplicate).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let samples = loop {
+        let samples = scrape(&m).await;
+        if sample(&samples, "tributary_collector_pending_messages") == 0.0
+            && sample(
+                &samples,
+                r#"tributary_collector_messages_landed_total{source="app"}"#,
+            ) == 1.0
+        {
+            break samples;
+        }
+        assert!(Instant::now() < deadline, "nothing landed: {samples:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for (name, value) in [
+        (
+            r#"tributary_collector_requests_total{source="web",status="200"}"#,
+            2.0,
+        ),
+        (
+            r#"tributary_collector_requests_total{source="web",status="400"}"#,
+            1.0,
+        ),
+        (
+            r#"tributary_collector_requests_total{source="app",status="200"}"#,
+            1.0,
+        ),
+        (
+            r#"tributary_collector_requests_total{source="",status="401"}"#,
+            1.0,
+        ),
+        (
+            r#"tributary_collector_messages_accepted_total{source="web"}"#,
+            4.0,
+        ),
+        (
+            r#"tributary_collector_messages_accepted_total{source="app"}"#,
+            1.0,
+        ),
+        (
+            r#"tributary_collector_messages_landed_total{source="web"}"#,
+            3.0,
+        ),
+        (
+            r#"tributary_collector_messages_landed_total{source="app"}"#,
+            1.0,
+        ),
+        (r#"tributary_collector_duplicates_total{source="web"}"#, 1.0),
+        (
+            r#"tributary_records_total{source="web",stream="tracks"}"#,
+            2.0,
+        ),
+        (
+            r#"tributary_records_total{source="web",stream="order_completed"}"#,
+            2.0,
+        ),
+        (
+            r#"tributary_records_total{source="web",stream="pages"}"#,
+            1.0,
+        ),
+        (
+            r#"tributary_records_total{source="app",stream="identifies"}"#,
+            1.0,
+        ),
+        ("tributary_collector_pending_messages", 0.0),
+    ] {
+        assert_eq!(sample(&samples, name), value, "{name} in {samples:?}");
+    }
+    for (source, table) in [
+        ("web", "tracks"),
+        ("web", "order_completed"),
+        ("web", "pages"),
+        ("app", "identifies"),
+    ] {
+        let labels = format!(r#"source="{source}",stream="{table}""#);
+        let commits = sample(&samples, &format!("tributary_commits_total{{{labels}}}"));
+        assert!(commits >= 1.0, "{labels}: {samples:?}");
+        assert_eq!(
+            sample(
+                &samples,
+                &format!("tributary_commit_duration_seconds_count{{{labels}}}")
+            ),
+            commits
+        );
+        assert!(sample(&samples, &format!("tributary_bytes_total{{{labels}}}")) > 0.0);
+    }
+    assert_eq!(
+        client()
+            .get(format!("{m}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    c.stop().await;
+    // The counts agree with the tables.
+    assert_eq!(
+        strings(&read_table(&s.table("web", "tracks")).await, "id").len(),
+        2
     );
 }
