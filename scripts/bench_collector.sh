@@ -47,7 +47,7 @@ url = "$run/warehouse"
 
 [serve]
 max_pending = ${BENCH_MAX_PENDING:-1000000}
-commit_messages = ${BENCH_COMMIT_MESSAGES:-50000}
+commit_messages = ${BENCH_COMMIT_MESSAGES:-10000}
 
 [sources.web]
 type = "http"

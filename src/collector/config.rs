@@ -46,7 +46,8 @@ pub struct ServeConfig {
     #[serde(default = "default_max_pending")]
     pub max_pending: u64,
     /// The most messages landed by one round of table commits (from 1 to 1000000). Default
-    /// 50000.
+    /// 10000: a round holds its messages as rows in memory, and 50000 peaked at ~900 MB
+    /// under a load of 65,000 events/s where 10000 stays near 200 MB (BENCHMARKS.md).
     #[serde(default = "default_commit_messages")]
     pub commit_messages: usize,
     /// Milliseconds between rounds of table commits while messages wait (from 10 to
@@ -87,7 +88,7 @@ fn default_max_pending() -> u64 {
     1_000_000
 }
 fn default_commit_messages() -> usize {
-    50_000
+    10_000
 }
 fn default_commit_interval_ms() -> u64 {
     1000
