@@ -2,8 +2,8 @@
 # The whole test suite, as CI runs it: installs what the tests need, then runs formatting,
 # lints and every test (unit, SDK conformance, end-to-end against the simulators and the
 # object-store servers (moto, Azurite, fake-gcs-server), a PostgreSQL server for the
-# reverse-ETL sources, and the read-back of the tables by
-# independent readers: DuckDB with its delta extension, and Python's `deltalake`; `plan`'s
+# reverse-ETL sources, headless Chromium for the Source Overview page, and the read-back
+# of the tables by independent readers: DuckDB with its delta extension, and Python's `deltalake`; `plan`'s
 # output is run by a real Apache Airflow and checked against the Kubernetes API schemas).
 #
 # Usage: scripts/test.sh            (from anywhere in the repository)
@@ -69,6 +69,17 @@ if ! command -v prometheus >/dev/null; then
   DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y --no-install-recommends prometheus
 fi
 export TRIBUTARY_PROMETHEUS="${TRIBUTARY_PROMETHEUS:-$(command -v prometheus)}"
+# Chromium (Debian's package), which loads the Source Overview page headless in the
+# overview test (no network needed: the page is self-contained).
+chromium_bin="$(command -v chromium || true)"
+if [ -z "$chromium_bin" ]; then
+  echo "Installing Chromium (apt) ..."
+  if [ "$(id -u)" = 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi
+  "${apt_get[@]}" update -qq
+  DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq --no-install-recommends chromium >/dev/null
+  chromium_bin="$(command -v chromium)"
+fi
+export TRIBUTARY_CHROMIUM="${TRIBUTARY_CHROMIUM:-$chromium_bin}"
 # Apache Airflow (standalone on SQLite, for the `plan --format airflow` test) and
 # kubernetes-validate (the Kubernetes API's JSON schemas, for `plan --format k8s`), from PyPI
 # into their own virtualenv, every package pinned by scripts/airflow-constraints.txt.
