@@ -253,7 +253,8 @@ async fn collect_events(config: &config::Loaded) -> Result<()> {
         .kill_on_drop(true)
         .spawn()
         .context("starting `tributary serve`")?;
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().context("serve's stdout")?).lines();
+    let mut lines =
+        tokio::io::BufReader::new(child.stdout.take().context("serve's stdout")?).lines();
     // Its log, kept to say why if it fails.
     let mut stderr = child.stderr.take().context("serve's stderr")?;
     let log = tokio::spawn(async move {
@@ -299,10 +300,16 @@ async fn collect_events(config: &config::Loaded) -> Result<()> {
         let report = client.send(&batch).await?;
         sent += report.delivered;
         if let Some(r) = report.rejected.first() {
-            bail!("the collector refused message {}: {}", r.message_id, r.reason);
+            bail!(
+                "the collector refused message {}: {}",
+                r.message_id,
+                r.reason
+            );
         }
     }
-    println!("Sent {sent} messages to source `{DEMO_EVENTS}` (POST {url}/v1/batch); stopping the collector, which lands them.");
+    println!(
+        "Sent {sent} messages to source `{DEMO_EVENTS}` (POST {url}/v1/batch); stopping the collector, which lands them."
+    );
     stop(&mut child).await?;
     let status = tokio::time::timeout(std::time::Duration::from_secs(120), child.wait())
         .await
@@ -342,7 +349,10 @@ async fn stop(child: &mut tokio::process::Child) -> Result<()> {
         // SAFETY: kill(2) with a valid signal number only sends a signal; `pid` is our
         // own child, which has not been waited for, so the id is not reused.
         if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-            bail!("cannot signal the collector: {}", std::io::Error::last_os_error());
+            bail!(
+                "cannot signal the collector: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
     #[cfg(not(unix))]

@@ -337,8 +337,7 @@ fn main() -> ExitCode {
                 range,
                 listen,
             } => {
-                tributary::overview::command(&args.config, source.as_deref(), &range, listen)
-                    .await
+                tributary::overview::command(&args.config, source.as_deref(), &range, listen).await
             }
             Command::Demo { warehouse, records } => demo::demo(&warehouse, records).await,
             Command::Retl {

@@ -98,7 +98,10 @@ pub async fn serve(
     println!("Collector listening on http://{bound}");
     let sources: Vec<&str> = config.events.iter().map(|s| s.name.as_str()).collect();
     println!("Sources: {}", sources.join(", "));
-    println!("Source Overview at http://{bound}{}", crate::overview::web::PATH);
+    println!(
+        "Source Overview at http://{bound}{}",
+        crate::overview::web::PATH
+    );
     let app = server::router(shared).nest(
         crate::overview::web::PATH,
         crate::overview::web::router(warehouse, crate::overview::configured_sources(&config)),

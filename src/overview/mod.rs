@@ -19,8 +19,8 @@ use std::process::ExitCode;
 use anyhow::{Result, anyhow};
 
 use crate::config;
-use report::SourceKind;
 use crate::warehouse::Warehouse;
+use report::SourceKind;
 
 /// The sources of a config, in its order, with what they send: cloud-app sources and
 /// reverse-ETL sources (records), then event-stream sources (events).

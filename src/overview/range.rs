@@ -134,12 +134,16 @@ impl TimeRange {
 
     /// Its length in whole minutes, at least 1.
     fn minutes(&self) -> u64 {
-        u64::try_from(self.length().num_minutes()).unwrap_or(0).max(1)
+        u64::try_from(self.length().num_minutes())
+            .unwrap_or(0)
+            .max(1)
     }
 
     /// How many buckets the chart has.
     pub fn buckets(&self) -> usize {
-        let bucket = u64::try_from(self.bucket().num_minutes()).unwrap_or(1).max(1);
+        let bucket = u64::try_from(self.bucket().num_minutes())
+            .unwrap_or(1)
+            .max(1);
         self.minutes().div_ceil(bucket) as usize
     }
 
@@ -181,7 +185,9 @@ mod tests {
     use super::*;
 
     fn at(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     #[test]
@@ -208,8 +214,8 @@ mod tests {
         assert_eq!(r.from, at("2026-12-02T05:00:00Z"));
         assert_eq!(r.to, at("2026-12-02T06:01:00Z"));
         // Another offset is converted.
-        let r = TimeRange::parse("2026-12-02T07:00:00+02:00..2026-12-02T08:00:00+02:00", now)
-            .unwrap();
+        let r =
+            TimeRange::parse("2026-12-02T07:00:00+02:00..2026-12-02T08:00:00+02:00", now).unwrap();
         assert_eq!(r.from, at("2026-12-02T05:00:00Z"));
     }
 
@@ -217,7 +223,11 @@ mod tests {
     fn refuses_old_inverted_future_and_unknown_ranges() {
         let now = at("2026-12-02T06:30:00Z");
         let err = |spec: &str| TimeRange::parse(spec, now).unwrap_err().to_string();
-        assert!(err("3w").contains("use 10m, 1h, 24h, 7d, 2w"), "{}", err("3w"));
+        assert!(
+            err("3w").contains("use 10m, 1h, 24h, 7d, 2w"),
+            "{}",
+            err("3w")
+        );
         let old = err("2026-11-01T00:00:00Z..2026-11-02T00:00:00Z");
         assert!(old.contains("last two weeks"), "{old}");
         let inverted = err("2026-12-02T06:00:00Z..2026-12-02T05:00:00Z");

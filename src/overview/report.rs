@@ -447,10 +447,34 @@ mod tests {
                 row("2026-12-02T05:30:00Z", "web", "page", None, 2),
                 // The range.
                 row("2026-12-02T06:00:00Z", "web", "track", Some("Signed Up"), 7),
-                row("2026-12-02T06:05:00Z", "web", "track", Some("Order Completed"), 1),
-                row("2026-12-02T06:10:00Z", "web", "identify", Some("ignored"), 3),
-                row("2026-12-02T06:11:00Z", "stripe", "records", Some("charges"), 40),
-                row("2026-12-02T06:12:00Z", "stripe", "records", Some("customers"), 10),
+                row(
+                    "2026-12-02T06:05:00Z",
+                    "web",
+                    "track",
+                    Some("Order Completed"),
+                    1,
+                ),
+                row(
+                    "2026-12-02T06:10:00Z",
+                    "web",
+                    "identify",
+                    Some("ignored"),
+                    3,
+                ),
+                row(
+                    "2026-12-02T06:11:00Z",
+                    "stripe",
+                    "records",
+                    Some("charges"),
+                    40,
+                ),
+                row(
+                    "2026-12-02T06:12:00Z",
+                    "stripe",
+                    "records",
+                    Some("customers"),
+                    10,
+                ),
             ],
         )
         .await

@@ -278,7 +278,9 @@ impl Recorder {
                             }
                         }
                         if stopping && failures >= 3 {
-                            tracing::error!("Stopping without appending some counts to the volume table; the Source Overview will be short by them.");
+                            tracing::error!(
+                                "Stopping without appending some counts to the volume table; the Source Overview will be short by them."
+                            );
                             return;
                         }
                         wake.notify_one();
@@ -370,7 +372,9 @@ pub async fn scan(
             let sources = batch.column(1).as_string::<i32>();
             let kinds = batch.column(2).as_string::<i32>();
             let names = batch.column(3).as_string::<i32>();
-            let counts = batch.column(4).as_primitive::<arrow::datatypes::Int64Type>();
+            let counts = batch
+                .column(4)
+                .as_primitive::<arrow::datatypes::Int64Type>();
             for i in 0..batch.num_rows() {
                 if minutes.is_null(i) || sources.is_null(i) || kinds.is_null(i) {
                     continue;
@@ -494,12 +498,42 @@ mod tests {
             Some(DateTime::<Utc>::MAX_UTC)
         );
         let mut rows = vec![
-            row("2026-12-02T06:00:10Z", "web", "track", Some("Order Completed"), 3),
-            row("2026-12-02T06:00:00Z", "web", "track", Some("<script>x</script>"), 1),
-            row("2026-12-02T06:01:00Z", "web", "track", Some("Order Completed"), 2),
-            row("2026-12-02T06:59:00Z", "stripe", "records", Some("charges"), 7),
+            row(
+                "2026-12-02T06:00:10Z",
+                "web",
+                "track",
+                Some("Order Completed"),
+                3,
+            ),
+            row(
+                "2026-12-02T06:00:00Z",
+                "web",
+                "track",
+                Some("<script>x</script>"),
+                1,
+            ),
+            row(
+                "2026-12-02T06:01:00Z",
+                "web",
+                "track",
+                Some("Order Completed"),
+                2,
+            ),
+            row(
+                "2026-12-02T06:59:00Z",
+                "stripe",
+                "records",
+                Some("charges"),
+                7,
+            ),
             // Outside the range, and a zero count: neither is counted.
-            row("2026-12-02T07:00:00Z", "web", "track", Some("Order Completed"), 100),
+            row(
+                "2026-12-02T07:00:00Z",
+                "web",
+                "track",
+                Some("Order Completed"),
+                100,
+            ),
             row("2026-12-02T06:02:00Z", "web", "track", Some("Zero"), 0),
         ];
         for kind in EVENT_KINDS.iter().skip(1) {
@@ -536,7 +570,10 @@ mod tests {
         let track = &sums.series[&("web".to_owned(), "track".to_owned())];
         assert_eq!(track.len(), 60);
         assert_eq!((track[0], track[1], track.iter().sum::<u64>()), (4, 2, 6));
-        assert_eq!(sums.series[&("stripe".to_owned(), "records".to_owned())][59], 7);
+        assert_eq!(
+            sums.series[&("stripe".to_owned(), "records".to_owned())][59],
+            7
+        );
 
         let only = sum(&w, &range, Some("stripe")).await.unwrap();
         assert_eq!(only.totals.len(), 1);

@@ -59,10 +59,7 @@ async fn page(State(shared): State<Arc<Shared>>, Query(q): Query<PageQuery>) -> 
         (Some(from), Some(to)) if !from.trim().is_empty() || !to.trim().is_empty() => {
             format!("{}..{}", from.trim(), to.trim())
         }
-        _ => q
-            .range
-            .clone()
-            .unwrap_or_else(|| DEFAULT_RANGE.to_owned()),
+        _ => q.range.clone().unwrap_or_else(|| DEFAULT_RANGE.to_owned()),
     };
     let range = match TimeRange::parse(&spec, chrono::Utc::now()) {
         Ok(r) => r,

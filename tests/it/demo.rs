@@ -82,7 +82,11 @@ async fn demo_lands_every_vendor_and_leaves_a_config_to_go_on_with() {
     // The collector part: every message sent through `serve` landed once, and the
     // overview it printed counts them per call type and event name.
     let rounds = tributary::demo::DEMO_ROUNDS;
-    let sent: usize = tributary::demo::DEMO_BATCH.iter().map(|(_, _, n)| n).sum::<usize>() * rounds;
+    let sent: usize = tributary::demo::DEMO_BATCH
+        .iter()
+        .map(|(_, _, n)| n)
+        .sum::<usize>()
+        * rounds;
     assert!(
         stdout.contains(&format!("Sent {sent} messages to source `web`")),
         "{stdout}"
@@ -117,8 +121,7 @@ async fn demo_lands_every_vendor_and_leaves_a_config_to_go_on_with() {
             .skip_while(|l| !l.starts_with("web: "))
             .find(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
-                f.first() == Some(&call)
-                    && f[1..f.len() - 2].join(" ") == event.unwrap_or("-")
+                f.first() == Some(&call) && f[1..f.len() - 2].join(" ") == event.unwrap_or("-")
             })
             .unwrap_or_else(|| panic!("{call} {event:?} in\n{stdout}"));
         assert!(

@@ -86,7 +86,11 @@ async fn overview_counts_the_records_syncs_landed_and_compact_keeps_them() {
     let ids = env.sandbox.ids("customers");
     for id in ids.iter().take(4) {
         env.sandbox
-            .update("customers", id, serde_json::json!({"name": format!("N-{id}")}))
+            .update(
+                "customers",
+                id,
+                serde_json::json!({"name": format!("N-{id}")}),
+            )
             .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -116,10 +120,45 @@ async fn overview_counts_the_records_syncs_landed_and_compact_keeps_them() {
     let out = overview(&env, &["--range", "10m"]).await;
     assert_eq!(collections(&out, "stripe"), want, "{out}");
 
+    // `overview --listen` serves the same counts as a page, without a collector.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["overview", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&env.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("it prints its address within 30 s")
+        .unwrap()
+        .expect("a first line");
+    let base = first
+        .strip_prefix("Source Overview at ")
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_owned();
+    let page = reqwest::get(format!("{base}?source=stripe&range=10m"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let total: u64 = want.values().map(|(n, _)| n).sum();
+    assert!(
+        page.contains(&format!("id=\"total\" data-total=\"{total}\"")),
+        "{page}"
+    );
+    drop(child);
+
     // Ranges the overview refuses, with what to give instead.
     for (range, says) in [
         ("3w", "use 10m, 1h, 24h, 7d, 2w"),
-        ("2020-01-01T00:00:00Z..2020-01-02T00:00:00Z", "last two weeks"),
+        (
+            "2020-01-01T00:00:00Z..2020-01-02T00:00:00Z",
+            "last two weeks",
+        ),
         (
             &format!(
                 "{}..{}",
@@ -227,9 +266,7 @@ fn attr_after(dom: &str, marker: &str, attr: &str) -> String {
     let tag = &dom[tag_start..];
     let tag = &tag[..tag.find('>').unwrap_or(tag.len())];
     let key = format!("{attr}=\"");
-    let v = tag
-        .find(&key)
-        .unwrap_or_else(|| panic!("{attr} in {tag}"));
+    let v = tag.find(&key).unwrap_or_else(|| panic!("{attr} in {tag}"));
     let rest = &tag[v + key.len()..];
     rest[..rest.find('"').unwrap_or(rest.len())].to_owned()
 }
@@ -292,7 +329,10 @@ impl Serve {
         .await
         .expect("serve listens within 60 s");
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        assert!(page.starts_with(&url) && page.ends_with("/overview"), "{url} {page}");
+        assert!(
+            page.starts_with(&url) && page.ends_with("/overview"),
+            "{url} {page}"
+        );
         Serve { child, url, page }
     }
 
@@ -328,7 +368,10 @@ fn events(stdout: &str, source: &str) -> BTreeMap<(String, String), (u64, String
             let n = fields.len();
             out.insert(
                 (fields[0].to_owned(), fields[1..n - 2].join(" ")),
-                (fields[n - 2].parse().expect("a count"), fields[n - 1].to_owned()),
+                (
+                    fields[n - 2].parse().expect("a count"),
+                    fields[n - 1].to_owned(),
+                ),
             );
         }
     }
@@ -438,7 +481,10 @@ async fn serve_counts_what_it_lands_and_its_overview_page_renders_in_headless_ch
 
     // The list of sources.
     let dom = chromium_run(&bin, &format!("{}?range=1h", serve.page), &["--dump-dom"]).await;
-    assert_eq!(attr_after(&dom, "data-source=\"web\"", "data-source"), "web");
+    assert_eq!(
+        attr_after(&dom, "data-source=\"web\"", "data-source"),
+        "web"
+    );
     assert!(
         dom.contains(&format!(">{customers}</td>")),
         "{customers} customers in\n{dom}"
@@ -493,8 +539,15 @@ async fn serve_counts_what_it_lands_and_its_overview_page_renders_in_headless_ch
     );
     let drawn = series(&dom);
     assert_eq!(drawn.len(), 3, "{drawn:?}");
-    assert_eq!(drawn.iter().map(|(_, _, t)| t).sum::<u64>(), 18, "{drawn:?}");
-    assert!(drawn.iter().all(|(_, points, _)| *points == 96), "{drawn:?}");
+    assert_eq!(
+        drawn.iter().map(|(_, _, t)| t).sum::<u64>(),
+        18,
+        "{drawn:?}"
+    );
+    assert!(
+        drawn.iter().all(|(_, points, _)| *points == 96),
+        "{drawn:?}"
+    );
     let png = out_dir.join("overview.png");
     chromium_run(&bin, &url, &[&format!("--screenshot={}", png.display())]).await;
     let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
@@ -502,7 +555,8 @@ async fn serve_counts_what_it_lands_and_its_overview_page_renders_in_headless_ch
     eprintln!("screenshot kept at {}", png.display());
 
     // A custom range within two weeks, as the picker's form sends it.
-    let from = (now - chrono::Duration::hours(4)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let from =
+        (now - chrono::Duration::hours(4)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let to = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let custom = format!(
         "{}?source=web&from={}&to={}",
@@ -511,7 +565,11 @@ async fn serve_counts_what_it_lands_and_its_overview_page_renders_in_headless_ch
         url::form_urlencoded::byte_serialize(to.as_bytes()).collect::<String>()
     );
     let dom = chromium_run(&bin, &custom, &["--dump-dom"]).await;
-    assert_eq!(attr_after(&dom, "id=\"total\"", "data-total"), "18", "{dom}");
+    assert_eq!(
+        attr_after(&dom, "id=\"total\"", "data-total"),
+        "18",
+        "{dom}"
+    );
 
     // A range the page refuses: an error on the page, still with its picker.
     let dom = chromium_run(
