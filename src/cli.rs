@@ -392,6 +392,9 @@ pub async fn compact(
     }
     if only_source.is_none() {
         tables.push(runs::RUNS_TABLE.iter().map(|s| s.to_string()).collect());
+        // The Source Overview's volume table: one small file per stream run.
+        let volume = crate::overview::volume::VOLUME_TABLE;
+        tables.push(volume.iter().map(|s| s.to_string()).collect());
     }
     println!(
         "{:<40} {:>12} {:>7} {:>10} {:>8} {:>8}",

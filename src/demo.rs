@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use tributary_sdk::simulator::{Simulator, SimulatorFactory, SimulatorOptions};
 
 use crate::cli::wait_for_signal;
@@ -19,6 +19,26 @@ pub const ALL: &str = "all";
 
 /// Where `demo` leaves the config of the simulators it used.
 pub const DEMO_CONFIG: &str = "tributary.demo.toml";
+
+/// The demo's event-stream source, which its collector fills.
+pub const DEMO_EVENTS: &str = "web";
+
+/// The spool of the demo's collector (relative to where `demo` runs).
+pub const DEMO_SPOOL: &str = "tributary-demo-spool";
+
+/// How many rounds of [`DEMO_BATCH`] the demo sends through its collector.
+pub const DEMO_ROUNDS: usize = 6;
+
+/// One round of the demo's messages: (call, event name, how many); 50 messages.
+pub const DEMO_BATCH: [(&str, Option<&str>, usize); 7] = [
+    ("track", Some("Product Viewed"), 25),
+    ("track", Some("Order Completed"), 10),
+    ("identify", None, 6),
+    ("page", None, 5),
+    ("screen", None, 2),
+    ("group", None, 1),
+    ("alias", None, 1),
+];
 
 /// The names `sandbox` accepts: every vendor with a simulator, and `all`.
 pub fn sandbox_names() -> Vec<&'static str> {
@@ -173,6 +193,176 @@ async fn retl_preview(config: &config::Loaded, warehouse_dir: &str) {
     }
 }
 
+/// The demo's messages: [`DEMO_ROUNDS`] batches of [`DEMO_BATCH`], as Segment's libraries
+/// send them (<https://segment.com/docs/connections/sources/catalog/libraries/server/http-api/>).
+fn demo_messages() -> Vec<Vec<serde_json::Value>> {
+    let now = tributary_sdk::tracking::iso8601(chrono::Utc::now());
+    let mut n = 0usize;
+    (0..DEMO_ROUNDS)
+        .map(|_| {
+            let mut batch = Vec::new();
+            for (call, event, count) in DEMO_BATCH {
+                for _ in 0..count {
+                    n += 1;
+                    let user = format!("demo-user-{}", n % 40);
+                    let mut m = serde_json::json!({
+                        "type": call,
+                        "messageId": uuid::Uuid::new_v4().to_string(),
+                        "userId": user,
+                        "timestamp": now,
+                    });
+                    match call {
+                        "track" => {
+                            m["event"] = event.unwrap_or_default().into();
+                            m["properties"] = serde_json::json!({"price": (n % 50) as f64 + 0.99, "sku": format!("SKU-{}", n % 7)});
+                        }
+                        "identify" => m["traits"] = serde_json::json!({"email": format!("{user}@example.com")}),
+                        "page" | "screen" => m["name"] = "Home".into(),
+                        "group" => m["groupId"] = "demo-team".into(),
+                        _ => m["previousId"] = format!("anon-{n}").into(),
+                    }
+                    batch.push(m);
+                }
+            }
+            batch
+        })
+        .collect()
+}
+
+/// Starts the collector (`tributary serve` on the demo's config, a child process on a
+/// free port), sends it a few hundred messages over HTTP, stops it (SIGTERM: it lands
+/// what its spool holds and appends the volume counts) and prints the Source Overview.
+async fn collect_events(config: &config::Loaded) -> Result<()> {
+    use tokio::io::AsyncBufReadExt as _;
+    let source = config
+        .events
+        .iter()
+        .find(|e| e.name == DEMO_EVENTS)
+        .context("the demo's event-stream source")?;
+    let key = source
+        .write_keys
+        .first()
+        .context("the demo source's write key")?
+        .clone();
+    let exe = std::env::current_exe().context("finding the tributary binary")?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config", DEMO_CONFIG])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting `tributary serve`")?;
+    let mut lines =
+        tokio::io::BufReader::new(child.stdout.take().context("serve's stdout")?).lines();
+    // Its log, kept to say why if it fails.
+    let mut stderr = child.stderr.take().context("serve's stderr")?;
+    let log = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await;
+        text
+    });
+    let mut url = None;
+    let mut page = None;
+    let started = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(u) = line.strip_prefix("Collector listening on ") {
+                url = Some(u.to_owned());
+            }
+            if let Some(u) = line.strip_prefix("Source Overview at ") {
+                page = Some(u.to_owned());
+                break;
+            }
+        }
+    })
+    .await;
+    let Some(url) = url.filter(|_| started.is_ok()) else {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        bail!(
+            "`tributary serve` did not start: {}",
+            log.await.unwrap_or_default().trim()
+        );
+    };
+    // Keep reading its stdout so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    println!(
+        "Collector (`tributary serve`) on {url}; the Source Overview page at {}",
+        page.as_deref().unwrap_or("-")
+    );
+    let client = crate::tracking::client_for(&crate::config::TrackingConfig {
+        endpoint: url.clone(),
+        write_key: key,
+        enabled: true,
+    })?;
+    let mut sent = 0u64;
+    for batch in demo_messages() {
+        let report = client.send(&batch).await?;
+        sent += report.delivered;
+        if let Some(r) = report.rejected.first() {
+            bail!(
+                "the collector refused message {}: {}",
+                r.message_id,
+                r.reason
+            );
+        }
+    }
+    println!(
+        "Sent {sent} messages to source `{DEMO_EVENTS}` (POST {url}/v1/batch); stopping the collector, which lands them."
+    );
+    stop(&mut child).await?;
+    let status = tokio::time::timeout(std::time::Duration::from_secs(120), child.wait())
+        .await
+        .context("the collector did not stop within 120 s")??;
+    if !status.success() {
+        bail!(
+            "the collector exited with {status}: {}",
+            log.await.unwrap_or_default().trim()
+        );
+    }
+    let warehouse = Warehouse::new(&config.warehouse)?;
+    let range = crate::overview::range::TimeRange::parse("1h", chrono::Utc::now())?;
+    let overview = crate::overview::report::build(
+        &warehouse,
+        &crate::overview::configured_sources(config),
+        &range,
+        None,
+    )
+    .await?;
+    println!();
+    print!("{}", crate::overview::report::text(&overview));
+    println!();
+    println!(
+        "The same overview: `tributary --config {DEMO_CONFIG} overview --range 1h`; as a web page at http://{}{} while `tributary --config {DEMO_CONFIG} serve` runs.",
+        config.serve.listen,
+        crate::overview::web::PATH
+    );
+    Ok(())
+}
+
+/// Asks `child` to stop as `serve` expects: SIGTERM (it lands its spool, then exits).
+async fn stop(child: &mut tokio::process::Child) -> Result<()> {
+    let pid = child.id().context("the collector has exited")?;
+    #[cfg(unix)]
+    {
+        let pid = i32::try_from(pid).context("a process id")?;
+        // SAFETY: kill(2) with a valid signal number only sends a signal; `pid` is our
+        // own child, which has not been waited for, so the id is not reused.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            bail!(
+                "cannot signal the collector: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        child.start_kill()?;
+    }
+    Ok(())
+}
+
 pub async fn demo(warehouse_dir: &str, records: usize) -> Result<ExitCode> {
     let factories: Vec<SimulatorFactory> = registry::vendors()
         .into_iter()
@@ -218,7 +408,14 @@ pub async fn demo(warehouse_dir: &str, records: usize) -> Result<ExitCode> {
             simulator.source_config()
         ));
     }
+    // An event-stream source, which the demo's collector (`serve`) fills.
+    text.push_str(&format!(
+        "\n[sources.{DEMO_EVENTS}]\ntype = \"http\"\nwrite_keys = [\"{}\"]\n\n[serve]\nspool = \"{DEMO_SPOOL}\"\n",
+        crate::collector::config::new_write_key()
+    ));
     let config = config::parse(&text, Path::new("(demo)"))?;
+    // Written now: the collector started below reads it.
+    let written = std::fs::write(DEMO_CONFIG, &text);
     let mut outcomes = sync_sources(&config, None, None, false, Cancel::never()).await?;
     print_summary(&outcomes);
 
@@ -254,7 +451,17 @@ pub async fn demo(warehouse_dir: &str, records: usize) -> Result<ExitCode> {
         "Every run is logged in the table {root}_tributary/sync_runs; `tributary state` shows the cursors."
     );
     retl_preview(&config, warehouse_dir).await;
-    let written = std::fs::write(DEMO_CONFIG, &text);
+    println!();
+    match &written {
+        Ok(()) => {
+            if let Err(e) = collect_events(&config).await {
+                println!("The collector part of the demo failed: {e:#}");
+            }
+        }
+        Err(e) => println!(
+            "Could not write ./{DEMO_CONFIG} ({e}), which the collector reads; skipping the event-stream part."
+        ),
+    }
     println!();
     match (written, base) {
         (Ok(()), Some(base)) if replayable => {

@@ -123,6 +123,9 @@ pub struct StreamOutcome {
     pub stream: String,
     /// Rows landed.
     pub records: u64,
+    /// Rows landed per minute their commit landed in (for the volume table of the Source
+    /// Overview, see [`crate::overview::volume`]).
+    pub landed_per_minute: Vec<(chrono::DateTime<chrono::Utc>, u64)>,
     /// Data files landed.
     pub files: u64,
     /// Bytes of data files landed.
@@ -169,6 +172,7 @@ impl StreamOutcome {
             source: source.to_owned(),
             stream: stream.to_owned(),
             records: 0,
+            landed_per_minute: Vec::new(),
             files: 0,
             bytes: 0,
             commits: 0,
@@ -573,6 +577,13 @@ async fn land_flushed(
     );
     tracing::info!(source = %job.source_name, stream = %job.schema.name, version = landed.version, records, files = nfiles, replaced = landed.replaced, swept = landed.swept, rewritten_bytes = landed.rewritten_bytes, snapshot_started = p.snapshot_start.is_some(), snapshot_completed = completes, ms = started.elapsed().as_millis() as u64, "Committed batch.");
     out.records += records;
+    if records > 0 {
+        let minute = crate::overview::range::minute(chrono::Utc::now());
+        match out.landed_per_minute.last_mut() {
+            Some((m, n)) if *m == minute => *n += records,
+            _ => out.landed_per_minute.push((minute, records)),
+        }
+    }
     out.replaced += landed.replaced;
     out.bytes += landed.rewritten_bytes + landed.dv_bytes;
     out.commits += 1;

@@ -12,6 +12,7 @@ pub mod lease;
 pub mod logging;
 pub mod metrics;
 pub mod orchestrator;
+pub mod overview;
 pub mod plan;
 pub mod registry;
 pub mod retl;

@@ -150,6 +150,20 @@ enum Command {
         #[command(subcommand)]
         action: ConnectorAction,
     },
+    /// The Source Overview: per source, events per type and name (or records per
+    /// collection) over a time range, with the % change against the previous period.
+    Overview {
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// 10m, 1h, 24h, 7d, 2w, or FROM..TO (RFC 3339) within the last two weeks.
+        #[arg(long, default_value = tributary::overview::web::DEFAULT_RANGE)]
+        range: String,
+        /// Serve the overview web page on this address (e.g. 127.0.0.1:8089) instead of
+        /// printing it; port 0 picks a free one, printed on the first line.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Start the simulators, sync them into ./warehouse, and show what landed.
     Demo {
         /// Where the tables land.
@@ -331,6 +345,13 @@ fn main() -> ExitCode {
                     latency_jitter_ms,
                 )
                 .await
+            }
+            Command::Overview {
+                source,
+                range,
+                listen,
+            } => {
+                tributary::overview::command(&args.config, source.as_deref(), &range, listen).await
             }
             Command::Demo { warehouse, records } => demo::demo(&warehouse, records).await,
             Command::Retl {

@@ -94,6 +94,11 @@ pub async fn sync_sources(
             failed_sources,
         });
     }
+    // Before any stream starts: the run log stands in for the volume of runs that began
+    // before the volume table existed, and only those.
+    if let Err(e) = crate::overview::volume::ensure(&warehouse).await {
+        tracing::warn!(error = %format!("{e:#}"), "Could not create the volume table; the Source Overview will not count this run.");
+    }
     let run_id = uuid::Uuid::new_v4().to_string();
     let progress = std::io::stderr().is_terminal().then(progress_bars);
     let mut outcomes = Vec::new();
@@ -123,10 +128,11 @@ pub async fn sync_sources(
             if cancel.is_cancelled() {
                 break;
             }
-            outcomes.extend(
+            let ran =
                 crate::retl::run_source(&warehouse, leases.as_ref(), r, stream, &run_id, &cancel)
-                    .await?,
-            );
+                    .await?;
+            crate::overview::volume::record(&warehouse, &ran).await;
+            outcomes.extend(ran);
         }
     }
     if let Some(bars) = progress {
@@ -273,6 +279,8 @@ async fn sync_source(
                     crate::metrics::lease_held(name, &schema.name, -1);
                 }
                 crate::metrics::stream_finished(&outcome);
+                // One small append per stream run, after its commits.
+                crate::overview::volume::record(warehouse, std::slice::from_ref(&outcome)).await;
                 outcome
             }
             .boxed()

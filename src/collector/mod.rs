@@ -67,8 +67,8 @@ pub async fn serve(
     let collector_id = spool.collector_id.clone();
     let progress = Arc::new(spool::Progress::default());
     let (appender, reader) = spool.start_writer(progress.clone());
-    let committer = landing::Committer::new(
-        warehouse,
+    let mut committer = landing::Committer::new(
+        warehouse.clone(),
         collector_id.clone(),
         spool_dir.clone(),
         config.serve.clone(),
@@ -76,6 +76,9 @@ pub async fn serve(
         reader,
         progress.clone(),
     );
+    // The Source Overview's volume table counts what each round landed.
+    let (on_volume, volume) = crate::overview::volume::Recorder::start(warehouse.clone());
+    committer.on_volume = Some(on_volume);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (metrics_stop, metrics_cancel) = crate::engine::Cancel::new();
@@ -108,7 +111,14 @@ pub async fn serve(
     println!("Collector listening on http://{bound}");
     let sources: Vec<&str> = config.events.iter().map(|s| s.name.as_str()).collect();
     println!("Sources: {}", sources.join(", "));
-    let app = server::router(shared);
+    println!(
+        "Source Overview at http://{bound}{}",
+        crate::overview::web::PATH
+    );
+    let app = server::router(shared).nest(
+        crate::overview::web::PATH,
+        crate::overview::web::router(warehouse, crate::overview::configured_sources(&config)),
+    );
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let stopping = {
         let ready = ready.clone();
@@ -127,6 +137,7 @@ pub async fn serve(
     );
     let _ = stop_tx.send(true);
     let _ = committing.await;
+    volume.finish().await;
     metrics_stop.cancel();
     let left = progress.pending();
     if left > 0 {

@@ -79,6 +79,56 @@ async fn demo_lands_every_vendor_and_leaves_a_config_to_go_on_with() {
         }
         assert!(rows > 0, "no rows landed for {kind}");
     }
+    // The collector part: every message sent through `serve` landed once, and the
+    // overview it printed counts them per call type and event name.
+    let rounds = tributary::demo::DEMO_ROUNDS;
+    let sent: usize = tributary::demo::DEMO_BATCH
+        .iter()
+        .map(|(_, _, n)| n)
+        .sum::<usize>()
+        * rounds;
+    assert!(
+        stdout.contains(&format!("Sent {sent} messages to source `web`")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("web: {sent} events (new against")),
+        "{stdout}"
+    );
+    for (call, event, n) in tributary::demo::DEMO_BATCH {
+        let table = match call {
+            "identify" => "identifies".to_owned(),
+            "alias" => "aliases".to_owned(),
+            other => format!("{other}s"),
+        };
+        let landed = id_counts(&read_table(&dir.path().join("warehouse/web").join(&table)).await);
+        assert!(landed.values().all(|c| *c == 1), "{table}: duplicates");
+        let want = match call {
+            // Every track is in `tracks`.
+            "track" => {
+                tributary::demo::DEMO_BATCH
+                    .iter()
+                    .filter(|(c, _, _)| *c == "track")
+                    .map(|(_, _, n)| n)
+                    .sum::<usize>()
+                    * rounds
+            }
+            _ => n * rounds,
+        };
+        assert_eq!(landed.len(), want, "{table}");
+        let line = stdout
+            .lines()
+            .skip_while(|l| !l.starts_with("web: "))
+            .find(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.first() == Some(&call) && f[1..f.len() - 2].join(" ") == event.unwrap_or("-")
+            })
+            .unwrap_or_else(|| panic!("{call} {event:?} in\n{stdout}"));
+        assert!(
+            line.split_whitespace().rev().nth(1) == Some(&(n * rounds).to_string()),
+            "{line}"
+        );
+    }
     // The command that serves the simulators again, as printed.
     let line = stdout
         .lines()

@@ -19,6 +19,7 @@ mod hostile_records;
 mod leases;
 mod metrics;
 mod moto;
+mod overview;
 mod plan;
 mod postgres;
 mod proxy;
