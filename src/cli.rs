@@ -498,3 +498,31 @@ pub async fn retl_preview(
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `connector check-spec FILE`: validates a declarative spec and its schemas; prints the
+/// streams it declares, or the first mistake (file, stream, key) and exits 1.
+pub fn check_spec(file: &Path) -> ExitCode {
+    match tributary_declarative::load_file(file) {
+        Ok(vendor) => {
+            let spec = &vendor.spec.spec;
+            println!(
+                "{}: {} ({} streams): OK",
+                file.display(),
+                spec.vendor,
+                spec.streams.len()
+            );
+            for s in &spec.streams {
+                let how = match &s.incremental {
+                    Some(i) => format!("incremental on `{}`", i.cursor_field),
+                    None => "full snapshot".to_owned(),
+                };
+                println!("  {:<24} {how}", s.name);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}

@@ -241,6 +241,12 @@ enum ConnectorAction {
         #[arg(long)]
         no_register: bool,
     },
+    /// Validates a declarative spec file (and its schemas) without running anything;
+    /// exits 1 naming the file, the stream and the key of the first mistake.
+    CheckSpec {
+        /// The spec file, e.g. `connectors/declarative/specs/hubspot.toml`.
+        file: std::path::PathBuf,
+    },
     /// The vendors this build knows (`--markdown`: README's vendor table).
     List {
         /// As the Markdown table README holds.
@@ -370,6 +376,7 @@ fn main() -> ExitCode {
                     no_register,
                 } => tributary::scaffold::new_connector(&root, &name, port, !no_register)
                     .map(|()| ExitCode::SUCCESS),
+                ConnectorAction::CheckSpec { file } => Ok(tributary::cli::check_spec(&file)),
                 ConnectorAction::List { markdown } => {
                     print!("{}", tributary::scaffold::list(markdown));
                     Ok(ExitCode::SUCCESS)

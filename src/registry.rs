@@ -39,16 +39,27 @@ macro_rules! vendor {
 /// Every vendor this binary knows, in the order `demo` and the docs list them. Adding a
 /// vendor: one line here (and its crate in the workspace).
 pub fn vendors() -> Vec<Vendor> {
-    vec![
+    let mut vendors = vec![
         vendor!(tributary_stripe),
         vendor!(tributary_zendesk),
         vendor!(tributary_salesforce),
-    ]
+    ];
+    // Vendors written as specs (connectors/declarative/specs/<vendor>.toml).
+    vendors.extend(
+        tributary_declarative::factories()
+            .into_iter()
+            .zip(tributary_declarative::simulator::factories())
+            .map(|(source, simulator)| Vendor { source, simulator }),
+    );
+    vendors
 }
 
-/// Every connector this binary knows.
+/// Every connector this binary knows: the vendors, and `declarative` (a spec file of the
+/// user's).
 pub fn factories() -> Vec<SourceFactory> {
-    vendors().into_iter().map(|v| v.source).collect()
+    let mut factories: Vec<SourceFactory> = vendors().into_iter().map(|v| v.source).collect();
+    factories.push(tributary_declarative::user_factory());
+    factories
 }
 
 /// A configured source whose options are valid; its streams are not known yet.

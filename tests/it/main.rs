@@ -11,6 +11,7 @@ mod collector;
 mod common;
 mod compact;
 mod config_errors;
+mod declarative;
 mod demo;
 mod fleet;
 mod gcs;

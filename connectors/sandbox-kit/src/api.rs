@@ -58,6 +58,12 @@ pub trait Api: Vendor {
     /// Answers an authenticated, admitted request.
     fn route(&self, request: &ApiRequest) -> Answer;
 
+    /// Answers like [`Api::route`], with headers that belong to this one answer (a
+    /// `Link` to the next page, say). The default adds none.
+    fn route_with_headers(&self, request: &ApiRequest) -> (Answer, Vec<(String, String)>) {
+        (self.route(request), Vec::new())
+    }
+
     /// Adds the vendor's headers to every API answer (request ids, quota headers from
     /// `quota`: the limit, the requests remaining and the seconds to a free slot). The
     /// kit has already set `Content-Type: application/json` and `Date` from the clock.
@@ -127,7 +133,7 @@ async fn serve<A: Api>(
         headers: parts.headers,
         body,
     };
-    let (status, mut body) = api.route(&request);
+    let ((status, mut body), extra) = api.route_with_headers(&request);
     if !(200..300).contains(&status) {
         return answer(api, status, body, quota, None, &request.headers);
     }
@@ -140,7 +146,16 @@ async fn serve<A: Api>(
         common_headers(api, quota, &mut headers);
         return response::truncated(status, headers, body);
     }
-    answer(api, status, body, quota, None, &request.headers)
+    let mut response = answer(api, status, body, quota, None, &request.headers);
+    for (name, value) in extra {
+        if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
 }
 
 /// The answer to a refusal the kit decided (429 with `Retry-After`, an injected 5xx).

@@ -191,6 +191,26 @@ impl SourceFactory {
     }
 }
 
+impl SourceFactory {
+    /// A factory for connectors that are not one Rust type per `kind`, such as vendors
+    /// assembled from a declarative spec: `build` gets the options and the context,
+    /// `known_streams` the options (see [`SourceFactory::known_streams`]).
+    pub fn from_fn(
+        kind: &'static str,
+        build: impl Fn(serde_json::Value, SourceContext) -> Result<Arc<dyn Source>>
+        + Send
+        + Sync
+        + 'static,
+        known_streams: impl Fn(serde_json::Value) -> Result<Option<Vec<String>>> + Send + Sync + 'static,
+    ) -> SourceFactory {
+        SourceFactory {
+            kind,
+            build: Arc::new(build),
+            known_streams: Arc::new(known_streams),
+        }
+    }
+}
+
 /// The factory of connector `C`: what a vendor crate's `factory()` returns.
 pub fn factory<C: Connector>() -> SourceFactory {
     SourceFactory {

@@ -82,6 +82,9 @@ pub struct HttpConfig {
     /// inflate a thousandfold). Default: [`max_body_bytes`], which the runtime sets from
     /// `[sync] max_response_mb`.
     pub max_body_bytes: u64,
+    /// Statuses retried with backoff besides 429, 500, 502, 503 and 504 (a vendor that
+    /// documents a transient 423 or 409, say). Default: none.
+    pub retry_statuses: Vec<u16>,
 }
 
 /// The default of [`HttpConfig::max_body_bytes`] when the runtime sets none: 256 MiB, far
@@ -122,6 +125,7 @@ impl HttpConfig {
             max_retry_after: Duration::from_secs(15 * 60),
             quota: None,
             max_body_bytes: max_body_bytes(),
+            retry_statuses: Vec::new(),
         }
     }
 
@@ -793,6 +797,12 @@ impl HttpClient {
                 status,
                 // A 503 may say when to come back; a too-long wait falls back to backoff,
                 // since the outage may end sooner.
+                retry_after: retry_after(&response.headers, response.date)
+                    .filter(|wait| *wait <= config.max_retry_after),
+                message: vendor_message(&response.body),
+            })),
+            _ if config.retry_statuses.contains(&status) => Ok(Err(Failure::Status {
+                status,
                 retry_after: retry_after(&response.headers, response.date)
                     .filter(|wait| *wait <= config.max_retry_after),
                 message: vendor_message(&response.body),

@@ -1,0 +1,542 @@
+//! Declarative vendors against their simulators over HTTP: the SDK's conformance kit for
+//! every built-in vendor that can delete, reads through the kit's faults, every
+//! pagination style and auth kind of the format on a test spec, and the validation
+//! errors a spec author meets.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tributary_sandbox_kit::Faults;
+use tributary_sdk::conformance::{self, Harness, read_all, read_until_error};
+use tributary_sdk::{Error, ReadRequest, Source, SourceContext};
+
+use crate::sandbox::{DeclarativeSandbox, SandboxConfig};
+use crate::{Spec, Vendor};
+
+async fn start(vendor: Vendor, records: usize) -> DeclarativeSandbox {
+    DeclarativeSandbox::start(
+        vendor,
+        SandboxConfig {
+            records,
+            ..SandboxConfig::default()
+        },
+        0,
+    )
+    .await
+    .expect("the simulator starts")
+}
+
+/// The options of a source pointed at `sandbox`.
+fn options(sandbox: &DeclarativeSandbox, extra: serde_json::Value) -> serde_json::Value {
+    let mut options: serde_json::Value = toml::from_str::<toml::Value>(&sandbox.source_lines())
+        .map(|t| serde_json::to_value(t).unwrap())
+        .unwrap();
+    options["requests_per_second"] = serde_json::json!(1000);
+    if let serde_json::Value::Object(extra) = extra {
+        for (k, v) in extra {
+            options[k] = v;
+        }
+    }
+    options
+}
+
+fn source(
+    name: &'static str,
+    sandbox: &DeclarativeSandbox,
+    extra: serde_json::Value,
+) -> Arc<dyn Source> {
+    crate::factory(name)
+        .build(options(sandbox, extra), SourceContext::default())
+        .expect("the source builds")
+}
+
+struct Kit {
+    name: &'static str,
+    sandbox: DeclarativeSandbox,
+}
+
+#[async_trait]
+impl Harness for Kit {
+    fn source(&self) -> Arc<dyn Source> {
+        source(
+            self.name,
+            &self.sandbox,
+            serde_json::json!({"page_size": 7}),
+        )
+    }
+    async fn ids(&self, stream: &str) -> Vec<String> {
+        self.sandbox.ids(stream)
+    }
+    async fn create(&self, stream: &str) -> String {
+        self.sandbox.create(stream)
+    }
+    async fn update(&self, stream: &str, id: &str) {
+        assert!(
+            self.sandbox
+                .update(stream, id, "note", serde_json::json!("changed by the kit"))
+        );
+    }
+    async fn delete(&self, stream: &str, id: &str) {
+        assert!(self.sandbox.delete(stream, id));
+    }
+    async fn settle(&self) {
+        self.sandbox.kit().clock.advance(Duration::from_secs(2));
+    }
+}
+
+async fn conformance(name: &'static str, stream: &str) {
+    let vendor = crate::builtin(name).unwrap();
+    let harness = Kit {
+        name,
+        sandbox: start(vendor, 40).await,
+    };
+    if let Err(e) = conformance::run(&harness, stream).await {
+        panic!("{name} conformance on `{stream}`: {e}");
+    }
+}
+
+/// The kit on a stream whose vendor keeps no tombstones.
+async fn conformance_without_deletes(name: &'static str, stream: &str) {
+    let vendor = crate::builtin(name).unwrap();
+    let harness = Kit {
+        name,
+        sandbox: start(vendor, 40).await,
+    };
+    if let Err(e) = conformance::run_without_deletes(&harness, stream).await {
+        panic!("{name} conformance on `{stream}`: {e}");
+    }
+}
+
+#[tokio::test]
+async fn intercom_passes_the_conformance_kit() {
+    for stream in ["contacts", "conversations"] {
+        conformance_without_deletes("intercom", stream).await;
+    }
+}
+
+#[tokio::test]
+async fn twilio_passes_the_conformance_kit() {
+    for stream in ["messages", "calls"] {
+        conformance_without_deletes("twilio", stream).await;
+    }
+}
+
+/// List members, a child stream read list by list: the kit's resume from the middle
+/// resumes inside one list's pages.
+#[tokio::test]
+async fn mailchimp_passes_the_conformance_kit() {
+    conformance("mailchimp", "list_members").await;
+}
+
+/// Intercom's companies scroll ends at an empty page that still carries a scroll token;
+/// admins are one page. Both are snapshots that reset the table.
+#[tokio::test]
+async fn intercom_snapshots_end_at_the_empty_scroll_page() {
+    let vendor = crate::builtin("intercom").unwrap();
+    let schemas = vendor.schemas.clone();
+    let sandbox = start(vendor, 230).await;
+    let src = source("intercom", &sandbox, serde_json::json!({}));
+    for stream in ["companies", "admins"] {
+        let schema = schemas.iter().find(|s| s.name == stream).unwrap();
+        let log = read_all(src.as_ref(), schema, None, false).await.unwrap();
+        assert!(log.first_page_resets, "{stream}");
+        assert!(log.duplicates().is_empty(), "{stream}");
+        assert_eq!(
+            log.ids(),
+            sandbox.ids(stream).into_iter().collect(),
+            "{stream}"
+        );
+    }
+    // Three pages of 100 and the empty one, then nothing more.
+    let before = sandbox.kit().counters().requests;
+    let schema = schemas.iter().find(|s| s.name == "companies").unwrap();
+    read_all(src.as_ref(), schema, None, false).await.unwrap();
+    assert_eq!(sandbox.kit().counters().requests - before, 4);
+}
+
+/// Intercom matches `updated_at` by calendar day: the request asks from two days before
+/// the mark, and the records changed before it are not handed on.
+#[tokio::test]
+async fn a_day_granular_filter_hands_on_only_what_changed_since_the_mark() {
+    let vendor = crate::builtin("intercom").unwrap();
+    let schema = vendor.schemas[0].clone();
+    let sandbox = start(vendor, 50).await;
+    let src = source("intercom", &sandbox, serde_json::json!({"page_size": 10}));
+    let full = read_all(src.as_ref(), &schema, None, false).await.unwrap();
+    assert_eq!(full.ids().len(), 50);
+    let end = full.last_cursor().unwrap();
+    let ids = sandbox.ids("contacts");
+    // Changes within the same day as the mark, and one an hour later.
+    sandbox.kit().clock.advance(Duration::from_secs(5));
+    assert!(sandbox.update("contacts", &ids[3], "name", serde_json::json!("x")));
+    sandbox.kit().clock.advance(Duration::from_secs(3600));
+    assert!(sandbox.update("contacts", &ids[7], "name", serde_json::json!("y")));
+    sandbox.kit().clock.advance(Duration::from_secs(2));
+    let changes = read_all(src.as_ref(), &schema, Some(end), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        changes.ids(),
+        [ids[3].clone(), ids[7].clone()].into_iter().collect()
+    );
+}
+
+/// Mailchimp's data center comes from the API key's suffix, and a key without one is an
+/// error naming the option.
+#[test]
+fn the_data_center_is_taken_from_the_api_key() {
+    let factory = crate::factory("mailchimp");
+    let e = factory
+        .build(
+            serde_json::json!({"api_key": "0123456789abcdef"}),
+            SourceContext::default(),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("data_center") && e.contains("api_key"), "{e}");
+    assert!(!e.contains("0123456789abcdef"), "{e}");
+    factory
+        .build(
+            serde_json::json!({"api_key": "0123456789abcdef-us21"}),
+            SourceContext::default(),
+        )
+        .unwrap();
+    let vendor = crate::builtin("mailchimp").unwrap();
+    let settings = crate::source::Settings::from_options(
+        &vendor,
+        &serde_json::json!({"api_key": "0123456789abcdef-us21"}),
+    )
+    .unwrap();
+    assert_eq!(settings.base_url, "https://us21.api.mailchimp.com/3.0");
+}
+
+#[tokio::test]
+async fn every_builtin_spec_is_valid() {
+    assert!(crate::builtin_names().len() >= 2);
+    for name in crate::builtin_names() {
+        let vendor = crate::builtin(name).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(vendor.schemas.len(), vendor.spec.spec.streams.len());
+    }
+}
+
+#[tokio::test]
+async fn chargebee_passes_the_conformance_kit() {
+    for stream in ["customers", "subscriptions", "invoices"] {
+        conformance("chargebee", stream).await;
+    }
+}
+
+#[tokio::test]
+async fn hubspot_passes_the_conformance_kit() {
+    for stream in ["contacts", "deals"] {
+        conformance("hubspot", stream).await;
+    }
+}
+
+#[tokio::test]
+async fn reads_every_record_once_through_errors_throttling_and_broken_bodies() {
+    for name in crate::builtin_names() {
+        let vendor = crate::builtin(name).unwrap();
+        // The first stream that is not a parent: the simulator seeds parents (Mailchimp's
+        // lists) with three records, too few pages for faults to hit.
+        let streams = &vendor.spec.spec.streams;
+        let at = streams
+            .iter()
+            .position(|s| {
+                !streams
+                    .iter()
+                    .any(|c| c.parent.as_ref().is_some_and(|p| p.stream == s.name))
+            })
+            .unwrap_or(0);
+        let stream = streams[at].name.clone();
+        let schema = vendor.schemas[at].clone();
+        let sandbox = start(vendor, 150).await;
+        sandbox.kit().set_faults(Faults {
+            error_rate: 0.15,
+            throttle_rate: 0.1,
+            truncate_rate: 0.1,
+            malformed_rate: 0.1,
+            ..Faults::default()
+        });
+        let source = source(name, &sandbox, serde_json::json!({"page_size": 20}));
+        let log = read_all(source.as_ref(), &schema, None, false)
+            .await
+            .unwrap();
+        assert!(
+            log.duplicates().is_empty(),
+            "{name}: {:?}",
+            log.duplicates()
+        );
+        assert_eq!(
+            log.ids(),
+            sandbox.ids(&stream).into_iter().collect(),
+            "{name}"
+        );
+        assert!(sandbox.kit().counters().faults_injected > 0, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_repeated_token_stops_the_walk_and_a_wrong_key_is_an_auth_error() {
+    let vendor = crate::builtin("chargebee").unwrap();
+    let schema = vendor.schemas[0].clone();
+    let sandbox = start(vendor, 50).await;
+    sandbox.kit().set_faults(Faults {
+        repeat_cursor: true,
+        ..Faults::default()
+    });
+    let src = source("chargebee", &sandbox, serde_json::json!({"page_size": 10}));
+    let (pages, err) = read_until_error(
+        src.as_ref(),
+        ReadRequest {
+            schema,
+            cursor: None,
+            full_refresh: false,
+        },
+    )
+    .await;
+    assert!(matches!(err, Error::Protocol { .. }), "{err}");
+    assert_eq!(
+        pages.len(),
+        1,
+        "the page leading back to itself does not land"
+    );
+
+    let src = source(
+        "chargebee",
+        &sandbox,
+        serde_json::json!({"api_key": "cb_wrong_key_123"}),
+    );
+    let err = src.check().await.unwrap_err();
+    assert!(matches!(err, Error::Auth { .. }), "{err}");
+    assert!(!err.to_string().contains("cb_wrong_key_123"), "{err}");
+}
+
+/// A spec of the test's own: OAuth 2 client credentials, and one stream per pagination
+/// style; each stream reads every record once.
+#[tokio::test]
+async fn every_pagination_style_and_oauth_read_everything_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let schemas = dir.path().join("schemas");
+    std::fs::create_dir(&schemas).unwrap();
+    let mut spec = String::from(
+        r#"
+vendor = "Styles"
+base_url = "https://api.styles.example/v1"
+[config]
+client_id = {}
+client_secret = { secret = true }
+[auth]
+type = "oauth2"
+grant = "client_credentials"
+token_url = "/oauth/token"
+client_id = "{{ config.client_id }}"
+client_secret = "{{ config.client_secret }}"
+"#,
+    );
+    let styles = [
+        (
+            "by_token",
+            r#"pagination = { type = "cursor", token_path = "meta.next", param = "cursor", has_more_path = "meta.has_more" }"#,
+        ),
+        (
+            "by_url",
+            r#"pagination = { type = "next_url", url_path = "links.next" }"#,
+        ),
+        ("by_link", r#"pagination = { type = "link_header" }"#),
+        (
+            "by_offset",
+            r#"pagination = { type = "offset", param = "offset" }"#,
+        ),
+        (
+            "by_page",
+            r#"pagination = { type = "page_number", param = "page" }"#,
+        ),
+    ];
+    for (name, pagination) in styles {
+        spec.push_str(&format!(
+            "[[streams]]\nname = \"{name}\"\npath = \"/{name}\"\nrecords = \"data.items\"\npage_size_param = \"per_page\"\npage_size = 50\n{pagination}\nincremental = {{ cursor_field = \"modified\", param = \"modified_since\", format = \"rfc3339\" }}\n"
+        ));
+        std::fs::write(
+            schemas.join(format!("{name}.json")),
+            format!(r#"{{"name": "{name}", "columns": [{{"name": "id", "type": "string"}}, {{"name": "modified", "type": "timestamp"}}, {{"name": "label", "type": "string"}}]}}"#),
+        )
+        .unwrap();
+    }
+    let file = dir.path().join("styles.toml");
+    std::fs::write(&file, spec).unwrap();
+    let vendor = crate::load_file(&file).unwrap_or_else(|e| panic!("{e}"));
+    let sandbox = start(vendor.clone(), 33).await;
+    let mut options = options(&sandbox, serde_json::json!({"page_size": 5}));
+    options["spec"] = serde_json::json!(file.display().to_string());
+    let src = crate::user_factory()
+        .build(options, SourceContext::default())
+        .unwrap();
+    src.check().await.unwrap();
+    for schema in &vendor.schemas {
+        let log = read_all(src.as_ref(), schema, None, false).await.unwrap();
+        assert!(
+            log.duplicates().is_empty(),
+            "{}: {:?}",
+            schema.name,
+            log.duplicates()
+        );
+        assert_eq!(log.ids().len(), 33, "{}", schema.name);
+        assert!(log.cursors.len() >= 7, "{}: pages of 5", schema.name);
+        // Nothing changed: the next incremental read is empty.
+        let idle = read_all(src.as_ref(), schema, log.last_cursor(), false)
+            .await
+            .unwrap();
+        assert!(idle.records.is_empty(), "{}", schema.name);
+    }
+}
+
+fn parse_error(text: &str) -> crate::SpecError {
+    Spec::parse("bad.toml", "bad", text).unwrap_err()
+}
+
+const GOOD_HEAD: &str = r#"
+vendor = "Bad"
+base_url = "https://api.bad.example"
+[config]
+api_key = { secret = true }
+[auth]
+type = "bearer"
+token = "{{ config.api_key }}"
+"#;
+
+#[test]
+fn check_spec_names_the_file_the_stream_and_the_key() {
+    // An unknown key inside a stream.
+    let e = parse_error(&format!(
+        "{GOOD_HEAD}[[streams]]\nname = \"users\"\npath = \"/users\"\nrecords = \"data\"\nrecrods_path = \"x\"\n"
+    ));
+    assert_eq!(e.file, "bad.toml");
+    assert_eq!(e.stream.as_deref(), Some("users"), "{e}");
+    assert!(e.key.contains("recrods_path"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("bad.toml: stream `users`: key `recrods_path`"),
+        "{e}"
+    );
+
+    // A bad record path.
+    let e = parse_error(&format!(
+        "{GOOD_HEAD}[[streams]]\nname = \"users\"\npath = \"/users\"\nrecords = \"data..items\"\n"
+    ));
+    assert_eq!(
+        (e.stream.as_deref(), e.key.as_str()),
+        (Some("users"), "records"),
+        "{e}"
+    );
+
+    // An incremental stream without a "changed since" filter.
+    let e = parse_error(&format!(
+        "{GOOD_HEAD}[[streams]]\nname = \"users\"\npath = \"/users\"\nrecords = \"data\"\nincremental = {{ cursor_field = \"updated_at\" }}\n"
+    ));
+    assert_eq!(
+        (e.stream.as_deref(), e.key.as_str()),
+        (Some("users"), "incremental.param"),
+        "{e}"
+    );
+    assert!(e.message.contains("changed since"), "{e}");
+
+    // A template naming an option the spec does not declare.
+    let e = parse_error(&format!(
+        "{GOOD_HEAD}[[streams]]\nname = \"users\"\npath = \"/{{{{ config.tenant }}}}/users\"\nrecords = \"data\"\n"
+    ));
+    assert_eq!(
+        (e.stream.as_deref(), e.key.as_str()),
+        (Some("users"), "path"),
+        "{e}"
+    );
+    assert!(e.message.contains("tenant"), "{e}");
+
+    // An unknown key at the top, and an unknown auth type.
+    let e = parse_error(&format!(
+        "{GOOD_HEAD}base_ulr = \"x\"\n[[streams]]\nname = \"u\"\npath = \"/u\"\nrecords = \"data\"\n"
+    ));
+    assert!(e.key.contains("base_ulr") && e.stream.is_none(), "{e}");
+    let e = parse_error(
+        "vendor = \"Bad\"\nbase_url = \"https://a.example\"\n[auth]\ntype = \"kerberos\"\n[[streams]]\nname = \"u\"\npath = \"/u\"\nrecords = \"data\"\n",
+    );
+    assert!(e.to_string().contains("kerberos"), "{e}");
+
+    // A child stream whose parent is not declared, and one that never names its parent.
+    let e = parse_error(&format!(
+        "{GOOD_HEAD}[[streams]]\nname = \"members\"\npath = \"/lists/{{{{ parent.id }}}}/members\"\nrecords = \"members\"\nparent = {{ stream = \"lists\" }}\n"
+    ));
+    assert_eq!(
+        (e.stream.as_deref(), e.key.as_str()),
+        (Some("members"), "parent.stream"),
+        "{e}"
+    );
+    let e = parse_error(&format!(
+        "{GOOD_HEAD}[[streams]]\nname = \"lists\"\npath = \"/lists\"\nrecords = \"lists\"\n[[streams]]\nname = \"members\"\npath = \"/members\"\nrecords = \"members\"\nparent = {{ stream = \"lists\" }}\n"
+    ));
+    assert_eq!(
+        (e.stream.as_deref(), e.key.as_str()),
+        (Some("members"), "parent"),
+        "{e}"
+    );
+    // `{{ parent.id }}` without a parent.
+    let e = parse_error(&format!(
+        "{GOOD_HEAD}[[streams]]\nname = \"members\"\npath = \"/lists/{{{{ parent.id }}}}/members\"\nrecords = \"members\"\n"
+    ));
+    assert_eq!(e.key, "path", "{e}");
+    // A derived option taken from an option that does not exist.
+    let head = GOOD_HEAD.replace(
+        "[auth]",
+        "dc = { derive = { from = \"key\", after_last = \"-\" } }\n[auth]",
+    );
+    let e = parse_error(&format!(
+        "{head}[[streams]]\nname = \"u\"\npath = \"/u\"\nrecords = \"data\"\n"
+    ));
+    assert_eq!(e.key, "config.dc.derive.from", "{e}");
+    // A header the runtime sets itself.
+    let e = parse_error(&format!(
+        "{GOOD_HEAD}[headers]\nAuthorization = \"x\"\n[[streams]]\nname = \"u\"\npath = \"/u\"\nrecords = \"data\"\n"
+    ));
+    assert_eq!(e.key, "headers.Authorization", "{e}");
+
+    // Offset pagination without a page-size parameter.
+    let e = parse_error(&format!(
+        "{GOOD_HEAD}[[streams]]\nname = \"users\"\npath = \"/users\"\nrecords = \"data\"\npagination = {{ type = \"offset\", param = \"offset\" }}\n"
+    ));
+    assert_eq!(e.key, "page_size_param", "{e}");
+}
+
+#[test]
+fn source_options_are_checked_against_the_spec() {
+    let factory = crate::factory("chargebee");
+    let err = |options: serde_json::Value| {
+        factory
+            .build(options, SourceContext::default())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let e = err(serde_json::json!({"site": "acme"}));
+    assert!(e.contains("`api_key`") && e.contains("required"), "{e}");
+    let e = err(serde_json::json!({"site": "acme", "api_key": "k", "api_kye": "x"}));
+    assert!(e.contains("`api_kye`") && e.contains("site"), "{e}");
+    let e =
+        err(serde_json::json!({"site": "acme", "api_key": "k", "api_base": "http://cb.example"}));
+    assert!(e.contains("api_base"), "{e}");
+}
+
+/// README's complete example is a valid spec.
+#[test]
+fn the_readme_example_is_a_valid_spec() {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("A complete spec")
+        .and_then(|i| readme[i..].find("```toml\n").map(|j| i + j + 8))
+        .expect("README has the example");
+    let end = start + readme[start..].find("```").unwrap();
+    let checked =
+        Spec::parse("README.md", "billing", &readme[start..end]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(checked.spec.streams[0].name, "customers");
+}
