@@ -7,7 +7,9 @@
 # Usage: scripts/bench.sh [records=100000]
 #
 # Environment (all optional):
-#   BENCH_VENDOR       stripe (default), zendesk or salesforce (N accounts, read with REST)
+#   BENCH_VENDOR       stripe (default), zendesk, salesforce (N accounts, read with REST),
+#                      or a vendor written as a spec (chargebee, hubspot, ...; BENCH_STREAM
+#                      then names the stream)
 #   BENCH_STREAM       the stream to sync (default: charges for Stripe, tickets for Zendesk,
 #                      account for Salesforce)
 #   BENCH_MAX_CONCURRENCY  the source's max_concurrency (Stripe, Salesforce; default: its own)
@@ -88,7 +90,19 @@ objects = [\"$object\"]
 bulk_threshold = 1000000000
 requests_per_second = $client_rps"
     ;;
-  *) echo "BENCH_VENDOR must be stripe, zendesk or salesforce" >&2; exit 2 ;;
+  *)
+    # A vendor written as a spec (`tributary connector list`): its simulator prints the
+    # source section that syncs it; BENCH_STREAM names the stream.
+    stream="${BENCH_STREAM:?BENCH_STREAM: the stream of spec vendor $vendor (e.g. customers)}"
+    probe=("http://127.0.0.1:$port/_sandbox/stats")
+    for _ in $(seq 1 3000); do
+      grep -q "^\[sources\.$vendor\]" "$work/sandbox.log" 2>/dev/null && break
+      kill -0 "$sandbox_pid" 2>/dev/null || { echo "BENCH_VENDOR: no simulator for $vendor:" >&2; cat "$work/sandbox.log" >&2; exit 2; }
+      sleep 0.1
+    done
+    source_config="$(sed -n "/^\[sources\.$vendor\]/,/^\$/p" "$work/sandbox.log" | sed '1d;/^requests_per_second/d;/^\$/d')
+requests_per_second = $client_rps"
+    ;;
 esac
 if [ -n "${BENCH_MAX_CONCURRENCY:-}" ]; then
   source_config="$source_config

@@ -29,6 +29,7 @@ spec_vendor!(Chargebee, "chargebee");
 spec_vendor!(HubSpot, "hubspot");
 spec_vendor!(Intercom, "intercom");
 spec_vendor!(Mailchimp, "mailchimp");
+spec_vendor!(SendGrid, "sendgrid");
 spec_vendor!(Twilio, "twilio");
 
 async fn env<V: Vendor<Sandbox = DeclarativeSandbox>>(records: usize) -> Env<V> {
@@ -178,6 +179,12 @@ async fn mailchimp_full_then_incremental_sync_lands_every_change_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn twilio_full_then_incremental_sync_lands_every_change_once() {
     sync_then_changes::<Twilio>("messages", false).await;
+}
+
+/// Global unsubscribes, read with `start_time`; SendGrid keeps no trace of a removed one.
+#[tokio::test(flavor = "multi_thread")]
+async fn sendgrid_full_then_incremental_sync_lands_every_change_once() {
+    sync_then_changes::<SendGrid>("unsubscribes", false).await;
 }
 
 /// A user's own spec, selected with `type = "declarative"` and `spec = "<file>"`.

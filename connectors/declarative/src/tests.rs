@@ -122,6 +122,11 @@ async fn twilio_passes_the_conformance_kit() {
     }
 }
 
+#[tokio::test]
+async fn sendgrid_passes_the_conformance_kit() {
+    conformance_without_deletes("sendgrid", "unsubscribes").await;
+}
+
 /// List members, a child stream read list by list: the kit's resume from the middle
 /// resumes inside one list's pages.
 #[tokio::test]
