@@ -25,6 +25,7 @@ pub mod extract;
 pub mod source;
 pub mod spec;
 pub mod template;
+pub mod track;
 
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
@@ -167,6 +168,15 @@ fn assemble(
         schema
             .validate()
             .map_err(|e| err("primary_key", format!("{file}: {e}")))?;
+        // Only an event stream's records go on as Tracking-API calls.
+        if s.track.is_some() && schema.kind != tributary_sdk::schema::StreamKind::Events {
+            return Err(err(
+                "track",
+                format!(
+                    "a stream whose records go on as `track` calls is an event stream: set `\"kind\": \"events\"` in {file}"
+                ),
+            ));
+        }
         out.push(schema);
     }
     Ok(out)

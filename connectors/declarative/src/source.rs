@@ -1191,7 +1191,25 @@ impl Source for Shared {
         Ok(self.0.walk(s, request.cursor, request.full_refresh))
     }
 
-    fn messages(&self, _source: &str, _stream: &str, _record: &Value) -> Vec<Message> {
-        Vec::new()
+    /// A record of a stream with a `track` mapping as a Segment `track` call.
+    fn messages(&self, source: &str, stream: &str, record: &Value) -> Vec<Message> {
+        let vendor = &self.0.vendor;
+        let Ok(s) = vendor.stream(stream) else {
+            return Vec::new();
+        };
+        let Some(track) = &s.track else {
+            return Vec::new();
+        };
+        let key = s.primary_key.clone().or_else(|| {
+            vendor
+                .schemas
+                .iter()
+                .find(|x| x.name == stream)
+                .map(|x| x.primary_key.clone())
+        });
+        let key = key.as_deref().unwrap_or("id");
+        crate::track::message(track, source, stream, key, record)
+            .into_iter()
+            .collect()
     }
 }

@@ -325,6 +325,35 @@ pub struct StreamSpec {
     /// `path` and `query` use `{{ parent.<key> }}`.
     #[serde(default)]
     pub parent: Option<Parent>,
+    /// Each record also goes on as a Tracking-API `track` call (an event stream: its
+    /// schema's `kind` is `"events"`).
+    #[serde(default)]
+    pub track: Option<Track>,
+}
+
+/// How a record of an event stream becomes a Segment `track` call
+/// (<https://segment.com/docs/connections/spec/track/>): `event` names it, `userId` (or an
+/// `anonymousId` made from the record's key) says who, `timestamp` when, and the record's
+/// fields are its `properties`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Track {
+    /// The event name: a template over the record's fields, `{{ record.<dotted path> }}`
+    /// (`"Message {{ record.status }}"`).
+    pub event: String,
+    /// Dotted path of the user id; a record without one is sent with an `anonymousId`
+    /// derived from its primary key.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// Dotted path of when the event happened.
+    pub timestamp: String,
+    /// How `timestamp` is written (default `rfc3339`; a JSON number is read as `unix`
+    /// unless this says `unix_ms`).
+    #[serde(default)]
+    pub timestamp_format: Option<TimeFormat>,
+    /// The top-level fields sent as `properties` (default: every field of the record).
+    #[serde(default)]
+    pub properties: Option<Vec<String>>,
 }
 
 /// The stream whose records a child stream is read for.
@@ -399,6 +428,7 @@ impl StreamSpec {
             deleted: self.deleted.clone(),
             deletions: None,
             parent: self.parent.clone(),
+            track: None,
         })
     }
 }
@@ -999,6 +1029,42 @@ impl Spec {
                     "deleted.field",
                     "the deletion field is a top-level field of the record".into(),
                 ));
+            }
+        }
+        if let Some(t) = &s.track {
+            let event = Template::parse(&t.event).map_err(|m| at("track.event", m))?;
+            for name in event.vars() {
+                let path = name.strip_prefix("record.").ok_or_else(|| {
+                    at(
+                        "track.event",
+                        format!(
+                            "`{{{{ {name} }}}}` is not a template name here; use `record.<field>`"
+                        ),
+                    )
+                })?;
+                dotted(path).map_err(|m| at("track.event", m))?;
+            }
+            if event.render(|_| Some(String::new())).trim().is_empty() && event.vars().count() == 0
+            {
+                return Err(at("track.event", "names no event".into()));
+            }
+            if let Some(u) = &t.user_id {
+                dotted(u).map_err(|m| at("track.user_id", m))?;
+            }
+            dotted(&t.timestamp).map_err(|m| at("track.timestamp", m))?;
+            if matches!(t.timestamp_format, Some(TimeFormat::Date)) {
+                return Err(at(
+                    "track.timestamp_format",
+                    "an event's time needs more than a date".into(),
+                ));
+            }
+            for p in t.properties.iter().flatten() {
+                if p.is_empty() || p.contains('.') {
+                    return Err(at(
+                        "track.properties",
+                        format!("`{p}` is not a top-level field name"),
+                    ));
+                }
             }
         }
         Ok(())

@@ -459,6 +459,17 @@ fn check_spec_names_the_file_the_stream_and_the_key() {
     );
     assert!(e.message.contains("tenant"), "{e}");
 
+    // A track mapping whose event names a field without `record.`.
+    let e = parse_error(&format!(
+        "{GOOD_HEAD}[[streams]]\nname = \"users\"\npath = \"/users\"\nrecords = \"data\"\ntrack = {{ event = \"User {{{{ status }}}}\", timestamp = \"at\" }}\n"
+    ));
+    assert_eq!(
+        (e.stream.as_deref(), e.key.as_str()),
+        (Some("users"), "track.event"),
+        "{e}"
+    );
+    assert!(e.message.contains("record.<field>"), "{e}");
+
     // An unknown key at the top, and an unknown auth type.
     let e = parse_error(&format!(
         "{GOOD_HEAD}base_ulr = \"x\"\n[[streams]]\nname = \"u\"\npath = \"/u\"\nrecords = \"data\"\n"
@@ -544,4 +555,54 @@ fn the_readme_example_is_a_valid_spec() {
     let checked =
         Spec::parse("README.md", "billing", &readme[start..end]).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(checked.spec.streams[0].name, "customers");
+}
+
+/// A stream with a `track` mapping must be an event stream, and its records then go on as
+/// `track` calls through the source.
+#[test]
+fn a_track_mapping_needs_an_event_stream_and_maps_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("pings.toml");
+    std::fs::write(
+        &spec,
+        "vendor = \"Pings\"\nbase_url = \"https://pings.example\"\n[config]\napi_key = { secret = true }\n[auth]\ntype = \"bearer\"\ntoken = \"{{ config.api_key }}\"\n[[streams]]\nname = \"pings\"\npath = \"/pings\"\nrecords = \"data\"\ntrack = { event = \"Ping {{ record.kind }}\", user_id = \"user\", timestamp = \"at\" }\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("schemas")).unwrap();
+    let schema = |kind: &str| {
+        format!(
+            r#"{{"name": "pings", "kind": "{kind}", "primary_key": "id", "columns": [{{"name": "id", "type": "string"}}, {{"name": "kind", "type": "string"}}, {{"name": "at", "type": "timestamp"}}]}}"#
+        )
+    };
+    std::fs::write(dir.path().join("schemas/pings.json"), schema("objects")).unwrap();
+    let e = crate::load_file(&spec).err().unwrap();
+    assert_eq!(
+        (e.stream.as_deref(), e.key.as_str()),
+        (Some("pings"), "track"),
+        "{e}"
+    );
+    assert!(e.message.contains("events"), "{e}");
+
+    std::fs::write(dir.path().join("schemas/pings.json"), schema("events")).unwrap();
+    crate::load_file(&spec).unwrap();
+    let source = crate::user_factory()
+        .build(
+            serde_json::json!({"spec": spec.to_string_lossy(), "api_key": "k"}),
+            SourceContext::default(),
+        )
+        .unwrap();
+    let record = serde_json::json!({"id": "p1", "kind": "sent", "user": "u-9", "at": "2024-05-01T12:00:00Z"});
+    let messages = source.messages("pings", "pings", &record);
+    assert_eq!(messages.len(), 1);
+    let wire = messages[0].to_json();
+    assert_eq!(wire["type"], "track");
+    assert_eq!(wire["event"], "Ping sent");
+    assert_eq!(wire["userId"], "u-9");
+    assert_eq!(wire["properties"]["kind"], "sent");
+    assert!(
+        wire["timestamp"]
+            .as_str()
+            .unwrap()
+            .starts_with("2024-05-01T12:00:00")
+    );
 }
