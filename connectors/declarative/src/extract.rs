@@ -153,6 +153,30 @@ pub fn link_next(header: &str) -> Option<String> {
     })
 }
 
+/// The value at `keys` (a dotted path's keys) in a JSON tree.
+pub fn get_path<'a>(root: &'a serde_json::Value, keys: &[String]) -> Option<&'a serde_json::Value> {
+    keys.iter().try_fold(root, |at, k| at.get(k))
+}
+
+/// Sets the value at `keys` in `root`, making the objects on the way.
+pub fn set_path(root: &mut serde_json::Value, keys: &[String], value: serde_json::Value) {
+    use serde_json::{Map, Value};
+    let mut at = root;
+    for (i, key) in keys.iter().enumerate() {
+        if !at.is_object() {
+            *at = Value::Object(Map::new());
+        }
+        let Value::Object(map) = at else { return };
+        if i + 1 == keys.len() {
+            map.insert(key.clone(), value);
+            return;
+        }
+        at = map
+            .entry(key.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::http::{HeaderMap, Method};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tributary_sandbox_kit::api::{Answer, Api, ApiRequest, handle};
 use tributary_sandbox_kit::{
     Kit, KitConfig, NoExtra, RateLimit, SandboxError, Server, StoreLock, Vendor as KitVendor,
@@ -26,6 +26,7 @@ use tributary_sandbox_kit::{
 use tributary_sdk::ColumnType;
 use tributary_sdk::schema::to_column_name;
 
+use crate::extract::{get_path, set_path};
 use crate::source::Vendor;
 use crate::spec::{
     Auth, Granularity, Incremental, Pagination, Selector, StreamSpec, TimeFormat, dotted,
@@ -149,25 +150,6 @@ fn config_values(vendor: &Vendor, values: &BTreeMap<String, String>) -> Vec<(Str
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
-}
-
-fn set_path(root: &mut Value, keys: &[String], value: Value) {
-    let mut at = root;
-    for (i, key) in keys.iter().enumerate() {
-        if !at.is_object() {
-            *at = Value::Object(Map::new());
-        }
-        let Value::Object(map) = at else { return };
-        if i + 1 == keys.len() {
-            map.insert(key.clone(), value);
-            return;
-        }
-        at = map.entry(key.clone()).or_insert_with(|| json!({}));
-    }
-}
-
-fn get_path<'a>(root: &'a Value, keys: &[String]) -> Option<&'a Value> {
-    keys.iter().try_fold(root, |at, k| at.get(k))
 }
 
 /// The value at a body key path written as `body.a[0].b` (from [`crate::spec::collect_strings`]).

@@ -31,7 +31,7 @@ use tributary_sdk::{
     Error, Message, Page, PageStream, ReadRequest, Records, Result, Secret, Source, StreamSchema,
 };
 
-use crate::extract::{Extracted, Keep, extract, link_next};
+use crate::extract::{Extracted, Keep, extract, link_next, set_path};
 use crate::spec::{
     Auth, Checked, Grant, Granularity, Incremental, Method, Pagination, Parent, Selector,
     StreamSpec, dotted,
@@ -1046,24 +1046,6 @@ fn since_param(inc: &Incremental, ms: i64) -> String {
         Granularity::Day => (at - 2 * 86_400_000).max(0),
     };
     inc.format.render(at)
-}
-
-/// Sets the value at `keys` in `root`, making the objects on the way.
-fn set_path(root: &mut Value, keys: &[String], value: Value) {
-    let mut at = root;
-    for (i, key) in keys.iter().enumerate() {
-        if !at.is_object() {
-            *at = Value::Object(serde_json::Map::new());
-        }
-        let Value::Object(map) = at else { return };
-        if i + 1 == keys.len() {
-            map.insert(key.clone(), value);
-            return;
-        }
-        at = map
-            .entry(key.clone())
-            .or_insert_with(|| Value::Object(serde_json::Map::new()));
-    }
 }
 
 fn method_name(m: Method) -> &'static str {

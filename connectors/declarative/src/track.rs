@@ -6,12 +6,13 @@ use serde_json::{Map, Value};
 use tributary_sdk::Message;
 use tributary_sdk::tracking::{Identity, anonymous_id, message_id};
 
-use crate::spec::{TimeFormat, Track};
+use crate::extract::get_path;
+use crate::spec::{TimeFormat, Track, dotted};
 use crate::template::Template;
 
-/// The value at a dotted path of `record`.
+/// The value at a dotted path of `record` (validated by `check-spec`).
 fn at<'a>(record: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(record, |v, k| v.get(k))
+    get_path(record, &dotted(path).ok()?)
 }
 
 /// A scalar as text (a string as it is); nothing for null, objects and arrays.
