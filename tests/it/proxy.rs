@@ -92,6 +92,9 @@ pub enum Fault {
     /// Forward, then hold the answer this long (longer than the client's timeout: it gives
     /// up, the request has landed).
     Stall(Duration),
+    /// Hold the request this long, then forward it as is: a slow store. Two writers' puts
+    /// of one commit version are then both in flight, and the store decides between them.
+    Delay(Duration),
 }
 
 /// A fault on some of the requests of a [`Target`]: after letting `skip` matching
@@ -368,6 +371,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         });
     };
 
+    if let Some(Fault::Delay(d)) = fault {
+        tokio::time::sleep(d).await;
+    }
     if let Some(Fault::Refuse(status)) = fault {
         // Read the body, as a server does before it answers.
         let _ = req.into_body().collect().await;

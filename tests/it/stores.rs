@@ -16,7 +16,7 @@ use object_store::ObjectStore;
 use serde::Deserialize;
 
 use crate::common::{Env, assert_success, py};
-use crate::proxy::{FaultProxy, is_commit_file};
+use crate::proxy::{Fault, FaultProxy, Rule, Target, is_commit_file};
 
 /// A server process on a free port of 127.0.0.1, killed on drop.
 pub struct Server {
@@ -708,6 +708,17 @@ pub async fn two_writers_on_one_stream(bucket: &Bucket, proxy: &FaultProxy, roun
     // Commit puts the store refused because that version existed (all rounds).
     let mut refused = 0;
     for round in 0..rounds {
+        if round == 1 {
+            // The first round raced as the machine let it. If the store has not refused a
+            // put yet (a loaded machine can serialize the writers so each sees the other's
+            // commit before it puts), hold every commit put a while from now on: both
+            // writers' puts of a version are then in flight together, and the store must
+            // pick one.
+            proxy.inject(
+                Rule::new(Target::CommitFile, Fault::Delay(Duration::from_millis(300)))
+                    .times(u32::MAX),
+            );
+        }
         let prefix = format!("round{round}");
         let env = racing_env(1500, bucket, &prefix).await;
         let (a, b) = race(&env, &["sync"], &["sync"]).await;
