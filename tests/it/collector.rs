@@ -1314,3 +1314,87 @@ async fn serve_metrics_count_requests_messages_and_commits() {
         2
     );
 }
+
+/// A declarative vendor's event stream, end to end: the binary syncs Chargebee's `events`
+/// (a spec stream with a `track` mapping) from its simulator and sends them to this
+/// collector, which lands each once in `tracks` and in its event's table, named in Title
+/// Case, from the customer the event is about.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_declarative_event_stream_reaches_the_collector_through_its_track_mapping() {
+    use tributary_declarative::sandbox::{DeclarativeSandbox, SandboxConfig};
+    let s = Setup::new("");
+    let c = s.start("spool").await;
+    let sandbox = DeclarativeSandbox::start(
+        tributary_declarative::builtin("chargebee").expect("built-in spec"),
+        SandboxConfig {
+            records: 40,
+            ..SandboxConfig::default()
+        },
+        0,
+    )
+    .await
+    .expect("simulator starts");
+    let mut config = std::fs::read_to_string(&s.config).unwrap();
+    config.push_str(&format!(
+        "\n[sources.billing]\ntype = \"chargebee\"\n{}requests_per_second = 1000\nstreams = [\"events\"]\n\n[sources.billing.tracking]\nendpoint = {:?}\nwrite_key = \"{KEY}\"\n",
+        sandbox.source_lines(),
+        c.url
+    ));
+    std::fs::write(&s.config, config).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["sync", "--config"])
+        .arg(&s.config)
+        .output()
+        .await
+        .expect("sync runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    let events = sandbox.ids("events");
+    assert_eq!(events.len(), 40);
+    assert!(
+        text.contains(
+            "tracking billing: 40 messages accepted by the collector, 0 pending, 0 rejected"
+        ),
+        "{text}"
+    );
+    c.stop().await;
+
+    let rows = read_table(&s.table("web", "tracks")).await;
+    let mut got = strings(&rows, "id");
+    got.sort();
+    let mut want: Vec<String> = events
+        .iter()
+        .map(|id| tributary_sdk::tracking::message_id("billing", &format!("events/{id}")))
+        .collect();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "one track call per event, with its stable messageId"
+    );
+    // Segment's warehouse schema: `event_text` is the name as sent, `event` its table.
+    let names = strings(&rows, "event_text");
+    let customers = ["16BjnTUNn9Ldd1Ts", "AzZlGJTVJcv7I2ZI", "169lfhTRUvVrR6DF"];
+    for user in strings(&rows, "user_id") {
+        assert!(customers.contains(&user.as_str()), "userId {user}");
+    }
+    let mut per_event: HashMap<String, usize> = HashMap::new();
+    for name in &names {
+        *per_event.entry(name.clone()).or_default() += 1;
+    }
+    assert!(per_event.len() > 1, "{per_event:?}");
+    for (name, n) in per_event {
+        // "Customer Created": Title Case, each word capitalized, from `customer_created`.
+        assert!(
+            name.split(' ')
+                .all(|w| w.starts_with(|c: char| c.is_ascii_uppercase())),
+            "{name}"
+        );
+        let table = name.to_lowercase().replace(' ', "_");
+        let landed = read_table(&s.table("web", &table)).await;
+        assert_eq!(strings(&landed, "id").len(), n, "{table}");
+    }
+}

@@ -187,6 +187,44 @@ async fn sendgrid_full_then_incremental_sync_lands_every_change_once() {
     sync_then_changes::<SendGrid>("unsubscribes", false).await;
 }
 
+/// SendGrid's marketing contacts come from an export job (start, poll, download the gzip
+/// files without the API key): every run is a snapshot that replaces the table, so a
+/// deleted contact leaves it and a changed one lands changed, each contact once.
+#[tokio::test(flavor = "multi_thread")]
+async fn sendgrid_contacts_land_from_an_export_job_and_each_run_replaces_them() {
+    // 230 contacts: three export files.
+    let env: Env<SendGrid> = env(230).await;
+    let summary = env.sync_ok(&[]).await;
+    assert!(summary.contains("0 failed"), "{summary}");
+    assert_eq!(env.sandbox.exports_started(), 1);
+    let ids = env.sandbox.ids("contacts");
+    assert_eq!(ids.len(), 230);
+    let counts = key_counts(&read_table(&env.table("contacts")).await, "contact_id");
+    assert_eq!(counts.len(), 230);
+    assert!(counts.values().all(|&n| n == 1), "each contact once");
+
+    assert!(env.sandbox.delete("contacts", &ids[0]));
+    assert!(
+        env.sandbox
+            .update("contacts", &ids[1], "first_name", serde_json::json!("Ada"))
+    );
+    env.sync_ok(&[]).await;
+    assert_eq!(env.sandbox.exports_started(), 2, "a new export each run");
+    let batches = read_table(&env.table("contacts")).await;
+    let counts = key_counts(&batches, "contact_id");
+    assert_eq!(
+        counts.len(),
+        229,
+        "the deleted contact left with the snapshot"
+    );
+    assert!(!counts.contains_key(&ids[0]));
+    assert!(counts.values().all(|&n| n == 1), "each contact once");
+    assert_eq!(
+        latest_by(&batches, "contact_id", "first_name")[&ids[1]],
+        "Ada"
+    );
+}
+
 /// A user's own spec, selected with `type = "declarative"` and `spec = "<file>"`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_user_spec_file_syncs_from_the_config() {
@@ -198,7 +236,7 @@ async fn a_user_spec_file_syncs_from_the_config() {
         .replace("schemas = \"../../../schemas/chargebee\"", "");
     std::fs::write(&spec, text).unwrap();
     std::fs::create_dir(dir.path().join("schemas")).unwrap();
-    for s in ["customers", "subscriptions", "invoices"] {
+    for s in ["customers", "subscriptions", "invoices", "events"] {
         std::fs::copy(
             root.join(format!("schemas/chargebee/{s}.json")),
             dir.path().join(format!("schemas/{s}.json")),

@@ -33,6 +33,9 @@ use crate::spec::{
 };
 use crate::template;
 
+mod export;
+pub use export::ExportBehaviour;
+
 /// How the simulated account is seeded and served.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SandboxConfig {
@@ -82,6 +85,8 @@ pub struct Shared {
     kit: Kit<NoExtra>,
     tokens: StoreLock<Vec<String>>,
     token_count: AtomicU64,
+    /// Export jobs started, and how they behave.
+    exports: StoreLock<export::Exports>,
 }
 
 /// A deterministic stream of numbers (SplitMix64).
@@ -252,6 +257,17 @@ impl Shared {
                 ColumnType::Json => json!([word]),
             };
             set_path(&mut record, &keys, value);
+        }
+        for (key, values) in &hints.values {
+            let Some(field) = key
+                .strip_prefix(stream)
+                .and_then(|rest| rest.strip_prefix('.'))
+            else {
+                continue;
+            };
+            let picked = &values[rng.below(values.len() as u64) as usize];
+            let value = serde_json::to_value(picked).unwrap_or_default();
+            set_path(&mut record, &dotted(field).unwrap_or_default(), value);
         }
         if let Some(d) = &spec.deleted {
             let alive = match &d.equals {
@@ -834,6 +850,12 @@ impl Api for Shared {
 
     fn route_with_headers(&self, request: &ApiRequest) -> (Answer, Vec<(String, String)>) {
         let spec = &self.vendor.spec.spec;
+        // An export's files: pre-signed links, which take no API credentials.
+        if let Some(rest) = request.path.strip_prefix(export::FILES)
+            && request.method == Method::GET
+        {
+            return (self.export_file(request, rest), Vec::new());
+        }
         let path = request.path.strip_prefix(&self.base_path).unwrap_or("");
         if let Auth::Oauth2 { token_url, .. } = &spec.auth
             && request.method == Method::POST
@@ -858,6 +880,12 @@ impl Api for Shared {
             }
         }
         for s in &spec.streams {
+            if let Some(e) = &s.export {
+                if let Some(answer) = self.export_route(s, e, request, path) {
+                    return (answer, Vec::new());
+                }
+                continue;
+            }
             let method = match s.method {
                 crate::spec::Method::Get => Method::GET,
                 crate::spec::Method::Post => Method::POST,
@@ -949,6 +977,7 @@ impl DeclarativeSandbox {
             kit,
             tokens: StoreLock::new(Vec::new()),
             token_count: AtomicU64::new(1),
+            exports: StoreLock::new(export::Exports::default()),
         });
         let seeding = Arc::clone(&shared);
         let (records, seed) = (config.records, config.seed);
@@ -1083,6 +1112,22 @@ impl DeclarativeSandbox {
         rec.updated_ms = now;
         self.shared.stamp(&mut rec.value, spec, now);
         true
+    }
+
+    /// How export jobs behave from now on (pending polls, failure, plain files).
+    pub fn set_exports(&self, behaviour: ExportBehaviour) {
+        self.shared.exports.write().behaviour = behaviour;
+    }
+
+    /// Forgets every export job, as a vendor does once they expire: their status and
+    /// files answer 404.
+    pub fn forget_exports(&self) {
+        self.shared.exports.write().jobs.clear();
+    }
+
+    /// Export jobs started so far.
+    pub fn exports_started(&self) -> usize {
+        self.shared.exports.read().started as usize
     }
 
     /// Stops serving, waiting (boundedly) for requests in flight.

@@ -16,6 +16,8 @@
 //!   next window reads it: nothing is skipped.
 //! - **Snapshot** (no `incremental`): every run reads everything again; its first page
 //!   resets the table, which keeps the old rows until the snapshot is complete.
+//! - **Export** (`[streams.export]`): a snapshot read from an asynchronous export job's
+//!   files; see the `export` module.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -37,6 +39,8 @@ use crate::spec::{
     StreamSpec, dotted,
 };
 use crate::template;
+
+mod export;
 
 /// A spec with its schemas: everything but a source's own options.
 #[derive(Debug, Clone)]
@@ -265,6 +269,15 @@ pub enum Next {
     Offset(u64),
     /// The next page's number.
     Page(u64),
+    /// The next line of an export job's files: file `file` (from 0), after `line` lines.
+    Export {
+        /// The job's id.
+        job: String,
+        /// The file's index in the job's list.
+        file: u64,
+        /// Lines of that file already read.
+        line: u64,
+    },
 }
 
 impl Next {
@@ -274,6 +287,7 @@ impl Next {
             Next::Token(t) | Next::Url(t) => t.clone(),
             Next::Offset(n) => format!("offset {n}"),
             Next::Page(n) => format!("page {n}"),
+            Next::Export { job, file, line } => format!("export {job} file {file} line {line}"),
         }
     }
 }
@@ -1170,6 +1184,9 @@ impl Source for Shared {
     async fn read(&self, request: ReadRequest) -> Result<PageStream> {
         let request = request.decode::<Cursor>()?;
         let s = self.0.vendor.stream(request.stream())?.clone();
+        if s.export.is_some() {
+            return Ok(self.0.export_walk(s, request.cursor));
+        }
         Ok(self.0.walk(s, request.cursor, request.full_refresh))
     }
 

@@ -329,6 +329,61 @@ pub struct StreamSpec {
     /// schema's `kind` is `"events"`).
     #[serde(default)]
     pub track: Option<Track>,
+    /// The stream is read by an asynchronous export job: the request (`path`, `method`,
+    /// `query`, `body`) starts it, its status is polled, and its files are downloaded.
+    #[serde(default)]
+    pub export: Option<Export>,
+}
+
+/// An asynchronous bulk export (SendGrid's contacts export): the stream's request starts a
+/// job, `status_path` is polled until the job is ready, and the records are the lines of
+/// the files it lists (JSON lines, gzip or plain). Each run is a full snapshot. The cursor
+/// holds the job, the file and the line, so a killed read resumes in the same export while
+/// its files are there, and starts a new export (over again) when they are not.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Export {
+    /// Dotted path of the job id in the answer that started it (default `id`).
+    #[serde(default = "id_key")]
+    pub id_path: String,
+    /// The job's status (GET, under `base_url`): a template over `{{ export.id }}` and
+    /// `{{ config.<option> }}`.
+    pub status_path: String,
+    /// Dotted path of the status in the status answer (default `status`).
+    #[serde(default = "status_key")]
+    pub status_field: String,
+    /// Statuses meaning the job is still running.
+    pub pending: Vec<String>,
+    /// Statuses meaning the files are ready.
+    pub ready: Vec<String>,
+    /// Statuses meaning the job failed.
+    pub failed: Vec<String>,
+    /// Dotted path of the vendor's reason, shown when the job failed.
+    #[serde(default)]
+    pub message_field: Option<String>,
+    /// Dotted path of the array of file URLs in a ready status answer. The files are
+    /// downloaded without the API's credentials (they are pre-signed links to a file
+    /// store, which refuses a second credential).
+    pub urls: String,
+    /// The longest wait between two polls, in seconds (default 5): polls start a second
+    /// apart and double up to this.
+    #[serde(default = "five")]
+    pub poll_seconds: u64,
+    /// How long the job may take before the read fails, in seconds (default 3600).
+    #[serde(default = "hour")]
+    pub timeout_seconds: u64,
+}
+
+fn status_key() -> String {
+    "status".to_owned()
+}
+
+fn five() -> u64 {
+    5
+}
+
+fn hour() -> u64 {
+    3600
 }
 
 /// How a record of an event stream becomes a Segment `track` call
@@ -354,6 +409,12 @@ pub struct Track {
     /// The top-level fields sent as `properties` (default: every field of the record).
     #[serde(default)]
     pub properties: Option<Vec<String>>,
+    /// Write the event name in Title Case, words split at `_`, `.` and spaces
+    /// (`customer_created` → `Customer Created`), the "Object Action" form Segment's
+    /// tracking plan conventions ask for
+    /// (<https://segment.com/docs/protocols/tracking-plan/best-practices/>).
+    #[serde(default)]
+    pub title_case: bool,
 }
 
 /// The stream whose records a child stream is read for.
@@ -429,6 +490,7 @@ impl StreamSpec {
             deletions: None,
             parent: self.parent.clone(),
             track: None,
+            export: None,
         })
     }
 }
@@ -572,6 +634,11 @@ pub struct SandboxHints {
     /// The default port of `tributary sandbox <vendor>`.
     #[serde(default)]
     pub port: Option<u16>,
+    /// Realistic values for fields the schema's types alone would fill with words:
+    /// `"<stream>.<dotted field>" = [value, ...]`, one picked per generated record (an
+    /// event's type from the vendor's list, an object nested as the vendor nests it).
+    #[serde(default)]
+    pub values: BTreeMap<String, Vec<toml::Value>>,
 }
 
 /// The parsed record selector: keys to the array, then keys inside each element.
@@ -862,6 +929,116 @@ impl Spec {
                     message,
                 })?;
         }
+        for (key, values) in &self.sandbox.values {
+            let bad = |m: String| top(&format!("sandbox.values.{key}"), m);
+            let (stream, field) = key
+                .split_once('.')
+                .ok_or_else(|| bad("name a stream and a field: `<stream>.<field>`".into()))?;
+            if !seen.contains(stream) {
+                return Err(bad(format!("no stream `{stream}` in this spec")));
+            }
+            dotted(field).map_err(bad)?;
+            if values.is_empty() {
+                return Err(bad("give at least one value".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// An export stream: a snapshot of JSON lines, with a status path that names the job.
+    fn validate_export(
+        &self,
+        s: &StreamSpec,
+        e: &Export,
+        options: &[&str],
+    ) -> Result<(), (String, String)> {
+        let at = |k: &str, m: String| (k.to_owned(), m);
+        let t = Template::parse(&e.status_path).map_err(|m| at("export.status_path", m))?;
+        for name in t.vars() {
+            if name == "export.id" {
+                continue;
+            }
+            match name.strip_prefix("config.") {
+                Some(option) if options.contains(&option) => {}
+                Some(option) => {
+                    return Err(at(
+                        "export.status_path",
+                        format!(
+                            "`{{{{ {name} }}}}` names option `{option}`, which `[config]` does not declare"
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(at(
+                        "export.status_path",
+                        format!(
+                            "`{{{{ {name} }}}}` is not a template name here; use `export.id` or `config.<option>`"
+                        ),
+                    ));
+                }
+            }
+        }
+        if !t.uses("export.id") {
+            return Err(at(
+                "export.status_path",
+                "must name the job: `{{ export.id }}`".into(),
+            ));
+        }
+        if !e.status_path.starts_with('/') {
+            return Err(at("export.status_path", "must start with `/`".into()));
+        }
+        dotted(&e.id_path).map_err(|m| at("export.id_path", m))?;
+        dotted(&e.status_field).map_err(|m| at("export.status_field", m))?;
+        dotted(&e.urls).map_err(|m| at("export.urls", m))?;
+        if let Some(m) = &e.message_field {
+            dotted(m).map_err(|m| at("export.message_field", m))?;
+        }
+        for (key, list) in [
+            ("export.pending", &e.pending),
+            ("export.ready", &e.ready),
+            ("export.failed", &e.failed),
+        ] {
+            if list.is_empty() {
+                return Err(at(key, "give at least one status".into()));
+            }
+        }
+        if let Some(both) = e
+            .ready
+            .iter()
+            .find(|r| e.pending.contains(r) || e.failed.contains(r))
+        {
+            return Err(at(
+                "export.ready",
+                format!("`{both}` is also listed as pending or failed"),
+            ));
+        }
+        if e.poll_seconds == 0 || e.timeout_seconds == 0 {
+            return Err(at(
+                "export.poll_seconds",
+                "`poll_seconds` and `timeout_seconds` must be at least 1".into(),
+            ));
+        }
+        if s.records.trim() != "$" {
+            return Err(at(
+                "records",
+                "an export's records are the lines of its files: write `records = \"$\"`".into(),
+            ));
+        }
+        for (key, set) in [
+            ("incremental", s.incremental.is_some()),
+            ("pagination", s.pagination.is_some()),
+            ("parent", s.parent.is_some()),
+            ("deletions", s.deletions.is_some()),
+            ("track", s.track.is_some()),
+            ("page_size_param", s.page_size_param.is_some()),
+        ] {
+            if set {
+                return Err(at(
+                    key,
+                    "an export stream is a full snapshot of the job's files: it takes no `incremental`, `pagination`, `parent`, `deletions`, `track` or `page_size_param` (`page_size` sets the records per commit)".into(),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -900,6 +1077,9 @@ impl Spec {
             }
         }
         Selector::parse(&s.records).map_err(|m| at("records", m))?;
+        if let Some(e) = &s.export {
+            self.validate_export(s, e, options)?;
+        }
         if let Some(size) = s.page_size
             && size == 0
         {

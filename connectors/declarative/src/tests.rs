@@ -231,6 +231,8 @@ async fn chargebee_passes_the_conformance_kit() {
     for stream in ["customers", "subscriptions", "invoices"] {
         conformance("chargebee", stream).await;
     }
+    // Events are never deleted.
+    conformance_without_deletes("chargebee", "events").await;
 }
 
 #[tokio::test]
@@ -605,4 +607,163 @@ fn a_track_mapping_needs_an_event_stream_and_maps_its_records() {
             .unwrap()
             .starts_with("2024-05-01T12:00:00")
     );
+}
+
+/// SendGrid's contacts, read by an export job: every contact once across the job's files,
+/// no credentials sent with the downloads (the simulator refuses them, as S3 does), a read
+/// resumed from the middle continues in the same job, and one whose job is gone starts a
+/// new export that starts the snapshot over.
+#[tokio::test]
+async fn an_export_stream_reads_every_file_once_and_resumes_in_its_job() {
+    let vendor = crate::builtin("sendgrid").unwrap();
+    let schema = vendor
+        .schemas
+        .iter()
+        .find(|s| s.name == "contacts")
+        .unwrap()
+        .clone();
+    // 250 contacts: three files of at most 100.
+    let sandbox = start(vendor, 250).await;
+    sandbox.set_exports(crate::sandbox::ExportBehaviour {
+        pending_polls: Some(2),
+        ..Default::default()
+    });
+    let src = source("sendgrid", &sandbox, serde_json::json!({"page_size": 40}));
+    let full = read_all(src.as_ref(), &schema, None, false).await.unwrap();
+    let want: std::collections::BTreeSet<String> = sandbox.ids("contacts").into_iter().collect();
+    assert_eq!(want.len(), 250);
+    assert!(full.duplicates().is_empty(), "{:?}", full.duplicates());
+    assert_eq!(full.ids(), want);
+    assert!(full.first_page_resets, "an export is a snapshot");
+    assert_eq!(sandbox.exports_started(), 1);
+    let end = full.last_cursor().unwrap();
+    assert!(
+        end.get("window").is_none(),
+        "done: the next run exports again: {end}"
+    );
+
+    // Resume after a page in the second file: the rest of the same job, nothing twice.
+    let (done, cursor) = full
+        .cursors
+        .iter()
+        .find(|(n, c)| *n > 100 && c["window"]["next"]["export"]["line"].as_u64() > Some(0))
+        .cloned()
+        .expect("a cursor inside the second file");
+    assert_eq!(cursor["window"]["next"]["export"]["file"], 1, "{cursor}");
+    let rest = read_all(src.as_ref(), &schema, Some(cursor.clone()), false)
+        .await
+        .unwrap();
+    assert_eq!(sandbox.exports_started(), 1, "resumed in the same job");
+    assert!(!rest.first_page_resets, "the snapshot goes on");
+    let before: std::collections::BTreeSet<String> = full.records[..done]
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(before.is_disjoint(&rest.ids()));
+    assert_eq!(
+        before
+            .union(&rest.ids())
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        want
+    );
+
+    // The job expired: a new export, whose first page starts the snapshot over.
+    sandbox.forget_exports();
+    let again = read_all(src.as_ref(), &schema, Some(cursor), false)
+        .await
+        .unwrap();
+    assert_eq!(sandbox.exports_started(), 2);
+    assert!(again.first_page_resets);
+    assert_eq!(again.ids(), want);
+
+    // Plain (not gzip) files read the same.
+    sandbox.set_exports(crate::sandbox::ExportBehaviour {
+        plain: true,
+        ..Default::default()
+    });
+    let plain = read_all(src.as_ref(), &schema, None, false).await.unwrap();
+    assert_eq!(plain.ids(), want);
+
+    // A failed job is an error naming the job and the vendor's reason.
+    sandbox.set_exports(crate::sandbox::ExportBehaviour {
+        fail: true,
+        ..Default::default()
+    });
+    let (pages, err) = read_until_error(
+        src.as_ref(),
+        ReadRequest {
+            schema: schema.clone(),
+            cursor: None,
+            full_refresh: false,
+        },
+    )
+    .await;
+    assert!(pages.is_empty());
+    let text = err.to_string();
+    assert!(
+        text.contains("failed: status `failure`: The export could not be completed."),
+        "{text}"
+    );
+}
+
+/// Faults on every request of an export (errors, 429s, cut and garbled bodies, the files
+/// included): every contact still lands once.
+#[tokio::test]
+async fn an_export_reads_every_record_once_through_faults() {
+    let vendor = crate::builtin("sendgrid").unwrap();
+    let schema = vendor
+        .schemas
+        .iter()
+        .find(|s| s.name == "contacts")
+        .unwrap()
+        .clone();
+    let sandbox = start(vendor, 230).await;
+    sandbox.kit().set_faults(Faults {
+        error_rate: 0.2,
+        throttle_rate: 0.1,
+        truncate_rate: 0.2,
+        malformed_rate: 0.1,
+        ..Faults::default()
+    });
+    let src = source("sendgrid", &sandbox, serde_json::json!({}));
+    let log = read_all(src.as_ref(), &schema, None, false).await.unwrap();
+    assert!(log.duplicates().is_empty());
+    assert_eq!(log.ids(), sandbox.ids("contacts").into_iter().collect());
+    assert!(sandbox.kit().counters().faults_injected > 0);
+}
+
+#[test]
+fn an_export_stream_is_checked_like_any_other() {
+    let head = format!(
+        "{GOOD_HEAD}[[streams]]\nname = \"contacts\"\npath = \"/exports\"\nmethod = \"POST\"\nrecords = \"$\"\n"
+    );
+    let good = "export = { status_path = \"/exports/{{ export.id }}\", pending = [\"pending\"], ready = [\"ready\"], failed = [\"failure\"], urls = \"urls\" }\n";
+    assert!(Spec::parse("x.toml", "x", &format!("{head}{good}")).is_ok());
+    let e = parse_error(&format!(
+        "{head}export = {{ status_path = \"/exports/status\", pending = [\"p\"], ready = [\"r\"], failed = [\"f\"], urls = \"urls\" }}\n"
+    ));
+    assert_eq!(
+        (e.stream.as_deref(), e.key.as_str()),
+        (Some("contacts"), "export.status_path"),
+        "{e}"
+    );
+    assert!(e.message.contains("{{ export.id }}"), "{e}");
+    let e = parse_error(&format!(
+        "{head}incremental = {{ cursor_field = \"updated_at\", param = \"since\" }}\n{good}"
+    ));
+    assert_eq!(e.key, "incremental", "{e}");
+    let e = parse_error(&format!(
+        "{head}export = {{ status_path = \"/exports/{{{{ export.id }}}}\", pending = [], ready = [\"r\"], failed = [\"f\"], urls = \"urls\" }}\n"
+    ));
+    assert_eq!(e.key, "export.pending", "{e}");
+    let e = parse_error(&format!(
+        "{head}export = {{ status_path = \"/exports/{{{{ export.id }}}}\", pending = [\"p\"], ready = [\"r\"], failed = [\"f\"], urls = \"urls\", poll = 3 }}\n"
+    ));
+    assert!(e.key.contains("poll"), "{e}");
+    let e = parse_error(&format!(
+        "{head}{good}[sandbox.values]\n\"users.kind\" = [\"a\"]\n"
+    ));
+    assert_eq!(e.key, "sandbox.values.users.kind", "{e}");
+    assert!(e.message.contains("no stream `users`"), "{e}");
 }

@@ -41,6 +41,22 @@ fn time(v: &Value, format: Option<TimeFormat>) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_millis(ms)
 }
 
+/// `text` in Title Case: words split at `_`, `.`, `-` and spaces, each capitalized, joined
+/// by one space (`customer_created` → `Customer Created`).
+fn title_case(text: &str) -> String {
+    text.split(['_', '.', '-', ' '])
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            let mut chars = w.chars();
+            chars
+                .next()
+                .map(|c| c.to_uppercase().chain(chars).collect::<String>())
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The `track` call for `record` of `stream` (whose records are keyed by `key`), or none
 /// when the record lacks its key, its time or an event name: a call without them would be
 /// refused by Segment or could not be deduplicated.
@@ -61,6 +77,11 @@ pub fn message(
         })
         .trim()
         .to_owned();
+    let event = if track.title_case {
+        title_case(&event)
+    } else {
+        event
+    };
     if event.is_empty() {
         return None;
     }
@@ -106,7 +127,24 @@ mod tests {
             timestamp: "sent.at".into(),
             timestamp_format: Some(TimeFormat::Rfc2822),
             properties: props.map(|p| p.into_iter().map(str::to_owned).collect()),
+            title_case: false,
         }
+    }
+
+    #[test]
+    fn title_case_writes_segments_object_action_form() {
+        assert_eq!(title_case("customer_created"), "Customer Created");
+        assert_eq!(title_case("payment_source.added"), "Payment Source Added");
+        assert_eq!(title_case("  Order  completed "), "Order Completed");
+        let t = Track {
+            event: "{{ record.event_type }}".into(),
+            title_case: true,
+            ..track(None, None)
+        };
+        let record = json!({"sid": "EV1", "event_type": "subscription_cancelled",
+            "sent": {"at": "Wed, 01 May 2024 12:00:00 +0000"}});
+        let m = message(&t, "cb", "events", "sid", &record).unwrap();
+        assert_eq!(m.event.as_deref(), Some("Subscription Cancelled"));
     }
 
     #[test]

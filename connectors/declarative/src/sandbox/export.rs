@@ -1,0 +1,235 @@
+//! Export jobs in the simulator, as SendGrid's contacts export behaves
+//! (<https://www.twilio.com/docs/sendgrid/api-reference/contacts/export-contacts> and
+//! `.../export-contacts-status`): the stream's request starts a job (202 with its `id`),
+//! the status path answers the spec's first pending status on the first poll and then its
+//! first ready status with the file URLs; each file holds up to [`FILE_RECORDS`] records as
+//! gzip JSON lines, at a pre-signed-style URL on this server that, like S3, refuses a
+//! request that also carries an `Authorization` header.
+
+use axum::http::Method;
+use serde_json::{Value, json};
+use tributary_sandbox_kit::api::{Answer, ApiRequest};
+
+use super::{Shared, error};
+use crate::extract::set_path;
+use crate::spec::{Export, StreamSpec, dotted};
+
+/// Where the files are served, at the server's root.
+pub const FILES: &str = "/__exports/";
+
+/// Records per file (SendGrid splits an export by `max_file_size`).
+pub const FILE_RECORDS: usize = 100;
+
+/// One export job.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: String,
+    /// Status polls answered so far.
+    pub polls: u32,
+    /// Gzip JSON lines, one per file.
+    pub files: Vec<Vec<u8>>,
+    pub records: usize,
+}
+
+/// The jobs started, and how they behave.
+#[derive(Debug, Default)]
+pub struct Exports {
+    pub jobs: Vec<Job>,
+    pub behaviour: ExportBehaviour,
+    /// Jobs started, forgotten ones included (ids are never reused).
+    pub started: u64,
+}
+
+/// How the simulator's jobs behave (set by tests).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExportBehaviour {
+    /// Polls answered "pending" before a job is ready (default 1).
+    pub pending_polls: Option<u32>,
+    /// Every job fails instead of becoming ready.
+    pub fail: bool,
+    /// Files are served plain, not gzip.
+    pub plain: bool,
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let _ = e.write_all(bytes);
+    e.finish().unwrap_or_default()
+}
+
+/// S3's answer to a pre-signed URL that also carries an `Authorization` header.
+fn s3_error(status: u16, code: &str, message: &str) -> Answer {
+    (
+        status,
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
+        )
+        .into_bytes(),
+    )
+}
+
+impl Shared {
+    /// The job id in `path` if it is `export.status_path` with an id in place of
+    /// `{{ export.id }}`.
+    fn match_status_path(&self, export: &Export, path: &str) -> Option<String> {
+        const SLOT: &str = "\u{1}";
+        let rendered = crate::template::render(&export.status_path, |n| {
+            if n == "export.id" {
+                Some(SLOT.to_owned())
+            } else {
+                n.strip_prefix("config.")
+                    .and_then(|k| self.values.get(k))
+                    .cloned()
+            }
+        });
+        let (prefix, suffix) = rendered.split_once(SLOT)?;
+        let id = path.strip_prefix(prefix)?.strip_suffix(suffix)?;
+        (!id.is_empty() && !id.contains('/')).then(|| id.to_owned())
+    }
+
+    /// Routes a request of an export stream `s`, if it is one.
+    pub(super) fn export_route(
+        &self,
+        s: &StreamSpec,
+        export: &Export,
+        request: &ApiRequest,
+        path: &str,
+    ) -> Option<Answer> {
+        if request.method == Method::POST && self.render(&s.path) == path {
+            return Some(self.start_export(s, export));
+        }
+        if request.method == Method::GET {
+            let id = self.match_status_path(export, path)?;
+            return Some(self.export_status(export, request, &id));
+        }
+        None
+    }
+
+    fn start_export(&self, s: &StreamSpec, export: &Export) -> Answer {
+        let plain = self.exports.read().behaviour.plain;
+        let lines: Vec<String> = {
+            let store = self.store.read();
+            store
+                .streams
+                .get(&s.name)
+                .map(|recs| {
+                    recs.values()
+                        .filter(|r| !r.deleted)
+                        .map(|r| r.value.to_string())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let files: Vec<Vec<u8>> = lines
+            .chunks(FILE_RECORDS)
+            .map(|chunk| {
+                let mut text = chunk.join("\n");
+                text.push('\n');
+                if plain {
+                    text.into_bytes()
+                } else {
+                    gzip(text.as_bytes())
+                }
+            })
+            .collect();
+        let mut exports = self.exports.write();
+        exports.started += 1;
+        let n = exports.started;
+        let id = format!("{n:08x}-5e1d-4c0e-9a7b-{n:012x}");
+        exports.jobs.push(Job {
+            id: id.clone(),
+            polls: 0,
+            files,
+            records: lines.len(),
+        });
+        let mut body = json!({"_metadata": {}});
+        set_path(
+            &mut body,
+            &dotted(&export.id_path).unwrap_or_default(),
+            json!(id),
+        );
+        (202, body.to_string().into_bytes())
+    }
+
+    fn export_status(&self, export: &Export, request: &ApiRequest, id: &str) -> Answer {
+        let mut exports = self.exports.write();
+        let behaviour = exports.behaviour;
+        let Some(job) = exports.jobs.iter_mut().find(|j| j.id == id) else {
+            return error(404, &format!("export {id} not found"));
+        };
+        job.polls += 1;
+        let now = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(self.kit.clock.now_ms())
+            .unwrap_or_default();
+        let mut body = json!({
+            "id": id,
+            "created_at": now.to_rfc3339(),
+            "updated_at": now.to_rfc3339(),
+            "expires_at": (now + chrono::Duration::days(3)).to_rfc3339(),
+            "contact_count": job.records,
+            "_metadata": {},
+        });
+        let status_path = dotted(&export.status_field).unwrap_or_default();
+        let (status, urls) = if job.polls <= behaviour.pending_polls.unwrap_or(1) {
+            (export.pending[0].clone(), None)
+        } else if behaviour.fail {
+            (export.failed[0].clone(), None)
+        } else {
+            let host = request
+                .headers
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("127.0.0.1");
+            let urls: Vec<Value> = (0..job.files.len())
+                .map(|n| {
+                    json!(format!(
+                        "http://{host}{FILES}{id}/{n}.json.gzip?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=0f1e2d"
+                    ))
+                })
+                .collect();
+            (export.ready[0].clone(), Some(urls))
+        };
+        set_path(&mut body, &status_path, json!(status));
+        if let Some(urls) = urls {
+            set_path(
+                &mut body,
+                &dotted(&export.urls).unwrap_or_default(),
+                json!(urls),
+            );
+        }
+        if behaviour.fail
+            && let Some(m) = &export.message_field
+        {
+            set_path(
+                &mut body,
+                &dotted(m).unwrap_or_default(),
+                json!("The export could not be completed."),
+            );
+        }
+        (200, body.to_string().into_bytes())
+    }
+
+    /// A file of an export (`<job>/<n>.json.gzip`).
+    pub(super) fn export_file(&self, request: &ApiRequest, rest: &str) -> Answer {
+        if request.headers.contains_key("authorization") {
+            return s3_error(
+                400,
+                "InvalidArgument",
+                "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, Signature query string parameter or the Authorization header should be specified",
+            );
+        }
+        let file = rest.split_once('/').and_then(|(job, name)| {
+            let n: usize = name.split('.').next()?.parse().ok()?;
+            let exports = self.exports.read();
+            exports
+                .jobs
+                .iter()
+                .find(|j| j.id == job)
+                .and_then(|j| j.files.get(n).cloned())
+        });
+        match file {
+            Some(bytes) => (200, bytes),
+            None => s3_error(404, "NoSuchKey", "The specified key does not exist."),
+        }
+    }
+}

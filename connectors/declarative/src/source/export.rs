@@ -1,0 +1,495 @@
+//! Streams read by an asynchronous export job ([`crate::spec::Export`]): start the job,
+//! poll its status until its files are ready, download each file (without the API's
+//! credentials) and hand on its JSON lines in pages of `page_size` records.
+//!
+//! Every page's cursor names the job, the file and the line after the page, so a killed
+//! read resumes in the same export as long as the vendor still lists its files; when it
+//! does not (expired, failed, forgotten), a new export starts and its first page starts
+//! the snapshot over. The last page's cursor is empty: the next run exports again.
+
+use std::io::{BufRead, BufReader, Read};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+use tributary_sdk::pagination::spawn_pages;
+use tributary_sdk::{Error, Page, PageStream, Records, Result};
+
+use super::{Cursor, DeclarativeSource, Next, PageRequest, Window};
+use crate::extract::get_path;
+use crate::spec::{Export, Method, Pagination, StreamSpec, dotted};
+use crate::template;
+
+/// The longest line a file may hold (one record).
+const MAX_LINE: u64 = 16 * 1024 * 1024;
+
+/// A file may decompress to at most this many times its size, plus [`MAX_LINE`]: JSON
+/// compresses some 5 to 20 times; more is a gzip bomb, not an export.
+const MAX_RATIO: u64 = 100;
+
+/// Where a job stands.
+enum Status {
+    Pending,
+    Ready(Vec<String>),
+    Failed(String),
+}
+
+/// A downloaded file, read line by line (decompressed when it is gzip).
+struct Lines {
+    reader: Box<dyn BufRead + Send>,
+    /// Lines read so far.
+    line: u64,
+    /// Decompressed bytes read so far, and the most allowed.
+    read: u64,
+    limit: u64,
+}
+
+impl Lines {
+    fn new(body: Bytes) -> Lines {
+        let limit = (body.len() as u64).saturating_mul(MAX_RATIO) + MAX_LINE;
+        // Gzip by its magic bytes, whatever the name or headers say: SendGrid's exports are
+        // gzip, and some have come plain (airbytehq/airbyte#35343).
+        let reader: Box<dyn BufRead + Send> = if body.starts_with(&[0x1f, 0x8b]) {
+            Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(
+                std::io::Cursor::new(body),
+            )))
+        } else {
+            Box::new(std::io::Cursor::new(body))
+        };
+        Lines {
+            reader,
+            line: 0,
+            read: 0,
+            limit,
+        }
+    }
+
+    /// The next line (without its end), or `None` at the end of the file.
+    fn next_line(&mut self, buf: &mut Vec<u8>) -> std::result::Result<Option<()>, String> {
+        buf.clear();
+        let n = (&mut self.reader)
+            .take(MAX_LINE + 1)
+            .read_until(b'\n', buf)
+            .map_err(|e| format!("the file does not decompress: {e}"))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.line += 1;
+        self.read += n as u64;
+        if buf.len() as u64 > MAX_LINE {
+            return Err(format!(
+                "line {} is over {} MiB",
+                self.line,
+                MAX_LINE / 1024 / 1024
+            ));
+        }
+        if self.read > self.limit {
+            return Err(format!(
+                "it decompresses to over {MAX_RATIO} times its size: not an export file"
+            ));
+        }
+        while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            buf.pop();
+        }
+        Ok(Some(()))
+    }
+}
+
+/// Whether `body` is a whole file: gzip that decompresses to its end (within the bomb
+/// limit), or plain text whose last line is a complete JSON object.
+fn check_file(body: &Bytes) -> std::result::Result<(), String> {
+    if body.starts_with(&[0x1f, 0x8b]) {
+        let limit = (body.len() as u64).saturating_mul(MAX_RATIO) + MAX_LINE;
+        let mut decoder =
+            flate2::read::MultiGzDecoder::new(std::io::Cursor::new(body.clone())).take(limit + 1);
+        let n = std::io::copy(&mut decoder, &mut std::io::sink())
+            .map_err(|e| format!("the gzip file is damaged: {e}"))?;
+        if n > limit {
+            return Err(format!(
+                "it decompresses to over {MAX_RATIO} times its size: not an export file"
+            ));
+        }
+        return Ok(());
+    }
+    let last = body
+        .split(|b| *b == b'\n')
+        .map(<[u8]>::trim_ascii)
+        .rfind(|l| !l.is_empty());
+    match last {
+        None => Ok(()),
+        Some(l)
+            if l.starts_with(b"{")
+                && serde_json::from_slice::<serde::de::IgnoredAny>(l).is_ok() =>
+        {
+            Ok(())
+        }
+        Some(_) => Err("its last line is not a complete JSON object".into()),
+    }
+}
+
+/// The text of a scalar (a job id may be a number).
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+impl DeclarativeSource {
+    /// Starts an export of `s`; its job id.
+    async fn start_export(&self, s: &StreamSpec, export: &Export) -> Result<String> {
+        // The export's request is the stream's own, on one page.
+        let once = StreamSpec {
+            pagination: Some(Pagination::None),
+            ..s.clone()
+        };
+        let request = self.page_request(&once, None, None, None)?;
+        let what = format!(
+            "{} {} (start an export)",
+            super::method_name(s.method),
+            s.path
+        );
+        let id_path = dotted(&export.id_path).unwrap_or_default();
+        let (_, id) = self
+            .send(&what, &request, |r| {
+                let body: Value = serde_json::from_slice(&r.body)
+                    .map_err(|e| format!("the answer is not JSON: {e}"))?;
+                get_path(&body, &id_path)
+                    .and_then(text)
+                    .filter(|id| !id.is_empty())
+                    .ok_or_else(|| format!("the answer has no job id at `{}`", export.id_path))
+            })
+            .await?;
+        Ok(id)
+    }
+
+    /// The status of job `id`.
+    async fn export_status(&self, s: &StreamSpec, export: &Export, id: &str) -> Result<Status> {
+        let path = template::render(&export.status_path, |name| match name {
+            "export.id" => Some(id.to_owned()),
+            other => self.lookup(other),
+        });
+        let request = PageRequest {
+            url: self.resolve(&path, &s.name)?,
+            query: Vec::new(),
+            body: None,
+            method: Method::Get,
+        };
+        let what = format!("GET {} (export status)", export.status_path);
+        let status_path = dotted(&export.status_field).unwrap_or_default();
+        let urls_path = dotted(&export.urls).unwrap_or_default();
+        let message_path = export.message_field.as_deref().and_then(|m| dotted(m).ok());
+        let (_, status) = self
+            .send(&what, &request, |r| {
+                let body: Value = serde_json::from_slice(&r.body)
+                    .map_err(|e| format!("the answer is not JSON: {e}"))?;
+                let status = get_path(&body, &status_path)
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| format!("the answer has no status at `{}`", export.status_field))?;
+                if export.ready.iter().any(|x| x == status) {
+                    let urls = get_path(&body, &urls_path)
+                        .and_then(Value::as_array)
+                        .ok_or_else(|| {
+                            format!("a ready export lists no files at `{}`", export.urls)
+                        })?;
+                    let urls = urls
+                        .iter()
+                        .map(|u| u.as_str().map(str::to_owned))
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| format!("`{}` holds something other than URLs", export.urls))?;
+                    Ok(Status::Ready(urls))
+                } else if export.failed.iter().any(|x| x == status) {
+                    let reason = message_path
+                        .as_ref()
+                        .and_then(|p| get_path(&body, p))
+                        .and_then(Value::as_str)
+                        .unwrap_or("no reason given");
+                    Ok(Status::Failed(format!("status `{status}`: {reason}")))
+                } else if export.pending.iter().any(|x| x == status) {
+                    Ok(Status::Pending)
+                } else {
+                    // Not retried as a broken body would be: it is an answer we cannot read.
+                    Ok(Status::Failed(format!(
+                        "unknown status `{status}` (the spec lists pending {:?}, ready {:?}, failed {:?})",
+                        export.pending, export.ready, export.failed
+                    )))
+                }
+            })
+            .await?;
+        Ok(status)
+    }
+
+    /// Waits for job `id` to be ready; its file URLs.
+    async fn wait_for_export(
+        &self,
+        s: &StreamSpec,
+        export: &Export,
+        id: &str,
+    ) -> Result<Vec<String>> {
+        let started = tokio::time::Instant::now();
+        let mut wait = Duration::from_secs(1);
+        let longest = Duration::from_secs(export.poll_seconds);
+        let timeout = Duration::from_secs(export.timeout_seconds);
+        loop {
+            tokio::time::sleep(wait.min(longest)).await;
+            match self.export_status(s, export, id).await? {
+                Status::Ready(urls) => return Ok(urls),
+                Status::Failed(why) => {
+                    return Err(Error::protocol(
+                        self.name(),
+                        &s.name,
+                        format!("export {id} failed: {why}"),
+                    ));
+                }
+                Status::Pending if started.elapsed() >= timeout => {
+                    return Err(Error::protocol(
+                        self.name(),
+                        &s.name,
+                        format!(
+                            "export {id} was still pending after {} s (`export.timeout_seconds`)",
+                            export.timeout_seconds
+                        ),
+                    ));
+                }
+                Status::Pending => wait = (wait * 2).min(longest),
+            }
+        }
+    }
+
+    /// Downloads file `index` of an export: no credentials go with it.
+    async fn download(&self, s: &StreamSpec, url: &str, index: usize) -> Result<Bytes> {
+        let parsed = url::Url::parse(url).map_err(|e| {
+            Error::protocol(
+                self.name(),
+                &s.name,
+                format!("export file {index} has a bad URL: {e}"),
+            )
+        })?;
+        if !matches!(parsed.scheme(), "https" | "http") {
+            return Err(Error::protocol(
+                self.name(),
+                &s.name,
+                format!("export file {index} is not an http(s) URL"),
+            ));
+        }
+        let what = format!("download export file {index}");
+        // A file cut short or garbled in transit is downloaded again, as a broken page is.
+        let response = self
+            .http
+            .send_checked(&what, |c| c.get(parsed.clone()), |r| check_file(&r.body))
+            .await?;
+        Ok(response.body)
+    }
+
+    /// Reads stream `s` by an export job, resuming at `cursor`'s job, file and line.
+    pub(super) fn export_walk(
+        self: &Arc<Self>,
+        s: StreamSpec,
+        cursor: Option<Cursor>,
+    ) -> PageStream {
+        let this = Arc::clone(self);
+        spawn_pages(2, move |pages| async move {
+            let Some(export) = s.export.clone() else {
+                return Ok(());
+            };
+            let page_size = this.page_size(&s) as usize;
+            let resume = cursor.and_then(|c| c.window).and_then(|w| match w.next {
+                Next::Export { job, file, line } => Some((w.mark_ms, job, file, line)),
+                _ => None,
+            });
+            // The same export while the vendor still lists its files; else a new one, whose
+            // first page starts the snapshot over.
+            let mut resumed = None;
+            if let Some((mark, job, file, line)) = resume {
+                match this.export_status(&s, &export, &job).await {
+                    Ok(Status::Ready(urls)) if (file as usize) < urls.len() => {
+                        resumed = Some((false, mark, job, urls, file as usize, line));
+                    }
+                    Ok(_) => tracing::info!(
+                        source = this.name(),
+                        stream = %s.name,
+                        "export {job} is no longer ready; starting a new export"
+                    ),
+                    Err(e) => tracing::info!(
+                        source = this.name(),
+                        stream = %s.name,
+                        "export {job} cannot be resumed ({e}); starting a new export"
+                    ),
+                }
+            }
+            let (mut reset, mark, job, urls, first_file, mut skip) = match resumed {
+                Some(r) => r,
+                None => {
+                    let mark = chrono::Utc::now().timestamp_millis();
+                    let job = this.start_export(&s, &export).await?;
+                    let urls = this.wait_for_export(&s, &export, &job).await?;
+                    (true, mark, job, urls, 0, 0)
+                }
+            };
+            if first_file >= urls.len() {
+                // An empty export (no files): the snapshot is empty, and complete.
+                let page = Page::with_cursor(
+                    Records::Json {
+                        body: Bytes::from_static(b"[]"),
+                        path: &[],
+                    },
+                    &Cursor {
+                        since_ms: None,
+                        window: None,
+                    },
+                )
+                .resetting(reset);
+                pages.send(page).await;
+                return Ok(());
+            }
+            let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
+            let mut count = 0usize;
+            let mut line = Vec::new();
+            for (index, url) in urls.iter().enumerate().skip(first_file) {
+                let body = this.download(&s, url, index).await?;
+                let mut lines = Lines::new(body);
+                let bad = |m: String| {
+                    Error::protocol(
+                        this.name(),
+                        &s.name,
+                        format!("export {job} file {index}: {m}"),
+                    )
+                };
+                loop {
+                    let more = lines.next_line(&mut line).map_err(bad)?;
+                    if more.is_some() {
+                        if lines.line <= skip {
+                            continue;
+                        }
+                        let text = line.trim_ascii();
+                        if text.is_empty() {
+                            continue;
+                        }
+                        if !text.starts_with(b"{")
+                            || serde_json::from_slice::<serde::de::IgnoredAny>(text).is_err()
+                        {
+                            return Err(bad(format!("line {} is not a JSON object", lines.line)));
+                        }
+                        batch.push(if count == 0 { b'[' } else { b',' });
+                        batch.extend_from_slice(text);
+                        count += 1;
+                    }
+                    let last_file = index + 1 == urls.len();
+                    let done = more.is_none() && last_file;
+                    if count < page_size && !done && more.is_some() {
+                        continue;
+                    }
+                    if count == 0 && !done {
+                        // The end of a file with nothing pending: on to the next.
+                        break;
+                    }
+                    if count == 0 {
+                        batch.push(b'[');
+                    }
+                    batch.push(b']');
+                    // Where the next page starts: after this line, or at the next file.
+                    let next = match more {
+                        Some(()) => Some(Next::Export {
+                            job: job.clone(),
+                            file: index as u64,
+                            line: lines.line,
+                        }),
+                        None if last_file => None,
+                        None => Some(Next::Export {
+                            job: job.clone(),
+                            file: index as u64 + 1,
+                            line: 0,
+                        }),
+                    };
+                    let resume = Cursor {
+                        since_ms: None,
+                        window: next.map(|next| Window {
+                            mark_ms: mark,
+                            next,
+                            deletions: false,
+                            parent: None,
+                        }),
+                    };
+                    let page = Page::with_cursor(
+                        Records::Json {
+                            body: Bytes::from(std::mem::take(&mut batch)),
+                            path: &[],
+                        },
+                        &resume,
+                    )
+                    .resetting(reset);
+                    reset = false;
+                    count = 0;
+                    if !pages.send(page).await {
+                        return Ok(());
+                    }
+                    if more.is_none() {
+                        break;
+                    }
+                }
+                skip = 0;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn gzip(bytes: &[u8]) -> Bytes {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(bytes).unwrap();
+        Bytes::from(e.finish().unwrap())
+    }
+
+    fn all_lines(body: Bytes) -> Result<Vec<String>, String> {
+        let mut lines = Lines::new(body);
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        while lines.next_line(&mut buf)?.is_some() {
+            out.push(String::from_utf8_lossy(&buf).into_owned());
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn gzip_and_plain_files_give_the_same_lines() {
+        let text = b"{\"a\":1}\r\n{\"a\":2}\n\n{\"a\":3}";
+        let want = vec!["{\"a\":1}", "{\"a\":2}", "", "{\"a\":3}"];
+        assert_eq!(all_lines(Bytes::from_static(text)).unwrap(), want);
+        assert_eq!(all_lines(gzip(text)).unwrap(), want);
+        assert!(check_file(&gzip(text)).is_ok());
+        assert!(check_file(&Bytes::from_static(text)).is_ok());
+        assert!(check_file(&Bytes::new()).is_ok(), "an empty export");
+    }
+
+    #[test]
+    fn a_damaged_file_is_refused_and_a_bomb_is_stopped() {
+        let whole = gzip(b"{\"a\":1}\n{\"a\":2}\n");
+        let cut = whole.slice(..whole.len() - 6);
+        assert!(check_file(&cut).unwrap_err().contains("damaged"));
+        let plain_cut = Bytes::from_static(b"{\"a\":1}\n{\"a\":");
+        assert!(check_file(&plain_cut).unwrap_err().contains("last line"));
+
+        // 64 MiB of newlines compress to some 64 KiB: over 100 times the file's size.
+        let bomb = gzip(&vec![b'\n'; 64 * 1024 * 1024]);
+        assert!(bomb.len() < 200 * 1024);
+        assert!(
+            check_file(&bomb)
+                .unwrap_err()
+                .contains("decompresses to over")
+        );
+        let err = all_lines(bomb).unwrap_err();
+        assert!(err.contains("decompresses to over"), "{err}");
+
+        // One line over the limit.
+        let long = gzip(&vec![b'x'; MAX_LINE as usize + 10]);
+        let err = all_lines(long).unwrap_err();
+        assert!(err.contains("line 1 is over 16 MiB"), "{err}");
+    }
+}
