@@ -71,7 +71,12 @@ struct Rec {
 struct Store {
     streams: BTreeMap<String, BTreeMap<String, Rec>>,
     next: u64,
+    /// Bumped by every change, so a cached listing order knows it is stale.
+    version: u64,
 }
+
+/// A listing's matching ids in order, and the store version they were computed at.
+type Order = (u64, Arc<Vec<String>>);
 
 /// State shared by the HTTP handler and the Rust API.
 #[derive(Debug)]
@@ -87,6 +92,10 @@ pub struct Shared {
     token_count: AtomicU64,
     /// Export jobs started, and how they behave.
     exports: StoreLock<export::Exports>,
+    /// The ids a listing matches, in order, per stream and filter, with the store version
+    /// they were computed at: the pages of one walk share them instead of filtering and
+    /// sorting the whole stream for every page.
+    orders: std::sync::Mutex<BTreeMap<String, Order>>,
 }
 
 /// A deterministic stream of numbers (SplitMix64).
@@ -301,6 +310,7 @@ impl Shared {
         let now = self.kit.clock.now_ms();
         let mut rng = Rng(seed);
         let mut store = self.store.write();
+        store.version += 1;
         // Parents first: a child record belongs to one of them.
         let mut order: Vec<&StreamSpec> = self.vendor.spec.spec.streams.iter().collect();
         order.sort_by_key(|s| s.parent.is_some());
@@ -586,28 +596,36 @@ impl Shared {
         }
         let recs = store.streams.get(&spec.name).unwrap_or(&empty);
         let inc = spec.incremental.as_ref();
-        let mut matching: Vec<(&String, &Rec)> = recs
-            .iter()
-            .filter(|(_, r)| parent.is_none() || r.parent.as_deref() == parent)
-            .filter(|(_, r)| include_deleted || !r.deleted)
-            .filter(|(_, r)| !only_deleted || r.deleted)
-            .filter(|(_, r)| match (inc, since) {
-                (Some(inc), Some(since)) => {
-                    // A day-granular vendor (Intercom's search) truncates the filter to its
-                    // day: `>` matches from the next day's start, `>=` from the day's.
-                    let unit = match inc.granularity {
-                        Granularity::Exact => inc.format.unit_ms(),
-                        Granularity::Day => 86_400_000,
-                    };
-                    let (at, from) = (r.updated_ms.div_euclid(unit), since.div_euclid(unit));
-                    if inc.exclusive { at > from } else { at >= from }
+        let order_key = format!(
+            "{}|{since:?}|{include_deleted}|{only_deleted}|{parent:?}",
+            spec.name
+        );
+        let cached = {
+            let orders = self.orders.lock().unwrap_or_else(|e| e.into_inner());
+            orders
+                .get(&order_key)
+                .filter(|(v, _)| *v == store.version)
+                .map(|(_, ids)| Arc::clone(ids))
+        };
+        let matching: Arc<Vec<String>> = match cached {
+            Some(ids) => ids,
+            None => {
+                let ids = Arc::new(Self::matching(
+                    recs,
+                    inc,
+                    since,
+                    include_deleted,
+                    only_deleted,
+                    parent,
+                ));
+                let mut orders = self.orders.lock().unwrap_or_else(|e| e.into_inner());
+                if orders.len() >= 64 {
+                    orders.clear();
                 }
-                _ => true,
-            })
-            .collect();
-        if inc.is_some() {
-            matching.sort_by(|a, b| (a.1.updated_ms, a.0).cmp(&(b.1.updated_ms, b.0)));
-        }
+                orders.insert(order_key, (store.version, Arc::clone(&ids)));
+                ids
+            }
+        };
         let filter_sig = format!("{since:?}|{include_deleted}");
         let pagination = self.vendor.spec.spec.pagination_of(spec);
         // Where this page starts.
@@ -667,7 +685,7 @@ impl Shared {
             .iter()
             .skip(start)
             .take(take)
-            .map(|(_, r)| *r)
+            .filter_map(|id| recs.get(id))
             .collect();
         let more = start + page.len() < matching.len();
         let selector = Selector::parse(&spec.records).unwrap_or(Selector {
@@ -752,6 +770,41 @@ impl Shared {
             _ => {}
         }
         ((200, out.to_string().into_bytes()), headers)
+    }
+
+    /// The ids of `recs` a listing matches (its parent, tombstones or not, changed since
+    /// `since`), ordered by change time when the stream is incremental.
+    fn matching(
+        recs: &BTreeMap<String, Rec>,
+        inc: Option<&Incremental>,
+        since: Option<i64>,
+        include_deleted: bool,
+        only_deleted: bool,
+        parent: Option<&str>,
+    ) -> Vec<String> {
+        let mut matching: Vec<(&String, &Rec)> = recs
+            .iter()
+            .filter(|(_, r)| parent.is_none() || r.parent.as_deref() == parent)
+            .filter(|(_, r)| include_deleted || !r.deleted)
+            .filter(|(_, r)| !only_deleted || r.deleted)
+            .filter(|(_, r)| match (inc, since) {
+                (Some(inc), Some(since)) => {
+                    // A day-granular vendor (Intercom's search) truncates the filter to its
+                    // day: `>` matches from the next day's start, `>=` from the day's.
+                    let unit = match inc.granularity {
+                        Granularity::Exact => inc.format.unit_ms(),
+                        Granularity::Day => 86_400_000,
+                    };
+                    let (at, from) = (r.updated_ms.div_euclid(unit), since.div_euclid(unit));
+                    if inc.exclusive { at > from } else { at >= from }
+                }
+                _ => true,
+            })
+            .collect();
+        if inc.is_some() {
+            matching.sort_by(|a, b| (a.1.updated_ms, a.0).cmp(&(b.1.updated_ms, b.0)));
+        }
+        matching.into_iter().map(|(id, _)| id.clone()).collect()
     }
 
     fn current_token(
@@ -978,6 +1031,7 @@ impl DeclarativeSandbox {
             tokens: StoreLock::new(Vec::new()),
             token_count: AtomicU64::new(1),
             exports: StoreLock::new(export::Exports::default()),
+            orders: std::sync::Mutex::new(BTreeMap::new()),
         });
         let seeding = Arc::clone(&shared);
         let (records, seed) = (config.records, config.seed);
@@ -1047,6 +1101,7 @@ impl DeclarativeSandbox {
             return String::new();
         };
         let mut store = self.shared.store.write();
+        store.version += 1;
         // A child record joins the first parent.
         let parent = spec.parent.as_ref().and_then(|p| {
             store
@@ -1105,6 +1160,7 @@ impl DeclarativeSandbox {
             return false;
         };
         let mut store = self.shared.store.write();
+        store.version += 1;
         let Some(rec) = store.streams.get_mut(stream).and_then(|s| s.get_mut(id)) else {
             return false;
         };
