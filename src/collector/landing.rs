@@ -380,8 +380,9 @@ type Row = (u64, DateTime<Utc>, Value);
 /// Hands the memory a landing round freed back to the system. A round allocates its
 /// messages' trees, rows and Arrow buffers on whichever worker threads ran it, and glibc's
 /// malloc keeps what they free in per-thread arenas: under a steady backlog the collector's
-/// RSS grew round after round to over 500 MB with a heap of some 100 MB (heaptrack). A trim
-/// after each round costs well under a millisecond (BENCHMARKS.md, "Collector").
+/// RSS grew round after round to over 500 MB with a heap of some 100 MB (heaptrack); with a
+/// trim after each round it stays near 300 MB, for some landing throughput
+/// (BENCHMARKS.md, "Memory handed back after each landing round").
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free memory to the kernel; it touches no live
@@ -485,11 +486,11 @@ impl Committer {
                 Ok(last) => {
                     failures = 0;
                     pending = None;
-                    release_freed_memory();
                     self.progress.landed.store(last, Ordering::Release);
                     if let Err(e) = spool::prune(&self.spool_dir, last) {
                         tracing::warn!(error = %format!("{e:#}"), "Could not delete landed spool segments.");
                     }
+                    release_freed_memory();
                 }
                 Err(e) => {
                     failures += 1;

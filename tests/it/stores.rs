@@ -709,11 +709,11 @@ pub async fn two_writers_on_one_stream(bucket: &Bucket, proxy: &FaultProxy, roun
     let mut refused = 0;
     for round in 0..rounds {
         if round == 1 {
-            // The first round raced as the machine let it. If the store has not refused a
-            // put yet (a loaded machine can serialize the writers so each sees the other's
-            // commit before it puts), hold every commit put a while from now on: both
-            // writers' puts of a version are then in flight together, and the store must
-            // pick one.
+            // The first round raced as the machine let it and the store did not refuse a
+            // put (else the loop ended): a loaded machine can serialize the writers so
+            // each sees the other's commit before it puts. From now on every commit put
+            // is held a while, so both writers' puts of a version are in flight together
+            // and the store must pick one.
             proxy.inject(
                 Rule::new(Target::CommitFile, Fault::Delay(Duration::from_millis(300)))
                     .times(u32::MAX),

@@ -1181,6 +1181,14 @@ impl DeclarativeSandbox {
         self.shared.exports.write().jobs.clear();
     }
 
+    /// Expires the links of every export job started so far: the jobs stay listed as
+    /// ready, their files answer 403 (S3's "Request has expired").
+    pub fn expire_export_links(&self) {
+        for job in &mut self.shared.exports.write().jobs {
+            job.expired = true;
+        }
+    }
+
     /// Export jobs started so far.
     pub fn exports_started(&self) -> usize {
         self.shared.exports.read().started as usize

@@ -277,6 +277,10 @@ pub enum Next {
         file: u64,
         /// Lines of that file already read.
         line: u64,
+        /// The file's URL without its query: the file is found by it when the job is
+        /// resumed, whatever order the vendor lists the files in then.
+        #[serde(default)]
+        name: String,
     },
 }
 
@@ -287,7 +291,9 @@ impl Next {
             Next::Token(t) | Next::Url(t) => t.clone(),
             Next::Offset(n) => format!("offset {n}"),
             Next::Page(n) => format!("page {n}"),
-            Next::Export { job, file, line } => format!("export {job} file {file} line {line}"),
+            Next::Export {
+                job, file, line, ..
+            } => format!("export {job} file {file} line {line}"),
         }
     }
 }

@@ -409,7 +409,7 @@ pub struct Track {
     /// The top-level fields sent as `properties` (default: every field of the record).
     #[serde(default)]
     pub properties: Option<Vec<String>>,
-    /// Write the event name in Title Case, words split at `_`, `.` and spaces
+    /// Write the event name in Title Case, words split at `_`, `.`, `-` and spaces
     /// (`customer_created` → `Customer Created`), the "Object Action" form Segment's
     /// tracking plan conventions ask for
     /// (<https://segment.com/docs/protocols/tracking-plan/best-practices/>).
@@ -766,6 +766,12 @@ impl Spec {
                 "must start with https:// (the credentials go there)".into(),
             ));
         }
+        if self.check.is_none() && self.streams.first().is_some_and(|s| s.export.is_some()) {
+            return Err(top(
+                "check",
+                "the first stream is an export, so `tributary check` would start a job: give a cheap GET path that proves the credentials".into(),
+            ));
+        }
         if let Some(check) = &self.check {
             config_only("check", check)?;
             if !check.starts_with('/') {
@@ -938,6 +944,17 @@ impl Spec {
                 return Err(bad(format!("no stream `{stream}` in this spec")));
             }
             dotted(field).map_err(bad)?;
+            let key_field = self
+                .streams
+                .iter()
+                .find(|s| s.name == stream)
+                .and_then(|s| s.primary_key.clone());
+            if key_field.as_deref() == Some(field) || (key_field.is_none() && field == "id") {
+                return Err(bad(
+                    "the primary key is generated per record; values would make records share it"
+                        .into(),
+                ));
+            }
             if values.is_empty() {
                 return Err(bad("give at least one value".into()));
             }
@@ -1012,10 +1029,19 @@ impl Spec {
                 format!("`{both}` is also listed as pending or failed"),
             ));
         }
-        if e.poll_seconds == 0 || e.timeout_seconds == 0 {
+        if let Some(both) = e.pending.iter().find(|p| e.failed.contains(p)) {
             return Err(at(
-                "export.poll_seconds",
-                "`poll_seconds` and `timeout_seconds` must be at least 1".into(),
+                "export.pending",
+                format!("`{both}` is also listed as failed"),
+            ));
+        }
+        if e.poll_seconds == 0 {
+            return Err(at("export.poll_seconds", "must be at least 1".into()));
+        }
+        if e.timeout_seconds < e.poll_seconds {
+            return Err(at(
+                "export.timeout_seconds",
+                "must be at least `poll_seconds`".into(),
             ));
         }
         if s.records.trim() != "$" {
@@ -1035,7 +1061,7 @@ impl Spec {
             if set {
                 return Err(at(
                     key,
-                    "an export stream is a full snapshot of the job's files: it takes no `incremental`, `pagination`, `parent`, `deletions`, `track` or `page_size_param` (`page_size` sets the records per commit)".into(),
+                    "an export stream is a full snapshot of the job's files: it takes no `incremental`, `pagination`, `parent`, `deletions`, `track` or `page_size_param` (`page_size` sets the records per page)".into(),
                 ));
             }
         }
@@ -1089,10 +1115,14 @@ impl Spec {
         if let Some(p) = &s.pagination {
             check_pagination(p).map_err(|(k, m)| at(&format!("pagination.{k}"), m))?;
         }
-        if matches!(
-            pagination,
-            Pagination::Offset { .. } | Pagination::PageNumber { .. }
-        ) && s.page_size_param.is_none()
+        // An export's one request is not paged (validate_export refuses pagination keys).
+        let paged = s.export.is_none();
+        if paged
+            && matches!(
+                pagination,
+                Pagination::Offset { .. } | Pagination::PageNumber { .. }
+            )
+            && s.page_size_param.is_none()
         {
             return Err(at(
                 "page_size_param",
@@ -1102,6 +1132,7 @@ impl Spec {
             ));
         }
         if let Pagination::Cursor { in_body: true, .. } = pagination
+            && paged
             && s.method != Method::Post
         {
             return Err(at(

@@ -736,7 +736,7 @@ async fn an_export_reads_every_record_once_through_faults() {
 #[test]
 fn an_export_stream_is_checked_like_any_other() {
     let head = format!(
-        "{GOOD_HEAD}[[streams]]\nname = \"contacts\"\npath = \"/exports\"\nmethod = \"POST\"\nrecords = \"$\"\n"
+        "check = \"/scopes\"\n{GOOD_HEAD}[[streams]]\nname = \"contacts\"\npath = \"/exports\"\nmethod = \"POST\"\nrecords = \"$\"\n"
     );
     let good = "export = { status_path = \"/exports/{{ export.id }}\", pending = [\"pending\"], ready = [\"ready\"], failed = [\"failure\"], urls = \"urls\" }\n";
     assert!(Spec::parse("x.toml", "x", &format!("{head}{good}")).is_ok());
@@ -766,4 +766,107 @@ fn an_export_stream_is_checked_like_any_other() {
     ));
     assert_eq!(e.key, "sandbox.values.users.kind", "{e}");
     assert!(e.message.contains("no stream `users`"), "{e}");
+}
+
+/// Pages that end exactly at a file's end, every cursor of a read resumed from, an empty
+/// export, and a resumed job whose links expired while the vendor still lists it.
+#[tokio::test]
+async fn an_export_resumes_from_every_cursor_and_starts_over_when_its_links_expired() {
+    let contacts = |vendor: &Vendor| {
+        vendor
+            .schemas
+            .iter()
+            .find(|s| s.name == "contacts")
+            .unwrap()
+            .clone()
+    };
+    let vendor = crate::builtin("sendgrid").unwrap();
+    let schema = contacts(&vendor);
+    // Two files of 100, pages of 50: every other page ends at a file's end.
+    let sandbox = start(vendor, 200).await;
+    let src = source("sendgrid", &sandbox, serde_json::json!({"page_size": 50}));
+    let full = read_all(src.as_ref(), &schema, None, false).await.unwrap();
+    let want: std::collections::BTreeSet<String> = sandbox.ids("contacts").into_iter().collect();
+    assert_eq!(full.ids(), want);
+    let at_file_end = full
+        .cursors
+        .iter()
+        .filter(|(_, c)| c["window"]["next"]["export"]["line"] == 100)
+        .count();
+    assert_eq!(at_file_end, 2, "each file's last page: {:?}", full.cursors);
+    for (done, cursor) in &full.cursors {
+        let rest = read_all(src.as_ref(), &schema, Some(cursor.clone()), false)
+            .await
+            .unwrap();
+        let before: std::collections::BTreeSet<String> = full.records[..*done]
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect();
+        let union: std::collections::BTreeSet<String> =
+            before.union(&rest.ids()).cloned().collect();
+        if cursor.get("window").is_some() {
+            assert!(before.is_disjoint(&rest.ids()), "re-read after {cursor}");
+            assert_eq!(union, want, "resumed after {cursor}");
+        } else {
+            // The last page's cursor: the next run exports again, from the start.
+            assert_eq!(rest.ids(), want);
+            assert!(rest.first_page_resets);
+        }
+    }
+    let started = sandbox.exports_started();
+
+    // The job is still listed as ready, its links expired: a new export, over again.
+    let (_, middle) = full
+        .cursors
+        .iter()
+        .find(|(n, _)| *n == 50)
+        .cloned()
+        .unwrap();
+    sandbox.expire_export_links();
+    let again = read_all(src.as_ref(), &schema, Some(middle), false)
+        .await
+        .unwrap();
+    assert_eq!(sandbox.exports_started(), started + 1);
+    assert!(again.first_page_resets, "the snapshot starts over");
+    assert_eq!(again.ids(), want);
+
+    // An account without contacts: one empty page that completes the snapshot.
+    let vendor = crate::builtin("sendgrid").unwrap();
+    let schema = contacts(&vendor);
+    let empty = start(vendor, 0).await;
+    let src = source("sendgrid", &empty, serde_json::json!({}));
+    let log = read_all(src.as_ref(), &schema, None, false).await.unwrap();
+    assert!(log.records.is_empty());
+    assert!(
+        log.first_page_resets,
+        "an empty snapshot still replaces the table"
+    );
+    assert!(log.last_cursor().unwrap().get("window").is_none());
+}
+
+#[test]
+fn an_export_spec_names_its_mistakes() {
+    let stream = "[[streams]]\nname = \"contacts\"\npath = \"/exports\"\nmethod = \"POST\"\nrecords = \"$\"\n";
+    let export = |extra: &str| {
+        format!(
+            "export = {{ status_path = \"/exports/{{{{ export.id }}}}\", pending = [\"pending\"], ready = [\"ready\"], failed = [\"failure\"{extra}], urls = \"urls\" }}\n"
+        )
+    };
+    // Without `check`, `tributary check` would start an export.
+    let e = parse_error(&format!("{GOOD_HEAD}{stream}{}", export("")));
+    assert_eq!(e.key, "check", "{e}");
+    let head = format!("check = \"/scopes\"\n{GOOD_HEAD}");
+    assert!(Spec::parse("x.toml", "x", &format!("{head}{stream}{}", export(""))).is_ok());
+    // A status both pending and failed.
+    let e = parse_error(&format!("{head}{stream}{}", export(", \"pending\"")));
+    assert_eq!(e.key, "export.pending", "{e}");
+    // A spec-wide offset pagination does not apply to the export's one request.
+    let offset = format!("{head}[pagination]\ntype = \"offset\"\nparam = \"offset\"\n");
+    assert!(Spec::parse("x.toml", "x", &format!("{offset}{stream}{}", export(""))).is_ok());
+    // Simulated values for the primary key would make records share it.
+    let e = parse_error(&format!(
+        "{head}{stream}{}[sandbox.values]\n\"contacts.id\" = [\"a\"]\n",
+        export("")
+    ));
+    assert_eq!(e.key, "sandbox.values.contacts.id", "{e}");
 }

@@ -38,6 +38,17 @@ impl PageSender {
     pub async fn send(&self, page: Page) -> bool {
         self.tx.send(Ok(page)).await.is_ok()
     }
+
+    /// Whether the consumer has gone (the read was cancelled).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Resolves when the consumer goes: a producer that waits (for an export job, say)
+    /// stops waiting at once when the read is cancelled.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
 }
 
 /// Runs `produce` on a task of its own, so fetching runs ahead of conversion by at most

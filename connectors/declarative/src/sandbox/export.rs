@@ -29,6 +29,8 @@ pub struct Job {
     /// Gzip JSON lines, one per file.
     pub files: Vec<Vec<u8>>,
     pub records: usize,
+    /// The job is still listed but its links have expired (403, as S3 answers).
+    pub expired: bool,
 }
 
 /// The jobs started, and how they behave.
@@ -142,6 +144,7 @@ impl Shared {
             polls: 0,
             files,
             records: lines.len(),
+            expired: false,
         });
         let mut body = json!({"_metadata": {}});
         set_path(
@@ -225,10 +228,11 @@ impl Shared {
                 .jobs
                 .iter()
                 .find(|j| j.id == job)
-                .and_then(|j| j.files.get(n).cloned())
+                .and_then(|j| j.files.get(n).map(|f| (j.expired, f.clone())))
         });
         match file {
-            Some(bytes) => (200, bytes),
+            Some((true, _)) => s3_error(403, "AccessDenied", "Request has expired"),
+            Some((false, bytes)) => (200, bytes),
             None => s3_error(404, "NoSuchKey", "The specified key does not exist."),
         }
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use tributary_sdk::pagination::spawn_pages;
+use tributary_sdk::pagination::{PageSender, spawn_pages};
 use tributary_sdk::{Error, Page, PageStream, Records, Result};
 
 use super::{Cursor, DeclarativeSource, Next, PageRequest, Window};
@@ -27,6 +27,16 @@ const MAX_LINE: u64 = 16 * 1024 * 1024;
 /// A file may decompress to at most this many times its size, plus [`MAX_LINE`]: JSON
 /// compresses some 5 to 20 times; more is a gzip bomb, not an export.
 const MAX_RATIO: u64 = 100;
+
+/// A page ends at this many bytes of records even short of `page_size` lines, so a file of
+/// long lines cannot make one page huge.
+const MAX_PAGE_BYTES: usize = 32 * 1024 * 1024;
+
+/// How long one file's download may take.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The longest job id taken from a vendor (it goes into the status path).
+const MAX_JOB_ID: usize = 200;
 
 /// Where a job stands.
 enum Status {
@@ -77,6 +87,9 @@ impl Lines {
         }
         self.line += 1;
         self.read += n as u64;
+        while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            buf.pop();
+        }
         if buf.len() as u64 > MAX_LINE {
             return Err(format!(
                 "line {} is over {} MiB",
@@ -88,9 +101,6 @@ impl Lines {
             return Err(format!(
                 "it decompresses to over {MAX_RATIO} times its size: not an export file"
             ));
-        }
-        while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            buf.pop();
         }
         Ok(Some(()))
     }
@@ -156,10 +166,21 @@ impl DeclarativeSource {
             .send(&what, &request, |r| {
                 let body: Value = serde_json::from_slice(&r.body)
                     .map_err(|e| format!("the answer is not JSON: {e}"))?;
-                get_path(&body, &id_path)
+                let id = get_path(&body, &id_path)
                     .and_then(text)
-                    .filter(|id| !id.is_empty())
-                    .ok_or_else(|| format!("the answer has no job id at `{}`", export.id_path))
+                    .ok_or_else(|| format!("the answer has no job id at `{}`", export.id_path))?;
+                // It goes into the status path, with the credentials: a path segment only.
+                let plain = id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+                if id.is_empty() || id.len() > MAX_JOB_ID || !plain || id.bytes().all(|b| b == b'.')
+                {
+                    return Err(format!(
+                        "the job id at `{}` is not a plain id (letters, digits, `-`, `_`, `.`)",
+                        export.id_path
+                    ));
+                }
+                Ok(id)
             })
             .await?;
         Ok(id)
@@ -227,15 +248,20 @@ impl DeclarativeSource {
         s: &StreamSpec,
         export: &Export,
         id: &str,
-    ) -> Result<Vec<String>> {
+        pages: &PageSender,
+    ) -> Result<Option<Vec<String>>> {
         let started = tokio::time::Instant::now();
         let mut wait = Duration::from_secs(1);
         let longest = Duration::from_secs(export.poll_seconds);
         let timeout = Duration::from_secs(export.timeout_seconds);
         loop {
-            tokio::time::sleep(wait.min(longest)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(wait.min(longest)) => {}
+                // The read was cancelled (a lost lease, a stop): stop polling.
+                _ = pages.closed() => return Ok(None),
+            }
             match self.export_status(s, export, id).await? {
-                Status::Ready(urls) => return Ok(urls),
+                Status::Ready(urls) => return Ok(Some(urls)),
                 Status::Failed(why) => {
                     return Err(Error::protocol(
                         self.name(),
@@ -276,10 +302,26 @@ impl DeclarativeSource {
         }
         let what = format!("download export file {index}");
         // A file cut short or garbled in transit is downloaded again, as a broken page is.
+        // A file takes longer than an API page: up to DOWNLOAD_TIMEOUT.
         let response = self
             .http
-            .send_checked(&what, |c| c.get(parsed.clone()), |r| check_file(&r.body))
-            .await?;
+            .send_checked(
+                &what,
+                |c| c.get(parsed.clone()).timeout(DOWNLOAD_TIMEOUT),
+                |r| check_file(&r.body),
+            )
+            .await
+            .map_err(|e| match e {
+                // The file store refused the link, not the API key: say so.
+                Error::Auth { status, .. } => Error::protocol(
+                    self.name(),
+                    &s.name,
+                    format!(
+                        "export file {index}'s link was refused (HTTP {status}): it may have expired; the next run starts a new export"
+                    ),
+                ),
+                other => other,
+            })?;
         Ok(response.body)
     }
 
@@ -294,146 +336,224 @@ impl DeclarativeSource {
             let Some(export) = s.export.clone() else {
                 return Ok(());
             };
-            let page_size = this.page_size(&s) as usize;
-            let resume = cursor.and_then(|c| c.window).and_then(|w| match w.next {
-                Next::Export { job, file, line } => Some((w.mark_ms, job, file, line)),
+            let mut resume = cursor.and_then(|c| c.window).and_then(|w| match w.next {
+                Next::Export {
+                    job,
+                    file,
+                    line,
+                    name,
+                } => Some((w.mark_ms, job, file, line, name)),
                 _ => None,
             });
-            // The same export while the vendor still lists its files; else a new one, whose
-            // first page starts the snapshot over.
-            let mut resumed = None;
-            if let Some((mark, job, file, line)) = resume {
-                match this.export_status(&s, &export, &job).await {
-                    Ok(Status::Ready(urls)) if (file as usize) < urls.len() => {
-                        resumed = Some((false, mark, job, urls, file as usize, line));
+            loop {
+                // The same export while the vendor still lists the file being read; else a
+                // new one, whose first page starts the snapshot over.
+                let mut from = None;
+                if let Some((mark, job, file, line, name)) = resume.take() {
+                    match this.export_status(&s, &export, &job).await {
+                        Ok(Status::Ready(urls)) => {
+                            // By the file's name, not only its place: a vendor may list the
+                            // files in another order, with newly signed links.
+                            let at = urls
+                                .iter()
+                                .position(|u| file_name(u) == name)
+                                .filter(|_| !name.is_empty())
+                                .or_else(|| {
+                                    (name.is_empty() && (file as usize) < urls.len())
+                                        .then_some(file as usize)
+                                });
+                            match at {
+                                Some(at) => from = Some((false, mark, job, urls, at, line)),
+                                None => tracing::info!(
+                                    source = this.name(),
+                                    stream = %s.name,
+                                    "export {job} no longer lists the file being read; starting a new export"
+                                ),
+                            }
+                        }
+                        Ok(_) => tracing::info!(
+                            source = this.name(),
+                            stream = %s.name,
+                            "export {job} is no longer ready; starting a new export"
+                        ),
+                        Err(e) => tracing::info!(
+                            source = this.name(),
+                            stream = %s.name,
+                            "export {job} cannot be resumed ({e}); starting a new export"
+                        ),
                     }
-                    Ok(_) => tracing::info!(
-                        source = this.name(),
-                        stream = %s.name,
-                        "export {job} is no longer ready; starting a new export"
-                    ),
-                    Err(e) => tracing::info!(
-                        source = this.name(),
-                        stream = %s.name,
-                        "export {job} cannot be resumed ({e}); starting a new export"
-                    ),
+                }
+                let resumed = from.is_some();
+                let (reset, mark, job, urls, first_file, skip) = match from {
+                    Some(r) => r,
+                    None => {
+                        let mark = chrono::Utc::now().timestamp_millis();
+                        let job = this.start_export(&s, &export).await?;
+                        let Some(urls) = this.wait_for_export(&s, &export, &job, &pages).await?
+                        else {
+                            return Ok(());
+                        };
+                        (true, mark, job, urls, 0, 0)
+                    }
+                };
+                let job_files = JobFiles {
+                    mark,
+                    job: &job,
+                    urls: &urls,
+                };
+                match this
+                    .read_files(&s, &pages, &job_files, first_file, skip, reset)
+                    .await
+                {
+                    Err(e) if resumed => {
+                        // A resumed job's links may have expired while the vendor still
+                        // lists it: start over rather than fail the same way every run.
+                        tracing::info!(
+                            source = this.name(),
+                            stream = %s.name,
+                            "export {job} cannot be read any more ({e}); starting a new export"
+                        );
+                    }
+                    other => return other,
                 }
             }
-            let (mut reset, mark, job, urls, first_file, mut skip) = match resumed {
-                Some(r) => r,
-                None => {
-                    let mark = chrono::Utc::now().timestamp_millis();
-                    let job = this.start_export(&s, &export).await?;
-                    let urls = this.wait_for_export(&s, &export, &job).await?;
-                    (true, mark, job, urls, 0, 0)
-                }
-            };
-            if first_file >= urls.len() {
-                // An empty export (no files): the snapshot is empty, and complete.
-                let page = Page::with_cursor(
-                    Records::Json {
-                        body: Bytes::from_static(b"[]"),
-                        path: &[],
-                    },
-                    &Cursor {
-                        since_ms: None,
-                        window: None,
-                    },
-                )
-                .resetting(reset);
-                pages.send(page).await;
+        })
+    }
+
+    /// Hands on the lines of `files` from file `first_file` (after its first `skip`
+    /// lines) in pages of `page_size` records (or 32 MiB), each with the cursor after it.
+    async fn read_files(
+        &self,
+        s: &StreamSpec,
+        pages: &PageSender,
+        files: &JobFiles<'_>,
+        first_file: usize,
+        mut skip: u64,
+        mut reset: bool,
+    ) -> Result<()> {
+        let (job, urls) = (files.job, files.urls);
+        let page_size = self.page_size(s) as usize;
+        let done = Cursor {
+            since_ms: None,
+            window: None,
+        };
+        if first_file >= urls.len() {
+            // An empty export (no files): the snapshot is empty, and complete.
+            let page = Page::with_cursor(
+                Records::Json {
+                    body: Bytes::from_static(b"[]"),
+                    path: &[],
+                },
+                &done,
+            )
+            .resetting(reset);
+            pages.send(page).await;
+            return Ok(());
+        }
+        let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
+        let mut count = 0usize;
+        let mut line = Vec::new();
+        for (index, url) in urls.iter().enumerate().skip(first_file) {
+            if pages.is_closed() {
                 return Ok(());
             }
-            let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
-            let mut count = 0usize;
-            let mut line = Vec::new();
-            for (index, url) in urls.iter().enumerate().skip(first_file) {
-                let body = this.download(&s, url, index).await?;
-                let mut lines = Lines::new(body);
-                let bad = |m: String| {
-                    Error::protocol(
-                        this.name(),
-                        &s.name,
-                        format!("export {job} file {index}: {m}"),
-                    )
-                };
-                loop {
-                    let more = lines.next_line(&mut line).map_err(bad)?;
-                    if more.is_some() {
-                        if lines.line <= skip {
-                            continue;
-                        }
-                        let text = line.trim_ascii();
-                        if text.is_empty() {
-                            continue;
-                        }
-                        if !text.starts_with(b"{")
-                            || serde_json::from_slice::<serde::de::IgnoredAny>(text).is_err()
-                        {
-                            return Err(bad(format!("line {} is not a JSON object", lines.line)));
-                        }
-                        batch.push(if count == 0 { b'[' } else { b',' });
-                        batch.extend_from_slice(text);
-                        count += 1;
-                    }
-                    let last_file = index + 1 == urls.len();
-                    let done = more.is_none() && last_file;
-                    if count < page_size && !done && more.is_some() {
+            let body = self.download(s, url, index).await?;
+            let mut lines = Lines::new(body);
+            let bad = |m: String| {
+                Error::protocol(
+                    self.name(),
+                    &s.name,
+                    format!("export {job} file {index}: {m}"),
+                )
+            };
+            let last_file = index + 1 == urls.len();
+            loop {
+                let more = lines.next_line(&mut line).map_err(bad)?;
+                if more.is_some() {
+                    if lines.line <= skip {
                         continue;
                     }
-                    if count == 0 && !done {
-                        // The end of a file with nothing pending: on to the next.
-                        break;
+                    let text = line.trim_ascii();
+                    if text.is_empty() {
+                        continue;
                     }
-                    if count == 0 {
-                        batch.push(b'[');
+                    if !text.starts_with(b"{")
+                        || serde_json::from_slice::<serde::de::IgnoredAny>(text).is_err()
+                    {
+                        return Err(bad(format!("line {} is not a JSON object", lines.line)));
                     }
-                    batch.push(b']');
-                    // Where the next page starts: after this line, or at the next file.
-                    let next = match more {
-                        Some(()) => Some(Next::Export {
-                            job: job.clone(),
-                            file: index as u64,
-                            line: lines.line,
-                        }),
-                        None if last_file => None,
-                        None => Some(Next::Export {
-                            job: job.clone(),
-                            file: index as u64 + 1,
-                            line: 0,
-                        }),
-                    };
-                    let resume = Cursor {
+                    batch.push(if count == 0 { b'[' } else { b',' });
+                    batch.extend_from_slice(text);
+                    count += 1;
+                    if count < page_size && batch.len() < MAX_PAGE_BYTES {
+                        continue;
+                    }
+                } else if count == 0 && !last_file {
+                    // The end of a file with nothing pending: on to the next.
+                    break;
+                }
+                if count == 0 {
+                    batch.push(b'[');
+                }
+                batch.push(b']');
+                // Where the next page starts: after this line, or at the next file.
+                let next = match more {
+                    Some(()) => Some((index, lines.line)),
+                    None if last_file => None,
+                    None => Some((index + 1, 0)),
+                };
+                let resume = match next {
+                    None => done.clone(),
+                    Some((file, line)) => Cursor {
                         since_ms: None,
-                        window: next.map(|next| Window {
-                            mark_ms: mark,
-                            next,
+                        window: Some(Window {
+                            mark_ms: files.mark,
+                            next: Next::Export {
+                                job: job.to_owned(),
+                                file: file as u64,
+                                line,
+                                name: file_name(&urls[file]),
+                            },
                             deletions: false,
                             parent: None,
                         }),
-                    };
-                    let page = Page::with_cursor(
-                        Records::Json {
-                            body: Bytes::from(std::mem::take(&mut batch)),
-                            path: &[],
-                        },
-                        &resume,
-                    )
-                    .resetting(reset);
-                    reset = false;
-                    count = 0;
-                    if !pages.send(page).await {
-                        return Ok(());
-                    }
-                    if more.is_none() {
-                        break;
-                    }
+                    },
+                };
+                let page = Page::with_cursor(
+                    Records::Json {
+                        body: Bytes::from(std::mem::take(&mut batch)),
+                        path: &[],
+                    },
+                    &resume,
+                )
+                .resetting(reset);
+                reset = false;
+                count = 0;
+                if !pages.send(page).await {
+                    return Ok(());
                 }
-                skip = 0;
+                if more.is_none() {
+                    break;
+                }
             }
-            Ok(())
-        })
+            skip = 0;
+        }
+        Ok(())
     }
+}
+
+/// The job a read takes its files from.
+struct JobFiles<'a> {
+    /// When the job was started (the cursor's mark).
+    mark: i64,
+    job: &'a str,
+    urls: &'a [String],
+}
+
+/// A file's URL without its query (the signature), which names the file across status
+/// answers that sign its link anew.
+fn file_name(url: &str) -> String {
+    url.split(['?', '#']).next().unwrap_or_default().to_owned()
 }
 
 #[cfg(test)]
