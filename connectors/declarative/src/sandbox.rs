@@ -376,9 +376,20 @@ impl Shared {
     /// The parent key in `path` if it is `template` (a path with `{{ parent.<key> }}`)
     /// with a parent key in place of the placeholder.
     fn match_child_path(&self, template: &str, path: &str) -> Option<String> {
+        self.match_slot(template, path, |n| n.starts_with("parent."))
+    }
+
+    /// What stands in `path` where `template` has its one placeholder that `slot` picks
+    /// (the others are config options): a single non-empty path segment.
+    fn match_slot(
+        &self,
+        template: &str,
+        path: &str,
+        slot: impl Fn(&str) -> bool,
+    ) -> Option<String> {
         const SLOT: &str = "\u{1}";
         let rendered = template::render(template, |n| {
-            if n.starts_with("parent.") {
+            if slot(n) {
                 Some(SLOT.to_owned())
             } else {
                 n.strip_prefix("config.")
@@ -387,8 +398,8 @@ impl Shared {
             }
         });
         let (prefix, suffix) = rendered.split_once(SLOT)?;
-        let key = path.strip_prefix(prefix)?.strip_suffix(suffix)?;
-        (!key.is_empty() && !key.contains('/')).then(|| key.to_owned())
+        let found = path.strip_prefix(prefix)?.strip_suffix(suffix)?;
+        (!found.is_empty() && !found.contains('/')).then(|| found.to_owned())
     }
 
     fn id_of(&self, spec: &StreamSpec, value: &Value) -> String {

@@ -609,12 +609,8 @@ fn a_track_mapping_needs_an_event_stream_and_maps_its_records() {
     );
 }
 
-/// SendGrid's contacts, read by an export job: every contact once across the job's files,
-/// no credentials sent with the downloads (the simulator refuses them, as S3 does), a read
-/// resumed from the middle continues in the same job, and one whose job is gone starts a
-/// new export that starts the snapshot over.
-#[tokio::test]
-async fn an_export_stream_reads_every_file_once_and_resumes_in_its_job() {
+/// SendGrid's simulator with `records` per stream, and the schema of its `contacts`.
+async fn sendgrid_contacts(records: usize) -> (DeclarativeSandbox, tributary_sdk::StreamSchema) {
     let vendor = crate::builtin("sendgrid").unwrap();
     let schema = vendor
         .schemas
@@ -622,8 +618,17 @@ async fn an_export_stream_reads_every_file_once_and_resumes_in_its_job() {
         .find(|s| s.name == "contacts")
         .unwrap()
         .clone();
+    (start(vendor, records).await, schema)
+}
+
+/// SendGrid's contacts, read by an export job: every contact once across the job's files,
+/// no credentials sent with the downloads (the simulator refuses them, as S3 does), a read
+/// resumed from the middle continues in the same job, and one whose job is gone starts a
+/// new export that starts the snapshot over.
+#[tokio::test]
+async fn an_export_stream_reads_every_file_once_and_resumes_in_its_job() {
     // 250 contacts: three files of at most 100.
-    let sandbox = start(vendor, 250).await;
+    let (sandbox, schema) = sendgrid_contacts(250).await;
     sandbox.set_exports(crate::sandbox::ExportBehaviour {
         pending_polls: Some(2),
         ..Default::default()
@@ -711,14 +716,7 @@ async fn an_export_stream_reads_every_file_once_and_resumes_in_its_job() {
 /// included): every contact still lands once.
 #[tokio::test]
 async fn an_export_reads_every_record_once_through_faults() {
-    let vendor = crate::builtin("sendgrid").unwrap();
-    let schema = vendor
-        .schemas
-        .iter()
-        .find(|s| s.name == "contacts")
-        .unwrap()
-        .clone();
-    let sandbox = start(vendor, 230).await;
+    let (sandbox, schema) = sendgrid_contacts(230).await;
     sandbox.kit().set_faults(Faults {
         error_rate: 0.2,
         throttle_rate: 0.1,
@@ -772,18 +770,8 @@ fn an_export_stream_is_checked_like_any_other() {
 /// export, and a resumed job whose links expired while the vendor still lists it.
 #[tokio::test]
 async fn an_export_resumes_from_every_cursor_and_starts_over_when_its_links_expired() {
-    let contacts = |vendor: &Vendor| {
-        vendor
-            .schemas
-            .iter()
-            .find(|s| s.name == "contacts")
-            .unwrap()
-            .clone()
-    };
-    let vendor = crate::builtin("sendgrid").unwrap();
-    let schema = contacts(&vendor);
     // Two files of 100, pages of 50: every other page ends at a file's end.
-    let sandbox = start(vendor, 200).await;
+    let (sandbox, schema) = sendgrid_contacts(200).await;
     let src = source("sendgrid", &sandbox, serde_json::json!({"page_size": 50}));
     let full = read_all(src.as_ref(), &schema, None, false).await.unwrap();
     let want: std::collections::BTreeSet<String> = sandbox.ids("contacts").into_iter().collect();
@@ -831,9 +819,7 @@ async fn an_export_resumes_from_every_cursor_and_starts_over_when_its_links_expi
     assert_eq!(again.ids(), want);
 
     // An account without contacts: one empty page that completes the snapshot.
-    let vendor = crate::builtin("sendgrid").unwrap();
-    let schema = contacts(&vendor);
-    let empty = start(vendor, 0).await;
+    let (empty, schema) = sendgrid_contacts(0).await;
     let src = source("sendgrid", &empty, serde_json::json!({}));
     let log = read_all(src.as_ref(), &schema, None, false).await.unwrap();
     assert!(log.records.is_empty());

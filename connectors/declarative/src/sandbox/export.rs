@@ -72,24 +72,6 @@ fn s3_error(status: u16, code: &str, message: &str) -> Answer {
 }
 
 impl Shared {
-    /// The job id in `path` if it is `export.status_path` with an id in place of
-    /// `{{ export.id }}`.
-    fn match_status_path(&self, export: &Export, path: &str) -> Option<String> {
-        const SLOT: &str = "\u{1}";
-        let rendered = crate::template::render(&export.status_path, |n| {
-            if n == "export.id" {
-                Some(SLOT.to_owned())
-            } else {
-                n.strip_prefix("config.")
-                    .and_then(|k| self.values.get(k))
-                    .cloned()
-            }
-        });
-        let (prefix, suffix) = rendered.split_once(SLOT)?;
-        let id = path.strip_prefix(prefix)?.strip_suffix(suffix)?;
-        (!id.is_empty() && !id.contains('/')).then(|| id.to_owned())
-    }
-
     /// Routes a request of an export stream `s`, if it is one.
     pub(super) fn export_route(
         &self,
@@ -102,7 +84,7 @@ impl Shared {
             return Some(self.start_export(s, export));
         }
         if request.method == Method::GET {
-            let id = self.match_status_path(export, path)?;
+            let id = self.match_slot(&export.status_path, path, |n| n == "export.id")?;
             return Some(self.export_status(export, request, &id));
         }
         None
