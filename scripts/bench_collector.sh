@@ -8,7 +8,8 @@
 # Each part then waits until every accepted event is a row of the `tracks` table, and
 # prints events in, rows out, events/s accepted and landed, latency percentiles and the
 # collector's peak RSS. Needs wrk (Debian: apt-get install wrk) and oha (cargo install oha;
-# BENCH_OHA=path). Not part of the test suite.
+# BENCH_OHA=path). BENCH_COMMIT_MESSAGES sets serve.commit_messages (default: the
+# collector's). Not part of the test suite.
 #   BENCH_BIN=target/release/tributary scripts/bench_collector.sh [batch|track|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,7 +48,7 @@ url = "$run/warehouse"
 
 [serve]
 max_pending = ${BENCH_MAX_PENDING:-1000000}
-commit_messages = ${BENCH_COMMIT_MESSAGES:-10000}
+${BENCH_COMMIT_MESSAGES:+commit_messages = $BENCH_COMMIT_MESSAGES}
 
 [sources.web]
 type = "http"

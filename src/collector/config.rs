@@ -45,9 +45,12 @@ pub struct ServeConfig {
     /// `Retry-After` (from 1000 to 100000000). Default 1000000.
     #[serde(default = "default_max_pending")]
     pub max_pending: u64,
-    /// The most messages landed by one round of table commits (from 1 to 1000000). Default
-    /// 10000: a round holds its messages as rows in memory, and 50000 peaked at ~900 MB
-    /// under a load of 65,000 events/s where 10000 stays near 200 MB (BENCHMARKS.md).
+    /// The most messages landed by one round of table commits (from 1 to 1000000; a round
+    /// also stops at 32 MiB of messages). Default 25000. Under a backlog every round is
+    /// this full, and each commit's cost grows with the table's files, so larger rounds
+    /// land more per second: at 60 s of full load 10000 landed 38,500 events/s, 25000
+    /// 59,000/s with a 283 MB peak, 40000 71,000/s with 333 MB (BENCHMARKS.md). Below
+    /// the load a round lands what arrived in `commit_interval_ms`.
     #[serde(default = "default_commit_messages")]
     pub commit_messages: usize,
     /// Milliseconds between rounds of table commits while messages wait (from 10 to
@@ -88,7 +91,7 @@ fn default_max_pending() -> u64 {
     1_000_000
 }
 fn default_commit_messages() -> usize {
-    10_000
+    25_000
 }
 fn default_commit_interval_ms() -> u64 {
     1000

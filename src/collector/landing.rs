@@ -30,6 +30,7 @@
 //! `serve.dedupe_capacity`) and, across restarts, in the spool's `seen-<hour>.ids` files
 //! (24 bytes a message, written after each round, deleted after 25 hours).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -38,10 +39,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, SecondsFormat, Timelike, Utc};
-use serde_json::{Map, Value, json};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
 use tributary_sdk::convert::{BatchBuilder, Limits};
 use tributary_sdk::schema::{Column, ColumnType, StreamKind, StreamSchema, to_column_name};
-use tributary_sdk::{Page, Record as SdkRecord, Records};
+use tributary_sdk::{Page, Records};
 
 use super::config::ServeConfig;
 use super::message::Call;
@@ -52,6 +55,10 @@ use crate::warehouse::{SnapshotStep, StreamTable, Warehouse};
 const DEDUPE_WINDOW_MICROS: i64 = 24 * 3600 * 1_000_000;
 /// The most event tables one source gets; later event names land in `tracks` only.
 pub const MAX_EVENT_TABLES: usize = 1000;
+/// The most message text one landing round reads from the spool (besides
+/// `serve.commit_messages`): a round of messages near Segment's 32 KB limit stays bounded
+/// in memory as a round of small ones does (25,000 messages of ~350 bytes are ~9 MB).
+const MAX_ROUND_BYTES: usize = 32 << 20;
 /// The longest event table name.
 const MAX_TABLE_NAME: usize = 120;
 
@@ -159,103 +166,197 @@ fn schema(table: &str, call: Call) -> StreamSchema {
     }
 }
 
-fn id_text(v: Option<&Value>) -> Value {
-    match v {
-        Some(Value::String(s)) => Value::String(s.clone()),
-        Some(Value::Number(n)) => Value::String(n.to_string()),
-        _ => Value::Null,
+/// The fields of a spooled message that landing reads, borrowed from the spool record's
+/// text (its other fields are ignored; a JSON `null` reads as absent). The spool holds
+/// each message as the collector re-serialized it, so no key repeats.
+#[derive(Deserialize, Default)]
+struct Message<'a> {
+    #[serde(rename = "type", borrow, default)]
+    call: Option<&'a RawValue>,
+    #[serde(rename = "messageId", borrow, default)]
+    message_id: Option<&'a RawValue>,
+    #[serde(rename = "anonymousId", borrow, default)]
+    anonymous_id: Option<&'a RawValue>,
+    #[serde(rename = "userId", borrow, default)]
+    user_id: Option<&'a RawValue>,
+    #[serde(rename = "receivedAt", borrow, default)]
+    received_at: Option<&'a RawValue>,
+    #[serde(rename = "sentAt", borrow, default)]
+    sent_at: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    context: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    event: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    name: Option<&'a RawValue>,
+    #[serde(rename = "groupId", borrow, default)]
+    group_id: Option<&'a RawValue>,
+    #[serde(rename = "previousId", borrow, default)]
+    previous_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    properties: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    traits: Option<&'a RawValue>,
+}
+
+/// A JSON string's text, unescaped (borrowed when it has no escapes); `None` for any other
+/// JSON value.
+fn raw_str(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
+    let text = raw?.get();
+    if !text.starts_with('"') {
+        return None;
+    }
+    match serde_json::from_str::<&str>(text) {
+        Ok(s) => Some(Cow::Borrowed(s)),
+        Err(_) => serde_json::from_str::<String>(text).ok().map(Cow::Owned),
     }
 }
 
-fn parse_time(v: Option<&Value>) -> Option<DateTime<Utc>> {
-    v.and_then(Value::as_str)
-        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+/// The JSON text of an id column: a string as sent, a number as its text in a string,
+/// anything else null.
+fn id_text<'a>(raw: Option<&'a RawValue>) -> Cow<'a, str> {
+    let Some(raw) = raw else {
+        return Cow::Borrowed("null");
+    };
+    let text = raw.get();
+    if text.starts_with('"') {
+        return Cow::Borrowed(text);
+    }
+    match serde_json::from_str::<serde_json::Number>(text) {
+        Ok(n) => Cow::Owned(format!("\"{n}\"")),
+        Err(_) => Cow::Borrowed("null"),
+    }
+}
+
+fn parse_time(raw: Option<&RawValue>) -> Option<DateTime<Utc>> {
+    raw_str(raw)
+        .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// Copies `from`'s fields into `row` as un-prefixed columns, dropping reserved names.
-fn spread(row: &mut Map<String, Value>, from: Option<&Value>) {
-    if let Some(Value::Object(fields)) = from {
-        for (k, v) in fields {
-            let column = to_column_name(k);
-            if RESERVED.contains(&column.as_str()) || column.starts_with("context_") {
-                continue;
-            }
-            row.insert(k.clone(), v.clone());
+/// A row of one table as (column name as sent, JSON text of its value) pairs.
+type Fields<'a> = Vec<(Cow<'a, str>, Cow<'a, str>)>;
+
+/// Adds `from`'s fields (a JSON object) to `row` as un-prefixed columns, dropping reserved
+/// names; a key sent twice keeps its last value.
+fn spread<'a>(row: &mut Fields<'a>, from: Option<&'a RawValue>) {
+    let Some(from) = from.filter(|r| r.get().starts_with('{')) else {
+        return;
+    };
+    let Ok(fields) = serde_json::from_str::<BTreeMap<Cow<'a, str>, &'a RawValue>>(from.get())
+    else {
+        return;
+    };
+    for (k, v) in fields {
+        let column = to_column_name(&k);
+        if RESERVED.contains(&column.as_str()) || column.starts_with("context_") {
+            continue;
         }
+        row.push((k, Cow::Borrowed(v.get())));
     }
 }
 
-/// One message routed: its rows, by table.
+/// `fields` as one JSON object (keys in order, as a JSON map orders them), appended to
+/// `out`.
+fn write_row(mut fields: Fields<'_>, out: &mut Vec<u8>) {
+    fields.sort_by(|a, b| a.0.cmp(&b.0));
+    out.push(b'{');
+    for (i, (k, v)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // A key is a plain string; writing it cannot fail into a Vec.
+        let _ = serde_json::to_writer(&mut *out, k.as_ref());
+        out.push(b':');
+        out.extend_from_slice(v.as_bytes());
+    }
+    out.push(b'}');
+}
+
+/// One message routed: its rows, by table, each as the JSON text of an object.
 struct Routed {
     call: Call,
     received_at: DateTime<Utc>,
     event: Option<String>,
     /// (table, row)
-    rows: Vec<(String, Map<String, Value>)>,
+    rows: Vec<(String, Vec<u8>)>,
 }
 
-/// The rows a message lands as. `event_ok` says whether its event may have a table.
-fn route(m: &Map<String, Value>, event_ok: &mut dyn FnMut(&str) -> bool) -> Option<Routed> {
-    let call = m
-        .get("type")
-        .and_then(Value::as_str)
-        .and_then(Call::parse)?;
-    let received_at = parse_time(m.get("receivedAt")).unwrap_or_else(Utc::now);
-    let sent = parse_time(m.get("sentAt"));
-    let original = parse_time(m.get("timestamp"));
+/// The rows a message lands as, written straight from the spooled text (no JSON tree: the
+/// converter reads the rows as it reads a vendor's page). `received_at` is the message's
+/// receivedAt; `event_ok` says whether its event may have a table.
+fn route(
+    m: &Message<'_>,
+    received_at: DateTime<Utc>,
+    event_ok: &mut dyn FnMut(&str) -> bool,
+) -> Option<Routed> {
+    let call = raw_str(m.call).as_deref().and_then(Call::parse)?;
+    let sent = parse_time(m.sent_at);
+    let original = parse_time(m.timestamp);
     // Segment's clock-skew correction: the client's clock is off by sentAt − receivedAt.
     let timestamp = match (sent, original) {
         (Some(s), Some(o)) => received_at - (s - o),
         (None, Some(o)) => o,
         _ => received_at,
     };
-    let mut base = Map::new();
-    base.insert("id".to_owned(), id_text(m.get("messageId")));
-    base.insert("anonymous_id".to_owned(), id_text(m.get("anonymousId")));
-    base.insert("user_id".to_owned(), id_text(m.get("userId")));
-    let stamp = |t: DateTime<Utc>| Value::String(t.to_rfc3339_opts(SecondsFormat::Micros, true));
+    let stamp = |t: DateTime<Utc>| {
+        Cow::Owned(format!(
+            "\"{}\"",
+            t.to_rfc3339_opts(SecondsFormat::Micros, true)
+        ))
+    };
+    let mut base: Fields<'_> = Vec::with_capacity(16);
+    base.push((Cow::Borrowed("id"), id_text(m.message_id)));
+    base.push((Cow::Borrowed("anonymous_id"), id_text(m.anonymous_id)));
+    base.push((Cow::Borrowed("user_id"), id_text(m.user_id)));
     if let Some(s) = sent {
-        base.insert("sent_at".to_owned(), stamp(s));
+        base.push((Cow::Borrowed("sent_at"), stamp(s)));
     }
     if let Some(o) = original {
-        base.insert("original_timestamp".to_owned(), stamp(o));
+        base.push((Cow::Borrowed("original_timestamp"), stamp(o)));
     }
-    base.insert("timestamp".to_owned(), stamp(timestamp));
-    if let Some(Value::Object(context)) = m.get("context") {
-        base.insert("context".to_owned(), Value::Object(context.clone()));
+    base.push((Cow::Borrowed("timestamp"), stamp(timestamp)));
+    if let Some(context) = m.context.filter(|c| c.get().starts_with('{')) {
+        base.push((Cow::Borrowed("context"), Cow::Borrowed(context.get())));
     }
     let mut rows = Vec::with_capacity(2);
     let mut event = None;
     match call {
         Call::Track => {
-            let name = m.get("event").and_then(Value::as_str).unwrap_or_default();
-            let table = event_table(name);
-            base.insert("event".to_owned(), Value::String(table.clone()));
-            base.insert("event_text".to_owned(), Value::String(name.to_owned()));
+            let name = raw_str(m.event).unwrap_or_default();
+            let table = event_table(&name);
+            let quoted = |s: &str| Cow::Owned(serde_json::Value::from(s).to_string());
+            base.push((Cow::Borrowed("event"), quoted(&table)));
+            base.push((Cow::Borrowed("event_text"), quoted(&name)));
             if event_ok(&table) {
                 let mut own = base.clone();
-                spread(&mut own, m.get("properties"));
-                rows.push((table, own));
+                spread(&mut own, m.properties);
+                let mut text = Vec::with_capacity(512);
+                write_row(own, &mut text);
+                rows.push((table, text));
             }
-            event = Some(name.to_owned());
+            event = Some(name.into_owned());
         }
-        Call::Identify => spread(&mut base, m.get("traits")),
+        Call::Identify => spread(&mut base, m.traits),
         Call::Page | Call::Screen => {
-            if let Some(name) = m.get("name").filter(|v| !v.is_null()) {
-                base.insert("name".to_owned(), name.clone());
+            if let Some(name) = m.name {
+                base.push((Cow::Borrowed("name"), Cow::Borrowed(name.get())));
             }
-            spread(&mut base, m.get("properties"));
+            spread(&mut base, m.properties);
         }
         Call::Group => {
-            base.insert("group_id".to_owned(), id_text(m.get("groupId")));
-            spread(&mut base, m.get("traits"));
+            base.push((Cow::Borrowed("group_id"), id_text(m.group_id)));
+            spread(&mut base, m.traits);
         }
         Call::Alias => {
-            base.insert("previous_id".to_owned(), id_text(m.get("previousId")));
+            base.push((Cow::Borrowed("previous_id"), id_text(m.previous_id)));
         }
     }
-    rows.insert(0, (call.table().to_owned(), base));
+    let mut text = Vec::with_capacity(512);
+    write_row(base, &mut text);
+    rows.insert(0, (call.table().to_owned(), text));
     Some(Routed {
         call,
         received_at,
@@ -375,7 +476,7 @@ fn remember_landed(dir: &std::path::Path, landed: &[(u64, u64, i64)]) -> std::io
 }
 
 /// A row for a table: its record's sequence number, receivedAt and the row.
-type Row = (u64, DateTime<Utc>, Value);
+type Row = (u64, DateTime<Utc>, Vec<u8>);
 
 /// Hands the memory a landing round freed back to the system. A round allocates its
 /// messages' trees, rows and Arrow buffers on whichever worker threads ran it, and glibc's
@@ -469,7 +570,10 @@ impl Committer {
                     }
                 }
                 let written = self.progress.written.load(Ordering::Acquire);
-                match self.reader.read(written, self.config.commit_messages) {
+                match self
+                    .reader
+                    .read(written, self.config.commit_messages, MAX_ROUND_BYTES)
+                {
                     Ok(records) if records.is_empty() => continue,
                     Ok(records) => pending = Some(records),
                     Err(e) => {
@@ -524,21 +628,17 @@ impl Committer {
         let mut remembered: Vec<(u64, u64, i64)> = Vec::new();
         let mut duplicates: BTreeMap<String, u64> = BTreeMap::new();
         for r in records {
-            let m: Map<String, Value> = match serde_json::from_slice(&r.json) {
+            let m: Message<'_> = match serde_json::from_slice(&r.json) {
                 Ok(m) => m,
                 Err(e) => {
-                    tracing::error!(seq = r.seq, error = %e, "A spooled message is not JSON; skipping it.");
+                    tracing::error!(seq = r.seq, error = %e, "A spooled message is not a JSON object; skipping it.");
                     continue;
                 }
             };
-            let id = m
-                .get("messageId")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let at = parse_time(m.get("receivedAt"))
-                .unwrap_or_else(Utc::now)
-                .timestamp_micros();
-            let key = (!id.is_empty()).then(|| Dedupe::key(&r.source, id));
+            let id = raw_str(m.message_id).unwrap_or_default();
+            let received_at = parse_time(m.received_at).unwrap_or_else(Utc::now);
+            let at = received_at.timestamp_micros();
+            let key = (!id.is_empty()).then(|| Dedupe::key(&r.source, &id));
             if let Some(key) = key {
                 if self.dedupe.is_duplicate(key, r.seq, at) {
                     *duplicates.entry(r.source.clone()).or_default() += 1;
@@ -557,7 +657,7 @@ impl Committer {
                 tables.insert(t.to_owned());
                 true
             };
-            let Some(routed) = route(&m, &mut event_ok) else {
+            let Some(routed) = route(&m, received_at, &mut event_ok) else {
                 continue;
             };
             let minute = routed
@@ -584,7 +684,7 @@ impl Committer {
                     .entry((r.source.clone(), table))
                     .or_insert_with(|| (call, Vec::new()))
                     .1
-                    .push((r.seq, routed.received_at, Value::Object(row)));
+                    .push((r.seq, routed.received_at, row));
             }
         }
         // The messages this round put in their call type's table: the volume counts leave
@@ -633,26 +733,33 @@ impl Committer {
                 },
             );
             // One page per receivedAt (a request's messages share one): the converter
-            // stamps `received_at` per page.
-            let mut page: Vec<SdkRecord> = Vec::new();
+            // stamps `received_at` per page. Each page is a JSON array of the rows' text,
+            // converted as a vendor's page is.
+            let mut page: Vec<u8> = Vec::new();
             let mut page_at = rows[0].1;
             for (_, at, row) in rows {
                 if at != page_at && !page.is_empty() {
+                    page.push(b']');
                     builder.append_page(&Page {
-                        records: Records::Values(std::mem::take(&mut page)),
+                        records: Records::Json {
+                            body: std::mem::take(&mut page).into(),
+                            path: &[],
+                        },
                         cursor: Value::Null,
                         received_at: page_at,
                         reset: false,
                     })?;
                 }
                 page_at = at;
-                page.push(SdkRecord {
-                    value: row,
-                    is_deleted: false,
-                });
+                page.push(if page.is_empty() { b'[' } else { b',' });
+                page.extend_from_slice(&row);
             }
+            page.push(b']');
             builder.append_page(&Page {
-                records: Records::Values(page),
+                records: Records::Json {
+                    body: page.into(),
+                    path: &[],
+                },
                 cursor: Value::Null,
                 received_at: page_at,
                 reset: false,
@@ -739,6 +846,7 @@ pub fn volume_counts(keys: impl IntoIterator<Item = VolumeKey>) -> BTreeMap<Volu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Map;
 
     #[test]
     fn event_tables_are_snake_case_and_never_a_call_table() {
@@ -752,28 +860,66 @@ mod tests {
 
     #[test]
     fn the_timestamp_is_corrected_for_clock_skew() {
-        let m: Map<String, Value> = serde_json::from_value(json!({
-            "type": "track", "event": "Order Completed", "userId": 7, "messageId": "m1",
+        let text = json!({
+            "type": "track", "event": "Order \"Completed\"", "userId": 7, "messageId": "m1",
             "receivedAt": "2024-05-01T12:00:10Z",
             "sentAt": "2024-05-01T12:00:00Z",
             "timestamp": "2024-05-01T11:59:58Z",
             "context": {"ip": "1.2.3.4"},
-            "properties": {"total": 12.5, "userId": "dropped", "revenue": 3}
-        }))
-        .unwrap();
-        let r = route(&m, &mut |_| true).unwrap();
+            "properties": {"total": 12.5, "userId": "dropped", "revenue": 3, "note\n": null}
+        })
+        .to_string();
+        let m: Message<'_> = serde_json::from_str(&text).unwrap();
+        let received = parse_time(m.received_at).unwrap();
+        let r = route(&m, received, &mut |_| true).unwrap();
         assert_eq!(r.rows.len(), 2);
         let (tracks, row) = &r.rows[0];
         assert_eq!(tracks, "tracks");
+        let row: Map<String, Value> = serde_json::from_slice(row).unwrap();
         assert_eq!(row["timestamp"], "2024-05-01T12:00:08.000000Z");
         assert_eq!(row["user_id"], "7");
+        assert_eq!(row["id"], "m1");
+        assert_eq!(row["anonymous_id"], Value::Null);
         assert_eq!(row["event"], "order_completed");
-        assert_eq!(row["event_text"], "Order Completed");
+        assert_eq!(row["event_text"], "Order \"Completed\"");
+        assert_eq!(row["context"], json!({"ip": "1.2.3.4"}));
         assert!(row.get("total").is_none(), "tracks has no properties");
         let (table, own) = &r.rows[1];
         assert_eq!(table, "order_completed");
+        let own: Map<String, Value> = serde_json::from_slice(own).unwrap();
         assert_eq!(own["total"], 12.5);
+        assert_eq!(own["revenue"], 3);
+        assert_eq!(
+            own["note\n"],
+            Value::Null,
+            "an escaped key is written back escaped"
+        );
         assert!(own.get("userId").is_none(), "a reserved name is dropped");
+        assert_eq!(r.event.as_deref(), Some("Order \"Completed\""));
+    }
+
+    #[test]
+    fn ids_sent_as_numbers_become_text_and_other_types_null() {
+        let text = r#"{"type": "group", "userId": 1.5e3, "anonymousId": true, "groupId": 42,
+            "messageId": "m\u0031", "receivedAt": "2024-05-01T12:00:10Z",
+            "traits": {"plan": "pro", "context_x": 1, "name": "Acme"}, "context": "not an object"}"#;
+        let m: Message<'_> = serde_json::from_str(text).unwrap();
+        assert_eq!(raw_str(m.message_id).as_deref(), Some("m1"));
+        let r = route(&m, Utc::now(), &mut |_| true).unwrap();
+        let row: Map<String, Value> = serde_json::from_slice(&r.rows[0].1).unwrap();
+        assert_eq!(r.rows[0].0, "groups");
+        assert_eq!(row["user_id"], "1500.0");
+        assert_eq!(row["anonymous_id"], Value::Null);
+        assert_eq!(row["group_id"], "42");
+        assert_eq!(row["plan"], "pro");
+        assert!(row.get("context_x").is_none() && row.get("context").is_none());
+        assert!(row.get("name").is_none(), "`name` is reserved");
+        // Written in key order, as a JSON map orders them: new columns keep the order
+        // they had when rows were trees.
+        let text = String::from_utf8(r.rows[0].1.clone()).unwrap();
+        let at = |k: &str| text.find(&format!("\"{k}\":")).unwrap();
+        assert!(at("anonymous_id") < at("group_id") && at("group_id") < at("plan"));
+        assert!(at("plan") < at("timestamp") && at("timestamp") < at("user_id"));
     }
 
     #[test]

@@ -408,10 +408,12 @@ impl Reader {
         self.next
     }
 
-    /// Up to `max` records from the next one on, none past `upto` (the last fsynced).
-    pub fn read(&mut self, upto: u64, max: usize) -> Result<Vec<Record>> {
+    /// Up to `max` records from the next one on, none past `upto` (the last fsynced), and
+    /// no more once they hold `max_bytes` of messages (always at least one).
+    pub fn read(&mut self, upto: u64, max: usize, max_bytes: usize) -> Result<Vec<Record>> {
         let mut out = Vec::new();
-        while self.next <= upto && out.len() < max {
+        let mut bytes = 0usize;
+        while self.next <= upto && out.len() < max && bytes < max_bytes {
             if self.current.is_none() {
                 let path = self.dir.join(segment_name(self.next));
                 let file = File::open(&path).with_context(|| {
@@ -430,6 +432,7 @@ impl Reader {
             match read_record(reader)? {
                 Some(r) if r.seq == self.next => {
                     self.next += 1;
+                    bytes += r.json.len();
                     out.push(r);
                 }
                 Some(r) => bail!(
@@ -497,7 +500,7 @@ mod tests {
             2
         );
         assert_eq!(app.append(vec![rec("{\"a\":3}")]).await.unwrap(), 3);
-        let got = reader.read(3, 10).unwrap();
+        let got = reader.read(3, 10, usize::MAX).unwrap();
         assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
         drop(app);
         // A torn write after the last acknowledged record.
@@ -513,9 +516,15 @@ mod tests {
         let progress = Arc::new(Progress::default());
         let (app, mut reader) = spool.start_writer(progress);
         assert_eq!(app.append(vec![rec("{\"a\":4}")]).await.unwrap(), 4);
-        let got = reader.read(4, 10).unwrap();
-        assert_eq!(got.len(), 4);
-        assert_eq!(got[3].json, b"{\"a\":4}");
+        // A byte budget ends a read after the record that reaches it (never before the
+        // first), and the next read goes on from there.
+        let got = reader.read(4, 10, 1).unwrap();
+        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1]);
+        let got = reader.read(4, 10, 14).unwrap();
+        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 3]);
+        let got = reader.read(4, 10, usize::MAX).unwrap();
+        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4]);
+        assert_eq!(got[0].json, b"{\"a\":4}");
         prune(dir.path(), 4).unwrap();
         assert_eq!(segments(dir.path()).unwrap().len(), 1, "the newest stays");
     }
