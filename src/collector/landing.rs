@@ -899,6 +899,38 @@ mod tests {
     }
 
     #[test]
+    fn a_message_at_the_deepest_nesting_accepted_still_lands() {
+        // The page wraps each row one level deeper than the message: a message at the
+        // intake's limit must still convert, or it would hold up every round after it.
+        let depth = super::super::message::MAX_DEPTH - 2;
+        let text = format!(
+            r#"{{"type":"track","event":"e","userId":"u","receivedAt":"2024-05-01T12:00:10Z","context":{{"k":{}1{}}}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        let m: Message<'_> = serde_json::from_str(&text).unwrap();
+        let r = route(&m, Utc::now(), &mut |_| true).unwrap();
+        let mut page = b"[".to_vec();
+        page.extend_from_slice(&r.rows[0].1);
+        page.push(b']');
+        let declared = schema("tracks", Call::Track);
+        let mut builder = BatchBuilder::with_limits(&declared, None, Limits::default());
+        builder
+            .append_page(&Page {
+                records: Records::Json {
+                    body: page.into(),
+                    path: &[],
+                },
+                cursor: Value::Null,
+                received_at: Utc::now(),
+                reset: false,
+            })
+            .unwrap();
+        let (batches, _) = builder.finish().unwrap();
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    }
+
+    #[test]
     fn ids_sent_as_numbers_become_text_and_other_types_null() {
         let text = r#"{"type": "group", "userId": 1.5e3, "anonymousId": true, "groupId": 42,
             "messageId": "m\u0031", "receivedAt": "2024-05-01T12:00:10Z",

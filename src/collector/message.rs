@@ -16,6 +16,11 @@ use serde_json::{Map, Value};
 
 /// The largest message, in bytes of JSON (Segment's 32 KB).
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
+/// The deepest a message may nest objects and arrays (the message itself is level 1).
+/// Landing writes a message's rows into a page one level deeper, and the JSON reader stops
+/// at 128 levels: a message accepted near that limit could never land, and would hold up
+/// every message after it. Analytics payloads nest a few levels.
+pub const MAX_DEPTH: usize = 64;
 /// The largest batch request, in bytes of JSON after decompression (Segment's 500 KB).
 pub const MAX_BATCH_BYTES: usize = 500 * 1024;
 
@@ -163,6 +168,16 @@ pub fn read_single(
 }
 
 /// Whether `v` is an id a message can carry (a non-empty string, or a number).
+/// How many levels of objects and arrays `v` holds (0 for a scalar). The parser stops at
+/// 128, so the recursion is bounded.
+fn nesting(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(nesting).max().unwrap_or(0),
+        Value::Object(o) => 1 + o.values().map(nesting).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 fn is_id(v: Option<&Value>) -> bool {
     match v {
         Some(Value::String(s)) => !s.is_empty(),
@@ -219,6 +234,12 @@ fn fill(
             "an alias message needs `previousId`, the id it merges".to_owned(),
         ));
     }
+    let depth = 1 + m.values().map(nesting).max().unwrap_or(0);
+    if depth > MAX_DEPTH {
+        return Err(Invalid(format!(
+            "the message nests objects and arrays {depth} levels deep; at most {MAX_DEPTH} are accepted"
+        )));
+    }
     if !m.get("messageId").is_some_and(|v| is_id(Some(v))) {
         m.insert(
             "messageId".to_owned(),
@@ -264,6 +285,28 @@ mod tests {
         assert!(m["messageId"].as_str().unwrap().starts_with("tributary-"));
         assert_eq!(m["type"], "track");
         assert!(m["receivedAt"].is_string());
+    }
+
+    #[test]
+    fn a_message_nested_past_the_limit_is_refused() {
+        // The message is level 1 and `context` level 2: 62 arrays inside make 64 levels.
+        let nested = |arrays: usize| {
+            format!(
+                r#"{{"userId":"u","event":"e","context":{{"k":{}1{}}}}}"#,
+                "[".repeat(arrays),
+                "]".repeat(arrays)
+            )
+        };
+        assert!(read_single(nested(62).as_bytes(), Call::Track, now()).is_ok());
+        let e = read_single(nested(63).as_bytes(), Call::Track, now()).unwrap_err();
+        assert!(e.0.contains("65 levels deep; at most 64"), "{e:?}");
+        let message = nested(100).replacen('{', r#"{"type":"track","#, 1);
+        let batch = format!(r#"{{"batch":[{message}]}}"#);
+        let e = read_batch(batch.as_bytes(), now()).unwrap_err();
+        assert!(
+            e.0.contains("batch[0]") && e.0.contains("102 levels deep"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -289,6 +289,14 @@ async fn collector_answers_as_segment_documents_and_lands_segments_schema() {
     let big = json!({"userId": "u", "event": "x", "properties": {"blob": "x".repeat(33 * 1024)}});
     let (st, why) = reason(post(&u, "/v1/track", Some(KEY), big.to_string()).await);
     assert!(st == 400 && why.contains("32 KB"), "{st} {why}");
+    // Nested past 64 levels: refused at the door, where the message could not land.
+    let deep = format!(
+        r#"{{"userId":"u","event":"x","context":{{"k":{}1{}}}}}"#,
+        "[".repeat(120),
+        "]".repeat(120)
+    );
+    let (st, why) = reason(post(&u, "/v1/track", Some(KEY), deep).await);
+    assert!(st == 400 && why.contains("at most 64"), "{st} {why}");
     let many: Vec<Value> = (0..40)
         .map(|i| json!({"type": "track", "userId": "u", "event": "x", "messageId": format!("big{i}"), "properties": {"blob": "y".repeat(15 * 1024)}}))
         .collect();
