@@ -105,7 +105,8 @@ pub struct SyncConfig {
     #[serde(default = "default_max_new_columns")]
     pub max_new_columns: usize,
     /// Rows per Parquet row group, from 1 to 1048576 (64k–128k keeps the writer's buffer
-    /// bounded).
+    /// bounded). A row group also closes once it holds 16 MiB in the writer, so wide rows
+    /// stay bounded too.
     #[serde(default = "default_row_group_size")]
     pub row_group_size: usize,
     /// Rows per table commit. Each commit carries the stream's cursor, so a run that dies
