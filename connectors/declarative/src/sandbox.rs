@@ -41,7 +41,9 @@ pub use export::ExportBehaviour;
 pub struct SandboxConfig {
     /// Records per stream.
     pub records: usize,
-    /// Requests per second above which it answers 429 (`None`: no limit).
+    /// Requests per second above which it answers 429 (`None`: no limit). A vendor whose
+    /// spec states its limit per minute is limited per minute (this rate × 60 in any 60
+    /// seconds), as it counts.
     pub rate_limit: Option<f64>,
     /// Seed of the generated data and of fault injection.
     pub seed: u64,
@@ -1004,6 +1006,25 @@ impl Api for Shared {
     }
 }
 
+/// The simulator's limit for `rps` requests per second, counted over the vendor's own
+/// window: a limit documented per minute (Chargebee's 150 a minute per site) admits 150 in
+/// any 60 seconds, not 2 in every second (a fractional rate per second would round down,
+/// and a client pacing the minute's rate would meet 429s the vendor never sends).
+fn simulated_limit(spec: &crate::spec::RateLimitSpec, rps: f64) -> RateLimit {
+    if spec.requests_per_second.is_none()
+        && spec.requests_per_minute.is_some()
+        && rps.is_finite()
+        && rps > 0.0
+    {
+        RateLimit {
+            requests: (rps * 60.0).round().clamp(1.0, f64::from(u32::MAX)) as u32,
+            window: std::time::Duration::from_secs(60),
+        }
+    } else {
+        RateLimit::per_second(rps)
+    }
+}
+
 /// A running simulator of a declarative vendor. Dropping it stops the server.
 #[derive(Debug)]
 pub struct DeclarativeSandbox {
@@ -1029,7 +1050,9 @@ impl DeclarativeSandbox {
             .unwrap_or_default();
         let kit = Kit::new(KitConfig {
             seed: config.seed,
-            rate_limit: config.rate_limit.map(RateLimit::per_second),
+            rate_limit: config
+                .rate_limit
+                .map(|rps| simulated_limit(&vendor.spec.spec.rate_limit, rps)),
             ..KitConfig::default()
         });
         let name = vendor.spec.spec.vendor.clone();
