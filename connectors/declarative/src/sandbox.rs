@@ -920,7 +920,7 @@ impl Api for Shared {
         if let Some(rest) = request.path.strip_prefix(export::FILES)
             && request.method == Method::GET
         {
-            return (self.export_file(request, rest), Vec::new());
+            return self.export_file(request, rest);
         }
         let path = request.path.strip_prefix(&self.base_path).unwrap_or("");
         if let Auth::Oauth2 { token_url, .. } = &spec.auth

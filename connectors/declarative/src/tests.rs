@@ -896,3 +896,22 @@ async fn a_limit_per_minute_is_counted_over_the_minute() {
     );
     assert_eq!(sandbox.kit().counters().rate_limited, 1);
 }
+
+/// A file store that answers each export link with `307 TemporaryRedirect` to where the
+/// file lives (S3 does for a bucket in another region): the read follows it, still
+/// without credentials (the simulator refuses them at either address), and lands every
+/// contact once.
+#[tokio::test]
+async fn an_export_file_behind_a_redirect_is_followed() {
+    let (sandbox, schema) = sendgrid_contacts(150).await;
+    sandbox.set_exports(crate::sandbox::ExportBehaviour {
+        redirect: true,
+        ..Default::default()
+    });
+    let src = source("sendgrid", &sandbox, serde_json::json!({"page_size": 40}));
+    let full = read_all(src.as_ref(), &schema, None, false).await.unwrap();
+    let want: std::collections::BTreeSet<String> = sandbox.ids("contacts").into_iter().collect();
+    assert_eq!(want.len(), 150);
+    assert!(full.duplicates().is_empty(), "{:?}", full.duplicates());
+    assert_eq!(full.ids(), want);
+}

@@ -135,7 +135,10 @@ async fn serve<A: Api>(
     };
     let ((status, mut body), extra) = api.route_with_headers(&request);
     if !(200..300).contains(&status) {
-        return answer(api, status, body, quota, None, &request.headers);
+        // The vendor's own headers go with an error or a redirect too (its `Location`).
+        let mut response = answer(api, status, body, quota, None, &request.headers);
+        add_headers(&mut response, extra);
+        return response;
     }
     let after = kit.after();
     if after.malformed {
@@ -147,6 +150,13 @@ async fn serve<A: Api>(
         return response::truncated(status, headers, body);
     }
     let mut response = answer(api, status, body, quota, None, &request.headers);
+    add_headers(&mut response, extra);
+    response
+}
+
+/// Adds a vendor's extra headers to an answer (names or values HTTP cannot carry are left
+/// out).
+fn add_headers(response: &mut Response, extra: Vec<(String, String)>) {
     for (name, value) in extra {
         if let (Ok(name), Ok(value)) = (
             axum::http::HeaderName::from_bytes(name.as_bytes()),
@@ -155,7 +165,6 @@ async fn serve<A: Api>(
             response.headers_mut().insert(name, value);
         }
     }
-    response
 }
 
 /// The answer to a refusal the kit decided (429 with `Retry-After`, an injected 5xx).

@@ -574,6 +574,82 @@ impl HttpClient {
         F: Fn(&reqwest::Client) -> reqwest::RequestBuilder,
         C: Fn(&Response) -> Result<(), String>,
     {
+        self.send_inner(what, build, check, false).await
+    }
+
+    /// GETs a file that needs no credentials (e.g. an export's pre-signed link), following
+    /// up to [`MAX_FILE_REDIRECTS`] redirects to other http(s) URLs: a file store may
+    /// answer a link with where the file lives (S3 answers `307 TemporaryRedirect` for a
+    /// bucket in another region,
+    /// <https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html>). Each
+    /// request is paced, retried and checked as [`HttpClient::send_checked`]'s are, with
+    /// `timeout` each. Only for requests that carry nothing secret beyond the URL the
+    /// vendor gave: this request adds no header, and a redirect may point anywhere.
+    pub async fn get_file<C>(
+        &self,
+        what: &str,
+        url: reqwest::Url,
+        timeout: Duration,
+        check: C,
+    ) -> Result<Response>
+    where
+        C: Fn(&Response) -> Result<(), String>,
+    {
+        let mut url = url;
+        let mut status = 0;
+        for _ in 0..=MAX_FILE_REDIRECTS {
+            let at = url.clone();
+            let response = self
+                .send_inner(what, |c| c.get(at.clone()).timeout(timeout), &check, true)
+                .await?;
+            if !(300..400).contains(&response.status) {
+                return Ok(response);
+            }
+            status = response.status;
+            let redirect_error = |message: String| Error::Http {
+                method: "GET".to_owned(),
+                url: redact_url(&at),
+                status: response.status,
+                message,
+            };
+            let location = response
+                .headers
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| redirect_error("a redirect without a Location header".into()))?;
+            let next = at
+                .join(location)
+                .map_err(|e| redirect_error(format!("a redirect to a bad URL: {e}")))?;
+            if !matches!(next.scheme(), "http" | "https") {
+                return Err(redirect_error(format!(
+                    "a redirect to a {} URL; only http(s) is followed",
+                    next.scheme()
+                )));
+            }
+            tracing::debug!(what, from = %redact_url(&at), to = %redact_url(&next), "Following a file's redirect.");
+            url = next;
+        }
+        Err(Error::Http {
+            method: "GET".to_owned(),
+            url: redact_url(&url),
+            status,
+            message: format!(
+                "the file was redirected more than {MAX_FILE_REDIRECTS} times; giving up"
+            ),
+        })
+    }
+
+    async fn send_inner<F, C>(
+        &self,
+        what: &str,
+        build: F,
+        check: C,
+        redirects: bool,
+    ) -> Result<Response>
+    where
+        F: Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+        C: Fn(&Response) -> Result<(), String>,
+    {
         let config = &self.inner.config;
         let mut retries = 0u32;
         // 429s that said how long to wait are the vendor pacing the account: with several
@@ -652,6 +728,9 @@ impl HttpClient {
                                 url: url.clone(),
                                 date,
                             };
+                            if redirects && (300..400).contains(&status) {
+                                return Ok(response);
+                            }
                             match self.classify(&method, response, &check)? {
                                 Ok(response) => return Ok(response),
                                 Err(failure) => failure,
@@ -908,6 +987,9 @@ fn is_compressed(response: &reqwest::Response) -> bool {
         .get(reqwest::header::CONTENT_ENCODING)
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
 }
+
+/// The most redirects [`HttpClient::get_file`] follows for one file.
+pub const MAX_FILE_REDIRECTS: usize = 5;
 
 /// The error text of a redirect: where it pointed (host only: a Location may carry a
 /// token in its query) and why it is not followed.
@@ -1838,6 +1920,53 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::Http { status: 307, .. }), "{err}");
         assert_eq!(reached.load(Ordering::SeqCst), 0, "a redirect was followed");
+    }
+
+    #[tokio::test]
+    async fn a_file_follows_redirects_to_where_it_lives_and_gives_up_on_a_loop() {
+        // The file lives on another server (S3's regional endpoint); the link answers 307
+        // with an absolute Location there, which answers 302 with a relative one.
+        let moved = Router::new()
+            .route(
+                "/moved",
+                get(|| async { (StatusCode::FOUND, [(header::LOCATION, "/file?sig=1")]) }),
+            )
+            .route("/file", get(|| async { (StatusCode::OK, "line 1\n") }));
+        let region = serve(moved).await;
+        let router = Router::new()
+            .route(
+                "/link",
+                get({
+                    let to = format!("{region}/moved?sig=2");
+                    move || async move { (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, to)]) }
+                }),
+            )
+            .route(
+                "/loop",
+                get(|| async { (StatusCode::FOUND, [(header::LOCATION, "/loop")]) }),
+            )
+            .route(
+                "/nowhere",
+                get(|| async { (StatusCode::FOUND, [(header::LOCATION, "ftp://x/y")]) }),
+            );
+        let url = serve(router).await;
+        let client = HttpClient::new(config()).unwrap();
+        let get = |path: &str| {
+            let url = reqwest::Url::parse(&format!("{url}{path}")).unwrap();
+            client.get_file("file", url, Duration::from_secs(5), |_| Ok(()))
+        };
+        let got = get("/link").await.unwrap();
+        assert_eq!((got.status, &got.body[..]), (200, &b"line 1\n"[..]));
+        let err = get("/loop").await.unwrap_err();
+        assert!(err.to_string().contains("more than 5 times"), "{err}");
+        let err = get("/nowhere").await.unwrap_err();
+        assert!(err.to_string().contains("only http(s)"), "{err}");
+        // Other requests still follow none.
+        let err = client
+            .send("list", |c| c.get(format!("{url}/link")))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Http { status: 307, .. }), "{err}");
     }
 
     #[tokio::test]

@@ -51,6 +51,9 @@ pub struct ExportBehaviour {
     pub fail: bool,
     /// Files are served plain, not gzip.
     pub plain: bool,
+    /// Each file link answers `307 TemporaryRedirect` to where the file is served, as S3
+    /// does for a bucket in another region.
+    pub redirect: bool,
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -195,14 +198,42 @@ impl Shared {
     }
 
     /// A file of an export (`<job>/<n>.json.gzip`).
-    pub(super) fn export_file(&self, request: &ApiRequest, rest: &str) -> Answer {
+    pub(super) fn export_file(
+        &self,
+        request: &ApiRequest,
+        rest: &str,
+    ) -> (Answer, Vec<(String, String)>) {
         if request.headers.contains_key("authorization") {
-            return s3_error(
-                400,
-                "InvalidArgument",
-                "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, Signature query string parameter or the Authorization header should be specified",
+            return (
+                s3_error(
+                    400,
+                    "InvalidArgument",
+                    "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, Signature query string parameter or the Authorization header should be specified",
+                ),
+                Vec::new(),
             );
         }
+        if self.exports.read().behaviour.redirect && request.param("moved").is_none() {
+            // S3's answer for a bucket in another region: the same object, elsewhere.
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            query.append_pair("moved", "1");
+            for (k, v) in &request.query {
+                query.append_pair(k, v);
+            }
+            let location = format!("{}?{}", request.path, query.finish());
+            return (
+                s3_error(
+                    307,
+                    "TemporaryRedirect",
+                    "Please re-send this request to the specified temporary endpoint. Continue to use the original request endpoint for future requests.",
+                ),
+                vec![("Location".to_owned(), location)],
+            );
+        }
+        (self.file_answer(rest), Vec::new())
+    }
+
+    fn file_answer(&self, rest: &str) -> Answer {
         let file = rest.split_once('/').and_then(|(job, name)| {
             let n: usize = name.split('.').next()?.parse().ok()?;
             let exports = self.exports.read();

@@ -303,13 +303,11 @@ impl DeclarativeSource {
         let what = format!("download export file {index}");
         // A file cut short or garbled in transit is downloaded again, as a broken page is.
         // A file takes longer than an API page: up to DOWNLOAD_TIMEOUT.
+        // Redirects are followed (the store may answer where the file lives): the request
+        // carries no credentials to take along.
         let response = self
             .http
-            .send_checked(
-                &what,
-                |c| c.get(parsed.clone()).timeout(DOWNLOAD_TIMEOUT),
-                |r| check_file(&r.body),
-            )
+            .get_file(&what, parsed, DOWNLOAD_TIMEOUT, |r| check_file(&r.body))
             .await
             .map_err(|e| match e {
                 // The file store refused the link, not the API key: say so.
