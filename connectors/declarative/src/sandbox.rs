@@ -1010,14 +1010,16 @@ impl Api for Shared {
 /// window: a limit documented per minute (Chargebee's 150 a minute per site) admits 150 in
 /// any 60 seconds, not 2 in every second (a fractional rate per second would round down,
 /// and a client pacing the minute's rate would meet 429s the vendor never sends).
-fn simulated_limit(spec: &crate::spec::RateLimitSpec, rps: f64) -> RateLimit {
+pub(crate) fn simulated_limit(spec: &crate::spec::RateLimitSpec, rps: f64) -> RateLimit {
+    // Under one request a minute the per-second form's longer window is the exact one;
+    // rounding down never admits more than the rate.
     if spec.requests_per_second.is_none()
         && spec.requests_per_minute.is_some()
         && rps.is_finite()
-        && rps > 0.0
+        && rps * 60.0 >= 1.0
     {
         RateLimit {
-            requests: (rps * 60.0).round().clamp(1.0, f64::from(u32::MAX)) as u32,
+            requests: (rps * 60.0).floor().min(f64::from(u32::MAX)) as u32,
             window: std::time::Duration::from_secs(60),
         }
     } else {

@@ -915,3 +915,33 @@ async fn an_export_file_behind_a_redirect_is_followed() {
     assert!(full.duplicates().is_empty(), "{:?}", full.duplicates());
     assert_eq!(full.ids(), want);
 }
+
+/// The simulated limit never admits more than the rate, and below one request a minute
+/// keeps the per-second form's longer window.
+#[test]
+fn a_simulated_limit_rounds_down_and_keeps_slow_rates_exact() {
+    use crate::sandbox::simulated_limit;
+    use std::time::Duration;
+    use tributary_sandbox_kit::RateLimit;
+    let minute = crate::spec::RateLimitSpec {
+        requests_per_minute: Some(150.0),
+        ..Default::default()
+    };
+    let second = crate::spec::RateLimitSpec {
+        requests_per_second: Some(100.0),
+        ..Default::default()
+    };
+    let per = |requests, secs| RateLimit {
+        requests,
+        window: Duration::from_secs(secs),
+    };
+    assert_eq!(simulated_limit(&minute, 2.5), per(150, 60));
+    assert_eq!(simulated_limit(&minute, 2.51), per(150, 60));
+    assert_eq!(
+        simulated_limit(&minute, 0.001),
+        RateLimit::per_second(0.001)
+    );
+    assert_eq!(simulated_limit(&minute, 0.0), RateLimit::per_second(0.0));
+    assert_eq!(simulated_limit(&minute, f64::NAN).requests, 0);
+    assert_eq!(simulated_limit(&second, 2.5), RateLimit::per_second(2.5));
+}

@@ -615,17 +615,8 @@ impl HttpClient {
             let location = response
                 .headers
                 .get(reqwest::header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| redirect_error("a redirect without a Location header".into()))?;
-            let next = at
-                .join(location)
-                .map_err(|e| redirect_error(format!("a redirect to a bad URL: {e}")))?;
-            if !matches!(next.scheme(), "http" | "https") {
-                return Err(redirect_error(format!(
-                    "a redirect to a {} URL; only http(s) is followed",
-                    next.scheme()
-                )));
-            }
+                .and_then(|v| v.to_str().ok());
+            let next = redirect_target(&at, location).map_err(redirect_error)?;
             tracing::debug!(what, from = %redact_url(&at), to = %redact_url(&next), "Following a file's redirect.");
             url = next;
         }
@@ -990,6 +981,26 @@ fn is_compressed(response: &reqwest::Response) -> bool {
 
 /// The most redirects [`HttpClient::get_file`] follows for one file.
 pub const MAX_FILE_REDIRECTS: usize = 5;
+
+/// Where a redirect from `at` with `location` leads, if [`HttpClient::get_file`] may
+/// follow it: an http(s) URL, and not from https down to plain http.
+fn redirect_target(at: &reqwest::Url, location: Option<&str>) -> Result<reqwest::Url, String> {
+    let location = location.ok_or("a redirect without a readable Location header")?;
+    let next = at
+        .join(location)
+        .map_err(|e| format!("a redirect to a bad URL: {e}"))?;
+    if !matches!(next.scheme(), "http" | "https") {
+        return Err(format!(
+            "a redirect to a {} URL; only http(s) is followed",
+            next.scheme()
+        ));
+    }
+    if at.scheme() == "https" && next.scheme() == "http" {
+        // The link and the file would then cross the network unencrypted.
+        return Err("a redirect from https to plain http; not followed".to_owned());
+    }
+    Ok(next)
+}
 
 /// The error text of a redirect: where it pointed (host only: a Location may carry a
 /// token in its query) and why it is not followed.
@@ -1920,6 +1931,33 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::Http { status: 307, .. }), "{err}");
         assert_eq!(reached.load(Ordering::SeqCst), 0, "a redirect was followed");
+    }
+
+    #[test]
+    fn a_file_redirect_stays_on_http_s_and_never_downgrades() {
+        let at = reqwest::Url::parse("https://bucket.s3.amazonaws.com/f.gz?sig=1").unwrap();
+        let to = |l: Option<&str>| redirect_target(&at, l).map(|u| u.to_string());
+        assert_eq!(
+            to(Some("https://bucket.s3.eu-west-1.amazonaws.com/f.gz?sig=2")).unwrap(),
+            "https://bucket.s3.eu-west-1.amazonaws.com/f.gz?sig=2"
+        );
+        assert_eq!(
+            to(Some("/g.gz")).unwrap(),
+            "https://bucket.s3.amazonaws.com/g.gz"
+        );
+        assert!(
+            to(Some("http://bucket.example/f.gz"))
+                .unwrap_err()
+                .contains("plain http")
+        );
+        assert!(
+            to(Some("file:///etc/passwd"))
+                .unwrap_err()
+                .contains("only http(s)")
+        );
+        assert!(to(None).unwrap_err().contains("Location"));
+        let plain = reqwest::Url::parse("http://127.0.0.1:1/f").unwrap();
+        assert!(redirect_target(&plain, Some("https://127.0.0.1:2/f")).is_ok());
     }
 
     #[tokio::test]
