@@ -329,16 +329,25 @@ pub async fn compact(
     let warehouse = Warehouse::new(&config.warehouse)?;
     if only_stream.is_some()
         && only_source.is_none()
-        && config.sources.len() + config.retl.len() > 1
+        && config.sources.len() + config.retl.len() + config.events.len() > 1
     {
         bail!("--stream needs --source when several sources are configured");
     }
     // Compaction commits too: the same guard as a sync's.
     warehouse.check_conditional_put().await?;
+    // Event-stream sources' tables too: a collector adds a file to each table it lands in
+    // every round. A collector commit that meets a compaction's is planned again, as a
+    // sync's is.
     let sources: Vec<&str> = match only_source {
         Some(name) if config.retl_source(name).is_some() => Vec::new(),
+        Some(name) if config.events.iter().any(|e| e.name == name) => vec![name],
         Some(name) => vec![config.source(name)?.name.as_str()],
-        None => config.sources.iter().map(|s| s.name.as_str()).collect(),
+        None => config
+            .sources
+            .iter()
+            .map(|s| s.name.as_str())
+            .chain(config.events.iter().map(|e| e.name.as_str()))
+            .collect(),
     };
     let (store, root) = warehouse.store()?;
     let mut tables: Vec<Vec<String>> = Vec::new();

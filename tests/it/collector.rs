@@ -765,6 +765,54 @@ async fn two_collectors_write_one_warehouse() {
     assert_eq!(set, acked);
 }
 
+/// `compact` covers event-stream sources: run beside a collector under load it merges the
+/// collector's per-round files, a collector commit that meets its commit is planned again,
+/// and every acknowledged message is in the tables exactly once.
+#[tokio::test]
+async fn compact_beside_a_running_collector_merges_its_files_and_loses_nothing() {
+    let s = Setup::new("commit_messages = 300");
+    let c = s.start("spool").await;
+    let until = Instant::now() + Duration::from_secs(3);
+    let sending = tokio::spawn(load(c.url.clone(), "c", 2, until));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = crate::common::run_binary(&s.config, &["compact", "--target-file-mb", "1"]).await;
+    crate::common::assert_success(&during);
+    let acked = sending.await.expect("load");
+    c.stop().await;
+    assert!(acked.len() > 300, "only {} acknowledged", acked.len());
+    let after = crate::common::run_binary(
+        &s.config,
+        &["compact", "--source", "web", "--target-file-mb", "1"],
+    )
+    .await;
+    crate::common::assert_success(&after);
+    let report = String::from_utf8_lossy(&after.stdout);
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("web.tracks "))
+        .unwrap_or_else(|| panic!("no web.tracks line in:\n{report}"));
+    // "web.tracks   262 -> 2 ...": the rounds' files merged into a few of ~1 MiB.
+    let counts: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(3)
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(
+        counts.len() == 2 && counts[0] >= 10 && counts[1] * 5 <= counts[0],
+        "{line}"
+    );
+    let ids = strings(&read_table(&s.table("web", "tracks")).await, "id");
+    let set: HashSet<String> = ids.iter().cloned().collect();
+    assert_eq!(ids.len(), set.len(), "no message landed twice");
+    assert_eq!(set, acked);
+    let ten = strings(&read_table(&s.table("web", "ten")).await, "id");
+    assert_eq!(
+        ten.iter().cloned().collect::<HashSet<_>>(),
+        acked.iter().filter(|i| i.ends_with('0')).cloned().collect()
+    );
+}
+
 #[tokio::test]
 async fn sources_create_appends_a_key_and_list_shows_only_its_prefix() {
     let s = Setup::new("");
