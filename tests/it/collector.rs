@@ -772,9 +772,12 @@ async fn two_collectors_write_one_warehouse() {
 async fn compact_beside_a_running_collector_merges_its_files_and_loses_nothing() {
     let s = Setup::new("commit_messages = 300");
     let c = s.start("spool").await;
-    let until = Instant::now() + Duration::from_secs(3);
-    let sending = tokio::spawn(load(c.url.clone(), "c", 2, until));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // One sender for 2 s (tens of thousands of messages, a file per table every round):
+    // enough commits to meet the compaction's, light enough to leave the tests beside it
+    // their CPU.
+    let until = Instant::now() + Duration::from_secs(2);
+    let sending = tokio::spawn(load(c.url.clone(), "c", 1, until));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let during = crate::common::run_binary(&s.config, &["compact", "--target-file-mb", "1"]).await;
     crate::common::assert_success(&during);
     let acked = sending.await.expect("load");
