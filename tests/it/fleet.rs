@@ -370,6 +370,15 @@ async fn four_run_daemons_on_one_bucket_with_a_kill_sync_every_stream_once() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // Caught up is not taken over: a victim that synced its last changes before it died
+    // leaves the warehouse caught up while its lease still blocks its stream. Another
+    // daemon can take the stream only once the lease expired (at most LEASE_SECONDS after
+    // the kill) and its next scheduled run comes (every second): keep the daemons running
+    // until then.
+    let takeover_by = killed_at + Duration::from_secs(LEASE_SECONDS + 5);
+    if let Some(wait) = takeover_by.checked_duration_since(Instant::now()) {
+        tokio::time::sleep(wait).await;
+    }
     let run_time = started.elapsed();
     let logs: Vec<(u32, PathBuf)> = daemons.iter().map(|d| (d.pid, d.log.clone())).collect();
     let outputs = futures::future::join_all(daemons.into_iter().map(|d| terminate(d.child))).await;
