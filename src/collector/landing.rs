@@ -170,34 +170,35 @@ fn schema(table: &str, call: Call) -> StreamSchema {
 /// text (its other fields are ignored; a JSON `null` reads as absent). The spool holds
 /// each message as the collector re-serialized it, so no key repeats.
 #[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
 struct Message<'a> {
-    #[serde(rename = "type", borrow, default)]
+    #[serde(rename = "type", borrow)]
     call: Option<&'a RawValue>,
-    #[serde(rename = "messageId", borrow, default)]
+    #[serde(borrow)]
     message_id: Option<&'a RawValue>,
-    #[serde(rename = "anonymousId", borrow, default)]
+    #[serde(borrow)]
     anonymous_id: Option<&'a RawValue>,
-    #[serde(rename = "userId", borrow, default)]
+    #[serde(borrow)]
     user_id: Option<&'a RawValue>,
-    #[serde(rename = "receivedAt", borrow, default)]
+    #[serde(borrow)]
     received_at: Option<&'a RawValue>,
-    #[serde(rename = "sentAt", borrow, default)]
+    #[serde(borrow)]
     sent_at: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     timestamp: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     context: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     event: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     name: Option<&'a RawValue>,
-    #[serde(rename = "groupId", borrow, default)]
+    #[serde(borrow)]
     group_id: Option<&'a RawValue>,
-    #[serde(rename = "previousId", borrow, default)]
+    #[serde(borrow)]
     previous_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     properties: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow)]
     traits: Option<&'a RawValue>,
 }
 
