@@ -6,7 +6,9 @@
 //! - **Backfill.** Note the newest event of the stream's feed (the *anchor*) and Stripe's
 //!   clock (*since*), then walk the list endpoint newest-first with `starting_after`. Pages
 //!   are the response bodies, untouched. The last page switches the cursor to the changes
-//!   phase.
+//!   phase. A backfill read as `created` ranges at once draws the line by the local clock
+//!   instead (the objects created before it, the newest event before it), and reads the
+//!   anchor alongside its first pages (`Reader::backfill_from_now`).
 //! - **Changes.** Walk the stream's events forward in time from the anchor
 //!   (`ending_before=<anchor>`), and emit the latest version of each changed object, in the
 //!   order of their last change, flagging deletions.
@@ -49,6 +51,11 @@ const REFETCH_CONCURRENCY: usize = 8;
 /// How close to the retention limit a cursor may get before it is treated as expired: the
 /// time a sync may take to reach the anchor.
 const RETENTION_MARGIN_SECS: i64 = 3600;
+
+/// How far before the local clock a concurrent backfill draws its line between the
+/// listing and the events (see `Reader::backfill_from_now`), and so the most the local
+/// clock may differ from Stripe's before the backfill starts from Stripe's clock instead.
+const CLOCK_MARGIN_SECS: i64 = 10;
 
 /// How old a quiet changes cursor gets before it is re-based on Stripe's clock (see
 /// `Reader::caught_up`).
@@ -450,6 +457,49 @@ struct BackfillAt {
     ranges: Option<Vec<Range>>,
 }
 
+/// The anchor of a concurrent backfill being read alongside its first pages (see
+/// `Reader::backfill_from_now`): the newest feed event before the cutoff, with the local
+/// time its answer arrived.
+struct Anchoring {
+    task: tokio::task::JoinSet<Result<(Listing, DateTime<Utc>)>>,
+}
+
+impl Anchoring {
+    /// The anchor and its `created`, once Stripe's clock (the answer's `Date`) is within
+    /// `CLOCK_MARGIN_SECS` of the local clock; `None` when it is not.
+    async fn wait(mut self, stream: &str) -> Result<Option<(Option<String>, Option<i64>)>> {
+        let (listing, arrived) = match self.task.join_next().await {
+            Some(Ok(answer)) => answer?,
+            Some(Err(e)) => {
+                return Err(Error::protocol(
+                    VENDOR,
+                    stream,
+                    format!("the anchor request task failed: {e}"),
+                ));
+            }
+            None => return Ok(None),
+        };
+        let Some(date) = listing.date else {
+            return Ok(None);
+        };
+        if !clocks_in_step(arrived, date) {
+            return Ok(None);
+        }
+        Ok(Some((
+            listing.envelope.first_id.clone(),
+            first_created(&listing.body),
+        )))
+    }
+}
+
+/// Whether an answer dated `date` by Stripe and arrived at `arrived` by the local clock
+/// shows the clocks within `CLOCK_MARGIN_SECS`. Arrival minus `Date` bounds how far the
+/// local clock runs ahead (Stripe dated the answer before it arrived; `Date` has whole
+/// seconds, so clocks in step read up to a second plus the answer time apart).
+pub(crate) fn clocks_in_step(arrived: DateTime<Utc>, date: DateTime<Utc>) -> bool {
+    (arrived.timestamp() - date.timestamp()).abs() <= CLOCK_MARGIN_SECS
+}
+
 /// A changes phase in progress.
 #[derive(Debug, Clone)]
 struct ChangesAt {
@@ -641,6 +691,11 @@ impl Reader {
                 ranges: None,
             },
             None => {
+                if self.concurrent()
+                    && let Some(outcome) = self.backfill_from_now(reset).await?
+                {
+                    return Ok(outcome);
+                }
                 let mut at = self.begin_backfill().await?;
                 if self.concurrent() {
                     at.ranges = Some(initial_ranges(at.since, self.max_concurrency));
@@ -649,7 +704,13 @@ impl Reader {
             }
         };
         if let Some(ranges) = at.ranges.take() {
-            return self.backfill_ranges(at, ranges, reset).await;
+            // Without an anchor to wait for, a concurrent backfill always finishes.
+            return self
+                .backfill_ranges(at, ranges, reset, None)
+                .await?
+                .ok_or_else(|| {
+                    Error::protocol(VENDOR, self.def.name, "a resumed backfill lost its anchor")
+                });
         }
         let mut guard = self.list_guard();
         if let Some(after) = &at.starting_after {
@@ -743,12 +804,17 @@ impl Reader {
     /// objects the walk has not reached (a split keeps the walk in the newer part). The
     /// anchor was fixed before the first range was read, so changes made while the
     /// backfill runs come from the events afterwards.
+    ///
+    /// With `anchoring`, the anchor is still being read: no page is handed on before it
+    /// has arrived and Stripe's clock has been checked, and `None` means the check failed
+    /// (nothing was handed on; see [`Reader::backfill_from_now`]).
     async fn backfill_ranges(
         &self,
-        at: BackfillAt,
+        mut at: BackfillAt,
         ranges: Vec<Range>,
         mut reset: bool,
-    ) -> Result<Outcome> {
+        mut anchoring: Option<Anchoring>,
+    ) -> Result<Option<Outcome>> {
         let stream = self.def.name;
         let mut settings = ranges::settings(
             VENDOR,
@@ -818,13 +884,22 @@ impl Reader {
             ranges.into_iter().map(Range::into_sdk).collect(),
             fetch,
         );
-        let done = ChangesAt {
+        let mut done = ChangesAt {
             anchor: at.anchor.clone(),
             anchor_created: at.anchor_created.unwrap_or(at.since),
             since: at.since,
             pending_since: at.pending_since,
         };
         while let Some(step) = reader.next().await? {
+            if let Some(pending) = anchoring.take() {
+                let Some((anchor, anchor_created)) = pending.wait(stream).await? else {
+                    return Ok(None);
+                };
+                at.anchor = anchor;
+                at.anchor_created = anchor_created;
+                done.anchor = at.anchor.clone();
+                done.anchor_created = at.anchor_created.unwrap_or(at.since);
+            }
             let records = if step.count == 0 {
                 Records::Values(Vec::new())
             } else {
@@ -853,10 +928,10 @@ impl Reader {
                 }
             };
             if !self.emit(records, &cursor, reset).await {
-                return Ok(Outcome::Done);
+                return Ok(Some(Outcome::Done));
             }
             if reader.is_done() {
-                return Ok(Outcome::Changes(done));
+                return Ok(Some(Outcome::Changes(done)));
             }
             reset = false;
         }
@@ -865,9 +940,61 @@ impl Reader {
             .emit(Records::Values(Vec::new()), &done.cursor(), reset)
             .await
         {
-            return Ok(Outcome::Done);
+            return Ok(Some(Outcome::Done));
         }
-        Ok(Outcome::Changes(done))
+        Ok(Some(Outcome::Changes(done)))
+    }
+
+    /// Starts a concurrent backfill without waiting for the anchor: the line between the
+    /// listing and the events is drawn by the local clock, `CLOCK_MARGIN_SECS` back (call
+    /// it T). The ranges list the objects created before T, and the anchor is the newest
+    /// feed event created before T (`created[lt]`, https://docs.stripe.com/api/events/list),
+    /// read alongside the first pages, so the backfill's first round trip is not spent
+    /// waiting for it. An object created at T or later has its events at T or later,
+    /// after the anchor, so the changes that follow bring it.
+    ///
+    /// That holds when every range request reached Stripe after T by Stripe's clock. The
+    /// anchor's answer bounds the difference: Stripe answered at its `Date`, before the
+    /// answer arrived here, so this machine's clock runs ahead of Stripe's by at most
+    /// (arrival − `Date`). Stripe's clock may also not run ahead by more than the margin,
+    /// or events between T and Stripe's now could have passed retention for a clock far
+    /// behind. Outside that, nothing has been handed on yet: `None`, and the caller starts
+    /// over from Stripe's clock.
+    async fn backfill_from_now(&self, reset: bool) -> Result<Option<Outcome>> {
+        let cutoff = Utc::now().timestamp() - CLOCK_MARGIN_SECS;
+        let (path, mut query) = self.feed_query();
+        if let Some(limit) = query.iter_mut().find(|(k, _)| *k == "limit") {
+            limit.1 = "1".to_owned();
+        }
+        query.push(("created[lt]", cutoff.to_string()));
+        let (client, stream) = (Arc::clone(&self.client), self.def.name);
+        let mut task = tokio::task::JoinSet::new();
+        task.spawn(async move {
+            let listing = client.list(stream, path, &query).await?;
+            Ok((listing, Utc::now()))
+        });
+        // The ranges hold the objects created before `cutoff`: `since + 1` is their top.
+        let since = cutoff - 1;
+        let at = BackfillAt {
+            starting_after: None,
+            anchor: None,
+            anchor_created: None,
+            since,
+            pending_since: None,
+            ranges: None,
+        };
+        let ranges = initial_ranges(since, self.max_concurrency);
+        let outcome = self
+            .backfill_ranges(at, ranges, reset, Some(Anchoring { task }))
+            .await?;
+        if outcome.is_none() {
+            tracing::warn!(
+                stream,
+                "This machine's clock differs from Stripe's by more than {CLOCK_MARGIN_SECS} s; \
+                 starting the backfill from Stripe's clock instead (one round trip more)."
+            );
+        }
+        Ok(outcome)
     }
 
     /// Notes the newest event of the stream's feed and Stripe's clock.

@@ -1108,6 +1108,81 @@ async fn changes_during_a_concurrent_backfill_land_with_the_next_run() {
     assert_eq!(live, want);
 }
 
+/// A concurrent backfill draws the line between its listing and the events by the local
+/// clock, 10 s back, and reads the anchor alongside its first pages: objects created just
+/// before the sync (after the line) come from the events, the older ones from the ranges,
+/// each once.
+#[tokio::test]
+async fn a_concurrent_backfill_lines_up_listing_and_events_by_the_clock() {
+    let sandbox = sandbox(120).await;
+    let stripe = stripe(&sandbox, 10);
+    let fresh: Vec<String> = (0..3)
+        .map(|i| {
+            let made = sandbox.create("customers", json!({ "name": format!("Just made {i}") }));
+            made["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let local = chrono::Utc::now().timestamp();
+    let pages = read(&stripe, "customers", None, false).await;
+    let backfill: Vec<&Page> = pages.iter().filter(|p| phase(p) == "backfill").collect();
+    assert!(backfill.len() > 3, "{} backfill pages", backfill.len());
+    // No range reaches past the line, and every cursor carries the anchor found before it.
+    let line = local - 10;
+    for page in &backfill {
+        assert!(
+            page.cursor["since"].as_i64().unwrap() <= line,
+            "{}",
+            page.cursor
+        );
+        assert!(page.cursor["anchor"].is_string(), "{}", page.cursor);
+        for range in page.cursor["ranges"].as_array().unwrap() {
+            assert!(range["lt"].as_i64().unwrap() <= line + 1, "{range}");
+        }
+    }
+    let listed = ids(&pages[..backfill.len()]);
+    for id in &fresh {
+        assert!(
+            !listed.contains(id),
+            "{id}, made after the line, was listed"
+        );
+    }
+    assert_exactly_once("customers", &ids(&pages), &sandbox.ids("customers"));
+    assert_eq!(phase(pages.last().unwrap()), "changes");
+}
+
+/// Where Stripe's clock (its `Date`) is more than 10 s off the local one, the line cannot
+/// be drawn by the local clock: the backfill starts over from Stripe's clock, the anchor
+/// read first, and still lands everything once.
+#[tokio::test]
+async fn a_concurrent_backfill_starts_from_stripes_clock_when_the_clocks_differ() {
+    let sandbox = sandbox(120).await;
+    let stripe = stripe(&sandbox, 10);
+    sandbox.advance_clock(Duration::from_secs(3600));
+    let made = sandbox.create("customers", json!({"name": "Made an hour ahead"}));
+    let pages = read(&stripe, "customers", None, false).await;
+    let since = pages[0].cursor["since"].as_i64().unwrap();
+    assert!(
+        (since - sandbox.now()).abs() <= 5,
+        "since {since} is not Stripe's clock {}",
+        sandbox.now()
+    );
+    let all = ids(&pages);
+    assert!(all.contains(&made["id"].as_str().unwrap().to_owned()));
+    assert_exactly_once("customers", &all, &sandbox.ids("customers"));
+}
+
+#[test]
+fn the_clock_check_allows_the_margin_either_way() {
+    use chrono::TimeZone;
+    let date = chrono::Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+    let at = |secs: i64| date + chrono::Duration::seconds(secs);
+    assert!(crate::streams::clocks_in_step(at(0), date));
+    assert!(crate::streams::clocks_in_step(at(10), date));
+    assert!(!crate::streams::clocks_in_step(at(11), date));
+    assert!(crate::streams::clocks_in_step(at(-10), date));
+    assert!(!crate::streams::clocks_in_step(at(-11), date));
+}
+
 #[tokio::test]
 async fn a_concurrent_backfill_stops_when_cursors_cycle_across_ranges() {
     let sandbox = sandbox(200).await;
