@@ -20,8 +20,10 @@
 //!   second.
 //! - **Splitting**: a range with more than twice its share of the pages left (estimated
 //!   from its last page's density) is cut into parts of about a share, and while fewer
-//!   ranges are open than requests are wanted in flight, any range with four pages or more
-//!   left is cut to make up the difference: the walk goes on in
+//!   ranges are open than requests are wanted in flight, a range with room for two parts of
+//!   at least half a share (and two pages) each is cut to make up the difference (smaller
+//!   parts end long before the read, each with a part-full page, and leave requests
+//!   missing again): the walk goes on in
 //!   the part next to where it stands, the rest become ranges of their own. Dense stretches
 //!   split until there are enough ranges, and the read does not end with one long range
 //!   read page after page.
@@ -428,8 +430,11 @@ where
         // spare, or the end of the read runs with requests missing (every range about as
         // long as the others never has twice its share).
         let missing = wanted - self.open.len() as i64;
-        let parts = if missing > 0 && pages_left >= 4 {
-            (missing + 1).min(pages_left / 2)
+        // Parts of at least half a share: smaller ones end long before the read does, each
+        // with a part-full page, and leave requests missing again.
+        let least = (share / 2).max(2);
+        let parts = if missing > 0 && pages_left >= 2 * least {
+            (missing + 1).min(pages_left / least)
         } else if pages_left > 2 * share {
             pages_left / share
         } else {
@@ -734,6 +739,30 @@ mod tests {
         assert!(most_open > 2 && most_open <= 16, "{most_open}");
         assert_exactly_once(&list, got);
         assert!(reader.stats().ranges > 2);
+    }
+
+    #[tokio::test]
+    async fn ranges_split_off_mid_read_last_long_enough_to_fill_their_pages() {
+        // The items sit in the newest 60% of the keys, which the first ranges cut unevenly
+        // (10, 20, 40 … wide), as an account's objects meet the first ranges of a backfill.
+        // Ranges split off while requests are missing are at least half a share long, so
+        // few end early with a part-full page and leave requests missing again: 77
+        // part-full pages of 524 requests here, where parts of two pages made 89 of 535.
+        let list = List::new((0..12_000).map(|i| 40_000 + i * 5), 25);
+        let mut reader = RangeReader::new(
+            settings("test", "items", Order::Descending, 25, 34),
+            client(),
+            split(0, 100_000, 40, Order::Descending),
+            list.fetch(Order::Descending),
+        );
+        let mut got = Vec::new();
+        while let Some(step) = reader.next().await.unwrap() {
+            got.extend(step.page);
+        }
+        assert_exactly_once(&list, got);
+        let stats = reader.stats();
+        assert!(stats.part_full <= 80, "{stats:?}");
+        assert!(stats.requests <= 528, "{stats:?}");
     }
 
     #[tokio::test]
