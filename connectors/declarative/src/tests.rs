@@ -861,40 +861,60 @@ fn an_export_spec_names_its_mistakes() {
 /// requests a minute per test site, so 150 requests at once pass and the 151st is refused.
 /// (A one-second window of the same average rate, 2.5/s rounded down to 2, refused the
 /// third request of any second, which Chargebee does not.)
+/// The same holds for a limit set while the simulator runs (`POST /_sandbox/rate_limit`
+/// with `requests_per_second`), which the test of each way sets.
 #[tokio::test]
 async fn a_limit_per_minute_is_counted_over_the_minute() {
-    let vendor = crate::builtin("chargebee").unwrap();
-    let sandbox = DeclarativeSandbox::start(
-        vendor,
-        SandboxConfig {
-            records: 3,
-            rate_limit: Some(2.5),
-            ..SandboxConfig::default()
-        },
-        0,
-    )
-    .await
-    .unwrap();
-    let lines: toml::Value = toml::from_str(&sandbox.source_lines()).unwrap();
-    let key = lines["api_key"].as_str().unwrap().to_owned();
-    let base = lines["api_base"].as_str().unwrap().to_owned();
-    let client = reqwest::Client::new();
-    let get = || {
-        client
-            .get(format!("{base}/customers?limit=1"))
-            .basic_auth(&key, Some(""))
-            .send()
-    };
-    for i in 0..150 {
-        let status = get().await.unwrap().status();
-        assert_eq!(status, 200, "request {i} of the minute's 150");
+    for at_start in [true, false] {
+        let vendor = crate::builtin("chargebee").unwrap();
+        let sandbox = DeclarativeSandbox::start(
+            vendor,
+            SandboxConfig {
+                records: 3,
+                rate_limit: at_start.then_some(2.5),
+                ..SandboxConfig::default()
+            },
+            0,
+        )
+        .await
+        .unwrap();
+        let lines: toml::Value = toml::from_str(&sandbox.source_lines()).unwrap();
+        let key = lines["api_key"].as_str().unwrap().to_owned();
+        let base = lines["api_base"].as_str().unwrap().to_owned();
+        let client = reqwest::Client::new();
+        if !at_start {
+            let answer: serde_json::Value = client
+                .post(format!("{}/_sandbox/rate_limit", sandbox.url()))
+                .json(&serde_json::json!({"requests_per_second": 2.5}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(answer["rate_limit"]["requests"], 150, "{answer}");
+            assert_eq!(answer["rate_limit"]["window_seconds"], 60.0, "{answer}");
+        }
+        let get = || {
+            client
+                .get(format!("{base}/customers?limit=1"))
+                .basic_auth(&key, Some(""))
+                .send()
+        };
+        for i in 0..150 {
+            let status = get().await.unwrap().status();
+            assert_eq!(
+                status, 200,
+                "request {i} of the minute's 150 (at start: {at_start})"
+            );
+        }
+        assert_eq!(
+            get().await.unwrap().status(),
+            429,
+            "the 151st in the minute (at start: {at_start})"
+        );
+        assert_eq!(sandbox.kit().counters().rate_limited, 1);
     }
-    assert_eq!(
-        get().await.unwrap().status(),
-        429,
-        "the 151st in the minute"
-    );
-    assert_eq!(sandbox.kit().counters().rate_limited, 1);
 }
 
 /// A file store that answers each export link with `307 TemporaryRedirect` to where the
