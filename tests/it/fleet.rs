@@ -311,21 +311,33 @@ async fn four_run_daemons_on_one_bucket_with_a_kill_sync_every_stream_once() {
             renamed += 1;
         }
         if killed.is_none() && started.elapsed() >= KILL_AFTER {
-            // SIGKILL daemon 0 while it holds a lease, so that lease is orphaned.
+            // SIGKILL daemon 0 while it holds a lease, so that lease is orphaned. Once it
+            // is seen holding one, it is frozen (SIGSTOP) and the leases read again: frozen,
+            // it cannot release the lease between that read and the kill (a request it sent
+            // just before freezing gets 300 ms to land). Released meanwhile, it thaws and
+            // the watch goes on.
             let victim = daemons[0].pid;
             let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let held = leases(&bucket).await.values().any(|r| {
+            let holds = |leases: BTreeMap<String, serde_json::Value>| {
+                leases.values().any(|r| {
                     r["released"] != true && r["owner"].as_str().and_then(pid_of) == Some(victim)
-                });
-                if held {
-                    break;
-                }
+                })
+            };
+            loop {
                 assert!(
                     Instant::now() < deadline,
                     "daemon 0 (pid {victim}) never held a lease within 20 s"
                 );
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                if !holds(leases(&bucket).await) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                signal(victim, "STOP");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if holds(leases(&bucket).await) {
+                    break;
+                }
+                signal(victim, "CONT");
             }
             daemons[0].child.start_kill().expect("SIGKILL");
             let _ = daemons[0].child.wait().await;
@@ -630,4 +642,13 @@ async fn four_run_daemons_on_one_bucket_with_a_kill_sync_every_stream_once() {
         unique.len(),
         want.events.len()
     );
+}
+
+/// Sends `kill -<name>` to `pid` (STOP and CONT freeze and thaw a daemon).
+fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name} {pid}");
 }
