@@ -15,7 +15,8 @@
 #   BENCH_MAX_CONCURRENCY  the source's max_concurrency (Stripe, Salesforce; default: its own)
 #   BENCH_LATENCY_MS   the simulator's response latency per request (default 0)
 #   BENCH_JITTER_MS    its jitter, ± (default: 20% of the latency)
-#   BENCH_RATE_LIMIT   the simulator's limit in requests/s, 429 past it (default: none)
+#   BENCH_RATE_LIMIT   the simulator's limit in requests/s, 429 past it (default: none);
+#                      Stripe's simulator then also limits each endpoint to 25/s, as Stripe does
 #   BENCH_CLIENT_RPS   the source's own request rate (default: the simulator's limit, else
 #                      10000 requests/s, the highest Stripe accepts)
 #   BENCH_PORT         the simulator's port (default 12199)
@@ -64,6 +65,10 @@ case "$vendor" in
 api_key = \"sk_test_tributary_sandbox\"
 api_base = \"http://127.0.0.1:$port\"
 requests_per_second = $client_rps"
+    # With a rate limit the simulator also limits each endpoint to Stripe's 25/s, which is
+    # the source's default; without one, each endpoint may go as fast as the account.
+    [ -n "$rate_limit" ] || source_config="$source_config
+requests_per_second_per_endpoint = $client_rps"
     ;;
   zendesk)
     stream="${BENCH_STREAM:-tickets}"

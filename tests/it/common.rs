@@ -29,7 +29,7 @@ impl Vendor for Stripe {
     const NAME: &'static str = "stripe";
     fn source_lines(sandbox: &StripeSandbox) -> String {
         format!(
-            "api_key = \"{}\"\napi_base = \"{}\"\nrequests_per_second = 500\n",
+            "api_key = \"{}\"\napi_base = \"{}\"\nrequests_per_second = 500\nrequests_per_second_per_endpoint = 500\n",
             StripeSandbox::api_key(),
             sandbox.url()
         )

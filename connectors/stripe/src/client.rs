@@ -4,7 +4,9 @@
 //!
 //! All sources configured with one API key share one limiter (the client is built with
 //! [`HttpClient::shared`] under a hash of the key), so their streams together stay within
-//! the account's rate.
+//! the account's rate. Each endpoint ([`endpoint`]) has a limiter of its own inside it
+//! ([`HttpClient::shared_within`]): Stripe limits every endpoint to 25 requests a second
+//! by default, counted against the account's 100 too (https://docs.stripe.com/rate-limits).
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -42,6 +44,10 @@ impl Listing {
 #[derive(Debug)]
 pub struct StripeClient {
     http: HttpClient,
+    /// The account's limiter key, and each endpoint's client by [`endpoint`].
+    account: String,
+    per_endpoint: f64,
+    endpoints: std::sync::Mutex<std::collections::HashMap<String, HttpClient>>,
     api_base: String,
     api_key: Secret,
     stripe_version: String,
@@ -54,9 +60,13 @@ impl StripeClient {
     /// A client for the validated settings. Makes no request.
     pub fn new(settings: &Settings) -> Result<Self> {
         let config = HttpConfig::new(VENDOR, settings.requests_per_second);
-        let http = HttpClient::shared(&account_key(&settings.api_key), config)?;
+        let account = account_key(&settings.api_key);
+        let http = HttpClient::shared(&account, config)?;
         Ok(StripeClient {
             http,
+            account,
+            per_endpoint: settings.requests_per_second_per_endpoint,
+            endpoints: std::sync::Mutex::default(),
             api_base: settings.api_base.clone(),
             api_key: settings.api_key.clone(),
             stripe_version: settings.stripe_version.clone(),
@@ -69,10 +79,24 @@ impl StripeClient {
         self.http.throttled()
     }
 
-    /// The account's HTTP client (its limiter, 429 count and answer time), for a reader
-    /// that keeps several requests in flight.
-    pub fn http(&self) -> &HttpClient {
-        &self.http
+    /// The HTTP client of `GET path`'s endpoint (its limiter inside the account's, its 429
+    /// count and answer time), for a reader that keeps several requests in flight.
+    pub fn http_for(&self, path: &str) -> Result<HttpClient> {
+        let endpoint = endpoint("GET", path);
+        let mut endpoints = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(client) = endpoints.get(&endpoint) {
+            return Ok(client.clone());
+        }
+        let client = HttpClient::shared_within(
+            &self.http,
+            &format!("{}:{endpoint}", self.account),
+            HttpConfig::new(VENDOR, self.per_endpoint),
+        )?;
+        endpoints.insert(endpoint, client.clone());
+        Ok(client)
     }
 
     /// The account's request rate this client keeps to.
@@ -96,7 +120,7 @@ impl StripeClient {
         let url = format!("{}{path}", self.api_base);
         let what = format!("GET {path}");
         let listing = self
-            .http
+            .http_for(path)?
             .list(&what, "data", "id", |c| {
                 c.get(&url)
                     .bearer_auth(self.api_key.expose())
@@ -121,7 +145,7 @@ impl StripeClient {
         let url = format!("{}{path}", self.api_base);
         let what = format!("GET {path}");
         let sent = self
-            .http
+            .http_for(path)?
             .send_checked(
                 &what,
                 |c| {
@@ -204,6 +228,27 @@ pub fn is_missing(err: &Error, id: &str) -> bool {
 
 /// The key under which all sources of one Stripe account share a limiter: a short,
 /// non-reversible digest of the API key (FNV-1a), never the key itself.
+/// The endpoint a request counts against in Stripe's per-endpoint limits: its method and
+/// path with the object ids taken out ("Stripe considers each named API operation as a
+/// separate endpoint", so `GET /v1/customers/cus_1` and `GET /v1/customers/cus_2` are
+/// both `GET /v1/customers/{id}`; https://docs.stripe.com/rate-limits). Paths are
+/// `/v1/<resource>[/<id>[/<resource>[/<id>…]]]`.
+pub fn endpoint(method: &str, path: &str) -> String {
+    let mut out = format!("{method} ");
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        // "", "v1", resource, id, resource, id, …
+        out.push_str(if i >= 3 && i % 2 == 1 && !segment.is_empty() {
+            "{id}"
+        } else {
+            segment
+        });
+    }
+    out
+}
+
 pub fn account_key(api_key: &Secret) -> String {
     tributary_sdk::http::account_key("stripe", api_key.expose())
 }
@@ -212,6 +257,24 @@ pub fn account_key(api_key: &Secret) -> String {
 mod tests {
     use super::*;
     use tributary_sdk::pagination::scan_envelope;
+
+    #[test]
+    fn endpoints_take_the_ids_out_of_paths() {
+        assert_eq!(endpoint("GET", "/v1/charges"), "GET /v1/charges");
+        assert_eq!(
+            endpoint("GET", "/v1/customers/cus_123"),
+            "GET /v1/customers/{id}"
+        );
+        assert_eq!(
+            endpoint("GET", "/v1/invoices/in_1/lines"),
+            "GET /v1/invoices/{id}/lines"
+        );
+        assert_eq!(
+            endpoint("POST", "/v1/subscription_items/si_1"),
+            "POST /v1/subscription_items/{id}"
+        );
+        assert_eq!(endpoint("GET", "/v1/events"), "GET /v1/events");
+    }
 
     #[test]
     fn account_keys_are_stable_distinct_and_secret_free() {

@@ -23,6 +23,12 @@ pub const TEST_MODE_REQUESTS_PER_SECOND: f64 = 25.0;
 /// Requests per second with a live-mode key (Stripe allows 100 per second in live mode).
 pub const LIVE_MODE_REQUESTS_PER_SECOND: f64 = 100.0;
 
+/// Requests per second to one endpoint (a method and a path with its ids taken out, such as
+/// `GET /v1/charges`), in either mode: "API endpoints have a default limit of 25 requests
+/// per second", and they "also count against global limits"
+/// (https://docs.stripe.com/rate-limits).
+pub const ENDPOINT_REQUESTS_PER_SECOND: f64 = 25.0;
+
 /// The largest `limit` Stripe's list endpoints accept.
 pub const MAX_PAGE_SIZE: u32 = 100;
 
@@ -58,6 +64,12 @@ pub struct StripeConfig {
     /// key. Lower it when other integrations use the same account.
     #[serde(default)]
     pub requests_per_second: Option<f64>,
+
+    /// Most requests per second to any one endpoint (`GET /v1/charges`, `GET /v1/events`,
+    /// `GET /v1/customers/{id}`, …), from 0.1 to 10000, within `requests_per_second`.
+    /// Defaults to Stripe's 25. Raise it only when Stripe has raised it for the account.
+    #[serde(default)]
+    pub requests_per_second_per_endpoint: Option<f64>,
 
     /// Objects fetched per list request, from 1 to 100.
     #[serde(default = "default_page_size")]
@@ -105,6 +117,8 @@ pub struct Settings {
     pub stripe_version: String,
     /// The request rate, shared by all streams of the account.
     pub requests_per_second: f64,
+    /// The request rate of each endpoint, within the account's.
+    pub requests_per_second_per_endpoint: f64,
     /// `limit` of list requests.
     pub page_size: u32,
     /// Most list requests in flight for one stream's backfill.
@@ -121,6 +135,7 @@ impl StripeConfig {
             api_base: default_api_base(),
             stripe_version: default_stripe_version(),
             requests_per_second: None,
+            requests_per_second_per_endpoint: None,
             page_size: default_page_size(),
             max_concurrency: default_max_concurrency(),
         }
@@ -166,6 +181,17 @@ impl StripeConfig {
             )?,
         };
 
+        let requests_per_second_per_endpoint = match self.requests_per_second_per_endpoint {
+            None => ENDPOINT_REQUESTS_PER_SECOND,
+            Some(r) => check_range(
+                "requests_per_second_per_endpoint",
+                r,
+                MIN_REQUESTS_PER_SECOND,
+                MAX_REQUESTS_PER_SECOND,
+            )?,
+        }
+        .min(requests_per_second);
+
         // Stripe's list endpoints take `limit` from 1 to 100
         // (https://docs.stripe.com/api/pagination).
         check_range("page_size", self.page_size, 1, MAX_PAGE_SIZE)?;
@@ -176,6 +202,7 @@ impl StripeConfig {
             api_base,
             stripe_version: stripe_version.to_owned(),
             requests_per_second,
+            requests_per_second_per_endpoint,
             page_size: self.page_size,
             max_concurrency: self.max_concurrency,
             live_mode,
@@ -256,6 +283,27 @@ mod tests {
         let mut c = config("sk_live_abc");
         c.requests_per_second = Some(2.5);
         assert_eq!(c.validate().unwrap().requests_per_second, 2.5);
+    }
+
+    #[test]
+    fn each_endpoint_defaults_to_stripes_25_within_the_account_rate() {
+        for key in ["sk_live_abc", "sk_test_abc"] {
+            let settings = config(key).validate().unwrap();
+            assert_eq!(settings.requests_per_second_per_endpoint, 25.0, "{key}");
+        }
+        let mut c = config("sk_live_abc");
+        c.requests_per_second = Some(10.0);
+        assert_eq!(c.validate().unwrap().requests_per_second_per_endpoint, 10.0);
+        c.requests_per_second_per_endpoint = Some(8.0);
+        assert_eq!(c.validate().unwrap().requests_per_second_per_endpoint, 8.0);
+        for rate in [0.0, -1.0, 10_001.0, f64::NAN] {
+            c.requests_per_second_per_endpoint = Some(rate);
+            assert_eq!(
+                key_of(c.validate().unwrap_err()),
+                "requests_per_second_per_endpoint",
+                "{rate}"
+            );
+        }
     }
 
     #[test]

@@ -39,6 +39,7 @@ fn stripe(replay: &Replay, key: &str) -> Stripe {
     let mut config = StripeConfig::new(Secret::new(key));
     config.api_base = replay.url().to_owned();
     config.requests_per_second = Some(10_000.0);
+    config.requests_per_second_per_endpoint = Some(10_000.0);
     config.page_size = 100;
     // One page after another: the recorded pages answer any `created` range, so a
     // concurrent backfill would see the same charge in every range.

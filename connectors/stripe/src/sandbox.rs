@@ -21,7 +21,11 @@
 //! object's own fields, so create-only Stripe parameters such as `source=tok_visa` are
 //! refused; `expand[]` is accepted and ignored.
 //! - Stripe's error JSON, 401 for a missing or non-test key, 429 + `Retry-After` above the
-//!   configured rate, a `Date` header from the simulator clock and a `Request-Id`.
+//!   configured rate, a `Date` header from the simulator clock and a `Request-Id`. As in
+//!   Stripe, each endpoint (a method and a path with its ids taken out, `GET /v1/charges`,
+//!   `GET /v1/customers/{id}`) may also have a limit of its own within the account's
+//!   ([`SandboxConfig::endpoint_rate_limit`]; the simulator binary sets Stripe's 25 a
+//!   second whenever it is given a rate limit).
 //! - Faults on demand (the sandbox kit's, seeded): 500/503, 429s, slow responses, bodies
 //!   cut short, malformed JSON; and Stripe's own ([`StripeFaults`]).
 //!
@@ -72,7 +76,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tributary_sandbox_kit::{Kit, KitConfig, Measure, RateLimit, Server, StoreLock};
+use tributary_sandbox_kit::{Kit, KitConfig, Measure, RateLimit, Server, StoreLock, Window};
 
 use error::ApiError;
 use kinds::Kind;
@@ -85,6 +89,10 @@ pub struct SandboxConfig {
     pub records: usize,
     /// Requests per second admitted in any 1-second sliding window; `None` = unlimited.
     pub rate_limit: Option<f64>,
+    /// Requests per second each endpoint admits in any 1-second sliding window, on top of
+    /// `rate_limit` (Stripe: "API endpoints have a default limit of 25 requests per
+    /// second", https://docs.stripe.com/rate-limits); `None` = no limit of their own.
+    pub endpoint_rate_limit: Option<f64>,
     /// Seed of the generated data and of fault injection, for repeatable runs.
     pub seed: u64,
     /// Compress responses when the client sends `Accept-Encoding: gzip`. Off by default so
@@ -97,6 +105,7 @@ impl Default for SandboxConfig {
         SandboxConfig {
             records: 200,
             rate_limit: None,
+            endpoint_rate_limit: None,
             seed: 42,
             gzip: false,
         }
@@ -155,9 +164,40 @@ pub(crate) struct Shared {
     pub(crate) store: StoreLock<Store>,
     pub(crate) kit: Kit<StripeFaults>,
     gzip: bool,
+    /// Each endpoint's own limit and the window of its admissions, by endpoint.
+    endpoint_limit: Option<RateLimit>,
+    endpoint_rps: Option<f64>,
+    endpoints: std::sync::Mutex<std::collections::HashMap<String, Window>>,
 }
 
 impl Shared {
+    /// Admits a request to `endpoint` under the endpoint's own limit; a refusal is counted
+    /// and answered like the account's (429, Retry-After).
+    pub(crate) fn admit_endpoint(
+        &self,
+        endpoint: &str,
+        now: std::time::Instant,
+    ) -> Result<(), tributary_sandbox_kit::SandboxError> {
+        let Some(limit) = self.endpoint_limit else {
+            return Ok(());
+        };
+        let mut windows = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let window = windows
+            .entry(endpoint.to_owned())
+            .or_insert_with(|| Window::new(Some(limit), Measure::Fixed(Duration::from_secs(1))));
+        window.admit(now).map_err(|refused| {
+            self.kit.count_rate_limited();
+            tributary_sandbox_kit::SandboxError::Throttled {
+                retry_after: refused.retry_after,
+                injected: false,
+                limit: "endpoint",
+            }
+        })
+    }
+
     pub(crate) fn now(&self) -> i64 {
         self.kit.now()
     }
@@ -258,6 +298,9 @@ impl StripeSandbox {
                 error_statuses: &[500, 503],
             }),
             gzip: config.gzip,
+            endpoint_limit: config.endpoint_rate_limit.map(RateLimit::per_second),
+            endpoint_rps: config.endpoint_rate_limit,
+            endpoints: std::sync::Mutex::default(),
         });
         let router = axum::Router::new()
             .fallback(http::handle)
@@ -410,6 +453,11 @@ impl StripeSandbox {
 
     pub fn stats(&self) -> Stats {
         self.shared.stats()
+    }
+
+    /// Each endpoint's own limit in requests per second, if it has one.
+    pub fn endpoint_rate_limit(&self) -> Option<f64> {
+        self.shared.endpoint_rps
     }
 
     pub fn reset_stats(&self) {

@@ -21,6 +21,10 @@ fn start(options: SimulatorOptions) -> Started {
         let config = SandboxConfig {
             records: options.records,
             rate_limit: options.rate_limit,
+            // A simulated account with a limit has Stripe's per-endpoint one too.
+            endpoint_rate_limit: options
+                .rate_limit
+                .map(|r| r.min(crate::config::ENDPOINT_REQUESTS_PER_SECOND)),
             seed: options.seed,
             ..Default::default()
         };
@@ -39,8 +43,10 @@ impl Simulator for Running {
     }
 
     fn source_config(&self) -> String {
+        // Each endpoint as fast as the simulator allows it (Stripe's default is 25/s).
+        let per_endpoint = self.0.endpoint_rate_limit().unwrap_or(200.0);
         format!(
-            "type = \"stripe\"\napi_key = \"{}\"\napi_base = \"{}\"\nrequests_per_second = 200\n",
+            "type = \"stripe\"\napi_key = \"{}\"\napi_base = \"{}\"\nrequests_per_second = 200\nrequests_per_second_per_endpoint = {per_endpoint}\n",
             StripeSandbox::api_key(),
             self.0.url()
         )

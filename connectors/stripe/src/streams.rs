@@ -880,7 +880,7 @@ impl Reader {
         });
         let mut reader = RangeReader::new(
             settings,
-            self.client.http().clone(),
+            self.client.http_for(path)?,
             ranges.into_iter().map(Range::into_sdk).collect(),
             fetch,
         );

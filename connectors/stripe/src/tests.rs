@@ -21,6 +21,7 @@ async fn sandbox(records: usize) -> StripeSandbox {
         SandboxConfig {
             records,
             rate_limit: None,
+            endpoint_rate_limit: None,
             seed: 42,
             gzip: false,
         },
@@ -45,6 +46,7 @@ fn stripe_with(sandbox: &StripeSandbox, page_size: u32, max_concurrency: u32) ->
     config.api_base = sandbox.url();
     // All sandboxes share a key, hence a limiter: keep it out of the way.
     config.requests_per_second = Some(10_000.0);
+    config.requests_per_second_per_endpoint = Some(10_000.0);
     config.page_size = page_size;
     config.max_concurrency = max_concurrency;
     Stripe::new(config, SourceContext::default()).unwrap()
@@ -1106,6 +1108,37 @@ async fn changes_during_a_concurrent_backfill_land_with_the_next_run() {
     let mut want = sandbox.ids("customers");
     want.sort();
     assert_eq!(live, want);
+}
+
+/// Stripe limits each endpoint (25 requests a second by default) within the account's
+/// limit. A concurrent backfill paces its list endpoint to the endpoint's limit, not the
+/// account's: every charge lands once and the simulator, limiting both, refuses nothing.
+#[tokio::test]
+async fn a_concurrent_backfill_keeps_to_the_endpoints_own_limit() {
+    let sandbox = StripeSandbox::start(
+        SandboxConfig {
+            records: 400,
+            rate_limit: Some(1_000.0),
+            endpoint_rate_limit: Some(20.0),
+            ..SandboxConfig::default()
+        },
+        0,
+    )
+    .await
+    .unwrap();
+    // A key of its own: limiters are shared per key (and endpoint) across the process, and
+    // the first config of a key sets their rates.
+    let mut config = StripeConfig::new(Secret::new("sk_test_endpoint_limit"));
+    config.api_base = sandbox.url();
+    config.requests_per_second = Some(1_000.0);
+    config.requests_per_second_per_endpoint = Some(15.0);
+    config.page_size = 10;
+    let stripe = Stripe::new(config, SourceContext::default()).unwrap();
+    let pages = read(&stripe, "charges", None, false).await;
+    assert!(pages.len() >= 40, "{} pages", pages.len());
+    assert_exactly_once("charges", &ids(&pages), &sandbox.ids("charges"));
+    let stats = sandbox.stats();
+    assert_eq!(stats.rate_limited, 0, "{stats:?}");
 }
 
 /// A concurrent backfill draws the line between its listing and the events by the local

@@ -50,7 +50,12 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
             &[(header::WWW_AUTHENTICATE, "Basic realm=\"Stripe\"".into())],
         );
     }
-    if let Err(e) = shared.kit.admit_request(Instant::now()) {
+    let now = Instant::now();
+    if let Err(e) = shared.kit.admit_request(now) {
+        return refuse(&shared, &e, &request_id, gzip);
+    }
+    let endpoint = crate::client::endpoint(parts.method.as_str(), &path);
+    if let Err(e) = shared.admit_endpoint(&endpoint, now) {
         return refuse(&shared, &e, &request_id, gzip);
     }
 

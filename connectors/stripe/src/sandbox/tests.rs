@@ -427,6 +427,42 @@ async fn refuses_missing_and_live_keys() {
     sandbox.shutdown().await;
 }
 
+/// Stripe limits each endpoint on its own, within the account's limit: over it, one list
+/// is refused with Stripe's `rate_limit` error while another still answers, and objects
+/// fetched by id count as one endpoint whatever the id.
+#[tokio::test]
+async fn each_endpoint_has_a_limit_of_its_own() {
+    let config = SandboxConfig {
+        records: 5,
+        rate_limit: Some(100.0),
+        endpoint_rate_limit: Some(3.0),
+        ..SandboxConfig::default()
+    };
+    let sandbox = StripeSandbox::start(config, 0).await.expect("start");
+    for _ in 0..3 {
+        assert_eq!(get(&sandbox, "/v1/charges?limit=1").await.status, 200);
+    }
+    let refused = get(&sandbox, "/v1/charges?limit=2").await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(refused.json()["error"]["code"], "rate_limit");
+    assert_eq!(get(&sandbox, "/v1/customers?limit=1").await.status, 200);
+    let ids = sandbox.ids("customers");
+    for id in ids.iter().take(3) {
+        let path = format!("/v1/customers/{id}");
+        assert_eq!(get(&sandbox, &path).await.status, 200, "{path}");
+    }
+    let path = format!("/v1/customers/{}", ids[3]);
+    assert_eq!(
+        get(&sandbox, &path).await.status,
+        429,
+        "a fourth id, same endpoint"
+    );
+    assert_eq!(sandbox.stats().rate_limited, 2);
+    assert_eq!(sandbox.endpoint_rate_limit(), Some(3.0));
+    sandbox.shutdown().await;
+}
+
 #[tokio::test]
 async fn rate_limits_with_retry_after_and_counts() {
     let config = SandboxConfig {
