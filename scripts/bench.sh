@@ -11,7 +11,8 @@
 #                      or a vendor written as a spec (chargebee, hubspot, ...; BENCH_STREAM
 #                      then names the stream)
 #   BENCH_STREAM       the stream to sync (default: charges for Stripe, tickets for Zendesk,
-#                      account for Salesforce)
+#                      account for Salesforce), or several, comma-separated, synced at once
+#                      (records/s is then their sum over the whole run)
 #   BENCH_MAX_CONCURRENCY  the source's max_concurrency (Stripe, Salesforce; default: its own)
 #   BENCH_LATENCY_MS   the simulator's response latency per request (default 0)
 #   BENCH_JITTER_MS    its jitter, ± (default: 20% of the latency)
@@ -127,15 +128,23 @@ cat >"$work/bench.toml" <<TOML
 url = "$work/warehouse"
 [sources.$vendor]
 $source_config
-$( [ "$vendor" = salesforce ] || echo "streams = [\"$stream\"]" )
+$( [ "$vendor" = salesforce ] || echo "streams = [\"${stream//,/\", \"}\"]" )
 ${BENCH_SOURCE_TOML:-}
 TOML
-if [ -n "${BENCH_SYNC_TOML:-}" ]; then printf '[sync]\n%s\n' "$BENCH_SYNC_TOML" >>"$work/bench.toml"; fi
+sync_toml="${BENCH_SYNC_TOML:-}"
+# Several streams sync at once, one worker each.
+[[ "$stream" == *,* ]] && sync_toml="$sync_toml
+concurrency = $(tr ',' '\n' <<<"$stream" | wc -l)"
+if [ -n "$sync_toml" ]; then printf '[sync]\n%s\n' "$sync_toml" >>"$work/bench.toml"; fi
 
 # The simulator shares the two cores with the sync: its CPU seconds during the sync.
 sim_cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14+$15)/hz}' "/proc/$sandbox_pid/stat"; }
 sim_cpu_before=$(sim_cpu)
-run=("$bin" --config "$work/bench.toml" sync --stream "$stream")
+if [[ "$stream" == *,* ]]; then
+  run=("$bin" --config "$work/bench.toml" sync)
+else
+  run=("$bin" --config "$work/bench.toml" sync --stream "$stream")
+fi
 if [ -n "${BENCH_PERF:-}" ]; then
   run=(perf record ${BENCH_PERF_ARGS:--g} -o "$BENCH_PERF" -- "${run[@]}")
 fi
@@ -144,10 +153,13 @@ fi
 cat "$work/summary.txt"
 rss_kb=$(sed -n 's/.*peak_rss_kb=\([0-9]*\).*/\1/p' "$work/time.txt")
 elapsed=$(sed -n 's/.*elapsed_s=\([0-9.]*\).*/\1/p' "$work/time.txt")
-landed=$(awk -v s="$vendor.$stream" '$1==s{print $2}' "$work/summary.txt")
+landed=0
+for one in ${stream//,/ }; do
+  landed=$((landed + $(awk -v s="$vendor.$one" '$1==s{print $2}' "$work/summary.txt")))
+done
 throttled=$(curl -s "http://127.0.0.1:$port/_sandbox/stats" | python3 -c "import json,sys; print(json.load(sys.stdin).get('rate_limited', '?'))" 2>/dev/null || echo "?")
 echo "vendor=$vendor stream=$stream latency_ms=$latency rate_limit=${rate_limit:-none} records=$landed elapsed_s=$elapsed records_per_s=$(python3 -c "print(round($landed/$elapsed))") peak_rss_mb=$(python3 -c "print(round($rss_kb/1024,1))") throttled=$throttled"
-du -sh "$work/warehouse/$vendor/$stream" | awk '{print "table_size="$1}'
+for one in ${stream//,/ }; do du -sh "$work/warehouse/$vendor/$one" | awk -v s="$one" '{print "table_size("s")="$1}'; done
 sim_cpu_after=$(sim_cpu)
 sync_cpu=$(sed -n 's/.*user_s=\([0-9.]*\) sys_s=\([0-9.]*\).*/\1 \2/p' "$work/time.txt" | awk '{printf "%.2f", $1+$2}')
 echo "sync_cpu_s=$sync_cpu simulator_cpu_s_during_sync=$(python3 -c "print(round($sim_cpu_after-$sim_cpu_before,2))")"
