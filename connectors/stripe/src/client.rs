@@ -226,8 +226,6 @@ pub fn is_missing(err: &Error, id: &str) -> bool {
     )
 }
 
-/// The key under which all sources of one Stripe account share a limiter: a short,
-/// non-reversible digest of the API key (FNV-1a), never the key itself.
 /// The endpoint a request counts against in Stripe's per-endpoint limits: its method and
 /// path with the object ids taken out ("Stripe considers each named API operation as a
 /// separate endpoint", so `GET /v1/customers/cus_1` and `GET /v1/customers/cus_2` are
@@ -249,6 +247,8 @@ pub fn endpoint(method: &str, path: &str) -> String {
     out
 }
 
+/// The key under which all sources of one Stripe account share a limiter: a short,
+/// non-reversible digest of the API key (FNV-1a), never the key itself.
 pub fn account_key(api_key: &Secret) -> String {
     tributary_sdk::http::account_key("stripe", api_key.expose())
 }

@@ -185,6 +185,11 @@ impl Shared {
             .endpoints
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Paths a client makes up are endpoints too (answered 404 later): keep the map
+        // bounded by starting over once it is far larger than Stripe's API.
+        if windows.len() >= 4096 && !windows.contains_key(endpoint) {
+            windows.clear();
+        }
         let window = windows
             .entry(endpoint.to_owned())
             .or_insert_with(|| Window::new(Some(limit), Measure::Fixed(Duration::from_secs(1))));
