@@ -157,8 +157,10 @@ landed=0
 for one in ${stream//,/ }; do
   landed=$((landed + $(awk -v s="$vendor.$one" '$1==s{print $2}' "$work/summary.txt")))
 done
-throttled=$(curl -s "http://127.0.0.1:$port/_sandbox/stats" | python3 -c "import json,sys; print(json.load(sys.stdin).get('rate_limited', '?'))" 2>/dev/null || echo "?")
-echo "vendor=$vendor stream=$stream latency_ms=$latency rate_limit=${rate_limit:-none} records=$landed elapsed_s=$elapsed records_per_s=$(python3 -c "print(round($landed/$elapsed))") peak_rss_mb=$(python3 -c "print(round($rss_kb/1024,1))") throttled=$throttled"
+stats=$(curl -s "http://127.0.0.1:$port/_sandbox/stats")
+throttled=$(python3 -c "import json,sys; print(json.load(sys.stdin).get('rate_limited', '?'))" <<<"$stats" 2>/dev/null || echo "?")
+busiest=$(python3 -c "import json,sys; print(json.load(sys.stdin).get('max_admitted_per_second', '?'))" <<<"$stats" 2>/dev/null || echo "?")
+echo "vendor=$vendor stream=$stream latency_ms=$latency rate_limit=${rate_limit:-none} records=$landed elapsed_s=$elapsed records_per_s=$(python3 -c "print(round($landed/$elapsed))") peak_rss_mb=$(python3 -c "print(round($rss_kb/1024,1))") throttled=$throttled busiest_second=$busiest"
 for one in ${stream//,/ }; do du -sh "$work/warehouse/$vendor/$one" | awk -v s="$one" '{print "table_size("s")="$1}'; done
 sim_cpu_after=$(sim_cpu)
 sync_cpu=$(sed -n 's/.*user_s=\([0-9.]*\) sys_s=\([0-9.]*\).*/\1 \2/p' "$work/time.txt" | awk '{printf "%.2f", $1+$2}')

@@ -74,11 +74,6 @@ impl StripeClient {
         })
     }
 
-    /// How many 429s the account has had (see `HttpClient::throttled`).
-    pub fn throttled(&self) -> u64 {
-        self.http.throttled()
-    }
-
     /// The HTTP client of `GET path`'s endpoint (its limiter inside the account's, its 429
     /// count and answer time), for a reader that keeps several requests in flight.
     pub fn http_for(&self, path: &str) -> Result<HttpClient> {
@@ -97,11 +92,6 @@ impl StripeClient {
         )?;
         endpoints.insert(endpoint, client.clone());
         Ok(client)
-    }
-
-    /// The account's request rate this client keeps to.
-    pub fn requests_per_second(&self) -> f64 {
-        self.http.config().requests_per_second
     }
 
     /// GETs one page of the list endpoint `path` (e.g. `/v1/charges`) with `query`, for
