@@ -325,14 +325,18 @@ pub fn spawn(env: &Env, command: &str) -> tokio::process::Child {
         .expect("the binary starts")
 }
 
-/// Sends SIGTERM to `child` and waits (at most 20 s) for it to exit.
-pub async fn terminate(child: tokio::process::Child) -> Output {
-    let pid = child.id().expect("still running").to_string();
+/// Sends `kill -<name>` to `pid` (TERM; STOP and CONT freeze and thaw a process).
+pub fn signal(pid: u32, name: &str) {
     let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
+        .args([format!("-{name}"), pid.to_string()])
         .status()
         .expect("kill runs");
-    assert!(status.success(), "kill -TERM {pid}");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// Sends SIGTERM to `child` and waits (at most 20 s) for it to exit.
+pub async fn terminate(child: tokio::process::Child) -> Output {
+    signal(child.id().expect("still running"), "TERM");
     tokio::time::timeout(std::time::Duration::from_secs(20), child.wait_with_output())
         .await
         .expect("it stops within 20 s of SIGTERM")

@@ -33,7 +33,7 @@ use tributary::warehouse::Warehouse;
 use tributary_stripe::sandbox::{SandboxConfig as StripeConfig, StripeSandbox};
 use tributary_zendesk::sandbox::{SandboxConfig as ZendeskConfig, ZendeskSandbox};
 
-use crate::common::{Vendor, strings, terminate};
+use crate::common::{Vendor, signal, strings, terminate};
 use crate::moto::Moto;
 use crate::stores::{Bucket, DeltaLog, Kind};
 use crate::stripe::tracking::{Collector, start as start_collector};
@@ -642,13 +642,4 @@ async fn four_run_daemons_on_one_bucket_with_a_kill_sync_every_stream_once() {
         unique.len(),
         want.events.len()
     );
-}
-
-/// Sends `kill -<name>` to `pid` (STOP and CONT freeze and thaw a daemon).
-fn signal(pid: u32, name: &str) {
-    let status = std::process::Command::new("kill")
-        .args([format!("-{name}"), pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success(), "kill -{name} {pid}");
 }
