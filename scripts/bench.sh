@@ -18,6 +18,8 @@
 #   BENCH_JITTER_MS    its jitter, ± (default: 20% of the latency)
 #   BENCH_RATE_LIMIT   the simulator's limit in requests/s, 429 past it (default: none);
 #                      Stripe's simulator then also limits each endpoint to 25/s, as Stripe does
+#   BENCH_ENDPOINT_RATE_LIMIT  Stripe: the limit of each endpoint instead (an account whose
+#                      endpoint limit Stripe has raised); the source's own follows it
 #   BENCH_CLIENT_RPS   the source's own request rate (default: the simulator's limit, else
 #                      10000 requests/s, the highest Stripe accepts)
 #   BENCH_PORT         the simulator's port (default 12199)
@@ -55,6 +57,8 @@ sandbox_args=(--port "$port" --records "$records")
 [ "$latency" != 0 ] && sandbox_args+=(--latency-ms "$latency")
 [ -n "${BENCH_JITTER_MS:-}" ] && sandbox_args+=(--latency-jitter-ms "$BENCH_JITTER_MS")
 [ -n "$rate_limit" ] && sandbox_args+=(--rate-limit "$rate_limit")
+endpoint_limit="${BENCH_ENDPOINT_RATE_LIMIT:-}"
+[ -n "$endpoint_limit" ] && sandbox_args+=(--endpoint-rate-limit "$endpoint_limit")
 "${BENCH_SANDBOX_BIN:-$bin}" sandbox "$vendor" "${sandbox_args[@]}" >"$work/sandbox.log" 2>&1 &
 sandbox_pid=$!
 
@@ -68,8 +72,13 @@ api_base = \"http://127.0.0.1:$port\"
 requests_per_second = $client_rps"
     # With a rate limit the simulator also limits each endpoint to Stripe's 25/s, which is
     # the source's default; without one, each endpoint may go as fast as the account.
-    [ -n "$rate_limit" ] || source_config="$source_config
+    if [ -n "$endpoint_limit" ]; then
+      source_config="$source_config
+requests_per_second_per_endpoint = $endpoint_limit"
+    elif [ -z "$rate_limit" ]; then
+      source_config="$source_config
 requests_per_second_per_endpoint = $client_rps"
+    fi
     ;;
   zendesk)
     stream="${BENCH_STREAM:-tickets}"

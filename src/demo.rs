@@ -84,18 +84,41 @@ fn selected(name: &str, port: Option<u16>) -> Result<Vec<(SimulatorFactory, u16)
     Ok(vec![(f, port.unwrap_or(f.default_port))])
 }
 
+/// The limits of `tributary sandbox`'s simulators.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// Requests per second to the account (`--rate-limit`).
+    pub rate_limit: Option<f64>,
+    /// Requests per second to one endpoint, for vendors that limit endpoints
+    /// (`--endpoint-rate-limit`).
+    pub endpoint_rate_limit: Option<f64>,
+}
+
 /// `sandbox`: serve one simulator (or `all`) until interrupted. `all` seeds each the way
 /// `demo` does, so it serves again what a demo synced.
 pub async fn sandbox(
     name: &str,
     port: Option<u16>,
     records: usize,
-    rate_limit: Option<f64>,
+    limits: Limits,
     latency_ms: u64,
     latency_jitter_ms: Option<u64>,
 ) -> Result<ExitCode> {
+    let selected = selected(name, port)?;
+    if limits.endpoint_rate_limit.is_some() && !selected.iter().any(|(f, _)| f.endpoint_limits) {
+        bail!(
+            "--endpoint-rate-limit: the {name} simulator has no limit per endpoint; only {} \
+             limit each endpoint on its own (use --rate-limit)",
+            registry::vendors()
+                .into_iter()
+                .filter(|v| v.simulator.endpoint_limits)
+                .map(|v| v.simulator.vendor)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let mut running: Vec<(SimulatorFactory, Box<dyn Simulator>)> = Vec::new();
-    for (factory, port) in selected(name, port)? {
+    for (factory, port) in selected {
         let records = if name == ALL {
             (factory.demo_records)(records)
         } else {
@@ -103,7 +126,10 @@ pub async fn sandbox(
         };
         let options = SimulatorOptions {
             records,
-            rate_limit,
+            rate_limit: limits.rate_limit,
+            endpoint_rate_limit: limits
+                .endpoint_rate_limit
+                .filter(|_| factory.endpoint_limits),
             latency_ms,
             latency_jitter_ms,
             port,

@@ -129,8 +129,13 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         records: usize,
         /// Requests per second above which it answers 429 with Retry-After.
-        #[arg(long)]
+        #[arg(long, value_parser = positive_rate)]
         rate_limit: Option<f64>,
+        /// Requests per second to one endpoint above which it answers 429, for a vendor
+        /// that limits each endpoint too (Stripe: default 25, or `--rate-limit` if lower);
+        /// set it to simulate an account whose endpoint limit the vendor has raised.
+        #[arg(long, value_parser = positive_rate)]
+        endpoint_rate_limit: Option<f64>,
         /// Milliseconds every API request takes to answer, as a real vendor's round trip
         /// (requests wait in parallel); `demo` answers at once.
         #[arg(long, default_value_t = 0)]
@@ -255,6 +260,16 @@ enum ConnectorAction {
     },
 }
 
+/// A simulator's rate limit: a positive number of requests per second.
+fn positive_rate(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "`{text}` is not a rate: give requests per second above 0, e.g. 100 or 0.5"
+        )),
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     logging::init_logging(args.log_format == LogFormat::Json);
@@ -339,6 +354,7 @@ fn main() -> ExitCode {
                 port,
                 records,
                 rate_limit,
+                endpoint_rate_limit,
                 latency_ms,
                 latency_jitter_ms,
             } => {
@@ -346,7 +362,10 @@ fn main() -> ExitCode {
                     &vendor,
                     port,
                     records,
-                    rate_limit,
+                    demo::Limits {
+                        rate_limit,
+                        endpoint_rate_limit,
+                    },
                     latency_ms,
                     latency_jitter_ms,
                 )

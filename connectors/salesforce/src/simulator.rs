@@ -14,6 +14,7 @@ pub fn factory() -> SimulatorFactory {
         default_port: 12113,
         // Records per object: a quarter of the others' keeps the demo's Bulk jobs short.
         demo_records: |records| (records / 4).max(5),
+        endpoint_limits: false,
         start,
     }
 }

@@ -18,6 +18,12 @@ pub struct SimulatorOptions {
     pub records: usize,
     /// Requests per second above which it answers 429 with Retry-After (`None`: no limit).
     pub rate_limit: Option<f64>,
+    /// For a vendor that also limits each endpoint on its own
+    /// ([`SimulatorFactory::endpoint_limits`]): requests per second to one endpoint above
+    /// which it answers 429 (`None`: the vendor's default for an account with
+    /// `rate_limit`, e.g. Stripe's 25). A vendor that has raised an account's endpoint
+    /// limit is simulated by setting it.
+    pub endpoint_rate_limit: Option<f64>,
     /// Milliseconds every API request takes to answer (0: at once, as the demo runs), so
     /// a benchmark on loopback is bound by round trips as against the vendor. Requests
     /// wait their latencies in parallel.
@@ -36,6 +42,7 @@ impl Default for SimulatorOptions {
         SimulatorOptions {
             records: 200,
             rate_limit: None,
+            endpoint_rate_limit: None,
             latency_ms: 0,
             latency_jitter_ms: None,
             port: 0,
@@ -85,6 +92,9 @@ pub struct SimulatorFactory {
     /// The records the demo seeds when asked for `records` (a vendor whose objects cost
     /// more to serve seeds fewer).
     pub demo_records: fn(usize) -> usize,
+    /// Whether the vendor limits each endpoint on its own too, so
+    /// [`SimulatorOptions::endpoint_rate_limit`] means something (Stripe).
+    pub endpoint_limits: bool,
     /// Seeds an account and serves it.
     pub start: fn(SimulatorOptions) -> Started,
 }
@@ -94,6 +104,7 @@ impl std::fmt::Debug for SimulatorFactory {
         f.debug_struct("SimulatorFactory")
             .field("vendor", &self.vendor)
             .field("default_port", &self.default_port)
+            .field("endpoint_limits", &self.endpoint_limits)
             .finish()
     }
 }

@@ -12,6 +12,7 @@ pub fn factory() -> SimulatorFactory {
         vendor: "stripe",
         default_port: 12111,
         demo_records: |records| records,
+        endpoint_limits: true,
         start,
     }
 }
@@ -21,10 +22,11 @@ fn start(options: SimulatorOptions) -> Started {
         let config = SandboxConfig {
             records: options.records,
             rate_limit: options.rate_limit,
-            // A simulated account with a limit has Stripe's per-endpoint one too.
-            endpoint_rate_limit: options
+            // A simulated account with a limit has Stripe's per-endpoint one too, unless
+            // told what its raised one is.
+            endpoint_rate_limit: options.endpoint_rate_limit.or(options
                 .rate_limit
-                .map(|r| r.min(crate::config::ENDPOINT_REQUESTS_PER_SECOND)),
+                .map(|r| r.min(crate::config::ENDPOINT_REQUESTS_PER_SECOND))),
             seed: options.seed,
             ..Default::default()
         };

@@ -15,6 +15,7 @@ pub fn factory() -> SimulatorFactory {
         vendor: "acme",
         default_port: DEFAULT_PORT,
         demo_records: |records| records,
+        endpoint_limits: false,
         start,
     }
 }

@@ -12,6 +12,7 @@ pub fn factory() -> SimulatorFactory {
         vendor: "zendesk",
         default_port: 12112,
         demo_records: |records| records,
+        endpoint_limits: false,
         start,
     }
 }

@@ -56,3 +56,96 @@ async fn throttled_requests_are_retried_after_retry_after() {
     assert_eq!(counts.len(), env.sandbox.ids("charges").len());
     assert!(counts.values().all(|&n| n == 1));
 }
+
+/// `tributary sandbox stripe` on a free port, its URL read from the line it prints.
+async fn serve(args: &[&str]) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["sandbox", "stripe", "--port", "0", "--records", "20"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the simulator starts");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.strip_prefix("# stripe simulator on ") {
+                return rest.split(';').next().unwrap().to_owned();
+            }
+        }
+        panic!("the simulator printed no URL");
+    })
+    .await
+    .expect("the simulator prints its URL within a minute");
+    (child, url)
+}
+
+/// Sends 40 requests to `GET /v1/charges` at once and counts the 429s, each checked to
+/// be Stripe's `rate_limit` error.
+async fn burst(url: &str) -> usize {
+    let http = reqwest::Client::new();
+    let answers = futures::future::join_all((0..40).map(|_| {
+        http.get(format!("{url}/v1/charges?limit=1"))
+            .bearer_auth(tributary_stripe::sandbox::StripeSandbox::api_key())
+            .send()
+    }))
+    .await;
+    let mut throttled = 0;
+    for answer in answers {
+        let answer = answer.expect("the simulator answers");
+        if answer.status() == 429 {
+            let body: serde_json::Value = answer.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "rate_limit", "{body}");
+            throttled += 1;
+        } else {
+            assert_eq!(answer.status(), 200);
+        }
+    }
+    throttled
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_simulator_binary_limits_each_endpoint_to_25_unless_told_a_raised_limit() {
+    // Stripe's default: 25 a second to one endpoint, even on an account allowed 100.
+    let (mut child, url) = serve(&["--rate-limit", "100"]).await;
+    let refused = burst(&url).await;
+    assert!((15..=40).contains(&refused), "{refused} of 40 refused");
+    child.kill().await.unwrap();
+    // An account whose endpoint limit Stripe has raised to 100.
+    let (mut child, url) = serve(&["--rate-limit", "100", "--endpoint-rate-limit", "100"]).await;
+    assert_eq!(burst(&url).await, 0, "40 requests are within 100 a second");
+    child.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_simulator_binary_refuses_limits_it_cannot_keep() {
+    for (args, says) in [
+        (
+            &["sandbox", "zendesk", "--endpoint-rate-limit", "5"][..],
+            "--endpoint-rate-limit: the zendesk simulator has no limit per endpoint; only stripe",
+        ),
+        (
+            &["sandbox", "stripe", "--rate-limit", "0"][..],
+            "`0` is not a rate",
+        ),
+        (
+            &["sandbox", "stripe", "--endpoint-rate-limit", "fast"][..],
+            "`fast` is not a rate",
+        ),
+    ] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .args(args)
+            .args(["--port", "0"])
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(std::time::Duration::from_secs(60), out)
+            .await
+            .expect("refused at once, not served")
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
