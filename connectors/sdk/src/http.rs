@@ -16,7 +16,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use governor::{DefaultDirectRateLimiter, Quota};
-use reqwest::header::{DATE, HeaderMap, RETRY_AFTER};
+/// Response headers, as [`HttpConfig::throttle_scope`] reads them.
+pub use reqwest::header::HeaderMap;
+use reqwest::header::{DATE, RETRY_AFTER};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
@@ -85,6 +87,24 @@ pub struct HttpConfig {
     /// Statuses retried with backoff besides 429, 500, 502, 503 and 504 (a vendor that
     /// documents a transient 423 or 409, say). Default: none.
     pub retry_statuses: Vec<u16>,
+    /// For a vendor whose 429s say which limit was exceeded (Stripe's
+    /// `Stripe-Rate-Limited-Reason`): reads a 429's headers and says whose requests pause
+    /// ([`Throttle`]), for the backoff when the 429 has no `Retry-After`. Default `None`: a
+    /// 429 with `Retry-After` pauses this client's own limit, one without backs off alone.
+    pub throttle_scope: Option<fn(&HeaderMap) -> Throttle>,
+}
+
+/// Which limit a vendor's 429 says was exceeded (see [`HttpConfig::throttle_scope`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttle {
+    /// The account's: every request of the account pauses, whatever nested limit
+    /// ([`HttpClient::shared_within`]) it also waits for.
+    Account,
+    /// This client's own limit (one endpoint's, inside the account): its requests pause.
+    Own,
+    /// No limit the client paces (a lock on one object, a limit of one resource): only
+    /// this request backs off.
+    Request,
 }
 
 /// The default of [`HttpConfig::max_body_bytes`] when the runtime sets none: 256 MiB, far
@@ -126,6 +146,7 @@ impl HttpConfig {
             quota: None,
             max_body_bytes: max_body_bytes(),
             retry_statuses: Vec::new(),
+            throttle_scope: None,
         }
     }
 
@@ -295,6 +316,14 @@ impl Account {
         self.limiter.until_ready().await;
     }
 
+    /// The outermost account whose limit this one's requests count against.
+    fn root(&self) -> &Account {
+        match &self.parent {
+            Some(parent) => parent.root(),
+            None => self,
+        }
+    }
+
     /// Holds every request of the account until `until` (never shortens a pause).
     fn pause_until(&self, until: Instant) {
         let mut paused = self
@@ -359,6 +388,8 @@ enum Failure {
         status: u16,
         retry_after: Option<Duration>,
         message: String,
+        /// For a 429, the limit it says was exceeded ([`HttpConfig::throttle_scope`]).
+        scope: Option<Throttle>,
     },
     /// No complete answer: connect error, timeout, reset, truncated or malformed body.
     Transport(String),
@@ -731,11 +762,17 @@ impl HttpClient {
                 }
             };
 
+            // A 429 that says how long to wait, or which of the client's limits it hit, is
+            // the vendor pacing the account.
             let paced = matches!(
                 failure,
                 Failure::Status {
                     status: 429,
                     retry_after: Some(_),
+                    ..
+                } | Failure::Status {
+                    status: 429,
+                    scope: Some(Throttle::Account | Throttle::Own),
                     ..
                 }
             );
@@ -772,13 +809,14 @@ impl HttpClient {
                 });
             }
 
-            let (status, retry_after, error) = match &failure {
+            let (status, retry_after, scope, error) = match &failure {
                 Failure::Status {
                     status,
                     retry_after,
+                    scope,
                     ..
-                } => (Some(*status), *retry_after, None),
-                Failure::Transport(message) => (None, None, Some(message.as_str())),
+                } => (Some(*status), *retry_after, *scope, None),
+                Failure::Transport(message) => (None, None, None, Some(message.as_str())),
             };
             if status == Some(429) {
                 self.inner
@@ -786,16 +824,19 @@ impl HttpClient {
                     .throttled
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            let delay = match retry_after {
-                Some(retry_after) => {
-                    if status == Some(429) {
-                        // The whole account is over its limit, not just this stream.
-                        self.inner.account.pause_until(Instant::now() + retry_after);
-                    }
-                    retry_after
+            let delay = retry_after
+                .unwrap_or_else(|| self.backoff(if paced { paced_retries } else { retries }));
+            if status == Some(429) {
+                let until = Instant::now() + delay;
+                match scope {
+                    // Every stream of the account is over the limit, not just this one.
+                    Some(Throttle::Account) => self.inner.account.root().pause_until(until),
+                    Some(Throttle::Own) => self.inner.account.pause_until(until),
+                    Some(Throttle::Request) => {}
+                    None if retry_after.is_some() => self.inner.account.pause_until(until),
+                    None => {}
                 }
-                None => self.backoff(retries),
-            };
+            }
             crate::stats::retry(&config.vendor);
             tracing::warn!(
                 vendor = %config.vendor,
@@ -861,6 +902,7 @@ impl HttpClient {
                     status,
                     retry_after,
                     message: vendor_message(&response.body),
+                    scope: config.throttle_scope.map(|scope| scope(&response.headers)),
                 }))
             }
             500 | 502 | 503 | 504 => Ok(Err(Failure::Status {
@@ -870,12 +912,14 @@ impl HttpClient {
                 retry_after: retry_after(&response.headers, response.date)
                     .filter(|wait| *wait <= config.max_retry_after),
                 message: vendor_message(&response.body),
+                scope: None,
             })),
             _ if config.retry_statuses.contains(&status) => Ok(Err(Failure::Status {
                 status,
                 retry_after: retry_after(&response.headers, response.date)
                     .filter(|wait| *wait <= config.max_retry_after),
                 message: vendor_message(&response.body),
+                scope: None,
             })),
             _ => Err(Error::Http {
                 method: method.to_owned(),
@@ -1673,6 +1717,83 @@ mod tests {
             slow.send("test", |c| c.get(&url)).await.unwrap();
         }
         assert!(started.elapsed() >= Duration::from_millis(380));
+    }
+
+    /// A 429 whose headers name the limit it hit pauses that limit, even without
+    /// `Retry-After` (Stripe sends none): the account's holds every nested client, a
+    /// nested one's holds only that client, and a limit of one request holds nothing.
+    #[tokio::test]
+    async fn a_429_naming_its_limit_pauses_that_limit() {
+        fn scope(headers: &HeaderMap) -> Throttle {
+            match headers.get("x-limit").and_then(|v| v.to_str().ok()) {
+                Some("account") => Throttle::Account,
+                Some("own") => Throttle::Own,
+                _ => Throttle::Request,
+            }
+        }
+        fn paused(account: &Account) -> bool {
+            account
+                .paused_until
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some()
+        }
+        async fn after_one_429(key: &str, url: &str) -> (HttpClient, HttpClient, HttpClient) {
+            let config = || HttpConfig {
+                throttle_scope: Some(scope),
+                ..config()
+            };
+            let parent = HttpClient::shared(&format!("{key}:parent"), config()).unwrap();
+            let a = HttpClient::shared_within(&parent, &format!("{key}:a"), config()).unwrap();
+            let b = HttpClient::shared_within(&parent, &format!("{key}:b"), config()).unwrap();
+            let response = a.send("test", |c| c.get(url)).await.unwrap();
+            assert_eq!(response.status, 200, "retried after the 429");
+            assert_eq!(a.throttled(), 1);
+            (parent, a, b)
+        }
+        fn answer(n: u32, limit: &'static str) -> (StatusCode, [(&'static str, &'static str); 1]) {
+            if n == 0 {
+                (StatusCode::TOO_MANY_REQUESTS, [("x-limit", limit)])
+            } else {
+                (StatusCode::OK, [("x-limit", "-")])
+            }
+        }
+
+        let (url, count) = counting(|n| answer(n, "account")).await;
+        let (parent, a, b) = after_one_429("test:scope-account", &url).await;
+        assert!(paused(&parent.inner.account), "the account pauses");
+        assert!(!paused(&a.inner.account) && !paused(&b.inner.account));
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+
+        let (url, _) = counting(|n| answer(n, "own")).await;
+        let (parent, a, b) = after_one_429("test:scope-own", &url).await;
+        assert!(paused(&a.inner.account), "the nested limit pauses");
+        assert!(!paused(&parent.inner.account) && !paused(&b.inner.account));
+
+        let (url, _) = counting(|n| answer(n, "lock")).await;
+        let (parent, a, b) = after_one_429("test:scope-request", &url).await;
+        assert!(
+            !paused(&parent.inner.account)
+                && !paused(&a.inner.account)
+                && !paused(&b.inner.account),
+            "only the request backs off"
+        );
+    }
+
+    /// Without a way to read its limit, a 429 with no `Retry-After` backs off alone.
+    #[tokio::test]
+    async fn a_429_without_retry_after_or_scope_pauses_nothing() {
+        let (url, _) = counting(|n| {
+            if n == 0 {
+                StatusCode::TOO_MANY_REQUESTS
+            } else {
+                StatusCode::OK
+            }
+        })
+        .await;
+        let client = HttpClient::shared("test:scope-none", config()).unwrap();
+        client.send("test", |c| c.get(&url)).await.unwrap();
+        assert!(client.inner.account.paused_until.lock().unwrap().is_none());
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tributary_sdk::clock::ServerClock;
-use tributary_sdk::http::{HttpClient, HttpConfig, Response};
+use tributary_sdk::http::{HeaderMap, HttpClient, HttpConfig, Response, Throttle};
 use tributary_sdk::pagination::{Envelope, malformed_page};
 use tributary_sdk::{Error, Result, Secret};
 
@@ -40,6 +40,27 @@ impl Listing {
     }
 }
 
+/// Which of Stripe's limits a 429 exceeded, from its `Stripe-Rate-Limited-Reason`:
+/// "Requests that are rate limited return the Stripe-Rate-Limited-Reason header with values
+/// that indicate which rate limit the request exceeded", and "If a request returns a 429
+/// status code without these headers, it wasn't the result of a rate limiter (for example,
+/// it may be a lock timeout)" (https://docs.stripe.com/rate-limits, "Rate limited
+/// requests"). Stripe sends no `Retry-After`, so the client backs off on its own and pauses
+/// the limit the 429 names: the account's (`global-rate`, `global-concurrency`) holds
+/// every endpoint, an endpoint's (`endpoint-rate`, `endpoint-concurrency`) holds that
+/// endpoint. A `resource-specific` limit (e.g. updates of one PaymentIntent) or a lock
+/// holds only the request; a reason Stripe adds later is taken as the account's.
+pub fn throttle_scope(headers: &HeaderMap) -> Throttle {
+    match headers
+        .get("stripe-rate-limited-reason")
+        .map(|reason| reason.to_str().unwrap_or_default().trim())
+    {
+        None | Some("resource-specific") => Throttle::Request,
+        Some("endpoint-rate" | "endpoint-concurrency") => Throttle::Own,
+        Some(_) => Throttle::Account,
+    }
+}
+
 /// An authenticated Stripe API client.
 #[derive(Debug)]
 pub struct StripeClient {
@@ -59,7 +80,10 @@ pub struct StripeClient {
 impl StripeClient {
     /// A client for the validated settings. Makes no request.
     pub fn new(settings: &Settings) -> Result<Self> {
-        let config = HttpConfig::new(VENDOR, settings.requests_per_second);
+        let config = HttpConfig {
+            throttle_scope: Some(throttle_scope),
+            ..HttpConfig::new(VENDOR, settings.requests_per_second)
+        };
         let account = account_key(&settings.api_key);
         let http = HttpClient::shared(&account, config)?;
         Ok(StripeClient {
@@ -88,7 +112,10 @@ impl StripeClient {
         let client = HttpClient::shared_within(
             &self.http,
             &format!("{}:{endpoint}", self.account),
-            HttpConfig::new(VENDOR, self.per_endpoint),
+            HttpConfig {
+                throttle_scope: Some(throttle_scope),
+                ..HttpConfig::new(VENDOR, self.per_endpoint)
+            },
         )?;
         endpoints.insert(endpoint, client.clone());
         Ok(client)

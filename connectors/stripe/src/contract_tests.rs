@@ -13,9 +13,10 @@ use tributary_sandbox_kit::replay::{Replay, Route};
 use tributary_sdk::connector::find_stream;
 use tributary_sdk::convert::BatchBuilder;
 use tributary_sdk::cursor::{decode, encode};
-use tributary_sdk::http::vendor_message;
+use tributary_sdk::http::{Throttle, vendor_message};
 use tributary_sdk::{Connector, Error, Page, ReadRequest, Records, Secret, SourceContext};
 
+use crate::client::throttle_scope;
 use crate::streams::Cursor;
 use crate::{Stripe, StripeConfig};
 
@@ -216,23 +217,45 @@ async fn contract_a_bad_key_fails_check_with_stripes_message() {
     }
 }
 
+/// A rate limit's 429 as Stripe sends it: `Stripe-Rate-Limited-Reason` names the limit and
+/// no `Retry-After` says how long (https://docs.stripe.com/rate-limits, "Rate limited
+/// requests"). The client backs off on its own, holding the whole account for
+/// `global-rate`, and asks again.
 #[tokio::test]
-async fn contract_a_rate_limit_answer_is_retried_then_reported() {
+async fn contract_a_rate_limit_answer_is_waited_out_and_retried() {
     let replay = Replay::start(vec![
         Route::new("/v1/events", None, ERROR_RATE_LIMIT)
             .status(429)
-            .header("retry-after", "0"),
+            .header("stripe-rate-limited-reason", "global-rate")
+            .once(),
+        Route::new("/v1/events", None, EVENTS_LIST),
     ])
     .await;
-    let err = stripe(&replay, "sk_test_contract_d")
+    stripe(&replay, "sk_test_contract_d")
         .check()
         .await
-        .unwrap_err();
-    assert!(matches!(err, Error::RateLimited { .. }), "{err:?}");
-    assert!(replay.requests().len() > 1, "a 429 is retried");
+        .expect("the retry after the 429 succeeds");
+    assert_eq!(replay.requests().len(), 2, "{:?}", replay.requests());
     assert_eq!(
         vendor_message(ERROR_RATE_LIMIT.as_bytes()),
         "Request rate limit exceeded. Learn more about rate limits here \
          https://stripe.com/docs/rate-limits."
+    );
+    let mut headers = tributary_sdk::http::HeaderMap::new();
+    for (reason, scope) in [
+        ("global-rate", Throttle::Account),
+        ("global-concurrency", Throttle::Account),
+        ("endpoint-rate", Throttle::Own),
+        ("endpoint-concurrency", Throttle::Own),
+        ("resource-specific", Throttle::Request),
+    ] {
+        headers.insert("stripe-rate-limited-reason", reason.parse().unwrap());
+        assert_eq!(throttle_scope(&headers), scope, "{reason}");
+    }
+    // "A 429 status code without these headers ... wasn't the result of a rate limiter
+    // (for example, it may be a lock timeout)": only that request waits.
+    assert_eq!(
+        throttle_scope(&tributary_sdk::http::HeaderMap::new()),
+        Throttle::Request
     );
 }

@@ -20,12 +20,14 @@
 //! `POST /v1/subscription_items` and removed with `DELETE`); parameters are checked against the
 //! object's own fields, so create-only Stripe parameters such as `source=tok_visa` are
 //! refused; `expand[]` is accepted and ignored.
-//! - Stripe's error JSON, 401 for a missing or non-test key, 429 + `Retry-After` above the
-//!   configured rate, a `Date` header from the simulator clock and a `Request-Id`. As in
-//!   Stripe, each endpoint (a method and a path with its ids taken out, `GET /v1/charges`,
-//!   `GET /v1/customers/{id}`) may also have a limit of its own within the account's
-//!   ([`SandboxConfig::endpoint_rate_limit`]; the simulator binary sets Stripe's 25 a
-//!   second whenever it is given a rate limit).
+//! - Stripe's error JSON, 401 for a missing or non-test key, 429 above the configured rate
+//!   (with `Stripe-Rate-Limited-Reason: global-rate` and, as Stripe, no `Retry-After`), a
+//!   `Date` header from the simulator clock and a `Request-Id`. As in Stripe, each endpoint
+//!   (a method and a path with its ids taken out, `GET /v1/charges`, `GET
+//!   /v1/customers/{id}`) may also have a limit of its own within the account's
+//!   ([`SandboxConfig::endpoint_rate_limit`], answered with `endpoint-rate`; the simulator
+//!   binary sets Stripe's 25 a second whenever it is given a rate limit, or
+//!   `--endpoint-rate-limit`).
 //! - Faults on demand (the sandbox kit's, seeded): 500/503, 429s, slow responses, bodies
 //!   cut short, malformed JSON; and Stripe's own ([`StripeFaults`]).
 //!
@@ -172,7 +174,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Admits a request to `endpoint` under the endpoint's own limit; a refusal is counted
-    /// and answered like the account's (429, Retry-After).
+    /// and answered like the account's (429, reason `endpoint-rate`).
     pub(crate) fn admit_endpoint(
         &self,
         endpoint: &str,

@@ -1,5 +1,5 @@
 //! Rate limits: the client stays within the configured rate, and the vendor's 429s are
-//! waited out and retried.
+//! waited out and retried; the simulator binary's limits.
 
 use crate::common::{Env, id_counts, read_table};
 use tributary_stripe::sandbox::SandboxConfig;
@@ -35,8 +35,10 @@ async fn the_simulator_never_sees_more_than_the_configured_rate() {
     assert!(stats.max_admitted_per_second <= 9, "{stats:?}");
 }
 
+/// Stripe's 429s carry no `Retry-After`, only `Stripe-Rate-Limited-Reason`: the client
+/// backs off on its own, holding the account on `global-rate`, and lands every charge once.
 #[tokio::test(flavor = "multi_thread")]
-async fn throttled_requests_are_retried_after_retry_after() {
+async fn throttled_requests_are_backed_off_and_retried() {
     let env = Env::stripe_with(
         SandboxConfig {
             records: 400,

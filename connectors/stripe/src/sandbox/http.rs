@@ -116,10 +116,27 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
 }
 
 /// Answers what the kit decided instead of the API, in Stripe's error shape.
+///
+/// A 429 of a rate limit says which limit in `Stripe-Rate-Limited-Reason` (`global-rate`
+/// for the account's, `endpoint-rate` for one endpoint's): "Requests that are rate limited
+/// return the Stripe-Rate-Limited-Reason header with values that indicate which rate
+/// limit the request exceeded" (https://docs.stripe.com/rate-limits, "Rate limited
+/// requests"). It has no `Retry-After`: Stripe has never sent one to API users (Stripe's
+/// own note in stripe-python PR #1843, which took the SDKs' reading of it out), so a
+/// client must back off on its own.
 fn refuse(shared: &Shared, e: &SandboxError, request_id: &str, gzip: bool) -> Response {
-    let retry_after = e
-        .retry_after()
-        .map(|s| (header::RETRY_AFTER, s.to_string()));
+    let reason = match e {
+        SandboxError::Throttled { limit, .. } => Some((
+            header::HeaderName::from_static("stripe-rate-limited-reason"),
+            if *limit == "endpoint" {
+                "endpoint-rate"
+            } else {
+                "global-rate"
+            }
+            .to_owned(),
+        )),
+        _ => None,
+    };
     let body = shared.error_body(e);
     respond(
         shared,
@@ -127,7 +144,7 @@ fn refuse(shared: &Shared, e: &SandboxError, request_id: &str, gzip: bool) -> Re
         body,
         request_id,
         gzip,
-        retry_after.as_slice(),
+        reason.as_slice(),
     )
 }
 
@@ -602,7 +619,9 @@ fn respond(
             headers.insert(name.clone(), value);
         }
     }
-    if status >= 500 || status == 429 {
+    // What Stripe sends with a rate limit's 429 is not documented: the SDKs retry a 429
+    // only when told to, and Stripe says they do not retry rate limits, so none is sent.
+    if status >= 500 {
         headers.insert(
             header::HeaderName::from_static("stripe-should-retry"),
             HeaderValue::from_static("true"),
@@ -636,7 +655,9 @@ impl Vendor for Shared {
                 status: 429,
                 kind: "invalid_request_error",
                 code: Some("rate_limit"),
-                message: "Request rate limit exceeded. Learn more about rate limits here \
+                // Stripe's test-mode text (the simulator takes only `sk_test_` keys).
+                message: "Testmode request rate limit exceeded, the rate limits in testmode \
+                          are lower than livemode. You can learn more about rate limits here \
                           https://stripe.com/docs/rate-limits."
                     .to_owned(),
                 param: None,

@@ -444,7 +444,11 @@ async fn each_endpoint_has_a_limit_of_its_own() {
     }
     let refused = get(&sandbox, "/v1/charges?limit=2").await;
     assert_eq!(refused.status, 429);
-    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(
+        refused.header("stripe-rate-limited-reason"),
+        Some("endpoint-rate")
+    );
+    assert_eq!(refused.header("retry-after"), None, "Stripe sends none");
     assert_eq!(refused.json()["error"]["code"], "rate_limit");
     assert_eq!(get(&sandbox, "/v1/customers?limit=1").await.status, 200);
     let ids = sandbox.ids("customers");
@@ -463,8 +467,11 @@ async fn each_endpoint_has_a_limit_of_its_own() {
     sandbox.shutdown().await;
 }
 
+/// Over the account's limit: Stripe's `rate_limit` error, `Stripe-Rate-Limited-Reason:
+/// global-rate`, no `Retry-After` and no `Stripe-Should-Retry` (Stripe documents neither
+/// for a rate limit's 429).
 #[tokio::test]
-async fn rate_limits_with_retry_after_and_counts() {
+async fn rate_limits_name_the_global_limit_and_count() {
     let config = SandboxConfig {
         records: 5,
         rate_limit: Some(4.0),
@@ -476,8 +483,22 @@ async fn rate_limits_with_retry_after_and_counts() {
         let reply = get(&sandbox, "/v1/customers?limit=1").await;
         if reply.status == 429 {
             limited += 1;
-            assert_eq!(reply.header("retry-after"), Some("1"));
-            assert_eq!(reply.json()["error"]["code"], "rate_limit");
+            assert_eq!(
+                reply.header("stripe-rate-limited-reason"),
+                Some("global-rate")
+            );
+            assert_eq!(reply.header("retry-after"), None);
+            assert_eq!(reply.header("stripe-should-retry"), None);
+            let error = &reply.json()["error"];
+            assert_eq!(error["code"], "rate_limit");
+            assert_eq!(error["type"], "invalid_request_error");
+            assert!(
+                error["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("Testmode request rate limit exceeded"),
+                "{error}"
+            );
         }
     }
     assert!(limited >= 7, "only {limited} refused");
@@ -686,10 +707,10 @@ async fn hundred_thousand_charges() {
     sandbox.shutdown().await;
 }
 
-/// Throttling came with the sandbox kit: injected 429s in Stripe's `rate_limit` shape with
-/// `Retry-After`, set over the one control API like every other fault.
+/// Throttling came with the sandbox kit: injected 429s in Stripe's `rate_limit` shape, named
+/// as a rate limit's (`global-rate`), set over the one control API like every other fault.
 #[tokio::test]
-async fn injected_throttling_answers_429_with_retry_after() {
+async fn injected_throttling_answers_429_like_the_global_limit() {
     let sandbox = start(10).await;
     let set = request(
         &sandbox,
@@ -704,8 +725,11 @@ async fn injected_throttling_answers_429_with_retry_after() {
     for _ in 0..2 {
         let throttled = get(&sandbox, "/v1/charges?limit=1").await;
         assert_eq!(throttled.status, 429);
-        assert_eq!(throttled.header("retry-after"), Some("1"));
-        assert_eq!(throttled.header("stripe-should-retry"), Some("true"));
+        assert_eq!(
+            throttled.header("stripe-rate-limited-reason"),
+            Some("global-rate")
+        );
+        assert_eq!(throttled.header("retry-after"), None);
         assert_eq!(throttled.json()["error"]["code"], "rate_limit");
     }
     assert_eq!(get(&sandbox, "/v1/charges?limit=1").await.status, 200);
@@ -740,7 +764,10 @@ async fn the_rate_limit_is_set_over_the_control_api() {
     assert_eq!(get(&sandbox, "/v1/charges?limit=1").await.status, 200);
     let refused = get(&sandbox, "/v1/charges?limit=1").await;
     assert_eq!(refused.status, 429);
-    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(
+        refused.header("stripe-rate-limited-reason"),
+        Some("global-rate")
+    );
     assert_eq!(sandbox.stats().rate_limited, 1);
     request(
         &sandbox,
