@@ -107,6 +107,9 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     // Installed before saying so on stdout: a SIGTERM right after must stop gracefully.
     let shutdown = shutdown_signal()?;
+    // Ready before saying so: a probe right after the line below must not get 503 (the
+    // bound listener queues connections until the server below takes them).
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(address = %bound, collector = %collector_id, spool = %spool_dir.display(), "Collector listening.");
     println!("Collector listening on http://{bound}");
     let sources: Vec<&str> = config.events.iter().map(|s| s.name.as_str()).collect();
@@ -119,7 +122,6 @@ pub async fn serve(
         crate::overview::web::PATH,
         crate::overview::web::router(warehouse, crate::overview::configured_sources(&config)),
     );
-    ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let stopping = {
         let ready = ready.clone();
         async move {
