@@ -281,6 +281,11 @@ pub enum Next {
         /// resumed, whatever order the vendor lists the files in then.
         #[serde(default)]
         name: String,
+        /// The files already read whole, by name: a resumed job reads the others, in
+        /// whatever order the vendor lists them then (`None` in a cursor from before this
+        /// was kept: the files listed before `file` count as read).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        done: Option<Vec<String>>,
     },
 }
 

@@ -673,6 +673,39 @@ async fn an_export_stream_reads_every_file_once_and_resumes_in_its_job() {
         want
     );
 
+    // The vendor lists the job's files in another order now (last first): the rest of
+    // the file being read and the file not read yet, nothing read before.
+    sandbox.set_exports(crate::sandbox::ExportBehaviour {
+        reversed: true,
+        ..Default::default()
+    });
+    let reordered = read_all(src.as_ref(), &schema, Some(cursor.clone()), false)
+        .await
+        .unwrap();
+    assert_eq!(sandbox.exports_started(), 1, "resumed in the same job");
+    assert!(reordered.duplicates().is_empty());
+    assert!(before.is_disjoint(&reordered.ids()), "nothing read twice");
+    assert_eq!(
+        before
+            .union(&reordered.ids())
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        want,
+        "nothing skipped"
+    );
+    // And from a cursor written before the files read were kept (no `done`): the files
+    // listed before the one being read count as read, as they did then.
+    let mut old = cursor.clone();
+    old["window"]["next"]["export"]
+        .as_object_mut()
+        .unwrap()
+        .remove("done");
+    sandbox.set_exports(crate::sandbox::ExportBehaviour::default());
+    let from_old = read_all(src.as_ref(), &schema, Some(old), false)
+        .await
+        .unwrap();
+    assert_eq!(from_old.ids(), rest.ids());
+
     // The job expired: a new export, whose first page starts the snapshot over.
     sandbox.forget_exports();
     let again = read_all(src.as_ref(), &schema, Some(cursor), false)

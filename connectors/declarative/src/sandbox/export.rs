@@ -54,6 +54,9 @@ pub struct ExportBehaviour {
     /// Each file link answers `307 TemporaryRedirect` to where the file is served, as S3
     /// does for a bucket in another region.
     pub redirect: bool,
+    /// A ready job lists its files last first: the vendor documents no order, so a
+    /// resumed read must not take the list's order for the order it read in.
+    pub reversed: bool,
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -168,7 +171,12 @@ impl Shared {
                 .get("host")
                 .and_then(|h| h.to_str().ok())
                 .unwrap_or("127.0.0.1");
-            let urls: Vec<Value> = (0..job.files.len())
+            let mut files: Vec<usize> = (0..job.files.len()).collect();
+            if behaviour.reversed {
+                files.reverse();
+            }
+            let urls: Vec<Value> = files
+                .into_iter()
                 .map(|n| {
                     json!(format!(
                         "http://{host}{FILES}{id}/{n}.json.gzip?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=0f1e2d"

@@ -340,14 +340,15 @@ impl DeclarativeSource {
                     file,
                     line,
                     name,
-                } => Some((w.mark_ms, job, file, line, name)),
+                    done,
+                } => Some((w.mark_ms, job, file, line, name, done)),
                 _ => None,
             });
             loop {
                 // The same export while the vendor still lists the file being read; else a
                 // new one, whose first page starts the snapshot over.
                 let mut from = None;
-                if let Some((mark, job, file, line, name)) = resume.take() {
+                if let Some((mark, job, file, line, name, done)) = resume.take() {
                     match this.export_status(&s, &export, &job).await {
                         Ok(Status::Ready(urls)) => {
                             // By the file's name, not only its place: a vendor may list the
@@ -361,7 +362,10 @@ impl DeclarativeSource {
                                         .then_some(file as usize)
                                 });
                             match at {
-                                Some(at) => from = Some((false, mark, job, urls, at, line)),
+                                Some(at) => {
+                                    let (order, done) = resumed_order(&urls, at, done);
+                                    from = Some((false, mark, job, urls, order, done, line));
+                                }
                                 None => tracing::info!(
                                     source = this.name(),
                                     stream = %s.name,
@@ -382,7 +386,7 @@ impl DeclarativeSource {
                     }
                 }
                 let resumed = from.is_some();
-                let (reset, mark, job, urls, first_file, skip) = match from {
+                let (reset, mark, job, urls, order, done, skip) = match from {
                     Some(r) => r,
                     None => {
                         let mark = chrono::Utc::now().timestamp_millis();
@@ -391,7 +395,8 @@ impl DeclarativeSource {
                         else {
                             return Ok(());
                         };
-                        (true, mark, job, urls, 0, 0)
+                        let order = (0..urls.len()).collect();
+                        (true, mark, job, urls, order, Vec::new(), 0)
                     }
                 };
                 let job_files = JobFiles {
@@ -400,7 +405,7 @@ impl DeclarativeSource {
                     urls: &urls,
                 };
                 match this
-                    .read_files(&s, &pages, &job_files, first_file, skip, reset)
+                    .read_files(&s, &pages, &job_files, &order, done, skip, reset)
                     .await
                 {
                     Err(e) if resumed => {
@@ -418,14 +423,17 @@ impl DeclarativeSource {
         })
     }
 
-    /// Hands on the lines of `files` from file `first_file` (after its first `skip`
-    /// lines) in pages of `page_size` records (or 32 MiB), each with the cursor after it.
+    /// Hands on the lines of `files`, file by file in `order` (the first after its first
+    /// `skip` lines; `read_whole` names the files read before), in pages of `page_size`
+    /// records (or 32 MiB), each with the cursor after it.
+    #[allow(clippy::too_many_arguments)]
     async fn read_files(
         &self,
         s: &StreamSpec,
         pages: &PageSender,
         files: &JobFiles<'_>,
-        first_file: usize,
+        order: &[usize],
+        mut read_whole: Vec<String>,
         mut skip: u64,
         mut reset: bool,
     ) -> Result<()> {
@@ -435,7 +443,7 @@ impl DeclarativeSource {
             since_ms: None,
             window: None,
         };
-        if first_file >= urls.len() {
+        if order.is_empty() {
             // An empty export (no files): the snapshot is empty, and complete.
             let page = Page::with_cursor(
                 Records::Json {
@@ -451,7 +459,8 @@ impl DeclarativeSource {
         let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
         let mut count = 0usize;
         let mut line = Vec::new();
-        for (index, url) in urls.iter().enumerate().skip(first_file) {
+        for (k, &index) in order.iter().enumerate() {
+            let url = &urls[index];
             if pages.is_closed() {
                 return Ok(());
             }
@@ -464,7 +473,7 @@ impl DeclarativeSource {
                     format!("export {job} file {index}: {m}"),
                 )
             };
-            let last_file = index + 1 == urls.len();
+            let last_file = k + 1 == order.len();
             loop {
                 let more = lines.next_line(&mut line).map_err(bad)?;
                 if more.is_some() {
@@ -498,7 +507,10 @@ impl DeclarativeSource {
                 let next = match more {
                     Some(()) => Some((index, lines.line)),
                     None if last_file => None,
-                    None => Some((index + 1, 0)),
+                    None => {
+                        read_whole.push(file_name(url));
+                        Some((order[k + 1], 0))
+                    }
                 };
                 let resume = match next {
                     None => done.clone(),
@@ -511,6 +523,7 @@ impl DeclarativeSource {
                                 file: file as u64,
                                 line,
                                 name: file_name(&urls[file]),
+                                done: Some(read_whole.clone()),
                             },
                             deletions: false,
                             parent: None,
@@ -534,9 +547,36 @@ impl DeclarativeSource {
                     break;
                 }
             }
+            // A file that ended without a page of its own is read whole too.
+            if read_whole.last() != Some(&file_name(url)) {
+                read_whole.push(file_name(url));
+            }
             skip = 0;
         }
         Ok(())
+    }
+}
+
+/// The files a resumed job reads, in order: the one being read (at `at` in the job's
+/// list now), then every other not in `done`, as the vendor lists them now; and the files
+/// read whole. A cursor without `done` (older than it) counts the files listed before
+/// `at` as read, as it did then.
+fn resumed_order(
+    urls: &[String],
+    at: usize,
+    done: Option<Vec<String>>,
+) -> (Vec<usize>, Vec<String>) {
+    match done {
+        Some(done) => {
+            let order = std::iter::once(at)
+                .chain((0..urls.len()).filter(|&i| i != at && !done.contains(&file_name(&urls[i]))))
+                .collect();
+            (order, done)
+        }
+        None => (
+            (at..urls.len()).collect(),
+            urls[..at].iter().map(|u| file_name(u)).collect(),
+        ),
     }
 }
 
