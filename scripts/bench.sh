@@ -58,6 +58,10 @@ sandbox_args=(--port "$port" --records "$records")
 [ -n "${BENCH_JITTER_MS:-}" ] && sandbox_args+=(--latency-jitter-ms "$BENCH_JITTER_MS")
 [ -n "$rate_limit" ] && sandbox_args+=(--rate-limit "$rate_limit")
 endpoint_limit="${BENCH_ENDPOINT_RATE_LIMIT:-}"
+if [ -n "$endpoint_limit" ] && [ "$vendor" != stripe ]; then
+  echo "BENCH_ENDPOINT_RATE_LIMIT: only Stripe's simulator limits each endpoint" >&2
+  exit 2
+fi
 [ -n "$endpoint_limit" ] && sandbox_args+=(--endpoint-rate-limit "$endpoint_limit")
 "${BENCH_SANDBOX_BIN:-$bin}" sandbox "$vendor" "${sandbox_args[@]}" >"$work/sandbox.log" 2>&1 &
 sandbox_pid=$!

@@ -128,12 +128,14 @@ enum Command {
         /// Objects per stream (charges get this many; other streams scale from it).
         #[arg(long, default_value_t = 200)]
         records: usize,
-        /// Requests per second above which it answers 429 with Retry-After.
+        /// Requests per second above which it answers 429, as the vendor does (with
+        /// Retry-After; Stripe's names the limit in Stripe-Rate-Limited-Reason instead).
         #[arg(long, value_parser = positive_rate)]
         rate_limit: Option<f64>,
         /// Requests per second to one endpoint above which it answers 429, for a vendor
-        /// that limits each endpoint too (Stripe: default 25, or `--rate-limit` if lower);
-        /// set it to simulate an account whose endpoint limit the vendor has raised.
+        /// that limits each endpoint too (Stripe: with `--rate-limit R`, min(R, 25) unless
+        /// this is given); set it to simulate an account whose endpoint limit the vendor
+        /// has raised.
         #[arg(long, value_parser = positive_rate)]
         endpoint_rate_limit: Option<f64>,
         /// Milliseconds every API request takes to answer, as a real vendor's round trip

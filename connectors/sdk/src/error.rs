@@ -58,12 +58,14 @@ pub enum Error {
         message: String,
     },
 
-    /// Rate limited for longer than the client is willing to wait.
-    #[error("{url} is rate limited; the vendor asked to wait {retry_after:?}")]
+    /// Rate limited for longer than the client is willing to wait: a `Retry-After` past
+    /// its limit, or 429s that went on through every retry it allows.
+    #[error("{url} is rate limited; giving up rather than waiting {retry_after:?} more")]
     RateLimited {
         /// The request URL.
         url: String,
-        /// How long the vendor asked to wait.
+        /// The wait the client would have had next: the vendor's `Retry-After`, or its
+        /// own backoff when the vendor said none.
         retry_after: Duration,
     },
 

