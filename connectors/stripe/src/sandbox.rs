@@ -27,7 +27,8 @@
 //!   /v1/customers/{id}`) may also have a limit of its own within the account's
 //!   ([`SandboxConfig::endpoint_rate_limit`], answered with `endpoint-rate`; the simulator
 //!   binary sets Stripe's 25 a second whenever it is given a rate limit, or
-//!   `--endpoint-rate-limit`).
+//!   `--endpoint-rate-limit`), and the requests answered at once may be limited too
+//!   ([`SandboxConfig::concurrency_limit`], answered with `global-concurrency`).
 //! - Faults on demand (the sandbox kit's, seeded): 500/503, 429s, slow responses, bodies
 //!   cut short, malformed JSON; and Stripe's own ([`StripeFaults`]).
 //!
@@ -95,6 +96,10 @@ pub struct SandboxConfig {
     /// `rate_limit` (Stripe: "API endpoints have a default limit of 25 requests per
     /// second", https://docs.stripe.com/rate-limits); `None` = no limit of their own.
     pub endpoint_rate_limit: Option<f64>,
+    /// Requests answered at once (the simulated latency included) above which another is
+    /// refused with 429 and `Stripe-Rate-Limited-Reason: global-concurrency`: Stripe's
+    /// concurrency limiter, whose number Stripe does not document; `None` = no limit.
+    pub concurrency_limit: Option<usize>,
     /// Seed of the generated data and of fault injection, for repeatable runs.
     pub seed: u64,
     /// Compress responses when the client sends `Accept-Encoding: gzip`. Off by default so
@@ -108,6 +113,7 @@ impl Default for SandboxConfig {
             records: 200,
             rate_limit: None,
             endpoint_rate_limit: None,
+            concurrency_limit: None,
             seed: 42,
             gzip: false,
         }
@@ -170,6 +176,9 @@ pub(crate) struct Shared {
     endpoint_limit: Option<RateLimit>,
     endpoint_rps: Option<f64>,
     endpoints: std::sync::Mutex<std::collections::HashMap<String, Window>>,
+    /// Stripe's concurrency limit, and the requests being answered now.
+    concurrency_limit: Option<usize>,
+    active: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -308,12 +317,18 @@ impl StripeSandbox {
             endpoint_limit: config.endpoint_rate_limit.map(RateLimit::per_second),
             endpoint_rps: config.endpoint_rate_limit,
             endpoints: std::sync::Mutex::default(),
+            concurrency_limit: config.concurrency_limit,
+            active: std::sync::atomic::AtomicUsize::new(0),
         });
         let router = axum::Router::new()
             .fallback(http::handle)
             .layer(axum::middleware::from_fn_with_state(
                 Arc::clone(&shared),
                 tributary_sandbox_kit::latency::delay::<Shared>,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&shared),
+                http::concurrency,
             ))
             .with_state(Arc::clone(&shared));
         let server = Server::start(port, router, "Stripe").await?;

@@ -23,6 +23,50 @@ use super::{BadShape, Shared, StripeFaults};
 /// Request bodies are small forms; anything bigger is refused before parsing.
 const MAX_BODY: usize = 1 << 20;
 
+/// Stripe's concurrency limiter, around everything (the simulated latency included): a
+/// request arriving while `concurrency_limit` others are being answered is refused with
+/// 429 and `Stripe-Rate-Limited-Reason: global-concurrency`. Stripe documents the limiter
+/// ("The concurrency limiter restricts the number of concurrent active requests", and list
+/// requests "generally use more resources and take longer to run") but not its number,
+/// so the simulator has none unless given one ([`super::SandboxConfig::concurrency_limit`]).
+pub(crate) async fn concurrency(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(limit) = shared.concurrency_limit else {
+        return next.run(request).await;
+    };
+    if request.uri().path().starts_with("/_sandbox/") {
+        return next.run(request).await;
+    }
+    struct Active<'a>(&'a std::sync::atomic::AtomicUsize);
+    impl Drop for Active<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let active = Active(&shared.active);
+    if shared
+        .active
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        >= limit
+    {
+        shared.kit.count_request();
+        shared.kit.count_rate_limited();
+        let gzip = shared.gzip && accepts_gzip(request.headers());
+        let refused = SandboxError::Throttled {
+            retry_after: 1,
+            injected: false,
+            limit: "concurrency",
+        };
+        return refuse(&shared, &refused, &shared.next_request_id(), gzip);
+    }
+    let response = next.run(request).await;
+    drop(active);
+    response
+}
+
 /// The single handler behind every path.
 pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
@@ -128,10 +172,10 @@ fn refuse(shared: &Shared, e: &SandboxError, request_id: &str, gzip: bool) -> Re
     let reason = match e {
         SandboxError::Throttled { limit, .. } => Some((
             header::HeaderName::from_static("stripe-rate-limited-reason"),
-            if *limit == "endpoint" {
-                "endpoint-rate"
-            } else {
-                "global-rate"
+            match *limit {
+                "endpoint" => "endpoint-rate",
+                "concurrency" => "global-concurrency",
+                _ => "global-rate",
             }
             .to_owned(),
         )),
