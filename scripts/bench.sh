@@ -20,6 +20,8 @@
 #                      Stripe's simulator then also limits each endpoint to 25/s, as Stripe does
 #   BENCH_ENDPOINT_RATE_LIMIT  Stripe: the limit of each endpoint instead (an account whose
 #                      endpoint limit Stripe has raised); the source's own follows it
+#   BENCH_CONCURRENCY_LIMIT  Stripe: requests the simulator answers at once, 429 past it
+#                      (Stripe's concurrency limiter; its number is not published)
 #   BENCH_CLIENT_RPS   the source's own request rate (default: the simulator's limit, else
 #                      10000 requests/s, the highest Stripe accepts)
 #   BENCH_PORT         the simulator's port (default 12199)
@@ -63,6 +65,7 @@ if [ -n "$endpoint_limit" ] && [ "$vendor" != stripe ]; then
   exit 2
 fi
 [ -n "$endpoint_limit" ] && sandbox_args+=(--endpoint-rate-limit "$endpoint_limit")
+[ -n "${BENCH_CONCURRENCY_LIMIT:-}" ] && sandbox_args+=(--concurrency-limit "$BENCH_CONCURRENCY_LIMIT")
 "${BENCH_SANDBOX_BIN:-$bin}" sandbox "$vendor" "${sandbox_args[@]}" >"$work/sandbox.log" 2>&1 &
 sandbox_pid=$!
 

@@ -92,6 +92,8 @@ pub struct Limits {
     /// Requests per second to one endpoint, for vendors that limit endpoints
     /// (`--endpoint-rate-limit`).
     pub endpoint_rate_limit: Option<f64>,
+    /// Requests answered at once, for vendors with such a limit (`--concurrency-limit`).
+    pub concurrency_limit: Option<usize>,
 }
 
 /// `sandbox`: serve one simulator (or `all`) until interrupted. `all` seeds each the way
@@ -117,6 +119,18 @@ pub async fn sandbox(
                 .join(", ")
         );
     }
+    if limits.concurrency_limit.is_some() && !selected.iter().any(|(f, _)| f.concurrency_limits) {
+        bail!(
+            "--concurrency-limit: the {name} simulator has no limit on requests at once; only {} \
+             have one",
+            registry::vendors()
+                .into_iter()
+                .filter(|v| v.simulator.concurrency_limits)
+                .map(|v| v.simulator.vendor)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let mut running: Vec<(SimulatorFactory, Box<dyn Simulator>)> = Vec::new();
     for (factory, port) in selected {
         let records = if name == ALL {
@@ -127,6 +141,9 @@ pub async fn sandbox(
         let options = SimulatorOptions {
             records,
             rate_limit: limits.rate_limit,
+            concurrency_limit: limits
+                .concurrency_limit
+                .filter(|_| factory.concurrency_limits),
             endpoint_rate_limit: limits
                 .endpoint_rate_limit
                 .filter(|_| factory.endpoint_limits),

@@ -138,6 +138,10 @@ enum Command {
         /// has raised.
         #[arg(long, value_parser = positive_rate)]
         endpoint_rate_limit: Option<f64>,
+        /// Requests answered at once past which it answers 429, for a vendor with such a
+        /// limit (Stripe's concurrency limiter, whose number Stripe does not publish).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        concurrency_limit: Option<u32>,
         /// Milliseconds every API request takes to answer, as a real vendor's round trip
         /// (requests wait in parallel); `demo` answers at once.
         #[arg(long, default_value_t = 0)]
@@ -357,6 +361,7 @@ fn main() -> ExitCode {
                 records,
                 rate_limit,
                 endpoint_rate_limit,
+                concurrency_limit,
                 latency_ms,
                 latency_jitter_ms,
             } => {
@@ -367,6 +372,7 @@ fn main() -> ExitCode {
                     demo::Limits {
                         rate_limit,
                         endpoint_rate_limit,
+                        concurrency_limit: concurrency_limit.map(|n| n as usize),
                     },
                     latency_ms,
                     latency_jitter_ms,

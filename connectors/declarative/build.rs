@@ -67,7 +67,7 @@ fn main() {
         let _ = writeln!(
             sims,
             "        SimulatorFactory {{ vendor: {vendor:?}, default_port: default_port({vendor:?}), \
-             demo_records: |records| records.min(DEMO_RECORDS), endpoint_limits: false, start: |options| start({vendor:?}, options) }},"
+             demo_records: |records| records.min(DEMO_RECORDS), endpoint_limits: false, concurrency_limits: false, start: |options| start({vendor:?}, options) }},"
         );
     }
     sims.push_str("    ]\n}\n");

@@ -15,6 +15,7 @@ pub fn factory() -> SimulatorFactory {
         // Records per object: a quarter of the others' keeps the demo's Bulk jobs short.
         demo_records: |records| (records / 4).max(5),
         endpoint_limits: false,
+        concurrency_limits: false,
         start,
     }
 }

@@ -90,9 +90,10 @@ pub struct HttpConfig {
     /// For a vendor whose 429s say which limit was exceeded (Stripe's
     /// `Stripe-Rate-Limited-Reason`): reads a 429's headers and says whose requests pause
     /// ([`Throttle`]) and for how long: the `Retry-After` if the 429 has one, else the
-    /// request's backoff. [`Throttle::Account`] and [`Throttle::Own`] count as the vendor
-    /// pacing the account (four times `max_retries`); [`Throttle::Request`] pauses nothing
-    /// and uses the request's own retries. Default `None`: a 429 with `Retry-After` pauses
+    /// request's backoff. [`Throttle::Account`], [`Throttle::Own`] and
+    /// [`Throttle::Concurrency`] count as the vendor pacing the account (four times
+    /// `max_retries`); [`Throttle::Request`] pauses nothing and uses the request's own
+    /// retries. Default `None`: a 429 with `Retry-After` pauses
     /// this client's own limit, one without backs off alone.
     pub throttle_scope: Option<fn(&HeaderMap) -> Throttle>,
 }
@@ -105,6 +106,11 @@ pub enum Throttle {
     Account,
     /// This client's own limit (one endpoint's, inside the account): its requests pause.
     Own,
+    /// A limit on requests at once (Stripe's concurrency limiter): nothing pauses, since
+    /// the answers in flight free it and a pause would idle the account; the request backs
+    /// off, and a reader keeping several in flight keeps fewer (it sees the 429 in
+    /// [`HttpClient::throttled`]).
+    Concurrency,
     /// No limit the client paces (a lock on one object, a limit of one resource): only
     /// this request backs off.
     Request,
@@ -799,7 +805,7 @@ impl HttpClient {
                     ..
                 } | Failure::Status {
                     status: 429,
-                    scope: Some(Throttle::Account | Throttle::Own),
+                    scope: Some(Throttle::Account | Throttle::Own | Throttle::Concurrency),
                     ..
                 }
             );
@@ -861,7 +867,7 @@ impl HttpClient {
                     // Every stream of the account is over the limit, not just this one.
                     Some(Throttle::Account) => self.inner.account.root().pause_until(until),
                     Some(Throttle::Own) => self.inner.account.pause_until(until),
-                    Some(Throttle::Request) => {}
+                    Some(Throttle::Concurrency | Throttle::Request) => {}
                     None if retry_after.is_some() => self.inner.account.pause_until(until),
                     None => {}
                 }

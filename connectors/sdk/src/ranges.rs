@@ -14,8 +14,10 @@
 //!   again the consumer's pace stands in for the rate, so finished pages do not pile up in
 //!   memory. That need is split between the readers sharing the account ([`HttpClient::readers`]), so
 //!   two streams of one account backfilling at once share the rate instead of each
-//!   queueing all of it. Never more than `max_concurrency`; the ceiling starts at 12
-//!   (slow start), halves on a 429 and grows by one per page (additive increase, multiplicative decrease). The
+//!   queueing all of it. Never more than `max_concurrency`; the ceiling starts at 12 and
+//!   grows by one per page (slow start) until a 429, halves on 429s (once per round trip)
+//!   and then grows by one per round trip (additive increase, multiplicative decrease, as
+//!   TCP's congestion avoidance). The
 //!   account's limiter still spaces the requests: more in flight never means more per
 //!   second.
 //! - **Splitting**: a range with more than twice its share of the pages left (estimated
@@ -174,6 +176,8 @@ pub struct RangeReader<P, T> {
     tasks: JoinSet<Joined<P, T>>,
     guard: ProgressGuard,
     ceiling: f64,
+    /// When the ceiling was last halved for a 429 (`None`: never, still in slow start).
+    halved: Option<std::time::Instant>,
     throttled: u64,
     /// Pages each open range has left, estimated from its last page's density.
     estimates: HashMap<u64, i64>,
@@ -231,6 +235,7 @@ where
             // first burst of `max_concurrency` answers would otherwise wait in memory when
             // the vendor answers at once.
             ceiling: settings.max_concurrency.min(SLOW_START) as f64,
+            halved: None,
             stats: Stats {
                 ranges: next_id,
                 ..Stats::default()
@@ -328,10 +333,26 @@ where
             self.in_flight.remove(&id);
             let now_throttled = self.client.throttled();
             if now_throttled > self.throttled {
-                self.ceiling = (self.ceiling / 2.0).max(1.0);
                 self.throttled = now_throttled;
-            } else {
+                // One halving per round trip: the 429s of one crowded moment come back
+                // together, and each halving after the first would overshoot.
+                let round_trip = self
+                    .client
+                    .answer_time()
+                    .unwrap_or(self.settings.first_latency);
+                if self.halved.is_none_or(|at| at.elapsed() >= round_trip) {
+                    self.ceiling = (self.ceiling / 2.0).max(1.0);
+                    self.halved = Some(std::time::Instant::now());
+                }
+            } else if self.halved.is_none() {
+                // Slow start: one more per page, doubling each round trip.
                 self.ceiling = (self.ceiling + 1.0).min(self.settings.max_concurrency as f64);
+            } else {
+                // After a 429: one more per round trip (a page of `ceiling` in flight adds
+                // 1/ceiling), so the read stays near the vendor's limit instead of
+                // crossing it every few pages.
+                self.ceiling =
+                    (self.ceiling + 1.0 / self.ceiling).min(self.settings.max_concurrency as f64);
             }
             let Some(index) = self.open.iter().position(|(i, _)| *i == id) else {
                 continue;

@@ -25,6 +25,10 @@ pub struct SimulatorOptions {
     /// `rate_limit`, e.g. Stripe's 25). A vendor that has raised an account's endpoint
     /// limit is simulated by setting it.
     pub endpoint_rate_limit: Option<f64>,
+    /// For a vendor with a limit on requests answered at once
+    /// ([`SimulatorFactory::concurrency_limits`]): that many, past which it answers 429
+    /// (`None`: no such limit, the vendor's number being undocumented).
+    pub concurrency_limit: Option<usize>,
     /// Milliseconds every API request takes to answer (0: at once, as the demo runs), so
     /// a benchmark on loopback is bound by round trips as against the vendor. Requests
     /// wait their latencies in parallel.
@@ -44,6 +48,7 @@ impl Default for SimulatorOptions {
             records: 200,
             rate_limit: None,
             endpoint_rate_limit: None,
+            concurrency_limit: None,
             latency_ms: 0,
             latency_jitter_ms: None,
             port: 0,
@@ -96,6 +101,9 @@ pub struct SimulatorFactory {
     /// Whether the vendor limits each endpoint on its own too, so
     /// [`SimulatorOptions::endpoint_rate_limit`] means something (Stripe).
     pub endpoint_limits: bool,
+    /// Whether the vendor limits the requests it answers at once, so
+    /// [`SimulatorOptions::concurrency_limit`] means something (Stripe).
+    pub concurrency_limits: bool,
     /// Seeds an account and serves it.
     pub start: fn(SimulatorOptions) -> Started,
 }
@@ -106,6 +114,7 @@ impl std::fmt::Debug for SimulatorFactory {
             .field("vendor", &self.vendor)
             .field("default_port", &self.default_port)
             .field("endpoint_limits", &self.endpoint_limits)
+            .field("concurrency_limits", &self.concurrency_limits)
             .finish()
     }
 }

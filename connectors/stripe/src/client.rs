@@ -46,11 +46,12 @@ impl Listing {
 /// status code without these headers, it wasn't the result of a rate limiter (for example,
 /// it may be a lock timeout)" (https://docs.stripe.com/rate-limits, "Rate limited
 /// requests"). Stripe sends no `Retry-After`, so the client backs off on its own and pauses
-/// the limit the 429 names: the account's (`global-rate`, `global-concurrency`) holds
-/// every endpoint, an endpoint's (`endpoint-rate`, `endpoint-concurrency`) holds that
-/// endpoint. A `resource-specific` limit (e.g. updates of one PaymentIntent) or a lock
-/// holds only the request; a reason Stripe adds later is taken as the account's, an empty
-/// one as none.
+/// the rate limit the 429 names: the account's (`global-rate`) holds every endpoint, an
+/// endpoint's (`endpoint-rate`) holds that endpoint. A concurrency limit
+/// (`global-concurrency`, `endpoint-concurrency`) pauses nothing: the answers in flight
+/// free it, so the request backs off and the reader keeps fewer in flight. A
+/// `resource-specific` limit (e.g. updates of one PaymentIntent) or a lock holds only the
+/// request; a reason Stripe adds later is taken as the account's, an empty one as none.
 pub fn throttle_scope(headers: &HeaderMap) -> Throttle {
     match headers
         .get("stripe-rate-limited-reason")
@@ -58,7 +59,8 @@ pub fn throttle_scope(headers: &HeaderMap) -> Throttle {
     {
         // No reason, or one that says nothing (empty, not text): not a limit to pace.
         None | Some("" | "resource-specific") => Throttle::Request,
-        Some("endpoint-rate" | "endpoint-concurrency") => Throttle::Own,
+        Some("endpoint-rate") => Throttle::Own,
+        Some("global-concurrency" | "endpoint-concurrency") => Throttle::Concurrency,
         Some(_) => Throttle::Account,
     }
 }

@@ -244,9 +244,9 @@ async fn contract_a_rate_limit_answer_is_waited_out_and_retried() {
     let mut headers = tributary_sdk::http::HeaderMap::new();
     for (reason, scope) in [
         ("global-rate", Throttle::Account),
-        ("global-concurrency", Throttle::Account),
+        ("global-concurrency", Throttle::Concurrency),
         ("endpoint-rate", Throttle::Own),
-        ("endpoint-concurrency", Throttle::Own),
+        ("endpoint-concurrency", Throttle::Concurrency),
         ("resource-specific", Throttle::Request),
     ] {
         headers.insert("stripe-rate-limited-reason", reason.parse().unwrap());

@@ -13,6 +13,7 @@ pub fn factory() -> SimulatorFactory {
         default_port: 12111,
         demo_records: |records| records,
         endpoint_limits: true,
+        concurrency_limits: true,
         start,
     }
 }
@@ -27,6 +28,7 @@ fn start(options: SimulatorOptions) -> Started {
             endpoint_rate_limit: options.endpoint_rate_limit.or(options
                 .rate_limit
                 .map(|r| r.min(crate::config::ENDPOINT_REQUESTS_PER_SECOND))),
+            concurrency_limit: options.concurrency_limit,
             seed: options.seed,
             ..Default::default()
         };

@@ -16,6 +16,7 @@ pub fn factory() -> SimulatorFactory {
         default_port: DEFAULT_PORT,
         demo_records: |records| records,
         endpoint_limits: false,
+        concurrency_limits: false,
         start,
     }
 }

@@ -13,6 +13,7 @@ pub fn factory() -> SimulatorFactory {
         default_port: 12112,
         demo_records: |records| records,
         endpoint_limits: false,
+        concurrency_limits: false,
         start,
     }
 }

@@ -139,6 +139,14 @@ async fn the_simulator_binary_refuses_limits_it_cannot_keep() {
             "`0` is not a rate",
         ),
         (
+            &["sandbox", "salesforce", "--concurrency-limit", "3"][..],
+            "--concurrency-limit: the salesforce simulator has no limit on requests at once; only stripe",
+        ),
+        (
+            &["sandbox", "stripe", "--concurrency-limit", "0"][..],
+            "--concurrency-limit",
+        ),
+        (
             &["sandbox", "stripe", "--endpoint-rate-limit", "fast"][..],
             "`fast` is not a rate",
         ),
