@@ -286,6 +286,10 @@ pub enum Next {
         /// was kept: the files listed before `file` count as read).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         done: Option<Vec<String>>,
+        /// How many files the job listed: a resumed job that lists another number is
+        /// read again from a new export (`None` in a cursor from before this was kept).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        files: Option<u64>,
     },
 }
 

@@ -696,10 +696,9 @@ async fn an_export_stream_reads_every_file_once_and_resumes_in_its_job() {
     // And from a cursor written before the files read were kept (no `done`): the files
     // listed before the one being read count as read, as they did then.
     let mut old = cursor.clone();
-    old["window"]["next"]["export"]
-        .as_object_mut()
-        .unwrap()
-        .remove("done");
+    let export = old["window"]["next"]["export"].as_object_mut().unwrap();
+    assert!(export.remove("done").is_some(), "{cursor}");
+    assert!(export.remove("files").is_some(), "{cursor}");
     sandbox.set_exports(crate::sandbox::ExportBehaviour::default());
     let from_old = read_all(src.as_ref(), &schema, Some(old), false)
         .await
@@ -743,6 +742,167 @@ async fn an_export_stream_reads_every_file_once_and_resumes_in_its_job() {
         text.contains("failed: status `failure`: The export could not be completed."),
         "{text}"
     );
+}
+
+/// Resumes `cursor` (written after `before` records were handed on) and checks the read
+/// goes on in the same job: no reset, nothing of `before` again, nothing twice; returns it.
+async fn resume_export(
+    sandbox: &DeclarativeSandbox,
+    src: &dyn Source,
+    schema: &tributary_sdk::StreamSchema,
+    cursor: &serde_json::Value,
+    before: &std::collections::BTreeSet<String>,
+) -> conformance::ReadLog {
+    let started = sandbox.exports_started();
+    let rest = read_all(src, schema, Some(cursor.clone()), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        sandbox.exports_started(),
+        started,
+        "resumed in the same job: {cursor}"
+    );
+    assert!(!rest.first_page_resets, "the snapshot goes on: {cursor}");
+    assert!(
+        rest.duplicates().is_empty(),
+        "{cursor}: {:?}",
+        rest.duplicates()
+    );
+    assert!(
+        before.is_disjoint(&rest.ids()),
+        "nothing read twice: {cursor}"
+    );
+    rest
+}
+
+/// A killed export read resumes from any cursor it wrote (inside a file, at a file's end,
+/// at the next one's start, and from a cursor a resumed read wrote), whatever order the
+/// vendor lists the files in then: every contact once. A job whose list no longer holds
+/// the files the cursor knows, or whose links tell no file apart, is exported anew: a new
+/// snapshot, never a finished one with a file left out.
+#[tokio::test]
+async fn an_export_resumes_from_every_cursor_and_exports_anew_when_its_list_changed() {
+    // 250 contacts: files of 100, 100 and 50. Pages of 50 end where files end; pages of
+    // 40 run into the next file.
+    let (sandbox, schema) = sendgrid_contacts(250).await;
+    let want: std::collections::BTreeSet<String> = sandbox.ids("contacts").into_iter().collect();
+    let set = |list: &[(String, bool)]| -> std::collections::BTreeSet<String> {
+        list.iter().map(|(id, _)| id.clone()).collect()
+    };
+    for page_size in [50, 40] {
+        sandbox.set_exports(crate::sandbox::ExportBehaviour::default());
+        let src = source(
+            "sendgrid",
+            &sandbox,
+            serde_json::json!({"page_size": page_size}),
+        );
+        let full = read_all(src.as_ref(), &schema, None, false).await.unwrap();
+        assert_eq!(full.ids(), want);
+        let kills: Vec<(usize, serde_json::Value)> = full
+            .cursors
+            .iter()
+            .filter(|(_, c)| c.get("window").is_some())
+            .cloned()
+            .collect();
+        assert!(kills.len() >= 5, "{page_size}: {kills:?}");
+        let at = |c: &serde_json::Value, key: &str| c["window"]["next"]["export"][key].clone();
+        // Cursors at a file's end (pages of 50) and at a file's start (pages of 40).
+        assert!(
+            kills.iter().any(|(_, c)| at(c, "line") == 100) == (page_size == 50)
+                && kills.iter().any(|(_, c)| at(c, "line") == 0) == (page_size == 40),
+            "{page_size}: {kills:?}"
+        );
+        for (n, cursor) in &kills {
+            assert_eq!(at(cursor, "files"), 3, "{cursor}");
+            let before = set(&full.records[..*n]);
+            for reversed in [false, true] {
+                sandbox.set_exports(crate::sandbox::ExportBehaviour {
+                    reversed,
+                    ..Default::default()
+                });
+                let rest = resume_export(&sandbox, src.as_ref(), &schema, cursor, &before).await;
+                assert_eq!(
+                    before
+                        .union(&rest.ids())
+                        .cloned()
+                        .collect::<std::collections::BTreeSet<_>>(),
+                    want,
+                    "nothing skipped: {cursor}, reversed {reversed}"
+                );
+                // Killed again, in the files listed in the other order now.
+                let Some((m, again)) = rest
+                    .cursors
+                    .iter()
+                    .find(|(m, c)| *m > 0 && c.get("window").is_some())
+                    .cloned()
+                else {
+                    continue;
+                };
+                sandbox.set_exports(crate::sandbox::ExportBehaviour {
+                    reversed: !reversed,
+                    ..Default::default()
+                });
+                let mut both = before.clone();
+                both.extend(set(&rest.records[..m]));
+                let last = resume_export(&sandbox, src.as_ref(), &schema, &again, &both).await;
+                both.extend(last.ids());
+                assert_eq!(both, want, "nothing skipped: {again} after {cursor}");
+            }
+        }
+
+        // The job lists a file fewer now (a file dropped, or its list answered in part): a
+        // new export, whose first page starts the snapshot over.
+        let (_, cursor) = kills
+            .iter()
+            .find(|(_, c)| at(c, "file") == 1)
+            .cloned()
+            .unwrap();
+        sandbox.set_exports(crate::sandbox::ExportBehaviour {
+            listed: Some(2),
+            ..Default::default()
+        });
+        let started = sandbox.exports_started();
+        let anew = read_all(src.as_ref(), &schema, Some(cursor), false)
+            .await
+            .unwrap();
+        assert_eq!(sandbox.exports_started(), started + 1, "exported anew");
+        assert!(anew.first_page_resets, "a new snapshot");
+        assert_eq!(anew.ids().len(), 200, "the two files the new job lists");
+        assert!(anew.duplicates().is_empty());
+    }
+
+    // Links that differ only in their query: they read whole, but a killed read cannot
+    // tell its files apart by name, so it exports anew and reads every contact.
+    sandbox.set_exports(crate::sandbox::ExportBehaviour {
+        query_named: true,
+        ..Default::default()
+    });
+    let src = source("sendgrid", &sandbox, serde_json::json!({"page_size": 40}));
+    let full = read_all(src.as_ref(), &schema, None, false).await.unwrap();
+    assert_eq!(full.ids(), want);
+    assert!(full.duplicates().is_empty());
+    let (_, cursor) = full
+        .cursors
+        .iter()
+        .find(|(n, c)| *n > 100 && c.get("window").is_some())
+        .cloned()
+        .unwrap();
+    let started = sandbox.exports_started();
+    let anew = read_all(src.as_ref(), &schema, Some(cursor.clone()), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        sandbox.exports_started(),
+        started + 1,
+        "exported anew: {cursor}"
+    );
+    assert!(anew.first_page_resets);
+    assert_eq!(anew.ids(), want);
+    assert!(anew.duplicates().is_empty());
+    // No cursor keeps a link's signature.
+    for (_, c) in full.cursors.iter().chain(&anew.cursors) {
+        assert!(!c.to_string().contains("Signature"), "{c}");
+    }
 }
 
 /// Faults on every request of an export (errors, 429s, cut and garbled bodies, the files

@@ -57,6 +57,12 @@ pub struct ExportBehaviour {
     /// A ready job lists its files last first: the vendor documents no order, so a
     /// resumed read must not take the list's order for the order it read in.
     pub reversed: bool,
+    /// Each file link is the same path, the file named only in the query
+    /// (`.../download?file=N&X-Amz-Signature=...`).
+    pub query_named: bool,
+    /// A ready job lists only its first N files (of the order it lists them in): a file
+    /// dropped from the list, or a list answered in part.
+    pub listed: Option<usize>,
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -175,12 +181,19 @@ impl Shared {
             if behaviour.reversed {
                 files.reverse();
             }
+            files.truncate(behaviour.listed.unwrap_or(usize::MAX));
             let urls: Vec<Value> = files
                 .into_iter()
                 .map(|n| {
-                    json!(format!(
-                        "http://{host}{FILES}{id}/{n}.json.gzip?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=0f1e2d"
-                    ))
+                    json!(if behaviour.query_named {
+                        format!(
+                            "http://{host}{FILES}{id}/download?file={n}&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=0f1e2d"
+                        )
+                    } else {
+                        format!(
+                            "http://{host}{FILES}{id}/{n}.json.gzip?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=0f1e2d"
+                        )
+                    })
                 })
                 .collect();
             (export.ready[0].clone(), Some(urls))
@@ -238,12 +251,16 @@ impl Shared {
                 vec![("Location".to_owned(), location)],
             );
         }
-        (self.file_answer(rest), Vec::new())
+        (self.file_answer(request, rest), Vec::new())
     }
 
-    fn file_answer(&self, rest: &str) -> Answer {
+    /// `<job>/<n>.json.gzip`, or `<job>/download?file=<n>`.
+    fn file_answer(&self, request: &ApiRequest, rest: &str) -> Answer {
         let file = rest.split_once('/').and_then(|(job, name)| {
-            let n: usize = name.split('.').next()?.parse().ok()?;
+            let n: usize = match name {
+                "download" => request.param("file")?.parse().ok()?,
+                _ => name.split('.').next()?.parse().ok()?,
+            };
             let exports = self.exports.read();
             exports
                 .jobs

@@ -341,38 +341,36 @@ impl DeclarativeSource {
                     line,
                     name,
                     done,
-                } => Some((w.mark_ms, job, file, line, name, done)),
+                    files,
+                } => Some((
+                    w.mark_ms,
+                    job,
+                    Resume {
+                        file,
+                        name,
+                        done,
+                        files,
+                    },
+                    line,
+                )),
                 _ => None,
             });
             loop {
                 // The same export while the vendor still lists the file being read; else a
                 // new one, whose first page starts the snapshot over.
                 let mut from = None;
-                if let Some((mark, job, file, line, name, done)) = resume.take() {
+                if let Some((mark, job, at, line)) = resume.take() {
                     match this.export_status(&s, &export, &job).await {
-                        Ok(Status::Ready(urls)) => {
-                            // By the file's name, not only its place: a vendor may list the
-                            // files in another order, with newly signed links.
-                            let at = urls
-                                .iter()
-                                .position(|u| file_name(u) == name)
-                                .filter(|_| !name.is_empty())
-                                .or_else(|| {
-                                    (name.is_empty() && (file as usize) < urls.len())
-                                        .then_some(file as usize)
-                                });
-                            match at {
-                                Some(at) => {
-                                    let (order, done) = resumed_order(&urls, at, done);
-                                    from = Some((false, mark, job, urls, order, done, line));
-                                }
-                                None => tracing::info!(
-                                    source = this.name(),
-                                    stream = %s.name,
-                                    "export {job} no longer lists the file being read; starting a new export"
-                                ),
+                        Ok(Status::Ready(urls)) => match at.plan(&urls) {
+                            Ok((order, done)) => {
+                                from = Some((false, mark, job, urls, order, done, line));
                             }
-                        }
+                            Err(why) => tracing::info!(
+                                source = this.name(),
+                                stream = %s.name,
+                                "export {job} cannot be resumed: {why}; starting a new export"
+                            ),
+                        },
                         Ok(_) => tracing::info!(
                             source = this.name(),
                             stream = %s.name,
@@ -524,6 +522,7 @@ impl DeclarativeSource {
                                 line,
                                 name: file_name(&urls[file]),
                                 done: Some(read_whole.clone()),
+                                files: Some(urls.len() as u64),
                             },
                             deletions: false,
                             parent: None,
@@ -557,26 +556,66 @@ impl DeclarativeSource {
     }
 }
 
-/// The files a resumed job reads, in order: the one being read (at `at` in the job's
-/// list now), then every other not in `done`, as the vendor lists them now; and the files
-/// read whole. A cursor without `done` (older than it) counts the files listed before
-/// `at` as read, as it did then.
-fn resumed_order(
-    urls: &[String],
-    at: usize,
+/// Where a resumed job's read was, from its cursor.
+struct Resume {
+    /// The file being read: its place in the list then, and its name.
+    file: u64,
+    name: String,
+    /// The files read whole, by name (`None` in a cursor from before they were kept).
     done: Option<Vec<String>>,
-) -> (Vec<usize>, Vec<String>) {
-    match done {
-        Some(done) => {
-            let order = std::iter::once(at)
-                .chain((0..urls.len()).filter(|&i| i != at && !done.contains(&file_name(&urls[i]))))
-                .collect();
-            (order, done)
+    /// How many files the job listed (`None` in a cursor from before it was kept).
+    files: Option<u64>,
+}
+
+impl Resume {
+    /// The files the job reads now, in order: the one being read, then every other not
+    /// read whole, as the vendor lists them now; and the files read whole. A vendor may
+    /// list the files in another order, with newly signed links, so they are found by
+    /// name. `Err` says why the read cannot go on in this job (a new export is always
+    /// safe): the list no longer holds the files the cursor knows, or its names do not
+    /// tell the files apart (links that differ only in their query).
+    ///
+    /// A cursor without `done` counts the files listed before the one being read as
+    /// read, as it did then; one without a name (older still) finds the file by place.
+    fn plan(self, urls: &[String]) -> std::result::Result<(Vec<usize>, Vec<String>), String> {
+        let names: Vec<String> = urls.iter().map(|u| file_name(u)).collect();
+        if let Some(files) = self.files
+            && files != urls.len() as u64
+        {
+            return Err(format!(
+                "it lists {} files now, {files} when the read began",
+                urls.len()
+            ));
         }
-        None => (
-            (at..urls.len()).collect(),
-            urls[..at].iter().map(|u| file_name(u)).collect(),
-        ),
+        if self.name.is_empty() {
+            let at = self.file as usize;
+            if at >= urls.len() {
+                return Err(format!("it lists {} files, not file {at}", urls.len()));
+            }
+            return Ok(((at..urls.len()).collect(), names[..at].to_vec()));
+        }
+        let unique: std::collections::HashSet<&String> = names.iter().collect();
+        if unique.len() < names.len() {
+            return Err("its file links differ only in their query, which names no file".into());
+        }
+        let Some(at) = names.iter().position(|n| *n == self.name) else {
+            return Err("it no longer lists the file being read".into());
+        };
+        match self.done {
+            Some(done) => {
+                if let Some(gone) = done.iter().find(|d| !unique.contains(d)) {
+                    return Err(format!(
+                        "it no longer lists `{}`, a file read before",
+                        file_path(gone)
+                    ));
+                }
+                let order = std::iter::once(at)
+                    .chain((0..urls.len()).filter(|&i| i != at && !done.contains(&names[i])))
+                    .collect();
+                Ok((order, done))
+            }
+            None => Ok(((at..urls.len()).collect(), names[..at].to_vec())),
+        }
     }
 }
 
@@ -588,10 +627,26 @@ struct JobFiles<'a> {
     urls: &'a [String],
 }
 
-/// A file's URL without its query (the signature), which names the file across status
-/// answers that sign its link anew.
+/// A file's URL without its query (the signature) and without any `user:password@`,
+/// which names the file across status answers that sign its link anew, and keeps no
+/// credential in the cursor.
 fn file_name(url: &str) -> String {
-    url.split(['?', '#']).next().unwrap_or_default().to_owned()
+    let bare = url.split(['?', '#']).next().unwrap_or_default();
+    match bare.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host}{path}")
+        }
+        None => bare.to_owned(),
+    }
+}
+
+/// The path of a file's name, for messages (a name is a URL without its query).
+fn file_path(name: &str) -> &str {
+    name.split_once("://")
+        .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
+        .unwrap_or(name)
 }
 
 #[cfg(test)]
@@ -613,6 +668,84 @@ mod tests {
             out.push(String::from_utf8_lossy(&buf).into_owned());
         }
         Ok(out)
+    }
+
+    #[test]
+    fn a_file_is_named_by_its_link_without_query_or_credentials() {
+        for (url, name) in [
+            (
+                "https://b.s3.amazonaws.com/e/1.json.gz?X-Amz-Signature=ab#x",
+                "https://b.s3.amazonaws.com/e/1.json.gz",
+            ),
+            (
+                "https://user:pw@host.example/e/2.gz?s=1",
+                "https://host.example/e/2.gz",
+            ),
+            ("https://host.example", "https://host.example"),
+            ("relative/3.gz?sig=1", "relative/3.gz"),
+        ] {
+            assert_eq!(file_name(url), name);
+        }
+        assert_eq!(file_path("https://host.example/e/2.gz"), "/e/2.gz");
+    }
+
+    #[test]
+    fn a_resume_goes_on_only_while_the_list_holds_what_the_cursor_knows() {
+        let urls: Vec<String> = ["c", "a", "b"]
+            .iter()
+            .map(|f| format!("https://h.example/{f}.gz?sig=new"))
+            .collect();
+        let name = |f: &str| format!("https://h.example/{f}.gz");
+        let resume = |file: u64, at: &str, done: Option<Vec<&str>>, files: Option<u64>| Resume {
+            file,
+            name: at.is_empty().then(String::new).unwrap_or_else(|| name(at)),
+            done: done.map(|d| d.iter().map(|f| name(f)).collect()),
+            files,
+        };
+        // `a` read whole, in `b` now; listed as c, a, b: b, then c.
+        assert_eq!(
+            resume(1, "b", Some(vec!["a"]), Some(3)).plan(&urls),
+            Ok((vec![2, 0], vec![name("a")]))
+        );
+        // Older cursors: the files before the one being read count as read.
+        assert_eq!(
+            resume(1, "a", None, None).plan(&urls),
+            Ok((vec![1, 2], vec![name("c")]))
+        );
+        assert_eq!(
+            resume(2, "", None, None).plan(&urls),
+            Ok((vec![2], vec![name("c"), name("a")]))
+        );
+        for (bad, why) in [
+            (
+                resume(1, "b", Some(vec!["a"]), Some(4)),
+                "it lists 3 files now, 4 when the read began",
+            ),
+            (
+                resume(1, "d", Some(vec![]), Some(3)),
+                "it no longer lists the file being read",
+            ),
+            (
+                resume(1, "b", Some(vec!["d"]), Some(3)),
+                "it no longer lists `/d.gz`, a file read before",
+            ),
+            (resume(3, "", None, None), "it lists 3 files, not file 3"),
+        ] {
+            assert_eq!(bad.plan(&urls), Err(why.to_owned()));
+        }
+        let same: Vec<String> = (0..3)
+            .map(|n| format!("https://h.example/download?file={n}&sig=x"))
+            .collect();
+        assert_eq!(
+            Resume {
+                file: 1,
+                name: "https://h.example/download".into(),
+                done: Some(vec![]),
+                files: Some(3),
+            }
+            .plan(&same),
+            Err("its file links differ only in their query, which names no file".to_owned())
+        );
     }
 
     #[test]
