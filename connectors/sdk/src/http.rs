@@ -565,14 +565,25 @@ impl HttpClient {
         })
     }
 
-    /// How many 429 answers the clients of this account have had so far: a caller that
-    /// keeps several requests in flight (a concurrent backfill) watches it to back off,
-    /// since the retries that follow a 429 are otherwise invisible to it.
+    /// How many 429 answers the clients of this account have had so far that say the
+    /// account is over a limit (all but those [`HttpConfig::throttle_scope`] reads as
+    /// [`Throttle::Request`]): a caller that keeps several requests in flight (a
+    /// concurrent backfill) watches it to back off, since the retries that follow a 429
+    /// are otherwise invisible to it.
     pub fn throttled(&self) -> u64 {
         self.inner
             .account
             .throttled
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts a 429 as [`HttpClient::send`] does, for a test that fakes the vendor.
+    #[cfg(test)]
+    pub(crate) fn note_throttled(&self) {
+        self.inner
+            .account
+            .throttled
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// How long the vendor takes to answer, smoothed over the account's recent successful
@@ -853,7 +864,9 @@ impl HttpClient {
                 } => (Some(*status), *retry_after, *scope, None),
                 Failure::Transport(message) => (None, None, None, Some(message.as_str())),
             };
-            if status == Some(429) {
+            // A 429 that holds only its own request (a lock timeout) says nothing of how
+            // busy the account is.
+            if status == Some(429) && scope != Some(Throttle::Request) {
                 self.inner
                     .account
                     .throttled
@@ -1756,7 +1769,8 @@ mod tests {
 
     /// A 429 whose headers name the limit it hit pauses that limit, even without
     /// `Retry-After` (Stripe sends none): the account's holds every nested client, a
-    /// nested one's holds only that client, and a limit of one request holds nothing.
+    /// nested one's holds only that client, and a limit of one request holds nothing (nor
+    /// counts in [`HttpClient::throttled`]).
     #[tokio::test]
     async fn a_429_naming_its_limit_pauses_that_limit() {
         fn scope(headers: &HeaderMap) -> Throttle {
@@ -1773,7 +1787,11 @@ mod tests {
                 .unwrap_or_else(PoisonError::into_inner)
                 .is_some()
         }
-        async fn after_one_429(key: &str, url: &str) -> (HttpClient, HttpClient, HttpClient) {
+        async fn after_one_429(
+            key: &str,
+            url: &str,
+            counted: u64,
+        ) -> (HttpClient, HttpClient, HttpClient) {
             let config = || HttpConfig {
                 throttle_scope: Some(scope),
                 ..config()
@@ -1783,7 +1801,7 @@ mod tests {
             let b = HttpClient::shared_within(&parent, &format!("{key}:b"), config()).unwrap();
             let response = a.send("test", |c| c.get(url)).await.unwrap();
             assert_eq!(response.status, 200, "retried after the 429");
-            assert_eq!(a.throttled(), 1);
+            assert_eq!(a.throttled(), counted, "a reader backs off for it");
             (parent, a, b)
         }
         fn answer(n: u32, limit: &'static str) -> (StatusCode, [(&'static str, &'static str); 1]) {
@@ -1795,18 +1813,19 @@ mod tests {
         }
 
         let (url, count) = counting(|n| answer(n, "account")).await;
-        let (parent, a, b) = after_one_429("test:scope-account", &url).await;
+        let (parent, a, b) = after_one_429("test:scope-account", &url, 1).await;
         assert!(paused(&parent.inner.account), "the account pauses");
         assert!(!paused(&a.inner.account) && !paused(&b.inner.account));
         assert_eq!(count.load(Ordering::SeqCst), 2);
 
         let (url, _) = counting(|n| answer(n, "own")).await;
-        let (parent, a, b) = after_one_429("test:scope-own", &url).await;
+        let (parent, a, b) = after_one_429("test:scope-own", &url, 1).await;
         assert!(paused(&a.inner.account), "the nested limit pauses");
         assert!(!paused(&parent.inner.account) && !paused(&b.inner.account));
 
         let (url, _) = counting(|n| answer(n, "lock")).await;
-        let (parent, a, b) = after_one_429("test:scope-request", &url).await;
+        // And a reader keeping several in flight does not take it for a busy account.
+        let (parent, a, b) = after_one_429("test:scope-request", &url, 0).await;
         assert!(
             !paused(&parent.inner.account)
                 && !paused(&a.inner.account)

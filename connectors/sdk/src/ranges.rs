@@ -15,9 +15,12 @@
 //!   memory. That need is split between the readers sharing the account ([`HttpClient::readers`]), so
 //!   two streams of one account backfilling at once share the rate instead of each
 //!   queueing all of it. Never more than `max_concurrency`; the ceiling starts at 12 and
-//!   grows by one per page (slow start) until a 429, halves on 429s (once per round trip)
-//!   and then grows by one per round trip (additive increase, multiplicative decrease, as
-//!   TCP's congestion avoidance). The
+//!   grows by one per page (slow start) until a 429 that says the account is over a limit
+//!   ([`HttpClient::throttled`]), is set to half the requests then in flight (once per
+//!   round trip) and then grows by one per round trip (additive increase, multiplicative
+//!   decrease, as TCP's congestion avoidance). It grows only while it is what holds the
+//!   read back (as TCP validates its window, RFC 7661), so a ceiling the rate or the
+//!   ranges kept far above the requests in flight cannot make a 429's halving moot. The
 //!   account's limiter still spaces the requests: more in flight never means more per
 //!   second.
 //! - **Splitting**: a range with more than twice its share of the pages left (estimated
@@ -159,6 +162,8 @@ pub struct Stats {
     pub requests: u64,
     /// Pages with fewer items than a full page (the end of each range, and empty ones).
     pub part_full: u64,
+    /// The ceiling on requests in flight now.
+    pub ceiling: usize,
 }
 
 type Joined<P, T> = (u64, Result<Answer<P, T>>);
@@ -177,7 +182,7 @@ pub struct RangeReader<P, T> {
     guard: ProgressGuard,
     ceiling: f64,
     /// When the ceiling was last halved for a 429 (`None`: never, still in slow start).
-    halved: Option<std::time::Instant>,
+    halved: Option<tokio::time::Instant>,
     throttled: u64,
     /// Pages each open range has left, estimated from its last page's density.
     estimates: HashMap<u64, i64>,
@@ -268,7 +273,10 @@ where
 
     /// What the read did so far.
     pub fn stats(&self) -> Stats {
-        self.stats
+        Stats {
+            ceiling: self.ceiling as usize,
+            ..self.stats
+        }
     }
 
     /// The requests in flight now wanted: the account's rate × the vendor's answer time,
@@ -330,29 +338,35 @@ where
             };
             let (id, answer) =
                 joined.map_err(|e| self.error(format!("a list request task failed: {e}")))?;
+            // The requests in flight until this answer, it included.
+            let in_flight = self.in_flight.len() as f64;
             self.in_flight.remove(&id);
             let now_throttled = self.client.throttled();
+            let cap = self.settings.max_concurrency as f64;
             if now_throttled > self.throttled {
                 self.throttled = now_throttled;
                 // One halving per round trip: the 429s of one crowded moment come back
-                // together, and each halving after the first would overshoot.
+                // together, and each halving after the first would overshoot. Half of what
+                // was in flight, not of the ceiling: the ceiling may be above it.
                 let round_trip = self
                     .client
                     .answer_time()
                     .unwrap_or(self.settings.first_latency);
                 if self.halved.is_none_or(|at| at.elapsed() >= round_trip) {
-                    self.ceiling = (self.ceiling / 2.0).max(1.0);
-                    self.halved = Some(std::time::Instant::now());
+                    self.ceiling = (self.ceiling.min(in_flight) / 2.0).max(1.0);
+                    self.halved = Some(tokio::time::Instant::now());
                 }
+            } else if in_flight + 1.0 < self.ceiling {
+                // The ceiling did not hold the read back (the rate, the consumer or too
+                // few ranges did): growing it would only make a later halving moot.
             } else if self.halved.is_none() {
                 // Slow start: one more per page, doubling each round trip.
-                self.ceiling = (self.ceiling + 1.0).min(self.settings.max_concurrency as f64);
+                self.ceiling = (self.ceiling + 1.0).min(cap);
             } else {
                 // After a 429: one more per round trip (a page of `ceiling` in flight adds
                 // 1/ceiling), so the read stays near the vendor's limit instead of
                 // crossing it every few pages.
-                self.ceiling =
-                    (self.ceiling + 1.0 / self.ceiling).min(self.settings.max_concurrency as f64);
+                self.ceiling = (self.ceiling + 1.0 / self.ceiling).min(cap);
             }
             let Some(index) = self.open.iter().position(|(i, _)| *i == id) else {
                 continue;
@@ -845,6 +859,123 @@ mod tests {
         }
         // The restart narrowed the range to [0, 7).
         assert_eq!(got, vec![0, 1]);
+    }
+
+    type Count = Arc<Mutex<u64>>;
+
+    /// A fake vendor answering each request after `latency` (± half, varying from one
+    /// request to the next), at most `limit` at once: a request over it is refused after
+    /// its latency (a 429, which the client counts; it backs off `latency` and tries
+    /// again). Returns the fetch, the refusals, and the requests answered.
+    fn limited(
+        list: &List,
+        client: &HttpClient,
+        limit: usize,
+        latency: Duration,
+    ) -> (Fetch<String, Vec<u64>>, Count, Count) {
+        let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (refused, seen) = (Arc::new(Mutex::new(0)), Arc::new(Mutex::new(0)));
+        let (list, client) = (list.clone(), client.clone());
+        let (r, s) = (Arc::clone(&refused), Arc::clone(&seen));
+        let fetch: Fetch<String, Vec<u64>> = Box::new(move |range: Range<String>| {
+            let (list, client, active) = (list.clone(), client.clone(), Arc::clone(&active));
+            let sent = Arc::clone(&sent);
+            let (refused, seen) = (Arc::clone(&r), Arc::clone(&s));
+            Box::pin(async move {
+                use std::sync::atomic::Ordering::SeqCst;
+                loop {
+                    // A refused request holds no slot; its 429 comes back after the latency.
+                    let admitted = active
+                        .fetch_update(SeqCst, SeqCst, |n| (n < limit).then_some(n + 1))
+                        .is_ok();
+                    // 0.5–1.5 × latency, spread evenly over 64 requests.
+                    let n = sent.fetch_add(1, SeqCst).wrapping_mul(37) % 64;
+                    tokio::time::sleep(latency.mul_f64(0.5 + n as f64 / 64.0)).await;
+                    if admitted {
+                        active.fetch_sub(1, SeqCst);
+                        *seen.lock().unwrap() += 1;
+                        return Ok(Answer::Page(list.page(&range, Order::Descending)));
+                    }
+                    *refused.lock().unwrap() += 1;
+                    client.note_throttled();
+                    tokio::time::sleep(latency).await;
+                }
+            })
+        });
+        (fetch, refused, seen)
+    }
+
+    /// The ceiling grows only while it holds the read back: a read the rate keeps at a few
+    /// requests in flight does not grow it to `max_concurrency`, and a 429 then leaves
+    /// half of what was in flight, not half of a ceiling far above it.
+    #[tokio::test]
+    async fn the_ceiling_follows_what_is_in_flight() {
+        let list = List::new((0..5_000).map(|i| 100_000 - 1 - i * 7), 25);
+        // 2,000 requests/s × 1 ms answers: 4 in flight wanted, of 64 allowed.
+        let client = HttpClient::new(HttpConfig::new("test", 2_000.0)).unwrap();
+        let mut few = settings("test", "items", Order::Descending, 25, 64);
+        few.first_latency = Duration::from_millis(1);
+        let mut reader = RangeReader::new(
+            few,
+            client.clone(),
+            split(0, 100_000, 16, Order::Descending),
+            list.fetch(Order::Descending),
+        );
+        let mut got = Vec::new();
+        let mut pages = 0;
+        while let Some(step) = reader.next().await.unwrap() {
+            got.extend(step.page);
+            pages += 1;
+            let ceiling = reader.stats().ceiling;
+            if pages < 100 {
+                assert!(ceiling <= 12, "page {pages}: grew to {ceiling}");
+            } else if pages == 100 {
+                client.note_throttled();
+            } else if pages == 101 {
+                assert!(ceiling <= 2, "half of 4 in flight, not {ceiling}");
+            } else {
+                assert!(ceiling <= 5, "page {pages}: grew to {ceiling}");
+            }
+        }
+        assert!(pages > 150, "{pages}");
+        assert_exactly_once(&list, got);
+    }
+
+    /// A vendor's concurrency limit (Stripe's): the 429s of one crowded round trip halve
+    /// the ceiling once, and it grows back by one per round trip, so the read keeps near
+    /// the limit with few refusals, instead of crossing it every few pages or collapsing.
+    /// In virtual time: exact, whatever the machine's load.
+    #[tokio::test(start_paused = true)]
+    async fn a_concurrency_limit_is_met_with_few_refusals_and_kept_near() {
+        let list = List::new((0..10_000).map(|i| i * 10), 25);
+        let client = HttpClient::new(HttpConfig::new("test", 10_000.0)).unwrap();
+        let latency = Duration::from_millis(20);
+        let (fetch, refused, seen) = limited(&list, &client, 8, latency);
+        // 10,000 requests/s × 20 ms: 221 in flight wanted; only the ceiling holds it back.
+        let mut many = settings("test", "items", Order::Descending, 25, 64);
+        many.first_latency = latency;
+        let mut reader = RangeReader::new(
+            many,
+            client,
+            split(0, 100_000, 16, Order::Descending),
+            fetch,
+        );
+        let (mut got, started) = (Vec::new(), tokio::time::Instant::now());
+        while let Some(step) = reader.next().await.unwrap() {
+            got.extend(step.page);
+        }
+        // Answers × answer time / elapsed: how many the vendor answered at once, on average.
+        let elapsed = started.elapsed();
+        assert_exactly_once(&list, got);
+        let refused = *refused.lock().unwrap();
+        let seen = *seen.lock().unwrap();
+        let mean = seen as f64 * latency.as_secs_f64() / elapsed.as_secs_f64();
+        eprintln!("refused {refused}, pages {seen}, mean in flight {mean:.2}");
+        // 20 refusals and 5.9 in flight as written; a reader still in slow start after a
+        // 429 is refused 160 times, one that never grows again keeps 3 in flight.
+        assert!(refused <= 30, "{refused} refusals for {seen} pages");
+        assert!(mean >= 5.0, "{mean:.2} in flight on average, of 8 allowed");
     }
 
     #[tokio::test]

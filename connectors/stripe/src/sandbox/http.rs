@@ -46,12 +46,14 @@ pub(crate) async fn concurrency(
             self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
-    let active = Active(&shared.active);
-    if shared
-        .active
-        .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-        >= limit
-    {
+    // A refused request never holds a slot, so it cannot crowd out one that arrives while
+    // its 429 is being written.
+    let admitted = shared.active.fetch_update(
+        std::sync::atomic::Ordering::SeqCst,
+        std::sync::atomic::Ordering::SeqCst,
+        |n| (n < limit).then_some(n + 1),
+    );
+    if admitted.is_err() {
         shared.kit.count_request();
         shared.kit.count_rate_limited();
         let gzip = shared.gzip && accepts_gzip(request.headers());
@@ -62,6 +64,7 @@ pub(crate) async fn concurrency(
         };
         return refuse(&shared, &refused, &shared.next_request_id(), gzip);
     }
+    let active = Active(&shared.active);
     let response = next.run(request).await;
     drop(active);
     response
