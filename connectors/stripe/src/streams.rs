@@ -459,16 +459,18 @@ struct BackfillAt {
 
 /// The anchor of a concurrent backfill being read alongside its first pages (see
 /// `Reader::backfill_from_now`): the newest feed event before the cutoff, with the local
-/// time its answer arrived.
+/// time its answer arrived and how long after the backfill started (monotonic).
 struct Anchoring {
-    task: tokio::task::JoinSet<Result<(Listing, DateTime<Utc>)>>,
+    task: tokio::task::JoinSet<Result<(Listing, DateTime<Utc>, std::time::Duration)>>,
+    /// The line between listing and events (local Unix seconds).
+    cutoff: i64,
 }
 
 impl Anchoring {
-    /// The anchor and its `created`, once Stripe's clock (the answer's `Date`) is within
-    /// `CLOCK_MARGIN_SECS` of the local clock; `None` when it is not.
+    /// The anchor and its `created`, once Stripe's clock (the answer's `Date`) shows the
+    /// line safe (see [`clocks_in_step`]); `None` when it does not.
     async fn wait(mut self, stream: &str) -> Result<Option<(Option<String>, Option<i64>)>> {
-        let (listing, arrived) = match self.task.join_next().await {
+        let (listing, arrived, elapsed) = match self.task.join_next().await {
             Some(Ok(answer)) => answer?,
             Some(Err(e)) => {
                 return Err(Error::protocol(
@@ -482,7 +484,7 @@ impl Anchoring {
         let Some(date) = listing.date else {
             return Ok(None);
         };
-        if !clocks_in_step(arrived, date) {
+        if !clocks_in_step(self.cutoff, date, elapsed, arrived) {
             return Ok(None);
         }
         Ok(Some((
@@ -492,12 +494,25 @@ impl Anchoring {
     }
 }
 
-/// Whether an answer dated `date` by Stripe and arrived at `arrived` by the local clock
-/// shows the clocks within `CLOCK_MARGIN_SECS`. Arrival minus `Date` bounds how far the
-/// local clock runs ahead (Stripe dated the answer before it arrived; `Date` has whole
-/// seconds, so clocks in step read up to a second plus the answer time apart).
-pub(crate) fn clocks_in_step(arrived: DateTime<Utc>, date: DateTime<Utc>) -> bool {
-    (arrived.timestamp() - date.timestamp()).abs() <= CLOCK_MARGIN_SECS
+/// Whether the anchor's answer shows the line `cutoff` (local Unix seconds) safe to draw:
+/// Stripe dated the answer `date` and it arrived `elapsed` after the backfill started (on
+/// the monotonic clock, so a step of the local clock cannot hide a lead), at local time
+/// `arrived`.
+///
+/// Stripe answered at `date` or within the second after (`Date` has whole seconds), so
+/// when the backfill started Stripe's clock read at least `date − elapsed`, and every
+/// range request reached Stripe at or after that. The line holds when that is at or after
+/// the cutoff: the local clock leads Stripe's by under about 9 s. Stripe's clock may also
+/// not lead by more than `CLOCK_MARGIN_SECS`, or events between the cutoff and Stripe's
+/// now could pass retention for a local clock far behind.
+pub(crate) fn clocks_in_step(
+    cutoff: i64,
+    date: DateTime<Utc>,
+    elapsed: std::time::Duration,
+    arrived: DateTime<Utc>,
+) -> bool {
+    let stripe_at_start = date.timestamp() as f64 - elapsed.as_secs_f64();
+    stripe_at_start >= cutoff as f64 && date.timestamp() - arrived.timestamp() <= CLOCK_MARGIN_SECS
 }
 
 /// A changes phase in progress.
@@ -954,13 +969,12 @@ impl Reader {
     /// after the anchor, so the changes that follow bring it.
     ///
     /// That holds when every range request reached Stripe after T by Stripe's clock. The
-    /// anchor's answer bounds the difference: Stripe answered at its `Date`, before the
-    /// answer arrived here, so this machine's clock runs ahead of Stripe's by at most
-    /// (arrival − `Date`). Stripe's clock may also not run ahead by more than the margin,
-    /// or events between T and Stripe's now could have passed retention for a clock far
-    /// behind. Outside that, nothing has been handed on yet: `None`, and the caller starts
-    /// over from Stripe's clock.
+    /// anchor's answer bounds the difference (see [`clocks_in_step`]): Stripe answered at
+    /// its `Date`, so when the backfill started Stripe's clock read at least `Date` minus
+    /// the time the answer took. Outside that, nothing has been handed on yet: `None`, and
+    /// the caller starts over from Stripe's clock.
     async fn backfill_from_now(&self, reset: bool) -> Result<Option<Outcome>> {
+        let started = std::time::Instant::now();
         let cutoff = Utc::now().timestamp() - CLOCK_MARGIN_SECS;
         let (path, mut query) = self.feed_query();
         if let Some(limit) = query.iter_mut().find(|(k, _)| *k == "limit") {
@@ -971,7 +985,7 @@ impl Reader {
         let mut task = tokio::task::JoinSet::new();
         task.spawn(async move {
             let listing = client.list(stream, path, &query).await?;
-            Ok((listing, Utc::now()))
+            Ok((listing, Utc::now(), started.elapsed()))
         });
         // The ranges hold the objects created before `cutoff`: `since + 1` is their top.
         let since = cutoff - 1;
@@ -985,7 +999,7 @@ impl Reader {
         };
         let ranges = initial_ranges(since, self.max_concurrency);
         let outcome = self
-            .backfill_ranges(at, ranges, reset, Some(Anchoring { task }))
+            .backfill_ranges(at, ranges, reset, Some(Anchoring { task, cutoff }))
             .await?;
         if outcome.is_none() {
             tracing::warn!(

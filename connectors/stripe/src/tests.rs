@@ -1243,16 +1243,57 @@ async fn a_concurrent_backfill_starts_from_stripes_clock_when_the_clocks_differ(
     assert_exactly_once("customers", &all, &sandbox.ids("customers"));
 }
 
+/// The line is drawn 10 s before the local clock's start; the anchor's `Date` (whole
+/// seconds) minus the answer's time says where Stripe's clock stood then.
 #[test]
-fn the_clock_check_allows_the_margin_either_way() {
+fn the_clock_check_holds_the_line_to_what_the_date_proves() {
     use chrono::TimeZone;
-    let date = chrono::Utc.timestamp_opt(1_700_000_000, 0).unwrap();
-    let at = |secs: i64| date + chrono::Duration::seconds(secs);
-    assert!(crate::streams::clocks_in_step(at(0), date));
-    assert!(crate::streams::clocks_in_step(at(10), date));
-    assert!(!crate::streams::clocks_in_step(at(11), date));
-    assert!(crate::streams::clocks_in_step(at(-10), date));
-    assert!(!crate::streams::clocks_in_step(at(-11), date));
+    use std::time::Duration;
+    let secs = |s: f64| {
+        chrono::Utc
+            .timestamp_millis_opt((s * 1000.0).round() as i64)
+            .unwrap()
+    };
+    // Local start at `start` (line `floor(start) - 10`), Stripe's clock `lead` s ahead of
+    // the local one, the answer `took` s: in step or not.
+    let check = |start: f64, lead: f64, took: f64| {
+        let cutoff = start.floor() as i64 - 10;
+        let date = secs((start + lead + took * 0.7).floor());
+        crate::streams::clocks_in_step(
+            cutoff,
+            date,
+            Duration::from_secs_f64(took),
+            secs(start + took),
+        )
+    };
+    // Clocks in step, at any fraction of a second and answer time.
+    for start in [1_000.0, 1_000.3, 1_000.99] {
+        for took in [0.01, 0.3, 1.0, 3.0] {
+            assert!(check(start, 0.0, took), "{start} {took}");
+            assert!(check(start, -8.0, took), "local 8 s ahead, {start} {took}");
+        }
+    }
+    // The local clock 10.6 s ahead: Stripe at the start 989.4, after the line at 990; an
+    // object created then would be neither listed nor replayed. Whole seconds of arrival
+    // and `Date` (1,000 and 990) read only 10 apart, which an earlier check let through.
+    assert!(!crate::streams::clocks_in_step(
+        990,
+        secs(990.0),
+        Duration::from_secs_f64(0.65),
+        secs(1_000.65)
+    ));
+    assert!(!check(1_000.0, -10.6, 0.65));
+    assert!(!check(1_000.0, -11.0, 0.3));
+    // Stripe's clock ahead: up to the margin, not past it (retention).
+    assert!(check(1_000.0, 10.0, 0.3));
+    assert!(!check(1_000.0, 11.5, 0.3));
+    // However far the local clock's wall time stepped, the monotonic answer time decides.
+    assert!(!crate::streams::clocks_in_step(
+        990,
+        secs(990.0),
+        Duration::from_secs_f64(0.5),
+        secs(995.0)
+    ));
 }
 
 #[tokio::test]
