@@ -488,7 +488,15 @@ impl ZendeskSandbox {
                 .collect(),
             "tags" => store.tags().into_keys().collect(),
             _ => kind_of(resource)
-                .map(|k| store.live_ids(k).iter().map(u64::to_string).collect())
+                .map(|k| {
+                    let now = self.shared.now();
+                    store
+                        .live_ids(k)
+                        .into_iter()
+                        .filter(|id| store.get(k, *id).is_some_and(|v| store.listed(k, v, now)))
+                        .map(|id| id.to_string())
+                        .collect()
+                })
                 .unwrap_or_default(),
         }
     }

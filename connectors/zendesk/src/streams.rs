@@ -61,8 +61,29 @@ pub enum Fetch {
         /// The record's time field.
         time_field: &'static str,
     },
-    /// A cursor-paginated list at this path, read whole every run.
+    /// A cursor-paginated list at this path, read whole every run; it replaces the table.
     Snapshot(&'static str),
+    /// A list Zendesk answers whole, unpaged, read every run; it replaces the table.
+    Whole(&'static str),
+    /// A cursor-paginated list read whole every run and merged into the table: a row it
+    /// no longer lists stays.
+    Merged(&'static str),
+}
+
+impl Fetch {
+    /// Whether every run reads the whole list (its first page resets the table only for
+    /// [`Fetch::Snapshot`] and [`Fetch::Whole`]).
+    pub fn whole_list(&self) -> bool {
+        matches!(
+            self,
+            Fetch::Snapshot(_) | Fetch::Whole(_) | Fetch::Merged(_)
+        )
+    }
+
+    /// Whether a run's list replaces the table.
+    pub fn replaces(&self) -> bool {
+        matches!(self, Fetch::Snapshot(_) | Fetch::Whole(_))
+    }
 }
 
 /// What a stream does to Zendesk's records before they land.
@@ -169,14 +190,20 @@ pub static STREAMS: &[StreamDef] = &[
         name: "ticket_forms",
         schema: include_str!("../../../schemas/zendesk/ticket_forms.json"),
         records: &["ticket_forms"],
-        fetch: Fetch::Snapshot("/api/v2/ticket_forms.json"),
+        // "List Ticket Forms" documents no pagination, and its answer only the
+        // `ticket_forms` array; an account has at most 300 forms.
+        // https://developer.zendesk.com/api-reference/ticketing/tickets/ticket_forms/
+        fetch: Fetch::Whole("/api/v2/ticket_forms.json"),
         shape: Shape::Plain,
     },
     StreamDef {
         name: "ticket_metrics",
         schema: include_str!("../../../schemas/zendesk/ticket_metrics.json"),
         records: &["ticket_metrics"],
-        fetch: Fetch::Snapshot("/api/v2/ticket_metrics.json"),
+        // "Archived tickets are not included in the response" (List Ticket Metrics,
+        // https://developer.zendesk.com/api-reference/ticketing/tickets/ticket_metrics/):
+        // a ticket archived (closed ~120 days) keeps the metrics already landed.
+        fetch: Fetch::Merged("/api/v2/ticket_metrics.json"),
         shape: Shape::Plain,
     },
     StreamDef {
@@ -607,7 +634,9 @@ impl Reader {
                 self.time_export(path, time_field, cursor, full_refresh)
                     .await
             }
-            Fetch::Snapshot(path) => self.snapshot(path, cursor).await,
+            Fetch::Snapshot(path) => self.snapshot(path, cursor, true).await,
+            Fetch::Merged(path) => self.snapshot(path, cursor, false).await,
+            Fetch::Whole(path) => self.whole(path).await,
         }
     }
 
@@ -831,9 +860,14 @@ impl Reader {
     }
 
     /// The whole list, page by page; the first page starts a new snapshot.
-    async fn snapshot(&self, path: &'static str, cursor: Option<Cursor>) -> Result<()> {
+    async fn snapshot(
+        &self,
+        path: &'static str,
+        cursor: Option<Cursor>,
+        replace: bool,
+    ) -> Result<()> {
         let (mut after, mut reset) = match cursor {
-            None | Some(Cursor::SnapshotDone { .. }) => (None, true),
+            None | Some(Cursor::SnapshotDone { .. }) => (None, replace),
             Some(Cursor::Snapshot { after }) => (Some(after), false),
             Some(other) => return Err(self.wrong_cursor(&other)),
         };
@@ -857,7 +891,7 @@ impl Reader {
                     );
                     restarted = true;
                     after = None;
-                    reset = true;
+                    reset = replace;
                     guard = list_guard(self.def.name);
                     continue;
                 }
@@ -881,6 +915,27 @@ impl Reader {
                 Some(next) => after = Some(next),
             }
         }
+    }
+
+    /// A list answered whole (no paging asked for or documented): one page that replaces
+    /// the table. An answer that says more pages follow is refused rather than cut short.
+    async fn whole(&self, path: &'static str) -> Result<()> {
+        let listing = self.fetch(Limit::Api, path, &[]).await?;
+        let more = listing.envelope.flag("meta.has_more")
+            || listing.envelope.string("next_page").is_some();
+        if more {
+            return Err(malformed_page(
+                VENDOR,
+                self.def.name,
+                &format!("GET {path}"),
+                "the answer says more pages follow, but Zendesk documents this list as one page",
+            ));
+        }
+        let completed_at = unix(listing.date);
+        let records = self.body_records(listing).await?;
+        self.emit(records, &Cursor::SnapshotDone { completed_at }, true)
+            .await;
+        Ok(())
     }
 
     /// The records of a response body: the body itself when nothing needs changing.

@@ -243,10 +243,11 @@ async fn every_stream_lands_every_object_once() {
         let expected = sandbox.ids(def.name);
         assert!(!expected.is_empty(), "{}", def.name);
         assert_exactly_once(def.name, &ids(&pages), &expected);
-        let snapshot = matches!(def.fetch, crate::streams::Fetch::Snapshot(_));
+        let snapshot = def.fetch.whole_list();
         assert_eq!(
-            pages[0].reset, snapshot,
-            "{}: only snapshots reset",
+            pages[0].reset,
+            def.fetch.replaces(),
+            "{}: only snapshots that replace the table reset",
             def.name
         );
         assert!(pages[1..].iter().all(|p| !p.reset), "{}", def.name);
@@ -254,8 +255,9 @@ async fn every_stream_lands_every_object_once() {
         let again = read(&zendesk, def.name, Some(last.clone()), false).await;
         if snapshot {
             assert_eq!(last["mode"], "snapshot_done", "{}", def.name);
-            assert!(
+            assert_eq!(
                 again[0].reset,
+                def.fetch.replaces(),
                 "{}: the next run is a new snapshot",
                 def.name
             );
@@ -450,36 +452,35 @@ async fn ticket_events_carry_their_requester() {
     assert_eq!(messages[0]["userId"], requester.as_str());
 }
 
+/// A whole-list read resumes mid-way without touching the table again, and a cursor
+/// Zendesk refuses starts the list over: a new snapshot replaces the table, a merged list
+/// (`ticket_metrics`) never does.
 #[tokio::test]
 async fn a_snapshot_resumes_mid_way_and_restarts_on_a_refused_cursor() {
-    let sandbox = sandbox(150).await;
-    let zendesk = zendesk(&sandbox, 1000, 20);
-    let pages = read(&zendesk, "ticket_metrics", None, false).await;
-    assert!(pages.len() > 5);
-    let all = ids(&pages);
-    let rest = read(
-        &zendesk,
-        "ticket_metrics",
-        Some(pages[2].cursor.clone()),
-        false,
-    )
-    .await;
-    assert!(
-        !rest[0].reset,
-        "a resumed snapshot does not replace the table again"
-    );
-    assert_eq!(ids(&rest), all[60..].to_vec());
+    for (stream, tickets) in [("satisfaction_ratings", 600), ("ticket_metrics", 150)] {
+        let sandbox = sandbox(tickets).await;
+        let zendesk = zendesk(&sandbox, 1000, 20);
+        let replaces = crate::streams::stream(stream).unwrap().fetch.replaces();
+        let pages = read(&zendesk, stream, None, false).await;
+        assert!(pages.len() > 5, "{stream}: {}", pages.len());
+        assert_eq!(pages[0].reset, replaces, "{stream}");
+        let all = ids(&pages);
+        let rest = read(&zendesk, stream, Some(pages[2].cursor.clone()), false).await;
+        assert!(
+            !rest[0].reset,
+            "{stream}: a resumed snapshot does not replace the table again"
+        );
+        assert_eq!(ids(&rest), all[60..].to_vec(), "{stream}");
 
-    let bogus = encode(&Cursor::Snapshot {
-        after: "bm90IGFuIGlk".into(),
-    });
-    let again = read(&zendesk, "ticket_metrics", Some(bogus), false).await;
-    assert!(again[0].reset, "a new snapshot replaces the table");
-    assert_exactly_once(
-        "ticket_metrics",
-        &ids(&again),
-        &sandbox.ids("ticket_metrics"),
-    );
+        let bogus = encode(&Cursor::Snapshot {
+            after: "bm90IGFuIGlk".into(),
+        });
+        let again = read(&zendesk, stream, Some(bogus), false).await;
+        assert_eq!(again[0].reset, replaces, "{stream}: starts over");
+        assert_exactly_once(stream, &ids(&again), &sandbox.ids(stream));
+    }
+    let sandbox = sandbox(20).await;
+    let zendesk = zendesk(&sandbox, 1000, 20);
 
     // A deleted membership leaves the next snapshot.
     let memberships = sandbox.ids("group_memberships");
@@ -487,6 +488,32 @@ async fn a_snapshot_resumes_mid_way_and_restarts_on_a_refused_cursor() {
     let next = read(&zendesk, "group_memberships", None, false).await;
     assert!(!ids(&next).contains(&memberships[0]));
     assert_eq!(ids(&next).len(), memberships.len() - 1);
+}
+
+/// Zendesk's ticket metrics list leaves out archived tickets (closed for 120 days): the
+/// stream merges each run's list into the table, so the metrics landed before a ticket
+/// was archived stay.
+#[tokio::test]
+async fn ticket_metrics_of_archived_tickets_stay_landed() {
+    let sandbox = sandbox(200).await;
+    let zendesk = zendesk(&sandbox, 1000, 100);
+    let first = read(&zendesk, "ticket_metrics", None, false).await;
+    assert!(
+        first.iter().all(|p| !p.reset),
+        "a merged list never replaces the table"
+    );
+    let before = ids(&first);
+    sandbox.advance_clock(Duration::from_secs(121 * 86_400));
+    let after = read(&zendesk, "ticket_metrics", None, false).await;
+    assert!(after.iter().all(|p| !p.reset), "nor does the next run's");
+    let listed = ids(&after);
+    assert_exactly_once("ticket_metrics", &listed, &sandbox.ids("ticket_metrics"));
+    assert!(
+        listed.len() < before.len() && listed.iter().all(|id| before.contains(id)),
+        "tickets archived since: {} listed, {} before",
+        listed.len(),
+        before.len()
+    );
 }
 
 #[tokio::test]

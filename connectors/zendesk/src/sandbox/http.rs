@@ -185,6 +185,7 @@ fn route(
         }
         (&Method::GET, ["tickets", "show_many"]) => show_many(shared, &params),
         (&Method::GET, ["tags"]) => tags(shared, &params, base),
+        (&Method::GET, ["ticket_forms"]) => ticket_forms(shared),
         (&Method::GET, [resource]) => {
             let kind = Kind::from_resource(resource).ok_or_else(ApiError::invalid_endpoint)?;
             list(shared, kind, &params, base)
@@ -374,9 +375,15 @@ fn list(shared: &Shared, kind: Kind, params: &[(String, String)], base: &str) ->
             }
         };
         let page = integer(params, "page")?.unwrap_or(1).max(1) as usize;
-        let all = &store.table(kind).objects;
+        let now = shared.now();
+        let all: Vec<_> = store
+            .table(kind)
+            .objects
+            .values()
+            .filter(|o| store.listed(kind, &o.value, now))
+            .collect();
         let count = all.len();
-        let items = all.values().skip((page - 1) * per_page).take(per_page);
+        let items = all.into_iter().skip((page - 1) * per_page).take(per_page);
         let mut out = format!("{{\"{resource}\":[").into_bytes();
         push_rendered(&mut out, items);
         let next = (page * per_page < count).then(|| {
@@ -406,7 +413,7 @@ fn list(shared: &Shared, kind: Kind, params: &[(String, String)], base: &str) ->
                 .ok_or_else(|| ApiError::invalid_pagination("page[after] is not a valid cursor"))?,
         ),
     };
-    let (items, has_more) = store.list(kind, after, size);
+    let (items, has_more) = store.list(kind, after, size, shared.now());
     let first = items
         .first()
         .and_then(|v| v.get("id"))
@@ -424,6 +431,18 @@ fn list(shared: &Shared, kind: Kind, params: &[(String, String)], base: &str) ->
             has_more,
         ),
     );
+    Ok((200, out))
+}
+
+/// Every ticket form, unpaged: "List Ticket Forms" documents no pagination (paging
+/// parameters are ignored, as Zendesk ignores parameters it does not take) and its answer
+/// holds only the `ticket_forms` array; an account has at most 300 forms
+/// (https://developer.zendesk.com/api-reference/ticketing/tickets/ticket_forms/).
+fn ticket_forms(shared: &Shared) -> Answer {
+    let store = shared.store.read();
+    let mut out = b"{\"ticket_forms\":[".to_vec();
+    push_rendered(&mut out, store.table(Kind::TicketForm).objects.values());
+    out.extend_from_slice(b"]}");
     Ok((200, out))
 }
 

@@ -180,6 +180,11 @@ pub(crate) fn iso(ts: i64) -> String {
         .to_string()
 }
 
+/// How long after it closed Zendesk archives a ticket: "in most cases ... 120 days after
+/// the ticket status changes to Closed" (About ticket archiving,
+/// https://support.zendesk.com/hc/en-us/articles/4408887617050).
+pub(crate) const ARCHIVE_AFTER_SECS: i64 = 120 * 86_400;
+
 /// Fields clients may not set.
 const READ_ONLY: &[&str] = &[
     "id",
@@ -258,6 +263,25 @@ impl Store {
     }
 
     /// Ids of the objects of `kind` that are not deleted, ascending.
+    /// Whether a list of `kind` shows the object at `now`: "Archived tickets are not
+    /// included" in the ticket metrics list
+    /// (https://developer.zendesk.com/api-reference/ticketing/tickets/ticket_metrics/), and
+    /// Zendesk archives a ticket closed for 120 days.
+    pub(crate) fn listed(&self, kind: Kind, value: &Map<String, Value>, now: i64) -> bool {
+        kind != Kind::TicketMetric
+            || !value
+                .get("ticket_id")
+                .and_then(Value::as_u64)
+                .and_then(|ticket| self.get(Kind::Ticket, ticket))
+                .is_some_and(|ticket| {
+                    ticket.get("status").and_then(Value::as_str) == Some("closed")
+                        && ticket
+                            .get("generated_timestamp")
+                            .and_then(Value::as_i64)
+                            .is_some_and(|at| at < now - ARCHIVE_AFTER_SECS)
+                })
+    }
+
     pub(crate) fn live_ids(&self, kind: Kind) -> Vec<u64> {
         self.table(kind)
             .objects
@@ -572,13 +596,15 @@ impl Store {
         kind: Kind,
         after: Option<u64>,
         size: usize,
+        now: i64,
     ) -> (Vec<&Map<String, Value>>, bool) {
         let start = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
         let mut range = self
             .table(kind)
             .objects
             .range((start, std::ops::Bound::Unbounded))
-            .map(|(_, o)| &o.value);
+            .map(|(_, o)| &o.value)
+            .filter(|v| self.listed(kind, v, now));
         let items: Vec<_> = range.by_ref().take(size).collect();
         let has_more = range.next().is_some();
         (items, has_more)
