@@ -125,8 +125,10 @@ async fn contract_the_cursor_ticket_export_keeps_zendesks_after_cursor() {
     );
     let requests = replay.requests();
     assert_eq!(requests.len(), 1, "{requests:?}");
+    // Every ticket, those an AI agent handled included (Zendesk's default scope is `agent`).
     assert!(
-        requests[0].contains("start_time=1199145600"),
+        requests[0].contains("start_time=1199145600")
+            && requests[0].contains("support_type_scope=all"),
         "{requests:?}"
     );
     // Converted straight from the body, custom columns appended to each ticket.
@@ -166,7 +168,8 @@ async fn contract_the_cursor_ticket_export_keeps_zendesks_after_cursor() {
     let requests = replay.requests();
     assert!(
         requests[1].contains(&format!("cursor={AFTER_CURSOR}"))
-            && !requests[1].contains("start_time"),
+            && !requests[1].contains("start_time")
+            && requests[1].contains("support_type_scope=all"),
         "{requests:?}"
     );
     assert_eq!(again[0].cursor["after_cursor"], AFTER_CURSOR);

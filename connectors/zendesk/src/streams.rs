@@ -734,6 +734,7 @@ impl Reader {
                 Some(cursor) => query.push(("cursor", cursor.clone())),
                 None => query.push(("start_time", self.initial_start().to_string())),
             }
+            query.extend(support_scope(path));
             let listing = self.fetch(Limit::Export, path, &query).await?;
             // Zendesk documents `end_of_stream` on every cursor-based export page ("true if
             // the current request has returned all the results up to the current time"):
@@ -796,7 +797,8 @@ impl Reader {
         );
         guard.start_at(&boundary_key(&at));
         loop {
-            let query = [("start_time", at.start_time.to_string()), self.per_page()];
+            let mut query = vec![("start_time", at.start_time.to_string()), self.per_page()];
+            query.extend(support_scope(path));
             let listing = self.fetch(Limit::Export, path, &query).await?;
             // Time-based export pages document `end_of_stream` (and `end_time`, the next
             // `start_time`): https://developer.zendesk.com/api-reference/ticketing/ticket-management/incremental_exports/#time-based-incremental-exports
@@ -1132,6 +1134,19 @@ pub(crate) fn next_list_page(
         .ok_or_else(|| malformed("`meta.has_more` is true but `meta.after_cursor` is missing"))?;
     guard.follow(&after)?;
     Ok(Some(after))
+}
+
+/// `support_type_scope=all` for the exports that take it: tickets and ticket events
+/// default to `agent`, which leaves out the tickets an AI agent handled ("Lists tickets by
+/// support type. Possible values are "all", "agent", or "ai_agent". Defaults to "agent"",
+/// https://developer.zendesk.com/api-reference/ticketing/ticket-management/incremental_exports/).
+/// Sent on every request, cursor ones included.
+fn support_scope(path: &str) -> Option<(&'static str, String)> {
+    matches!(
+        path,
+        "/api/v2/incremental/tickets/cursor.json" | "/api/v2/incremental/ticket_events.json"
+    )
+    .then(|| ("support_type_scope", "all".to_owned()))
 }
 
 /// A time boundary as a guard key.

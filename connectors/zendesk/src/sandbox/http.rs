@@ -277,6 +277,30 @@ fn start_time(params: &[(String, String)], now: i64) -> Result<Option<i64>, ApiE
     Ok(start)
 }
 
+/// Which tickets an export of tickets or ticket events covers: `support_type_scope`
+/// (`all`, `agent` or `ai_agent`; "Defaults to `agent`", so tickets handled by an AI agent
+/// are left out unless asked for), per the incremental exports reference
+/// (https://developer.zendesk.com/api-reference/ticketing/ticket-management/incremental_exports/).
+/// `None` keeps every ticket.
+fn support_scope(params: &[(String, String)]) -> Result<Option<bool>, ApiError> {
+    match param(params, "support_type_scope") {
+        None | Some("agent") => Ok(Some(false)),
+        Some("ai_agent") => Ok(Some(true)),
+        Some("all") => Ok(None),
+        Some(other) => Err(ApiError::invalid_value(format!(
+            "support_type_scope must be one of all, agent, ai_agent, not {other}"
+        ))),
+    }
+}
+
+/// Whether an export scoped to `scope` (see [`support_scope`]) shows ticket `ticket`.
+fn in_scope(scope: Option<bool>, ticket: Option<u64>) -> bool {
+    match (scope, ticket) {
+        (None, _) | (_, None) => true,
+        (Some(ai), Some(ticket)) => Store::ai_agent_ticket(ticket) == ai,
+    }
+}
+
 /// A cursor-based export page: `start_time` or `cursor` → objects after it.
 fn cursor_export(
     shared: &Shared,
@@ -297,6 +321,10 @@ fn cursor_export(
         },
     };
     let exclude_deleted = param(params, "exclude_deleted") == Some("true");
+    let scope = match kind {
+        Kind::Ticket => support_scope(params)?,
+        _ => None,
+    };
     let store = shared.store.read();
     let page = store.cursor_export(kind, position, per_page, now - EXCLUSION_SECS);
     let cursor = encode_export_cursor(page.after);
@@ -304,7 +332,8 @@ fn cursor_export(
         .items
         .iter()
         .copied()
-        .filter(|o| !(exclude_deleted && Store::is_deleted(kind, &o.value)));
+        .filter(|o| !(exclude_deleted && Store::is_deleted(kind, &o.value)))
+        .filter(|o| in_scope(scope, o.value.get("id").and_then(Value::as_u64)));
     let size: usize = page.items.iter().map(|o| o.json.len() + 1).sum();
     let mut out = Vec::with_capacity(size + 512);
     out.extend_from_slice(format!("{{\"{}\":[", kind.resource()).as_bytes());
@@ -332,6 +361,10 @@ fn time_export(
     let per_page = per_page(params)?;
     let start = start_time(params, now)?
         .ok_or_else(|| ApiError::invalid_value("start_time is required"))?;
+    let scope = match kind {
+        None => support_scope(params)?,
+        Some(_) => None,
+    };
     let store = shared.store.read();
     let horizon = now - EXCLUSION_SECS;
     let (key, page) = match kind {
@@ -344,12 +377,18 @@ fn time_export(
             store.event_export(start, per_page, horizon),
         ),
     };
-    let mut out = Vec::with_capacity(page.items.len() * 1024 + 256);
+    let items: Vec<_> = page
+        .items
+        .iter()
+        .copied()
+        .filter(|o| in_scope(scope, o.get("ticket_id").and_then(Value::as_u64)))
+        .collect();
+    let mut out = Vec::with_capacity(items.len() * 1024 + 256);
     out.extend_from_slice(format!("{{\"{key}\":[").as_bytes());
-    push_items(&mut out, page.items.iter().copied());
+    push_items(&mut out, items.iter().copied());
     let tail = json!({
         "next_page": format!("{base}/api/v2/incremental/{key}.json?per_page={per_page}&start_time={}", page.end_time),
-        "count": page.items.len(),
+        "count": items.len(),
         "end_time": page.end_time,
         "end_of_stream": page.end_of_stream,
     });

@@ -55,7 +55,7 @@ fn long_ago(sandbox: &ZendeskSandbox) -> i64 {
 async fn cursor_exports_page_to_the_end_of_the_stream() {
     let sandbox = sandbox(50).await;
     let mut path = format!(
-        "/api/v2/incremental/tickets/cursor.json?per_page=7&start_time={}",
+        "/api/v2/incremental/tickets/cursor.json?per_page=7&support_type_scope=all&start_time={}",
         long_ago(&sandbox)
     );
     let mut seen = Vec::new();
@@ -78,13 +78,52 @@ async fn cursor_exports_page_to_the_end_of_the_stream() {
         if body["end_of_stream"] == true {
             break;
         }
-        path = format!("/api/v2/incremental/tickets/cursor.json?per_page=7&cursor={cursor}");
+        path = format!(
+            "/api/v2/incremental/tickets/cursor.json?per_page=7&support_type_scope=all&cursor={cursor}"
+        );
     }
     assert_eq!(pages, 8, "50 tickets at 7 a page");
     let mut want = sandbox.ids("tickets");
     want.sort();
     seen.sort();
     assert_eq!(seen, want);
+
+    // Zendesk's default `support_type_scope` is `agent`: the tickets an AI agent handled
+    // (ids 7, 27 and 47 here) come only with `all` or `ai_agent`; so do their events.
+    let start = long_ago(&sandbox);
+    let scoped = async |scope: &str, what: &str| {
+        let path = format!("/api/v2/incremental/{what}?start_time={start}{scope}");
+        let (status, _, body) = get(&sandbox, &path).await;
+        (status, body)
+    };
+    let (_, agent) = scoped("", "tickets/cursor.json").await;
+    let (_, ai) = scoped("&support_type_scope=ai_agent", "tickets/cursor.json").await;
+    let mut only_ai = ids(&ai["tickets"]);
+    only_ai.sort();
+    assert_eq!(only_ai, ["27", "47", "7"]);
+    assert_eq!(ids(&agent["tickets"]).len(), 47);
+    assert!(
+        ids(&agent["tickets"])
+            .iter()
+            .all(|id| !ids(&ai["tickets"]).contains(id))
+    );
+    let ticket_of = |body: &Value| -> Vec<u64> {
+        body["ticket_events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["ticket_id"].as_u64().unwrap())
+            .collect()
+    };
+    let (_, events) = scoped("", "ticket_events.json").await;
+    assert!(ticket_of(&events).iter().all(|t| t % 20 != 7));
+    let (_, events) = scoped("&support_type_scope=all", "ticket_events.json").await;
+    assert!(ticket_of(&events).contains(&7));
+    let (status, body) = scoped("&support_type_scope=bots", "tickets/cursor.json").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("InvalidValue"))
+    );
 }
 
 #[tokio::test]
@@ -93,12 +132,15 @@ async fn exports_leave_out_the_last_minute_and_refuse_a_recent_start() {
     let start = long_ago(&sandbox);
     let (_, _, body) = get(
         &sandbox,
-        &format!("/api/v2/incremental/tickets/cursor.json?start_time={start}"),
+        &format!(
+            "/api/v2/incremental/tickets/cursor.json?support_type_scope=all&start_time={start}"
+        ),
     )
     .await;
     assert_eq!(body["tickets"].as_array().unwrap().len(), 10);
     let cursor = body["after_cursor"].as_str().unwrap().to_owned();
-    let next = format!("/api/v2/incremental/tickets/cursor.json?cursor={cursor}");
+    let next =
+        format!("/api/v2/incremental/tickets/cursor.json?support_type_scope=all&cursor={cursor}");
 
     let created = sandbox.create("tickets", json!({"subject": "Fresh"}));
     let (_, _, body) = get(&sandbox, &next).await;
