@@ -15,8 +15,10 @@
 //!   nothing for other updates, as in Stripe. Deleted objects leave lists but their ids stay
 //!   valid cursors.
 //!
-//! Simplifications: canceled subscriptions stay in the default subscription list (Stripe
-//! needs `status=all`); each seeded subscription has one item (more can be added with
+//! The default subscription list leaves out canceled subscriptions, as Stripe's does
+//! (`status=all` lists them, `ended` the canceled and incomplete_expired).
+//!
+//! Simplifications: each seeded subscription has one item (more can be added with
 //! `POST /v1/subscription_items` and removed with `DELETE`); parameters are checked against the
 //! object's own fields, so create-only Stripe parameters such as `source=tok_visa` are
 //! refused; `expand[]` is accepted and ignored.

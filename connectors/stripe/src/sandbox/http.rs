@@ -316,10 +316,23 @@ fn render_json(value: &Value) -> Vec<u8> {
     with_newline(render_top(value))
 }
 
+/// The statuses `GET /v1/subscriptions` filters on, besides `all` and `ended`.
+const SUBSCRIPTION_STATUSES: &[&str] = &[
+    "active",
+    "canceled",
+    "incomplete",
+    "incomplete_expired",
+    "past_due",
+    "paused",
+    "trialing",
+    "unpaid",
+];
+
 /// Parses the list parameters Stripe accepts for `kind`; anything else is refused the way
 /// Stripe refuses it, so a connector sending a typo finds out here.
 pub(crate) fn list_query(kind: Kind, params: &[(String, String)]) -> Result<ListQuery, ApiError> {
     let mut q = ListQuery::default();
+    let mut subscription_status: Option<Vec<&'static str>> = None;
     let integer = |name: &str, value: &str| -> Result<i64, ApiError> {
         value.trim().parse::<i64>().map_err(|_| {
             ApiError::invalid(
@@ -352,6 +365,11 @@ pub(crate) fn list_query(kind: Kind, params: &[(String, String)]) -> Result<List
             "starting_after" if !value.is_empty() => starting_after = Some(value.clone()),
             "ending_before" if !value.is_empty() => ending_before = Some(value.clone()),
             "starting_after" | "ending_before" => {}
+            // The subscription items list takes no `created` filter (its parameters are
+            // `subscription`, the paging ones and `expand`).
+            n if kind == Kind::SubscriptionItem && n.starts_with("created") => {
+                return Err(ApiError::unknown_parameter(n));
+            }
             "created" => {
                 let t = integer(name, value)?;
                 q.created_min = q.created_min.max(t);
@@ -387,10 +405,49 @@ pub(crate) fn list_query(kind: Kind, params: &[(String, String)]) -> Result<List
                 }
             }
             "subscription" if kind == Kind::SubscriptionItem => q.parent = Some(value.clone()),
-            "status" if kind == Kind::Subscription && value == "all" => {}
+            // "If no value is supplied, all subscriptions that have not been canceled are
+            // returned"; `all` lists every status, `ended` the canceled and the
+            // incomplete_expired (https://docs.stripe.com/api/subscriptions/list).
+            "status" if kind == Kind::Subscription => {
+                subscription_status = Some(match value.as_str() {
+                    "all" => Vec::new(),
+                    "ended" => vec!["canceled", "incomplete_expired"],
+                    other => match SUBSCRIPTION_STATUSES.iter().find(|s| **s == other) {
+                        Some(status) => vec![*status],
+                        None => {
+                            return Err(ApiError::invalid(
+                                "parameter_invalid_string",
+                                format!(
+                                    "Invalid status: must be one of {}",
+                                    SUBSCRIPTION_STATUSES.join(", ")
+                                ),
+                                "status".to_owned(),
+                            ));
+                        }
+                    },
+                })
+            }
             n if kind.list_filters().contains(&n) => q.fields.push((name.clone(), value.clone())),
             _ => return Err(ApiError::unknown_parameter(name)),
         }
+    }
+    if kind == Kind::Subscription {
+        match subscription_status {
+            Some(statuses) => q.status_in = statuses,
+            None => q.status_not = Some("canceled"),
+        }
+    }
+    if kind == Kind::Event
+        && params.iter().any(|(k, _)| k == "type")
+        && params.iter().any(|(k, _)| k.starts_with("types["))
+    {
+        // "You may pass either type or types, but not both"
+        // (https://docs.stripe.com/api/events/list).
+        return Err(ApiError::invalid(
+            "parameters_exclusive",
+            "You may only specify one of these parameters: type, types.",
+            None,
+        ));
     }
     q.cursor = match (starting_after, ending_before) {
         (Some(_), Some(_)) => {

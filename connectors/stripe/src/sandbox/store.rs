@@ -108,6 +108,10 @@ pub(crate) struct ListQuery {
     pub(crate) parent: Option<String>,
     /// Equality filters on top-level fields.
     pub(crate) fields: Vec<(String, String)>,
+    /// Statuses listed (empty: any) and one left out: Stripe's subscription list leaves
+    /// out canceled ones unless `status` asks (see `http::list_query`).
+    pub(crate) status_in: Vec<&'static str>,
+    pub(crate) status_not: Option<&'static str>,
 }
 
 impl Default for ListQuery {
@@ -120,6 +124,8 @@ impl Default for ListQuery {
             types: Vec::new(),
             parent: None,
             fields: Vec::new(),
+            status_in: Vec::new(),
+            status_not: None,
         }
     }
 }
@@ -1239,13 +1245,20 @@ fn entry_matches(e: &Entry, q: &ListQuery) -> bool {
             return false;
         }
     }
-    if q.fields.is_empty() {
+    if q.fields.is_empty() && q.status_in.is_empty() && q.status_not.is_none() {
         return true;
     }
     // Rare filters: parse the object rather than index every field of every type.
     let Ok(object) = serde_json::from_slice::<Value>(&e.body) else {
         return false;
     };
+    let status = object
+        .get("status")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if (!q.status_in.is_empty() && !q.status_in.contains(&status)) || q.status_not == Some(status) {
+        return false;
+    }
     q.fields
         .iter()
         .all(|(field, want)| match object.get(field) {

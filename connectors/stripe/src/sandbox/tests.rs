@@ -781,3 +781,64 @@ async fn the_rate_limit_is_set_over_the_control_api() {
     assert_eq!(get(&sandbox, "/v1/charges?limit=1").await.status, 200);
     sandbox.shutdown().await;
 }
+
+/// Stripe's subscription list leaves out canceled subscriptions unless `status` asks for
+/// them ("If no value is supplied, all subscriptions that have not been canceled are
+/// returned"; `all` lists every status, `ended` the canceled and incomplete_expired), and
+/// the simulator refuses what Stripe refuses: `type` with `types[]` on events, `created`
+/// on subscription items, and an unknown status.
+#[tokio::test]
+async fn lists_filter_and_refuse_as_stripe_does() {
+    let sandbox = start(200).await;
+    let all = get(&sandbox, "/v1/subscriptions?limit=100&status=all")
+        .await
+        .ids();
+    let status_of = |id: &String| {
+        sandbox.get("subscriptions", id).unwrap()["status"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let canceled: Vec<&String> = all
+        .iter()
+        .filter(|id| status_of(id) == "canceled")
+        .collect();
+    assert!(!canceled.is_empty(), "the seed has canceled subscriptions");
+    let default = get(&sandbox, "/v1/subscriptions?limit=100").await.ids();
+    assert_eq!(default.len(), all.len() - canceled.len());
+    assert!(canceled.iter().all(|id| !default.contains(id)));
+    let ended = get(&sandbox, "/v1/subscriptions?limit=100&status=ended")
+        .await
+        .ids();
+    assert!(canceled.iter().all(|id| ended.contains(id)));
+    assert!(
+        ended
+            .iter()
+            .all(|id| ["canceled", "incomplete_expired"].contains(&status_of(id).as_str()))
+    );
+    let active = get(&sandbox, "/v1/subscriptions?limit=100&status=active")
+        .await
+        .ids();
+    assert!(active.iter().all(|id| status_of(id) == "active"));
+
+    for (path, message) in [
+        ("/v1/subscriptions?status=gone", "Invalid status"),
+        (
+            "/v1/events?type=charge.succeeded&types[]=charge.failed",
+            "You may only specify one of these parameters: type, types.",
+        ),
+        (
+            "/v1/subscription_items?subscription=sub_1&created[gte]=1",
+            "Received unknown parameter: created[gte]",
+        ),
+    ] {
+        let reply = get(&sandbox, path).await;
+        assert_eq!(reply.status, 400, "{path}");
+        let error = &reply.json()["error"];
+        assert_eq!(error["type"], "invalid_request_error", "{path}");
+        assert!(
+            error["message"].as_str().unwrap().contains(message),
+            "{path}: {error}"
+        );
+    }
+}
