@@ -39,11 +39,16 @@ impl CursorExport {
         }
     }
 
-    /// Whether the export is caught up after this page: the vendor says so, or it gave
-    /// nothing (so a vendor that never says `end_of_stream` cannot make us loop), or it
-    /// gave no cursor to go on with.
-    pub fn caught_up(&self) -> bool {
-        self.end_of_stream || self.count == 0 || self.after_cursor.is_none()
+    /// Whether the export is caught up after this page, read from `position`: the vendor
+    /// says so, or it gave no cursor to go on with, or an empty page that does not move
+    /// (so a vendor that never says `end_of_stream` cannot make us loop). An empty page
+    /// with a new cursor is not the end: Zendesk can answer `[]` with `end_of_stream`
+    /// false and a cursor further on (a stretch of changes the export leaves out), and
+    /// stopping there would drain a backlog one page per run.
+    pub fn caught_up(&self, position: Option<&str>) -> bool {
+        self.end_of_stream
+            || self.after_cursor.is_none()
+            || (self.count == 0 && self.after_cursor.as_deref() == position)
     }
 }
 
@@ -149,15 +154,27 @@ mod tests {
         let body = br#"{"tickets":[{"id":1},{"id":2}],"after_url":"x","after_cursor":"MTA=","before_cursor":null,"end_of_stream":false}"#;
         let page = CursorExport::from_envelope(&scan_envelope(body, "tickets", "id").unwrap());
         assert_eq!(page.after_cursor.as_deref(), Some("MTA="));
-        assert!(!page.end_of_stream && !page.caught_up());
+        assert!(!page.end_of_stream && !page.caught_up(None));
         assert_eq!(page.count, 2);
         let last = br#"{"tickets":[{"id":3}],"after_cursor":"MTE=","end_of_stream":true}"#;
         let page = CursorExport::from_envelope(&scan_envelope(last, "tickets", "id").unwrap());
-        assert!(page.caught_up());
+        assert!(page.caught_up(Some("MTA=")));
         assert_eq!(page.after_cursor.as_deref(), Some("MTE="));
         let empty = br#"{"tickets":[],"after_cursor":null,"end_of_stream":false}"#;
         let page = CursorExport::from_envelope(&scan_envelope(empty, "tickets", "id").unwrap());
-        assert!(page.caught_up(), "an empty page never loops");
+        assert!(page.caught_up(Some("MTE=")), "no cursor to go on with");
+        let still = br#"{"tickets":[],"after_cursor":"MTE=","end_of_stream":false}"#;
+        let page = CursorExport::from_envelope(&scan_envelope(still, "tickets", "id").unwrap());
+        assert!(
+            page.caught_up(Some("MTE=")),
+            "an empty page that does not move never loops"
+        );
+        let on = br#"{"tickets":[],"after_cursor":"MTI=","end_of_stream":false}"#;
+        let page = CursorExport::from_envelope(&scan_envelope(on, "tickets", "id").unwrap());
+        assert!(
+            !page.caught_up(Some("MTE=")),
+            "an empty page further on goes on"
+        );
     }
 
     #[test]

@@ -170,6 +170,10 @@ pub struct ZendeskFaults {
     /// its first page (one with `page[after]`) until turned off: a snapshot that keeps
     /// failing part-way, as when the token loses access during a run.
     pub forbid_after_first_page: bool,
+    /// Answer each cursor-export page that would hold records first as an empty page with
+    /// `end_of_stream` false and a cursor moved up to just before them, as Zendesk does
+    /// where the records it passes are ones the export leaves out.
+    pub empty_export_pages: bool,
 }
 
 /// A list or export body that breaks Zendesk's documented shape.

@@ -42,6 +42,9 @@ use crate::config::{DEFAULT_LOOKBACK_DAYS, Settings};
 /// How many pages a read fetches ahead of the runtime's conversion.
 const FETCH_AHEAD: usize = 2;
 
+/// Empty cursor-export pages in a row a run follows before it stops for the next run.
+const MAX_EMPTY_PAGES: u32 = 100;
+
 /// Zendesk refuses an export `start_time` less than a minute old; keep a second spare.
 const EXCLUSION_WINDOW_SECS: i64 = 61;
 
@@ -728,6 +731,7 @@ impl Reader {
         if let Some(position) = &position {
             guard.start_at(position);
         }
+        let mut empty_pages = 0;
         loop {
             let mut query = vec![self.per_page()];
             match &position {
@@ -751,7 +755,22 @@ impl Reader {
                 }
                 return Ok(());
             };
-            if !page.caught_up() {
+            let mut caught_up = page.caught_up(position.as_deref());
+            if page.count == 0 && !caught_up {
+                // An empty page further on ("could be [] but end_of_stream false", as
+                // other clients of this export note): go on, a bounded number of times.
+                empty_pages += 1;
+                if empty_pages > MAX_EMPTY_PAGES {
+                    tracing::warn!(
+                        stream = self.def.name,
+                        "Zendesk answered {MAX_EMPTY_PAGES} empty export pages in a row without reaching the end; the next run goes on from the last cursor."
+                    );
+                    caught_up = true;
+                }
+            } else {
+                empty_pages = 0;
+            }
+            if !caught_up {
                 // The walk goes on from `next`: it must be a cursor this walk has not
                 // followed, or this page repeats what was delivered and must not land.
                 guard.follow(&next)?;
@@ -766,7 +785,7 @@ impl Reader {
                 }
                 reset = false;
             }
-            if page.caught_up() {
+            if caught_up {
                 return Ok(());
             }
             position = Some(next);
@@ -822,11 +841,14 @@ impl Reader {
             let advance = at.advance(&items, end_time);
             let mut next = advance.next;
             if !advance.progressed && !end_of_stream && count > 0 {
-                // Every item of this second came at once and all are landed: move past it.
-                tracing::debug!(
+                // Every item of this page is landed and all share its second: go past the
+                // second, or the walk would ask for this page forever. If the second held
+                // more items than the page, those after the cut are skipped until they
+                // change again, which is data a user must hear about: a warning, not debug.
+                tracing::warn!(
                     stream = self.def.name,
                     start_time = at.start_time,
-                    "Export page holds only landed items; moving past its second."
+                    "Zendesk answered an export page holding only items already landed from one second; going on past that second. Items of that second beyond this page, if any, land when they next change (or with a full refresh)."
                 );
                 next = at.past_second();
             }

@@ -845,6 +845,29 @@ async fn a_403_to_the_credentials_themselves_stays_a_credentials_error() {
     assert!(matches!(err, Error::Auth { status: 403, .. }), "{err}");
 }
 
+/// Zendesk can answer a cursor-export page `[]` with `end_of_stream` false and a cursor
+/// further on (where the export passes records it leaves out): the run goes on past it,
+/// rather than stopping there and draining a backlog one page per run.
+#[tokio::test]
+async fn an_empty_export_page_further_on_is_not_the_end() {
+    let sandbox = sandbox(60).await;
+    let zendesk = zendesk(&sandbox, 25, 100);
+    sandbox.set_faults(
+        ZendeskFaults {
+            empty_export_pages: true,
+            ..ZendeskFaults::default()
+        }
+        .into(),
+    );
+    let pages = read(&zendesk, "tickets", None, false).await;
+    let empty = pages
+        .iter()
+        .filter(|p| ids(std::slice::from_ref(*p)).is_empty())
+        .count();
+    assert!(empty >= 3, "{empty} empty pages of {}", pages.len());
+    assert_exactly_once("tickets", &ids(&pages), &sandbox.ids("tickets"));
+}
+
 #[tokio::test]
 async fn a_403_part_way_through_a_walk_is_a_failure_not_a_plan() {
     let sandbox = sandbox(40).await;
