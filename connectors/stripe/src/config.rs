@@ -12,7 +12,14 @@ use tributary_sdk::{Error, Result, Secret};
 /// The API version sent as `Stripe-Version` unless `stripe_version` says otherwise. Pinned
 /// so that an account's default version changing on Stripe's side does not change the
 /// shape of the objects we land.
-pub const DEFAULT_STRIPE_VERSION: &str = "2024-06-20";
+///
+/// It is the version of the objects the stream schemas and the simulator are built on:
+/// Stripe's example objects, `fixtures/fixtures3.json` from stripe/openapi, the file of its
+/// `2026-07-29.dahlia` release (commit 19be337d holds the same file as our copy's f0758b15).
+/// A pin older than the schemas would land columns the schemas do not declare (before
+/// `2025-03-31.basil` a subscription has `current_period_end`, its items do not) and leave
+/// declared ones null.
+pub const DEFAULT_STRIPE_VERSION: &str = "2026-07-29.dahlia";
 
 /// Where Stripe's API lives.
 pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
@@ -98,6 +105,51 @@ fn default_api_base() -> String {
     DEFAULT_API_BASE.to_owned()
 }
 
+/// Whether `v` is written as a Stripe API version: `YYYY-MM-DD`, and from `2024-09-30` on a
+/// `.name` of the release it belongs to (https://docs.stripe.com/api/versioning: "Each
+/// monthly release ... uses the same name as the last major release"). Stripe answers a
+/// version it does not know with `Invalid Stripe API version: …`; this catches a typo before
+/// a request goes out.
+pub fn well_formed_api_version(v: &str) -> bool {
+    let (date, name) = match v.split_once('.') {
+        Some((date, name)) => (date, Some(name)),
+        None => (v, None),
+    };
+    let valid_date =
+        date.len() == 10 && chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").is_ok();
+    valid_date
+        && match (release_of(date), name) {
+            (None, None) => true,
+            // A version newer than the one we pin may belong to a release this list does
+            // not know yet: any lowercase name is let through to Stripe.
+            (Some(release), Some(name)) => {
+                name == release
+                    || (date > &DEFAULT_STRIPE_VERSION[..10]
+                        && !name.is_empty()
+                        && name.bytes().all(|b| b.is_ascii_lowercase()))
+            }
+            _ => false,
+        }
+}
+
+/// Stripe's named major releases and the date each began
+/// (https://docs.stripe.com/changelog): a version dated from then on carries that name.
+const RELEASES: [(&str, &str); 4] = [
+    ("2024-09-30", "acacia"),
+    ("2025-03-31", "basil"),
+    ("2025-09-30", "clover"),
+    ("2026-03-25", "dahlia"),
+];
+
+/// The release a version dated `date` (`YYYY-MM-DD`) belongs to; `None` before the first.
+fn release_of(date: &str) -> Option<&'static str> {
+    RELEASES
+        .iter()
+        .rev()
+        .find(|(start, _)| date >= *start)
+        .map(|(_, name)| *name)
+}
+
 fn default_stripe_version() -> String {
     DEFAULT_STRIPE_VERSION.to_owned()
 }
@@ -163,10 +215,18 @@ impl StripeConfig {
         let api_base = endpoint::base_url("api_base", &self.api_base, "`api_key`")?;
 
         let stripe_version = self.stripe_version.trim();
-        if stripe_version.is_empty() {
+        if !well_formed_api_version(stripe_version) {
             return Err(Error::config(
                 "stripe_version",
-                format!("must be an API version such as `{DEFAULT_STRIPE_VERSION}`"),
+                format!(
+                    "{} is no Stripe API version: write a date with its release name, such as `{DEFAULT_STRIPE_VERSION}` (releases before 2024-09-30 have no name, such as `2024-06-20`)",
+                    // Echoed only when it cannot be a key pasted in the wrong place.
+                    if stripe_version.len() <= 32 && !stripe_version.contains('_') {
+                        format!("`{}`", stripe_version.escape_debug())
+                    } else {
+                        "the value".to_owned()
+                    }
+                ),
             ));
         }
 
@@ -236,6 +296,46 @@ mod tests {
         let live = config("rk_live_abc").validate().unwrap();
         assert_eq!(live.requests_per_second, LIVE_MODE_REQUESTS_PER_SECOND);
         assert!(live.live_mode);
+    }
+
+    #[test]
+    fn stripe_version_is_a_version_stripe_would_know() {
+        for good in [
+            DEFAULT_STRIPE_VERSION,
+            "2024-06-20",
+            "2020-03-02",
+            "2024-09-30.acacia",
+            "2025-08-27.basil",
+            "2026-02-25.clover",
+            "2026-03-25.dahlia",
+            // A release after the one pinned, whose name this build cannot know.
+            "2026-10-28.elderberry",
+        ] {
+            let mut c = config("sk_test_abc");
+            c.stripe_version = format!(" {good} ");
+            assert_eq!(c.validate().unwrap().stripe_version, good);
+        }
+        for bad in [
+            "",
+            "2019-2-19",
+            "2024-06-20.acacia",
+            "2025-09-30.acacia",
+            "2026-04-22",
+            "2026-04-22.clover",
+            "2026-04-22.Dahlia",
+            "2024-13-01",
+            "latest",
+        ] {
+            let mut c = config("sk_test_abc");
+            c.stripe_version = bad.into();
+            let err = c.validate().unwrap_err();
+            assert!(err.to_string().contains(DEFAULT_STRIPE_VERSION), "{err}");
+            assert_eq!(key_of(err), "stripe_version", "{bad}");
+        }
+        let mut c = config("sk_test_abc");
+        c.stripe_version = "sk_live_pasted_here_by_mistake".into();
+        let err = c.validate().unwrap_err();
+        assert!(!err.to_string().contains("pasted"), "{err}");
     }
 
     #[test]

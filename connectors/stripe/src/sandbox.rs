@@ -42,8 +42,12 @@
 //!
 //! Events are rendered in the account's API version (`POST /_sandbox/account
 //! {"api_version": "2020-03-02"}`), older versions with the older shape of the fields
-//! that changed; objects fetched or listed are always in the simulator's own version
-//! (`2024-06-20`). Event types are Stripe's own list (`fixtures/event_types.txt`): only
+//! that changed; objects fetched or listed are always in the simulator's own version,
+//! `2026-07-29.dahlia`, the version of Stripe's example objects it is built on. A request
+//! whose `Stripe-Version` Stripe would not know is refused as Stripe refuses it (`Invalid
+//! Stripe API version`), and one asking for another real version is refused with a message
+//! saying the simulator renders only its own: a client pinned to another version must not
+//! pass against shapes it would never get. Event types are Stripe's own list (`fixtures/event_types.txt`): only
 //! those are emitted, and an unknown `type`/`types[]` is refused with Stripe's
 //! `invalid_request_error`. Stripe has no `invoiceitem.updated`: an edit of an item on a
 //! draft invoice emits `invoice.updated`, an item on a finalized invoice cannot be edited,

@@ -553,6 +553,61 @@ async fn events_in_another_api_version_land_in_the_pinned_shape() {
     assert!(changed[0].0.get("latest_charge").is_some());
 }
 
+/// An account still on a version before `2025-03-31.basil` (the default of many) sends
+/// subscription events with the period on the subscription; what lands is the object in
+/// the pinned version, the period on its items, as the schema declares it.
+#[tokio::test]
+async fn subscription_events_from_before_basil_land_in_the_pinned_shape() {
+    let sandbox = sandbox(100).await;
+    let stripe = stripe(&sandbox, 50);
+    let pages = read(&stripe, "subscriptions", None, false).await;
+    let cursor = pages.last().unwrap().cursor.clone();
+    sandbox.set_account_api_version("2024-06-20");
+    let id = sandbox.ids("subscriptions")[0].clone();
+    sandbox.advance_clock(Duration::from_secs(5));
+    sandbox
+        .update("subscriptions", &id, json!({"metadata": {"plan": "gold"}}))
+        .unwrap();
+    let event = sandbox.latest_events(1).remove(0);
+    assert_eq!(event["api_version"], "2024-06-20");
+    let sent = &event["data"]["object"];
+    assert!(sent["current_period_end"].is_i64(), "{sent}");
+    assert!(sent["items"]["data"][0].get("current_period_end").is_none());
+
+    let changed = values(&read(&stripe, "subscriptions", Some(cursor), false).await);
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    let landed = &changed[0].0;
+    assert_eq!(landed, &sandbox.get("subscriptions", &id).unwrap());
+    assert_eq!(landed["metadata"]["plan"], "gold");
+    assert!(landed.get("current_period_end").is_none(), "{landed}");
+    assert!(landed["items"]["data"][0]["current_period_end"].is_i64());
+}
+
+/// A source pinned to a version the simulator does not render is told so, with the
+/// version to pin; Stripe's own refusal of a version it does not know reaches the user too.
+#[tokio::test]
+async fn a_source_pinned_to_another_version_hears_which_one_to_pin() {
+    let sandbox = sandbox(5).await;
+    let mut config = StripeConfig::new(Secret::new(StripeSandbox::api_key()));
+    config.api_base = sandbox.url();
+    config.stripe_version = "2024-06-20".into();
+    let pinned = Stripe::new(config, SourceContext::default()).unwrap();
+    let err = pinned.check().await.unwrap_err().to_string();
+    assert!(
+        err.contains("2024-06-20") && err.contains("Stripe-Version: 2026-07-29.dahlia"),
+        "{err}"
+    );
+    let mut config = StripeConfig::new(Secret::new(StripeSandbox::api_key()));
+    config.api_base = sandbox.url();
+    config.stripe_version = "2031-01-01.zinnia".into();
+    let future = Stripe::new(config, SourceContext::default()).unwrap();
+    let err = future.check().await.unwrap_err().to_string();
+    assert!(
+        err.contains("Invalid Stripe API version: 2031-01-01.zinnia"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn an_object_deleted_after_its_older_version_event_lands_deleted_not_blank() {
     let sandbox = sandbox(40).await;

@@ -17,7 +17,7 @@ use tributary_sandbox_kit::{Kit, SandboxError, Vendor, control, response, to_jso
 use super::error::ApiError;
 use super::kinds::{DeleteMode, Kind, known_event_type};
 use super::render::render_top;
-use super::store::{Cursor, ListQuery, Origin, Page};
+use super::store::{API_VERSION, Cursor, ListQuery, Origin, Page};
 use super::{BadShape, Shared, StripeFaults};
 
 /// Request bodies are small forms; anything bigger is refused before parsing.
@@ -96,6 +96,9 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
             gzip,
             &[(header::WWW_AUTHENTICATE, "Basic realm=\"Stripe\"".into())],
         );
+    }
+    if let Err(e) = requested_version(&parts.headers) {
+        return respond(&shared, e.status, e.body(), &request_id, gzip, &[]);
     }
     let now = Instant::now();
     if let Err(e) = shared.kit.admit_request(now) {
@@ -694,7 +697,7 @@ fn base_headers(shared: &Shared, request_id: &str, gzip: bool) -> HeaderMap {
     response::set_header(&mut headers, "request-id", request_id);
     headers.insert(
         header::HeaderName::from_static("stripe-version"),
-        HeaderValue::from_static(super::store::API_VERSION),
+        HeaderValue::from_static(API_VERSION),
     );
     if gzip {
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
@@ -803,7 +806,8 @@ impl Vendor for Shared {
                 .filter(|v| valid_api_version(v))
                 .ok_or_else(|| {
                     SandboxError::bad(
-                        "api_version must be a Stripe API version such as 2024-06-20.",
+                        "api_version must be a Stripe API version no newer than the \
+                         simulator's own, such as 2024-06-20 or 2025-03-31.basil.",
                         Some("api_version"),
                     )
                 })?;
@@ -817,13 +821,44 @@ impl Vendor for Shared {
     }
 }
 
-/// A Stripe API version: `YYYY-MM-DD`, optionally followed by `.<release name>`.
+/// A Stripe API version that existed by the simulator's own: written as Stripe writes them
+/// (a date, and the release's name from `2024-09-30.acacia` on) and no newer than
+/// [`API_VERSION`]. Stripe refuses any other (`Invalid Stripe API version: 2019-2-19`).
 pub(crate) fn valid_api_version(v: &str) -> bool {
-    let (date, name) = v.split_once('.').unwrap_or((v, "a"));
-    chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").is_ok()
-        && date.len() == 10
-        && !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_lowercase())
+    crate::config::well_formed_api_version(v) && v[..10] <= API_VERSION[..10]
+}
+
+/// Checks a request's `Stripe-Version` header. Stripe answers a version it does not know
+/// with a 400 `invalid_request_error`, `Invalid Stripe API version: <v>`. A version it knows
+/// but the simulator does not render is refused too, saying so: the simulator shapes
+/// objects in its own version only, and answering another version's request with them
+/// would let a client pinned to that version pass against shapes it will never get.
+fn requested_version(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get("stripe-version") else {
+        return Ok(());
+    };
+    let version = value.to_str().unwrap_or_default().trim();
+    let refuse = |message: String| ApiError {
+        status: 400,
+        kind: "invalid_request_error",
+        code: None,
+        message,
+        param: None,
+    };
+    if !valid_api_version(version) {
+        return Err(refuse(format!(
+            "Invalid Stripe API version: {}",
+            version.escape_debug()
+        )));
+    }
+    if version != API_VERSION {
+        return Err(refuse(format!(
+            "This Stripe simulator renders objects in API version {API_VERSION} only, and the \
+             request asked for {version}: send Stripe-Version: {API_VERSION} (the Stripe \
+             source's default stripe_version)."
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -21,8 +21,11 @@ use super::render::{LIST_DEPTH, Template, dedent_list_item, render, render_top, 
 /// The fixture objects, copied from Stripe's OpenAPI fixtures (one per type we serve).
 const FIXTURES: &str = include_str!("../../fixtures/fixtures3.json");
 
-/// The API version events claim to be rendered with.
-pub(crate) const API_VERSION: &str = "2024-06-20";
+/// The simulator's own API version: the one its objects are shaped in, the version of
+/// Stripe's example objects in `fixtures3.json` (stripe/openapi's `2026-07-29.dahlia`
+/// release). Objects fetched or listed are always in it, as are events until the account's
+/// version is set to another.
+pub(crate) const API_VERSION: &str = "2026-07-29.dahlia";
 
 /// Stripe keeps events for 30 days.
 pub(crate) const EVENT_RETENTION: i64 = 30 * 86_400;
@@ -1153,7 +1156,10 @@ fn tag_of(kind: Kind, object: &Value) -> Option<Box<str>> {
 /// - before `2020-08-27` a customer carried its `sources`, `subscriptions` and `tax_ids`
 ///   lists, which later versions leave out unless expanded;
 /// - before `2022-11-15` a payment intent carried its `charges` list, which later versions
-///   replaced with `latest_charge`.
+///   replaced with `latest_charge`;
+/// - before `2025-03-31.basil` a subscription carried `current_period_start` and
+///   `current_period_end` itself, and its items did not
+///   (https://docs.stripe.com/changelog/basil/2025-03-31/deprecate-subscription-current-period-start-and-end).
 ///
 /// Versions compare as text (they are ISO dates, optionally with a `.name` suffix).
 fn legacy_shape(event_type: &str, version: &str, object: &mut Value) {
@@ -1191,6 +1197,24 @@ fn legacy_shape(event_type: &str, version: &str, object: &mut Value) {
             charges["total_count"] = 1.into();
         }
         map.insert("charges".into(), charges);
+    }
+    if event_type.starts_with("customer.subscription.") && version < "2025-03-31" {
+        let mut period = (Value::Null, Value::Null);
+        if let Some(items) = map
+            .get_mut("items")
+            .and_then(|i| i.get_mut("data"))
+            .and_then(Value::as_array_mut)
+        {
+            for item in items.iter_mut().filter_map(Value::as_object_mut) {
+                let start = item.remove("current_period_start").unwrap_or(Value::Null);
+                let end = item.remove("current_period_end").unwrap_or(Value::Null);
+                if period.0.is_null() {
+                    period = (start, end);
+                }
+            }
+        }
+        map.insert("current_period_start".into(), period.0);
+        map.insert("current_period_end".into(), period.1);
     }
 }
 

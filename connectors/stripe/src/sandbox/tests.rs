@@ -427,6 +427,65 @@ async fn refuses_missing_and_live_keys() {
     sandbox.shutdown().await;
 }
 
+/// A `Stripe-Version` Stripe would not know is refused as Stripe refuses it; a real one
+/// other than the simulator's is refused too, saying which version it renders, so a client
+/// pinned elsewhere never passes against shapes it would not get.
+#[tokio::test]
+async fn stripe_version_is_the_simulators_own_or_refused() {
+    // The connector pins the version the simulator renders, so the two cannot drift apart.
+    assert_eq!(
+        super::store::API_VERSION,
+        crate::config::DEFAULT_STRIPE_VERSION
+    );
+    let sandbox = start(5).await;
+    let ask = |version: &'static str| {
+        let sandbox = &sandbox;
+        async move {
+            request(
+                sandbox,
+                "GET",
+                "/v1/charges",
+                Some(KEY),
+                None,
+                &[("Stripe-Version", version)],
+            )
+            .await
+        }
+    };
+    let own = ask("2026-07-29.dahlia").await;
+    assert_eq!(own.status, 200);
+    assert_eq!(own.header("stripe-version"), Some("2026-07-29.dahlia"));
+    assert_eq!(own.ids().len(), 5);
+    assert_eq!(get(&sandbox, "/v1/charges").await.status, 200, "no header");
+    for unknown in [
+        "2019-2-19",
+        "2025-09-30.acacia",
+        "2024-06-20.acacia",
+        "2031-01-01.zinnia",
+        "latest",
+    ] {
+        let refused = ask(unknown).await;
+        assert_eq!(refused.status, 400, "{unknown}");
+        assert_eq!(
+            refused.json(),
+            json!({"error": {"message": format!("Invalid Stripe API version: {unknown}"), "type": "invalid_request_error"}}),
+        );
+    }
+    for other in ["2024-06-20", "2025-03-31.basil", "2026-06-24.dahlia"] {
+        let refused = ask(other).await;
+        assert_eq!(refused.status, 400, "{other}");
+        let message = refused.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            message.contains(other) && message.contains("Stripe-Version: 2026-07-29.dahlia"),
+            "{message}"
+        );
+    }
+    sandbox.shutdown().await;
+}
+
 /// Stripe limits each endpoint on its own, within the account's limit: over it, one list
 /// is refused with Stripe's `rate_limit` error while another still answers, and objects
 /// fetched by id count as one endpoint whatever the id.
