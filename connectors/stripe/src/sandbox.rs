@@ -35,7 +35,9 @@
 //!   cut short, malformed JSON; and Stripe's own ([`StripeFaults`]).
 //!
 //! Objects are Stripe's own fixture objects (`fixtures/fixtures3.json`) with ids, times,
-//! amounts, names and references varied. Like a real account, the seeded one has the
+//! amounts, names and references varied, and the fields Stripe's examples fill with
+//! placeholders named after the field (a charge's legacy `source`, invoices' and invoice
+//! items' `parent`) set as a real account's objects have them. Like a real account, the seeded one has the
 //! events of its last 30 days (Stripe's retention): the created event of every object
 //! created then and a `metadata` update of some customers, subscriptions and products;
 //! older objects have none left.

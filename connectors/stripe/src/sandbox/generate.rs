@@ -486,6 +486,10 @@ impl Gen {
         out.set("amount_captured", if failed { 0 } else { amount });
         out.set("amount_refunded", if refunded { amount } else { 0 });
         out.set("balance_transaction", self.id(Kind::BalanceTransaction, c));
+        // Stripe's example charge carries a legacy Source object whose fields are
+        // placeholders (`"client_secret": "client_secret"`); a charge made through a
+        // PaymentIntent, as these are (`payment_method` set), has none.
+        out.set("source", Scalar::Null);
         out.set(
             "billing_details.email",
             customer.map(|k| self.customer_email(k)),
@@ -722,7 +726,36 @@ impl Gen {
         out.set("lines.data.0.invoice", id.clone());
         out.set("lines.data.0.period.end", created);
         out.set("lines.data.0.period.start", period_start);
-        out.set("lines.data.0.subscription", sub_id.clone());
+        // Since 2025-03-31.basil a line names what generated it in `parent`, and the
+        // top-level `subscription` fields are gone (null in Stripe's example objects):
+        // https://docs.stripe.com/changelog/basil/2025-03-31/adds-new-parent-field-to-invoicing-objects
+        out.set(
+            "lines.data.0.parent",
+            match (&sub_id, subscription) {
+                (Some(sub), Some(s)) => json!({
+                    "type": "subscription_item_details",
+                    "invoice_item_details": null,
+                    "subscription_item_details": {
+                        "invoice_item": null,
+                        "proration": false,
+                        "proration_details": {"credited_items": null},
+                        "subscription": sub,
+                        "subscription_item": self.id(Kind::SubscriptionItem, s),
+                    },
+                }),
+                _ => json!({
+                    "type": "invoice_item_details",
+                    "invoice_item_details": {
+                        "invoice_item": format!("ii_{}", self.hash_str(Kind::Invoice, k, 57, 24)),
+                        "proration": false,
+                        "proration_details": {"credited_items": null},
+                        "subscription": null,
+                    },
+                    "subscription_item_details": null,
+                }),
+            },
+        );
+        out.set("lines.data.0.subscription", Scalar::Null);
         out.set("lines.data.0.subtotal", amount);
         out.set("lines.url", format!("/v1/invoices/{id}/lines"));
         out.set(
@@ -756,7 +789,17 @@ impl Gen {
             "status_transitions.voided_at",
             (status == "void").then_some(created + DAY),
         );
-        out.set("subscription", sub_id);
+        out.set(
+            "parent",
+            sub_id.as_ref().map_or(Value::Null, |sub| {
+                json!({
+                    "type": "subscription_details",
+                    "quote_details": null,
+                    "subscription_details": {"metadata": {}, "subscription": sub},
+                })
+            }),
+        );
+        out.set("subscription", Scalar::Null);
         out.set("subtotal", amount);
         out.set("subtotal_excluding_tax", amount);
         out.set("total", amount);
@@ -787,6 +830,9 @@ impl Gen {
             ),
         );
         out.set("invoice", invoice.map(|i| self.id(Kind::Invoice, i)));
+        // An item added by hand has no `parent` (Stripe's example names a placeholder
+        // subscription, `"subscription": "subscription"`).
+        out.set("parent", Scalar::Null);
         out.set("net_amount", unit * quantity);
         out.set("period.end", created);
         out.set("period.start", created);
@@ -810,6 +856,9 @@ impl Gen {
         out.set("created", created);
         out.set("billing_cycle_anchor", created);
         out.set("billing_cycle_anchor_config", Scalar::Null);
+        // Stripe's example lists one billing schedule of placeholders (`"key": "key"`);
+        // a subscription without the feature has none.
+        out.set("billing_schedules", json!([]));
         out.set("cancel_at", Scalar::Null);
         out.set("cancel_at_period_end", false);
         out.set("canceled_at", ended);
