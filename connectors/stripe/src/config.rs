@@ -107,26 +107,47 @@ fn default_api_base() -> String {
 
 /// Whether `v` is written as a Stripe API version: `YYYY-MM-DD`, and from `2024-09-30` on a
 /// `.name` of the release it belongs to (https://docs.stripe.com/api/versioning: "Each
-/// monthly release ... uses the same name as the last major release"). Stripe answers a
-/// version it does not know with `Invalid Stripe API version: …`; this catches a typo before
-/// a request goes out.
+/// monthly release ... uses the same name as the last major release") or `.preview`,
+/// optionally followed by beta flags (`; name=v1`). Stripe answers a version it does not
+/// know with `Invalid Stripe API version: …`; this catches a typo before a request goes out.
 pub fn well_formed_api_version(v: &str) -> bool {
-    let (date, name) = match v.split_once('.') {
+    let mut parts = v.split(';');
+    let version = parts.next().unwrap_or_default().trim();
+    let betas = parts.all(|beta| {
+        beta.trim().split_once('=').is_some_and(|(name, value)| {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                && value.len() > 1
+                && value.starts_with('v')
+                && value[1..].bytes().all(|b| b.is_ascii_digit())
+        })
+    });
+    let (date, name) = match version.split_once('.') {
         Some((date, name)) => (date, Some(name)),
-        None => (v, None),
+        None => (version, None),
     };
-    let valid_date =
-        date.len() == 10 && chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").is_ok();
-    valid_date
+    // Digits where Stripe writes them: chrono alone would take `+2024-6-20` or `2024- 6-20`.
+    let shaped = date.len() == 10
+        && date.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    let lowercase = |name: &str| !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase());
+    betas
+        && shaped
+        && chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").is_ok()
         && match (release_of(date), name) {
             (None, None) => true,
+            (Some(_), Some("preview")) => true,
             // A version newer than the one we pin may belong to a release this list does
-            // not know yet: any lowercase name is let through to Stripe.
+            // not know yet: a name no earlier release had is let through to Stripe.
             (Some(release), Some(name)) => {
                 name == release
                     || (date > &DEFAULT_STRIPE_VERSION[..10]
-                        && !name.is_empty()
-                        && name.bytes().all(|b| b.is_ascii_lowercase()))
+                        && lowercase(name)
+                        && !RELEASES.iter().any(|(_, known)| *known == name))
             }
             _ => false,
         }
@@ -310,6 +331,8 @@ mod tests {
             "2026-03-25.dahlia",
             // A release after the one pinned, whose name this build cannot know.
             "2026-10-28.elderberry",
+            "2026-05-27.preview",
+            "2026-07-29.dahlia; checkout_server_update_beta=v1",
         ] {
             let mut c = config("sk_test_abc");
             c.stripe_version = format!(" {good} ");
@@ -325,6 +348,12 @@ mod tests {
             "2026-04-22.Dahlia",
             "2024-13-01",
             "latest",
+            "+2024-6-20",
+            "2024- 6-20",
+            "2024-06- 1",
+            "2026-10-28.acacia",
+            "2026-07-29.dahlia; beta",
+            "2026-07-29.dahlia;",
         ] {
             let mut c = config("sk_test_abc");
             c.stripe_version = bad.into();

@@ -726,9 +726,10 @@ impl Gen {
         out.set("lines.data.0.invoice", id.clone());
         out.set("lines.data.0.period.end", created);
         out.set("lines.data.0.period.start", period_start);
-        // Since 2025-03-31.basil a line names what generated it in `parent`, and the
-        // top-level `subscription` fields are gone (null in Stripe's example objects):
-        // https://docs.stripe.com/changelog/basil/2025-03-31/adds-new-parent-field-to-invoicing-objects
+        // Since 2025-03-31.basil a line names what generated it in `parent`
+        // (https://docs.stripe.com/changelog/basil/2025-03-31/adds-new-parent-field-to-invoicing-objects);
+        // the invoice's own `subscription` went, a line's stayed (stripe-go's
+        // InvoiceLineItem at 2026-07-29.dahlia still has it).
         out.set(
             "lines.data.0.parent",
             match (&sub_id, subscription) {
@@ -755,7 +756,7 @@ impl Gen {
                 }),
             },
         );
-        out.set("lines.data.0.subscription", Scalar::Null);
+        out.set("lines.data.0.subscription", sub_id.clone());
         out.set("lines.data.0.subtotal", amount);
         out.set("lines.url", format!("/v1/invoices/{id}/lines"));
         out.set(
