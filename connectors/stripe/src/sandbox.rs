@@ -8,8 +8,10 @@
 //!   `created[gt|gte|lt|lte]`, Stripe's per-resource filters and, on `/v1/events`, `type`
 //!   (with `*`) and `types[]`. `GET /v1/<resource>/<id>` fetches one object.
 //! - `POST /v1/<resource>` creates, `POST /v1/<resource>/<id>` updates (form encoded,
-//!   `metadata[k]=v`), `DELETE /v1/<resource>/<id>` deletes (or cancels a subscription);
-//!   each mutation appends to `/v1/events`, which keeps 30 days of simulator time. One
+//!   `metadata[k]=v`), `DELETE /v1/<resource>/<id>` deletes (or cancels a subscription)
+//!   where Stripe's API does: no price, no finalized or subscription invoice, no item of a
+//!   finalized invoice, no product with prices (a test's [`StripeSandbox::delete`], like the
+//!   Dashboard or Stripe itself, may still remove them); each mutation appends to `/v1/events`, which keeps 30 days of simulator time. One
 //!   mutation emits one event: the specific one when a state field moves (`charge.refunded`,
 //!   `invoice.paid`, `payout.failed`, ...), else `<type>.updated`; payment intents emit
 //!   nothing for other updates, as in Stripe. Deleted objects leave lists but their ids stay
@@ -396,8 +398,9 @@ impl StripeSandbox {
             .ok()
     }
 
-    /// Deletes an object (cancels a subscription) and emits the event. False when the type
-    /// cannot be deleted or the object does not exist (or is already gone).
+    /// Deletes an object (cancels a subscription) and emits the event, without the checks
+    /// of Stripe's API (see the module docs). False when the type cannot be deleted or the
+    /// object does not exist (or is already gone).
     pub fn delete(&self, resource: &str, id: &str) -> bool {
         let Ok(kind) = kind_of(resource) else {
             return false;

@@ -31,6 +31,17 @@ impl ApiError {
         }
     }
 
+    /// A 400 `invalid_request_error` with no `code`.
+    pub(crate) fn invalid_without_code(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: 400,
+            kind: "invalid_request_error",
+            code: None,
+            message: message.into(),
+            param: None,
+        }
+    }
+
     /// `No such customer: 'cus_x'`. Status 404 for a path id, 400 for a parameter.
     pub(crate) fn no_such(object: &str, id: &str, param: &str) -> ApiError {
         ApiError {

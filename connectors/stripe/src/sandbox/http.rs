@@ -251,7 +251,11 @@ fn route(
             Ok(with_newline(render_top(&object)))
         }
         (&Method::DELETE, Some(id)) if kind.delete_mode() != DeleteMode::Unsupported => {
-            let object = shared.store.write().delete(kind, &id, now, origin)?;
+            let mut store = shared.store.write();
+            api_deletable(&store, kind, &id, now).map_err(|e| {
+                e.unwrap_or_else(|| ApiError::unrecognized_url(method.as_str(), path))
+            })?;
+            let object = store.delete(kind, &id, now, origin)?;
             Ok(with_newline(render_top(&object)))
         }
         _ => Err(unrecognized()),
@@ -259,6 +263,72 @@ fn route(
 }
 
 /// Assembles a list page from cached object bytes, laid out as Stripe prints it.
+/// What Stripe's API refuses to delete, which the simulator's own `delete` (a Dashboard
+/// or Stripe itself) may still remove. `Err(None)`: no such endpoint.
+///
+/// - Prices have no delete endpoint; they are archived (`active=false`)
+///   (https://docs.stripe.com/api/prices: create, update, retrieve, list, search).
+/// - "Permanently deletes a one-off invoice draft ... Attempts to delete invoices that are
+///   no longer in a draft state will fail; once an invoice has been finalized or if an
+///   invoice is for a subscription, it must be voided" (https://docs.stripe.com/api/invoices/delete).
+/// - "Deleting invoice items is only possible when they're not attached to invoices, or if
+///   it's attached to a draft invoice" (https://docs.stripe.com/api/invoiceitems/delete).
+/// - "Deleting a product is only possible if it has no prices associated with it"
+///   (https://docs.stripe.com/api/products/delete).
+///
+/// The messages say what Stripe's docs say; Stripe's exact wording is not documented.
+fn api_deletable(
+    store: &super::store::Store,
+    kind: Kind,
+    id: &str,
+    now: i64,
+) -> Result<(), Option<ApiError>> {
+    let refuse = |message: String| Some(ApiError::invalid_without_code(message));
+    let get = |kind: Kind, id: &str| store.get_value(kind, id, now);
+    match kind {
+        Kind::Price => Err(None),
+        Kind::Invoice => match get(kind, id) {
+            Some(invoice) if !invoice["parent"]["subscription_details"].is_null() => Err(refuse(
+                "You can't delete invoices created by subscriptions.".to_owned(),
+            )),
+            Some(invoice) if invoice["status"] != "draft" => Err(refuse(format!(
+                "You can only delete draft invoices; invoice {id} is {}. Void it instead.",
+                invoice["status"].as_str().unwrap_or("finalized")
+            ))),
+            _ => Ok(()),
+        },
+        Kind::InvoiceItem => {
+            let invoice = get(kind, id)
+                .and_then(|item| item["invoice"].as_str().map(str::to_owned))
+                .and_then(|invoice| get(Kind::Invoice, &invoice));
+            match invoice {
+                Some(invoice) if invoice["status"] != "draft" => Err(refuse(format!(
+                    "Invoice item {id} is on invoice {}, which is no longer a draft: only items \
+                     of draft invoices or pending items can be deleted.",
+                    invoice["id"].as_str().unwrap_or_default()
+                ))),
+                _ => Ok(()),
+            }
+        }
+        Kind::Product => {
+            let priced = store
+                .ids(Kind::Price)
+                .iter()
+                .filter_map(|price| get(Kind::Price, price))
+                .any(|price| price["product"] == id);
+            if priced {
+                Err(refuse(format!(
+                    "Product {id} has prices: a product can only be deleted while it has none \
+                     (archive it with active=false instead)."
+                )))
+            } else {
+                Ok(())
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
 fn list_body(kind: Kind, page: &Page) -> Vec<u8> {
     let size: usize = page.items.iter().map(|b| b.len() + 8).sum();
     let mut out = Vec::with_capacity(size + 128);

@@ -427,6 +427,103 @@ async fn refuses_missing_and_live_keys() {
     sandbox.shutdown().await;
 }
 
+/// Stripe's API deletes only what its reference says it does: no price, no finalized or
+/// subscription invoice, no item of a finalized invoice, no product that has prices.
+#[tokio::test]
+async fn deletes_are_refused_where_stripe_refuses_them() {
+    let sandbox = start(2_000).await;
+    let delete = |path: String| {
+        let sandbox = &sandbox;
+        async move { request(sandbox, "DELETE", &path, Some(KEY), None, &[]).await }
+    };
+    let price = sandbox.ids("prices")[0].clone();
+    let refused = delete(format!("/v1/prices/{price}")).await;
+    assert_eq!(refused.status, 404);
+    assert!(sandbox.get("prices", &price).is_some());
+
+    let invoices: Vec<Value> = sandbox
+        .ids("invoices")
+        .iter()
+        .filter_map(|id| sandbox.get("invoices", id))
+        .collect();
+    let find = |f: &dyn Fn(&Value) -> bool| {
+        invoices
+            .iter()
+            .find(|i| f(i))
+            .map(|i| i["id"].as_str().unwrap().to_owned())
+            .expect("such an invoice")
+    };
+    let one_off = |i: &Value| i["parent"].is_null();
+    let paid = find(&|i| i["status"] == "paid" && one_off(i));
+    let by_subscription = find(&|i| i["status"] == "draft" && !one_off(i));
+    let draft = find(&|i| i["status"] == "draft" && one_off(i));
+    let refused = delete(format!("/v1/invoices/{paid}")).await;
+    assert_eq!(refused.status, 400);
+    assert!(
+        refused.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("draft")
+    );
+    let refused = delete(format!("/v1/invoices/{by_subscription}")).await;
+    assert_eq!(refused.status, 400);
+    assert_eq!(
+        refused.json()["error"]["message"],
+        "You can't delete invoices created by subscriptions."
+    );
+    let deleted = delete(format!("/v1/invoices/{draft}")).await;
+    assert_eq!(
+        deleted.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&deleted.body)
+    );
+    assert_eq!(deleted.json()["deleted"], true);
+
+    let items: Vec<Value> = sandbox
+        .ids("invoiceitems")
+        .iter()
+        .filter_map(|id| sandbox.get("invoiceitems", id))
+        .collect();
+    let invoiced = items
+        .iter()
+        .find(|item| {
+            item["invoice"]
+                .as_str()
+                .and_then(|i| sandbox.get("invoices", i))
+                .is_some_and(|i| i["status"] == "paid")
+        })
+        .expect("an item of a paid invoice");
+    let pending = items
+        .iter()
+        .find(|item| item["invoice"].is_null())
+        .expect("a pending item");
+    let refused = delete(format!(
+        "/v1/invoiceitems/{}",
+        invoiced["id"].as_str().unwrap()
+    ))
+    .await;
+    assert_eq!(refused.status, 400);
+    let deleted = delete(format!(
+        "/v1/invoiceitems/{}",
+        pending["id"].as_str().unwrap()
+    ))
+    .await;
+    assert_eq!(deleted.status, 200);
+
+    let priced = sandbox.get("prices", &price).unwrap()["product"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refused = delete(format!("/v1/products/{priced}")).await;
+    assert_eq!(refused.status, 400);
+    assert!(sandbox.get("products", &priced).is_some());
+    let bare = sandbox.create("products", json!({"name": "No prices"}));
+    let deleted = delete(format!("/v1/products/{}", bare["id"].as_str().unwrap())).await;
+    assert_eq!(deleted.status, 200);
+    sandbox.shutdown().await;
+}
+
 /// Stripe's example objects fill some fields with placeholders named after the field
 /// (`"subscription": "subscription"`, a Source's `"client_secret": "client_secret"`); the
 /// objects served vary or clear every one of them, so no table holds a placeholder id.
