@@ -41,6 +41,8 @@ import json, os, sys
 import duckdb, duckdb_extension_delta
 ext = os.path.join(os.path.dirname(duckdb_extension_delta.__file__), "extensions", "v" + duckdb.__version__, "delta.duckdb_extension")
 con = duckdb.connect(config={"allow_unsigned_extensions": "true"})
+# A scan slower than 2 s (a loaded CI machine) would draw DuckDB's progress bar on stdout.
+con.execute("SET enable_progress_bar = false")
 con.execute(f"LOAD '{ext}'")
 out = {}
 for name in ["customers", "charges"]:
