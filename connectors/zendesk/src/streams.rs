@@ -760,7 +760,7 @@ impl Reader {
                 // An empty page further on ("could be [] but end_of_stream false", as
                 // other clients of this export note): go on, a bounded number of times.
                 empty_pages += 1;
-                if empty_pages > MAX_EMPTY_PAGES {
+                if empty_pages >= MAX_EMPTY_PAGES {
                     tracing::warn!(
                         stream = self.def.name,
                         "Zendesk answered {MAX_EMPTY_PAGES} empty export pages in a row without reaching the end; the next run goes on from the last cursor."

@@ -895,7 +895,9 @@ impl Vendor for Shared {
 /// (a date, and the release's name from `2024-09-30.acacia` on) and no newer than
 /// [`API_VERSION`]. Stripe refuses any other (`Invalid Stripe API version: 2019-2-19`).
 pub(crate) fn valid_api_version(v: &str) -> bool {
-    crate::config::well_formed_api_version(v) && v[..10] <= API_VERSION[..10]
+    // Untrimmed input is refused before the slice: a leading multi-byte space would put
+    // byte 10 inside a character.
+    v.trim() == v && crate::config::well_formed_api_version(v) && v[..10] <= API_VERSION[..10]
 }
 
 /// Checks a request's `Stripe-Version` header. Stripe answers a version it does not know
@@ -908,13 +910,7 @@ fn requested_version(headers: &HeaderMap) -> Result<(), ApiError> {
         return Ok(());
     };
     let version = value.to_str().unwrap_or_default().trim();
-    let refuse = |message: String| ApiError {
-        status: 400,
-        kind: "invalid_request_error",
-        code: None,
-        message,
-        param: None,
-    };
+    let refuse = ApiError::invalid_without_code;
     if !valid_api_version(version) {
         return Err(refuse(format!(
             "Invalid Stripe API version: {}",

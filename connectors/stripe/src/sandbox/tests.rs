@@ -643,6 +643,20 @@ async fn stripe_version_is_the_simulators_own_or_refused() {
             json!({"error": {"message": format!("Invalid Stripe API version: {unknown}"), "type": "invalid_request_error"}}),
         );
     }
+    // The account's version over the control API: the same rule, and odd input is a 400.
+    for odd in ["\u{3000}2024-06-20", " 2024-06-20", "2031-01-01.zinnia"] {
+        let body = json!({ "api_version": odd }).to_string();
+        let refused = request(
+            &sandbox,
+            "POST",
+            "/_sandbox/account",
+            None,
+            Some(&body),
+            &[],
+        )
+        .await;
+        assert_eq!(refused.status, 400, "{odd:?}");
+    }
     for other in ["2024-06-20", "2025-03-31.basil", "2026-06-24.dahlia"] {
         let refused = ask(other).await;
         assert_eq!(refused.status, 400, "{other}");
