@@ -11,9 +11,10 @@
 //!   `metadata[k]=v`), `DELETE /v1/<resource>/<id>` deletes (or cancels a subscription)
 //!   where Stripe's API does: no price, no finalized or subscription invoice, no item of a
 //!   finalized invoice, no product with prices (a test's [`StripeSandbox::delete`], like the
-//!   Dashboard or Stripe itself, may still remove them); each mutation appends to `/v1/events`, which keeps 30 days of simulator time. One
-//!   mutation emits one event: the specific one when a state field moves (`charge.refunded`,
-//!   `invoice.paid`, `payout.failed`, ...), else `<type>.updated`; payment intents emit
+//!   Dashboard or Stripe itself, may still remove them); each mutation appends to
+//!   `/v1/events`, which keeps 30 days of simulator time. One mutation emits one event:
+//!   the specific one when a state field moves (`charge.refunded`, `invoice.paid`,
+//!   `payout.failed`, ...), else `<type>.updated`; payment intents emit
 //!   nothing for other updates, as in Stripe. Deleted objects leave lists but their ids stay
 //!   valid cursors.
 //!

@@ -262,7 +262,6 @@ fn route(
     }
 }
 
-/// Assembles a list page from cached object bytes, laid out as Stripe prints it.
 /// What Stripe's API refuses to delete, which the simulator's own `delete` (a Dashboard
 /// or Stripe itself) may still remove. `Err(None)`: no such endpoint.
 ///
@@ -329,6 +328,7 @@ fn api_deletable(
     }
 }
 
+/// Assembles a list page from cached object bytes, laid out as Stripe prints it.
 fn list_body(kind: Kind, page: &Page) -> Vec<u8> {
     let size: usize = page.items.iter().map(|b| b.len() + 8).sum();
     let mut out = Vec::with_capacity(size + 128);
