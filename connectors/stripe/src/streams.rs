@@ -439,6 +439,7 @@ pub fn read(
             page_size,
             max_concurrency: max_concurrency.max(1) as usize,
             tx,
+            catch_up: std::sync::Mutex::new(None),
         };
         reader.run(if full_refresh { None } else { cursor }, full_refresh)
     })
@@ -597,6 +598,17 @@ struct Reader {
     /// Most list requests in flight in a concurrent backfill.
     max_concurrency: usize,
     tx: PageSender,
+    /// The changes' first request, sent while a concurrent backfill ends (see
+    /// [`Reader::send_catch_up`]).
+    catch_up: std::sync::Mutex<Option<CatchUp>>,
+}
+
+/// The first request of the changes after a concurrent backfill, sent before the
+/// backfill's last pages are in: its path and query, and the request.
+struct CatchUp {
+    path: &'static str,
+    query: Vec<(&'static str, String)>,
+    task: tokio::task::JoinSet<Result<Listing>>,
 }
 
 impl Reader {
@@ -915,6 +927,9 @@ impl Reader {
                 done.anchor = at.anchor.clone();
                 done.anchor_created = at.anchor_created.unwrap_or(at.since);
             }
+            if reader.ending() {
+                self.send_catch_up(&done);
+            }
             let records = if step.count == 0 {
                 Records::Values(Vec::new())
             } else {
@@ -1159,9 +1174,56 @@ impl Reader {
         }
     }
 
-    /// One list page of `path` for this stream.
+    /// One list page of `path` for this stream: the catch-up's answer when it is that
+    /// request (a catch-up sent for any other is dropped: the read went another way).
     async fn list(&self, path: &str, query: &[(&str, String)]) -> Result<Listing> {
+        let sent = self
+            .catch_up
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(mut sent) = sent
+            && sent.path == path
+            && sent.query.len() == query.len()
+            && sent
+                .query
+                .iter()
+                .zip(query)
+                .all(|(a, b)| a.0 == b.0 && a.1 == b.1)
+            && let Some(Ok(answer)) = sent.task.join_next().await
+        {
+            return answer;
+        }
         self.client.list(self.def.name, path, query).await
+    }
+
+    /// Sends the first request of the changes that follow a concurrent backfill about to
+    /// end at `done` (once), so that its answer is in when the last pages are: the catch-up
+    /// then costs no round trip after them. It is the request [`Reader::changes`] starts
+    /// with: the feed after the anchor, or from `since` when the feed had no anchor.
+    ///
+    /// Events made after it was answered are left to the next run, as the changes made
+    /// while a backfill runs may be; the cursor stays at the last event it delivered.
+    /// Sent at most a few round trips early (`RangeReader::ending`), it holds the table
+    /// about as current as a request after the last page would.
+    fn send_catch_up(&self, done: &ChangesAt) {
+        let mut slot = self
+            .catch_up
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.is_some() {
+            return;
+        }
+        let (path, mut query) = self.feed_query();
+        match &done.anchor {
+            Some(anchor) => query.push(("ending_before", anchor.clone())),
+            None => query.push(("created[gte]", done.since.to_string())),
+        }
+        let (client, stream, sent) = (Arc::clone(&self.client), self.def.name, query.clone());
+        let mut task = tokio::task::JoinSet::new();
+        task.spawn(async move { client.list(stream, path, &sent).await });
+        tracing::debug!(stream, "The backfill is ending; catch-up request sent.");
+        *slot = Some(CatchUp { path, query, task });
     }
 
     /// A guard for one `starting_after` walk of this stream.

@@ -1166,6 +1166,52 @@ async fn changes_during_a_concurrent_backfill_land_with_the_next_run() {
     assert_eq!(live, want);
 }
 
+/// The changes' first request goes out while the last pages of a concurrent backfill are
+/// in flight, not after them, so the catch-up costs no round trip of its own. A change
+/// made once the last backfill page has arrived is then left to the next run, which
+/// brings it; everything else lands once.
+#[tokio::test]
+async fn the_catch_up_goes_out_with_the_backfills_last_pages() {
+    let sandbox = sandbox(1_500).await;
+    sandbox.set_latency(tributary_sandbox_kit::Latency::of(20, Some(5)));
+    let stripe = stripe(&sandbox, 10);
+    let before = sandbox.stats().requests;
+    let request = request(&stripe, "customers", None, false).await;
+    let mut stream = tributary_sdk::Source::read(&stripe, request).await.unwrap();
+    let (mut pages, mut late) = (Vec::new(), None);
+    while let Some(page) = stream.next().await {
+        let page = page.unwrap();
+        // The first page whose cursor is past the backfill is its last.
+        if late.is_none() && phase(&page) == "changes" {
+            let made = sandbox.create("customers", json!({"name": "Made after the last page"}));
+            late = Some(made["id"].as_str().unwrap().to_owned());
+        }
+        pages.push(page);
+    }
+    let late = late.unwrap();
+    let got = ids(&pages);
+    assert!(
+        !got.contains(&late),
+        "{late} landed with this run's catch-up"
+    );
+    let mut want = sandbox.ids("customers");
+    want.retain(|id| *id != late);
+    assert_exactly_once("customers", &got, &want);
+    // The catch-up was one request, not a wasted one and another after it.
+    let requests = sandbox.stats().requests - before;
+    let backfill: u64 = pages.iter().filter(|p| phase(p) == "backfill").count() as u64;
+    assert!(requests >= backfill + 2, "{requests} requests");
+
+    let next = read(
+        &stripe,
+        "customers",
+        Some(pages.last().unwrap().cursor.clone()),
+        false,
+    )
+    .await;
+    assert_eq!(ids(&next), vec![late]);
+}
+
 /// Stripe limits each endpoint (25 requests a second by default) within the account's
 /// limit. A concurrent backfill paces its list endpoint to the endpoint's limit, not the
 /// account's: every charge lands once and the simulator, limiting both, refuses nothing.
