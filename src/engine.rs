@@ -518,7 +518,9 @@ async fn land_flushed(
     out: &mut StreamOutcome,
     complete: bool,
 ) -> Result<()> {
+    let closing = Instant::now();
     close_files(p, out).await?;
+    let close_ms = closing.elapsed().as_millis() as u64;
     let snapshot = SnapshotStep {
         since: match p.snapshot_start {
             Some(start) => SnapshotStep::starting(start).since,
@@ -575,7 +577,7 @@ async fn land_flushed(
         landed_bytes,
         started.elapsed().as_secs_f64(),
     );
-    tracing::info!(source = %job.source_name, stream = %job.schema.name, version = landed.version, records, files = nfiles, replaced = landed.replaced, swept = landed.swept, rewritten_bytes = landed.rewritten_bytes, snapshot_started = p.snapshot_start.is_some(), snapshot_completed = completes, ms = started.elapsed().as_millis() as u64, "Committed batch.");
+    tracing::info!(source = %job.source_name, stream = %job.schema.name, version = landed.version, records, files = nfiles, replaced = landed.replaced, swept = landed.swept, rewritten_bytes = landed.rewritten_bytes, snapshot_started = p.snapshot_start.is_some(), snapshot_completed = completes, close_ms, ms = started.elapsed().as_millis() as u64, "Committed batch.");
     out.records += records;
     if records > 0 {
         let minute = crate::overview::range::minute(chrono::Utc::now());

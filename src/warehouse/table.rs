@@ -523,10 +523,13 @@ impl StreamTable {
             MergeMode::CopyOnWrite
         };
 
-        // Which existing files hold older versions of incoming keys.
+        // Which existing files hold older versions of incoming keys. (None on a table with
+        // no files yet: sorting and hashing the keys for nothing took 55 ms of the first
+        // commit of 100,000 charges.)
         let mut touched: Vec<Option<Touch>> = Vec::with_capacity(live.len());
         if let Some(key) = self.key.as_deref()
             && !incoming.is_empty()
+            && !live.is_empty()
         {
             let mut sorted: Vec<&str> = incoming.keys().copied().collect();
             sorted.sort_unstable();
