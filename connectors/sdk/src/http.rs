@@ -486,12 +486,14 @@ impl HttpClient {
     /// [`scan_and_compact`](crate::pagination::scan_and_compact)), so the caller reads
     /// its cursor and flags without parsing the records (and checks the documented shape
     /// with [`Envelope::require_records_array`](crate::pagination::Envelope::require_records_array)
-    /// and friends).
+    /// and friends). With a `mark_field`, the envelope also holds that field of the first
+    /// and last record.
     pub async fn list<F>(
         &self,
         what: &str,
         records_key: &str,
         id_field: &str,
+        mark_field: Option<&str>,
         build: F,
     ) -> Result<Listing>
     where
@@ -503,7 +505,12 @@ impl HttpClient {
         let scanned: Mutex<Option<Scanned>> = Mutex::new(None);
         let mut response = self
             .send_checked(what, build, |r: &Response| {
-                let found = crate::pagination::scan_and_compact(&r.body, records_key, id_field)?;
+                let found = crate::pagination::scan_and_compact(
+                    &r.body,
+                    records_key,
+                    id_field,
+                    mark_field,
+                )?;
                 *scanned.lock().unwrap_or_else(PoisonError::into_inner) = Some(found);
                 Ok(())
             })

@@ -84,6 +84,11 @@ pub struct Envelope {
     pub first_id: Option<String>,
     /// The id of the last record, if it has one.
     pub last_id: Option<String>,
+    /// The raw JSON text of the first record's mark field (see [`scan_and_compact`]), if
+    /// one was asked for and the record has it.
+    pub first_mark: Option<String>,
+    /// The same of the last record (e.g. Stripe's `created`, where a range continues).
+    pub last_mark: Option<String>,
     /// Scalars of the envelope at depth one and two, as raw JSON text, keyed `name` or
     /// `parent.name` (e.g. `has_more`, `meta.has_more`, `links.next`).
     pub fields: Vec<(String, String)>,
@@ -273,7 +278,7 @@ struct Frame {
 /// (e.g. `data` for Stripe, `tickets` for Zendesk), reading each record's `id_field`.
 /// Fails if the body is not one complete JSON object (a truncated body, say).
 pub fn scan_envelope(body: &[u8], records_key: &str, id_field: &str) -> Result<Envelope, String> {
-    scan(body, records_key, id_field, None)
+    scan(body, records_key, id_field, None, None)
 }
 
 /// [`scan_envelope`], also returning the body without its insignificant whitespace when
@@ -281,16 +286,21 @@ pub fn scan_envelope(body: &[u8], records_key: &str, id_field: &str) -> Result<E
 /// (Stripe's): the fetch task drops the indentation while it walks the bytes anyway, so
 /// the converter, the slower side of the pipeline, does not skip it byte by byte.
 /// Whitespace inside strings is kept; only JSON's own (space, tab, CR, LF) is dropped.
+///
+/// With a `mark_field`, the envelope also holds the raw text of that top-level field of
+/// its first and last record ([`Envelope::first_mark`], [`Envelope::last_mark`]): what a
+/// caller would otherwise parse the whole page again for.
 pub fn scan_and_compact(
     body: &[u8],
     records_key: &str,
     id_field: &str,
+    mark_field: Option<&str>,
 ) -> Result<(Envelope, Option<Vec<u8>>), String> {
     let mut compact = Compact {
         out: Vec::new(),
         from: 0,
     };
-    let env = scan(body, records_key, id_field, Some(&mut compact))?;
+    let env = scan(body, records_key, id_field, mark_field, Some(&mut compact))?;
     if compact.from == 0 {
         return Ok((env, None));
     }
@@ -323,12 +333,24 @@ fn scan(
     body: &[u8],
     records_key: &str,
     id_field: &str,
+    mark_field: Option<&str>,
     mut compact: Option<&mut Compact>,
 ) -> Result<Envelope, String> {
     let mut env = Envelope::default();
     let mut stack: Vec<Frame> = Vec::with_capacity(16);
     let mut records_array_depth: Option<usize> = None;
     let mut current_id: Option<(usize, usize)> = None;
+    let mut current_mark: Option<(usize, usize)> = None;
+    let mark_field = mark_field.map(str::as_bytes);
+    // Whether the key of a scalar at `depth` is a record's own `mark_field`.
+    let is_mark = |stack: &[Frame], records_array_depth: Option<usize>| {
+        mark_field.is_some_and(|mark| {
+            records_array_depth.is_some_and(|d| d + 2 == stack.len())
+                && stack
+                    .last()
+                    .is_some_and(|top| top.is_object && &body[top.key.0..top.key.1] == mark)
+        })
+    };
     let mut done = false;
     let mut i = 0;
     let n = body.len();
@@ -372,6 +394,7 @@ fn scan(
                 if is_object && records_array_depth == Some(depth.wrapping_sub(1)) {
                     env.count += 1;
                     current_id = None;
+                    current_mark = None;
                 }
                 if depth == 1 && key_is(body, &stack[0], records_key) {
                     env.records_kind = Some(if is_object { "object" } else { "array" });
@@ -398,10 +421,15 @@ fn scan(
                     let id = current_id
                         .take()
                         .map(|(s, e)| String::from_utf8_lossy(&body[s..e]).into_owned());
+                    let mark = current_mark
+                        .take()
+                        .map(|(s, e)| String::from_utf8_lossy(&body[s..e]).into_owned());
                     if env.count == 1 {
                         env.first_id = id.clone();
+                        env.first_mark = mark.clone();
                     }
                     env.last_id = id;
+                    env.last_mark = mark;
                 }
                 if !frame.is_object && records_array_depth == Some(depth) {
                     records_array_depth = None;
@@ -434,6 +462,9 @@ fn scan(
                 {
                     current_id = Some((start, end));
                 }
+                if is_mark(&stack, records_array_depth) {
+                    current_mark = Some((start - 1, end + 1));
+                }
                 record_scalar(
                     &mut env,
                     body,
@@ -457,6 +488,9 @@ fn scan(
                         b't' | b'f' => "boolean",
                         _ => "number",
                     });
+                }
+                if is_mark(&stack, records_array_depth) {
+                    current_mark = Some((start, i));
                 }
                 record_scalar(&mut env, body, &stack, records_array_depth, (start, i));
             }
@@ -564,9 +598,44 @@ mod tests {
     }
 
     #[test]
+    fn marks_are_the_records_own_field_as_raw_text() {
+        let body = br#"{
+  "data": [
+    {"created": {"at": 1}, "id": "a", "sub": {"created": 2, "list": [{"created": 3}]}, "created": 4},
+    {"id": "b", "created": "x\"y"},
+    {"id": "c"},
+    {"id": "d", "created": 5, "tail": [6]}
+  ],
+  "created": 7,
+  "has_more": false
+}"#;
+        let (env, _) = scan_and_compact(body, "data", "id", Some("created")).unwrap();
+        assert_eq!(env.count, 4);
+        assert_eq!(env.first_mark.as_deref(), Some("4"));
+        assert_eq!(env.last_mark.as_deref(), Some("5"));
+        // Without a mark field the envelope holds none, and is otherwise the same.
+        let plain = scan_envelope(body, "data", "id").unwrap();
+        assert_eq!((plain.first_mark, plain.last_mark), (None, None));
+        assert_eq!(
+            (plain.count, plain.first_id, plain.last_id),
+            (4, Some("a".into()), Some("d".into()))
+        );
+        // A string mark keeps its quotes; a record without one has none.
+        let (env, _) = scan_and_compact(
+            br#"{"data":[{"id":"a","m":"x\"y"},{"id":"b"}]}"#,
+            "data",
+            "id",
+            Some("m"),
+        )
+        .unwrap();
+        assert_eq!(env.first_mark.as_deref(), Some(r#""x\"y""#));
+        assert_eq!(env.last_mark, None);
+    }
+
+    #[test]
     fn compaction_drops_whitespace_outside_strings_only() {
         let body = b"{\n  \"data\": [\n    {\"id\": \"a b\",\t\"x\": [1, 2]},\r\n    {\"id\": \"c\\\" \"}\n  ],\n  \"has_more\": false\n}\n";
-        let (env, compact) = scan_and_compact(body, "data", "id").unwrap();
+        let (env, compact) = scan_and_compact(body, "data", "id", None).unwrap();
         assert_eq!(env, scan_envelope(body, "data", "id").unwrap());
         let compact = compact.unwrap();
         assert_eq!(
@@ -577,10 +646,10 @@ mod tests {
         let b: serde_json::Value = serde_json::from_slice(&compact).unwrap();
         assert_eq!(a, b);
         let tight = br#"{"data":[{"id":"a"}],"has_more":false}"#;
-        assert_eq!(scan_and_compact(tight, "data", "id").unwrap().1, None);
+        assert_eq!(scan_and_compact(tight, "data", "id", None).unwrap().1, None);
         // A form feed is not JSON whitespace: kept, so the parser still refuses it.
         let feed = b"{\"data\":[],\x0c\"has_more\":false}";
-        assert_eq!(scan_and_compact(feed, "data", "id").unwrap().1, None);
+        assert_eq!(scan_and_compact(feed, "data", "id", None).unwrap().1, None);
     }
 
     #[test]

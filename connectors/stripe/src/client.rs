@@ -23,12 +23,31 @@ pub const VENDOR: &str = "Stripe";
 /// One page of a Stripe list endpoint, checked complete.
 #[derive(Debug, Clone)]
 pub struct Listing {
-    /// The response body, untouched.
+    /// The response body: the same JSON, without its insignificant whitespace.
     pub body: Bytes,
-    /// What a scan of the body found: record count, first and last ids, `has_more`.
+    /// What a scan of the body found: record count, first and last ids and `created`,
+    /// `has_more`.
     pub envelope: Envelope,
     /// Stripe's clock when it answered (`Date` header).
     pub date: Option<DateTime<Utc>>,
+}
+
+impl Listing {
+    /// The `created` of the page's first object (`None`: no objects, or no integer
+    /// `created`), from the scan: no second parse of the page.
+    pub fn first_created(&self) -> Option<i64> {
+        created(self.envelope.first_mark.as_deref())
+    }
+
+    /// The `created` of the page's last object.
+    pub fn last_created(&self) -> Option<i64> {
+        created(self.envelope.last_mark.as_deref())
+    }
+}
+
+/// A `created` as the scan found it (raw JSON text): Unix seconds, an integer.
+fn created(raw: Option<&str>) -> Option<i64> {
+    raw?.parse().ok()
 }
 
 impl Listing {
@@ -142,7 +161,7 @@ impl StripeClient {
         let what = format!("GET {path}");
         let listing = self
             .http_for(path)?
-            .list(&what, "data", "id", |c| {
+            .list(&what, "data", "id", Some("created"), |c| {
                 c.get(&url)
                     .bearer_auth(self.api_key.expose())
                     .header("Stripe-Version", &self.stripe_version)

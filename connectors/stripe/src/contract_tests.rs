@@ -111,8 +111,13 @@ async fn contract_a_backfill_follows_stripes_list_pages_and_lands_the_documented
     assert_eq!(path, &["data"]);
     // The body as Stripe sent it, without its indentation (the SDK drops insignificant
     // whitespace while scanning the page): the same JSON.
-    let (_, compact) =
-        tributary_sdk::pagination::scan_and_compact(CHARGES_LIST.as_bytes(), "data", "id").unwrap();
+    let (_, compact) = tributary_sdk::pagination::scan_and_compact(
+        CHARGES_LIST.as_bytes(),
+        "data",
+        "id",
+        Some("created"),
+    )
+    .unwrap();
     assert_eq!(
         body.as_ref(),
         compact.as_deref().unwrap_or(CHARGES_LIST.as_bytes())

@@ -490,7 +490,7 @@ impl Anchoring {
         }
         Ok(Some((
             listing.envelope.first_id.clone(),
-            first_created(&listing.body),
+            listing.first_created(),
         )))
     }
 }
@@ -570,13 +570,6 @@ enum Lost {
 #[derive(Deserialize)]
 struct List<T> {
     data: Vec<T>,
-}
-
-/// Just the `created` of a listed object.
-#[derive(Deserialize)]
-struct Created {
-    #[serde(default)]
-    created: Option<i64>,
 }
 
 /// The `created` and `status` of a listed object.
@@ -763,7 +756,7 @@ impl Reader {
             if anchor_from_list {
                 anchor_from_list = false;
                 at.anchor = listing.envelope.first_id.clone();
-                at.anchor_created = first_created(&listing.body);
+                at.anchor_created = listing.first_created();
                 at.since = unix(listing.date);
             }
             let has_more = listing.has_more();
@@ -898,7 +891,7 @@ impl Reader {
                     None
                 };
                 Ok(Answer::Page(Fetched {
-                    last: last_created(&listing.body),
+                    last: listing.last_created(),
                     count: listing.envelope.count,
                     next,
                     page: listing,
@@ -1034,7 +1027,7 @@ impl Reader {
         }
         let listing = self.list(path, &query).await?;
         let anchor = listing.envelope.first_id.clone();
-        let anchor_created = first_created(&listing.body);
+        let anchor_created = listing.first_created();
         Ok(BackfillAt {
             starting_after: None,
             anchor,
@@ -1897,24 +1890,6 @@ fn initial_ranges(since: i64, n: usize) -> Vec<Range> {
     .collect()
 }
 
-/// The `created` of the last object of a list page.
-fn last_created(body: &[u8]) -> Option<i64> {
-    serde_json::from_slice::<List<Created>>(body)
-        .ok()?
-        .data
-        .last()?
-        .created
-}
-
-/// The `created` of the first object of a list page.
-fn first_created(body: &[u8]) -> Option<i64> {
-    serde_json::from_slice::<List<Created>>(body)
-        .ok()?
-        .data
-        .first()?
-        .created
-}
-
 fn parse<T: serde::de::DeserializeOwned>(path: &str, body: &[u8]) -> Result<List<T>> {
     serde_json::from_slice(body).map_err(|e| Error::decode(format!("GET {path} response"), e))
 }
@@ -2160,11 +2135,37 @@ mod tests {
     }
 
     #[test]
-    fn first_created_reads_the_first_object() {
-        assert_eq!(
-            first_created(br#"{"data":[{"id":"a","created":5,"x":{"y":[1]}},{"id":"b","created":3}],"has_more":true}"#),
-            Some(5)
+    fn a_listing_knows_its_first_and_last_created() {
+        let listing = |body: &str| {
+            let (envelope, _) = tributary_sdk::pagination::scan_and_compact(
+                body.as_bytes(),
+                "data",
+                "id",
+                Some("created"),
+            )
+            .unwrap();
+            crate::client::Listing {
+                body: bytes::Bytes::new(),
+                envelope,
+                date: None,
+            }
+        };
+        // A nested object's `created` is not the object's.
+        let page = listing(
+            r#"{"data":[{"id":"a","x":{"created":9,"y":[1]},"created":5},{"id":"b","created":3,"refunds":{"data":[{"created":8}]}}],"has_more":true}"#,
         );
-        assert_eq!(first_created(br#"{"data":[],"has_more":false}"#), None);
+        assert_eq!(
+            (page.first_created(), page.last_created()),
+            (Some(5), Some(3))
+        );
+        let empty = listing(r#"{"data":[],"has_more":false}"#);
+        assert_eq!((empty.first_created(), empty.last_created()), (None, None));
+        // Missing, null or not an integer: unknown, as a parse of the page would say.
+        let odd = listing(
+            r#"{"data":[{"id":"a","created":null},{"id":"b","created":"7"},{"id":"c"}],"has_more":false}"#,
+        );
+        assert_eq!((odd.first_created(), odd.last_created()), (None, None));
+        let fraction = listing(r#"{"data":[{"id":"a","created":1.5}],"has_more":false}"#);
+        assert_eq!(fraction.first_created(), None);
     }
 }

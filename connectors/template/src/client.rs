@@ -61,7 +61,7 @@ impl AcmeClient {
         let url = format!("{}{path}", self.api_base);
         let listing = self
             .http
-            .list(&format!("GET {path}"), "data", "id", |c| {
+            .list(&format!("GET {path}"), "data", "id", None, |c| {
                 c.get(&url).bearer_auth(self.api_key.expose()).query(query)
             })
             .await?;

@@ -178,7 +178,7 @@ impl ZendeskClient {
             Limit::Export => &self.export,
         };
         let listing = http
-            .list(&what, records_key, "id", |c| {
+            .list(&what, records_key, "id", None, |c| {
                 self.authorize(c.get(&url).query(query))
             })
             .await?;
