@@ -102,7 +102,7 @@ pub async fn handle<A: Api>(State(api): State<Arc<A>>, request: Request) -> Resp
     // Answered no sooner than the simulator's latency after the request arrived (see
     // `crate::latency`); the work of answering counts towards it.
     let arrived = tokio::time::Instant::now();
-    let latency = api.kit().draw_latency();
+    let latency = api.kit().draw_latency_for(&path);
     let response = serve(&*api, parts, body, path).await;
     tokio::time::sleep_until(arrived + latency).await;
     response

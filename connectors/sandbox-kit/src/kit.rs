@@ -204,6 +204,17 @@ impl<X: Default + Clone> Kit<X> {
         lock(&self.latency).draw()
     }
 
+    /// Vendor requests whose path starts with `prefix` take `extra` longer (an endpoint
+    /// slower than the rest, e.g. for a test of what a client does meanwhile).
+    pub fn slow_down(&self, prefix: &str, extra: Duration) {
+        lock(&self.latency).slow_down(prefix, extra);
+    }
+
+    /// The latency of the next vendor request to `path`, its path's extra included.
+    pub fn draw_latency_for(&self, path: &str) -> Duration {
+        lock(&self.latency).draw_for(path)
+    }
+
     /// The configured faults.
     pub fn faults(&self) -> Faults<X> {
         lock(&self.faults).get()

@@ -68,6 +68,9 @@ impl Latency {
 pub struct LatencyState {
     latency: Latency,
     rng: StdRng,
+    /// Extra latency of the requests whose path starts with a prefix (the first that
+    /// matches): a vendor endpoint slower than the rest.
+    slower: Vec<(String, Duration)>,
 }
 
 /// Mixed into the simulator's seed so the jitter's RNG is not the faults' RNG.
@@ -79,6 +82,7 @@ impl LatencyState {
         LatencyState {
             latency: Latency::default(),
             rng: StdRng::seed_from_u64(seed ^ SEED_SALT),
+            slower: Vec::new(),
         }
     }
 
@@ -90,6 +94,23 @@ impl LatencyState {
     /// Replaces the latency.
     pub fn set(&mut self, latency: Latency) {
         self.latency = latency;
+    }
+
+    /// Requests whose path starts with `prefix` take `extra` longer than the others.
+    pub fn slow_down(&mut self, prefix: &str, extra: Duration) {
+        self.slower.retain(|(p, _)| p != prefix);
+        self.slower.push((prefix.to_owned(), extra));
+    }
+
+    /// The latency of the next request to `path`: [`LatencyState::draw`] and any extra
+    /// latency of its path.
+    pub fn draw_for(&mut self, path: &str) -> Duration {
+        let extra = self
+            .slower
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map_or(Duration::ZERO, |(_, extra)| *extra);
+        self.draw() + extra
     }
 
     /// The latency of the next request (zero when none is set).
@@ -119,7 +140,7 @@ pub async fn delay<V: Vendor>(
         return next.run(request).await;
     }
     let arrived = Instant::now();
-    let latency = vendor.kit().draw_latency();
+    let latency = vendor.kit().draw_latency_for(request.uri().path());
     let response = next.run(request).await;
     if !latency.is_zero() {
         // The time spent answering counts towards the latency, as at a vendor.
@@ -281,5 +302,27 @@ mod tests {
             jitter_ms: 50,
         });
         assert!((0..100).all(|_| state.draw() <= Duration::from_millis(60)));
+    }
+
+    #[test]
+    fn a_slower_path_adds_its_extra_latency() {
+        let mut state = LatencyState::new(1);
+        state.set(Latency {
+            latency_ms: 30,
+            jitter_ms: 0,
+        });
+        state.slow_down("/v1/events", Duration::from_millis(500));
+        assert_eq!(state.draw_for("/v1/events"), Duration::from_millis(530));
+        assert_eq!(
+            state.draw_for("/v1/events/evt_1"),
+            Duration::from_millis(530)
+        );
+        assert_eq!(state.draw_for("/v1/charges"), Duration::from_millis(30));
+        // Set again, the prefix's extra is replaced, not added.
+        state.slow_down("/v1/events", Duration::from_millis(100));
+        assert_eq!(state.draw_for("/v1/events"), Duration::from_millis(130));
+        state.set(Latency::default());
+        assert_eq!(state.draw_for("/v1/events"), Duration::from_millis(100));
+        assert_eq!(state.draw_for("/v1/charges"), Duration::ZERO);
     }
 }

@@ -457,6 +457,12 @@ impl StripeSandbox {
         self.shared.kit.set_latency(latency);
     }
 
+    /// Requests whose path starts with `prefix` (e.g. `/v1/events`) take `extra` longer
+    /// than the others.
+    pub fn slow_down(&self, prefix: &str, extra: std::time::Duration) {
+        self.shared.kit.slow_down(prefix, extra);
+    }
+
     /// Changes the admitted requests per second (`None` = unlimited).
     pub fn set_rate_limit(&self, rps: Option<f64>) {
         self.shared

@@ -462,16 +462,25 @@ struct BackfillAt {
 /// `Reader::backfill_from_now`): the newest feed event before the cutoff, with the local
 /// time its answer arrived and how long after the backfill started (monotonic).
 struct Anchoring {
-    task: tokio::task::JoinSet<Result<(Listing, DateTime<Utc>, std::time::Duration)>>,
+    task: tokio::task::JoinSet<Result<AnchorAnswer>>,
     /// The line between listing and events (local Unix seconds).
     cutoff: i64,
 }
 
+/// The anchor request's answer, the local time it arrived and how long after the backfill
+/// started.
+type AnchorAnswer = (Listing, DateTime<Utc>, std::time::Duration);
+
 impl Anchoring {
-    /// The anchor and its `created`, once Stripe's clock (the answer's `Date`) shows the
-    /// line safe (see [`clocks_in_step`]); `None` when it does not.
-    async fn wait(mut self, stream: &str) -> Result<Option<(Option<String>, Option<i64>)>> {
-        let (listing, arrived, elapsed) = match self.task.join_next().await {
+    /// The anchor and its `created` from the anchor task's `answer`, once Stripe's clock
+    /// (the answer's `Date`) shows the line safe (see [`clocks_in_step`]); `None` when it
+    /// does not.
+    fn settle(
+        &self,
+        answer: Option<std::result::Result<Result<AnchorAnswer>, tokio::task::JoinError>>,
+        stream: &str,
+    ) -> Result<Option<(Option<String>, Option<i64>)>> {
+        let (listing, arrived, elapsed) = match answer {
             Some(Ok(answer)) => answer?,
             Some(Err(e)) => {
                 return Err(Error::protocol(
@@ -827,7 +836,10 @@ impl Reader {
     ///
     /// With `anchoring`, the anchor is still being read: no page is handed on before it
     /// has arrived and Stripe's clock has been checked, and `None` means the check failed
-    /// (nothing was handed on; see [`Reader::backfill_from_now`]).
+    /// (nothing was handed on; see [`Reader::backfill_from_now`]). The ranges are read on
+    /// meanwhile: pages that arrive before the anchor wait, each with the ranges as they
+    /// stood when it came, so the reader keeps its requests going instead of losing the
+    /// rest of a round trip to the anchor.
     async fn backfill_ranges(
         &self,
         mut at: BackfillAt,
@@ -910,16 +922,50 @@ impl Reader {
             since: at.since,
             pending_since: at.pending_since,
         };
-        while let Some(step) = reader.next().await? {
-            if let Some(pending) = anchoring.take() {
-                let Some((anchor, anchor_created)) = pending.wait(stream).await? else {
+        // Pages read while the anchor is out: each with the open ranges and whether the
+        // read was done when it was handed out, which its cursor is to say.
+        type Held = (ranges::Step<Listing>, Vec<Range>, bool);
+        let held_of = |step, reader: &RangeReader<String, Listing>| -> Held {
+            (
+                step,
+                reader.open().cloned().map(Range::from_sdk).collect(),
+                reader.is_done(),
+            )
+        };
+        let mut held: std::collections::VecDeque<Held> = std::collections::VecDeque::new();
+        let mut read_all = false;
+        loop {
+            if let Some(pending) = anchoring.as_mut() {
+                let answer = tokio::select! {
+                    biased;
+                    answer = pending.task.join_next() => answer,
+                    // `next` waits only in a `JoinSet::join_next`, which loses nothing
+                    // when the anchor comes first and this is dropped.
+                    step = reader.next(), if !read_all => {
+                        match step? {
+                            Some(step) => held.push_back(held_of(step, &reader)),
+                            None => read_all = true,
+                        }
+                        continue;
+                    }
+                };
+                let Some((anchor, anchor_created)) = pending.settle(answer, stream)? else {
                     return Ok(None);
                 };
+                anchoring = None;
                 at.anchor = anchor;
                 at.anchor_created = anchor_created;
                 done.anchor = at.anchor.clone();
                 done.anchor_created = at.anchor_created.unwrap_or(at.since);
+                continue;
             }
+            let (step, open, is_done) = match held.pop_front() {
+                Some(held) => held,
+                None => match reader.next().await? {
+                    Some(step) => held_of(step, &reader),
+                    None => break,
+                },
+            };
             if reader.ending() {
                 self.send_catch_up(&done);
             }
@@ -931,7 +977,7 @@ impl Reader {
                     path: &["data"],
                 }
             };
-            let cursor = if reader.is_done() {
+            let cursor = if is_done {
                 let stats = reader.stats();
                 tracing::info!(
                     stream,
@@ -947,13 +993,13 @@ impl Reader {
                     anchor: at.anchor.clone(),
                     since: at.since,
                     pending_since: at.pending_since,
-                    ranges: Some(reader.open().cloned().map(Range::from_sdk).collect()),
+                    ranges: Some(open),
                 }
             };
             if !self.emit(records, &cursor, reset).await {
                 return Ok(Some(Outcome::Done));
             }
-            if reader.is_done() {
+            if is_done {
                 return Ok(Some(Outcome::Changes(done)));
             }
             reset = false;

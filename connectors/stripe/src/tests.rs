@@ -1166,6 +1166,50 @@ async fn changes_during_a_concurrent_backfill_land_with_the_next_run() {
     assert_eq!(live, want);
 }
 
+/// Stripe's events list may answer later than the first range pages (here 600 ms later).
+/// The ranges are read on meanwhile, not left waiting a round trip for the anchor; the
+/// pages read before it came are handed on after it, each with the cursor of the ranges as
+/// they stood when that page came, so a run stopped after any of them resumes with nothing
+/// skipped and nothing twice.
+#[tokio::test]
+async fn the_ranges_are_read_on_while_the_anchor_is_out() {
+    let sandbox = sandbox(1_000).await;
+    sandbox.set_latency(tributary_sandbox_kit::Latency::of(20, Some(0)));
+    sandbox.slow_down("/v1/events", Duration::from_millis(600));
+    let stripe = stripe(&sandbox, 10);
+    let before = sandbox.stats().requests;
+    let request = request(&stripe, "charges", None, false).await;
+    let mut stream = tributary_sdk::Source::read(&stripe, request).await.unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    // By the anchor's answer the ranges have gone on: waiting for it, they would have
+    // sent their first requests only (13 at most) and the anchor.
+    let sent = sandbox.stats().requests - before;
+    assert!(
+        sent >= 50,
+        "{sent} requests before the first page was handed on"
+    );
+    let mut pages = vec![first];
+    while let Some(page) = stream.next().await {
+        pages.push(page.unwrap());
+    }
+    let want = sandbox.ids("charges");
+    assert_exactly_once("charges", &ids(&pages), &want);
+    let backfill = pages.iter().filter(|p| phase(p) == "backfill").count();
+    assert!(backfill >= 50, "{backfill} backfill pages");
+    for stop in [1, 2, 7, backfill / 2, backfill - 1] {
+        let resumed = read(
+            &stripe,
+            "charges",
+            Some(pages[stop - 1].cursor.clone()),
+            false,
+        )
+        .await;
+        let mut got = ids(&pages[..stop]);
+        got.extend(ids(&resumed));
+        assert_exactly_once("charges", &got, &want);
+    }
+}
+
 /// The changes' first request goes out while the last pages of a concurrent backfill are
 /// in flight, not after them, so the catch-up costs no round trip of its own. A change
 /// made once the last backfill page has arrived is then left to the next run, which
