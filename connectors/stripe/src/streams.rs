@@ -467,6 +467,10 @@ struct Anchoring {
     cutoff: i64,
 }
 
+/// The most page bytes a concurrent backfill holds while its anchor is out (a few dozen
+/// pages of 100 objects; less in tests, which check that the cap holds).
+const HELD_BYTES: usize = if cfg!(test) { 256 << 10 } else { 32 << 20 };
+
 /// The anchor request's answer, the local time it arrived and how long after the backfill
 /// started.
 type AnchorAnswer = (Listing, DateTime<Utc>, std::time::Duration);
@@ -933,7 +937,7 @@ impl Reader {
             )
         };
         let mut held: std::collections::VecDeque<Held> = std::collections::VecDeque::new();
-        let mut read_all = false;
+        let (mut read_all, mut held_bytes) = (false, 0);
         loop {
             if let Some(pending) = anchoring.as_mut() {
                 let answer = tokio::select! {
@@ -941,9 +945,14 @@ impl Reader {
                     answer = pending.task.join_next() => answer,
                     // `next` waits only in a `JoinSet::join_next`, which loses nothing
                     // when the anchor comes first and this is dropped.
-                    step = reader.next(), if !read_all => {
+                    // An anchor slow to come (retried, say) holds at most `HELD_BYTES` of
+                    // pages; the reader then waits with it.
+                    step = reader.next(), if !read_all && held_bytes < HELD_BYTES => {
                         match step? {
-                            Some(step) => held.push_back(held_of(step, &reader)),
+                            Some(step) => {
+                                held_bytes += step.page.body.len();
+                                held.push_back(held_of(step, &reader));
+                            }
                             None => read_all = true,
                         }
                         continue;

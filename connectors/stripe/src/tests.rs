@@ -1182,10 +1182,12 @@ async fn the_ranges_are_read_on_while_the_anchor_is_out() {
     let mut stream = tributary_sdk::Source::read(&stripe, request).await.unwrap();
     let first = stream.next().await.unwrap().unwrap();
     // By the anchor's answer the ranges have gone on: waiting for it, they would have
-    // sent their first requests only (13 at most) and the anchor.
+    // sent their first requests only (13 at most) and the anchor. Not the whole backfill
+    // either (over 100 requests by then): the pages held for the anchor are capped (at
+    // 256 KiB in tests, about ten of these pages), and the reader then waits with them.
     let sent = sandbox.stats().requests - before;
     assert!(
-        sent >= 50,
+        (25..=80).contains(&sent),
         "{sent} requests before the first page was handed on"
     );
     let mut pages = vec![first];
