@@ -866,11 +866,33 @@ fn parse_cell(ty: ColumnType, raw: &str) -> Option<Cell<'_>> {
 /// [`parse_timestamp`]). Days since 1970-01-01.
 pub fn parse_date(s: &str) -> Option<i32> {
     let s = s.trim();
-    let date = match NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+    let date = match plain_date(s)
+        .ok_or(())
+        .or_else(|_| NaiveDate::parse_from_str(s, "%Y-%m-%d"))
+    {
         Ok(date) => date,
         Err(_) => DateTime::from_timestamp_micros(parse_timestamp(s)?)?.date_naive(),
     };
     i32::try_from(date.signed_duration_since(epoch_day()).num_days()).ok()
+}
+
+/// `YYYY-MM-DD` exactly (four, two and two ASCII digits), read without chrono's format
+/// parser; `None` for anything else, which the callers then hand to it.
+fn plain_date(s: &str) -> Option<NaiveDate> {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let number = |digits: &[u8]| {
+        digits.iter().try_fold(0u32, |n, c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    };
+    NaiveDate::from_ymd_opt(
+        i32::try_from(number(&b[..4])?).ok()?,
+        number(&b[5..7])?,
+        number(&b[8..])?,
+    )
 }
 
 /// 1970-01-01, day 0 of Arrow's `Date32`.
@@ -892,6 +914,13 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
     let s = s.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc).timestamp_micros());
+    }
+    // A plain date (a date field in a timestamp column) before the formats chrono parses
+    // by walking a format string, which fail on it one by one first.
+    if let Some(d) = plain_date(s) {
+        return d
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp_micros());
     }
     if let Ok(t) = DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z") {
         return Some(t.with_timezone(&Utc).timestamp_micros());
@@ -1439,6 +1468,35 @@ mod tests {
             Some(1_704_067_200_000_000)
         );
         assert_eq!(parse_timestamp("2024-01-01"), Some(1_704_067_200_000_000));
+        // The plain-date fast path agrees with chrono's parser, valid or not.
+        for text in [
+            "2024-01-01",
+            "2024-02-29",
+            "2023-02-29",
+            "2024-13-01",
+            "2024-00-10",
+            "0000-01-01",
+            "9999-12-31",
+            "2024-1-01",
+            "2024-01-1",
+            "+2024-01-01",
+            "2024/01/01",
+            "2024-01-0x",
+            " 2024-01-01",
+            "2024-01-01 ",
+        ] {
+            let chrono = NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d").ok();
+            let ours = plain_date(text.trim());
+            assert!(
+                ours.is_none() || ours == chrono,
+                "{text}: {ours:?} vs {chrono:?}"
+            );
+            assert_eq!(
+                parse_date(text),
+                chrono.map(|d| d.signed_duration_since(epoch_day()).num_days() as i32),
+                "{text}"
+            );
+        }
         assert_eq!(parse_timestamp("yesterday"), None);
     }
 
