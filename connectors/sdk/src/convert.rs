@@ -866,12 +866,9 @@ fn parse_cell(ty: ColumnType, raw: &str) -> Option<Cell<'_>> {
 /// [`parse_timestamp`]). Days since 1970-01-01.
 pub fn parse_date(s: &str) -> Option<i32> {
     let s = s.trim();
-    let date = match plain_date(s)
-        .ok_or(())
-        .or_else(|_| NaiveDate::parse_from_str(s, "%Y-%m-%d"))
-    {
-        Ok(date) => date,
-        Err(_) => DateTime::from_timestamp_micros(parse_timestamp(s)?)?.date_naive(),
+    let date = match plain_date(s).or_else(|| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()) {
+        Some(date) => date,
+        None => DateTime::from_timestamp_micros(parse_timestamp(s)?)?.date_naive(),
     };
     i32::try_from(date.signed_duration_since(epoch_day()).num_days()).ok()
 }

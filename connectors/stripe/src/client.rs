@@ -43,14 +43,7 @@ impl Listing {
     pub fn last_created(&self) -> Option<i64> {
         created(self.envelope.last_mark.as_deref())
     }
-}
 
-/// A `created` as the scan found it (raw JSON text): Unix seconds, an integer.
-fn created(raw: Option<&str>) -> Option<i64> {
-    raw?.parse().ok()
-}
-
-impl Listing {
     /// Whether Stripe says it has more objects past this page (checked to be a boolean by
     /// [`StripeClient::list`]). A walk must still check that it moves: see
     /// [`tributary_sdk::pagination::ProgressGuard`].
@@ -98,6 +91,11 @@ pub struct StripeClient {
     /// Stripe's clock (the `Date` of its answers), for retention decisions that must not
     /// depend on the local clock.
     clock: ServerClock,
+}
+
+/// A `created` as the scan found it (raw JSON text): Unix seconds, an integer.
+fn created(raw: Option<&str>) -> Option<i64> {
+    raw?.parse().ok()
 }
 
 impl StripeClient {
