@@ -196,6 +196,11 @@ pub struct RangeReader<P, T> {
     /// consumer had asked before the page was in: how fast the consumer takes them, and
     /// whether it or the vendor is the bound.
     handed: std::collections::VecDeque<(tokio::time::Instant, bool)>,
+    /// When the first requests went out, until the first answer comes (`None` before the
+    /// first and after it): the time unanswered so far bounds the vendor's answer time
+    /// from below.
+    unanswered_since: Option<tokio::time::Instant>,
+    answered: bool,
     _slot: ReaderSlot,
 }
 
@@ -204,6 +209,11 @@ const SLOW_START: usize = 12;
 
 /// Pages over which the consumer's pace is measured.
 const PACE_WINDOW: usize = 64;
+
+/// How long the first requests are out, unanswered, before the reader takes the wait as
+/// the vendor's answer time (see [`RangeReader::unanswered_ceiling`]): a vendor that
+/// answers at once answers well within it, so its first pages do not come in a burst.
+const UNANSWERED_GRACE: Duration = Duration::from_millis(50);
 
 impl<P, T> RangeReader<P, T>
 where
@@ -244,7 +254,8 @@ where
             // Slow start: the ceiling begins at 12 and grows by one per page (doubling each
             // round trip) until the reader knows the answer time and the sync's pace; a
             // first burst of `max_concurrency` answers would otherwise wait in memory when
-            // the vendor answers at once.
+            // the vendor answers at once. Before the first answer it also grows with the
+            // wait (see `unanswered_ceiling`).
             ceiling: settings.max_concurrency.min(SLOW_START) as f64,
             halved: None,
             stats: Stats {
@@ -262,6 +273,8 @@ where
             throttled,
             estimates: HashMap::new(),
             handed: std::collections::VecDeque::with_capacity(PACE_WINDOW),
+            unanswered_since: None,
+            answered: false,
             _slot,
         }
     }
@@ -304,7 +317,7 @@ where
         let latency = self
             .client
             .answer_time()
-            .unwrap_or(self.settings.first_latency)
+            .unwrap_or_else(|| self.settings.first_latency.max(self.unanswered()))
             .as_secs_f64();
         let mut rate = self.client.config().requests_per_second;
         // When the vendor answers at once, the consumer (conversion, writing) is the
@@ -332,7 +345,52 @@ where
             .clamp(1, self.settings.max_concurrency)
     }
 
+    /// How long this read's first requests have been out without an answer (zero once one
+    /// came).
+    fn unanswered(&self) -> Duration {
+        match self.unanswered_since {
+            Some(since) if !self.answered => since.elapsed(),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Before the first answer, the ceiling the wait so far allows: a request out for `t`
+    /// unanswered shows the vendor takes at least `t`, so the requests wanted for an answer
+    /// time of `t` can go out without waiting a round trip to learn it (the slow start
+    /// would otherwise leave the account's rate unused for most of the first round trip).
+    /// `None` once an answer came, or within [`UNANSWERED_GRACE`].
+    fn unanswered_ceiling(&self) -> Option<f64> {
+        let waited = self.unanswered();
+        if self.answered || waited < UNANSWERED_GRACE {
+            return None;
+        }
+        Some((self.share_per_second() * waited.as_secs_f64()).ceil() + 1.0)
+    }
+
+    /// When [`RangeReader::unanswered_ceiling`] next lets one more request out, if it can.
+    fn unanswered_growth_at(&self) -> Option<tokio::time::Instant> {
+        let since = self.unanswered_since.filter(|_| !self.answered)?;
+        if self.ceiling >= self.settings.max_concurrency as f64 {
+            return None;
+        }
+        // `share × t + 1 > ceiling`.
+        let t = Duration::try_from_secs_f64(self.ceiling / self.share_per_second()).ok()?;
+        Some(since + t.max(UNANSWERED_GRACE) + Duration::from_millis(1))
+    }
+
+    /// Requests per second of answer time this reader wants in flight: the account's rate,
+    /// a tenth more, split between the readers sharing it.
+    fn share_per_second(&self) -> f64 {
+        self.client.config().requests_per_second * 1.1 / self.client.readers() as f64
+    }
+
     fn spawn_wanted(&mut self) {
+        if let Some(ceiling) = self.unanswered_ceiling() {
+            self.ceiling = self
+                .ceiling
+                .max(ceiling)
+                .min(self.settings.max_concurrency as f64);
+        }
         let wanted = self.wanted();
         if self.in_flight.len() >= wanted {
             return;
@@ -357,6 +415,9 @@ where
             let (id, range) = (*id, range.clone());
             self.tasks.spawn(async move { (id, fetch(range).await) });
             self.in_flight.insert(id);
+            if self.unanswered_since.is_none() {
+                self.unanswered_since = Some(tokio::time::Instant::now());
+            }
         }
     }
 
@@ -371,9 +432,21 @@ where
             }
             self.spawn_wanted();
             let asked = tokio::time::Instant::now();
-            let Some(joined) = self.tasks.join_next().await else {
+            let joined = loop {
+                let Some(grow_at) = self.unanswered_growth_at() else {
+                    break self.tasks.join_next().await;
+                };
+                // Both wait without taking anything: dropped here, `next` loses nothing.
+                tokio::select! {
+                    biased;
+                    joined = self.tasks.join_next() => break joined,
+                    () = tokio::time::sleep_until(grow_at) => self.spawn_wanted(),
+                }
+            };
+            let Some(joined) = joined else {
                 return Ok(None);
             };
+            self.answered = true;
             // Whether the consumer waited for this answer (a millisecond: more than
             // taking a finished one out of the set does).
             let waited = asked.elapsed() >= Duration::from_millis(1);
@@ -524,9 +597,12 @@ where
         // Parts of whole pages (by the last page's density), a tenth short, so that each
         // part ends with a nearly full page rather than one of a few items; the pages are
         // dealt out evenly, and the last part also takes what is left over: the odd part
-        // of a page, and the tenths the others fall short (a page for every ten parts is
-        // kept back from the dealing for them, so the last part is not pages longer).
-        let whole = left / span - (parts + 4) / 10;
+        // of a page, and the tenths the others fall short. A page for every ten parts is
+        // dealt on top of the range's pages to make up those tenths, so the last part is
+        // as long as the others, not a page or two longer (it would be walked alone at the
+        // end of a small read: 0.1 s of lead for the catch-up in the model test below,
+        // where the others have 0.3 s or more).
+        let whole = left / span + (parts + 4) / 10;
         let widths: Vec<i64> = if whole >= parts {
             let (base, extra) = (whole / parts, whole % parts);
             (0..parts)
@@ -997,6 +1073,71 @@ mod tests {
         assert_exactly_once(&list, got);
     }
 
+    /// Requests a read of 80 ranges sends before its first answer, from a vendor answering
+    /// in `latency` (paced at `rate` requests/s as the account's limiter paces them; in
+    /// virtual time).
+    async fn sent_before_the_first_answer(latency: Duration, rate: f64, cap: usize) -> usize {
+        let list = List::new((0..80_000).map(|i| i * 10), 100);
+        let spacing = Duration::from_secs_f64(1.0 / rate);
+        let next_slot = Arc::new(Mutex::new(tokio::time::Instant::now()));
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (l, slot, c) = (list.clone(), Arc::clone(&next_slot), Arc::clone(&calls));
+        let fetch: Fetch<String, Vec<u64>> = Box::new(move |range: Range<String>| {
+            let (list, slot) = (l.clone(), Arc::clone(&slot));
+            c.lock().unwrap().push(tokio::time::Instant::now());
+            Box::pin(async move {
+                let at = {
+                    let mut next = slot.lock().unwrap();
+                    let at = (*next).max(tokio::time::Instant::now());
+                    *next = at + spacing;
+                    at
+                };
+                tokio::time::sleep_until(at + latency).await;
+                Ok(Answer::Page(list.page(&range, Order::Descending)))
+            })
+        });
+        let client = HttpClient::new(HttpConfig::new("test", rate)).unwrap();
+        let mut reader = RangeReader::new(
+            settings("test", "items", Order::Descending, 100, cap),
+            client,
+            // 80 ranges of 10,000 keys (1,000 items), newest first.
+            (0..80)
+                .rev()
+                .map(|i| Range::new(i * 10_000, (i + 1) * 10_000))
+                .collect(),
+            fetch,
+        );
+        reader.next().await.unwrap().expect("a page");
+        let first_answer = tokio::time::Instant::now();
+        let calls = calls.lock().unwrap();
+        calls.iter().filter(|at| **at < first_answer).count()
+    }
+
+    /// Before its first answer, a read lets out as many requests as the wait so far shows
+    /// the rate needs (the slow start alone would send 12 and leave the account's rate
+    /// unused for the rest of the round trip), up to `max_concurrency`; a vendor that
+    /// answers at once still gets only the slow start's 12.
+    #[tokio::test(start_paused = true)]
+    async fn the_first_round_trip_carries_what_the_wait_shows_is_needed() {
+        let ms = Duration::from_millis;
+        // 100/s × 300 ms: 30 requests fit in the first round trip (33 with the tenth more).
+        let sent = sent_before_the_first_answer(ms(300), 100.0, 64).await;
+        assert!(
+            (30..=35).contains(&sent),
+            "{sent} requests before the first answer"
+        );
+        // 100/s × 1 s: 110 wanted, 64 allowed.
+        assert_eq!(sent_before_the_first_answer(ms(1_000), 100.0, 64).await, 64);
+        assert_eq!(sent_before_the_first_answer(ms(1_000), 100.0, 20).await, 20);
+        // An answer within the grace: no more than the slow start.
+        let sent = sent_before_the_first_answer(ms(2), 10_000.0, 64).await;
+        assert_eq!(sent, SLOW_START, "{sent} requests before the first answer");
+        // 25/s (Stripe's test keys): the 10 that 300 ms needs (8 with the tenth more, and
+        // one), below the slow start; the first answer comes before the wait shows more.
+        let sent = sent_before_the_first_answer(ms(300), 25.0, 64).await;
+        assert_eq!(sent, 10, "{sent} requests before the first answer");
+    }
+
     /// A vendor's concurrency limit (Stripe's): the 429s of one crowded round trip halve
     /// the ceiling once, and it grows back by one per round trip, so the read keeps near
     /// the limit with few refusals, instead of crossing it every few pages or collapsing.
@@ -1182,7 +1323,9 @@ mod tests {
     /// went first, ranges past 1.5 shares split and parts were cut in whole pages, the same
     /// reads lost 21.46 s in all (0.46-1.10 s each) and made 5.7% more requests than
     /// pages of items; then 14.21 s (0.20-0.91 s) and 3.5%; and since the consumer's pace
-    /// caps the read only while the consumer is the bound, 13.13 s (0.20-1.02 s) and 3.6%.
+    /// caps the read only while the consumer is the bound, 13.13 s (0.20-1.02 s) and 3.6%;
+    /// and since the wait for the first answer grows the ceiling and a split's last part is
+    /// no longer than the others, 10.21 s (0.15-0.95 s) and 3.7%.
     #[tokio::test(start_paused = true)]
     async fn a_backfill_loses_little_to_its_ramp_and_tail() {
         let now: i64 = 1_790_000_000;
@@ -1223,7 +1366,7 @@ mod tests {
         eprintln!(
             "{lost:.2} s lost in all, at most {worst:.2}; {pages} requests for {fewest} pages"
         );
-        assert!(lost <= 14.0, "{lost:.2} s lost in all");
+        assert!(lost <= 11.0, "{lost:.2} s lost in all");
         assert!(worst <= 1.1, "{worst:.2} s lost by one read");
         assert!(
             over <= 0.05,

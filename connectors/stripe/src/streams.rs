@@ -943,8 +943,8 @@ impl Reader {
                 let answer = tokio::select! {
                     biased;
                     answer = pending.task.join_next() => answer,
-                    // `next` waits only in a `JoinSet::join_next`, which loses nothing
-                    // when the anchor comes first and this is dropped.
+                    // `next` waits only in a `JoinSet::join_next` (and a timer), which
+                    // lose nothing when the anchor comes first and this is dropped.
                     // An anchor slow to come (retried, say) holds at most `HELD_BYTES` of
                     // pages; the reader then waits with it.
                     step = reader.next(), if !read_all && held_bytes < HELD_BYTES => {
