@@ -304,6 +304,8 @@ struct Account {
     parent: Option<Arc<Account>>,
     /// 429 answers seen by any client of the account (see [`HttpClient::throttled`]).
     throttled: std::sync::atomic::AtomicU64,
+    /// Those of them that named a rate limit (see [`HttpClient::rate_throttled`]).
+    rate_throttled: std::sync::atomic::AtomicU64,
     /// The vendor's answer time, smoothed, in microseconds (0: none yet); see
     /// [`HttpClient::answer_time`].
     answer_micros: std::sync::atomic::AtomicU64,
@@ -322,6 +324,7 @@ impl Account {
             burst: config.burst,
             parent: None,
             throttled: std::sync::atomic::AtomicU64::new(0),
+            rate_throttled: std::sync::atomic::AtomicU64::new(0),
             answer_micros: std::sync::atomic::AtomicU64::new(0),
             readers: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         })
@@ -632,12 +635,33 @@ impl HttpClient {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Of [`HttpClient::throttled`], the 429s that named a rate limit, the account's or
+    /// this client's own ([`Throttle::Account`], [`Throttle::Own`]), or said how long to
+    /// wait (`Retry-After`): requests over a number a second, which the account's limiter
+    /// paces, not over a number at once, which the requests in flight make.
+    pub fn rate_throttled(&self) -> u64 {
+        self.inner
+            .account
+            .rate_throttled
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Counts a 429 as [`HttpClient::send`] does, for a test that fakes the vendor.
     #[cfg(test)]
     pub(crate) fn note_throttled(&self) {
         self.inner
             .account
             .throttled
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts a 429 naming a rate limit as [`HttpClient::send`] does, for a test.
+    #[cfg(test)]
+    pub(crate) fn note_rate_throttled(&self) {
+        self.note_throttled();
+        self.inner
+            .account
+            .rate_throttled
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -926,6 +950,14 @@ impl HttpClient {
                     .account
                     .throttled
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if matches!(scope, Some(Throttle::Account | Throttle::Own))
+                    || (scope.is_none() && retry_after.is_some())
+                {
+                    self.inner
+                        .account
+                        .rate_throttled
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
             }
             let delay = retry_after
                 .unwrap_or_else(|| self.backoff(if paced { paced_retries } else { retries }));
@@ -1832,6 +1864,7 @@ mod tests {
             match headers.get("x-limit").and_then(|v| v.to_str().ok()) {
                 Some("account") => Throttle::Account,
                 Some("own") => Throttle::Own,
+                Some("at-once") => Throttle::Concurrency,
                 _ => Throttle::Request,
             }
         }
@@ -1846,6 +1879,7 @@ mod tests {
             key: &str,
             url: &str,
             counted: u64,
+            rate: u64,
         ) -> (HttpClient, HttpClient, HttpClient) {
             let config = || HttpConfig {
                 throttle_scope: Some(scope),
@@ -1857,6 +1891,7 @@ mod tests {
             let response = a.send("test", |c| c.get(url)).await.unwrap();
             assert_eq!(response.status, 200, "retried after the 429");
             assert_eq!(a.throttled(), counted, "a reader backs off for it");
+            assert_eq!(a.rate_throttled(), rate, "a limit on requests a second");
             (parent, a, b)
         }
         fn answer(n: u32, limit: &'static str) -> (StatusCode, [(&'static str, &'static str); 1]) {
@@ -1868,19 +1903,28 @@ mod tests {
         }
 
         let (url, count) = counting(|n| answer(n, "account")).await;
-        let (parent, a, b) = after_one_429("test:scope-account", &url, 1).await;
+        let (parent, a, b) = after_one_429("test:scope-account", &url, 1, 1).await;
         assert!(paused(&parent.inner.account), "the account pauses");
         assert!(!paused(&a.inner.account) && !paused(&b.inner.account));
         assert_eq!(count.load(Ordering::SeqCst), 2);
 
         let (url, _) = counting(|n| answer(n, "own")).await;
-        let (parent, a, b) = after_one_429("test:scope-own", &url, 1).await;
+        let (parent, a, b) = after_one_429("test:scope-own", &url, 1, 1).await;
         assert!(paused(&a.inner.account), "the nested limit pauses");
         assert!(!paused(&parent.inner.account) && !paused(&b.inner.account));
 
+        let (url, _) = counting(|n| answer(n, "at-once")).await;
+        // A limit on requests at once: a reader keeps fewer in flight, nothing pauses.
+        let (parent, a, b) = after_one_429("test:scope-at-once", &url, 1, 0).await;
+        assert!(
+            !paused(&parent.inner.account)
+                && !paused(&a.inner.account)
+                && !paused(&b.inner.account)
+        );
+
         let (url, _) = counting(|n| answer(n, "lock")).await;
         // And a reader keeping several in flight does not take it for a busy account.
-        let (parent, a, b) = after_one_429("test:scope-request", &url, 0).await;
+        let (parent, a, b) = after_one_429("test:scope-request", &url, 0, 0).await;
         assert!(
             !paused(&parent.inner.account)
                 && !paused(&a.inner.account)

@@ -189,6 +189,10 @@ pub struct RangeReader<P, T> {
     /// When the ceiling was last halved for a 429 (`None`: never, still in slow start).
     halved: Option<tokio::time::Instant>,
     throttled: u64,
+    /// Of `throttled`, the 429s that named a rate limit ([`HttpClient::rate_throttled`]).
+    rate_throttled: u64,
+    /// When the last 429 came (of those that count in `throttled`).
+    last_throttled: Option<tokio::time::Instant>,
     /// Pages each open range has left, estimated from its last page's density.
     estimates: HashMap<u64, i64>,
     stats: Stats,
@@ -209,6 +213,10 @@ const SLOW_START: usize = 12;
 
 /// Pages over which the consumer's pace is measured.
 const PACE_WINDOW: usize = 64;
+
+/// How long without a 429 before a lone one for a rate limit leaves the ceiling as it is
+/// (see [`RangeReader::next`]).
+const FORGIVEN_AFTER: Duration = Duration::from_secs(30);
 
 /// How long the first requests are out, unanswered, before the reader takes the wait as
 /// the vendor's answer time (see [`RangeReader::unanswered_ceiling`]): a vendor that
@@ -243,6 +251,7 @@ where
         }
         let next_id = open.len() as u64;
         let throttled = client.throttled();
+        let rate_throttled = client.rate_throttled();
         let _slot = client.join_readers();
         let settings = Settings {
             max_concurrency: settings.max_concurrency.max(1),
@@ -271,6 +280,8 @@ where
             tasks: JoinSet::new(),
             guard,
             throttled,
+            rate_throttled,
+            last_throttled: None,
             estimates: HashMap::new(),
             handed: std::collections::VecDeque::with_capacity(PACE_WINDOW),
             unanswered_since: None,
@@ -458,15 +469,37 @@ where
             let now_throttled = self.client.throttled();
             let cap = self.settings.max_concurrency as f64;
             if now_throttled > self.throttled {
-                self.throttled = now_throttled;
-                // One halving per round trip: the 429s of one crowded moment come back
-                // together, and each halving after the first would overshoot. Half of what
-                // was in flight, not of the ceiling: the ceiling may be above it.
+                let now_rate = self.client.rate_throttled();
+                // A lone 429 for a rate limit, the first in `FORGIVEN_AFTER`, while the
+                // account's limiter spaces the requests at that rate, says their trip to
+                // the vendor bunched two of them, not that too many are in flight: the
+                // limit it names pauses (see `HttpClient::send`) and the ceiling stays,
+                // since halving it would leave the rate unused for the many round trips it
+                // takes to grow back (over a second at 300 ms). A rate really too high for
+                // the vendor (another client sharing the account, say) brings more than
+                // one, and the next halves as any other 429 does. (`send` counts a rate 429
+                // in both counters; one counted between the two loads is judged as another
+                // kind, which halves.)
+                let forgive = now_throttled - self.throttled == 1
+                    && now_rate - self.rate_throttled == 1
+                    && self
+                        .last_throttled
+                        .is_none_or(|at| at.elapsed() >= FORGIVEN_AFTER);
+                (self.throttled, self.rate_throttled) = (now_throttled, now_rate);
+                self.last_throttled = Some(tokio::time::Instant::now());
                 let round_trip = self
                     .client
                     .answer_time()
                     .unwrap_or(self.settings.first_latency);
-                if self.halved.is_none_or(|at| at.elapsed() >= round_trip) {
+                if forgive {
+                    tracing::debug!(
+                        stream = %self.settings.stream,
+                        "A lone 429 for a rate limit; the requests in flight stay as they are."
+                    );
+                } else if self.halved.is_none_or(|at| at.elapsed() >= round_trip) {
+                    // One halving per round trip: the 429s of one crowded moment come back
+                    // together, and each halving after the first would overshoot. Half of
+                    // what was in flight, not of the ceiling: the ceiling may be above it.
                     self.ceiling = (self.ceiling.min(in_flight) / 2.0).max(1.0);
                     self.halved = Some(tokio::time::Instant::now());
                 }
@@ -1136,6 +1169,64 @@ mod tests {
         // one), below the slow start; the first answer comes before the wait shows more.
         let sent = sent_before_the_first_answer(ms(300), 25.0, 64).await;
         assert_eq!(sent, 10, "{sent} requests before the first answer");
+    }
+
+    /// A lone 429 for a rate limit (the requests' trip bunched two while the account's
+    /// limiter spaced them at the rate) leaves the ceiling as it is; one more, even in the
+    /// same round trip, halves it, as any other 429 does at once; `FORGIVEN_AFTER` without
+    /// one, a lone one passes again. In virtual time.
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_429_for_a_rate_limit_leaves_the_requests_in_flight() {
+        let list = List::new((0..20_000).map(|i| 1_000_000 - 1 - i * 7), 25);
+        let client = HttpClient::new(HttpConfig::new("test", 2_000.0)).unwrap();
+        let mut set = settings("test", "items", Order::Descending, 25, 64);
+        // 2,000 requests/s × 10 ms: 23 in flight wanted.
+        set.first_latency = Duration::from_millis(10);
+        let l = list.clone();
+        let fetch: Fetch<String, Vec<u64>> = Box::new(move |range| {
+            let list = l.clone();
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Ok(Answer::Page(list.page(&range, Order::Descending)))
+            })
+        });
+        let mut reader = RangeReader::new(
+            set,
+            client.clone(),
+            split(0, 1_000_000, 16, Order::Descending),
+            fetch,
+        );
+        let (mut got, mut pages, mut before) = (Vec::new(), 0, 0);
+        while let Some(step) = reader.next().await.unwrap() {
+            got.extend(step.page);
+            pages += 1;
+            let ceiling = reader.stats().ceiling;
+            match pages {
+                100 | 500 => {
+                    before = ceiling;
+                    assert!(before >= 20, "page {pages}: {before}");
+                    client.note_rate_throttled();
+                }
+                101..=119 | 501..=520 => {
+                    assert!(ceiling >= before, "page {pages}: {ceiling}, from {before}")
+                }
+                // A second, within the same round trip or a few later.
+                120 => client.note_rate_throttled(),
+                121 => assert!(ceiling <= before / 2 + 1, "{ceiling}, from {before}"),
+                // Two at once.
+                300 => {
+                    before = ceiling;
+                    client.note_rate_throttled();
+                    client.note_rate_throttled();
+                }
+                301 => assert!(ceiling <= before / 2 + 1, "{ceiling}, from {before}"),
+                // Long after: a lone one passes again.
+                499 => tokio::time::sleep(FORGIVEN_AFTER).await,
+                _ => {}
+            }
+        }
+        assert!(pages > 520, "{pages}");
+        assert_exactly_once(&list, got);
     }
 
     /// A vendor's concurrency limit (Stripe's): the 429s of one crowded round trip halve
