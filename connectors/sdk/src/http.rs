@@ -306,6 +306,8 @@ struct Account {
     throttled: std::sync::atomic::AtomicU64,
     /// Those of them that named a rate limit (see [`HttpClient::rate_throttled`]).
     rate_throttled: std::sync::atomic::AtomicU64,
+    /// Requests of the account retried, for any reason (see [`HttpClient::retried`]).
+    retried: std::sync::atomic::AtomicU64,
     /// The vendor's answer time, smoothed, in microseconds (0: none yet); see
     /// [`HttpClient::answer_time`].
     answer_micros: std::sync::atomic::AtomicU64,
@@ -325,6 +327,7 @@ impl Account {
             parent: None,
             throttled: std::sync::atomic::AtomicU64::new(0),
             rate_throttled: std::sync::atomic::AtomicU64::new(0),
+            retried: std::sync::atomic::AtomicU64::new(0),
             answer_micros: std::sync::atomic::AtomicU64::new(0),
             readers: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         })
@@ -632,18 +635,40 @@ impl HttpClient {
         self.inner
             .account
             .throttled
-            .load(std::sync::atomic::Ordering::Relaxed)
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Of [`HttpClient::throttled`], the 429s that named a rate limit, the account's or
-    /// this client's own ([`Throttle::Account`], [`Throttle::Own`]), or said how long to
-    /// wait (`Retry-After`): requests over a number a second, which the account's limiter
-    /// paces, not over a number at once, which the requests in flight make.
+    /// this client's own ([`Throttle::Account`], [`Throttle::Own`]), or that named no
+    /// limit but said how long to wait (`Retry-After`): requests over a number a second,
+    /// which the account's limiter paces, not over a number at once, which the requests in
+    /// flight make. Counted after [`HttpClient::throttled`] (both `SeqCst`): read before
+    /// it, it never counts a 429 that the later `throttled` read does not.
     pub fn rate_throttled(&self) -> u64 {
         self.inner
             .account
             .rate_throttled
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many times requests of this client's account were retried so far, whatever
+    /// failed (a 429, a 5xx, a transport error, a malformed body): a reader that judges the
+    /// vendor's answer time by how long its requests go unanswered cannot once a retry's
+    /// backoff may be part of that time.
+    pub fn retried(&self) -> u64 {
+        self.inner
+            .account
+            .retried
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts a retry as [`HttpClient::send`] does, for a test that fakes the vendor.
+    #[cfg(test)]
+    pub(crate) fn note_retried(&self) {
+        self.inner
+            .account
+            .retried
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Counts a 429 as [`HttpClient::send`] does, for a test that fakes the vendor.
@@ -662,7 +687,7 @@ impl HttpClient {
         self.inner
             .account
             .rate_throttled
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// How long the vendor takes to answer, smoothed over the account's recent successful
@@ -949,14 +974,14 @@ impl HttpClient {
                 self.inner
                     .account
                     .throttled
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 if matches!(scope, Some(Throttle::Account | Throttle::Own))
                     || (scope.is_none() && retry_after.is_some())
                 {
                     self.inner
                         .account
                         .rate_throttled
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
             }
             let delay = retry_after
@@ -973,6 +998,10 @@ impl HttpClient {
                 }
             }
             crate::stats::retry(&config.vendor);
+            self.inner
+                .account
+                .retried
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(
                 vendor = %config.vendor,
                 what,
@@ -1892,6 +1921,7 @@ mod tests {
             assert_eq!(response.status, 200, "retried after the 429");
             assert_eq!(a.throttled(), counted, "a reader backs off for it");
             assert_eq!(a.rate_throttled(), rate, "a limit on requests a second");
+            assert_eq!(a.retried(), 1, "every retry counts");
             (parent, a, b)
         }
         fn answer(n: u32, limit: &'static str) -> (StatusCode, [(&'static str, &'static str); 1]) {

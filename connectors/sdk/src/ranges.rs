@@ -191,7 +191,7 @@ pub struct RangeReader<P, T> {
     throttled: u64,
     /// Of `throttled`, the 429s that named a rate limit ([`HttpClient::rate_throttled`]).
     rate_throttled: u64,
-    /// When the last 429 came (of those that count in `throttled`).
+    /// When the reader last saw a 429 (of those that count in `throttled`).
     last_throttled: Option<tokio::time::Instant>,
     /// Pages each open range has left, estimated from its last page's density.
     estimates: HashMap<u64, i64>,
@@ -200,11 +200,12 @@ pub struct RangeReader<P, T> {
     /// consumer had asked before the page was in: how fast the consumer takes them, and
     /// whether it or the vendor is the bound.
     handed: std::collections::VecDeque<(tokio::time::Instant, bool)>,
-    /// When the first requests went out, until the first answer comes (`None` before the
-    /// first and after it): the time unanswered so far bounds the vendor's answer time
-    /// from below.
+    /// When the first requests went out (`None` before): until the first answer comes
+    /// (`answered`), the time unanswered bounds the vendor's answer time from below.
     unanswered_since: Option<tokio::time::Instant>,
     answered: bool,
+    /// [`HttpClient::retried`] when the read began.
+    retried: u64,
     _slot: ReaderSlot,
 }
 
@@ -252,6 +253,7 @@ where
         let next_id = open.len() as u64;
         let throttled = client.throttled();
         let rate_throttled = client.rate_throttled();
+        let retried = client.retried();
         let _slot = client.join_readers();
         let settings = Settings {
             max_concurrency: settings.max_concurrency.max(1),
@@ -286,6 +288,7 @@ where
             handed: std::collections::VecDeque::with_capacity(PACE_WINDOW),
             unanswered_since: None,
             answered: false,
+            retried,
             _slot,
         }
     }
@@ -328,7 +331,10 @@ where
         let latency = self
             .client
             .answer_time()
-            .unwrap_or_else(|| self.settings.first_latency.max(self.unanswered()))
+            .unwrap_or_else(|| {
+                let waited = self.growing_with_the_wait().map(|since| since.elapsed());
+                self.settings.first_latency.max(waited.unwrap_or_default())
+            })
             .as_secs_f64();
         let mut rate = self.client.config().requests_per_second;
         // When the vendor answers at once, the consumer (conversion, writing) is the
@@ -356,23 +362,28 @@ where
             .clamp(1, self.settings.max_concurrency)
     }
 
-    /// How long this read's first requests have been out without an answer (zero once one
-    /// came).
-    fn unanswered(&self) -> Duration {
-        match self.unanswered_since {
-            Some(since) if !self.answered => since.elapsed(),
-            _ => Duration::ZERO,
-        }
+    /// When the first requests went out, while their wait still shows the vendor's answer
+    /// time: nothing answered yet, the account has not measured one (another reader's or
+    /// an earlier request's answers tell `wanted` the time itself), and no request of the
+    /// account was retried since the read began (a backoff, or a pause for a 429, would
+    /// count as answer time, and a vendor failing its requests gets no more of them).
+    fn growing_with_the_wait(&self) -> Option<tokio::time::Instant> {
+        let since = self.unanswered_since?;
+        (!self.answered
+            && self.client.answer_time().is_none()
+            && self.client.retried() == self.retried)
+            .then_some(since)
     }
 
     /// Before the first answer, the ceiling the wait so far allows: a request out for `t`
     /// unanswered shows the vendor takes at least `t`, so the requests wanted for an answer
     /// time of `t` can go out without waiting a round trip to learn it (the slow start
     /// would otherwise leave the account's rate unused for most of the first round trip).
-    /// `None` once an answer came, or within [`UNANSWERED_GRACE`].
+    /// `None` once an answer came (or the wait stopped showing the answer time, see
+    /// [`RangeReader::growing_with_the_wait`]), or within [`UNANSWERED_GRACE`].
     fn unanswered_ceiling(&self) -> Option<f64> {
-        let waited = self.unanswered();
-        if self.answered || waited < UNANSWERED_GRACE {
+        let waited = self.growing_with_the_wait()?.elapsed();
+        if waited < UNANSWERED_GRACE {
             return None;
         }
         Some((self.share_per_second() * waited.as_secs_f64()).ceil() + 1.0)
@@ -380,12 +391,12 @@ where
 
     /// When [`RangeReader::unanswered_ceiling`] next lets one more request out, if it can.
     fn unanswered_growth_at(&self) -> Option<tokio::time::Instant> {
-        let since = self.unanswered_since.filter(|_| !self.answered)?;
+        let since = self.growing_with_the_wait()?;
         if self.ceiling >= self.settings.max_concurrency as f64 {
             return None;
         }
-        // `share × t + 1 > ceiling`.
-        let t = Duration::try_from_secs_f64(self.ceiling / self.share_per_second()).ok()?;
+        // `ceil(share × t) + 1 > ceiling` from `share × t > ceiling - 1`.
+        let t = Duration::try_from_secs_f64((self.ceiling - 1.0) / self.share_per_second()).ok()?;
         Some(since + t.max(UNANSWERED_GRACE) + Duration::from_millis(1))
     }
 
@@ -466,10 +477,11 @@ where
             // The requests in flight until this answer, it included.
             let in_flight = self.in_flight.len() as f64;
             self.in_flight.remove(&id);
+            // `rate_throttled` first: it then never counts a 429 that `throttled` misses.
+            let now_rate = self.client.rate_throttled();
             let now_throttled = self.client.throttled();
             let cap = self.settings.max_concurrency as f64;
             if now_throttled > self.throttled {
-                let now_rate = self.client.rate_throttled();
                 // A lone 429 for a rate limit, the first in `FORGIVEN_AFTER`, while the
                 // account's limiter spaces the requests at that rate, says their trip to
                 // the vendor bunched two of them, not that too many are in flight: the
@@ -477,9 +489,8 @@ where
                 // since halving it would leave the rate unused for the many round trips it
                 // takes to grow back (over a second at 300 ms). A rate really too high for
                 // the vendor (another client sharing the account, say) brings more than
-                // one, and the next halves as any other 429 does. (`send` counts a rate 429
-                // in both counters; one counted between the two loads is judged as another
-                // kind, which halves.)
+                // one, and the next halves as any other 429 does. (A rate 429 counted
+                // between the two loads is judged as another kind, which halves.)
                 let forgive = now_throttled - self.throttled == 1
                     && now_rate - self.rate_throttled == 1
                     && self
@@ -1108,8 +1119,13 @@ mod tests {
 
     /// Requests a read of 80 ranges sends before its first answer, from a vendor answering
     /// in `latency` (paced at `rate` requests/s as the account's limiter paces them; in
-    /// virtual time).
-    async fn sent_before_the_first_answer(latency: Duration, rate: f64, cap: usize) -> usize {
+    /// virtual time), a request of the account retried after `retry` if given.
+    async fn sent_before_the_first_answer(
+        latency: Duration,
+        rate: f64,
+        cap: usize,
+        retry: Option<Duration>,
+    ) -> usize {
         let list = List::new((0..80_000).map(|i| i * 10), 100);
         let spacing = Duration::from_secs_f64(1.0 / rate);
         let next_slot = Arc::new(Mutex::new(tokio::time::Instant::now()));
@@ -1130,6 +1146,13 @@ mod tests {
             })
         });
         let client = HttpClient::new(HttpConfig::new("test", rate)).unwrap();
+        if let Some(after) = retry {
+            let client = client.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                client.note_retried();
+            });
+        }
         let mut reader = RangeReader::new(
             settings("test", "items", Order::Descending, 100, cap),
             client,
@@ -1154,20 +1177,29 @@ mod tests {
     async fn the_first_round_trip_carries_what_the_wait_shows_is_needed() {
         let ms = Duration::from_millis;
         // 100/s × 300 ms: 30 requests fit in the first round trip (33 with the tenth more).
-        let sent = sent_before_the_first_answer(ms(300), 100.0, 64).await;
+        let sent = sent_before_the_first_answer(ms(300), 100.0, 64, None).await;
         assert!(
             (30..=35).contains(&sent),
             "{sent} requests before the first answer"
         );
         // 100/s × 1 s: 110 wanted, 64 allowed.
-        assert_eq!(sent_before_the_first_answer(ms(1_000), 100.0, 64).await, 64);
-        assert_eq!(sent_before_the_first_answer(ms(1_000), 100.0, 20).await, 20);
+        let sent = sent_before_the_first_answer(ms(1_000), 100.0, 64, None).await;
+        assert_eq!(sent, 64);
+        let sent = sent_before_the_first_answer(ms(1_000), 100.0, 20, None).await;
+        assert_eq!(sent, 20);
+        // A retry (a backoff, a pause for a 429) at 0.15 s: the wait no longer shows the
+        // answer time, and the ceiling stays where it had grown (17 at 100/s).
+        let sent = sent_before_the_first_answer(ms(1_000), 100.0, 64, Some(ms(150))).await;
+        assert!(
+            (15..=18).contains(&sent),
+            "{sent} requests before the first answer"
+        );
         // An answer within the grace: no more than the slow start.
-        let sent = sent_before_the_first_answer(ms(2), 10_000.0, 64).await;
+        let sent = sent_before_the_first_answer(ms(2), 10_000.0, 64, None).await;
         assert_eq!(sent, SLOW_START, "{sent} requests before the first answer");
         // 25/s (Stripe's test keys): the 10 that 300 ms needs (8 with the tenth more, and
         // one), below the slow start; the first answer comes before the wait shows more.
-        let sent = sent_before_the_first_answer(ms(300), 25.0, 64).await;
+        let sent = sent_before_the_first_answer(ms(300), 25.0, 64, None).await;
         assert_eq!(sent, 10, "{sent} requests before the first answer");
     }
 
