@@ -306,7 +306,8 @@ struct Account {
     throttled: std::sync::atomic::AtomicU64,
     /// Those of them that named a rate limit (see [`HttpClient::rate_throttled`]).
     rate_throttled: std::sync::atomic::AtomicU64,
-    /// Requests of the account retried, for any reason (see [`HttpClient::retried`]).
+    /// Requests retried, for any reason, by any client of the account and the accounts
+    /// nested in it; counted on the root (see [`HttpClient::retried`]).
     retried: std::sync::atomic::AtomicU64,
     /// The vendor's answer time, smoothed, in microseconds (0: none yet); see
     /// [`HttpClient::answer_time`].
@@ -651,13 +652,15 @@ impl HttpClient {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// How many times requests of this client's account were retried so far, whatever
-    /// failed (a 429, a 5xx, a transport error, a malformed body): a reader that judges the
-    /// vendor's answer time by how long its requests go unanswered cannot once a retry's
-    /// backoff may be part of that time.
+    /// How many times requests of the whole account (this client's, and those of every
+    /// client nested in the same account) were retried so far, whatever failed (a 429, a
+    /// 5xx, a transport error, a malformed body): a reader that judges the vendor's answer
+    /// time by how long its requests go unanswered cannot once a retry's backoff, or a
+    /// pause of the account it brought, may be part of that time.
     pub fn retried(&self) -> u64 {
         self.inner
             .account
+            .root()
             .retried
             .load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -667,6 +670,7 @@ impl HttpClient {
     pub(crate) fn note_retried(&self) {
         self.inner
             .account
+            .root()
             .retried
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
@@ -1000,6 +1004,7 @@ impl HttpClient {
             crate::stats::retry(&config.vendor);
             self.inner
                 .account
+                .root()
                 .retried
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(
@@ -1922,6 +1927,7 @@ mod tests {
             assert_eq!(a.throttled(), counted, "a reader backs off for it");
             assert_eq!(a.rate_throttled(), rate, "a limit on requests a second");
             assert_eq!(a.retried(), 1, "every retry counts");
+            assert_eq!(b.retried(), 1, "for the whole account");
             (parent, a, b)
         }
         fn answer(n: u32, limit: &'static str) -> (StatusCode, [(&'static str, &'static str); 1]) {

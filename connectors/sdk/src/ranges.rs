@@ -145,7 +145,8 @@ pub struct Settings {
     pub max_concurrency: usize,
     /// The most ranges open at once (splitting stops there).
     pub max_ranges: usize,
-    /// The answer time assumed before the account has measured one.
+    /// The answer time assumed before the account has measured one (or the time the first
+    /// requests have waited unanswered, if longer; see `RangeReader::unanswered_ceiling`).
     pub first_latency: Duration,
 }
 
@@ -829,11 +830,16 @@ mod tests {
         }
 
         fn fetch(&self, order: Order) -> Fetch<String, Vec<u64>> {
+            self.fetch_after(order, Duration::from_millis(1))
+        }
+
+        /// Pages answered after `latency`.
+        fn fetch_after(&self, order: Order, latency: Duration) -> Fetch<String, Vec<u64>> {
             let list = self.clone();
             Box::new(move |range| {
                 let list = list.clone();
                 Box::pin(async move {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    tokio::time::sleep(latency).await;
                     Ok(Answer::Page(list.page(&range, order)))
                 })
             })
@@ -1214,19 +1220,11 @@ mod tests {
         let mut set = settings("test", "items", Order::Descending, 25, 64);
         // 2,000 requests/s × 10 ms: 23 in flight wanted.
         set.first_latency = Duration::from_millis(10);
-        let l = list.clone();
-        let fetch: Fetch<String, Vec<u64>> = Box::new(move |range| {
-            let list = l.clone();
-            Box::pin(async move {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                Ok(Answer::Page(list.page(&range, Order::Descending)))
-            })
-        });
         let mut reader = RangeReader::new(
             set,
             client.clone(),
             split(0, 1_000_000, 16, Order::Descending),
-            fetch,
+            list.fetch_after(Order::Descending, Duration::from_millis(10)),
         );
         let (mut got, mut pages, mut before) = (Vec::new(), 0, 0);
         while let Some(step) = reader.next().await.unwrap() {
