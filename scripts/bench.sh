@@ -32,6 +32,11 @@
 #   BENCH_SANDBOX_BIN  the binary serving the simulator (default: the same)
 #   BENCH_SOURCE_TOML  extra lines for the source's table (e.g. "max_concurrency = 1")
 #   BENCH_SYNC_TOML    lines for a [sync] table (e.g. "row_group_size = 32768")
+#   BENCH_RUNS         syncs to run one after another against the same simulator, each into
+#                      a new warehouse (default 1); then a last line gives the median, the
+#                      least and the most records/s. This host's speed drifts by a third
+#                      over minutes (BENCHMARKS.md), so one run is an anecdote: read the
+#                      median of ten, interleaved with any build it is compared against.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 records="${1:-100000}"
@@ -40,6 +45,12 @@ vendor="${BENCH_VENDOR:-stripe}"
 latency="${BENCH_LATENCY_MS:-0}"
 rate_limit="${BENCH_RATE_LIMIT:-}"
 client_rps="${BENCH_CLIENT_RPS:-${rate_limit:-10000}}"
+runs="${BENCH_RUNS:-1}"
+[[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_RUNS: a whole number of runs, at least 1 (got '$runs')" >&2; exit 2; }
+if [ "$runs" != 1 ] && [ -n "${BENCH_PERF:-}" ]; then
+  echo "BENCH_PERF records one run: leave BENCH_RUNS unset" >&2
+  exit 2
+fi
 command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time; }
 if [ -n "${BENCH_BIN:-}" ]; then
   bin="$BENCH_BIN"
@@ -155,30 +166,48 @@ if [ -n "$sync_toml" ]; then printf '[sync]\n%s\n' "$sync_toml" >>"$work/bench.t
 
 # The simulator shares the two cores with the sync: its CPU seconds during the sync.
 sim_cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14+$15)/hz}' "/proc/$sandbox_pid/stat"; }
-sim_cpu_before=$(sim_cpu)
-if [[ "$stream" == *,* ]]; then
-  run=("$bin" --config "$work/bench.toml" sync)
-else
-  run=("$bin" --config "$work/bench.toml" sync --stream "$stream")
-fi
-if [ -n "${BENCH_PERF:-}" ]; then
-  run=(perf record ${BENCH_PERF_ARGS:--g} -o "$BENCH_PERF" -- "${run[@]}")
-fi
-/usr/bin/time -f "peak_rss_kb=%M elapsed_s=%e user_s=%U sys_s=%S" -o "$work/time.txt" \
-  "${run[@]}" >"$work/summary.txt" 2>"$work/sync.log"
-cat "$work/summary.txt"
-rss_kb=$(sed -n 's/.*peak_rss_kb=\([0-9]*\).*/\1/p' "$work/time.txt")
-elapsed=$(sed -n 's/.*elapsed_s=\([0-9.]*\).*/\1/p' "$work/time.txt")
-landed=0
-for one in ${stream//,/ }; do
-  landed=$((landed + $(awk -v s="$vendor.$one" '$1==s{print $2}' "$work/summary.txt")))
+rates=()
+for run_no in $(seq 1 "$runs"); do
+  if [ "$run_no" != 1 ]; then
+    # A new warehouse, the simulator's counts from zero, and a second for its rate
+    # windows to empty, as before the first run.
+    rm -rf "$work/warehouse"
+    curl -sf -o /dev/null -X POST "http://127.0.0.1:$port/_sandbox/stats/reset"
+    sleep 1
+  fi
+  sim_cpu_before=$(sim_cpu)
+  if [[ "$stream" == *,* ]]; then
+    run=("$bin" --config "$work/bench.toml" sync)
+  else
+    run=("$bin" --config "$work/bench.toml" sync --stream "$stream")
+  fi
+  if [ -n "${BENCH_PERF:-}" ]; then
+    run=(perf record ${BENCH_PERF_ARGS:--g} -o "$BENCH_PERF" -- "${run[@]}")
+  fi
+  /usr/bin/time -f "peak_rss_kb=%M elapsed_s=%e user_s=%U sys_s=%S" -o "$work/time.txt" \
+    "${run[@]}" >"$work/summary.txt" 2>"$work/sync.log"
+  cat "$work/summary.txt"
+  rss_kb=$(sed -n 's/.*peak_rss_kb=\([0-9]*\).*/\1/p' "$work/time.txt")
+  elapsed=$(sed -n 's/.*elapsed_s=\([0-9.]*\).*/\1/p' "$work/time.txt")
+  landed=0
+  for one in ${stream//,/ }; do
+    landed=$((landed + $(awk -v s="$vendor.$one" '$1==s{print $2}' "$work/summary.txt")))
+  done
+  stats=$(curl -s "http://127.0.0.1:$port/_sandbox/stats")
+  throttled=$(python3 -c "import json,sys; print(json.load(sys.stdin).get('rate_limited', '?'))" <<<"$stats" 2>/dev/null || echo "?")
+  busiest=$(python3 -c "import json,sys; print(json.load(sys.stdin).get('max_admitted_per_second', '?'))" <<<"$stats" 2>/dev/null || echo "?")
+  echo "vendor=$vendor stream=$stream latency_ms=$latency rate_limit=${rate_limit:-none} records=$landed elapsed_s=$elapsed records_per_s=$(python3 -c "print(round($landed/$elapsed))") peak_rss_mb=$(python3 -c "print(round($rss_kb/1024,1))") throttled=$throttled busiest_second=$busiest"
+  for one in ${stream//,/ }; do du -sh "$work/warehouse/$vendor/$one" | awk -v s="$one" '{print "table_size("s")="$1}'; done
+  sim_cpu_after=$(sim_cpu)
+  sync_cpu=$(sed -n 's/.*user_s=\([0-9.]*\) sys_s=\([0-9.]*\).*/\1 \2/p' "$work/time.txt" | awk '{printf "%.2f", $1+$2}')
+  echo "sync_cpu_s=$sync_cpu simulator_cpu_s_during_sync=$(python3 -c "print(round($sim_cpu_after-$sim_cpu_before,2))")"
+  echo "load: $(uptime | sed 's/.*load average: //')"
+  rates+=("$(python3 -c "print(round($landed/$elapsed))")")
 done
-stats=$(curl -s "http://127.0.0.1:$port/_sandbox/stats")
-throttled=$(python3 -c "import json,sys; print(json.load(sys.stdin).get('rate_limited', '?'))" <<<"$stats" 2>/dev/null || echo "?")
-busiest=$(python3 -c "import json,sys; print(json.load(sys.stdin).get('max_admitted_per_second', '?'))" <<<"$stats" 2>/dev/null || echo "?")
-echo "vendor=$vendor stream=$stream latency_ms=$latency rate_limit=${rate_limit:-none} records=$landed elapsed_s=$elapsed records_per_s=$(python3 -c "print(round($landed/$elapsed))") peak_rss_mb=$(python3 -c "print(round($rss_kb/1024,1))") throttled=$throttled busiest_second=$busiest"
-for one in ${stream//,/ }; do du -sh "$work/warehouse/$vendor/$one" | awk -v s="$one" '{print "table_size("s")="$1}'; done
-sim_cpu_after=$(sim_cpu)
-sync_cpu=$(sed -n 's/.*user_s=\([0-9.]*\) sys_s=\([0-9.]*\).*/\1 \2/p' "$work/time.txt" | awk '{printf "%.2f", $1+$2}')
-echo "sync_cpu_s=$sync_cpu simulator_cpu_s_during_sync=$(python3 -c "print(round($sim_cpu_after-$sim_cpu_before,2))")"
-echo "load: $(uptime | sed 's/.*load average: //')"
+if [ "$runs" != 1 ]; then
+  python3 - "${rates[@]}" <<'PY'
+import statistics, sys
+r = sorted(int(x) for x in sys.argv[1:])
+print(f"runs={len(r)} records_per_s_median={round(statistics.median(r))} min={r[0]} max={r[-1]} all={','.join(sys.argv[1:])}")
+PY
+fi
