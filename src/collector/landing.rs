@@ -769,10 +769,11 @@ impl Committer {
             if !report.new_columns.is_empty() {
                 tracing::info!(source = %source, table = %table, columns = ?report.new_columns, "New columns.");
             }
-            let Some(schema) = batches.last().map(|b| b.schema()) else {
+            let Some(newest) = batches.last() else {
                 continue;
             };
-            let mut file = st.new_file(schema.clone())?;
+            let schema = newest.schema();
+            let mut file = st.new_file_for(newest)?;
             for b in &batches {
                 let b = crate::warehouse::merge::conform(b, &schema)?;
                 file.write(&b).await?;

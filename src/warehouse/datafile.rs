@@ -27,6 +27,67 @@ use tributary_sdk::schema::RECEIVED_AT;
 /// readers take min/max strings as bounds; a truncated max would not be one).
 const MAX_STAT_KEY: usize = 64;
 
+/// Values of a column the first batch must show before its cardinality decides its
+/// encoding (fewer: Parquet's default, dictionary encoding, stays).
+const CARDINALITY_SAMPLE_MIN: usize = 256;
+
+/// At most this many values of a column are looked at to judge its cardinality.
+const CARDINALITY_SAMPLE_MAX: usize = 4_096;
+
+/// `props` for a file whose first batch is `sample`, with dictionary encoding turned off
+/// for each column whose sampled values are nine in ten distinct (ids, URLs, timestamps
+/// of creation). Parquet dictionary-encodes every column by default and falls back to
+/// plain encoding only once a row group's dictionary passes its page size limit (1 MiB):
+/// for a column of unique values that means hashing and interning every value to build a
+/// dictionary as large as the data, then writing both the dictionary and an index per
+/// row. Plain encoding of those columns, compressed, is smaller and cheaper to write.
+pub fn tuned_for(props: WriterProperties, sample: &RecordBatch) -> WriterProperties {
+    let mut builder: Option<parquet::file::properties::WriterPropertiesBuilder> = None;
+    for (field, column) in sample.schema().fields().iter().zip(sample.columns()) {
+        if !mostly_distinct(column.as_ref()) {
+            continue;
+        }
+        let b = builder
+            .take()
+            .unwrap_or_else(|| props.clone().into_builder());
+        builder = Some(b.set_column_dictionary_enabled(
+            parquet::schema::types::ColumnPath::from(field.name().as_str()),
+            false,
+        ));
+    }
+    builder.map_or(props, |b| b.build())
+}
+
+/// Whether at least nine in ten of the first non-null values of `column` are distinct,
+/// with at least [`CARDINALITY_SAMPLE_MIN`] of them; only for the flat types the
+/// converter writes (text, integers, floats, timestamps).
+fn mostly_distinct(column: &dyn Array) -> bool {
+    use std::collections::HashSet;
+    fn judge<T: std::hash::Hash + Eq>(values: impl Iterator<Item = Option<T>>) -> bool {
+        let mut seen = HashSet::new();
+        let mut n = 0usize;
+        for v in values.flatten().take(CARDINALITY_SAMPLE_MAX) {
+            n += 1;
+            seen.insert(v);
+        }
+        n >= CARDINALITY_SAMPLE_MIN && seen.len() * 10 >= n * 9
+    }
+    match column.data_type() {
+        ArrowType::Utf8 => judge(column.as_string::<i32>().iter()),
+        ArrowType::Int64 => judge(column.as_primitive::<arrow::datatypes::Int64Type>().iter()),
+        ArrowType::Float64 => judge(
+            column
+                .as_primitive::<arrow::datatypes::Float64Type>()
+                .iter()
+                .map(|v| v.map(f64::to_bits)),
+        ),
+        ArrowType::Timestamp(TimeUnit::Microsecond, _) => {
+            judge(column.as_primitive::<TimestampMicrosecondType>().iter())
+        }
+        _ => false,
+    }
+}
+
 /// A Parquet data file being written to a table's store.
 pub struct DataFile {
     name: String,
@@ -303,4 +364,107 @@ pub fn key_range(stats: Option<&str>, key: &str) -> Option<(String, String)> {
     let min = v.get("minValues")?.get(key)?.as_str()?.to_owned();
     let max = v.get("maxValues")?.get(key)?.as_str()?.to_owned();
     Some((min, max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::Field;
+    use bytes::Bytes;
+    use object_store::memory::InMemory;
+    use parquet::basic::Encoding;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::schema::types::ColumnPath;
+
+    /// 1,000 rows: a unique `id`, a `status` of three values, a unique `created`, an
+    /// `amount` of ten values, and a `note` too sparse to judge (100 values).
+    fn batch() -> RecordBatch {
+        let schema = Arc::new(ArrowSchema::new(vec![
+            Field::new("id", ArrowType::Utf8, true),
+            Field::new("status", ArrowType::Utf8, true),
+            Field::new("created", ArrowType::Int64, true),
+            Field::new("amount", ArrowType::Int64, true),
+            Field::new("note", ArrowType::Utf8, true),
+        ]));
+        let n = 1_000;
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| format!("ch_{i:024}")),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| ["succeeded", "pending", "failed"][i % 3]),
+                )),
+                Arc::new(Int64Array::from_iter_values(
+                    (0..n as i64).map(|i| 1_700_000_000 + i),
+                )),
+                Arc::new(Int64Array::from_iter_values(
+                    (0..n as i64).map(|i| (i % 10) * 100),
+                )),
+                Arc::new(StringArray::from_iter(
+                    (0..n).map(|i| (i % 10 == 0).then(|| format!("note {i}"))),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn columns_of_distinct_values_are_written_without_a_dictionary() {
+        let props = tuned_for(super::super::writer_properties(65_536).unwrap(), &batch());
+        let dictionary = |c: &str| props.dictionary_enabled(&ColumnPath::from(c));
+        assert!(!dictionary("id"));
+        assert!(!dictionary("created"));
+        assert!(dictionary("status"));
+        assert!(dictionary("amount"));
+        // 100 values, all distinct, are too few to judge: the default stays.
+        assert!(dictionary("note"));
+        // The other settings are kept.
+        assert_eq!(props.max_row_group_row_count(), Some(65_536));
+    }
+
+    #[tokio::test]
+    async fn a_tuned_file_reads_back_the_same_rows() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let b = batch();
+        let props = tuned_for(super::super::writer_properties(65_536).unwrap(), &b);
+        let mut file = DataFile::create_named(
+            store.clone(),
+            "f.parquet".into(),
+            b.schema(),
+            props,
+            Some("id"),
+        )
+        .unwrap();
+        file.write(&b).await.unwrap();
+        file.finish().await.unwrap();
+        let bytes: Bytes = store
+            .get(&Path::from("f.parquet"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+
+        let reader = SerializedFileReader::new(bytes.clone()).unwrap();
+        let group = reader.metadata().row_group(0);
+        let encodings = |i: usize| group.column(i).encodings().collect::<Vec<_>>();
+        let dictionary = |i: usize| {
+            group.column(i).dictionary_page_offset().is_some()
+                || encodings(i).contains(&Encoding::RLE_DICTIONARY)
+        };
+        assert!(!dictionary(0), "id: {:?}", encodings(0));
+        assert!(dictionary(1), "status: {:?}", encodings(1));
+        assert!(!dictionary(2), "created: {:?}", encodings(2));
+        assert!(dictionary(3), "amount: {:?}", encodings(3));
+
+        let read: Vec<RecordBatch> =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(bytes, 4_096)
+                .unwrap()
+                .collect::<std::result::Result<_, _>>()
+                .unwrap();
+        assert_eq!(read, vec![b]);
+    }
 }

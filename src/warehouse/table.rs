@@ -256,6 +256,18 @@ impl StreamTable {
         &self.table
     }
 
+    /// Starts a new Parquet data file in the table for rows like `first`, its first batch:
+    /// columns whose values there are nearly all distinct are written without a dictionary
+    /// (see [`super::datafile::tuned_for`]).
+    pub fn new_file_for(&self, first: &RecordBatch) -> Result<DataFile> {
+        DataFile::create(
+            &self.table,
+            first.schema(),
+            super::datafile::tuned_for(self.writer_props.clone(), first),
+            self.key.as_deref(),
+        )
+    }
+
     /// Starts a new Parquet data file in the table.
     pub fn new_file(&self, schema: Arc<ArrowSchema>) -> Result<DataFile> {
         DataFile::create(

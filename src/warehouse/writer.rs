@@ -66,7 +66,7 @@ impl FileWriter {
     pub async fn write(&mut self, table: &StreamTable, batch: RecordBatch) -> Result<()> {
         let schema = batch.schema();
         if self.open.as_ref() != Some(&schema) {
-            let file = table.new_file(schema.clone())?;
+            let file = table.new_file_for(&batch)?;
             self.send(Msg::Open(Box::new(file))).await?;
             self.open = Some(schema);
         }
