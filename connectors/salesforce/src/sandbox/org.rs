@@ -793,11 +793,15 @@ impl Org {
                 .map(|f| canonical(f).map(|m| m.name.clone()))
                 .collect::<Result<_, _>>()?,
         };
+        // The filter's field names, each with its canonical name: resolved once here, not
+        // once per record.
+        let mut resolved: Vec<(&str, &str)> = Vec::new();
         if let Some(filter) = &q.filter {
             let mut comparisons = Vec::new();
             filter.comparisons(&mut comparisons);
             for (name, literal) in comparisons {
                 let f = canonical(name)?;
+                resolved.push((name, f.name.as_str()));
                 let fits = match (f.ty.as_str(), literal) {
                     (_, Literal::Null) => true,
                     ("datetime", Literal::DateTime(_)) => true,
@@ -839,13 +843,20 @@ impl Org {
             .filter(|r| {
                 q.filter.as_ref().is_none_or(|filter| {
                     filter.matches(&|name: &str| {
-                        meta.field(name).and_then(|f| r.get(&f.name)).cloned()
+                        let field = resolved
+                            .iter()
+                            .find(|(asked, _)| *asked == name)
+                            .map(|&(_, canonical)| canonical);
+                        field.and_then(|f| r.get(f))
                     })
                 })
             })
             .collect();
         if !order.is_empty() {
-            rows.sort_by(|a, b| {
+            // The rows come in Id order, so Ids break ties as the stable sort this replaces
+            // did; with the order total, a LIMIT only needs its first rows selected (in
+            // linear time) and those sorted, not every match of a range sorted per page.
+            let by_order = |a: &&Map<String, Value>, b: &&Map<String, Value>| {
                 for (f, asc) in &order {
                     let ord = soql::order_values(a.get(f), b.get(f));
                     let ord = if *asc { ord } else { ord.reverse() };
@@ -853,8 +864,15 @@ impl Org {
                         return ord;
                     }
                 }
-                std::cmp::Ordering::Equal
-            });
+                soql::order_values(a.get("Id"), b.get("Id"))
+            };
+            if let Some(limit) = q.limit.filter(|&limit| limit < rows.len()) {
+                if limit > 0 {
+                    rows.select_nth_unstable_by(limit - 1, by_order);
+                }
+                rows.truncate(limit);
+            }
+            rows.sort_unstable_by(by_order);
         }
         if let Some(limit) = q.limit {
             rows.truncate(limit);

@@ -482,8 +482,9 @@ impl Expr {
         }
     }
 
-    /// Whether a record matches; `get` returns a field's value (fields already checked).
-    pub(crate) fn matches(&self, get: &dyn Fn(&str) -> Option<Value>) -> bool {
+    /// Whether a record matches; `get` returns a field's value (fields already checked),
+    /// borrowed from the record: a query tests every record of the object.
+    pub(crate) fn matches<'v>(&self, get: &dyn Fn(&str) -> Option<&'v Value>) -> bool {
         match self {
             Expr::And(a, b) => a.matches(get) && b.matches(get),
             Expr::Or(a, b) => a.matches(get) || b.matches(get),
@@ -507,7 +508,7 @@ impl Expr {
                     (Literal::Null, None) => matches!(op, Op::Eq),
                     (Literal::Null, Some(_)) => matches!(op, Op::Ne),
                     (_, None) => matches!(op, Op::Ne),
-                    (literal, Some(actual)) => match compare(&actual, literal) {
+                    (literal, Some(actual)) => match compare(actual, literal) {
                         Some(ord) => match op {
                             Op::Eq => ord == Ordering::Equal,
                             Op::Ne => ord != Ordering::Equal,
@@ -607,20 +608,18 @@ mod tests {
             q.order,
             vec![("SystemModstamp".into(), true), ("Id".into(), true)]
         );
-        let get = |stamp: &'static str, id: &'static str| {
-            move |f: &str| -> Option<Value> {
-                match f {
-                    "SystemModstamp" => Some(Value::String(stamp.into())),
-                    "Id" => Some(Value::String(id.into())),
-                    _ => None,
-                }
-            }
+        let record = |stamp: &str, id: &str| -> serde_json::Map<String, Value> {
+            [("SystemModstamp", stamp), ("Id", id)]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), Value::from(v)))
+                .collect()
         };
         let filter = q.filter.unwrap();
-        assert!(filter.matches(&get("2024-05-01T12:00:00.000+0000", "001B")));
-        assert!(!filter.matches(&get("2024-05-01T12:00:00.000+0000", "001A")));
-        assert!(filter.matches(&get("2024-05-02T00:00:00.000+0000", "0010")));
-        assert!(!filter.matches(&get("2024-06-01T00:00:00.000+0000", "001Z")));
+        let matches = |r: serde_json::Map<String, Value>| filter.matches(&|f| r.get(f));
+        assert!(matches(record("2024-05-01T12:00:00.000+0000", "001B")));
+        assert!(!matches(record("2024-05-01T12:00:00.000+0000", "001A")));
+        assert!(matches(record("2024-05-02T00:00:00.000+0000", "0010")));
+        assert!(!matches(record("2024-06-01T00:00:00.000+0000", "001Z")));
 
         let count = parse("select count() from Contact where IsDeleted = true").unwrap();
         assert_eq!(count.selection, Selection::Count);
@@ -629,12 +628,15 @@ mod tests {
 
         let within = parse("SELECT Id, Name FROM Account WHERE Id IN ('001A', '001B')").unwrap();
         let outside = parse("SELECT Id FROM Account WHERE Id NOT IN ('001A')").unwrap();
-        let id = |id: &'static str| move |f: &str| (f == "Id").then(|| Value::String(id.into()));
         let (within, outside) = (within.filter.unwrap(), outside.filter.unwrap());
-        assert!(within.matches(&id("001B")));
-        assert!(!within.matches(&id("001C")));
-        assert!(!outside.matches(&id("001A")));
-        assert!(outside.matches(&id("001C")));
+        let id_matches = |filter: &Expr, id: &str| {
+            let id = Value::from(id);
+            filter.matches(&|f| (f == "Id").then_some(&id))
+        };
+        assert!(id_matches(&within, "001B"));
+        assert!(!id_matches(&within, "001C"));
+        assert!(!id_matches(&outside, "001A"));
+        assert!(id_matches(&outside, "001C"));
     }
 
     #[test]
