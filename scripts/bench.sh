@@ -202,7 +202,7 @@ for run_no in $(seq 1 "$runs"); do
   sync_cpu=$(sed -n 's/.*user_s=\([0-9.]*\) sys_s=\([0-9.]*\).*/\1 \2/p' "$work/time.txt" | awk '{printf "%.2f", $1+$2}')
   echo "sync_cpu_s=$sync_cpu simulator_cpu_s_during_sync=$(python3 -c "print(round($sim_cpu_after-$sim_cpu_before,2))")"
   echo "load: $(uptime | sed 's/.*load average: //')"
-  rates+=("$(python3 -c "print(round($landed/$elapsed))")")
+  rates+=("$(python3 -c "print(round($landed/$elapsed))" 2>/dev/null || echo 0)")
 done
 if [ "$runs" != 1 ]; then
   python3 - "${rates[@]}" <<'PY'

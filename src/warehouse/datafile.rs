@@ -31,8 +31,10 @@ const MAX_STAT_KEY: usize = 64;
 /// encoding (fewer: Parquet's default, dictionary encoding, stays).
 const CARDINALITY_SAMPLE_MIN: usize = 256;
 
-/// At most this many values of a column are looked at to judge its cardinality.
-const CARDINALITY_SAMPLE_MAX: usize = 4_096;
+/// At most this many values of a column are looked at to judge its cardinality: the
+/// judgement runs on the task that opens the file, and a wide Salesforce object has
+/// hundreds of columns.
+const CARDINALITY_SAMPLE_MAX: usize = 1_024;
 
 /// `props` for a file whose first batch is `sample`, with dictionary encoding turned off
 /// for each column whose sampled values are nine in ten distinct (ids, URLs, timestamps
