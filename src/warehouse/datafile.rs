@@ -31,10 +31,12 @@ const MAX_STAT_KEY: usize = 64;
 /// encoding (fewer: Parquet's default, dictionary encoding, stays).
 const CARDINALITY_SAMPLE_MIN: usize = 256;
 
-/// At most this many values of a column are looked at to judge its cardinality: the
-/// judgement runs on the task that opens the file, and a wide Salesforce object has
-/// hundreds of columns.
-const CARDINALITY_SAMPLE_MAX: usize = 1_024;
+/// At most this many values of a column are looked at to judge its cardinality. Fewer
+/// misjudge: with 1,024, columns that repeat only further on (a charge's customer) went
+/// plain, and a Stripe charges table grew from 8.3 to 9.1 MB with a peak RSS of up to
+/// 152 MB (BENCHMARKS.md, thirteenth sitting). The judgement runs once per data file, on
+/// the task that opens it.
+const CARDINALITY_SAMPLE_MAX: usize = 4_096;
 
 /// `props` for a file whose first batch is `sample`, with dictionary encoding turned off
 /// for each column whose sampled values are nine in ten distinct (ids, URLs, timestamps
