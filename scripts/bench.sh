@@ -196,13 +196,14 @@ for run_no in $(seq 1 "$runs"); do
   stats=$(curl -s "http://127.0.0.1:$port/_sandbox/stats")
   throttled=$(python3 -c "import json,sys; print(json.load(sys.stdin).get('rate_limited', '?'))" <<<"$stats" 2>/dev/null || echo "?")
   busiest=$(python3 -c "import json,sys; print(json.load(sys.stdin).get('max_admitted_per_second', '?'))" <<<"$stats" 2>/dev/null || echo "?")
-  echo "vendor=$vendor stream=$stream latency_ms=$latency rate_limit=${rate_limit:-none} records=$landed elapsed_s=$elapsed records_per_s=$(python3 -c "print(round($landed/$elapsed))") peak_rss_mb=$(python3 -c "print(round($rss_kb/1024,1))") throttled=$throttled busiest_second=$busiest"
+  rate=$(python3 -c "print(round($landed/$elapsed))" 2>/dev/null || echo 0)
+  rates+=("$rate")
+  echo "vendor=$vendor stream=$stream latency_ms=$latency rate_limit=${rate_limit:-none} records=$landed elapsed_s=$elapsed records_per_s=$rate peak_rss_mb=$(python3 -c "print(round($rss_kb/1024,1))") throttled=$throttled busiest_second=$busiest"
   for one in ${stream//,/ }; do du -sh "$work/warehouse/$vendor/$one" | awk -v s="$one" '{print "table_size("s")="$1}'; done
   sim_cpu_after=$(sim_cpu)
   sync_cpu=$(sed -n 's/.*user_s=\([0-9.]*\) sys_s=\([0-9.]*\).*/\1 \2/p' "$work/time.txt" | awk '{printf "%.2f", $1+$2}')
   echo "sync_cpu_s=$sync_cpu simulator_cpu_s_during_sync=$(python3 -c "print(round($sim_cpu_after-$sim_cpu_before,2))")"
   echo "load: $(uptime | sed 's/.*load average: //')"
-  rates+=("$(python3 -c "print(round($landed/$elapsed))" 2>/dev/null || echo 0)")
 done
 if [ "$runs" != 1 ]; then
   python3 - "${rates[@]}" <<'PY'

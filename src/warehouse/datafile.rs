@@ -31,11 +31,10 @@ const MAX_STAT_KEY: usize = 64;
 /// encoding (fewer: Parquet's default, dictionary encoding, stays).
 const CARDINALITY_SAMPLE_MIN: usize = 256;
 
-/// At most this many values of a column are looked at to judge its cardinality. Fewer
-/// misjudge: with 1,024, columns that repeat only further on (a charge's customer) went
-/// plain, and a Stripe charges table grew from 8.3 to 9.1 MB with a peak RSS of up to
-/// 152 MB (BENCHMARKS.md, thirteenth sitting). The judgement runs once per data file, on
-/// the task that opens it.
+/// At most this many values of a column are looked at to judge its cardinality. A smaller
+/// sample sees fewer repeats and calls more columns distinct: with 1,024, a Stripe charges
+/// table grew from 8.3 to 9.1 MB and the peak RSS reached 152 MB (BENCHMARKS.md,
+/// thirteenth sitting). The judgement runs once per data file, on the task that opens it.
 const CARDINALITY_SAMPLE_MAX: usize = 4_096;
 
 /// `props` for a file whose first batch is `sample`, with dictionary encoding turned off
