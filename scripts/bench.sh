@@ -184,7 +184,7 @@ for run_no in $(seq 1 "$runs"); do
   if [ -n "${BENCH_PERF:-}" ]; then
     run=(perf record ${BENCH_PERF_ARGS:--g} -o "$BENCH_PERF" -- "${run[@]}")
   fi
-  /usr/bin/time -f "peak_rss_kb=%M elapsed_s=%e user_s=%U sys_s=%S" -o "$work/time.txt" \
+  /usr/bin/time -f "peak_rss_kb=%M elapsed_s=%e user_s=%U sys_s=%S minor_faults=%R" -o "$work/time.txt" \
     "${run[@]}" >"$work/summary.txt" 2>"$work/sync.log"
   cat "$work/summary.txt"
   rss_kb=$(sed -n 's/.*peak_rss_kb=\([0-9]*\).*/\1/p' "$work/time.txt")
@@ -202,7 +202,9 @@ for run_no in $(seq 1 "$runs"); do
   for one in ${stream//,/ }; do du -sh "$work/warehouse/$vendor/$one" | awk -v s="$one" '{print "table_size("s")="$1}'; done
   sim_cpu_after=$(sim_cpu)
   sync_cpu=$(sed -n 's/.*user_s=\([0-9.]*\) sys_s=\([0-9.]*\).*/\1 \2/p' "$work/time.txt" | awk '{printf "%.2f", $1+$2}')
-  echo "sync_cpu_s=$sync_cpu simulator_cpu_s_during_sync=$(python3 -c "print(round($sim_cpu_after-$sim_cpu_before,2))")"
+  sync_sys=$(sed -n 's/.*sys_s=\([0-9.]*\).*/\1/p' "$work/time.txt")
+  faults=$(sed -n 's/.*minor_faults=\([0-9]*\).*/\1/p' "$work/time.txt")
+  echo "sync_cpu_s=$sync_cpu (system $sync_sys, minor page faults $faults) simulator_cpu_s_during_sync=$(python3 -c "print(round($sim_cpu_after-$sim_cpu_before,2))")"
   echo "load: $(uptime | sed 's/.*load average: //')"
 done
 if [ "$runs" != 1 ]; then

@@ -601,7 +601,12 @@ impl Inner {
                 && let Some(rest) = seen.path.get(mark..)
             {
                 seen.record = record;
-                self.path.push_str(rest);
+                // A field with a column is parsed by the column's type and never reads
+                // the path (the caller truncates back to `mark` after it): only an
+                // object flattened below it needs its path spelled out.
+                if seen.col.is_none() {
+                    self.path.push_str(rest);
+                }
                 return (mark, seen.col);
             }
             self.seen_all = false;
@@ -789,12 +794,32 @@ fn cell_json(cell: &Cell<'_>) -> String {
     }
 }
 
+/// Whether `text` holds a backslash (a JSON string with escapes). Most strings of a vendor
+/// object are short (ids, codes, statuses): a word at a time, before `memchr`'s set-up.
+#[inline]
+fn has_backslash(text: &[u8]) -> bool {
+    if text.len() > 32 {
+        return memchr::memchr(b'\\', text).is_some();
+    }
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    const BACKSLASHES: u64 = u64::from_le_bytes([b'\\'; 8]);
+    let mut words = text.chunks_exact(8);
+    for word in &mut words {
+        let v = u64::from_le_bytes(word.try_into().unwrap_or([0; 8])) ^ BACKSLASHES;
+        if v.wrapping_sub(ONES) & !v & HIGHS != 0 {
+            return true;
+        }
+    }
+    words.remainder().contains(&b'\\')
+}
+
 /// Parses raw JSON text for a column of type `ty`; `None` when it does not fit.
 fn parse_cell(ty: ColumnType, raw: &str) -> Option<Cell<'_>> {
     let first = *raw.as_bytes().first()?;
     let unquoted = || -> Option<std::borrow::Cow<'_, str>> {
         let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
-        if memchr::memchr(b'\\', inner.as_bytes()).is_none() {
+        if !has_backslash(inner.as_bytes()) {
             Some(std::borrow::Cow::Borrowed(inner))
         } else {
             serde_json::from_str::<String>(raw)
@@ -1542,6 +1567,24 @@ mod tests {
         assert_eq!(parse_date("2024-03-01"), Some(19_783));
         assert_eq!(date_text(19_783), "2024-03-01");
         assert_eq!(parse_date("not a date"), None);
+    }
+
+    #[test]
+    fn a_backslash_is_found_at_every_position_of_every_length() {
+        for len in 0..80 {
+            let plain = "a".repeat(len);
+            assert!(!has_backslash(plain.as_bytes()), "{len}");
+            for at in 0..len {
+                let mut text = plain.clone().into_bytes();
+                text[at] = b'\\';
+                assert!(has_backslash(&text), "{len} {at}");
+            }
+        }
+        // Bytes next to a backslash's value do not fool the word test.
+        assert!(!has_backslash(
+            "[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]".as_bytes()
+        ));
+        assert!(!has_backslash("é€\u{1}\u{7f}".as_bytes()));
     }
 
     #[test]
