@@ -579,8 +579,10 @@ impl Inner {
         self.rows += 1;
     }
 
-    /// Enters field `key` of the object at the current path: appends it to the path and
-    /// returns the length to truncate back to, and the field's column, if it has one.
+    /// Enters field `key` of the object at the current path: returns the length of the path
+    /// to truncate back to, and the field's column, if it has one. The key is appended to
+    /// the path, except for a field met at its cached position that has a column (nothing
+    /// reads the path of a field parsed by its column's type).
     ///
     /// While every field of this record so far was the one the previous record had at its
     /// position (same key, same parent-path length), a field with the previous record's key

@@ -759,58 +759,57 @@ mod tests {
     #[test]
     fn the_scan_agrees_with_serde_json_on_random_pages() {
         use serde_json::{Value, json};
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
-        let pieces = [
-            "a", "\"", "\\", "é", " ", "\n", "}", "]", ",", ":", "\u{1}", "€",
-        ];
-        let mut text = |next: &mut dyn FnMut(u64) -> u64| {
-            let len = next(40);
-            (0..len)
-                .map(|_| pieces[next(pieces.len() as u64) as usize])
-                .collect::<String>()
-        };
-        fn value(
-            depth: u32,
-            next: &mut dyn FnMut(u64) -> u64,
-            text: &mut dyn FnMut(&mut dyn FnMut(u64) -> u64) -> String,
-        ) -> Value {
-            match next(if depth > 2 { 5 } else { 7 }) {
-                0 => Value::Null,
-                1 => json!(next(2) == 0),
-                2 => json!(next(1 << 40) as i64 - (1 << 39)),
-                3 | 4 => Value::String(text(next)),
-                5 => Value::Array((0..next(4)).map(|_| value(depth + 1, next, text)).collect()),
-                _ => Value::Object(
-                    (0..next(5))
-                        .map(|_| (text(next), value(depth + 1, next, text)))
-                        .collect(),
-                ),
+        /// xorshift64: the same pages on every run.
+        struct Rng(u64);
+        impl Rng {
+            fn below(&mut self, n: u64) -> u64 {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                self.0 % n
+            }
+            fn text(&mut self) -> String {
+                const PIECES: [&str; 12] = [
+                    "a", "\"", "\\", "é", " ", "\n", "}", "]", ",", ":", "\u{1}", "€",
+                ];
+                (0..self.below(40))
+                    .map(|_| PIECES[self.below(PIECES.len() as u64) as usize])
+                    .collect()
+            }
+            fn value(&mut self, depth: u32) -> Value {
+                match self.below(if depth > 2 { 5 } else { 7 }) {
+                    0 => Value::Null,
+                    1 => json!(self.below(2) == 0),
+                    2 => json!(self.below(1 << 40) as i64 - (1 << 39)),
+                    3 | 4 => Value::String(self.text()),
+                    5 => Value::Array((0..self.below(4)).map(|_| self.value(depth + 1)).collect()),
+                    _ => Value::Object(
+                        (0..self.below(5))
+                            .map(|_| (self.text(), self.value(depth + 1)))
+                            .collect(),
+                    ),
+                }
             }
         }
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         for round in 0..300 {
-            let records: Vec<Value> = (0..next(6))
+            let records: Vec<Value> = (0..rng.below(6))
                 .map(|i| {
                     let mut record = serde_json::Map::new();
-                    for _ in 0..next(6) {
-                        record.insert(text(&mut next), value(0, &mut next, &mut text));
+                    for _ in 0..rng.below(6) {
+                        record.insert(rng.text(), rng.value(0));
                     }
-                    record.insert("id".into(), json!(format!("{}{i}", text(&mut next))));
+                    record.insert("id".into(), json!(format!("{}{i}", rng.text())));
                     // A mark is a scalar (Stripe's `created`); a number or a string here.
-                    let created = match next(2) {
-                        0 => json!(next(1 << 40)),
-                        _ => json!(text(&mut next)),
+                    let created = match rng.below(2) {
+                        0 => json!(rng.below(1 << 40)),
+                        _ => json!(rng.text()),
                     };
                     record.insert("created".into(), created);
                     Value::Object(record)
                 })
                 .collect();
-            let page = json!({"object": "list", "data": records, "has_more": next(2) == 0, "url": text(&mut next)});
+            let page = json!({"object": "list", "data": records, "has_more": rng.below(2) == 0, "url": rng.text()});
             let pretty = serde_json::to_vec_pretty(&page).unwrap();
             let compact = serde_json::to_vec(&page).unwrap();
             let (env, squeezed) = scan_and_compact(&pretty, "data", "id", Some("created"))
