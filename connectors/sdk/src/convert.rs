@@ -803,13 +803,10 @@ fn has_backslash(text: &[u8]) -> bool {
     if text.len() > 32 {
         return memchr::memchr(b'\\', text).is_some();
     }
-    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
-    const BACKSLASHES: u64 = u64::from_le_bytes([b'\\'; 8]);
     let mut words = text.chunks_exact(8);
     for word in &mut words {
-        let v = u64::from_le_bytes(word.try_into().unwrap_or([0; 8])) ^ BACKSLASHES;
-        if v.wrapping_sub(ONES) & !v & HIGHS != 0 {
+        let word = u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
+        if crate::pagination::bytes_equal(word, b'\\') != 0 {
             return true;
         }
     }
